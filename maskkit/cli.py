@@ -1,0 +1,40 @@
+"""The ``maskkit`` command line: one click group, commands registered from per-area modules.
+
+Each area module (``cli_align``, ``cli_mask``, ``cli_synth``, ``cli_train``, ``cli_eval``)
+exposes ``COMMANDS``, a list of click commands. Heavy imports (torch, dlib) happen inside
+the commands, so ``maskkit --help`` stays fast.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+
+import click
+
+from maskkit import __version__
+
+_AREAS = ("cli_align", "cli_mask", "cli_synth", "cli_train", "cli_eval", "cli_demo")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="maskkit")
+@click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
+def main(verbose: int) -> None:
+    """maskkit: masked-face training data (align, mask, synth), MaskDUL training and evaluation."""
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
+
+for _area in _AREAS:
+    try:
+        _mod = importlib.import_module(f"maskkit.{_area}")
+    except ModuleNotFoundError as exc:  # an area not built yet
+        if exc.name != f"maskkit.{_area}":
+            raise
+        continue
+    for _cmd in getattr(_mod, "COMMANDS", []):
+        main.add_command(_cmd)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

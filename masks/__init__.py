@@ -1,0 +1,1 @@
+"""maskkit.masks: the generated mask templates (RGBA PNG + anchor JSON) and their generator."""

@@ -1,0 +1,45 @@
+"""maskkit: masked-face training data synthesis, MaskDUL training and evaluation."""
+import re
+from pathlib import Path
+
+from setuptools import setup
+
+HERE = Path(__file__).parent
+VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "maskkit" / "__init__.py").read_text()).group(1)
+
+setup(
+    name="maskkit",
+    version=VERSION,
+    description="Masked-face training data synthesis (align, mask, shard), MaskDUL training and evaluation",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    # `training/` and `masks/` are top-level folders of the repo, installed inside the
+    # maskkit namespace so they never collide with other packages.
+    packages=["maskkit", "maskkit.training", "maskkit.masks"],
+    package_dir={"maskkit": "maskkit", "maskkit.training": "training", "maskkit.masks": "masks"},
+    package_data={"maskkit.masks": ["*.png", "*.json", "templates/*"]},
+    install_requires=[
+        "numpy>=1.24",
+        "opencv-python-headless>=4.8",
+        "pillow>=10",
+        "click>=8.1",
+        "joblib>=1.3",
+        "dlib-bin>=19.24",
+        "face-recognition-models>=0.3.0",
+        "tqdm>=4.66",
+        "rich>=13",
+        "webdataset>=0.2.86",
+        "scikit-image>=0.22",
+        "matplotlib>=3.7",
+    ],
+    extras_require={
+        # torch pinned to the release whose CPU wheel the project machines carry; a newer
+        # or unpinned torch pulls a multi-GB CUDA build. GPU users may install any torch>=2.1.
+        "train": ["torch==2.13.0", "onnx>=1.15", "onnxruntime>=1.17"],
+        "scale": ["dask[distributed]>=2024.1"],
+        "fan": ["face-alignment>=1.4"],
+        "test": ["pytest>=8", "pytest-timeout>=2.2", "dask[distributed]>=2024.1"],
+    },
+    entry_points={"console_scripts": ["maskkit=maskkit.cli:main"]},
+)

@@ -1,0 +1,1 @@
+"""maskkit.training: IResNet backbones, MaskDUL two-stream model, losses, training loop, evaluation."""
