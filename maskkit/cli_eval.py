@@ -1,0 +1,164 @@
+"""``maskkit eval``, ``maskkit embed`` and ``maskkit export``.
+
+Heavy imports (torch, onnx, the renderer) happen inside the commands.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+_SIDES = click.Choice(["none", "one", "both"])
+
+
+@click.command("eval")
+@click.option("--model", "model", type=click.Path(exists=True), help="Run folder (RUN/) or checkpoint file.")
+@click.option("--bin", "bin_path", type=click.Path(exists=True, dir_okay=False), help="insightface verification .bin.")
+@click.option("--pairs", type=click.Path(exists=True, dir_okay=False), help="LFW-style pairs.txt (with --root).")
+@click.option("--root", type=click.Path(exists=True, file_okay=False), help="Image folder for --pairs.")
+@click.option("--gallery", type=click.Path(exists=True, file_okay=False), help="Gallery folder (identity sub-folders).")
+@click.option("--probes", type=click.Path(exists=True, file_okay=False), help="Probe folder (identity sub-folders).")
+@click.option("--mask-side", type=_SIDES, default="one", show_default=True,
+              help="Synthetic masks: none; one = 2nd image of each pair / the probes (M-LFW); both.")
+@click.option("--mask-style", default="random", show_default=True,
+              help="surgical|n95|kn95|cloth|gas or random.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Mask seed (reproducible masks).")
+@click.option("--flip/--no-flip", default=True, show_default=True, help="Sum the embeddings of image and mirror.")
+@click.option("--out", type=click.Path(file_okay=False), help="Report folder (default RUN/eval/<set>-<task>-mask<side>).")
+@click.option("--name", help="Set name in reports (default from the file names).")
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N.")
+@click.option("--detector", default="hog", show_default=True, help="Face detector for images not already 112x112.")
+@click.option("--probes-masked", is_flag=True, help="Probes already wear real masks: no synthetic mask, masked branch.")
+@click.option("--gallery-per-id", type=int, default=1, show_default=True,
+              help="When --gallery and --probes are the same folder: first K images per identity form the gallery.")
+@click.option("--worst-k", type=int, default=8, show_default=True, help="Entries per contact-sheet panel.")
+@click.option("--compare", "compare", is_flag=True,
+              help="Compare the runs given as arguments (from their saved metrics, or on the given set).")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+@click.argument("runs", nargs=-1, type=click.Path(exists=True))
+def eval_cmd(model, bin_path, pairs, root, gallery, probes, mask_side, mask_style, seed, flip, out, name, batch_size,
+             device, detector, probes_masked, gallery_per_id, worst_k, compare, progress, runs):
+    """Masked face verification / identification of a trained model, with a report.
+
+    \b
+    maskkit eval --model RUN/ --bin lfw.bin --mask-side one --out report/
+    maskkit eval --model RUN/ --pairs pairs.txt --root lfw/ --mask-side both
+    maskkit eval --model RUN/ --gallery gal/ --probes probes/ --mask-side one
+    maskkit eval --compare RUN_A RUN_B                  # saved metrics side by side
+    maskkit eval --compare RUN_A RUN_B --bin lfw.bin    # evaluate each, then compare
+
+    Verification follows insightface's verification.py (flip-sum, squared L2, thresholds
+    0..4 step 0.01, 10 folds); identification reports Rank-1/Rank-5 and CMC. Faces that cannot
+    be masked are kept unmasked and counted in the report.
+    """
+    from rich.console import Console
+
+    from maskkit.training.report import EvalConfig, compare_table, run_eval
+
+    console = Console()
+    has_set = any(v is not None for v in (bin_path, pairs, gallery, probes))
+    if compare:
+        if model:
+            runs = (model, *runs)
+        if len(runs) < 1:
+            raise click.UsageError("--compare needs at least one run folder")
+        records = None
+        if has_set:
+            records = {}
+            for r in runs:
+                cfg = _config(r, bin_path, pairs, root, gallery, probes, mask_side, mask_style, seed, flip,
+                              None, name, batch_size, device, detector, probes_masked, gallery_per_id, worst_k, progress)
+                records[str(r)] = [run_eval(cfg, console=console)]
+        console.print(compare_table(list(runs), records))
+        return
+    if runs:
+        raise click.UsageError(f"unexpected arguments {runs} (run folders are only taken with --compare)")
+    if not model:
+        raise click.UsageError("--model is required (or use --compare RUN_A RUN_B ...)")
+    if not has_set:
+        raise click.UsageError("give a set: --bin, or --pairs with --root, or --gallery with --probes")
+    cfg = _config(model, bin_path, pairs, root, gallery, probes, mask_side, mask_style, seed, flip, out, name,
+                  batch_size, device, detector, probes_masked, gallery_per_id, worst_k, progress)
+    run_eval(cfg, console=console)
+
+
+def _config(model, bin_path, pairs, root, gallery, probes, mask_side, mask_style, seed, flip, out, name, batch_size,
+            device, detector, probes_masked, gallery_per_id, worst_k, progress):
+    from maskkit.training.report import EvalConfig
+
+    try:
+        return EvalConfig(model=str(model), bin=bin_path, pairs=pairs, root=root, gallery=gallery, probes=probes,
+                          mask_side=mask_side, mask_style=mask_style, seed=seed, flip=flip, out=out, name=name,
+                          batch_size=batch_size, device=device, detector=detector, probes_masked=probes_masked,
+                          gallery_per_id=gallery_per_id, worst_k=worst_k, progress=progress)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+
+
+@click.command("embed")
+@click.option("--model", required=True, type=click.Path(exists=True), help="Run folder (RUN/) or checkpoint file.")
+@click.option("--src", required=True, type=click.Path(exists=True, file_okay=False), help="Image folder.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output .npz.")
+@click.option("--masked", is_flag=True, help="Send every face through the masked-face branch.")
+@click.option("--flip/--no-flip", default=True, show_default=True)
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--detector", default="hog", show_default=True, help="Face detector for images not already 112x112.")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def embed(model, src, out, masked, flip, batch_size, device, detector, progress):
+    """Embed every face under SRC into an .npz (mu, sigma, magnitude, paths).
+
+    Identity = first sub-folder. Images not already 112x112 are aligned first; files that
+    cannot be read or aligned are listed in the archive's ``failures``.
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from maskkit.training.report import run_embed
+
+    s = run_embed(model, src, out, masked=masked, flip=flip, batch_size=batch_size, device=device,
+                  detector=detector, progress=progress)
+    t = Table(title="maskkit embed")
+    t.add_column("item")
+    t.add_column("value", justify="right")
+    for k, v in s.items():
+        t.add_row(k, str(v))
+    Console().print(t)
+
+
+@click.command("export")
+@click.option("--model", required=True, type=click.Path(exists=True), help="Run folder (RUN/) or checkpoint file.")
+@click.option("--onnx", "onnx_path", required=True, type=click.Path(dir_okay=False), help="Output .onnx file.")
+@click.option("--opset", type=int, default=17, show_default=True)
+@click.option("--verify/--no-verify", default=True, show_default=True,
+              help="Check onnxruntime against PyTorch at batch sizes 1 and 7.")
+def export(model, onnx_path, opset, verify):
+    """Export a trained model to ONNX: inputs image (N,3,112,112) normalised and masked (N,);
+    outputs mu and sigma; dynamic batch axis."""
+    import numpy as np
+
+    from maskkit.training.api import load_model
+    from maskkit.training.export import export_onnx, verify_onnx
+
+    m = load_model(model)
+    path = export_onnx(m, onnx_path, opset=opset)
+    click.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    if verify:
+        # a smooth random image stands in for faces here; tests check real faces
+        rng = np.random.default_rng(0)
+        import cv2
+
+        imgs = np.stack([cv2.resize(rng.integers(0, 256, size=(8, 8, 3), dtype=np.uint8), (112, 112))
+                         for _ in range(7)])
+        flags = np.arange(7) % 2 == 1
+        for c in verify_onnx(m, path, imgs, flags):
+            sig = "-" if c.max_abs_diff_sigma is None else f"{c.max_abs_diff_sigma:.2e}"
+            click.echo(f"batch {c.batch_size}: max |mu diff| {c.max_abs_diff_mu:.2e}, max |sigma diff| {sig}, "
+                       f"relative to output scale {c.relative():.2e}")
+            if c.relative() > 1e-4:
+                raise click.ClickException("onnxruntime disagrees with PyTorch (relative difference > 1e-4)")
+
+
+COMMANDS = [eval_cmd, embed, export]

@@ -1,0 +1,341 @@
+"""``maskkit mask`` (draw masks on every face of every image, in place) and ``maskkit preview``.
+
+``maskkit mask --src photos/ --out masked/`` is the MaskTheFace use case: each output image is
+the input with a mask drawn on each selected face, mirroring the input tree. Accounting is the
+same as ``maskkit align``: ``files == ok + failed``; every input is either written (with one
+``manifest.jsonl`` line per face, carrying the render parameters needed to redraw the mask) or
+listed in ``failures.jsonl`` with a reason (``no_face``, ``decode_error``, ``cannot_fit``, ...).
+A face that cannot carry a mask in an image where others can is written unmasked and recorded
+in the manifest with ``masked: false`` and its reason.
+
+Randomness is seeded per file and face (``--seed``, the input path, the face index), so a rerun
+-- with any number of workers -- draws the same masks.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import traceback
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+import click
+import numpy as np
+
+__all__ = ["MaskConfig", "MaskError", "run_mask", "mask_file", "face_rng", "COMMANDS"]
+
+FACE_POLICIES = ("all", "largest", "central")
+
+
+class MaskError(RuntimeError):
+    """The run cannot proceed (bad arguments, unwritable output, missing model)."""
+
+
+@dataclass
+class MaskConfig:
+    """Configuration of one ``maskkit mask`` run.
+
+    Attributes:
+        src: input folder (walked recursively) or one image.
+        out: output folder (mirrors the input tree).
+        style: a style of :data:`maskkit.render.STYLES` or ``random``.
+        seed: base seed; each face's generator is derived from (seed, path, face index).
+        detector: detector backend name (``hog`` default).
+        detector_opts: backend options.
+        faces: ``all`` (default) | ``largest`` | ``central``.
+        aligned: inputs are ArcFace crops: landmarks in the whole image, no detection.
+        jobs: worker processes (0 = all cores).
+        quality: JPEG quality for JPEG outputs.
+        coverage: also write ``<stem>.mask.png`` (8-bit coverage, 255 = mask).
+        progress: show the progress bar and summary table.
+    """
+
+    src: Path
+    out: Path
+    style: str = "random"
+    seed: int = 0
+    detector: str = "hog"
+    detector_opts: dict = field(default_factory=dict)
+    faces: str = "all"
+    aligned: bool = False
+    jobs: int = 1
+    quality: int = 95
+    coverage: bool = False
+    progress: bool = True
+
+
+def face_rng(seed: int, rel: str, face: int) -> np.random.Generator:
+    """The generator for one face: stable across runs, platforms and worker counts."""
+    h = int.from_bytes(hashlib.sha256(rel.encode("utf-8")).digest()[:8], "little")
+    return np.random.default_rng([int(seed) & 0xFFFFFFFF, h & 0xFFFFFFFF, h >> 32, int(face)])
+
+
+def _out_rel(rel: str) -> str:
+    p = PurePosixPath(rel)
+    suffix = p.suffix.lower()
+    if suffix not in (".jpg", ".jpeg", ".png"):
+        p = p.with_suffix(".png")  # bmp/webp/tif come out as PNG
+    return p.as_posix()
+
+
+def _safe_target(out_root: Path, rel: str) -> Path:
+    pp = PurePosixPath(rel)
+    if pp.is_absolute() or any(part in ("..", "") for part in pp.parts):
+        raise ValueError(f"unsafe output path {rel!r}")
+    target = out_root.joinpath(*pp.parts)
+    if target.is_symlink():
+        raise ValueError(f"output path {rel!r} is a symbolic link; not overwritten")
+    return target
+
+
+def _write(path: Path, rgb_or_gray: np.ndarray, quality: int) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    im = Image.fromarray(rgb_or_gray)
+    if path.suffix.lower() in (".jpg", ".jpeg"):
+        im.save(tmp, format="JPEG", quality=quality)
+    else:
+        im.save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+def _r(a, nd=3):
+    return np.round(np.asarray(a, dtype=np.float64), nd).tolist()
+
+
+def mask_file(item, detector, renderer, cfg: MaskConfig) -> dict:
+    """Mask every selected face of one input and write it; never raises for bad input.
+
+    Returns:
+        ``{"src", "records": [...], "failure": None | {"src", "reason", "detail"}, "faces": int}``.
+    """
+    from maskkit.detect import Face, landmarks_in_box, select_faces
+    from maskkit.image_io import ImageError, load_image
+    from maskkit.render import CannotFit
+
+    rec = {"src": item.rel, "records": [], "failure": None, "faces": 0}
+
+    def fail(reason, detail=""):
+        rec["records"] = []
+        rec["failure"] = {"src": item.rel, "reason": reason, "detail": detail}
+        return rec
+
+    if item.error:
+        return fail(item.error, item.detail)
+    try:
+        try:
+            rgb = load_image(item.path)
+        except ImageError as exc:
+            return fail(exc.reason, exc.detail)
+        h, w = rgb.shape[:2]
+        if cfg.aligned:
+            faces = [Face(box=(0.0, 0.0, float(w), float(h)), score=None, landmarks68=landmarks_in_box(rgb))]
+        else:
+            faces = select_faces(detector.detect(rgb), cfg.faces, rgb.shape)
+        if not faces:
+            return fail("no_face", f"no face found ({cfg.detector} detector)")
+        out_rel = _out_rel(item.rel)
+        cov = np.zeros((h, w), np.float32)
+        img = rgb
+        reasons = []
+        for k, f in enumerate(faces):
+            r = {"src": item.rel, "out": out_rel, "face": k, "box": _r(f.box, 2),
+                 "score": None if f.score is None else round(float(f.score), 4),
+                 "landmarks68": _r(f.landmarks68, 2)}
+            try:
+                res = renderer.render(img, f.landmarks68, cfg.style, face_rng(cfg.seed, item.rel, k))
+            except CannotFit as exc:
+                r.update(masked=False, style=None, params=None, reason=exc.reason, detail=exc.detail)
+                reasons.append(f"face {k}: {exc.reason} ({exc.detail})")
+            else:
+                img = res.image
+                np.maximum(cov, res.alpha, out=cov)
+                res.params["seed"] = {"base": int(cfg.seed), "face": k, "derivation": "maskkit.cli_mask.face_rng"}
+                r.update(masked=True, style=res.params["style"], params=res.params,
+                         coverage=round(float(res.alpha.sum()), 1))
+            rec["records"].append(r)
+        if not any(r["masked"] for r in rec["records"]):
+            return fail("cannot_fit", "; ".join(reasons))
+        target = _safe_target(Path(cfg.out), out_rel)
+        _write(target, img, cfg.quality)
+        if cfg.coverage:
+            p = PurePosixPath(out_rel)
+            _write(_safe_target(Path(cfg.out), (p.parent / (p.stem + ".mask.png")).as_posix()),
+                   np.clip(cov * 255 + 0.5, 0, 255).astype(np.uint8), cfg.quality)
+        rec["faces"] = sum(r["masked"] for r in rec["records"])
+    except (OSError, ValueError) as exc:
+        return fail("write_error", str(exc))
+    except Exception as exc:  # noqa: BLE001 - one bad file must never end the run
+        return fail("internal_error", f"{type(exc).__name__}: {exc} | "
+                    f"{traceback.format_exc(limit=3).strip().splitlines()[-1]}")
+    return rec
+
+
+def _mask_chunk(items, cfg: MaskConfig, detector=None, renderer=None) -> list:
+    from maskkit.detect import get_detector
+    from maskkit.render import MaskRenderer
+
+    if detector is None and not cfg.aligned:
+        detector = get_detector(cfg.detector, **cfg.detector_opts)
+    renderer = renderer or MaskRenderer()  # templates load once per worker
+    return [mask_file(it, detector, renderer, cfg) for it in items]
+
+
+def run_mask(cfg: MaskConfig) -> dict:
+    """Run ``maskkit mask``; returns the summary (``files``, ``ok``, ``failed``, ``faces``,
+    ``errors``, ``styles``, ``seconds``, ``img_per_s``).
+
+    Raises:
+        MaskError: the run cannot proceed.
+    """
+    from maskkit.detect import DETECTORS, DetectorUnavailable, make_detector
+    from maskkit.progress import print_summary, progress_bar
+    from maskkit.render import STYLES, MaskRenderer
+    from maskkit.sources import iter_sources
+
+    src, out = Path(cfg.src), Path(cfg.out)
+    if not src.exists():
+        raise MaskError(f"--src {src} does not exist")
+    if cfg.style not in STYLES + ("random",):
+        raise MaskError(f"--style must be one of {STYLES + ('random',)}, got {cfg.style!r}")
+    if cfg.faces not in FACE_POLICIES:
+        raise MaskError(f"--faces must be one of {FACE_POLICIES}")
+    if cfg.detector not in DETECTORS:
+        raise MaskError(f"--detector must be one of {DETECTORS}, got {cfg.detector!r}")
+    if src.resolve() == out.resolve():
+        raise MaskError("--out must differ from --src")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".maskkit-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise MaskError(f"output folder {out} is not writable: {exc.strerror or exc}") from exc
+    detector = None
+    if not cfg.aligned:
+        try:
+            detector = make_detector(cfg.detector, **cfg.detector_opts)
+        except (DetectorUnavailable, ValueError) as exc:
+            raise MaskError(str(exc)) from exc
+    try:
+        renderer = MaskRenderer()
+    except FileNotFoundError as exc:
+        raise MaskError(str(exc)) from exc
+
+    t0 = time.perf_counter()
+    items = iter_sources(src, exclude=[out])
+    jobs = cfg.jobs if cfg.jobs > 0 else (os.cpu_count() or 1)
+    jobs = max(1, min(jobs, len(items) or 1))
+    chunk = max(1, min(16, len(items) // (jobs * 4) or 1))
+    chunks = [items[i:i + chunk] for i in range(0, len(items), chunk)]
+    if jobs == 1:
+        gen = (_mask_chunk(c, cfg, detector, renderer) for c in chunks)
+    else:
+        from joblib import Parallel, delayed
+
+        gen = Parallel(n_jobs=jobs, backend="loky", return_as="generator")(delayed(_mask_chunk)(c, cfg) for c in chunks)
+    stats, reasons, styles = Counter(), Counter(), Counter()
+    with open(out / "manifest.jsonl", "w", encoding="utf-8") as man, \
+            open(out / "failures.jsonl", "w", encoding="utf-8") as fail, \
+            progress_bar(len(items), desc="mask", disable=not cfg.progress) as bar:
+        for recs in gen:
+            for rec in recs:
+                stats["files"] += 1
+                if rec["failure"] is None:
+                    stats["ok"] += 1
+                    for r in rec["records"]:
+                        man.write(json.dumps(r, ensure_ascii=False) + "\n")
+                        if r["masked"]:
+                            stats["faces"] += 1
+                            styles[r["style"]] += 1
+                        else:
+                            stats["faces_unfit"] += 1
+                else:
+                    stats["failed"] += 1
+                    reasons[rec["failure"]["reason"]] += 1
+                    fail.write(json.dumps(rec["failure"], ensure_ascii=False) + "\n")
+            bar.update(len(recs))
+            bar.set_postfix(faces=stats["faces"], failed=stats["failed"], refresh=False)
+    seconds = time.perf_counter() - t0
+    summary = {
+        "files": stats["files"], "ok": stats["ok"], "failed": stats["failed"], "faces": stats["faces"],
+        "faces_unfit": stats["faces_unfit"], "errors": dict(sorted(reasons.items())),
+        "styles": {s: styles.get(s, 0) for s in STYLES}, "seconds": round(seconds, 3),
+        "img_per_s": round(stats["files"] / seconds, 2) if seconds > 0 else 0.0, "jobs": jobs,
+    }
+    assert summary["files"] == len(items) == summary["ok"] + summary["failed"], "accounting broken"
+    if cfg.progress:
+        print_summary(f"maskkit mask -> {out}", {
+            "files": summary["files"], "ok": summary["ok"], "faces masked": summary["faces"],
+            "faces not fitted": summary["faces_unfit"], "failed": summary["errors"] or {},
+            "styles": summary["styles"], "seconds": seconds, "img/s": summary["img_per_s"], "workers": jobs,
+        })
+    return summary
+
+
+@click.command("mask")
+@click.option("--src", required=True, type=click.Path(exists=True, path_type=Path),
+              help="Input folder (walked recursively) or one image.")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Output folder (mirrors the input tree).")
+@click.option("--style", default="random", show_default=True,
+              type=click.Choice(["surgical", "n95", "kn95", "cloth", "gas", "random"]), help="Mask style.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Base seed (per file and face).")
+@click.option("--detector", default="hog", show_default=True, type=click.Choice(["hog", "cnn", "blazeface", "fan"]),
+              help="Face detector backend.")
+@click.option("--faces", default="all", show_default=True, type=click.Choice(FACE_POLICIES),
+              help="Which faces to mask per image.")
+@click.option("--aligned", is_flag=True, help="Inputs are ArcFace crops: skip detection.")
+@click.option("--jobs", "-j", default=1, show_default=True, type=click.IntRange(0, None),
+              help="Worker processes (0 = all CPU cores).")
+@click.option("--quality", default=95, show_default=True, type=click.IntRange(1, 100), help="JPEG quality.")
+@click.option("--coverage", is_flag=True, help="Also write <stem>.mask.png (mask coverage, 255 = mask).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary table.")
+def mask(src, out, style, seed, detector, faces, aligned, jobs, quality, coverage, quiet):
+    """Draw a mask on every face of every image under SRC, writing the result to OUT.
+
+    Writes the masked images (same relative paths), manifest.jsonl (one line per face with
+    the render parameters) and failures.jsonl (one line per input with no masked face, with a
+    reason). Exit status 0 when the run completes, even with failures.
+    """
+    cfg = MaskConfig(src=src, out=out, style=style, seed=seed, detector=detector, faces=faces, aligned=aligned,
+                     jobs=jobs, quality=quality, coverage=coverage, progress=not quiet)
+    try:
+        summary = run_mask(cfg)
+    except MaskError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if quiet:
+        click.echo(json.dumps({k: summary[k] for k in ("files", "ok", "failed", "faces", "errors", "styles")}))
+
+
+@click.command("preview")
+@click.argument("src", type=click.Path(exists=True, path_type=Path))
+@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Output PNG.")
+@click.option("--styles", default=",".join(("surgical", "n95", "kn95", "cloth", "gas")), show_default=True,
+              help="Comma-separated styles (columns).")
+@click.option("--n", "n", default=6, show_default=True, type=click.IntRange(1, 64), help="Faces (rows).")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--aligned", is_flag=True, help="Images are ArcFace crops: skip detection.")
+@click.option("--detector", default="hog", show_default=True, type=click.Choice(["hog", "cnn", "blazeface", "fan"]))
+def preview_cmd(src, out, styles, n, seed, aligned, detector):
+    """Contact sheet (styles x faces) from SRC: a folder of images, a shard set or `mask` output."""
+    from maskkit.preview import preview as _preview
+    from maskkit.render import STYLES
+
+    chosen = [s.strip() for s in styles.split(",") if s.strip()]
+    bad = [s for s in chosen if s not in STYLES]
+    if bad or not chosen:
+        raise click.BadParameter(f"unknown styles {bad}; choose from {STYLES}", param_hint="--styles")
+    try:
+        summary = _preview(src, out, chosen, n=n, seed=seed, aligned=aligned, detector=detector)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(json.dumps(summary))
+
+
+COMMANDS = [mask, preview_cmd]

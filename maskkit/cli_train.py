@@ -1,0 +1,143 @@
+"""``maskkit train``: train MaskDUL or a baseline on maskkit shards (see maskkit.training.engine)."""
+from __future__ import annotations
+
+import sys
+
+import click
+
+
+def _parse_set(values: tuple[str, ...]) -> dict:
+    import json
+
+    out = {}
+    for item in values:
+        if "=" not in item:
+            raise click.BadParameter(f"--set expects KEY=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        try:
+            out[k.strip().replace("-", "_")] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k.strip().replace("-", "_")] = v
+    return out
+
+
+# options that change the model's shape: fixed once a run exists
+_SHAPE_KEYS = ("method", "backbone", "width", "embedding_size", "two_stream", "split_point")
+
+
+@click.command("train")
+@click.option("--data", type=click.Path(file_okay=False), help="Shard folder (manifest.json + train-*.tar).")
+@click.option("--out", "out", type=click.Path(file_okay=False), default="runs/train", show_default=True,
+              help="Run directory (config.json, checkpoints/last.pt, log.jsonl).")
+@click.option("--method", type=click.Choice(["arcface", "magface", "dul", "dul-mag", "maskdul"]), default="maskdul",
+              show_default=True, help="Paper baselines (arcface, magface, dul, dul-mag) or the full model.")
+@click.option("--backbone", type=click.Choice(["r18", "r34", "r50", "r100"]), default="r50", show_default=True)
+@click.option("--width", type=float, default=1.0, show_default=True, help="Channel multiplier (narrow nets for CPU).")
+@click.option("--two-stream/--single-stream", "two_stream", default=None,
+              help="Separate start blocks for faces / masked faces (default: only for maskdul).")
+@click.option("--split-point", default="layer1.0", show_default=True,
+              help="Last branch-specific unit: stem, layer1.0, layer1, layerK.J.")
+@click.option("--batch-size", type=int, default=128, show_default=True, help="Per-process batch.")
+@click.option("--lr", type=float, default=0.05, show_default=True, help="lr at global batch 128 (scaled linearly).")
+@click.option("--epochs", type=int, default=30, show_default=True)
+@click.option("--milestones", default="10,18,25", show_default=True, help="Epochs where lr is divided by 10.")
+@click.option("--num-workers", type=int, default=4, show_default=True)
+@click.option("--amp", type=click.Choice(["bf16", "fp16", "none"]), default="bf16", show_default=True)
+@click.option("--compile/--no-compile", "compile_", default=False, show_default=True, help="torch.compile the model.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--max-steps", type=int, default=None, help="Stop after this many optimiser steps.")
+@click.option("--steps-per-epoch", type=int, default=None, help="Override the epoch length.")
+@click.option("--ckpt-every", type=int, default=1000, show_default=True, help="Checkpoint every N steps.")
+@click.option("--log-every", type=int, default=50, show_default=True)
+@click.option("--resume", is_flag=True, help="Continue the run in --out from checkpoints/last.pt (exactly).")
+@click.option("--nproc", type=int, default=1, show_default=True,
+              help="Launch N local DDP processes with torch.distributed.run (or run under torchrun yourself).")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, exists=True),
+              help="Start from a config JSON (TrainConfig); explicit options override it.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Any other TrainConfig field, e.g. --set kl_reduction=mean --set xi_detach=false.")
+@click.option("--no-progress", is_flag=True, help="No progress bar (log lines only).")
+@click.pass_context
+def train_cmd(ctx: click.Context, data, out, method, backbone, width, two_stream, split_point, batch_size, lr, epochs,
+              milestones, num_workers, amp, compile_, device, seed, max_steps, steps_per_epoch, ckpt_every, log_every,
+              resume, nproc, config_path, sets, no_progress) -> None:
+    """Train MaskDUL (two-stream IResNet + DUL head + MagFace + H-KLD) or a baseline on shards.
+
+    \b
+    Examples:
+      maskkit train --data shards/ --out runs/maskdul --method maskdul
+      maskkit train --data shards/ --out runs/arc --method arcface --nproc 8
+      maskkit train --out runs/maskdul --resume
+      torchrun --nproc_per_node 8 -m maskkit.cli train --data shards/ --out runs/maskdul
+    """
+    from pathlib import Path
+
+    from click.core import ParameterSource
+
+    from maskkit.training.config import TrainConfig
+
+    given = {name for name in ctx.params if ctx.get_parameter_source(name) not in
+             (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP, None)}
+    values = {"data": data, "out": out, "method": method, "backbone": backbone, "width": width,
+              "two_stream": two_stream, "split_point": split_point, "batch_size": batch_size, "lr": lr,
+              "epochs": epochs, "milestones": [int(m) for m in str(milestones).split(",") if m.strip()],
+              "num_workers": num_workers, "amp": amp, "compile": compile_, "device": device, "seed": seed,
+              "max_steps": max_steps, "steps_per_epoch": steps_per_epoch, "ckpt_every": ckpt_every,
+              "log_every": log_every}
+    renamed = {"compile_": "compile"}
+    explicit = {renamed.get(k, k): values[renamed.get(k, k)] for k in given if renamed.get(k, k) in values}
+    explicit.update(_parse_set(sets))
+    if no_progress:
+        explicit["progress"] = False
+
+    try:
+        if resume:
+            stored = Path(out) / "config.json"
+            if not stored.exists():
+                raise click.UsageError(f"--resume: {stored} not found")
+            base = TrainConfig.load(stored).to_dict()
+            for k in _SHAPE_KEYS:
+                if k in explicit and explicit[k] != base.get(k):
+                    raise click.UsageError(f"--resume: {k} cannot change ({base.get(k)!r} -> {explicit[k]!r})")
+        elif config_path:
+            base = TrainConfig.load(config_path).to_dict()
+        else:
+            base = {k: v for k, v in values.items()}
+            if no_progress:
+                base["progress"] = False
+        base.update(explicit)
+        base["out"] = out
+        base.setdefault("extra", {})
+        base["extra"] = dict(base["extra"] or {}, command=" ".join(["maskkit"] + sys.argv[1:]))
+        cfg = TrainConfig.from_dict(base)
+    except (ValueError, TypeError) as exc:
+        raise click.UsageError(str(exc)) from exc
+    if not cfg.data:
+        raise click.UsageError("--data is required")
+
+    if nproc > 1:
+        from maskkit.training.engine import launch
+
+        rc = launch(cfg, nproc, resume=resume)
+        if rc != 0:
+            raise click.ClickException(f"torch.distributed.run exited with code {rc}")
+        return
+
+    from maskkit.training.engine import NonFiniteLoss, train
+
+    try:
+        summary = train(cfg, resume=resume)
+    except NonFiniteLoss as exc:
+        raise click.ClickException(str(exc)) from exc
+    except FileNotFoundError as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    click.echo(f"trained {summary['step']} steps; checkpoint {summary['checkpoint']}")
+
+
+COMMANDS = [train_cmd]

@@ -1,0 +1,223 @@
+"""Robust image decoding and JPEG encoding.
+
+Every decoder path ends in one of two places: an ``RGB uint8 (H, W, 3)`` numpy array, or an
+:class:`ImageError` carrying a short machine-readable ``reason`` token and a human ``detail``.
+Callers (``maskkit align``, ``maskkit synth``) write the reason to ``failures.jsonl``; nothing is
+dropped silently and nothing crashes a run.
+
+What is handled:
+
+* content, not file name, decides the decoder (a PNG named ``.jpg`` decodes; text named
+  ``.jpg`` is a ``decode_error``);
+* EXIF orientation is applied (``ImageOps.exif_transpose``);
+* CMYK, grayscale, 1-bit, palette, RGBA/LA (composited on white), 16-bit and float images are
+  converted to RGB uint8 (16-bit is *scaled* to 8 bits, not clipped);
+* the pixel limit is checked from the header *before* the pixels are decoded (PIL opens lazily),
+  so a 20000x20000 image is refused without allocating it.
+
+Example:
+    >>> rgb = load_image("face.jpg", max_pixels=50_000_000)   # doctest: +SKIP
+    >>> jpg = encode_jpeg(rgb, quality=95)                      # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+__all__ = ["DEFAULT_MAX_PIXELS", "ImageError", "decode_image", "load_image", "encode_jpeg", "to_rgb_uint8"]
+
+#: Default pixel limit (width * height) above which an image is refused (100 megapixels).
+DEFAULT_MAX_PIXELS = 100_000_000
+
+# We do our own, configurable limit check; PIL's decompression-bomb guard would otherwise raise
+# or warn with a different message for large-but-allowed images.
+Image.MAX_IMAGE_PIXELS = None
+
+
+class ImageError(Exception):
+    """An input that could not be turned into an RGB image.
+
+    Attributes:
+        reason: short token for failure logs: ``empty``, ``read_error``, ``decode_error``,
+            ``unsupported``, ``too_large``.
+        detail: human-readable explanation.
+    """
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+def _mode_to_rgb(im: Image.Image) -> np.ndarray:
+    """Convert any PIL mode to an RGB uint8 array."""
+    mode = im.mode
+    if mode == "RGB":
+        return np.asarray(im, dtype=np.uint8)
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        arr = np.asarray(im).astype(np.float64)
+        if mode == "F":
+            hi = 1.0 if arr.size and np.nanmax(arr) <= 1.0 else 255.0
+            arr = arr / hi * 255.0
+        elif arr.size and arr.max() > 255:
+            # 16-bit (or 32-bit int holding 16-bit data): scale the full range to 8 bits
+            arr = arr / (65535.0 if arr.max() <= 65535 else float(arr.max())) * 255.0
+        gray = np.clip(np.nan_to_num(arr), 0, 255).round().astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2)
+    if mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")
+        mode = "RGBA"
+    if mode in ("RGBA", "LA", "La", "RGBa", "PA"):
+        im = im.convert("RGBA")
+        white = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        return np.asarray(Image.alpha_composite(white, im).convert("RGB"), dtype=np.uint8)
+    return np.asarray(im.convert("RGB"), dtype=np.uint8)
+
+
+def to_rgb_uint8(arr: np.ndarray) -> np.ndarray:
+    """Coerce a numpy image (gray HxW, HxWx1, RGB, RGBA; uint8/uint16/float) to RGB uint8.
+
+    Args:
+        arr: image array.
+
+    Returns:
+        C-contiguous ``(H, W, 3)`` uint8 array.
+    """
+    a = np.asarray(arr)
+    if a.dtype == np.uint16:
+        a = (a.astype(np.float32) / 257.0).round().astype(np.uint8)
+    elif a.dtype.kind == "f":
+        scale = 255.0 if a.size and a.max() <= 1.0 else 1.0
+        a = np.clip(a * scale, 0, 255).round().astype(np.uint8)
+    elif a.dtype != np.uint8:
+        a = np.clip(a, 0, 255).astype(np.uint8)
+    if a.ndim == 2:
+        a = np.repeat(a[..., None], 3, axis=2)
+    elif a.ndim == 3 and a.shape[2] == 1:
+        a = np.repeat(a, 3, axis=2)
+    elif a.ndim == 3 and a.shape[2] == 4:
+        a = a[..., :3]
+    if a.ndim != 3 or a.shape[2] != 3:
+        raise ImageError("unsupported", f"array of shape {arr.shape} is not an image")
+    return np.ascontiguousarray(a)
+
+
+def _open_checked(fp, max_pixels: int | None, name: str) -> Image.Image:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            im = Image.open(fp)
+    except UnidentifiedImageError as exc:
+        raise ImageError("decode_error", f"{name}: not a recognised image format") from exc
+    except Image.DecompressionBombError as exc:  # pragma: no cover - limit disabled above
+        raise ImageError("too_large", f"{name}: {exc}") from exc
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise ImageError("decode_error", f"{name}: {exc}") from exc
+    w, h = im.size
+    if w <= 0 or h <= 0:
+        raise ImageError("decode_error", f"{name}: image has size {w}x{h}")
+    if max_pixels is not None and w * h > max_pixels:
+        raise ImageError("too_large", f"{name}: {w}x{h} = {w * h:,} pixels exceeds the limit of "
+                                      f"{max_pixels:,} (raise --max-pixels to allow it)")
+    return im
+
+
+def _decode_opened(im: Image.Image, name: str) -> np.ndarray:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            im.load()
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        msg = str(exc)
+        raise ImageError("decode_error", f"{name}: {msg or type(exc).__name__}") from exc
+    except MemoryError as exc:
+        raise ImageError("too_large", f"{name}: out of memory while decoding") from exc
+    try:
+        im = ImageOps.exif_transpose(im)
+    except Exception:  # noqa: BLE001 - a broken EXIF block must not lose the image
+        pass
+    try:
+        rgb = _mode_to_rgb(im)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ImageError("unsupported", f"{name}: cannot convert mode {im.mode!r} to RGB ({exc})") from exc
+    if rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ImageError("unsupported", f"{name}: mode {im.mode!r} gave shape {rgb.shape}")
+    return np.ascontiguousarray(rgb)
+
+
+def decode_image(data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS, name: str = "<bytes>") -> np.ndarray:
+    """Decode encoded image bytes (any format PIL reads) to RGB uint8.
+
+    Args:
+        data: the encoded file content.
+        max_pixels: refuse images with more pixels than this (checked before decoding);
+            ``None`` disables the check.
+        name: used in error details.
+
+    Returns:
+        ``(H, W, 3)`` uint8 RGB array, EXIF orientation applied.
+
+    Raises:
+        ImageError: with ``reason`` ``empty``, ``decode_error``, ``unsupported`` or ``too_large``.
+    """
+    if not data:
+        raise ImageError("empty", f"{name}: 0 bytes")
+    im = _open_checked(io.BytesIO(data), max_pixels, name)
+    return _decode_opened(im, name)
+
+
+def load_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Read an image file to RGB uint8, deciding the format from its content.
+
+    Args:
+        path: file path.
+        max_pixels: refuse images with more pixels than this, checked from the header before
+            the pixel data are decoded; ``None`` disables the check.
+
+    Returns:
+        ``(H, W, 3)`` uint8 RGB array, EXIF orientation applied.
+
+    Raises:
+        ImageError: ``read_error`` (missing, unreadable), ``empty``, ``decode_error``,
+            ``unsupported`` or ``too_large``.
+    """
+    p = Path(path)
+    name = p.name
+    try:
+        size = p.stat().st_size
+    except OSError as exc:
+        raise ImageError("read_error", f"{name}: {exc.strerror or exc}") from exc
+    if size == 0:
+        raise ImageError("empty", f"{name}: 0 bytes")
+    try:
+        fh = open(p, "rb")
+    except OSError as exc:
+        raise ImageError("read_error", f"{name}: {exc.strerror or exc}") from exc
+    with fh:
+        im = _open_checked(fh, max_pixels, name)
+        return _decode_opened(im, name)
+
+
+def encode_jpeg(rgb: np.ndarray, quality: int = 95) -> bytes:
+    """Encode an RGB uint8 image as JPEG bytes (OpenCV, 4:2:0 like libjpeg defaults).
+
+    Args:
+        rgb: ``(H, W, 3)`` uint8 RGB.
+        quality: JPEG quality 1..100.
+
+    Returns:
+        The JPEG file content.
+    """
+    import cv2
+
+    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"encode_jpeg needs HxWx3 uint8, got {rgb.shape} {rgb.dtype}")
+    ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(rgb[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:  # pragma: no cover - OpenCV only fails on invalid input
+        raise ValueError("JPEG encoding failed")
+    return buf.tobytes()

@@ -1,0 +1,281 @@
+"""Contact sheets of mask styles on real faces (``maskkit preview``).
+
+Sources it understands:
+
+* a folder of images (full photos or, with ``aligned=True``, ArcFace crops): faces are detected,
+  landmarked, and every style is drawn on each face; rows are faces, columns the input and the
+  styles;
+* a shard set (FORMAT.md: ``manifest.json`` + ``*.tar``): its masked samples grouped by style
+  (columns); a set without masked samples has its plain samples (with ``landmarks68``) masked in
+  every style;
+* ``maskkit mask`` output (``manifest.jsonl`` lines with ``params``): the masked faces grouped by
+  style (columns) -- what was actually written.
+
+The README sheet is rebuilt from dependency-shipped faces (scikit-image's astronaut and
+matplotlib's grace_hopper.jpg) with::
+
+    python -m maskkit.preview --demo docs/mask_styles.png
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import tarfile
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from maskkit.render import STYLES, CannotFit, MaskRenderer
+
+__all__ = ["face_crop", "styles_grid", "contact_sheet", "demo_faces", "write_demo", "load_source_faces", "preview"]
+
+CELL = 160
+_LABEL_H = 22
+
+
+def face_crop(rgb: np.ndarray, lm: np.ndarray, size: int = CELL, zoom: float = 1.0) -> np.ndarray:
+    """A square crop around a face (from its landmarks), resized to ``size`` (border padded)."""
+    import cv2
+
+    lm = np.asarray(lm, dtype=np.float64)
+    c = np.array([0.5 * (lm[:, 0].min() + lm[:, 0].max()), 0.5 * (lm[27, 1] + lm[8, 1])])
+    side = max(np.ptp(lm[:, 0]), np.ptp(lm[:, 1])) * 1.45 / zoom
+    s = size / max(side, 1e-6)
+    m = np.array([[s, 0, size / 2 - s * c[0]], [0, s, size / 2 - s * c[1]]])
+    interp = cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR
+    return cv2.warpAffine(rgb, m, (size, size), flags=interp, borderMode=cv2.BORDER_CONSTANT, borderValue=(24, 24, 24))
+
+
+def _label(cell: np.ndarray, text: str) -> np.ndarray:
+    import cv2
+
+    out = np.full((_LABEL_H, cell.shape[1], 3), 255, np.uint8)
+    cv2.putText(out, text, (4, _LABEL_H - 7), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (20, 20, 20), 1, cv2.LINE_AA)
+    return out
+
+
+def contact_sheet(rows: Sequence[Sequence[np.ndarray]], header: Optional[Sequence[str]] = None,
+                  pad: int = 2) -> np.ndarray:
+    """Tile equally sized RGB cells (rows x columns) into one image, with an optional header."""
+    h, w = rows[0][0].shape[:2]
+    ncol = max(len(r) for r in rows)
+    H = len(rows) * (h + pad) + pad + (_LABEL_H if header else 0)
+    W = ncol * (w + pad) + pad
+    sheet = np.full((H, W, 3), 255, np.uint8)
+    y = pad
+    if header:
+        for j, t in enumerate(header[:ncol]):
+            sheet[0:_LABEL_H, pad + j * (w + pad): pad + j * (w + pad) + w] = _label(np.zeros((1, w, 3)), t)
+        y = _LABEL_H
+    for r in rows:
+        for j, cell in enumerate(r):
+            x = pad + j * (w + pad)
+            sheet[y:y + h, x:x + w] = cell
+        y += h + pad
+    return sheet
+
+
+def styles_grid(faces: Sequence[Tuple[np.ndarray, np.ndarray]], styles: Sequence[str] = STYLES, seed: int = 0,
+                renderer: Optional[MaskRenderer] = None, size: int = CELL) -> Tuple[List[List[np.ndarray]], List[str]]:
+    """Rows of cells: the face, then the face masked in each style (a failed fit shows the reason)."""
+    import cv2
+
+    renderer = renderer or MaskRenderer()
+    rows = []
+    for i, (rgb, lm) in enumerate(faces):
+        row = [face_crop(rgb, lm, size)]
+        for j, st in enumerate(styles):
+            rng = np.random.default_rng([seed, i, j])
+            try:
+                res = renderer.render(rgb, lm, st, rng)
+                cell = face_crop(res.image, lm, size)
+            except CannotFit as exc:
+                cell = (row[0] * 0.35).astype(np.uint8)
+                cv2.putText(cell, exc.reason[:20], (4, size // 2), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1,
+                            cv2.LINE_AA)
+            row.append(cell)
+        rows.append(row)
+    return rows, ["face"] + list(styles)
+
+
+def demo_faces() -> List[Tuple[np.ndarray, np.ndarray]]:
+    """The dependency-shipped faces (astronaut, grace_hopper) with dlib landmarks."""
+    import matplotlib.cbook as cbook
+    from PIL import Image
+    from skimage import data
+
+    from maskkit.detect import make_detector
+
+    det = make_detector("hog")
+    out = []
+    with cbook.get_sample_data("grace_hopper.jpg") as f:
+        hopper = np.asarray(Image.open(f).convert("RGB"))
+    for rgb in (data.astronaut(), hopper):
+        faces = det.detect(rgb)
+        if not faces:
+            raise RuntimeError("no face found in a demo image")
+        f = max(faces, key=lambda f: f.area)
+        out.append((rgb, np.asarray(f.landmarks68, np.float64)))
+    return out
+
+
+def write_demo(path: Path, seeds: Sequence[int] = (0, 1, 2), size: int = CELL) -> Path:
+    """Write the README contact sheet (all five styles on the demo faces, a few seeds each)."""
+    from PIL import Image
+
+    renderer = MaskRenderer()
+    faces = demo_faces()
+    rows: List[List[np.ndarray]] = []
+    header: List[str] = []
+    for s in seeds:
+        r, header = styles_grid(faces, STYLES, seed=s, renderer=renderer, size=size)
+        rows += r
+    sheet = contact_sheet(rows, header)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(sheet).save(path, format="PNG", optimize=False, compress_level=9)
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# sources
+# --------------------------------------------------------------------------------------------
+def _decode(data: bytes) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def _iter_shard_samples(folder: Path) -> Iterable[Tuple[str, np.ndarray, dict]]:
+    """(key, rgb, meta) of every sample in the ``*.tar`` shards of a FORMAT.md shard set."""
+    for tar_path in sorted(folder.glob("*.tar")):
+        with tarfile.open(tar_path) as tf:
+            group: Dict[str, Dict[str, bytes]] = {}
+            for m in tf.getmembers():
+                if not m.isfile():
+                    continue
+                key, _, ext = m.name.partition(".")
+                group.setdefault(key, {})[ext] = tf.extractfile(m).read()
+            for key in sorted(group):
+                g = group[key]
+                if "jpg" in g and "json" in g:
+                    yield key, _decode(g["jpg"]), json.loads(g["json"])
+
+
+def load_source_faces(src: Path, n: int = 6, aligned: bool = False, detector: str = "hog"):
+    """Classify ``src`` and collect what to show.
+
+    Returns:
+        ``("faces", [(rgb, lm68), ...])`` for images to mask in every style, or
+        ``("masked", {style: [cell_rgb, ...]})`` for already masked faces.
+    """
+    src = Path(src)
+    if src.is_dir() and (src / "manifest.json").exists() and list(src.glob("*.tar")):
+        # what synth wrote (masked samples, by style) when there is any; else mask the plain ones
+        faces, masked = [], {s: [] for s in STYLES}
+        for _key, rgb, meta in _iter_shard_samples(src):
+            lm = meta.get("landmarks68")
+            if meta.get("masked") and meta.get("style") in masked:
+                if len(masked[meta["style"]]) < n:
+                    masked[meta["style"]].append(face_crop(rgb, np.asarray(lm, np.float64)) if lm else _square(rgb))
+            elif not meta.get("masked") and lm and len(faces) < n:
+                faces.append((rgb, np.asarray(lm, np.float64)))
+            if all(len(v) >= n for v in masked.values()):
+                break
+        if any(masked.values()):
+            return "masked", masked
+        return "faces", faces
+    if src.is_dir() and (src / "manifest.jsonl").exists():
+        from maskkit.image_io import load_image
+
+        masked = {s: [] for s in STYLES}
+        with open(src / "manifest.jsonl", encoding="utf-8") as fh:
+            for line in fh:
+                rec = json.loads(line)
+                st = rec.get("style")
+                if not rec.get("masked", True) or st not in masked or len(masked[st]) >= n or "out" not in rec:
+                    continue
+                rgb = load_image(src / rec["out"])
+                lm = rec.get("landmarks68")
+                masked[st].append(face_crop(rgb, np.asarray(lm, np.float64)) if lm else _square(rgb))
+        if any(masked.values()):
+            return "masked", masked
+    # a folder of images (or one image)
+    from maskkit.detect import landmarks_in_box, make_detector
+    from maskkit.image_io import ImageError, load_image
+    from maskkit.sources import iter_sources
+
+    det = None if aligned else make_detector(detector)
+    faces = []
+    for item in iter_sources(src):
+        if item.error:
+            continue
+        try:
+            rgb = load_image(item.path)
+        except ImageError:
+            continue
+        if aligned:
+            faces.append((rgb, landmarks_in_box(rgb).astype(np.float64)))
+        else:
+            for f in sorted(det.detect(rgb), key=lambda f: -f.area):
+                faces.append((rgb, np.asarray(f.landmarks68, np.float64)))
+                if len(faces) >= n:
+                    break
+        if len(faces) >= n:
+            break
+    return "faces", faces
+
+
+def _square(rgb: np.ndarray, size: int = CELL) -> np.ndarray:
+    import cv2
+
+    return cv2.resize(rgb, (size, size), interpolation=cv2.INTER_AREA)
+
+
+def preview(src: Path, out: Path, styles: Sequence[str] = STYLES, n: int = 6, seed: int = 0,
+            aligned: bool = False, detector: str = "hog") -> dict:
+    """Build a styles x faces contact sheet PNG from ``src``; returns a small summary."""
+    from PIL import Image
+
+    kind, data = load_source_faces(Path(src), n=n, aligned=aligned, detector=detector)
+    if kind == "faces":
+        if not data:
+            raise ValueError(f"no faces found in {src}")
+        rows, header = styles_grid(data, styles, seed=seed)
+        n_faces = len(rows)
+    else:
+        cols = [s for s in styles if data.get(s)]
+        if not cols:
+            raise ValueError(f"no masked faces of styles {list(styles)} in {src}")
+        depth = max(len(data[s]) for s in cols)
+        blank = np.full((CELL, CELL, 3), 235, np.uint8)
+        rows = [[data[s][i] if i < len(data[s]) else blank for s in cols] for i in range(depth)]
+        header = cols
+        n_faces = sum(len(data[s]) for s in cols)
+    sheet = contact_sheet(rows, header)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(sheet).save(out, format="PNG")
+    return {"kind": kind, "faces": n_faces, "rows": len(rows), "columns": len(header), "out": str(out)}
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description="mask-style contact sheets")
+    ap.add_argument("src", nargs="?", type=Path, help="folder of images, shard set or mask output")
+    ap.add_argument("-o", "--out", type=Path, default=Path("preview.png"))
+    ap.add_argument("--demo", type=Path, default=None, help="write the README sheet from shipped faces to this path")
+    ap.add_argument("--n", type=int, default=6)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    if args.demo:
+        print(write_demo(args.demo))
+    elif args.src:
+        print(json.dumps(preview(args.src, args.out, n=args.n, seed=args.seed)))
+    else:
+        ap.error("give SRC or --demo PATH")
+
+
+if __name__ == "__main__":
+    main()

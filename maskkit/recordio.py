@@ -1,0 +1,329 @@
+"""insightface / MXNet ``.rec`` training sets without mxnet: writer, reader and ``export-rec``.
+
+The format (dmlc-core RecordIO + MXNet's image record header), as insightface's
+``arcface_torch`` reads it:
+
+* A ``.rec`` file is a sequence of records. Each record starts with the magic ``0xced7230a``
+  (uint32 little-endian), then ``lrec`` (uint32): the low 29 bits are the payload length, the
+  upper 3 bits a continuation flag ``cflag`` (0 whole record; 1 first, 2 middle, 3 last part of
+  a record that was split because its payload contained the magic at a 4-byte-aligned offset --
+  the magic itself is dropped at each split and re-inserted by the reader). Each part's payload
+  is zero-padded to a multiple of 4 bytes.
+* A record's payload is ``IRHeader`` packed as ``<IfQQ`` (flag, label, id, id2; 24 bytes)
+  followed by the image bytes. With ``flag > 0``, ``label`` is stored as 0 and ``flag`` float32
+  labels follow the header (a label vector).
+* ``train.idx``: one ``"key\\toffset\\n"`` line per record (the byte offset of its magic).
+* Record 0 is the header record: ``flag=2``, labels ``(N+1, N+1+C)`` -- images are records
+  ``1..N``, records ``N+1..N+C`` are identity records whose labels ``(start, end)`` give the
+  image range of each class. Image records have ``flag=0`` and the class index as ``label``.
+* ``property``: ``"num_classes,H,W"``.
+
+:func:`export_rec` writes a shard folder (``docs/FORMAT.md``) as such a set; ``id2`` of an image
+record is 1 when the face is synthetically masked, 0 otherwise (ignored by readers). :class:`RecReader`
+reads any such set (``maskkit synth --src train.rec --aligned`` uses it).
+
+Example:
+    >>> export_rec("shards/", "rec/")                               # doctest: +SKIP
+    >>> r = RecReader("rec/train.rec"); h, img = r.read_record(1)   # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+__all__ = ["MAGIC", "IRHeader", "pack_header", "unpack_header", "RecordWriter", "read_record_at",
+           "iter_records", "RecReader", "export_rec", "RecError"]
+
+MAGIC = 0xCED7230A
+_MAGIC_BYTES = struct.pack("<I", MAGIC)
+_IR_FORMAT = "<IfQQ"
+_IR_SIZE = struct.calcsize(_IR_FORMAT)  # 24
+_LEN_MASK = (1 << 29) - 1
+
+
+class RecError(ValueError):
+    """A malformed ``.rec`` / ``.idx`` file."""
+
+
+@dataclass
+class IRHeader:
+    """MXNet image record header.
+
+    Attributes:
+        flag: 0 for a scalar label, else the number of float32 labels that follow the header.
+        label: scalar label (flag 0) or tuple of labels.
+        id: record id.
+        id2: second id (maskkit: 1 for a synthetically masked face).
+    """
+
+    flag: int
+    label: float | tuple
+    id: int
+    id2: int = 0
+
+
+def pack_header(header: IRHeader, payload: bytes) -> bytes:
+    """``IRHeader`` + (label vector) + payload, as ``mx.recordio.pack`` builds it."""
+    if header.flag == 0 and not isinstance(header.label, (tuple, list)):
+        return struct.pack(_IR_FORMAT, 0, float(header.label), int(header.id), int(header.id2)) + payload
+    labels = tuple(float(x) for x in (header.label if isinstance(header.label, (tuple, list)) else (header.label,)))
+    head = struct.pack(_IR_FORMAT, len(labels), 0.0, int(header.id), int(header.id2))
+    return head + struct.pack(f"<{len(labels)}f", *labels) + payload
+
+
+def unpack_header(record: bytes) -> tuple[IRHeader, bytes]:
+    """Inverse of :func:`pack_header`: ``(header, payload)``."""
+    if len(record) < _IR_SIZE:
+        raise RecError(f"record of {len(record)} bytes is shorter than an IRHeader")
+    flag, label, id_, id2 = struct.unpack_from(_IR_FORMAT, record)
+    off = _IR_SIZE
+    if flag > 0:
+        if len(record) < off + 4 * flag:
+            raise RecError("record shorter than its label vector")
+        label = struct.unpack_from(f"<{flag}f", record, off)
+        off += 4 * flag
+    return IRHeader(flag, label, id_, id2), record[off:]
+
+
+def _pad(n: int) -> int:
+    return (4 - n % 4) % 4
+
+
+class RecordWriter:
+    """Write dmlc RecordIO records plus the ``.idx`` file.
+
+    Args:
+        rec_path: the ``.rec`` file to create.
+        idx_path: the ``.idx`` file to create (``None``: no index).
+    """
+
+    def __init__(self, rec_path: str | os.PathLike, idx_path: str | os.PathLike | None = None) -> None:
+        self._f = open(rec_path, "wb")
+        self._idx = open(idx_path, "w", encoding="ascii") if idx_path is not None else None
+
+    def write(self, key: int, record: bytes) -> int:
+        """Append one record (splitting it where the payload holds the magic); returns its offset."""
+        pos = self._f.tell()
+        if self._idx is not None:
+            self._idx.write(f"{int(key)}\t{pos}\n")
+        data = memoryview(record)
+        size = len(record)
+        lower_align = (size >> 2) << 2
+        dptr = 0
+        # dmlc-core: every 4-byte-aligned occurrence of the magic inside the payload splits the
+        # record (the magic is dropped, the reader re-inserts it between parts).
+        i = record.find(_MAGIC_BYTES, 0, lower_align)
+        while i >= 0:
+            if i % 4 == 0:
+                self._part(1 if dptr == 0 else 2, data[dptr:i])
+                dptr = i + 4
+                i = record.find(_MAGIC_BYTES, i + 4, lower_align)
+            else:
+                i = record.find(_MAGIC_BYTES, i + 1, lower_align)
+        self._part(3 if dptr else 0, data[dptr:])
+        return pos
+
+    def _part(self, cflag: int, chunk) -> None:
+        n = len(chunk)
+        if n > _LEN_MASK:
+            raise RecError(f"record part of {n} bytes exceeds the 29-bit length field")
+        self._f.write(_MAGIC_BYTES)
+        self._f.write(struct.pack("<I", (cflag << 29) | n))
+        self._f.write(chunk)
+        self._f.write(b"\0" * _pad(n))
+
+    def close(self) -> None:
+        self._f.close()
+        if self._idx is not None:
+            self._idx.close()
+
+    def __enter__(self) -> "RecordWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def read_record_at(f, offset: int | None = None) -> bytes | None:
+    """Read one (possibly split) record from an open binary file; ``None`` at end of file."""
+    if offset is not None:
+        f.seek(offset)
+    parts: list[bytes] = []
+    while True:
+        head = f.read(8)
+        if not head:
+            if parts:
+                raise RecError("file ends inside a split record")
+            return None
+        if len(head) < 8:
+            raise RecError("truncated record header")
+        magic, lrec = struct.unpack("<II", head)
+        if magic != MAGIC:
+            raise RecError(f"bad magic 0x{magic:08x} at offset {f.tell() - 8}")
+        cflag, n = lrec >> 29, lrec & _LEN_MASK
+        data = f.read(n)
+        if len(data) < n:
+            raise RecError("truncated record payload")
+        f.read(_pad(n))
+        if cflag == 0:
+            if parts:
+                raise RecError("whole record inside a split record")
+            return data
+        if cflag == 1:
+            parts = [data]
+        elif not parts:
+            raise RecError(f"continuation part (cflag {cflag}) without a first part")
+        else:
+            parts.append(_MAGIC_BYTES)
+            parts.append(data)
+        if cflag == 3:
+            return b"".join(parts)
+
+
+def iter_records(rec_path: str | os.PathLike) -> Iterator[tuple[int, bytes]]:
+    """Yield ``(offset, record)`` for every record of a ``.rec`` file, scanning it sequentially."""
+    with open(rec_path, "rb") as f:
+        while True:
+            off = f.tell()
+            r = read_record_at(f)
+            if r is None:
+                return
+            yield off, r
+
+
+class RecReader:
+    """Random access to an insightface ``.rec`` (with its ``.idx`` when present).
+
+    Attributes:
+        offsets: ``{key: offset}``.
+        image_keys: keys of the image records (``1..N`` when record 0 is a header record,
+            else every key).
+        labels: class index per image key (filled by :meth:`scan_labels`).
+    """
+
+    def __init__(self, rec_path: str | os.PathLike, idx_path: str | os.PathLike | None = None) -> None:
+        self.rec_path = Path(rec_path)
+        if not self.rec_path.is_file():
+            raise FileNotFoundError(f"{self.rec_path} does not exist")
+        idx = Path(idx_path) if idx_path else self.rec_path.with_suffix(".idx")
+        self.offsets: dict[int, int] = {}
+        if idx.is_file():
+            with open(idx, encoding="ascii") as f:
+                for ln, line in enumerate(f, 1):
+                    line = line.strip()
+                    if not line:
+                        continue
+                    try:
+                        k, o = line.split("\t")
+                        self.offsets[int(k)] = int(o)
+                    except ValueError:
+                        raise RecError(f"{idx}:{ln}: not 'key<TAB>offset': {line[:60]!r}") from None
+        else:  # no index: scan, keys are record order
+            for i, (off, _) in enumerate(iter_records(self.rec_path)):
+                self.offsets[i] = off
+        self._f = open(self.rec_path, "rb")
+        self.header0: tuple[int, int] | None = None
+        if 0 in self.offsets:
+            h, _ = unpack_header(self.read(0))
+            if h.flag > 0:
+                lab = h.label if isinstance(h.label, tuple) else (h.label,)
+                self.header0 = (int(lab[0]), int(lab[1]) if len(lab) > 1 else int(lab[0]))
+        if self.header0 is not None:
+            self.image_keys = [k for k in range(1, self.header0[0]) if k in self.offsets]
+        else:
+            self.image_keys = sorted(self.offsets)
+
+    def read(self, key: int) -> bytes:
+        """The raw record (IRHeader + payload) of ``key``."""
+        r = read_record_at(self._f, self.offsets[key])
+        if r is None:
+            raise RecError(f"record {key} is past the end of {self.rec_path}")
+        return r
+
+    def read_record(self, key: int) -> tuple[IRHeader, bytes]:
+        """``(header, image bytes)`` of ``key``."""
+        return unpack_header(self.read(key))
+
+    @staticmethod
+    def label_of(header: IRHeader) -> int:
+        lab = header.label
+        return int(lab[0] if isinstance(lab, tuple) else lab)
+
+    def scan_labels(self) -> dict[int, int]:
+        """``{image key: class index}``, reading only the 24-byte headers (plus label vectors)."""
+        out = {}
+        for k in self.image_keys:
+            self._f.seek(self.offsets[k] + 8)
+            head = self._f.read(_IR_SIZE + 4)
+            flag, label, _, _ = struct.unpack_from(_IR_FORMAT, head)
+            if flag > 0:
+                label = struct.unpack_from("<f", head, _IR_SIZE)[0]
+            out[k] = int(label)
+        return out
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self) -> "RecReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def export_rec(shards_dir: str | os.PathLike, out_dir: str | os.PathLike, prefix: str = "train") -> dict:
+    """Write a shard dataset as insightface ``train.rec``, ``train.idx`` and ``property``.
+
+    Images are records ``1..N`` in class order (``maskkit synth`` writes shards in class order,
+    so this is one streaming pass; other orders take one pass per class), then one identity
+    record per class with its image range, and record 0 the header record. The JPEG bytes are
+    copied unchanged; ``id2`` is 1 for a synthetically masked face.
+
+    Args:
+        shards_dir: a finished shard folder (with ``manifest.json``).
+        out_dir: output folder (created).
+        prefix: file name prefix (``train`` gives ``train.rec`` / ``train.idx``).
+
+    Returns:
+        ``{"images", "classes", "rec", "idx", "property", "bytes"}``.
+    """
+    from .shards import read_manifest, read_samples
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    man = read_manifest(shards_dir)
+    classes = man["classes"]
+    h, w = man.get("image_size", [112, 112])
+    labels = [s["json"]["label"] for s in read_samples(shards_dir)]
+    n = len(labels)
+    counts = [0] * len(classes)
+    for lab in labels:
+        counts[lab] += 1
+    rec_p, idx_p = out / f"{prefix}.rec", out / f"{prefix}.idx"
+    tmp_rec, tmp_idx = rec_p.with_name(rec_p.name + ".tmp"), idx_p.with_name(idx_p.name + ".tmp")
+    sorted_stream = all(a <= b for a, b in zip(labels, labels[1:]))
+    passes = [None] if sorted_stream else list(range(len(classes)))
+    with RecordWriter(tmp_rec, tmp_idx) as wr:
+        wr.write(0, pack_header(IRHeader(2, (n + 1, n + 1 + len(classes)), 0, 0), b""))
+        key = 1
+        for only in passes:
+            for s in read_samples(shards_dir):
+                lab = s["json"]["label"]
+                if only is not None and lab != only:
+                    continue
+                masked = int(bool(s["json"].get("masked")))
+                wr.write(key, pack_header(IRHeader(0, float(lab), key, masked), s["jpg"]))
+                key += 1
+        start = 1
+        for lab, c in enumerate(counts):
+            wr.write(n + 1 + lab, pack_header(IRHeader(2, (start, start + c), n + 1 + lab, 0), b""))
+            start += c
+    os.replace(tmp_rec, rec_p)
+    os.replace(tmp_idx, idx_p)
+    prop = out / "property"
+    prop.write_text(f"{len(classes)},{h},{w}\n", encoding="ascii")
+    return {"images": n, "classes": len(classes), "rec": str(rec_p), "idx": str(idx_p),
+            "property": str(prop), "bytes": rec_p.stat().st_size}

@@ -1,0 +1,516 @@
+"""WebDataset tar shards, the manifest and their verification (``docs/FORMAT.md``, version 1).
+
+A dataset is a folder of ``<split>-%06d.tar`` shards plus ``manifest.json`` (written last,
+atomically) and ``failures.jsonl``. This module writes and reads that layout:
+
+* :class:`Sample` is one group of tar members sharing a key (``KEY.jpg``, ``KEY.json`` and an
+  optional ``KEY.mask.png``).
+* :class:`ShardSink` cuts a stream of samples into shards of a fixed number of samples. Each
+  shard is written under a temporary name (``.tmp`` suffix), fsynced, then renamed, so a shard
+  file with its final name is always complete. Bytes are deterministic: members in a fixed
+  order, fixed mtime/uid/gid/uname/mode, GNU tar format, JSON with sorted keys -- the same
+  samples always give the same sha256.
+* :func:`write_json_atomic` / :func:`read_manifest` / :func:`read_samples` / :func:`iter_shard`.
+* :func:`verify` checks a finished dataset against its manifest (what ``maskkit stats`` runs).
+
+Example:
+    >>> with ShardSink("shards/", shard_samples=1000) as sink:      # doctest: +SKIP
+    ...     sink.add(Sample("c00000_ab12_0", jpg_bytes, {"label": 0, ...}))
+    >>> sink.shards[0]["sha256"]                                      # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import os
+import re
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+__all__ = [
+    "FORMAT_NAME", "FORMAT_VERSION", "KEY_RE", "Sample", "ShardSink", "shard_name", "write_json_atomic",
+    "read_manifest", "iter_shard", "read_samples", "sha256_file", "round_half_up", "expected_masked",
+    "VerifyReport", "verify", "encode_json", "style_share_deviation", "write_bytes_atomic",
+]
+
+FORMAT_NAME = "maskkit-shards"
+FORMAT_VERSION = 1
+#: Allowed sample keys (no dots: WebDataset splits member names at the first dot).
+KEY_RE = re.compile(r"^[A-Za-z0-9_-]+$")
+#: Fixed tar member metadata, so that equal samples give byte-identical shards.
+TAR_MTIME = 946684800  # 2000-01-01T00:00:00Z
+TAR_MODE = 0o644
+_MEMBER_ORDER = {"jpg": 0, "json": 1, "mask.png": 2}
+
+
+def round_half_up(x: float) -> int:
+    """``round(x)`` with halves rounded up (0.5 -> 1, 5.5 -> 6), unlike Python's banker's rounding."""
+    return int(math.floor(x + 0.5 + 1e-9))
+
+
+def expected_masked(ratio: float, faces: int) -> int:
+    """Masked faces an identity with ``faces`` accepted faces gets: ``round_half_up(ratio * faces)``."""
+    return min(faces, max(0, round_half_up(ratio * faces)))
+
+
+def shard_name(index: int, split: str = "train") -> str:
+    """``train-000003.tar`` for ``index=3``."""
+    return f"{split}-{index:06d}.tar"
+
+
+def encode_json(obj) -> bytes:
+    """Canonical JSON bytes (sorted keys, compact, UTF-8) -- deterministic for equal objects."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def sha256_file(path: str | os.PathLike, bufsize: int = 1 << 20) -> str:
+    """Hex sha256 of a file's content."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(bufsize)
+            if not b:
+                break
+            h.update(b)
+    return h.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - e.g. Windows
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_json_atomic(path: str | os.PathLike, obj, indent: int | None = 2) -> None:
+    """Write JSON to ``path`` via a temporary file, fsync and rename (readers never see half a file)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    data = json.dumps(obj, indent=indent, sort_keys=False, ensure_ascii=False).encode("utf-8") + b"\n"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Write bytes to ``path`` via a temporary file, fsync and rename."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+@dataclass
+class Sample:
+    """One dataset sample: the members ``KEY.jpg``, ``KEY.json`` and optionally ``KEY.mask.png``.
+
+    Attributes:
+        key: unique key, ``[A-Za-z0-9_-]+``.
+        jpg: JPEG bytes of the aligned face.
+        meta: the ``KEY.json`` dict (see FORMAT.md).
+        mask_png: 8-bit single-channel PNG of the mask coverage, or ``None``.
+    """
+
+    key: str
+    jpg: bytes
+    meta: dict
+    mask_png: bytes | None = None
+
+    def members(self) -> list[tuple[str, bytes]]:
+        """``(member name, bytes)`` in the fixed order jpg, json, mask.png."""
+        if not KEY_RE.match(self.key):
+            raise ValueError(f"sample key {self.key!r} is not made of [A-Za-z0-9_-]")
+        out = [(f"{self.key}.jpg", self.jpg), (f"{self.key}.json", encode_json(self.meta))]
+        if self.mask_png is not None:
+            out.append((f"{self.key}.mask.png", self.mask_png))
+        return out
+
+
+def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    ti = tarfile.TarInfo(name)
+    ti.size = len(data)
+    ti.mtime = TAR_MTIME
+    ti.mode = TAR_MODE
+    ti.uid = ti.gid = 0
+    ti.uname = ti.gname = "maskkit"
+    ti.type = tarfile.REGTYPE
+    tar.addfile(ti, io.BytesIO(data))
+
+
+class _HashingWriter(io.RawIOBase):
+    """A write-only file wrapper that hashes and counts what goes through it."""
+
+    def __init__(self, f):
+        self._f = f
+        self.sha = hashlib.sha256()
+        self.nbytes = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.nbytes
+
+    def write(self, b) -> int:
+        b = bytes(b)
+        self._f.write(b)
+        self.sha.update(b)
+        self.nbytes += len(b)
+        return len(b)
+
+
+class ShardSink:
+    """Cut a stream of :class:`Sample` into complete, atomically renamed tar shards.
+
+    Shard ``k`` holds samples ``[k*shard_samples, (k+1)*shard_samples)`` of the stream, so the
+    assignment of samples to shards depends only on their order (what resume relies on).
+
+    Args:
+        out_dir: the dataset folder (created if missing).
+        shard_samples: samples per shard (the last one may hold fewer).
+        split: shard name prefix (``train``).
+        start_index: index of the first shard to write (resume keeps earlier shards).
+        on_shard: called with the shard record ``{"name", "samples", "bytes", "sha256"}`` after
+            each shard is renamed into place.
+    """
+
+    def __init__(self, out_dir: str | os.PathLike, shard_samples: int = 10000, split: str = "train",
+                 start_index: int = 0, on_shard: Callable[[dict], None] | None = None) -> None:
+        if shard_samples < 1:
+            raise ValueError("shard_samples must be >= 1")
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.shard_samples = int(shard_samples)
+        self.split = split
+        self.index = int(start_index)
+        self.on_shard = on_shard
+        self.shards: list[dict] = []
+        self._fh = None
+        self._hw: _HashingWriter | None = None
+        self._tar: tarfile.TarFile | None = None
+        self._count = 0
+
+    # -- context manager ------------------------------------------------------------------
+    def __enter__(self) -> "ShardSink":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    # -- writing --------------------------------------------------------------------------
+    @property
+    def _final_path(self) -> Path:
+        return self.out_dir / shard_name(self.index, self.split)
+
+    @property
+    def _tmp_path(self) -> Path:
+        return self.out_dir / (shard_name(self.index, self.split) + ".tmp")
+
+    def _open(self) -> None:
+        self._fh = open(self._tmp_path, "wb")
+        self._hw = _HashingWriter(self._fh)
+        self._tar = tarfile.open(fileobj=self._hw, mode="w", format=tarfile.GNU_FORMAT)
+        self._count = 0
+
+    def add(self, sample: Sample) -> None:
+        """Append one sample; completes and renames the current shard when it is full."""
+        members = sample.members()
+        if self._tar is None:
+            self._open()
+        for name, data in members:
+            _add_member(self._tar, name, data)
+        self._count += 1
+        if self._count >= self.shard_samples:
+            self._finish()
+
+    def _finish(self) -> None:
+        assert self._tar is not None and self._fh is not None and self._hw is not None
+        self._tar.close()
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self._fh.close()
+        os.replace(self._tmp_path, self._final_path)
+        _fsync_dir(self.out_dir)
+        rec = {"name": self._final_path.name, "samples": self._count, "bytes": self._hw.nbytes,
+               "sha256": self._hw.sha.hexdigest()}
+        self.shards.append(rec)
+        self._tar = self._fh = self._hw = None
+        self._count = 0
+        self.index += 1
+        if self.on_shard is not None:
+            self.on_shard(rec)
+
+    def close(self) -> None:
+        """Complete the last, partial shard (if it holds any sample)."""
+        if self._tar is not None:
+            if self._count:
+                self._finish()
+            else:  # pragma: no cover - never opened without a sample
+                self.abort()
+
+    def abort(self) -> None:
+        """Drop the shard in progress (its temporary file is removed)."""
+        if self._tar is not None:
+            try:
+                self._tar.close()
+                self._fh.close()
+            finally:
+                self._tmp_path.unlink(missing_ok=True)
+            self._tar = self._fh = self._hw = None
+
+
+# ---------------------------------------------------------------------------------------------
+# reading
+# ---------------------------------------------------------------------------------------------
+def read_manifest(data_dir: str | os.PathLike) -> dict:
+    """Load ``manifest.json``; raises ``FileNotFoundError`` with a clear message when absent."""
+    p = Path(data_dir) / "manifest.json"
+    if not p.exists():
+        raise FileNotFoundError(f"{p} is missing: the dataset is incomplete (a run that did not finish?) "
+                                "or this is not a maskkit shard folder")
+    with open(p, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def iter_shard(path: str | os.PathLike) -> Iterator[dict]:
+    """Yield the samples of one tar shard, in file order.
+
+    Each sample is a dict ``{"key", "jpg": bytes, "json": dict, "mask.png": bytes|None, "shard"}``
+    plus any other member suffix found. Members of one key must be consecutive (as WebDataset
+    requires).
+    """
+    path = Path(path)
+    cur: dict | None = None
+    with tarfile.open(path, "r") as tar:
+        for ti in tar:
+            if not ti.isfile():
+                continue
+            base = ti.name.rsplit("/", 1)[-1]
+            key, _, suffix = base.partition(".")
+            data = tar.extractfile(ti).read()
+            if cur is None or cur["key"] != key:
+                if cur is not None:
+                    yield cur
+                cur = {"key": key, "shard": path.name, "mask.png": None}
+            cur[suffix] = json.loads(data) if suffix == "json" else data
+    if cur is not None:
+        yield cur
+
+
+def _shard_paths(data_dir: Path) -> list[Path]:
+    mp = data_dir / "manifest.json"
+    if mp.exists():
+        return [data_dir / s["name"] for s in read_manifest(data_dir)["shards"]]
+    return sorted(data_dir.glob("*.tar"))
+
+
+def read_samples(data_dir: str | os.PathLike) -> Iterator[dict]:
+    """Yield every sample of a dataset folder, in shard order (see :func:`iter_shard`).
+
+    Uses the manifest's shard list when present, otherwise every ``*.tar`` in name order.
+    """
+    for p in _shard_paths(Path(data_dir)):
+        yield from iter_shard(p)
+
+
+# ---------------------------------------------------------------------------------------------
+# verification
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class VerifyReport:
+    """Result of :func:`verify`.
+
+    Attributes:
+        ok: no problem found.
+        problems: one human-readable line per mismatch.
+        counted: what was counted in the shards (samples, masked, styles, per_class, ...).
+        manifest: the manifest as read.
+    """
+
+    ok: bool
+    problems: list[str] = field(default_factory=list)
+    counted: dict = field(default_factory=dict)
+    manifest: dict = field(default_factory=dict)
+
+
+def verify(data_dir: str | os.PathLike, decode: bool = False, max_problems: int = 50) -> VerifyReport:
+    """Check a dataset folder against its manifest.
+
+    Checks: format/version; every listed shard exists with the listed byte size, sha256 and
+    sample count; no unlisted shard; keys unique and well-formed; every sample has ``jpg`` and
+    ``json``; labels/identities agree with ``classes``; totals (samples, masked, per style, per
+    class) equal the manifest; per class, masked faces equal ``round_half_up(ratio * faces)``
+    minus any recorded mask shortfall; ``twin`` links are mutual; ``inputs.files == ok + failed``
+    and ``failures.jsonl`` holds ``failed`` lines. With ``decode=True`` every JPEG (and mask PNG)
+    is also decoded and its size checked against ``image_size``.
+
+    Args:
+        data_dir: the dataset folder.
+        decode: also decode every image (slower).
+        max_problems: stop listing after this many problems.
+
+    Returns:
+        :class:`VerifyReport`.
+    """
+    d = Path(data_dir)
+    problems: list[str] = []
+
+    def bad(msg: str) -> None:
+        if len(problems) < max_problems:
+            problems.append(msg)
+
+    try:
+        man = read_manifest(d)
+    except (FileNotFoundError, json.JSONDecodeError) as exc:
+        return VerifyReport(False, [str(exc)], {}, {})
+    if man.get("format") != FORMAT_NAME or man.get("version") != FORMAT_VERSION:
+        bad(f"manifest format {man.get('format')!r} v{man.get('version')!r}, expected {FORMAT_NAME!r} v{FORMAT_VERSION}")
+    classes = list(man.get("classes", []))
+    styles_all = list(man.get("styles", {}).keys())
+    size = tuple(man.get("image_size", (112, 112)))
+    listed = {s["name"] for s in man.get("shards", [])}
+    for p in sorted(d.glob("*.tar")):
+        if p.name not in listed:
+            bad(f"{p.name}: shard file not listed in the manifest")
+    keys: set[str] = set()
+    twins: dict[str, str | None] = {}
+    masked_keys: set[str] = set()
+    n = masked = 0
+    styles = {s: 0 for s in styles_all}
+    per_class = {c: {"samples": 0, "masked": 0} for c in classes}
+    for rec in man.get("shards", []):
+        p = d / rec["name"]
+        if not p.exists():
+            bad(f"{rec['name']}: listed shard is missing")
+            continue
+        size_b = p.stat().st_size
+        if size_b != rec.get("bytes"):
+            bad(f"{rec['name']}: {size_b} bytes, manifest says {rec.get('bytes')}")
+        sha = sha256_file(p)
+        if sha != rec.get("sha256"):
+            bad(f"{rec['name']}: sha256 {sha[:16]}..., manifest says {str(rec.get('sha256'))[:16]}...")
+        count = 0
+        try:
+            for s in iter_shard(p):
+                count += 1
+                key = s["key"]
+                if not KEY_RE.match(key):
+                    bad(f"{rec['name']}: key {key!r} has characters outside [A-Za-z0-9_-]")
+                if key in keys:
+                    bad(f"{rec['name']}: duplicate key {key}")
+                keys.add(key)
+                if "jpg" not in s or "json" not in s:
+                    bad(f"{rec['name']}: sample {key} lacks jpg or json")
+                    continue
+                meta = s["json"]
+                lab, ident = meta.get("label"), meta.get("identity")
+                if not isinstance(lab, int) or not 0 <= lab < len(classes) or classes[lab] != ident:
+                    bad(f"{key}: label {lab!r} / identity {ident!r} disagree with manifest classes")
+                    continue
+                n += 1
+                pc = per_class[ident]
+                pc["samples"] += 1
+                if meta.get("masked"):
+                    masked_keys.add(key)
+                    masked += 1
+                    pc["masked"] += 1
+                    st = meta.get("style")
+                    styles[st] = styles.get(st, 0) + 1
+                    if meta.get("mask") is None:
+                        bad(f"{key}: masked sample without render parameters")
+                twins[key] = meta.get("twin")
+                if decode:
+                    import numpy as np
+                    import cv2
+
+                    img = cv2.imdecode(np.frombuffer(s["jpg"], np.uint8), cv2.IMREAD_COLOR)
+                    if img is None or tuple(img.shape[:2]) != size:
+                        bad(f"{key}: jpg does not decode to {size[0]}x{size[1]}")
+                    if s.get("mask.png") is not None:
+                        m = cv2.imdecode(np.frombuffer(s["mask.png"], np.uint8), cv2.IMREAD_UNCHANGED)
+                        if m is None or m.ndim != 2 or tuple(m.shape) != size:
+                            bad(f"{key}: mask.png is not a {size[0]}x{size[1]} single-channel image")
+        except (tarfile.TarError, OSError, json.JSONDecodeError) as exc:
+            bad(f"{rec['name']}: unreadable ({exc})")
+        if count != rec.get("samples"):
+            bad(f"{rec['name']}: {count} samples, manifest says {rec.get('samples')}")
+    if n != man.get("num_samples"):
+        bad(f"num_samples: counted {n}, manifest says {man.get('num_samples')}")
+    if masked != man.get("num_masked"):
+        bad(f"num_masked: counted {masked}, manifest says {man.get('num_masked')}")
+    if styles != {**{s: 0 for s in styles_all}, **man.get("styles", {})}:
+        bad(f"styles: counted {styles}, manifest says {man.get('styles')}")
+    ratio = float(man.get("ratio", 0.0))
+    paired = bool(man.get("paired", False))
+    shortfall = man.get("mask_shortfall", {}) or {}
+    for c in classes:
+        got = per_class[c]
+        want = man.get("per_class", {}).get(c, {})
+        if got["samples"] != want.get("samples") or got["masked"] != want.get("masked"):
+            bad(f"class {c}: counted {got}, manifest says {want}")
+        faces = got["samples"] - got["masked"] if paired else got["samples"]
+        exp = expected_masked(ratio, faces) - int(shortfall.get(c, 0))
+        if got["masked"] != exp:
+            bad(f"class {c}: {got['masked']} masked of {faces} faces, ratio {ratio} requires {exp}")
+    for k, t in twins.items():
+        if t is not None and twins.get(t, "<missing>") != k:
+            bad(f"{k}: twin {t} missing or not linked back")
+    if paired:  # every masked sample has its plain twin (plain faces not chosen have none)
+        for k, t in twins.items():
+            if t is None and k in masked_keys:
+                bad(f"{k}: masked sample of a paired dataset without its plain twin")
+    inputs = man.get("inputs", {})
+    if inputs.get("files") != inputs.get("ok", 0) + inputs.get("failed", 0):
+        bad(f"inputs: files {inputs.get('files')} != ok {inputs.get('ok')} + failed {inputs.get('failed')}")
+    fp = d / "failures.jsonl"
+    nfail = 0
+    if fp.exists():
+        with open(fp, encoding="utf-8") as f:
+            for line in f:
+                if line.strip():
+                    nfail += 1
+                    try:
+                        r = json.loads(line)
+                        if "src" not in r or "reason" not in r:
+                            bad(f"failures.jsonl: line without src/reason: {line.strip()[:80]}")
+                    except json.JSONDecodeError:
+                        bad(f"failures.jsonl: bad line {line.strip()[:80]}")
+    if nfail != inputs.get("failed", 0):
+        bad(f"failures.jsonl has {nfail} lines, manifest inputs.failed is {inputs.get('failed')}")
+    counted = {"num_samples": n, "num_masked": masked, "styles": styles, "per_class": per_class,
+               "failures": nfail, "keys": len(keys)}
+    return VerifyReport(not problems, problems, counted, man)
+
+
+def style_share_deviation(styles: dict[str, int]) -> float:
+    """Largest ``|share - 1/K|`` over the K styles (0 when nothing is masked)."""
+    tot = sum(styles.values())
+    if not tot or not styles:
+        return 0.0
+    k = len(styles)
+    return max(abs(v / tot - 1.0 / k) for v in styles.values())
+
+
+def iter_keys(samples: Iterable[dict]) -> Iterator[str]:  # pragma: no cover - tiny helper
+    for s in samples:
+        yield s["key"]

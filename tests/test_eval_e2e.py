@@ -1,0 +1,269 @@
+"""End to end: a .bin built from real faces (lfw-johns) with maskkit's aligner, a checkpoint
+trained in the test, ``maskkit eval`` / ``embed`` / ``--compare`` through the CLI, and the report
+checked against an independent recomputation."""
+from __future__ import annotations
+
+import json
+import pickle
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+SEED = 3
+
+
+def _pairs(identities: list[str]) -> tuple[list[tuple[int, int]], list[bool]]:
+    """Deterministic pairs: 10 same pairs per identity (consecutive images) and as many
+    different pairs (image k of identity a vs image k of the next identity)."""
+    ids = np.array(identities)
+    names = sorted(set(identities))
+    by = {n: np.flatnonzero(ids == n) for n in names}
+    pairs, same = [], []
+    for j, n in enumerate(names):
+        idx = by[n]
+        other = by[names[(j + 1) % len(names)]]
+        for k in range(min(10, len(idx) - 1, len(other))):
+            pairs.append((int(idx[k]), int(idx[k + 1])))
+            same.append(True)
+            pairs.append((int(idx[k]), int(other[(k + 3) % len(other)])))
+            same.append(False)
+    return pairs, same
+
+
+@pytest.fixture(scope="module")
+def johns(lfw_johns, tmp_path_factory):
+    """Aligned lfw-johns faces, a .bin in insightface's layout, and a tiny trained run."""
+    import torch
+
+    from maskkit.render import MaskRenderer
+    from maskkit.training.config import TrainConfig
+    from maskkit.training.data import write_shards
+    from maskkit.training.engine import train
+    from maskkit.training.evalsets import FaceAligner, apply_masks, load_image_folder, write_bin
+
+    torch.set_num_threads(2)
+    tmp = tmp_path_factory.mktemp("johns")
+    faces = load_image_folder(lfw_johns, FaceAligner(), progress=False)
+    # every one of the 55 photos is accounted: aligned or listed as a failure
+    assert len(faces) + len(faces.failures) == 55
+    assert len(faces) >= 50
+    pairs, same = _pairs(faces.identities)
+    assert len(pairs) == 100 and sum(same) == 50
+    images = [faces.images[i] for p in pairs for i in p]
+    bin_path = write_bin(tmp / "johns.bin", images, same)
+
+    # a tiny two-stream MaskDUL model trained a few steps on the same faces, half masked
+    classes = sorted(set(faces.identities))
+    mo = apply_masks(faces.images, np.arange(len(faces)) % 2 == 1, seed=0, renderer=MaskRenderer(), progress=False)
+    samples = [{"key": f"k{i}", "image": mo.images[i], "label": classes.index(faces.identities[i]),
+                "masked": bool(mo.masked[i])} for i in range(len(faces))]
+    write_shards(tmp / "shards", samples, classes)
+    run = tmp / "run"
+    cfg = TrainConfig(data=str(tmp / "shards"), out=str(run), method="maskdul", backbone="r18", width=0.125,
+                      embedding_size=64, batch_size=16, num_workers=0, max_steps=3, progress=False,
+                      tensorboard=False, device="cpu", amp="none", shuffle_buffer=64)
+    train(cfg)
+    return {"tmp": tmp, "bin": bin_path, "run": run, "faces": faces, "pairs": pairs, "same": same}
+
+
+def _ten_fold_accuracy(dist: np.ndarray, same: np.ndarray) -> tuple[float, float]:
+    """Independent re-implementation of the insightface 10-fold accuracy (contiguous folds)."""
+    thr = np.arange(0, 4, 0.01)
+    n = len(dist)
+    bounds = np.cumsum([0] + [n // 10 + (1 if k < n % 10 else 0) for k in range(10)])
+    accs = []
+    for k in range(10):
+        test = np.zeros(n, bool)
+        test[bounds[k]:bounds[k + 1]] = True
+        train_acc = [np.mean((dist[~test] < t) == same[~test]) for t in thr]
+        t = thr[int(np.argmax(train_acc))]
+        accs.append(np.mean((dist[test] < t) == same[test]))
+    return float(np.mean(accs)), float(np.std(accs))
+
+
+def test_bin_layout_is_insightface(johns):
+    with open(johns["bin"], "rb") as f:
+        bins, issame = pickle.load(f)
+    assert isinstance(bins, list) and isinstance(issame, list)
+    assert len(bins) == 200 and len(issame) == 100
+    assert all(isinstance(b, bytes) and b[:2] == b"\xff\xd8" for b in bins)  # JPEG bytes
+    from maskkit.training.evalsets import load_bin
+
+    ps = load_bin(johns["bin"])
+    assert ps.images.shape == (200, 112, 112, 3) and ps.issame.tolist() == johns["same"]
+    # JPEG round trip of the aligned faces
+    a = johns["faces"].images[johns["pairs"][0][0]].astype(int)
+    assert np.abs(ps.images[0].astype(int) - a).mean() < 3.0
+
+
+def test_eval_bin_report_matches_recomputation(johns):
+    import cv2
+
+    from maskkit.cli import main
+    from maskkit.detect import landmarks_in_box
+    from maskkit.render import MaskRenderer
+    from maskkit.training.api import load_model
+
+    out = johns["tmp"] / "report_one"
+    res = CliRunner().invoke(main, ["eval", "--model", str(johns["run"]), "--bin", str(johns["bin"]),
+                                    "--mask-side", "one", "--seed", str(SEED), "--out", str(out), "--no-progress"])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    assert "accuracy" in res.output and "MLS" in res.output  # the terminal table
+    for f in ("metrics.json", "roc.png", "sigma_hist.png", "magnitude_hist.png", "worst_pairs.png", "embeddings.npz"):
+        assert (out / f).stat().st_size > 0, f
+    m = json.loads((out / "metrics.json").read_text())
+    c = m["counts"]
+    assert (c["pairs"], c["same"], c["diff"], c["images"]) == (100, 50, 50, 200)
+    assert c["mask_requested"] == 100 and c["masked"] + c["mask_failures"] == 100
+    assert c["masked"] >= 95  # real, frontal faces: the renderer fits nearly all
+    assert len(m["failures"]["masking"]) == c["mask_failures"]
+
+    # --- independent recomputation: decode the pickle, mask image 2i+1 with the renderer and
+    # the documented seeding, embed image + mirror, squared L2, 10 folds.
+    with open(johns["bin"], "rb") as f:
+        bins, issame = pickle.load(f)
+    imgs = np.stack([cv2.cvtColor(cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+                     for b in bins])
+    renderer = MaskRenderer()
+    masked = np.zeros(len(imgs), bool)
+    for i in range(1, len(imgs), 2):
+        try:
+            r = renderer.render(imgs[i], landmarks_in_box(imgs[i], None), "random", np.random.default_rng([SEED, i]))
+        except ValueError:
+            continue
+        imgs[i], masked[i] = r.image, True
+    assert masked.sum() == c["masked"]
+    model = load_model(johns["run"])
+    mu1, s1 = model.embed(imgs, masked)
+    mu2, s2 = model.embed(np.ascontiguousarray(imgs[:, :, ::-1]), masked)
+    emb = mu1 + mu2
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    dist = np.sum((emb[0::2] - emb[1::2]) ** 2, axis=1)
+    acc, std = _ten_fold_accuracy(dist, np.array(issame))
+    assert m["cosine"]["accuracy"] == pytest.approx(acc, abs=1e-9)
+    assert m["cosine"]["accuracy_std"] == pytest.approx(std, abs=1e-9)
+    # ROC AUC against the exact rank statistic (the grid ROC is a close approximation)
+    d_same, d_diff = dist[np.array(issame)], dist[~np.array(issame)]
+    auc_exact = np.mean(d_same[:, None] < d_diff[None, :]) + 0.5 * np.mean(d_same[:, None] == d_diff[None, :])
+    assert m["cosine"]["auc"] == pytest.approx(auc_exact, abs=0.02)
+    # sigma statistics per branch
+    sig = (s1 + s2) / 2
+    sn = np.linalg.norm(sig, axis=1)
+    assert m["sigma_norm"]["masked"]["mean"] == pytest.approx(sn[masked].mean(), rel=1e-4)
+    assert m["sigma_norm"]["unmasked"]["mean"] == pytest.approx(sn[~masked].mean(), rel=1e-4)
+    # MLS accuracy from the same embeddings (sigma in unit-sphere units)
+    mag = np.linalg.norm((mu1 + mu2) / 2, axis=1, keepdims=True)
+    su = sig / mag
+    var = su[0::2] ** 2 + su[1::2] ** 2
+    mls = -0.5 * np.sum((emb[0::2] - emb[1::2]) ** 2 / var + np.log(var), axis=1) - 0.5 * emb.shape[1] * np.log(2 * np.pi)
+    z = np.load(out / "embeddings.npz")
+    np.testing.assert_allclose(z["mu"], emb, atol=1e-5)
+    assert z["masked"].tolist() == masked.tolist()
+    # the worst false match is the closest different pair
+    diff_idx = np.flatnonzero(~np.array(issame))
+    assert m["worst"]["false_matches"][0]["pair"] == int(diff_idx[np.argmin(dist[diff_idx])])
+    assert m["mls"] is not None and 0.0 <= m["mls"]["accuracy"] <= 1.0
+    from maskkit.training.verification import evaluate_scores
+
+    assert m["mls"]["accuracy"] == pytest.approx(evaluate_scores(mls, np.array(issame)).accuracy, abs=1e-9)
+
+    # reproducible: the same seed gives the same report figures, metrics saved in the run dir
+    saved = json.loads((johns["run"] / "eval" / "johns-verification-maskone.json").read_text())
+    assert saved["cosine"]["accuracy"] == m["cosine"]["accuracy"]
+
+
+def test_mask_sides_and_compare(johns):
+    from maskkit.cli import main
+
+    runner = CliRunner()
+    # a second run folder (same weights) so --compare has two rows
+    run_b = johns["tmp"] / "run_b"
+    shutil.copytree(johns["run"], run_b, ignore=shutil.ignore_patterns("eval"))
+    accs = {}
+    for side in ("none", "both"):
+        out = johns["tmp"] / f"rep_{side}"
+        res = runner.invoke(main, ["eval", "--model", str(johns["run"]), "--bin", str(johns["bin"]), "--mask-side", side,
+                                   "--out", str(out), "--no-progress", "--no-flip"])
+        assert res.exit_code == 0, res.output + repr(res.exception)
+        m = json.loads((out / "metrics.json").read_text())
+        assert m["counts"]["mask_requested"] == {"none": 0, "both": 200}[side]
+        assert m["counts"]["masked"] + m["counts"]["mask_failures"] == m["counts"]["mask_requested"]
+        assert m["protocol"]["flip"] is False
+        accs[side] = m["cosine"]["accuracy"]
+    res = runner.invoke(main, ["eval", "--compare", str(johns["run"]), str(run_b), "--bin", str(johns["bin"]),
+                               "--mask-side", "none", "--no-flip", "--no-progress"])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    # run_b has the same weights: evaluated on the same set it gets the same accuracy
+    mb = json.loads((run_b / "eval" / "johns-verification-masknone.json").read_text())
+    assert mb["cosine"]["accuracy"] == accs["none"]
+    # compare from saved metrics only: run A has 3 saved evaluations, run B one
+    res = runner.invoke(main, ["eval", "--compare", str(johns["run"]), str(run_b)])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    from maskkit.training.report import compare_rows
+
+    cols, rows = compare_rows([johns["run"], run_b])
+    assert "johns MFV mask=none" in cols and "johns MFV mask=both" in cols
+    assert rows[0]["johns MFV mask=none"].startswith(f"{100 * accs['none']:.2f}")
+    assert rows[1]["method"] == "maskdul" and "johns MFV mask=both" not in rows[1]
+    assert f"{100 * accs['both']:.2f}" in res.output
+
+
+def test_identification_and_embed_cli(johns, lfw_johns):
+    from maskkit.cli import main
+
+    runner = CliRunner()
+    out = johns["tmp"] / "ident"
+    # raw (unaligned) lfw-johns: same folder for gallery and probes, 2 gallery images per identity
+    res = runner.invoke(main, ["eval", "--model", str(johns["run"]), "--gallery", str(lfw_johns), "--probes",
+                               str(lfw_johns), "--gallery-per-id", "2", "--mask-side", "one", "--out", str(out),
+                               "--no-progress"])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    m = json.loads((out / "metrics.json").read_text())
+    c = m["counts"]
+    assert c["identities"] == 5 and c["gallery_images"] == 10
+    assert c["gallery_images"] + c["probes"] + c["input_failures"] == 55
+    assert c["mask_requested"] == c["probes"] and c["probes_masked_branch"] == c["masked"]
+    cmc = m["cosine"]["cmc"]
+    assert len(cmc) == 5 and cmc[-1] == 1.0 and all(a <= b for a, b in zip(cmc, cmc[1:]))
+    assert m["cosine"]["rank1"] == cmc[0] and m["cosine"]["rank5"] == 1.0
+    hits = sum(v["rank1_hits"] for v in m["per_identity"].values())
+    assert hits == round(cmc[0] * c["probes"])
+    for f in ("cmc.png", "sigma_hist.png", "magnitude_hist.png", "worst_probes.png"):
+        assert (out / f).stat().st_size > 0
+
+    emb = johns["tmp"] / "emb.npz"
+    res = runner.invoke(main, ["embed", "--model", str(johns["run"]), "--src", str(lfw_johns), "--out", str(emb),
+                               "--no-progress"])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    z = np.load(emb)
+    n = len(z["paths"])
+    assert n + len(z["failures"]) == 55
+    assert z["mu"].shape == (n, 64) and z["sigma"].shape == (n, 64) and z["magnitude"].shape == (n,)
+    np.testing.assert_allclose(np.linalg.norm(z["mu"], axis=1), 1.0, atol=1e-5)
+    assert sorted(set(z["identities"].tolist())) == sorted(p.name for p in Path(lfw_johns).iterdir())
+
+
+def test_unmaskable_faces_are_kept_and_reported(astronaut):
+    """A face the renderer cannot fit stays unmasked (face branch) and is listed."""
+    from maskkit.render import CannotFit
+    from maskkit.training.evalsets import apply_masks
+
+    class Picky:
+        def render(self, rgb, lm, style, rng):
+            if lm[0, 0] < 0:
+                raise CannotFit("face_outside_image", "test")
+            from types import SimpleNamespace
+
+            return SimpleNamespace(image=255 - rgb, params={"style": "surgical"})
+
+    imgs = np.stack([np.asarray(astronaut[:112, :112])] * 4)
+    lms = [np.zeros((68, 2), np.float32), -np.ones((68, 2), np.float32), np.zeros((68, 2), np.float32), None]
+    mo = apply_masks(imgs, [True, True, False, False], seed=0, landmarks68=lms, names=list("abcd"),
+                     renderer=Picky(), progress=False)
+    assert mo.masked.tolist() == [True, False, False, False]
+    assert mo.failures == [{"index": 1, "name": "b", "reason": "cannot_fit", "detail": str(CannotFit("face_outside_image", "test"))}]
+    assert np.array_equal(mo.images[1], imgs[1]) and np.array_equal(mo.images[0], 255 - imgs[0])
+    assert mo.styles == ["surgical", None, None, None]

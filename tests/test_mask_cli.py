@@ -1,0 +1,197 @@
+"""``maskkit mask`` and ``maskkit preview`` end to end on real photos."""
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from maskkit.cli import main
+from maskkit.render import STYLES, coverage_check
+
+
+@pytest.fixture(scope="module")
+def src_tree(photos_dir, tmp_path_factory):
+    src = tmp_path_factory.mktemp("src")
+    shutil.copy(photos_dir / "obama.jpg", src / "obama.jpg")
+    shutil.copy(photos_dir / "friends_t1.jpg", src / "friends_t1.jpg")
+    shutil.copy(photos_dir / "dogs.jpg", src / "dogs.jpg")  # no human face
+    (src / "people").mkdir()
+    shutil.copy(photos_dir / "biden.jpg", src / "people" / "biden.jpg")
+    Image.open(photos_dir / "einstein.jpg").convert("RGB").save(src / "people" / "einstein.png")
+    (src / "broken.jpg").write_bytes(b"this is not a jpeg")
+    return src
+
+
+def _run(args):
+    res = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    return res
+
+
+def _jsonl(p: Path):
+    return [json.loads(x) for x in p.read_text().splitlines() if x.strip()]
+
+
+@pytest.fixture(scope="module")
+def mask_out(src_tree, tmp_path_factory):
+    out = tmp_path_factory.mktemp("masked")
+    res = _run(["mask", "--src", str(src_tree), "--out", str(out), "--seed", "3", "--coverage", "--quiet"])
+    return out, json.loads(res.output.strip().splitlines()[-1])
+
+
+def test_mask_accounts_for_every_file(mask_out):
+    out, summary = mask_out
+    assert summary["files"] == 6 == summary["ok"] + summary["failed"]
+    fails = {f["src"]: f["reason"] for f in _jsonl(out / "failures.jsonl")}
+    assert fails == {"dogs.jpg": "no_face", "broken.jpg": "decode_error"}
+    man = _jsonl(out / "manifest.jsonl")
+    srcs = {r["src"] for r in man}
+    assert srcs == {"obama.jpg", "friends_t1.jpg", "people/biden.jpg", "people/einstein.png"}
+    assert sum(r["src"] == "friends_t1.jpg" for r in man) >= 5  # every face of a group photo
+    assert summary["faces"] == sum(r["masked"] for r in man)
+    for r in man:
+        if r["masked"]:
+            assert r["style"] in STYLES and r["params"]["style"] == r["style"]
+            assert {"template", "colour", "offsets", "yaw"} <= set(r["params"])
+    assert (out / "people" / "einstein.png").exists() and (out / "people" / "biden.jpg").exists()
+    assert not (out / "dogs.jpg").exists()
+
+
+def test_masked_images_cover_each_face_and_leave_the_rest(mask_out, src_tree):
+    out, _ = mask_out
+    for r in _jsonl(out / "manifest.jsonl"):
+        if not r["masked"]:
+            continue
+        cov = np.asarray(Image.open(out / (Path(r["out"]).with_suffix("").as_posix() + ".mask.png")),
+                         np.float32) / 255.0
+        rep = coverage_check(cov, np.asarray(r["landmarks68"]))
+        assert not rep["uncovered"] and not rep["eyes_covered"], (r["src"], r["face"], rep)
+    # PNG output is lossless: outside the coverage the pixels are the input's
+    src = np.asarray(Image.open(src_tree / "people" / "einstein.png").convert("RGB"))
+    dst = np.asarray(Image.open(out / "people" / "einstein.png").convert("RGB"))
+    cov = np.asarray(Image.open(out / "people" / "einstein.mask.png"))
+    assert np.array_equal(src[cov == 0], dst[cov == 0])
+    assert np.abs(src[cov > 200].astype(int) - dst[cov > 200]).mean() > 20
+
+
+def test_mask_is_reproducible_across_runs_and_workers(src_tree, mask_out, tmp_path):
+    out, _ = mask_out
+    _run(["mask", "--src", str(src_tree), "--out", str(tmp_path / "again"), "--seed", "3", "--jobs", "2", "--quiet"])
+    a = sorted((r["src"], r["face"], json.dumps(r["params"], sort_keys=True)) for r in _jsonl(out / "manifest.jsonl"))
+    b = sorted((r["src"], r["face"], json.dumps(r["params"], sort_keys=True))
+               for r in _jsonl(tmp_path / "again" / "manifest.jsonl"))
+    assert a == b
+    _run(["mask", "--src", str(src_tree / "people"), "--out", str(tmp_path / "other"), "--seed", "4", "--quiet"])
+    c = {(r["src"].split("/")[-1], r["face"]): r["params"] for r in _jsonl(tmp_path / "other" / "manifest.jsonl")}
+    a2 = {(r["src"].split("/")[-1], r["face"]): r["params"] for r in _jsonl(out / "manifest.jsonl")
+          if r["src"].startswith("people/")}
+    assert c.keys() == a2.keys() and c != a2  # another seed, other masks
+
+
+def test_mask_one_style_on_aligned_crops(celeb_aligned, tmp_path):
+    src = tmp_path / "crops"
+    (src / "a").mkdir(parents=True)
+    ident = sorted(p for p in celeb_aligned.iterdir() if p.is_dir())[0]
+    for f in sorted(ident.glob("*.jpg"))[:4]:
+        shutil.copy(f, src / "a" / f.name)
+    res = _run(["mask", "--src", str(src), "--out", str(tmp_path / "o"), "--style", "gas", "--aligned", "--quiet"])
+    s = json.loads(res.output.strip().splitlines()[-1])
+    assert s["files"] == 4 and s["ok"] == 4 and s["styles"]["gas"] == 4
+    for f in (tmp_path / "o" / "a").glob("*.jpg"):
+        assert Image.open(f).size == (112, 112)
+
+
+def test_mask_rejects_bad_arguments(src_tree, tmp_path):
+    r = CliRunner().invoke(main, ["mask", "--src", str(src_tree), "--out", str(src_tree)])
+    assert r.exit_code != 0 and "differ" in r.output
+    r = CliRunner().invoke(main, ["mask", "--src", str(src_tree), "--out", str(tmp_path), "--style", "bandana"])
+    assert r.exit_code != 0
+    for cmd in ("mask", "preview"):
+        h = CliRunner().invoke(main, [cmd, "--help"])
+        assert h.exit_code == 0 and "Usage" in h.output
+
+
+def _sheet(path):
+    im = np.asarray(Image.open(path).convert("RGB"))
+    return im
+
+
+def test_preview_from_a_folder_of_photos(src_tree, tmp_path):
+    out = tmp_path / "sheet.png"
+    res = _run(["preview", str(src_tree / "people"), "-o", str(out), "--n", "2"])
+    info = json.loads(res.output.strip().splitlines()[-1])
+    assert info["kind"] == "faces" and info["faces"] == 2 and info["columns"] == 6
+    im = _sheet(out)
+    from maskkit.preview import CELL
+
+    assert im.shape[1] >= 6 * CELL and im.shape[0] >= 2 * CELL
+    # masked cells differ from the face cell of the same row
+    row = im[-CELL - 2:-2]
+    face = row[:, 2:2 + CELL].astype(int)
+    for j in range(1, 6):
+        x = 2 + j * (CELL + 2)
+        assert np.abs(row[:, x:x + CELL].astype(int) - face).mean() > 5
+
+
+def test_preview_from_mask_output(mask_out, tmp_path):
+    out, _ = mask_out
+    res = _run(["preview", str(out), "-o", str(tmp_path / "m.png"), "--n", "3"])
+    info = json.loads(res.output.strip().splitlines()[-1])
+    assert info["kind"] == "masked" and info["faces"] >= 3
+    assert (tmp_path / "m.png").exists()
+
+
+def test_preview_from_a_shard_set(celeb_aligned, tmp_path):
+    """A FORMAT.md shard set: unmasked samples with landmarks are masked in every style."""
+    from maskkit.detect import landmarks_in_box
+    from maskkit.image_io import encode_jpeg, load_image
+
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    ident = sorted(p for p in celeb_aligned.iterdir() if p.is_dir())[1]
+    with tarfile.open(shards / "train-000000.tar", "w") as tf:
+        for k, f in enumerate(sorted(ident.glob("*.jpg"))[:3]):
+            rgb = load_image(f)
+            meta = {"label": 0, "identity": ident.name, "src": f.name, "face": 0, "masked": False, "style": None,
+                    "mask": None, "landmarks5": [[0, 0]] * 5,
+                    "landmarks68": landmarks_in_box(rgb).round(2).tolist(), "score": None, "twin": None}
+            for ext, data in (("jpg", encode_jpeg(rgb)), ("json", json.dumps(meta).encode())):
+                ti = tarfile.TarInfo(f"s{k:04d}.{ext}")
+                ti.size = len(data)
+                tf.addfile(ti, io.BytesIO(data))
+    (shards / "manifest.json").write_text(json.dumps({"format": "maskkit-shards", "version": 1}))
+    res = _run(["preview", str(shards), "-o", str(tmp_path / "s.png"), "--styles", "n95,cloth", "--n", "2"])
+    info = json.loads(res.output.strip().splitlines()[-1])
+    assert info == {"kind": "faces", "faces": 2, "rows": 2, "columns": 3, "out": str(tmp_path / "s.png")}
+    # with masked samples in the set, the sheet shows those, by style
+    from maskkit.render import render_mask
+
+    with tarfile.open(shards / "train-000001.tar", "w") as tf:
+        for k, f in enumerate(sorted(ident.glob("*.jpg"))[3:6]):
+            rgb = load_image(f)
+            lm = landmarks_in_box(rgb)
+            res = render_mask(rgb, lm, "kn95", np.random.default_rng(k))
+            meta = {"label": 0, "identity": ident.name, "src": f.name, "face": 0, "masked": True, "style": "kn95",
+                    "mask": res.params, "landmarks5": [[0, 0]] * 5, "landmarks68": lm.round(2).tolist()}
+            for ext, data in (("jpg", encode_jpeg(res.image)), ("json", json.dumps(meta).encode())):
+                ti = tarfile.TarInfo(f"m{k:04d}.{ext}")
+                ti.size = len(data)
+                tf.addfile(ti, io.BytesIO(data))
+    res = _run(["preview", str(shards), "-o", str(tmp_path / "s2.png"), "--n", "2"])
+    info = json.loads(res.output.strip().splitlines()[-1])
+    assert info["kind"] == "masked" and info["faces"] == 2 and info["columns"] == 1
+
+
+def test_demo_sheet_regenerates(tmp_path):
+    from maskkit.preview import write_demo
+
+    p = write_demo(tmp_path / "demo.png", seeds=(0,))
+    im = _sheet(p)
+    assert im.shape[0] > 2 * 150 and im.shape[1] > 6 * 150

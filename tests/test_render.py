@@ -1,0 +1,367 @@
+"""The mask renderer on real faces: placement (coverage), yaw, shading, compositing, degenerate input.
+
+Landmarks come from dlib's 68-point predictor through :mod:`maskkit.detect` (HOG detector on
+lfw-johns and the photos; the whole crop as the box on celeb-aligned). celeb-aligned is judged on
+a deterministic subset (the first 20 crops of each identity, 240 faces) to fit the test budget;
+``python benchmarks/mask_bench.py --coverage`` reports the full set.
+"""
+from __future__ import annotations
+
+import glob
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from maskkit.render import (CLEAR_IDX, COVER_IDX, STYLES, CannotFit, MaskRenderer, MaskResult, Template,
+                            coverage_check, render_mask, yaw_estimate)
+
+SINGLE_PHOTOS = ("obama.jpg", "obama2.jpg", "obama3.jpg", "biden.jpg", "einstein.jpg", "breakingbad.jpg",
+                 "Tom_Cruise_avp_2014_4.jpg")
+SIDE_YAW = 0.35  # |yaw_estimate| at or above this is a side view (far half-width < 0.48 x near)
+
+
+@pytest.fixture(scope="module")
+def renderer():
+    return MaskRenderer()
+
+
+def _load(p):
+    from maskkit.image_io import load_image
+
+    return load_image(p)
+
+
+def _detected(paths):
+    from maskkit.detect import make_detector
+
+    det = make_detector("hog", upsample=1)
+    out = []
+    for p in paths:
+        rgb = _load(p)
+        faces = det.detect(rgb)
+        assert faces, f"no face detected in {p}"
+        f = max(faces, key=lambda f: f.area)
+        out.append((str(p), rgb, np.asarray(f.landmarks68, np.float64)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def lfw_faces(lfw_johns):
+    return _detected(sorted(glob.glob(str(lfw_johns / "*" / "*.jpg"))))
+
+
+@pytest.fixture(scope="module")
+def photo_faces(photos_dir):
+    return _detected([photos_dir / n for n in SINGLE_PHOTOS])
+
+
+@pytest.fixture(scope="module")
+def celeb_faces(celeb_aligned):
+    from maskkit.detect import landmarks_in_box
+
+    out = []
+    for ident in sorted(os.listdir(celeb_aligned)):
+        files = sorted(glob.glob(str(celeb_aligned / ident / "*.jpg")), key=lambda p: (len(os.path.basename(p)), p))
+        for f in files[:20]:
+            rgb = _load(f)
+            out.append((f, rgb, landmarks_in_box(rgb).astype(np.float64)))
+    return out
+
+
+def _pass_rates(renderer, faces, seed=0):
+    rates, fails = {}, {}
+    for j, st in enumerate(STYLES):
+        ok, bad = 0, []
+        for i, (name, rgb, lm) in enumerate(faces):
+            try:
+                res = renderer.render(rgb, lm, st, np.random.default_rng([seed, i, j]))
+            except CannotFit as exc:
+                bad.append((name, exc.reason))
+                continue
+            rep = coverage_check(res.alpha, lm)
+            if rep["ok"]:
+                ok += 1
+            else:
+                bad.append((name, rep))
+        rates[st] = ok / len(faces)
+        fails[st] = bad[:5]
+    return rates, fails
+
+
+# ------------------------------------------------------------------------------------------
+# coverage on real faces
+# ------------------------------------------------------------------------------------------
+def test_coverage_on_real_faces_all_styles(renderer, lfw_faces, photo_faces, celeb_faces):
+    faces = lfw_faces + photo_faces + celeb_faces
+    assert len(faces) == 55 + 7 + 240
+    rates, fails = _pass_rates(renderer, faces)
+    for st in STYLES:
+        assert rates[st] >= 0.99, f"{st}: coverage pass rate {rates[st]:.3%} < 99%; e.g. {fails[st]}"
+
+
+def test_coverage_on_side_views(renderer, lfw_faces, photo_faces, celeb_faces):
+    side = [f for f in lfw_faces + photo_faces + celeb_faces if abs(yaw_estimate(f[2])) >= SIDE_YAW]
+    # both directions of turn, from the photos / lfw as well as the crops
+    assert len(side) >= 40
+    assert any(yaw_estimate(f[2]) > 0 for f in side) and any(yaw_estimate(f[2]) < 0 for f in side)
+    assert any("photos" in f[0] or "lfw" in f[0] for f in side)
+    rates, fails = _pass_rates(renderer, side, seed=5)
+    for st in STYLES:
+        assert rates[st] >= 0.97, f"{st}: side-view pass rate {rates[st]:.3%}; e.g. {fails[st]}"
+
+
+def test_coverage_check_rejects_a_misplaced_mask(renderer, photo_faces):
+    """The check itself can fail: a mask drawn for a shifted face leaves the mouth bare."""
+    name, rgb, lm = photo_faces[0]
+    res = renderer.render(rgb, lm, "surgical", np.random.default_rng(0))
+    assert coverage_check(res.alpha, lm)["ok"]
+    h = np.linalg.norm(lm[8] - lm[27])
+    moved = renderer.render(rgb, lm - [0, 0.45 * h], "surgical", np.random.default_rng(0))
+    rep = coverage_check(moved.alpha, lm)
+    assert not rep["ok"] and rep["eyes_covered"]
+    rep2 = coverage_check(np.zeros_like(res.alpha), lm)
+    assert set(rep2["uncovered"]) == {i for i in COVER_IDX}
+
+
+# ------------------------------------------------------------------------------------------
+# geometry: yaw, jitter, full photos, aligned crops
+# ------------------------------------------------------------------------------------------
+def _halfwidths(alpha, lm):
+    """Mask extent left/right of the nose tip along the row through the mouth corners."""
+    y = int(round(0.5 * (lm[48, 1] + lm[54, 1])))
+    row = alpha[y] >= 0.5
+    xs = np.where(row)[0]
+    x30 = lm[30, 0]
+    return x30 - xs.min(), xs.max() - x30
+
+
+def test_far_side_compresses_with_yaw(renderer, lfw_faces, photo_faces, celeb_faces):
+    """Continuous yaw: the mask's far/near width ratio follows the face's own jaw ratio."""
+    faces = [f for f in lfw_faces + photo_faces + celeb_faces if abs(yaw_estimate(f[2])) >= 0.2]
+    assert len(faces) >= 20
+    errs = []
+    for i, (name, rgb, lm) in enumerate(faces):
+        res = renderer.render(rgb, lm, "surgical", np.random.default_rng(i))
+        y = 0.5 * (lm[48, 1] + lm[54, 1])
+        if not (0 <= y < rgb.shape[0]):
+            continue
+        left, right = _halfwidths(res.alpha, lm)
+        jl, jr = lm[30, 0] - lm[4, 0], lm[12, 0] - lm[30, 0]
+        if min(left, right, jl, jr) <= 1:
+            continue
+        errs.append(abs(np.log((left / right) / (jl / jr))))
+    errs = np.array(errs)
+    # the mask's asymmetry tracks the jaw's: median log-ratio error below log(1.25)
+    assert len(errs) >= 15 and np.median(errs) < np.log(1.25), f"median {np.median(errs):.3f}"
+
+
+def test_jitter_moves_top_edge_and_chin_and_is_recorded(renderer, photo_faces):
+    name, rgb, lm = photo_faces[0]
+    tops, bottoms, params = [], [], []
+    for s in range(12):
+        res = renderer.render(rgb, lm, "kn95", np.random.default_rng(s))
+        col = res.alpha[:, int(round(lm[30, 0]))] >= 0.5
+        ys = np.where(col)[0]
+        tops.append(ys.min())
+        bottoms.append(ys.max())
+        params.append(res.params)
+    h = np.linalg.norm(lm[8] - lm[27])
+    assert np.ptp(tops) > 0.03 * h and np.ptp(bottoms) > 0.02 * h
+    # the top edge follows the recorded nose offset
+    nose = np.array([p["offsets"]["nose"] for p in params])
+    assert np.corrcoef(nose, tops)[0, 1] > 0.8
+    for p in params:
+        assert p["style"] == "kn95" and p["colour"] and p["template"].startswith("kn95")
+        assert set(p["offsets"]) == {"nose", "chin", "inset", "eye_margin"}
+
+
+def test_params_redraw_the_same_mask_and_rng_is_deterministic(renderer, celeb_faces):
+    import json
+
+    name, rgb, lm = celeb_faces[3]
+    a = renderer.render(rgb, lm, "random", np.random.default_rng(42))
+    b = renderer.render(rgb, lm, "random", np.random.default_rng(42))
+    assert np.array_equal(a.image, b.image) and a.params == b.params
+    c = renderer.render(rgb, lm, "ignored", params=json.loads(json.dumps(a.params)))
+    assert np.array_equal(a.image, c.image)
+    assert not np.shares_memory(a.image, rgb)
+    styles = {renderer.render(rgb, lm, "random", np.random.default_rng(s)).params["style"] for s in range(40)}
+    assert styles == set(STYLES)
+
+
+def test_palette_colours_and_no_default_tint(renderer, celeb_faces):
+    name, rgb, lm = celeb_faces[0]
+    seen = set()
+    for s in range(200):
+        seen.add(renderer.sample_params("surgical", np.random.default_rng(s))["colour"])
+    assert {"white", "light_blue", "black", "green"} <= seen
+    # a white surgical mask on a flat grey image comes out grey-white, not blue
+    grey = np.full_like(rgb, 128)
+    p = renderer.sample_params("surgical", np.random.default_rng(0))
+    p.update(colour="white", colour2=None)
+    flat = MaskRenderer(shading=0.0)
+    res = flat.render(grey, lm, "surgical", params=p)
+    body = res.alpha > 0.95
+    px = res.image[body].astype(np.float64)
+    assert px.mean() > 180 and abs(px[:, 2].mean() - px[:, 0].mean()) < 4
+
+
+def test_no_halo_at_the_soft_edge(celeb_faces):
+    """Premultiplied warping: edge pixels are a blend of face and mask, never darker than both."""
+    name, rgb, lm = celeb_faces[1]
+    flat = MaskRenderer(shading=0.0)
+    grey = np.full_like(rgb, 120)
+    for tpl in ("surgical_3pleat", "cloth_plain", "kn95_fold"):
+        p = flat.sample_params(tpl.split("_")[0], np.random.default_rng(0))
+        p.update(template=tpl, colour="white", colour2=None)
+        res = flat.render(grey, lm, "x", params=p)
+        edge = (res.alpha > 0.05) & (res.alpha < 0.95)
+        assert edge.sum() > 30, "no soft edge"
+        assert res.image.min() >= 119, f"{tpl}: dark fringe ({res.image.min()})"
+        # coverage changes smoothly: no binary alpha jumps along the edge
+        assert len(np.unique(np.round(res.alpha[edge], 2))) > 20
+
+
+def test_mask_is_shaded_by_the_face_lighting(renderer, celeb_faces):
+    """Same mask, same face, one half put in shadow: the mask darkens on that half only."""
+    name, rgb, lm = min(celeb_faces, key=lambda f: abs(yaw_estimate(f[2])))
+    cx = int(round(lm[30, 0]))
+    lit = rgb.astype(np.float32)
+    lit[:, cx:] *= 0.45
+    lit = lit.astype(np.uint8)
+    p = renderer.sample_params("surgical", np.random.default_rng(1))
+    p.update(colour="white")
+    base = renderer.render(rgb, lm, "surgical", params=p)
+    shaded = renderer.render(lit, lm, "surgical", params=p)
+    assert np.array_equal(base.alpha, shaded.alpha)
+    body = base.alpha > 0.95
+    left, right = body.copy(), body.copy()
+    left[:, cx - 6:] = False
+    right[:, :cx + 6] = False
+    assert left.sum() > 100 and right.sum() > 100
+    l0, l1 = base.image[left].mean(), shaded.image[left].mean()
+    r0, r1 = base.image[right].mean(), shaded.image[right].mean()
+    assert r1 < 0.8 * r0, (r0, r1)
+    assert r1 / r0 < (l1 / l0) - 0.15, (l0, l1, r0, r1)
+    flat = MaskRenderer(shading=0.0)
+    f0 = flat.render(rgb, lm, "surgical", params=p).image
+    f1 = flat.render(lit, lm, "surgical", params=p).image
+    assert np.abs(f0[right].astype(int) - f1[right]).mean() < 2.0  # without shading, no change
+
+
+def test_full_photo_with_several_faces(renderer, photos_dir):
+    from maskkit.detect import make_detector
+
+    rgb = _load(photos_dir / "friends_t1.jpg")
+    faces = make_detector("hog").detect(rgb)
+    assert len(faces) >= 5
+    img = rgb
+    covered = np.zeros(rgb.shape[:2], np.float32)
+    n_ok = 0
+    for k, f in enumerate(faces):
+        res = renderer.render(img, f.landmarks68, STYLES[k % 5], np.random.default_rng(k))
+        assert res.image.shape == rgb.shape and res.alpha.shape == rgb.shape[:2]
+        n_ok += coverage_check(res.alpha, f.landmarks68)["ok"]
+        img = res.image
+        covered = np.maximum(covered, res.alpha)
+    assert n_ok == len(faces)
+    # pixels no mask touches are unchanged
+    untouched = covered == 0
+    assert np.array_equal(img[untouched], rgb[untouched])
+    assert untouched.mean() > 0.8
+
+
+def test_templates_load_once(monkeypatch, celeb_faces):
+    calls = []
+    orig = Template.load.__func__
+
+    def counting(cls, *a, **k):
+        calls.append(a)
+        return orig(cls, *a, **k)
+
+    monkeypatch.setattr(Template, "load", classmethod(counting))
+    monkeypatch.setattr("maskkit.render._DEFAULT", None)
+    name, rgb, lm = celeb_faces[0]
+    render_mask(rgb, lm, "n95", np.random.default_rng(0))
+    n = len(calls)
+    assert n >= 5
+    for s in range(5):
+        out = render_mask(rgb, lm, STYLES[s], np.random.default_rng(s))
+        assert isinstance(out, MaskResult)
+    assert len(calls) == n, "templates were re-read for later renders"
+
+
+# ------------------------------------------------------------------------------------------
+# degenerate landmarks
+# ------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def frontal(celeb_faces):
+    return celeb_faces[0][1], celeb_faces[0][2]
+
+
+def _reason(renderer, rgb, lm):
+    with pytest.raises(CannotFit) as ei:
+        renderer.render(rgb, lm, "surgical", np.random.default_rng(0))
+    assert isinstance(ei.value, ValueError)
+    return ei.value.reason
+
+
+def test_degenerate_landmarks_raise_cannot_fit(renderer, frontal):
+    rgb, lm = frontal
+    bad = lm.copy()
+    bad[40, 0] = np.nan
+    assert _reason(renderer, rgb, bad) == "nan_landmarks"
+    line = np.stack([np.linspace(10, 100, 68), np.linspace(20, 90, 68)], 1)
+    assert _reason(renderer, rgb, line) == "collinear_landmarks"
+    assert _reason(renderer, rgb, np.full((68, 2), 50.0)) == "collinear_landmarks"
+    # a jaw that never crosses the lip line: the whole jaw pushed above the mouth
+    nojaw = lm.copy()
+    nojaw[0:17, 1] = lm[36:48, 1].mean() - 5
+    nojaw[0:17, 0] = np.linspace(lm[0, 0], lm[16, 0], 17)
+    nojaw[8, 1] = lm[8, 1]  # keep the chin so the face height is sane
+    nojaw[0:8, 1] = lm[36, 1] - 5
+    nojaw[9:17, 1] = lm[36, 1] - 5
+    nojaw[7, 1] = nojaw[9, 1] = lm[36, 1] - 5
+    assert _reason(renderer, rgb, nojaw) in ("jaw_misses_lip_line", "folded_warp")
+    onesided = lm.copy()
+    onesided[0:17, 0] = lm[54, 0] + 5 + np.arange(17)  # jaw entirely right of the mouth
+    assert _reason(renderer, rgb, onesided) == "jaw_misses_lip_line"
+    # a face partly outside the image
+    assert _reason(renderer, rgb, lm + [70, 0]) == "face_outside_image"
+    assert _reason(renderer, rgb, lm - [0, 60]) == "face_outside_image"
+    assert _reason(renderer, rgb, lm * 0.05) in ("face_too_small", "collinear_landmarks")
+    assert _reason(renderer, rgb, lm[:5]) == "bad_input"
+    with pytest.raises(CannotFit):
+        renderer.render(rgb[..., 0], lm, "surgical", np.random.default_rng(0))
+
+
+def test_random_landmarks_never_crash(renderer, frontal):
+    """Garbage in: only MaskResult or CannotFit, never another exception."""
+    rgb, lm = frontal
+    rng = np.random.default_rng(123)
+    outcomes = {"ok": 0, "cannot_fit": 0}
+    for k in range(300):
+        kind = k % 4
+        if kind == 0:
+            pts = rng.uniform(-20, 130, (68, 2))
+        elif kind == 1:
+            pts = lm + rng.normal(0, 6, (68, 2))
+        elif kind == 2:
+            pts = lm.copy()
+            idx = rng.choice(68, 6, replace=False)
+            pts[idx] = pts[rng.permutation(idx)]
+            pts[rng.integers(68)] = [np.inf, 3][rng.integers(2)]
+        else:
+            a = rng.uniform(-np.pi, np.pi)
+            R = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+            pts = (lm - 56) @ R.T * rng.uniform(0.3, 1.5) + 56
+        try:
+            res = renderer.render(rgb, pts, "random", rng)
+            assert res.alpha.min() >= 0 and res.alpha.max() <= 1
+            outcomes["ok"] += 1
+        except CannotFit as exc:
+            assert exc.reason
+            outcomes["cannot_fit"] += 1
+    assert outcomes["ok"] > 20 and outcomes["cannot_fit"] > 20, outcomes

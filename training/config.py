@@ -1,0 +1,193 @@
+"""Configuration of ``maskkit train``: one dataclass, JSON round-trip.
+
+The defaults are the MaskDUL paper's recipe (ICASSP 2023): IResNet-50, SGD with momentum 0.9
+and weight decay 5e-4, dropout 0.4, batch 128, lr 0.05 (scaled linearly with the global batch
+over 128) divided by 10 at epochs 10, 18 and 25, 30 epochs, RandomCrop + horizontal flip,
+inputs normalised as ``(x - 127.5) / 127.5``. Choices the paper leaves open are options here,
+each documented on its field.
+
+Example::
+
+    >>> cfg = TrainConfig(data="shards/", out="runs/maskdul", method="maskdul")
+    >>> TrainConfig.from_json(cfg.to_json()) == cfg
+    True
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+METHODS = ("arcface", "magface", "dul", "dul-mag", "maskdul")
+BACKBONES = ("r18", "r34", "r50", "r100")
+AMP_MODES = ("bf16", "fp16", "none")
+
+
+@dataclass
+class TrainConfig:
+    """All settings of one training run (stored as ``RUN/config.json``).
+
+    Method table (the paper's baselines, its ablation and the full model):
+
+    ========  ============  ==========================  ===========
+    method    head          loss                        streams
+    ========  ============  ==========================  ===========
+    arcface   mu only       ArcFace(mu)                 1
+    magface   mu only       MagFace(mu)                 1
+    dul       mu, sigma     ArcFace(s) + lambda KL      1
+    dul-mag   mu, sigma     MagFace(s) + lambda KL      1
+    maskdul   mu, sigma     MagFace(s) + lambda H-KLD   2
+    ========  ============  ==========================  ===========
+
+    with ``s = mu + eps * sigma`` (eps ~ N(0, I)) in training and ``mu`` at test time.
+    """
+
+    # -- data / run ---------------------------------------------------------------------------
+    data: str = ""
+    """Shard folder (FORMAT.md): ``manifest.json`` + ``<split>-%06d.tar``."""
+    out: str = "runs/train"
+    """Run directory: ``config.json``, ``checkpoints/last.pt``, ``log.jsonl``, ``tb/``."""
+    split: str = "train"
+    """Shard name prefix to read (``train-*.tar``)."""
+    method: str = "maskdul"
+    backbone: str = "r50"
+    width: float = 1.0
+    """Channel multiplier of the IResNet (1.0 = insightface; 0.25 gives a narrow net for tests/CPU)."""
+    embedding_size: int = 512
+    dropout: float = 0.4
+    two_stream: bool | None = None
+    """Separate start blocks for face / masked face. ``None``: True for ``maskdul`` only."""
+    split_point: str = "layer1.0"
+    """Last module that is branch-specific in the two-stream model. ``"stem"`` (conv-BN-PReLU
+    only), ``"layer1.0"`` (default: the stem plus the first residual block, our reading of the
+    paper's "start ResBlock"), ``"layer1"`` (the whole first stage), or any ``"layerK.J"``."""
+
+    # -- optimisation (paper recipe) -----------------------------------------------------------
+    batch_size: int = 128
+    """Per-process batch; global batch = batch_size x world size."""
+    lr: float = 0.05
+    lr_base_batch: int = 128
+    """lr is scaled by global_batch / lr_base_batch (linear scaling rule)."""
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    epochs: int = 30
+    milestones: tuple[int, ...] = (10, 18, 25)
+    gamma: float = 0.1
+    warmup_epochs: float = 0.0
+    """Linear warm-up (not in the paper; 0 keeps the paper's recipe)."""
+    grad_clip: float | None = 5.0
+    """Clip the global gradient L2 norm (None: off). Not in the paper; a guard for the MagFace
+    g-term at initialisation and for large-batch GPU runs."""
+
+    # -- losses --------------------------------------------------------------------------------
+    arc_scale: float = 64.0
+    arc_margin: float = 0.5
+    mag_la: float = 10.0
+    mag_ua: float = 110.0
+    mag_lm: float = 0.45
+    mag_um: float = 0.8
+    mag_lambda_g: float = 35.0
+    easy_margin: bool = False
+    """ArcFace/MagFace easy margin (``cos > 0`` test instead of the ``cos(pi - m)`` threshold)."""
+    kl_lambda: float = 0.01
+    kl_reduction: str = "sum"
+    """``"sum"`` over the 512 dimensions (default, as DUL's reference code) or ``"mean"``. With
+    ``mean`` the same lambda weighs the KL 512x less."""
+    xi_detach: bool = True
+    """Detach xi = h(||sigma||) in H-KLD (default): xi is a per-sample prior width, a target."""
+    hkl_l_xi: float = 0.5
+    hkl_u_xi: float = 1.0
+    hkl_l_sigma: float = 10.0
+    hkl_u_sigma: float = 25.0
+
+    # -- augmentation / input ------------------------------------------------------------------
+    crop_pad: int = 4
+    """RandomCrop: zero-pad by this many pixels then crop back to the input size (0: off)."""
+    hflip: bool = True
+    image_size: tuple[int, int] = (112, 112)
+
+    # -- data loading --------------------------------------------------------------------------
+    num_workers: int = 4
+    shuffle_buffer: int = 2000
+
+    # -- engine --------------------------------------------------------------------------------
+    device: str = "auto"
+    """``auto`` (cuda if available), ``cpu``, ``cuda``, ``cuda:N``."""
+    amp: str = "bf16"
+    """``bf16`` autocast, ``fp16`` autocast + GradScaler, or ``none``. Ignored on CPU."""
+    channels_last: bool = True
+    compile: bool = False
+    seed: int = 0
+    deterministic: bool = False
+    """Deterministic cuDNN/algorithms (slower); CPU runs are deterministic anyway."""
+    ckpt_every: int = 1000
+    """Checkpoint every N optimiser steps (and at each epoch end)."""
+    log_every: int = 50
+    max_steps: int | None = None
+    """Stop after this many optimiser steps in total (tests, smoke runs)."""
+    steps_per_epoch: int | None = None
+    """Override the epoch length (default: manifest num_samples // global batch)."""
+    progress: bool = True
+    tensorboard: bool = True
+
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Free-form notes stored with the run (e.g. the command line)."""
+
+    # ------------------------------------------------------------------------------------------
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"backbone must be one of {BACKBONES}, got {self.backbone!r}")
+        if self.amp not in AMP_MODES:
+            raise ValueError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
+        if self.kl_reduction not in ("sum", "mean"):
+            raise ValueError(f"kl_reduction must be 'sum' or 'mean', got {self.kl_reduction!r}")
+        self.milestones = tuple(int(m) for m in self.milestones)
+        self.image_size = tuple(int(s) for s in self.image_size)  # type: ignore[assignment]
+        if self.batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+
+    # -- derived -------------------------------------------------------------------------------
+    @property
+    def uses_dul(self) -> bool:
+        """True when the model has a sigma head (dul, dul-mag, maskdul)."""
+        return self.method in ("dul", "dul-mag", "maskdul")
+
+    @property
+    def uses_two_stream(self) -> bool:
+        return self.method == "maskdul" if self.two_stream is None else bool(self.two_stream)
+
+    # -- JSON ----------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["milestones"] = list(self.milestones)
+        d["image_size"] = list(self.image_size)
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown TrainConfig keys: {sorted(unknown)}")
+        return cls(**d)
+
+    @classmethod
+    def from_json(cls, text: str) -> "TrainConfig":
+        return cls.from_dict(json.loads(text))
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_json() + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "TrainConfig":
+        return cls.from_json(Path(path).read_text())
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)

@@ -1,0 +1,300 @@
+"""Training data: a deterministic, resumable WebDataset pipeline over maskkit shards.
+
+Reads the shard format of ``docs/FORMAT.md`` (``manifest.json`` + ``<split>-%06d.tar``; each
+sample ``KEY.jpg`` + ``KEY.json`` with ``label`` and ``masked``). A shard set whose samples
+carry no ``masked`` key, or are all unmasked (``maskkit align --format shards``), is read with
+``masked = False``.
+
+**Streams.** The loader of one process (rank) with ``W`` workers reads ``S = world x W``
+independent *slots* (``slot = rank x W + worker``). In epoch ``e``, cycle ``c``, all slots agree on
+one shard permutation drawn from ``(seed, e, c)``; with at least ``S`` shards, slot ``k`` reads
+shards ``perm[k::S]`` (shards split by rank and worker); with fewer shards, every slot reads all
+of them and keeps every ``S``-th sample (sample-level split, for tiny sets). Each slot's samples
+go through a WebDataset shuffle buffer seeded by ``(seed, e, c, slot)``, are decoded, augmented
+with an RNG seeded by ``(seed, e, slot, index in the stream)`` and batched inside the worker. A
+slot cycles (``c = 0, 1, ...``) until the epoch's step count is reached, so every rank yields the
+same number of batches (``steps_per_epoch = num_samples // global batch``, DDP-safe) and an
+epoch sees every sample about once.
+
+**Order.** The DataLoader takes batches from its workers round-robin (in order), so batch ``b``
+of an epoch is worker ``b % W``'s batch ``b // W``: the order is a pure function of
+``(seed, epoch, world size, num_workers, batch size, shards)``.
+
+**Resume.** :meth:`ShardStream.set_epoch` takes the number of batches already consumed in the
+epoch; each worker drops its share of them *before* decoding (the tar bytes are read, but not
+decoded or augmented) and the stream continues exactly where it stopped. This makes resume
+exact for the same world size, workers and batch size. With a changed world size (or workers)
+the slots are partitioned differently: training continues at the same epoch and the same
+number of samples into it (each new slot skips its share), which restores the position at
+sample granularity but not the identical sample order.
+
+**Augmentation.** RandomCrop: zero-pad by ``crop_pad`` pixels (default 4) and crop back to the
+input size at a random offset (up to +-4 px, a small shift that keeps the alignment roughly in
+place); horizontal flip with p = 0.5. Images stay uint8 NHWC in the loader; the engine
+normalises on the device as ``(x - 127.5) / 127.5``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import logging
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ShardSet:
+    """A shard folder: tar URLs plus what the manifest says about them."""
+
+    root: Path
+    urls: list[str]
+    num_samples: int
+    num_masked: int
+    classes: list[str]
+    manifest: dict[str, Any]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+def open_shards(root: str | Path, split: str = "train") -> ShardSet:
+    """Read ``manifest.json`` of a shard folder; raises a clear error when it is not a dataset."""
+    root = Path(root)
+    mf = root / "manifest.json"
+    if not mf.exists():
+        raise FileNotFoundError(f"{root} has no manifest.json: not a maskkit shard folder, or an "
+                                f"unfinished one (the manifest is written last)")
+    manifest = json.loads(mf.read_text())
+    if manifest.get("format") != "maskkit-shards":
+        raise ValueError(f"{mf}: format is {manifest.get('format')!r}, expected 'maskkit-shards'")
+    if int(manifest.get("version", 0)) != 1:
+        raise ValueError(f"{mf}: unsupported shard format version {manifest.get('version')!r} (reader: 1)")
+    names = [s["name"] for s in manifest.get("shards", []) if str(s["name"]).startswith(split + "-")]
+    if not names:
+        names = sorted(p.name for p in root.glob(f"{split}-*.tar"))
+    missing = [n for n in names if not (root / n).exists()]
+    if missing:
+        raise FileNotFoundError(f"{root}: shards listed in the manifest are missing: {missing[:5]}")
+    if not names:
+        raise ValueError(f"{root}: no '{split}-*.tar' shards")
+    classes = list(manifest.get("classes") or [])
+    if not classes:
+        raise ValueError(f"{mf}: empty 'classes'")
+    return ShardSet(root=root, urls=[str(root / n) for n in sorted(names)],
+                    num_samples=int(manifest.get("num_samples", 0)), num_masked=int(manifest.get("num_masked", 0)),
+                    classes=classes, manifest=manifest)
+
+
+def augment(img: np.ndarray, rng: np.random.Generator, pad: int, hflip: bool) -> np.ndarray:
+    """RandomCrop (zero padding ``pad``) + horizontal flip of one HxWx3 uint8 image."""
+    h, w = img.shape[:2]
+    if pad > 0:
+        dy, dx = rng.integers(0, 2 * pad + 1, size=2)
+        out = np.zeros_like(img)
+        # source window [dy - pad, dy - pad + h) clipped to the image
+        sy, sx = int(dy) - pad, int(dx) - pad
+        y0, y1 = max(0, sy), min(h, sy + h)
+        x0, x1 = max(0, sx), min(w, sx + w)
+        out[y0 - sy:y1 - sy, x0 - sx:x1 - sx] = img[y0:y1, x0:x1]
+        img = out
+    if hflip and rng.random() < 0.5:
+        img = img[:, ::-1]
+    return np.ascontiguousarray(img)
+
+
+def decode_jpeg(data: bytes, size: tuple[int, int]) -> np.ndarray:
+    """JPEG/PNG bytes -> RGB uint8 of ``size`` (H, W); resized (with a warning) when different."""
+    import cv2
+
+    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if arr is None:
+        raise ValueError("decode_error")
+    arr = arr[:, :, ::-1]
+    if arr.shape[:2] != tuple(size):
+        log.warning("sample of size %s resized to %s", arr.shape[:2], size)
+        arr = cv2.resize(np.ascontiguousarray(arr), (size[1], size[0]), interpolation=cv2.INTER_AREA)
+    return arr
+
+
+def _worker() -> tuple[int, int]:
+    info = torch.utils.data.get_worker_info()
+    return (0, 1) if info is None else (info.id, info.num_workers)
+
+
+def worker_skip(skip_batches: int, worker: int, num_workers: int) -> int:
+    """How many of the first ``skip_batches`` round-robin batches came from ``worker``."""
+    return max(0, (skip_batches - worker + num_workers - 1) // num_workers)
+
+
+class ShardStream(torch.utils.data.IterableDataset):
+    """Endless per-epoch stream of batches ``{"images": uint8 (B,H,W,3), "labels": int64 (B,),
+    "masked": bool (B,), "keys": list[str], "worker": int, "stream_pos": int}`` for one rank (see module docstring).
+
+    Call :meth:`set_epoch` before creating each epoch's DataLoader iterator.
+    """
+
+    def __init__(self, shards: ShardSet, batch_size: int, rank: int = 0, world: int = 1, seed: int = 0,
+                 shuffle_buffer: int = 2000, crop_pad: int = 4, hflip: bool = True,
+                 image_size: tuple[int, int] = (112, 112), augment: bool = True):
+        super().__init__()
+        self.shards, self.batch_size, self.rank, self.world = shards, batch_size, rank, world
+        self.seed, self.shuffle_buffer, self.crop_pad, self.hflip = seed, shuffle_buffer, crop_pad, hflip
+        self.image_size, self.do_augment = tuple(image_size), augment
+        self.epoch, self.skip_batches, self.positions = 0, 0, None
+
+    def set_epoch(self, epoch: int, skip_batches: int = 0, positions: list[int] | None = None) -> None:
+        """Start epoch ``epoch`` after ``skip_batches`` batches already consumed.
+
+        ``positions`` (one per worker: raw samples that worker had read, the ``"stream_pos"`` of
+        its last batch) makes the skip exact even when bad samples were dropped; without it each
+        worker skips ``its batches x batch_size`` raw samples.
+        """
+        self.epoch, self.skip_batches = int(epoch), int(skip_batches)
+        self.positions = list(positions) if positions is not None else None
+
+    # -- raw samples of one slot ---------------------------------------------------------------
+    def _slot_samples(self, slot: int, nslots: int) -> Iterator[dict]:
+        import webdataset as wds
+
+        urls = self.shards.urls
+        cycle = 0
+        while True:
+            perm = list(urls)
+            random.Random(f"shards-{self.seed}-{self.epoch}-{cycle}").shuffle(perm)
+            if len(perm) >= nslots:
+                mine, keep = perm[slot::nslots], None
+            else:
+                mine, keep = perm, slot
+            src = wds.DataPipeline(
+                wds.SimpleShardList(mine),
+                wds.tarfile_to_samples(handler=wds.warn_and_continue),
+            )
+            stream: Iterator[dict] = iter(src)
+            if keep is not None:
+                stream = (s for i, s in enumerate(stream) if i % nslots == keep)
+            stream = wds.filters._shuffle(stream, bufsize=self.shuffle_buffer, initial=self.shuffle_buffer,
+                                          seed=f"buf-{self.seed}-{self.epoch}-{cycle}-{slot}")
+            n = 0
+            for s in stream:
+                n += 1
+                yield s
+            if n == 0:
+                raise RuntimeError(f"data slot {slot}/{nslots} got no samples from {len(mine)} shard(s) of "
+                                   f"{self.shards.root}: fewer samples than ranks x workers?")
+            cycle += 1
+
+    def _decode(self, sample: dict, rng: np.random.Generator) -> tuple[np.ndarray, int, bool] | None:
+        key = sample.get("__key__", "?")
+        try:
+            meta = json.loads(sample["json"])
+            data = sample.get("jpg", sample.get("jpeg", sample.get("png")))
+            if data is None:
+                raise KeyError("no jpg member")
+            img = decode_jpeg(data, self.image_size)
+            label = int(meta["label"])
+            masked = bool(meta.get("masked", False))
+        except Exception as exc:  # a bad sample is logged and skipped, never silently dropped
+            log.warning("skipping sample %s (%s): %s: %s", key, sample.get("__url__", "?"), type(exc).__name__, exc)
+            return None
+        if not 0 <= label < self.shards.num_classes:
+            log.warning("skipping sample %s: label %d outside 0..%d", key, label, self.shards.num_classes - 1)
+            return None
+        if self.do_augment:
+            img = augment(img, rng, self.crop_pad, self.hflip)
+        return img, label, masked
+
+    def __iter__(self) -> Iterator[dict]:
+        phys, nw = _worker()
+        # the DataLoader always starts its round-robin at worker 0: after skipping k batches,
+        # physical worker w plays logical worker (w + k) % W, so batch k comes from k % W
+        wid = (phys + self.skip_batches) % nw
+        slot, nslots = self.rank * nw + wid, self.world * nw
+        if self.positions is not None and len(self.positions) == nw:
+            skip = int(self.positions[wid])
+        else:
+            skip = worker_skip(self.skip_batches, wid, nw) * self.batch_size
+        imgs, labels, masks, keys = [], [], [], []
+        for idx, sample in enumerate(self._slot_samples(slot, nslots)):
+            if idx < skip:
+                continue
+            rng = np.random.default_rng([self.seed, self.epoch, slot, idx])
+            out = self._decode(sample, rng)
+            if out is None:
+                continue
+            imgs.append(out[0]), labels.append(out[1]), masks.append(out[2]), keys.append(sample["__key__"])
+            if len(imgs) == self.batch_size:
+                yield {"images": torch.from_numpy(np.stack(imgs)), "labels": torch.tensor(labels, dtype=torch.int64),
+                       "masked": torch.tensor(masks, dtype=torch.bool), "keys": keys,
+                       "worker": wid, "stream_pos": idx + 1}
+                imgs, labels, masks, keys = [], [], [], []
+
+
+def make_loader(stream: ShardStream, num_workers: int, seed: int = 0) -> torch.utils.data.DataLoader:
+    """DataLoader over a :class:`ShardStream` (batches are formed in the workers).
+
+    It gets its own generator, so creating an iterator never consumes the global torch RNG
+    (needed for exact resume).
+    """
+    g = torch.Generator()
+    g.manual_seed(seed)
+    kw: dict[str, Any] = {}
+    if num_workers > 0:
+        kw.update(prefetch_factor=4, persistent_workers=False)
+    return torch.utils.data.DataLoader(stream, batch_size=None, num_workers=num_workers, generator=g,
+                                       pin_memory=torch.cuda.is_available(), **kw)
+
+
+def write_shards(out: str | Path, samples: list[dict], classes: list[str], shard_samples: int = 1000,
+                 split: str = "train", quality: int = 95, command: str = "") -> ShardSet:
+    """Minimal FORMAT.md writer (tests, benchmarks): ``samples`` are dicts with ``key``, ``image``
+    (RGB uint8), ``label``, and optional ``masked``, ``style``, ``src``, ``landmarks5``.
+
+    Uses ``webdataset.TarWriter``; the manifest is written last. The full writer, with masks,
+    failures and resumability, is :mod:`maskkit.shards` (``maskkit synth``).
+    """
+    import cv2
+    import webdataset as wds
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    shards, per_class = [], {c: {"samples": 0, "masked": 0} for c in classes}
+    styles: dict[str, int] = {}
+    for si in range(0, max(1, len(samples)), shard_samples):
+        name = f"{split}-{si // shard_samples:06d}.tar"
+        chunk = samples[si:si + shard_samples]
+        with wds.TarWriter(str(out / name)) as tw:
+            for s in chunk:
+                ok, jpg = cv2.imencode(".jpg", np.ascontiguousarray(s["image"][:, :, ::-1]),
+                                       [cv2.IMWRITE_JPEG_QUALITY, quality])
+                if not ok:
+                    raise ValueError(f"cannot encode {s['key']}")
+                masked = bool(s.get("masked", False))
+                meta = {"label": int(s["label"]), "identity": classes[int(s["label"])], "src": s.get("src", s["key"]),
+                        "face": 0, "masked": masked, "style": s.get("style") if masked else None, "mask": None,
+                        "landmarks5": s.get("landmarks5"), "landmarks68": None, "score": None, "twin": None}
+                tw.write({"__key__": s["key"], "jpg": jpg.tobytes(), "json": json.dumps(meta).encode()})
+                per_class[classes[int(s["label"])]]["samples"] += 1
+                per_class[classes[int(s["label"])]]["masked"] += int(masked)
+                if masked and s.get("style"):
+                    styles[s["style"]] = styles.get(s["style"], 0) + 1
+        shards.append({"name": name, "samples": len(chunk), "bytes": (out / name).stat().st_size, "sha256": None})
+    n_masked = sum(int(bool(s.get("masked", False))) for s in samples)
+    manifest = {"format": "maskkit-shards", "version": 1, "image_size": list(samples[0]["image"].shape[:2]),
+                "template": "arcface", "classes": list(classes), "num_samples": len(samples),
+                "num_masked": n_masked, "ratio": n_masked / max(1, len(samples)), "paired": False, "seed": 0,
+                "styles": styles, "per_class": per_class, "shards": shards,
+                "inputs": {"files": len(samples), "ok": len(samples), "failed": 0},
+                "created_by": "maskkit.training.data.write_shards", "command": command}
+    (out / "failures.jsonl").write_text("")
+    tmp = out / ".manifest.json.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2))
+    os.replace(tmp, out / "manifest.json")
+    return open_shards(out, split)

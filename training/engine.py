@@ -1,0 +1,541 @@
+"""The training loop of ``maskkit train``: AMP, channels_last, torch.compile, DDP, exact resume.
+
+:func:`train` runs one :class:`~maskkit.training.config.TrainConfig` in the current process; under
+``torchrun`` (env ``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK``) every process runs it and they
+train one DDP model (NCCL on CUDA, gloo on CPU). :func:`launch` starts ``N`` local processes
+through ``torch.distributed.run`` (``maskkit train --nproc N``).
+
+**Step.** uint8 NHWC batch -> device -> ``(x - 127.5) / 127.5`` (NCHW, channels_last on CUDA)
+-> autocast (bf16, or fp16 with a GradScaler; CPU runs in fp32) -> model -> loss -> NaN/Inf
+guard -> backward -> optional global-norm clipping -> SGD step. lr follows the epoch-based step
+schedule (``lr x global_batch / 128``, x0.1 at the milestones), set every step from the
+fractional epoch, so it survives a change of world size.
+
+**Checkpoints** (``RUN/checkpoints/last.pt``, written atomically: temp file + ``os.replace``)
+every ``ckpt_every`` steps, at each epoch end and when ``max_steps`` stops the run. Each holds
+the model, the loss (class centres), optimizer, schedule, GradScaler, the RNG states of every
+rank (torch, CUDA, numpy, python) and the data position (epoch, batches consumed in it,
+per-worker stream positions, world size, workers, batch size).
+
+**Resume** (``resume=True``) is exact (bit-identical weights on CPU) when world size, workers
+and batch size are unchanged: RNGs are restored and the data stream skips exactly what was
+consumed (:mod:`~maskkit.training.data`). With a changed world size the run continues at the
+same epoch and sample count (``batches x old global batch // new global batch``), the model,
+optimizer and schedule state are restored exactly, the RNGs are re-seeded from
+``(seed, rank, step)`` and the sample order of the rest of that epoch differs.
+
+**Guard.** A non-finite loss on any rank stops every rank before the optimizer step with
+:class:`NonFiniteLoss`, naming the step, and leaves the last good checkpoint in place (nothing
+is written after the bad step).
+
+This module imports only torch / numpy at module level (the GPU benchmark imports it on a
+machine without webdataset or OpenCV).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from .config import TrainConfig
+from .losses import build_criterion
+from .model import FaceModel, build_model
+
+log = logging.getLogger(__name__)
+
+METRIC_KEYS = ("loss", "cls", "g", "kl", "mag", "sigma_m_sum", "sigma_m_n", "sigma_u_sum", "sigma_u_n", "steps")
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN or Inf; training stopped, the last good checkpoint is kept."""
+
+
+# ----------------------------------------------------------------------------------------------
+# distributed / device
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """``auto`` -> ``cuda:<local_rank>`` when CUDA is available, else ``cpu``."""
+    if name == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device(f"cuda:{local_rank}")
+    return dev
+
+
+def setup_distributed(cfg: TrainConfig) -> DistInfo:
+    """Initialise the process group from torchrun's env vars (no-op for a single process)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(cfg.device, local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return DistInfo(rank=rank, world=world, local_rank=local_rank, device=device)
+
+
+def _all_gather_object(obj: Any, info: DistInfo) -> list[Any]:
+    if info.world == 1 or not dist.is_initialized():
+        return [obj]
+    out: list[Any] = [None] * info.world
+    dist.all_gather_object(out, obj)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# model wrapper, schedule
+# ----------------------------------------------------------------------------------------------
+class TrainModule(nn.Module):
+    """Model + criterion in one module (what DDP wraps): ``forward(images_u8, labels, masked)``.
+
+    ``images`` are uint8 NHWC (as the loader yields them) or already-normalised float NCHW.
+    """
+
+    def __init__(self, model: FaceModel, criterion: nn.Module, channels_last: bool = False):
+        super().__init__()
+        self.model, self.criterion, self.channels_last = model, criterion, channels_last
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor, masked: torch.Tensor):
+        if images.dtype == torch.uint8:
+            x = (images.permute(0, 3, 1, 2).float() - 127.5) / 127.5
+        else:
+            x = images
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        mu, logvar = self.model.encode(x, masked)
+        return self.criterion(mu, logvar, labels, masked)
+
+
+class StepSchedule:
+    """Epoch-based step decay with optional linear warm-up; ``state_dict`` for checkpoints.
+
+    ``lr(e) = base x gamma^(#milestones <= e)`` (x ``e / warmup`` during warm-up), ``e`` the
+    fractional epoch.
+    """
+
+    def __init__(self, base_lr: float, milestones: tuple[int, ...], gamma: float = 0.1, warmup_epochs: float = 0.0):
+        self.base_lr, self.milestones, self.gamma, self.warmup = base_lr, tuple(milestones), gamma, warmup_epochs
+        self.last_epoch, self.last_lr = 0.0, base_lr
+
+    def lr_at(self, epoch: float) -> float:
+        lr = self.base_lr * self.gamma ** sum(epoch >= m for m in self.milestones)
+        if self.warmup > 0 and epoch < self.warmup:
+            lr *= max(epoch / self.warmup, 1e-3)
+        return lr
+
+    def set(self, optimizer: torch.optim.Optimizer, epoch: float) -> float:
+        self.last_epoch, self.last_lr = float(epoch), self.lr_at(epoch)
+        for g in optimizer.param_groups:
+            g["lr"] = self.last_lr
+        return self.last_lr
+
+    def state_dict(self) -> dict:
+        return {"base_lr": self.base_lr, "milestones": list(self.milestones), "gamma": self.gamma,
+                "warmup": self.warmup, "last_epoch": self.last_epoch, "last_lr": self.last_lr}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.last_epoch, self.last_lr = float(d["last_epoch"]), float(d["last_lr"])
+
+
+# ----------------------------------------------------------------------------------------------
+# data sources
+# ----------------------------------------------------------------------------------------------
+class ShardSource:
+    """Shards on disk through :class:`~maskkit.training.data.ShardStream` (one per rank)."""
+
+    def __init__(self, cfg: TrainConfig, info: DistInfo):
+        from .data import ShardStream, make_loader, open_shards
+
+        self.shards = open_shards(cfg.data, cfg.split)
+        self.classes, self.num_samples = self.shards.classes, self.shards.num_samples
+        self.num_workers = cfg.num_workers
+        self.stream = ShardStream(self.shards, cfg.batch_size, info.rank, info.world, cfg.seed, cfg.shuffle_buffer,
+                                  cfg.crop_pad, cfg.hflip, cfg.image_size)
+        self.loader = make_loader(self.stream, cfg.num_workers, cfg.seed)
+        if self.shards.num_masked == 0 and cfg.uses_two_stream:
+            log.warning("%s has no masked samples: the masked branch of the two-stream model will not train",
+                        cfg.data)
+
+    def epoch_iter(self, epoch: int, skip_batches: int, positions: list[int] | None) -> Iterator[dict]:
+        self.stream.set_epoch(epoch, skip_batches, positions)
+        return iter(self.loader)
+
+
+class SyntheticSource:
+    """Random uint8 faces made on the device (benchmarks and GPU smoke tests; no disk, no workers)."""
+
+    def __init__(self, cfg: TrainConfig, info: DistInfo, num_classes: int = 1000, num_samples: int = 100_000,
+                 masked_ratio: float = 0.5):
+        self.classes = [f"c{i}" for i in range(num_classes)]
+        self.num_samples, self.num_workers = num_samples, 0
+        self.cfg, self.info, self.masked_ratio = cfg, info, masked_ratio
+
+    def epoch_iter(self, epoch: int, skip_batches: int, positions: list[int] | None) -> Iterator[dict]:
+        g = torch.Generator(device=self.info.device)
+        g.manual_seed(hash((self.cfg.seed, epoch, self.info.rank)) % (2 ** 31))
+        b, (h, w) = self.cfg.batch_size, self.cfg.image_size
+        dev = self.info.device
+        i = skip_batches
+        while True:
+            i += 1
+            yield {"images": torch.randint(0, 256, (b, h, w, 3), dtype=torch.uint8, device=dev, generator=g),
+                   "labels": torch.randint(0, len(self.classes), (b,), device=dev, generator=g),
+                   "masked": torch.rand(b, device=dev, generator=g) < self.masked_ratio,
+                   "worker": 0, "stream_pos": i}
+
+
+# ----------------------------------------------------------------------------------------------
+# RNG / checkpoint helpers
+# ----------------------------------------------------------------------------------------------
+def rng_state(device: torch.device) -> dict:
+    st = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if device.type == "cuda":
+        st["cuda"] = torch.cuda.get_rng_state(device)
+    return st
+
+
+def set_rng_state(st: dict, device: torch.device) -> None:
+    torch.set_rng_state(st["torch"])
+    np.random.set_state(st["numpy"])
+    random.setstate(st["python"])
+    if device.type == "cuda" and "cuda" in st:
+        torch.cuda.set_rng_state(st["cuda"], device)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2 ** 32))
+    torch.manual_seed(seed)
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """``torch.save`` to a temp file beside ``path`` then ``os.replace`` (never a torn checkpoint)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _progress(total: int, initial: int, enabled: bool):
+    if not enabled:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, leave=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# the loop
+# ----------------------------------------------------------------------------------------------
+def train(cfg: TrainConfig, resume: bool = False, source: Any = None) -> dict:
+    """Train ``cfg`` (in this process; under torchrun, as one DDP rank). Returns a summary dict.
+
+    Args:
+        cfg: the run configuration; ``cfg.out`` is the run directory.
+        resume: continue from ``cfg.out/checkpoints/last.pt`` (exactly: see the module docstring).
+        source: a data source (default :class:`ShardSource` over ``cfg.data``); the benchmarks
+            pass a :class:`SyntheticSource`.
+
+    Raises:
+        NonFiniteLoss: the loss became NaN/Inf (the last good checkpoint is kept).
+    """
+    info = setup_distributed(cfg)
+    run = Path(cfg.out)
+    ck_path = run / "checkpoints" / "last.pt"
+    ckpt = None
+    if resume:
+        if not ck_path.exists():
+            raise FileNotFoundError(f"--resume: no checkpoint at {ck_path}")
+        ckpt = torch.load(ck_path, map_location="cpu", weights_only=False)
+    if info.device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = not cfg.deterministic
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+    src = source if source is not None else ShardSource(cfg, info)
+    num_classes = len(src.classes)
+    world, gb = info.world, cfg.batch_size * info.world
+    spe = cfg.steps_per_epoch or max(1, src.num_samples // gb)
+    nw = max(1, src.num_workers)
+    use_cuda = info.device.type == "cuda"
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp) if use_cuda else None
+    channels_last = cfg.channels_last and use_cuda
+
+    # identical init on every rank, then a per-rank RNG stream for dropout / eps
+    seed_everything(cfg.seed)
+    model = build_model(cfg)
+    criterion = build_criterion(cfg, num_classes)
+    tm = TrainModule(model, criterion, channels_last).to(info.device)
+    if channels_last:
+        tm = tm.to(memory_format=torch.channels_last)
+    base_lr = cfg.lr * gb / cfg.lr_base_batch
+    params = [p for p in tm.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=base_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    sched = StepSchedule(base_lr, cfg.milestones, cfg.gamma, cfg.warmup_epochs)
+    scaler = torch.amp.GradScaler("cuda", enabled=(use_cuda and cfg.amp == "fp16"))
+    seed_everything(cfg.seed * 1_000_003 + info.rank + 1)
+
+    start_epoch, start_b, global_step, positions = 0, 0, 0, None
+    if ckpt is not None:
+        if ckpt.get("num_classes") != num_classes:
+            raise ValueError(f"checkpoint has {ckpt.get('num_classes')} classes, the data {num_classes}")
+        model.load_state_dict(ckpt["model"])
+        criterion.load_state_dict(ckpt["criterion"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        if ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        d = ckpt["data"]
+        global_step = int(ckpt["step"])
+        same = d["world"] == world and d["num_workers"] == nw and d["batch_size"] == cfg.batch_size
+        start_epoch = int(d["epoch"])
+        if same:
+            start_b = int(d["batches_in_epoch"])
+            positions = d["positions"][info.rank] if d.get("positions") else None
+            set_rng_state(ckpt["rng"][info.rank], info.device)
+        else:
+            start_b = int(d["batches_in_epoch"]) * int(d["global_batch"]) // gb
+            seed_everything(cfg.seed * 1_000_003 + info.rank + 1 + 7919 * global_step)
+            if info.is_main:
+                log.warning("resume with world %d/workers %d/batch %d (was %d/%d/%d): position restored at "
+                            "sample granularity, sample order of this epoch differs", world, nw, cfg.batch_size,
+                            d["world"], d["num_workers"], d["batch_size"])
+        if start_b >= spe:
+            start_epoch, start_b, positions = start_epoch + 1, 0, None
+
+    runner: nn.Module = tm
+    if world > 1:
+        runner = nn.parallel.DistributedDataParallel(tm, device_ids=[info.device.index] if use_cuda else None)
+    if cfg.compile:
+        runner = torch.compile(runner)
+
+    total_steps = spe * cfg.epochs
+    if cfg.max_steps is not None:
+        total_steps = min(total_steps, cfg.max_steps)
+    if info.is_main:
+        run.mkdir(parents=True, exist_ok=True)
+        (run / "checkpoints").mkdir(exist_ok=True)
+        cfg.save(run / "config.json")
+    jsonl = open(run / "log.jsonl", "a") if info.is_main else None
+    tb = None
+    if info.is_main and cfg.tensorboard:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            tb = SummaryWriter(str(run / "tb"))
+        except Exception:  # tensorboard not installed: the JSONL log is the record
+            tb = None
+    bar = _progress(total_steps, global_step, cfg.progress and info.is_main)
+
+    def emit(line: str) -> None:
+        if not info.is_main:
+            return
+        if bar is not None:
+            bar.write(line)
+        else:
+            print(line, file=sys.stderr, flush=True)
+
+    def write_log(rec: dict) -> None:
+        if jsonl is not None:
+            jsonl.write(json.dumps(rec) + "\n")
+            jsonl.flush()
+        if tb is not None:
+            for k, v in rec.items():
+                if isinstance(v, (int, float)) and k not in ("step", "epoch"):
+                    tb.add_scalar(f"train/{k}", v, rec["step"])
+
+    def save(epoch: int, b: int, pos: list[int]) -> None:
+        rngs = _all_gather_object(rng_state(info.device), info)
+        all_pos = _all_gather_object(list(pos), info)
+        if info.is_main:
+            atomic_save({
+                "config": cfg.to_dict(), "model": model.state_dict(), "criterion": criterion.state_dict(),
+                "optimizer": optimizer.state_dict(), "scheduler": sched.state_dict(),
+                "scaler": scaler.state_dict() if scaler.is_enabled() else None, "rng": rngs,
+                "data": {"epoch": epoch, "batches_in_epoch": b, "positions": all_pos, "world": world,
+                         "num_workers": nw, "batch_size": cfg.batch_size, "global_batch": gb,
+                         "steps_per_epoch": spe},
+                "step": global_step, "epoch": epoch + b / spe, "classes": list(src.classes),
+                "num_classes": num_classes, "time": time.time(),
+            }, ck_path)
+        nonlocal last_saved
+        last_saved = global_step
+
+    if info.is_main:
+        emit(f"maskkit train: {cfg.method} {cfg.backbone} (width {cfg.width}) on {info.device}, world {world}, "
+             f"global batch {gb}, {spe} steps/epoch x {cfg.epochs} epochs, {num_classes} classes, lr {base_lr:g}, "
+             f"amp {cfg.amp if use_cuda else 'off (cpu)'}" + (f", resumed at step {global_step}" if ckpt else ""))
+        write_log({"event": "start", "step": global_step, "world": world, "global_batch": gb,
+                   "steps_per_epoch": spe, "device": str(info.device), "resumed": ckpt is not None})
+
+    acc = torch.zeros(len(METRIC_KEYS), dtype=torch.float64, device=info.device)
+    t_last, n_img = time.perf_counter(), 0
+    last_saved = global_step if ckpt is not None else -1
+    last_loss = float("nan")
+    stop = cfg.max_steps is not None and global_step >= cfg.max_steps
+    epoch = start_epoch
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            if stop:
+                break
+            b0 = start_b if epoch == start_epoch else 0
+            pos = list(positions) if (epoch == start_epoch and positions) else [0] * nw
+            it = src.epoch_iter(epoch, b0, pos if (epoch == start_epoch and positions) else None)
+            tm.train()
+            for b in range(b0, spe):
+                batch = next(it)
+                pos[batch["worker"]] = batch["stream_pos"]
+                lr = sched.set(optimizer, epoch + b / spe)
+                images = batch["images"].to(info.device, non_blocking=True)
+                labels = batch["labels"].to(info.device, non_blocking=True)
+                masked = batch["masked"].to(info.device, non_blocking=True)
+                with torch.autocast(info.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                    loss, parts = runner(images, labels, masked)
+                bad = (~torch.isfinite(loss.detach())).float()
+                if world > 1:
+                    dist.all_reduce(bad)
+                if bad.item() > 0:
+                    msg = (f"non-finite loss ({loss.item()}) at step {global_step + 1} (epoch {epoch}, batch {b}); "
+                           f"stopping. The last good checkpoint is kept: "
+                           f"{ck_path if last_saved >= 0 else 'none written yet'}"
+                           f"{f' (step {last_saved})' if last_saved >= 0 else ''}. Try a lower lr, grad_clip, "
+                           f"or amp=bf16 instead of fp16.")
+                    emit(msg)
+                    write_log({"event": "nonfinite", "step": global_step + 1, "epoch": epoch, "batch": b})
+                    raise NonFiniteLoss(msg)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                if cfg.grad_clip:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                global_step += 1
+                n_img += images.shape[0]
+                with torch.no_grad():
+                    vals = [loss.detach()] + [parts.get(k, torch.zeros((), device=info.device)) for k in METRIC_KEYS[1:-1]]
+                    acc += torch.stack([torch.as_tensor(v, device=info.device).double().reshape(()) for v in vals]
+                                       + [torch.ones((), dtype=torch.float64, device=info.device)])
+                if bar is not None:
+                    bar.update(1)
+                done = cfg.max_steps is not None and global_step >= cfg.max_steps
+                if global_step % cfg.log_every == 0 or done or b == spe - 1:
+                    if world > 1:
+                        dist.all_reduce(acc)
+                    a = dict(zip(METRIC_KEYS, acc.tolist()))
+                    n = max(a["steps"], 1.0)
+                    dt = time.perf_counter() - t_last
+                    rec = {"step": global_step, "epoch": round(epoch + (b + 1) / spe, 4), "lr": lr,
+                           "loss": a["loss"] / n, "cls": a["cls"] / n, "g": a["g"] / n, "kl": a["kl"] / n,
+                           "mag": a["mag"] / n,
+                           "sigma_masked": a["sigma_m_sum"] / a["sigma_m_n"] if a["sigma_m_n"] else None,
+                           "sigma_unmasked": a["sigma_u_sum"] / a["sigma_u_n"] if a["sigma_u_n"] else None,
+                           "img_s": n_img * world / dt if dt > 0 else None}
+                    if use_cuda:
+                        rec["mem_gb"] = torch.cuda.max_memory_allocated(info.device) / 2 ** 30
+                    last_loss = rec["loss"]
+                    write_log(rec)
+                    fm = lambda v, f=".3g": "-" if v is None else format(v, f)  # noqa: E731
+                    emit(f"step {global_step} ep {rec['epoch']:.2f} loss {fm(rec['loss'], '.4f')} cls {fm(rec['cls'], '.4f')}"
+                         f" g {fm(rec['g'], '.4f')} kl {fm(rec['kl'])} |sigma| m {fm(rec['sigma_masked'])}"
+                         f" u {fm(rec['sigma_unmasked'])} |f| {fm(rec['mag'])} lr {lr:.3g}"
+                         f" img/s {fm(rec['img_s'], '.1f')}")
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{rec['loss']:.3f}", lr=f"{lr:.2g}")
+                    acc.zero_()
+                    t_last, n_img = time.perf_counter(), 0
+                if b == spe - 1:
+                    save(epoch + 1, 0, [0] * nw)
+                elif done or (cfg.ckpt_every and global_step % cfg.ckpt_every == 0):
+                    save(epoch, b + 1, pos)
+                if done:
+                    stop = True
+                    break
+            del it
+    finally:
+        if bar is not None:
+            bar.close()
+        if jsonl is not None:
+            jsonl.close()
+        if tb is not None:
+            tb.close()
+    if info.is_main:
+        emit(f"done: step {global_step}, checkpoint {ck_path}")
+    return {"step": global_step, "epoch": epoch, "checkpoint": str(ck_path), "last_loss": last_loss,
+            "world": world, "steps_per_epoch": spe}
+
+
+# ----------------------------------------------------------------------------------------------
+# launching
+# ----------------------------------------------------------------------------------------------
+def launch(cfg: TrainConfig, nproc: int, resume: bool = False) -> int:
+    """Run ``cfg`` on ``nproc`` local processes via ``python -m torch.distributed.run``.
+
+    The resolved config is written to ``RUN/launch_config.json`` and every rank runs
+    ``python -m maskkit.training.engine RUN/launch_config.json [--resume]``. Returns the exit code.
+    """
+    run = Path(cfg.out)
+    run.mkdir(parents=True, exist_ok=True)
+    cfg_path = run / "launch_config.json"
+    cfg.save(cfg_path)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "maskkit.training.engine", str(cfg_path)] + (["--resume"] if resume else [])
+    env = dict(os.environ)
+    if torch.cuda.is_available() is False:
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    return subprocess.call(cmd, env=env)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry of each torchrun rank: ``python -m maskkit.training.engine CONFIG.json [--resume]``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    resume = "--resume" in argv
+    args = [a for a in argv if a != "--resume"]
+    if len(args) != 1:
+        print("usage: python -m maskkit.training.engine CONFIG.json [--resume]", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    cfg = TrainConfig.load(args[0])
+    try:
+        train(cfg, resume=resume)
+    except NonFiniteLoss:
+        return 3
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

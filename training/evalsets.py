@@ -1,0 +1,546 @@
+"""Evaluation sets: insightface ``.bin`` pairs, LFW-style ``pairs.txt``, gallery/probe folders,
+and on-the-fly synthetic masking of their faces.
+
+Three sources, one in-memory shape:
+
+* :class:`PairSet` -- verification pairs, images interleaved ``[a0, b0, a1, b1, ...]`` (the
+  insightface layout) with one is-same flag per pair;
+* :class:`ImageSet` -- an identity-labelled image folder (gallery, probes, ``maskkit embed``).
+
+All images are 112x112 RGB uint8 aligned to the ArcFace template. Sources that are not already
+112x112 go through maskkit's own detector and aligner (:class:`FaceAligner`).
+
+The insightface ``.bin`` format is ``pickle.dump((bins, issame_list))`` where ``bins`` is a list
+of ``2 * P`` encoded images (JPEG/PNG bytes) and ``issame_list`` a list of ``P`` bools;
+:func:`write_bin` writes it and :func:`load_bin` reads it (also the ``encoding="bytes"``
+pickles made by Python 2).
+
+No input is dropped silently: images that cannot be read or aligned are recorded in the
+``failures`` list of the set (``{"src", "reason", "detail"}``), pairs that lose an image are
+recorded there too, and :func:`apply_masks` reports every face it could not mask (the face is
+kept unmasked and goes through the face branch).
+"""
+from __future__ import annotations
+
+import logging
+import pickle
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+IMAGE_SIZE = (112, 112)
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+@dataclass
+class PairSet:
+    """Verification pairs.
+
+    Attributes:
+        images: (2P, 112, 112, 3) uint8, pair ``i`` is ``images[2i]``, ``images[2i+1]``.
+        issame: (P,) bool.
+        names: 2P strings naming each image (source path or ``"bin:<index>"``).
+        landmarks68: per image (68, 2) float32 landmarks in aligned pixels when the aligner
+            produced them, else None (found later on the aligned crop when masking).
+        failures: inputs that produced no pair, with reasons.
+        notes: per-image notes (e.g. ``"whole_image_box"`` alignment fallbacks), keyed by index.
+        source: a short description of where the pairs came from.
+    """
+
+    images: np.ndarray
+    issame: np.ndarray
+    names: list[str]
+    landmarks68: list[np.ndarray | None] = field(default_factory=list)
+    failures: list[dict] = field(default_factory=list)
+    notes: dict[int, str] = field(default_factory=dict)
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        self.issame = np.asarray(self.issame, dtype=bool)
+        if len(self.images) != 2 * len(self.issame):
+            raise ValueError(f"{len(self.images)} images for {len(self.issame)} pairs (need 2 per pair)")
+        if not self.landmarks68:
+            self.landmarks68 = [None] * len(self.images)
+
+    @property
+    def n_pairs(self) -> int:
+        return int(len(self.issame))
+
+
+@dataclass
+class ImageSet:
+    """Identity-labelled aligned faces (a gallery, probes, or any folder to embed).
+
+    Attributes:
+        images: (N, 112, 112, 3) uint8.
+        identities: N identity names (the sub-folder; ``""`` for loose files).
+        paths: N source paths relative to the folder (POSIX).
+        landmarks68: per image (68, 2) aligned landmarks or None.
+        failures: inputs that produced no image, with reasons.
+        notes: per-image alignment notes keyed by index.
+    """
+
+    images: np.ndarray
+    identities: list[str]
+    paths: list[str]
+    landmarks68: list[np.ndarray | None] = field(default_factory=list)
+    failures: list[dict] = field(default_factory=list)
+    notes: dict[int, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.landmarks68:
+            self.landmarks68 = [None] * len(self.images)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def subset(self, idx) -> "ImageSet":
+        """The images at ``idx`` (failures and notes are not carried)."""
+        idx = [int(i) for i in idx]
+        return ImageSet(
+            images=self.images[idx] if idx else np.zeros((0, *IMAGE_SIZE, 3), np.uint8),
+            identities=[self.identities[i] for i in idx],
+            paths=[self.paths[i] for i in idx],
+            landmarks68=[self.landmarks68[i] for i in idx],
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# decoding / alignment
+# --------------------------------------------------------------------------------------------
+
+
+def decode_bytes(data: bytes, size: tuple[int, int] = IMAGE_SIZE) -> np.ndarray:
+    """Decode an encoded image to RGB uint8 with OpenCV, resized to ``size`` (H, W) if needed.
+
+    Raises:
+        ValueError: if the bytes are not a decodable image.
+    """
+    import cv2
+
+    buf = np.frombuffer(bytes(data), dtype=np.uint8)
+    bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise ValueError("cannot decode image bytes")
+    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    if rgb.shape[:2] != tuple(size):
+        rgb = cv2.resize(rgb, (size[1], size[0]), interpolation=cv2.INTER_AREA)
+    return np.ascontiguousarray(rgb)
+
+
+def encode_image(rgb: np.ndarray, ext: str = ".jpg", quality: int = 95) -> bytes:
+    """Encode RGB uint8 as JPEG (``quality``) or PNG bytes with OpenCV."""
+    import cv2
+
+    bgr = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR)
+    params = [cv2.IMWRITE_JPEG_QUALITY, int(quality)] if ext.lower() in (".jpg", ".jpeg") else []
+    ok, buf = cv2.imencode(ext, bgr, params)
+    if not ok:
+        raise ValueError(f"cannot encode image as {ext}")
+    return buf.tobytes()
+
+
+class FaceAligner:
+    """Bring any face photo to a 112x112 ArcFace-template crop with maskkit's aligner.
+
+    Images already at ``size`` are taken as aligned (returned unchanged, landmarks None).
+    Others go through ``maskkit.detect`` (HOG detector by default, the largest face) and
+    ``maskkit.align.align_face``. When the detector finds no face the whole image is used as
+    the face box for the landmark predictor (``landmarks_in_box``), which suits face crops such
+    as LFW's; the fallback is reported as a note, never silently.
+
+    Models load once, on first use.
+    """
+
+    def __init__(self, detector: str = "hog", size: tuple[int, int] = IMAGE_SIZE, policy: str = "largest"):
+        self.detector_name = detector
+        self.size = tuple(size)
+        self.policy = policy
+        self._detector = None
+
+    def _get_detector(self):
+        if self._detector is None:
+            from maskkit.detect import get_detector
+
+            self._detector = get_detector(self.detector_name)
+        return self._detector
+
+    def __call__(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, str | None]:
+        """Align one RGB image.
+
+        Returns:
+            ``(aligned_rgb, landmarks68_in_aligned_pixels_or_None, note_or_None)``.
+
+        Raises:
+            ValueError: when no landmarks can be found at all (reason in the message).
+        """
+        if rgb.shape[:2] == self.size:
+            return rgb, None, None
+        from maskkit.align import align_face
+        from maskkit.detect import landmarks_in_box, select_faces
+
+        note = None
+        faces = self._get_detector().detect(rgb)
+        if faces:
+            face = select_faces(faces, self.policy, rgb.shape)[0]
+            lm = np.asarray(face.landmarks68, np.float32)
+        else:
+            h, w = rgb.shape[:2]
+            lm = np.asarray(landmarks_in_box(rgb, (0.0, 0.0, float(w), float(h))), np.float32)
+            note = "no_face_detected:whole_image_box"
+        if lm is None or not np.all(np.isfinite(lm)):
+            raise ValueError("no_landmarks")
+        aligned = align_face(rgb, lm, size=self.size)
+        return aligned.image, np.asarray(aligned.landmarks68, np.float32), note
+
+
+def _load_and_align(path: Path, aligner: FaceAligner) -> tuple[np.ndarray, np.ndarray | None, str | None]:
+    from maskkit.image_io import load_image
+
+    rgb = load_image(path)
+    return aligner(rgb)
+
+
+def _failure(src: str, reason: str, detail: str = "") -> dict:
+    return {"src": src, "reason": reason, "detail": detail}
+
+
+def _exc_reason(exc: Exception) -> tuple[str, str]:
+    reason = getattr(exc, "reason", None)
+    if reason:
+        return str(reason), str(getattr(exc, "detail", "") or exc)
+    return type(exc).__name__, str(exc)
+
+
+# --------------------------------------------------------------------------------------------
+# insightface .bin
+# --------------------------------------------------------------------------------------------
+
+
+def load_bin(path: str | Path, size: tuple[int, int] = IMAGE_SIZE) -> PairSet:
+    """Read an insightface verification ``.bin`` (``pickle`` of ``(bins, issame_list)``).
+
+    Images that cannot be decoded take their pair out of the set; each such pair is listed in
+    ``failures`` (reason ``decode_error``).
+    """
+    path = Path(path)
+    with open(path, "rb") as f:
+        try:
+            bins, issame_list = pickle.load(f)
+        except UnicodeDecodeError:  # a Python 2 pickle
+            f.seek(0)
+            bins, issame_list = pickle.load(f, encoding="bytes")
+    if len(bins) != 2 * len(issame_list):
+        raise ValueError(f"{path}: {len(bins)} images for {len(issame_list)} pairs (need exactly 2 per pair)")
+    images, keep, failures, names = [], [], [], []
+    for p, same in enumerate(issame_list):
+        try:
+            a = decode_bytes(bins[2 * p], size)
+            b = decode_bytes(bins[2 * p + 1], size)
+        except ValueError as exc:
+            failures.append(_failure(f"{path.name}:pair{p}", "decode_error", str(exc)))
+            continue
+        images += [a, b]
+        names += [f"{path.name}:{2 * p}", f"{path.name}:{2 * p + 1}"]
+        keep.append(bool(same))
+    arr = np.stack(images) if images else np.zeros((0, *size, 3), np.uint8)
+    return PairSet(images=arr, issame=np.array(keep, bool), names=names, failures=failures, source=str(path))
+
+
+def write_bin(path: str | Path, images, issame, quality: int = 95, ext: str = ".jpg") -> Path:
+    """Write an insightface ``.bin``: ``pickle.dump((bins, issame_list), protocol=HIGHEST)``.
+
+    Args:
+        images: 2P RGB uint8 images (an array or a list), pair ``i`` at ``2i`` and ``2i+1``.
+        issame: P bools.
+        quality: JPEG quality (insightface's sets are JPEG).
+        ext: ``.jpg`` or ``.png``.
+    """
+    issame_list = [bool(s) for s in issame]
+    if len(images) != 2 * len(issame_list):
+        raise ValueError(f"{len(images)} images for {len(issame_list)} pairs (need exactly 2 per pair)")
+    bins = [encode_image(im, ext, quality) for im in images]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        pickle.dump((bins, issame_list), f, protocol=pickle.HIGHEST_PROTOCOL)
+    tmp.replace(path)
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# LFW-style pairs.txt
+# --------------------------------------------------------------------------------------------
+
+
+def parse_pairs_txt(path: str | Path) -> list[tuple[str, str, bool]]:
+    """Parse a pairs file into ``(rel_path_a, rel_path_b, issame)`` triples.
+
+    Accepted line forms (whitespace separated; blank lines and ``#`` comments skipped):
+
+    * ``name n1 n2`` -- LFW same pair: ``name/name_000n1.jpg`` vs ``name/name_000n2.jpg``;
+    * ``name1 n1 name2 n2`` -- LFW different pair;
+    * ``path_a path_b label`` -- explicit relative paths and a 1 (same) / 0 (different) label.
+
+    A leading LFW header line of integers (``10 300``) is skipped.
+    """
+    out = []
+    lines = Path(path).read_text().splitlines()
+    for lineno, raw in enumerate(lines, 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        parts = line.split()
+        if all(re.fullmatch(r"\d+", p) for p in parts):
+            if not out:
+                continue  # header
+            raise ValueError(f"{path}:{lineno}: unexpected line of numbers {raw!r}")
+        if len(parts) == 3 and re.fullmatch(r"\d+", parts[1]) and re.fullmatch(r"\d+", parts[2]):
+            name, n1, n2 = parts
+            out.append((f"{name}/{name}_{int(n1):04d}", f"{name}/{name}_{int(n2):04d}", True))
+        elif len(parts) == 4 and re.fullmatch(r"\d+", parts[1]) and re.fullmatch(r"\d+", parts[3]):
+            a, n1, b, n2 = parts
+            out.append((f"{a}/{a}_{int(n1):04d}", f"{b}/{b}_{int(n2):04d}", False))
+        elif len(parts) == 3 and parts[2] in ("0", "1"):
+            out.append((parts[0], parts[1], parts[2] == "1"))
+        else:
+            raise ValueError(f"{path}:{lineno}: cannot parse pairs line {raw!r}")
+    return out
+
+
+def _resolve(root: Path, rel: str) -> Path | None:
+    p = root / rel
+    if p.suffix.lower() in IMAGE_EXTS and p.is_file():
+        return p
+    for ext in IMAGE_EXTS:
+        q = root / (rel + ext)
+        if q.is_file():
+            return q
+    return p if p.is_file() else None
+
+
+def load_pairs(
+    pairs_txt: str | Path, root: str | Path, aligner: FaceAligner | None = None, progress: bool = True
+) -> PairSet:
+    """Load the pairs of an LFW-style ``pairs.txt`` from the images under ``root``.
+
+    Each distinct image is read and aligned once (via ``aligner`` when not already 112x112).
+    A pair whose image is missing, unreadable or un-alignable is left out and recorded in
+    ``failures`` with the reason; the image failure is recorded too.
+    """
+    from tqdm import tqdm
+
+    root = Path(root)
+    aligner = aligner or FaceAligner()
+    triples = parse_pairs_txt(pairs_txt)
+    cache: dict[str, tuple] = {}
+    failures: list[dict] = []
+    images, names, lms, keep, notes = [], [], [], [], {}
+    for a, b, same in tqdm(triples, desc="pairs", unit="pair", disable=not progress):
+        got = []
+        for rel in (a, b):
+            if rel not in cache:
+                p = _resolve(root, rel)
+                if p is None:
+                    cache[rel] = (None, _failure(rel, "missing", f"no image file for {rel} under {root}"))
+                else:
+                    try:
+                        cache[rel] = (_load_and_align(p, aligner), p.relative_to(root).as_posix())
+                    except Exception as exc:  # noqa: BLE001 - recorded with its reason
+                        cache[rel] = (None, _failure(rel, *_exc_reason(exc)))
+                if cache[rel][0] is None:
+                    failures.append(cache[rel][1])
+            got.append(cache[rel])
+        if any(g[0] is None for g in got):
+            failures.append(_failure(f"{a} | {b}", "pair_skipped", "an image of the pair could not be loaded"))
+            continue
+        for (img, lm, note), name in got:
+            if note:
+                notes[len(images)] = note
+            images.append(img)
+            lms.append(lm)
+            names.append(name)
+        keep.append(same)
+    arr = np.stack(images) if images else np.zeros((0, *IMAGE_SIZE, 3), np.uint8)
+    return PairSet(arr, np.array(keep, bool), names, lms, failures, notes, source=str(pairs_txt))
+
+
+# --------------------------------------------------------------------------------------------
+# identity folders (gallery / probes / embed)
+# --------------------------------------------------------------------------------------------
+
+
+def list_images(src: str | Path) -> list[tuple[Path, str, str]]:
+    """``(path, rel, identity)`` for every file under ``src``, sorted; identity is the first
+    sub-folder (``""`` for files directly in ``src``). Uses ``maskkit.sources.iter_sources``
+    when available (symlink-loop safe)."""
+    src = Path(src)
+    if not src.is_dir():
+        raise FileNotFoundError(f"{src} is not a folder")
+    try:
+        from maskkit.sources import iter_sources
+    except ImportError:
+        iter_sources = None
+    if iter_sources is not None:
+        return [(it.path, it.rel, it.identity) for it in iter_sources(src)]
+    out = []
+    for p in sorted(src.rglob("*")):
+        if p.is_file():
+            rel = p.relative_to(src).as_posix()
+            out.append((p, rel, rel.split("/")[0] if "/" in rel else ""))
+    return out
+
+
+def load_image_folder(
+    src: str | Path, aligner: FaceAligner | None = None, progress: bool = True, desc: str = "images"
+) -> ImageSet:
+    """Read (and align when needed) every image under ``src``; identity = sub-folder name.
+
+    Files that cannot be decoded or aligned are listed in ``failures`` with a reason.
+    """
+    from tqdm import tqdm
+
+    aligner = aligner or FaceAligner()
+    images, ids, rels, lms, failures, notes = [], [], [], [], [], {}
+    for path, rel, identity in tqdm(list_images(src), desc=desc, unit="img", disable=not progress):
+        try:
+            img, lm, note = _load_and_align(Path(path), aligner)
+        except Exception as exc:  # noqa: BLE001 - recorded with its reason
+            failures.append(_failure(rel, *_exc_reason(exc)))
+            continue
+        if note:
+            notes[len(images)] = note
+        images.append(img)
+        ids.append(identity)
+        rels.append(rel)
+        lms.append(lm)
+    arr = np.stack(images) if images else np.zeros((0, *IMAGE_SIZE, 3), np.uint8)
+    return ImageSet(arr, ids, rels, lms, failures, notes)
+
+
+# --------------------------------------------------------------------------------------------
+# synthetic masks
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class MaskOutcome:
+    """Result of :func:`apply_masks`.
+
+    Attributes:
+        images: the images, masked where requested and possible (a new array).
+        masked: (N,) bool, True where a mask was actually drawn (these use the masked branch).
+        requested: (N,) bool, where a mask was asked for.
+        styles: per image the mask style drawn, or None.
+        failures: one ``{"index", "name", "reason", "detail"}`` per requested face left unmasked.
+    """
+
+    images: np.ndarray
+    masked: np.ndarray
+    requested: np.ndarray
+    styles: list[str | None]
+    failures: list[dict]
+
+    @property
+    def n_requested(self) -> int:
+        return int(self.requested.sum())
+
+    @property
+    def n_masked(self) -> int:
+        return int(self.masked.sum())
+
+
+def image_rng(seed: int, index: int) -> np.random.Generator:
+    """The generator for image ``index``: independent of batching and order, so a run with the
+    same ``seed`` draws the same masks."""
+    return np.random.default_rng([int(seed), int(index)])
+
+
+def aligned_landmarks(rgb: np.ndarray) -> np.ndarray:
+    """68 landmarks on an already aligned ArcFace crop: dlib's predictor in the box that
+    ``maskkit.detect`` uses for pre-aligned crops (``landmarks_in_box(rgb, None)``)."""
+    from maskkit.detect import landmarks_in_box
+
+    return np.asarray(landmarks_in_box(rgb, None), np.float32)
+
+
+def apply_masks(
+    images: np.ndarray,
+    requested,
+    seed: int = 0,
+    style: str = "random",
+    landmarks68: list | None = None,
+    names: list[str] | None = None,
+    renderer=None,
+    progress: bool = True,
+) -> MaskOutcome:
+    """Draw a synthetic mask on the requested faces with maskkit's renderer, reproducibly.
+
+    Args:
+        images: (N, H, W, 3) uint8 aligned faces.
+        requested: (N,) bool, which faces to mask.
+        seed: run seed; image ``i`` renders with :func:`image_rng` ``(seed, i)``, so the same
+            call reproduces the same masks whatever the batching.
+        style: one of ``maskkit.render.STYLES`` or ``"random"`` (the renderer draws the style).
+        landmarks68: per image aligned landmarks when known (from the aligner); None entries are
+            found on the crop with :func:`aligned_landmarks`.
+        renderer: a ``MaskRenderer`` (one is made if None; templates load once).
+
+    A face that cannot be masked (no landmarks, or the renderer raises ``CannotFit``) is kept
+    unmasked, reported in ``failures``, and goes through the face branch.
+    """
+    from tqdm import tqdm
+
+    from maskkit.render import STYLES, CannotFit, MaskRenderer
+
+    requested = np.asarray(requested, dtype=bool)
+    if len(requested) != len(images):
+        raise ValueError(f"{len(requested)} mask flags for {len(images)} images")
+    if style != "random" and style not in STYLES:
+        raise ValueError(f"unknown mask style {style!r}; expected 'random' or one of {STYLES}")
+    renderer = renderer or MaskRenderer()
+    out = np.array(images, copy=True)
+    masked = np.zeros(len(images), bool)
+    styles: list[str | None] = [None] * len(images)
+    failures = []
+    idx = np.flatnonzero(requested)
+    for i in tqdm(idx, desc="masking", unit="face", disable=not progress or len(idx) == 0):
+        rng = image_rng(seed, i)
+        name = names[i] if names else str(i)
+        lm = landmarks68[i] if landmarks68 is not None and landmarks68[i] is not None else None
+        if lm is None:
+            try:
+                lm = aligned_landmarks(out[i])
+            except Exception as exc:  # noqa: BLE001 - no landmarks: kept unmasked, reported
+                failures.append({"index": int(i), "name": name, "reason": "no_landmarks",
+                                 "detail": f"{type(exc).__name__}: {exc}"})
+                continue
+        try:
+            res = renderer.render(out[i], lm, style, rng)
+        except CannotFit as exc:  # the renderer's only failure for bad faces; anything else is a bug
+            failures.append({"index": int(i), "name": name, "reason": "cannot_fit", "detail": str(exc)})
+            continue
+        out[i] = res.image
+        masked[i] = True
+        styles[i] = str(res.params.get("style", style))
+    if failures:
+        log.warning("%d of %d faces could not be masked; kept unmasked (face branch)", len(failures), len(idx))
+    return MaskOutcome(out, masked, requested, styles, failures)
+
+
+def mask_side_flags(n_images: int, side: str) -> np.ndarray:
+    """Which images of an interleaved pair list to mask: ``none``, ``one`` (the second image of
+    every pair, the M-LFW protocol) or ``both``."""
+    flags = np.zeros(n_images, bool)
+    if side == "one":
+        flags[1::2] = True
+    elif side == "both":
+        flags[:] = True
+    elif side != "none":
+        raise ValueError(f"mask side must be none|one|both, got {side!r}")
+    return flags

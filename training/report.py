@@ -1,0 +1,717 @@
+"""``maskkit eval`` runs and their reports.
+
+:func:`run_eval` is the whole command as a function: load the model, load the pairs (or the
+gallery and probes), draw the synthetic masks, embed, score, write the report.
+
+Report folder (``--out``, default ``RUN/eval/<set>-<mask side>/``):
+
+* ``metrics.json`` -- every figure, the protocol, counts and failure lists;
+* ``roc.png`` (verification; cosine and MLS curves) or ``cmc.png`` (identification);
+* ``sigma_hist.png`` -- ‖σ‖ of masked vs unmasked faces (MaskDUL Fig. 4 style);
+* ``magnitude_hist.png`` -- ‖μ‖ of masked vs unmasked faces;
+* ``worst_pairs.png`` / ``worst_probes.png`` -- contact sheet of the worst false matches and
+  false non-matches (or of mis-identified probes);
+* ``embeddings.npz`` -- the per-image μ, σ, branch flags (and pair flags), for recomputation.
+
+A copy of ``metrics.json`` goes to ``RUN/eval/<set>-<task>-<mask side>.json`` so that
+``maskkit eval --compare RUN_A RUN_B`` can put runs side by side without re-evaluating
+(:func:`compare_runs`).
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .evalsets import FaceAligner, ImageSet, PairSet, apply_masks, load_bin, load_image_folder, load_pairs, mask_side_flags
+from .identification import IdentificationResult, identify
+from .uncertainty import mutual_likelihood_score
+from .verification import Embeddings, evaluate, evaluate_scores, extract_embeddings, pair_distances
+
+log = logging.getLogger(__name__)
+
+MASK_SIDES = ("none", "one", "both")
+
+
+@dataclass
+class EvalConfig:
+    """Settings of one ``maskkit eval`` run.
+
+    Exactly one source: ``bin``, or ``pairs`` + ``root``, or ``gallery`` + ``probes``.
+
+    Attributes:
+        model: run folder (``RUN/``) or checkpoint file.
+        mask_side: ``none`` | ``one`` (second image of each pair / the probes; M-LFW
+            protocol) | ``both`` (both images / gallery too).
+        mask_style: renderer style or ``random``.
+        seed: mask seed (image ``i`` uses ``default_rng([seed, i])``).
+        flip: add the horizontal mirror's embedding (insightface protocol).
+        out: report folder (default ``RUN/eval/<name>-<mask_side>``).
+        name: set name in reports (default from the file/folder names).
+        probes_masked: the probes are real masked photos: no synthetic mask, masked branch.
+        gallery_per_id: when ``gallery`` and ``probes`` are the same folder, the first K images
+            (sorted) of each identity form the gallery and the rest are probes.
+        scores: ``cosine`` and, for models with σ, ``mls`` as well.
+        worst_k: entries per contact-sheet panel.
+    """
+
+    model: str
+    bin: str | None = None
+    pairs: str | None = None
+    root: str | None = None
+    gallery: str | None = None
+    probes: str | None = None
+    mask_side: str = "one"
+    mask_style: str = "random"
+    seed: int = 0
+    flip: bool = True
+    out: str | None = None
+    name: str | None = None
+    batch_size: int = 64
+    device: str = "cpu"
+    detector: str = "hog"
+    probes_masked: bool = False
+    gallery_per_id: int = 1
+    worst_k: int = 8
+    save_to_run: bool = True
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.mask_side not in MASK_SIDES:
+            raise ValueError(f"mask_side must be one of {MASK_SIDES}, got {self.mask_side!r}")
+        sources = [self.bin is not None, self.pairs is not None, self.gallery is not None or self.probes is not None]
+        if sum(sources) != 1:
+            raise ValueError("give exactly one source: --bin, or --pairs with --root, or --gallery with --probes")
+        if self.pairs is not None and self.root is None:
+            raise ValueError("--pairs needs --root (the image folder)")
+        if (self.gallery is None) != (self.probes is None):
+            raise ValueError("identification needs both --gallery and --probes")
+
+    @property
+    def task(self) -> str:
+        return "identification" if self.gallery is not None else "verification"
+
+    @property
+    def set_name(self) -> str:
+        if self.name:
+            return self.name
+        if self.bin:
+            return Path(self.bin).stem
+        if self.pairs:
+            stem = Path(self.pairs).stem
+            return Path(self.root).name if stem.lower() == "pairs" else stem
+        return Path(self.probes).name
+
+    @property
+    def run_dir(self) -> Path:
+        p = Path(self.model)
+        return p if p.is_dir() else p.parent.parent
+
+    @property
+    def key(self) -> str:
+        return f"{self.set_name}-{self.task}-mask{self.mask_side}"
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.out) if self.out else self.run_dir / "eval" / f"{self.set_name}-{self.task}-mask{self.mask_side}"
+
+
+# --------------------------------------------------------------------------------------------
+# small helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _stats(x: np.ndarray | None) -> dict | None:
+    if x is None or len(x) == 0:
+        return None
+    x = np.asarray(x, np.float64)
+    return {"n": int(len(x)), "mean": float(x.mean()), "std": float(x.std()), "median": float(np.median(x)),
+            "min": float(x.min()), "max": float(x.max())}
+
+
+def _by_branch(values: np.ndarray | None, masked: np.ndarray) -> dict | None:
+    if values is None:
+        return None
+    return {"unmasked": _stats(values[~masked]), "masked": _stats(values[masked])}
+
+
+def _model_info(model) -> dict:
+    cfg = getattr(model, "config", {}) or {}
+    meta = getattr(model, "meta", {}) or {}
+    return {
+        "method": cfg.get("method"),
+        "backbone": cfg.get("backbone"),
+        "width": cfg.get("width"),
+        "two_stream": cfg.get("two_stream"),
+        "step": meta.get("step"),
+        "checkpoint": meta.get("checkpoint"),
+    }
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON-serialisable: {type(o)}")
+
+
+def write_json(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=_json_default) + "\n")
+    tmp.replace(path)
+
+
+# --------------------------------------------------------------------------------------------
+# plots
+# --------------------------------------------------------------------------------------------
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_roc(path: Path, curves: dict[str, tuple[list, list, float]], title: str) -> None:
+    """ROC curves ``{label: (fpr, tpr, auc)}``, FAR on a log axis."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 4.5), dpi=120)
+    for label, (fpr, tpr, auc) in curves.items():
+        f = np.asarray(fpr)
+        t = np.asarray(tpr)
+        order = np.argsort(f, kind="stable")
+        ax.plot(np.maximum(f[order], 1e-4), t[order], label=f"{label} (AUC {auc:.4f})")
+    ax.set_xscale("log")
+    ax.set_xlim(1e-4, 1.0)
+    ax.set_ylim(0, 1.01)
+    ax.set_xlabel("false accept rate (log)")
+    ax.set_ylabel("true accept rate")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_cmc(path: Path, curves: dict[str, list[float]], title: str) -> None:
+    """CMC curves ``{label: [rank-1, rank-2, ...]}``."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 4.5), dpi=120)
+    for label, cmc in curves.items():
+        ax.plot(np.arange(1, len(cmc) + 1), np.asarray(cmc) * 100, marker="o", ms=3, label=label)
+    ax.set_xlabel("rank")
+    ax.set_ylabel("identification rate (%)")
+    ax.set_ylim(0, 101)
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_branch_hist(path: Path, values: np.ndarray | None, masked: np.ndarray, xlabel: str, title: str) -> None:
+    """Histogram of a per-face value for unmasked vs masked faces (MaskDUL Fig. 4 style).
+
+    ``values`` None (e.g. no σ head) writes a figure saying so, so the report is complete.
+    """
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 4.0), dpi=120)
+    if values is None:
+        ax.text(0.5, 0.5, "this model has no σ head\n(method without uncertainty)", ha="center", va="center")
+        ax.set_axis_off()
+    else:
+        values = np.asarray(values, np.float64)
+        bins = np.histogram_bin_edges(values, bins=40)
+        for sel, label, colour in ((~masked, "unmasked", "tab:blue"), (masked, "masked", "tab:red")):
+            if sel.any():
+                v = values[sel]
+                ax.hist(v, bins=bins, alpha=0.55, density=True, color=colour,
+                        label=f"{label} (n={sel.sum()}, mean {v.mean():.3g})")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("density")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def contact_sheet(path: Path, panels: list[tuple[str, list[tuple[list[np.ndarray], str]]]], title: str,
+                  cols: int = 4) -> None:
+    """A grid of image groups: ``panels = [(panel_title, [(images, caption), ...]), ...]``.
+
+    Each entry's images are placed side by side (a pair, or probe | predicted | true); each
+    panel is a block of ``cols`` entries per row under its own heading.
+    """
+    plt = _plt()
+    width_imgs = max([len(imgs) for _, entries in panels for imgs, _ in entries] + [2])
+    rows = [max(1, -(-len(entries) // cols)) for _, entries in panels] or [1]
+    fig = plt.figure(figsize=(1.3 * width_imgs * cols, 1.55 * sum(rows) + 0.35 * len(rows)), dpi=110)
+    subs = fig.subfigures(len(rows), 1, height_ratios=rows, squeeze=False)[:, 0] if rows else []
+    for sub, (ptitle, entries), nr in zip(subs, panels, rows):
+        axes = sub.subplots(nr, cols, squeeze=False)
+        sub.subplots_adjust(left=0.01, right=0.99, bottom=0.02, top=1.0 - 0.35 / (1.55 * nr + 0.35), wspace=0.05, hspace=0.3)
+        for k, ax in enumerate(axes.ravel()):
+            ax.set_axis_off()
+            if k < len(entries):
+                imgs, caption = entries[k]
+                ax.imshow(np.concatenate([np.asarray(i, np.uint8) for i in imgs], axis=1))
+                ax.set_title(caption, fontsize=7)
+        sub.suptitle(ptitle + ("" if entries else ": none"), fontsize=9, fontweight="bold")
+    fig.suptitle(title, fontsize=9, y=1.0, va="bottom")
+    fig.savefig(path, bbox_inches="tight")
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------------------------
+# verification
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class VerificationRun:
+    """Everything one verification run produced (also returned by :func:`evaluate_pairset`)."""
+
+    metrics: dict
+    pairs: PairSet
+    images: np.ndarray = field(repr=False)
+    emb: Embeddings = field(repr=False)
+    dist: np.ndarray = field(repr=False)
+    mls: np.ndarray | None = field(repr=False, default=None)
+
+
+def evaluate_pairset(model, pairs: PairSet, cfg: EvalConfig, renderer=None) -> VerificationRun:
+    """Mask (per ``cfg.mask_side``), embed and score a :class:`PairSet`; no files written."""
+    if pairs.n_pairs < 10:
+        raise ValueError(f"{pairs.n_pairs} pairs: the 10-fold protocol needs at least 10")
+    requested = mask_side_flags(len(pairs.images), cfg.mask_side)
+    mo = apply_masks(pairs.images, requested, cfg.seed, cfg.mask_style, pairs.landmarks68, pairs.names,
+                     renderer=renderer, progress=cfg.progress)
+    emb = extract_embeddings(model, mo.images, mo.masked, cfg.batch_size, cfg.flip, cfg.progress)
+    e1, e2 = emb.mu[0::2], emb.mu[1::2]
+    res = evaluate(e1, e2, pairs.issame)
+    dist = pair_distances(e1, e2)
+    mls = res_mls = None
+    if emb.sigma_unit is not None:
+        mls = mutual_likelihood_score(e1, emb.sigma_unit[0::2], e2, emb.sigma_unit[1::2])
+        res_mls = evaluate_scores(mls, pairs.issame)
+    threshold = float(np.mean(res.best_thresholds))
+    same, diff = np.flatnonzero(pairs.issame), np.flatnonzero(~pairs.issame)
+    k = cfg.worst_k
+    fm = diff[np.argsort(dist[diff], kind="stable")][:k]  # different identities, closest
+    fnm = same[np.argsort(-dist[same], kind="stable")][:k]  # same identity, farthest
+
+    def _pair_rec(p):
+        return {"pair": int(p), "a": pairs.names[2 * p], "b": pairs.names[2 * p + 1], "dist": float(dist[p]),
+                "cosine": float(1.0 - dist[p] / 2.0), "masked": [bool(mo.masked[2 * p]), bool(mo.masked[2 * p + 1])],
+                "mls": None if mls is None else float(mls[p])}
+
+    metrics = {
+        "task": "verification",
+        "set": cfg.set_name,
+        "source": pairs.source,
+        "model": str(cfg.model),
+        **_model_info(model),
+        "protocol": {
+            "mask_side": cfg.mask_side, "mask_style": cfg.mask_style, "seed": cfg.seed, "flip": cfg.flip,
+            "folds": 10, "distance": "squared L2 of L2-normalised flip-summed mu",
+            "thresholds": "arange(0, 4, 0.01)", "far_target": res.far_target,
+        },
+        "counts": {
+            "pairs": pairs.n_pairs, "same": int(pairs.issame.sum()), "diff": int((~pairs.issame).sum()),
+            "images": int(len(pairs.images)),
+            "input_failures": len(pairs.failures),
+            "pairs_skipped": sum(1 for f in pairs.failures if f.get("reason") == "pair_skipped"),
+            "alignment_fallbacks": len(pairs.notes),
+            "mask_requested": mo.n_requested, "masked": mo.n_masked, "mask_failures": len(mo.failures),
+            "false_matches_at_threshold": int(np.sum(dist[diff] < threshold)),
+            "false_non_matches_at_threshold": int(np.sum(dist[same] >= threshold)),
+        },
+        "mask_styles": {s: mo.styles.count(s) for s in sorted({s for s in mo.styles if s})},
+        "cosine": res.summary(),
+        "mls": None if res_mls is None else res_mls.summary(),
+        "roc": {
+            "cosine": {"fpr": res.fpr, "tpr": res.tpr, "thresholds": res.thresholds},
+            "mls": None if res_mls is None else {"fpr": res_mls.fpr, "tpr": res_mls.tpr},
+        },
+        "sigma_norm": _by_branch(emb.sigma_norm, emb.masked),
+        "magnitude": _by_branch(emb.magnitude, emb.masked),
+        "mean_threshold": threshold,
+        "worst": {"false_matches": [_pair_rec(p) for p in fm], "false_non_matches": [_pair_rec(p) for p in fnm]},
+        "failures": {"inputs": pairs.failures, "masking": mo.failures,
+                     "alignment_notes": {pairs.names[i]: n for i, n in sorted(pairs.notes.items())}},
+    }
+    return VerificationRun(metrics, pairs, mo.images, emb, dist, mls)
+
+
+def write_verification_report(run: VerificationRun, out: Path, worst_k: int = 8) -> list[str]:
+    """Write metrics.json, roc.png, sigma_hist.png, magnitude_hist.png, worst_pairs.png, embeddings.npz."""
+    out.mkdir(parents=True, exist_ok=True)
+    m = run.metrics
+    title = f"{m['set']} | {m.get('method')} | mask side {m['protocol']['mask_side']}"
+    curves = {"cosine": (m["roc"]["cosine"]["fpr"], m["roc"]["cosine"]["tpr"], m["cosine"]["auc"])}
+    if m["mls"] is not None:
+        curves["MLS"] = (m["roc"]["mls"]["fpr"], m["roc"]["mls"]["tpr"], m["mls"]["auc"])
+    plot_roc(out / "roc.png", curves, title)
+    plot_branch_hist(out / "sigma_hist.png", run.emb.sigma_norm, run.emb.masked, "‖σ‖", f"‖σ‖ masked vs unmasked | {title}")
+    plot_branch_hist(out / "magnitude_hist.png", run.emb.magnitude, run.emb.masked, "‖μ‖ (feature magnitude)",
+                     f"‖μ‖ masked vs unmasked | {title}")
+    imgs = run.images
+
+    def _entries(recs):
+        return [([imgs[2 * r["pair"]], imgs[2 * r["pair"] + 1]], f"d={r['dist']:.3f}\n{Path(r['a']).name[:18]}|{Path(r['b']).name[:18]}")
+                for r in recs[:worst_k]]
+
+    contact_sheet(out / "worst_pairs.png", [
+        ("false matches (different id, closest)", _entries(m["worst"]["false_matches"])),
+        ("false non-matches (same id, farthest)", _entries(m["worst"]["false_non_matches"])),
+    ], f"worst pairs | {title} | mean threshold {m['mean_threshold']:.2f}")
+    np.savez_compressed(
+        out / "embeddings.npz", mu=run.emb.mu, sigma=run.emb.sigma if run.emb.sigma is not None else np.zeros((0,)),
+        magnitude=run.emb.magnitude, masked=run.emb.masked, issame=run.pairs.issame, names=np.array(run.pairs.names),
+    )
+    files = ["metrics.json", "roc.png", "sigma_hist.png", "magnitude_hist.png", "worst_pairs.png", "embeddings.npz"]
+    m["files"] = files
+    write_json(out / "metrics.json", m)
+    return files
+
+
+# --------------------------------------------------------------------------------------------
+# identification
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class IdentificationRun:
+    metrics: dict
+    gallery: ImageSet
+    probes: ImageSet
+    gallery_images: np.ndarray = field(repr=False)
+    probe_images: np.ndarray = field(repr=False)
+    gallery_emb: Embeddings = field(repr=False)
+    probe_emb: Embeddings = field(repr=False)
+    result: IdentificationResult = field(repr=False)
+    result_mls: IdentificationResult | None = field(repr=False, default=None)
+
+
+def split_gallery_probes(images: ImageSet, per_id: int) -> tuple[ImageSet, ImageSet]:
+    """First ``per_id`` images (in path order) of each identity -> gallery, the rest -> probes."""
+    if per_id < 1:
+        raise ValueError("gallery_per_id must be >= 1")
+    order = sorted(range(len(images)), key=lambda i: images.paths[i])
+    seen: dict[str, int] = {}
+    g, p = [], []
+    for i in order:
+        ident = images.identities[i]
+        if seen.get(ident, 0) < per_id:
+            g.append(i)
+            seen[ident] = seen.get(ident, 0) + 1
+        else:
+            p.append(i)
+    return images.subset(g), images.subset(p)
+
+
+def evaluate_identification(model, gallery: ImageSet, probes: ImageSet, cfg: EvalConfig, renderer=None) -> IdentificationRun:
+    """Mask, embed and identify; no files written.
+
+    Gallery faces are masked only with ``mask_side="both"``; probes with ``one``/``both``
+    (synthetic masks) unless ``cfg.probes_masked`` says they already wear real masks (then they
+    only go through the masked branch).
+    """
+    if len(gallery) == 0 or len(probes) == 0:
+        raise ValueError(f"identification needs a non-empty gallery and probe set (got {len(gallery)} and {len(probes)})")
+    g_req = np.full(len(gallery), cfg.mask_side == "both")
+    p_req = np.full(len(probes), cfg.mask_side in ("one", "both") and not cfg.probes_masked)
+    gm = apply_masks(gallery.images, g_req, cfg.seed, cfg.mask_style, gallery.landmarks68, gallery.paths,
+                     renderer=renderer, progress=cfg.progress)
+    # probes use a different seed stream than the gallery so image i of each does not share masks
+    pm = apply_masks(probes.images, p_req, cfg.seed + 1_000_003, cfg.mask_style, probes.landmarks68, probes.paths,
+                     renderer=renderer, progress=cfg.progress)
+    p_branch = pm.masked | (np.ones(len(probes), bool) if cfg.probes_masked else False)
+    ge = extract_embeddings(model, gm.images, gm.masked, cfg.batch_size, cfg.flip, cfg.progress, desc="gallery")
+    pe = extract_embeddings(model, pm.images, p_branch, cfg.batch_size, cfg.flip, cfg.progress, desc="probes")
+    res = identify(ge.mu, gallery.identities, pe.mu, probes.identities, probes.paths)
+    res_mls = None
+    if ge.sigma_unit is not None and pe.sigma_unit is not None:
+        res_mls = identify(ge.mu, gallery.identities, pe.mu, probes.identities, probes.paths, score="mls",
+                           gallery_sigma_unit=ge.sigma_unit, probe_sigma_unit=pe.sigma_unit)
+    all_sigma = None if ge.sigma_norm is None else np.concatenate([ge.sigma_norm, pe.sigma_norm])
+    all_mag = np.concatenate([ge.magnitude, pe.magnitude])
+    all_masked = np.concatenate([ge.masked, pe.masked])
+    metrics = {
+        "task": "identification",
+        "set": cfg.set_name,
+        "source": {"gallery": cfg.gallery, "probes": cfg.probes},
+        "model": str(cfg.model),
+        **_model_info(model),
+        "protocol": {
+            "mask_side": cfg.mask_side, "mask_style": cfg.mask_style, "seed": cfg.seed, "flip": cfg.flip,
+            "probes_masked": cfg.probes_masked, "gallery_per_id": cfg.gallery_per_id,
+            "template": "mean of L2-normalised gallery embeddings per identity, re-normalised",
+            "score": "cosine (and MLS with σ)",
+        },
+        "counts": {
+            "gallery_images": len(gallery), "identities": res.n_identities, "probes": len(probes),
+            "probes_unknown_identity": res.n_probes_unknown,
+            "input_failures": len(gallery.failures) + len(probes.failures),
+            "alignment_fallbacks": len(gallery.notes) + len(probes.notes),
+            "mask_requested": gm.n_requested + pm.n_requested, "masked": gm.n_masked + pm.n_masked,
+            "mask_failures": len(gm.failures) + len(pm.failures),
+            "probes_masked_branch": int(p_branch.sum()),
+        },
+        "cosine": res.summary(),
+        "mls": None if res_mls is None else res_mls.summary(),
+        "per_identity": res.per_identity,
+        "sigma_norm": _by_branch(all_sigma, all_masked),
+        "magnitude": _by_branch(all_mag, all_masked),
+        "failures": {"inputs": gallery.failures + probes.failures, "masking": gm.failures + pm.failures},
+    }
+    return IdentificationRun(metrics, gallery, probes, gm.images, pm.images, ge, pe, res, res_mls)
+
+
+def write_identification_report(run: IdentificationRun, out: Path, worst_k: int = 8) -> list[str]:
+    """Write metrics.json, cmc.png, sigma_hist.png, magnitude_hist.png, worst_probes.png, embeddings.npz."""
+    out.mkdir(parents=True, exist_ok=True)
+    m = run.metrics
+    title = f"{m['set']} | {m.get('method')} | mask side {m['protocol']['mask_side']}"
+    curves = {"cosine": m["cosine"]["cmc"]}
+    if m["mls"] is not None:
+        curves["MLS"] = m["mls"]["cmc"]
+    plot_cmc(out / "cmc.png", curves, title)
+    masked = np.concatenate([run.gallery_emb.masked, run.probe_emb.masked])
+    sig = None if run.gallery_emb.sigma_norm is None else np.concatenate([run.gallery_emb.sigma_norm, run.probe_emb.sigma_norm])
+    plot_branch_hist(out / "sigma_hist.png", sig, masked, "‖σ‖", f"‖σ‖ masked vs unmasked | {title}")
+    plot_branch_hist(out / "magnitude_hist.png", np.concatenate([run.gallery_emb.magnitude, run.probe_emb.magnitude]),
+                     masked, "‖μ‖ (feature magnitude)", f"‖μ‖ masked vs unmasked | {title}")
+    # worst probes: rank > 1, largest margin of the wrong top-1 over the true template
+    first = {}
+    for i, ident in enumerate(run.gallery.identities):
+        first.setdefault(ident, i)
+    fails = []
+    for p, (rank, pred) in enumerate(zip(run.result.ranks, run.result.predicted)):
+        if rank > 1:
+            ident = run.probes.identities[p]
+            fails.append((p, rank, pred, ident))
+    fails.sort(key=lambda t: -t[1])
+    entries = [([run.probe_images[p], run.gallery_images[first[pred]], run.gallery_images[first[ident]]],
+                f"rank {rank}: {ident[:14]}\n-> {pred[:14]}") for p, rank, pred, ident in fails[: 2 * worst_k]]
+    contact_sheet(out / "worst_probes.png", [("mis-identified probes, worst rank first (probe | predicted | true)", entries)],
+                  f"{len(fails)} of {len(run.probes)} probes not at rank 1 | {title}")
+    np.savez_compressed(
+        out / "embeddings.npz", gallery_mu=run.gallery_emb.mu, probe_mu=run.probe_emb.mu,
+        gallery_ids=np.array(run.gallery.identities), probe_ids=np.array(run.probes.identities),
+        probe_paths=np.array(run.probes.paths), probe_masked=run.probe_emb.masked,
+        gallery_sigma=run.gallery_emb.sigma if run.gallery_emb.sigma is not None else np.zeros((0,)),
+        probe_sigma=run.probe_emb.sigma if run.probe_emb.sigma is not None else np.zeros((0,)),
+    )
+    files = ["metrics.json", "cmc.png", "sigma_hist.png", "magnitude_hist.png", "worst_probes.png", "embeddings.npz"]
+    m["files"] = files
+    write_json(out / "metrics.json", m)
+    return files
+
+
+# --------------------------------------------------------------------------------------------
+# tables
+# --------------------------------------------------------------------------------------------
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.2f}"
+
+
+def metrics_table(m: dict):
+    """A rich table of one run's headline figures."""
+    from rich.table import Table
+
+    c = m["counts"]
+    t = Table(title=f"maskkit eval: {m['set']} ({m['task']}, mask side {m['protocol']['mask_side']}, {m.get('method')})")
+    t.add_column("metric")
+    t.add_column("cosine", justify="right")
+    t.add_column("MLS (σ-aware)", justify="right")
+    cos, mls = m["cosine"], m.get("mls") or {}
+    if m["task"] == "verification":
+        t.add_row("accuracy % (10-fold)", f"{_pct(cos['accuracy'])} ± {_pct(cos['accuracy_std'])}",
+                  f"{_pct(mls['accuracy'])} ± {_pct(mls['accuracy_std'])}" if mls else "-")
+        t.add_row(f"VAL@FAR={cos['far_target']:g} %", _pct(cos["val"]), _pct(mls.get("val")) if mls else "-")
+        t.add_row("AUC", f"{cos['auc']:.4f}", f"{mls['auc']:.4f}" if mls else "-")
+        t.add_row("pairs (same/diff)", f"{c['pairs']} ({c['same']}/{c['diff']})", "")
+    else:
+        t.add_row("Rank-1 %", _pct(cos["rank1"]), _pct(mls.get("rank1")) if mls else "-")
+        t.add_row("Rank-5 %", _pct(cos["rank5"]), _pct(mls.get("rank5")) if mls else "-")
+        t.add_row("gallery ids / images", f"{c['identities']} / {c['gallery_images']}", "")
+        t.add_row("probes (unknown id)", f"{c['probes']} ({c['probes_unknown_identity']})", "")
+    t.add_row("faces masked / requested", f"{c['masked']} / {c['mask_requested']}", "")
+    t.add_row("mask failures (kept unmasked)", str(c["mask_failures"]), "")
+    t.add_row("input failures / align fallbacks", f"{c['input_failures']} / {c['alignment_fallbacks']}", "")
+    for key, label in (("sigma_norm", "‖σ‖ mean unmasked / masked"), ("magnitude", "‖μ‖ mean unmasked / masked")):
+        v = m.get(key)
+        if v:
+            u = "-" if not v["unmasked"] else f"{v['unmasked']['mean']:.3g}"
+            k = "-" if not v["masked"] else f"{v['masked']['mean']:.3g}"
+            t.add_row(label, f"{u} / {k}", "")
+    return t
+
+
+def load_run_metrics(run_dir: str | Path) -> list[dict]:
+    """All saved eval metrics of a run (``RUN/eval/*.json``), sorted by key."""
+    d = Path(run_dir) / "eval"
+    out = []
+    for p in sorted(d.glob("*.json")):
+        try:
+            m = json.loads(p.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            log.warning("skipping unreadable metrics %s: %s", p, exc)
+            continue
+        if isinstance(m, dict) and "task" in m and "cosine" in m:
+            out.append(m)
+    return out
+
+
+def compare_rows(runs: list[str | Path], records: dict[str, list[dict]] | None = None) -> tuple[list[str], list[dict]]:
+    """Rows for a methods-side-by-side table (the paper's Tables II-III layout).
+
+    Returns:
+        ``(columns, rows)``: columns are ``"<set> <task> mask=<side>"``; each row is
+        ``{"run", "method", <column>: "cell text"}``; verification cells hold the 10-fold
+        accuracy (%, cosine; MLS in brackets when present), identification cells Rank-1/Rank-5.
+    """
+    cols: list[str] = []
+    rows = []
+    for run in runs:
+        recs = records.get(str(run)) if records else None
+        recs = recs if recs is not None else load_run_metrics(run)
+        row = {"run": Path(run).name, "method": "-"}
+        for m in recs:
+            col = f"{m['set']} {'MFV' if m['task'] == 'verification' else 'MFI'} mask={m['protocol']['mask_side']}"
+            if col not in cols:
+                cols.append(col)
+            row["method"] = m.get("method") or row["method"]
+            cos, mls = m["cosine"], m.get("mls")
+            if m["task"] == "verification":
+                cell = f"{_pct(cos['accuracy'])}"
+                if mls:
+                    cell += f" ({_pct(mls['accuracy'])})"
+            else:
+                cell = f"{_pct(cos['rank1'])} / {_pct(cos['rank5'])}"
+            row[col] = cell
+        rows.append(row)
+    return cols, rows
+
+
+def compare_table(runs: list[str | Path], records: dict[str, list[dict]] | None = None):
+    """A rich table comparing runs from their saved eval metrics."""
+    from rich.table import Table
+
+    cols, rows = compare_rows(runs, records)
+    t = Table(title="maskkit eval --compare  (MFV: 10-fold acc %, cosine (MLS); MFI: Rank-1 / Rank-5 %)")
+    t.add_column("run")
+    t.add_column("method")
+    for c in cols:
+        t.add_column(c, justify="right")
+    for r in rows:
+        t.add_row(r["run"], str(r["method"]), *[r.get(c, "-") for c in cols])
+    return t
+
+
+# --------------------------------------------------------------------------------------------
+# the command as a function
+# --------------------------------------------------------------------------------------------
+
+
+def run_eval(cfg: EvalConfig, model=None, console=None) -> dict:
+    """Run ``maskkit eval`` for one model and one set; write the report; return metrics.
+
+    Args:
+        cfg: the run's settings.
+        model: an already loaded ``InferenceModel`` (default: ``load_model(cfg.model)``).
+        console: a ``rich.console.Console`` for the summary table (None: no table).
+    """
+    if model is None:
+        from .api import load_model
+
+        model = load_model(cfg.model, device=cfg.device)
+    aligner = FaceAligner(cfg.detector)
+    out = cfg.out_dir
+    if cfg.task == "verification":
+        pairs = load_bin(cfg.bin) if cfg.bin else load_pairs(cfg.pairs, cfg.root, aligner, cfg.progress)
+        run = evaluate_pairset(model, pairs, cfg)
+        write_verification_report(run, out, cfg.worst_k)
+    else:
+        if Path(cfg.gallery).resolve() == Path(cfg.probes).resolve():
+            both = load_image_folder(cfg.gallery, aligner, cfg.progress, desc="gallery+probes")
+            gallery, probes = split_gallery_probes(both, cfg.gallery_per_id)
+            gallery.failures = both.failures
+        else:
+            gallery = load_image_folder(cfg.gallery, aligner, cfg.progress, desc="gallery")
+            probes = load_image_folder(cfg.probes, aligner, cfg.progress, desc="probes")
+        run = evaluate_identification(model, gallery, probes, cfg)
+        write_identification_report(run, out, cfg.worst_k)
+    m = run.metrics
+    m["config"] = asdict(cfg)
+    m["report_dir"] = str(out)
+    write_json(out / "metrics.json", m)
+    if cfg.save_to_run:
+        try:
+            write_json(cfg.run_dir / "eval" / f"{cfg.key}.json", m)
+        except OSError as exc:
+            log.warning("could not save metrics into the run folder %s: %s", cfg.run_dir, exc)
+    if console is not None:
+        console.print(metrics_table(m))
+        console.print(f"report: {out}")
+    return m
+
+
+def run_embed(model_path: str, src: str, out: str, masked: bool = False, flip: bool = True, batch_size: int = 64,
+              device: str = "cpu", detector: str = "hog", progress: bool = True, model=None) -> dict:
+    """``maskkit embed``: embed every face under ``src`` into ``out`` (.npz).
+
+    The archive holds ``mu`` (N, D, L2-normalised, flip-summed with ``flip``), ``sigma``
+    (N, D; shape (0,) for models without σ), ``magnitude`` (N,) ‖μ‖ before normalisation,
+    ``masked`` (N,) branch used, ``paths`` and ``identities`` (N,) strings, and ``failures``
+    (JSON strings, one per input left out, with the reason).
+
+    Returns:
+        A summary dict (counts, output path).
+    """
+    if model is None:
+        from .api import load_model
+
+        model = load_model(model_path, device=device)
+    images = load_image_folder(src, FaceAligner(detector), progress, desc="images")
+    flags = np.full(len(images), bool(masked))
+    emb = extract_embeddings(model, images.images, flags, batch_size, flip, progress)
+    outp = Path(out)
+    outp.parent.mkdir(parents=True, exist_ok=True)
+    dim = emb.mu.shape[1] if len(images) else 0
+    tmp = outp.with_name(outp.stem + ".tmp.npz")
+    np.savez_compressed(
+        tmp,
+        mu=emb.mu if len(images) else np.zeros((0, dim), np.float32),
+        sigma=emb.sigma if emb.sigma is not None else np.zeros((0,), np.float32),
+        magnitude=emb.magnitude,
+        masked=flags,
+        paths=np.array(images.paths, dtype=str),
+        identities=np.array(images.identities, dtype=str),
+        failures=np.array([json.dumps(f) for f in images.failures], dtype=str),
+        notes=np.array([json.dumps({"path": images.paths[i], "note": n}) for i, n in sorted(images.notes.items())], dtype=str),
+        flip=np.array(flip),
+    )
+    tmp.replace(outp)
+    return {"out": str(outp), "embedded": len(images), "failed": len(images.failures),
+            "alignment_fallbacks": len(images.notes), "has_sigma": emb.sigma is not None, "dim": int(dim)}

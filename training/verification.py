@@ -1,0 +1,444 @@
+"""Face verification protocol: insightface ``verification.py`` re-implemented in NumPy.
+
+The routine follows insightface's ``recognition/arcface_torch/eval/verification.py``
+(itself from facenet's ``lfw.py``):
+
+1. each image is embedded together with its horizontal flip; the two embeddings are
+   **summed**, then L2-normalised (:func:`extract_embeddings`);
+2. the distance of a pair is the **squared L2** distance of the normalised embeddings
+   (in ``[0, 4]``);
+3. thresholds are scanned from 0 to 4 in steps of 0.01 (``np.arange(0, 4, 0.01)``);
+4. ``KFold(n_splits=10, shuffle=False)`` splits the *pairs*: on each split the threshold with
+   the best accuracy on the 9 training folds is applied to the held-out fold; the reported
+   accuracy is the mean ± std of the 10 held-out accuracies;
+5. the ROC is the per-threshold TPR/FPR on the held-out folds, averaged over folds; AUC is the
+   trapezoidal area under that mean curve (``sklearn.metrics.auc``);
+6. VAL@FAR: on each split the threshold giving FAR = ``far_target`` on the training folds is
+   found by linear interpolation of the training FAR curve, and the validation rate (TPR) and
+   FAR of the held-out fold at that threshold are averaged over folds.
+
+Deviations from insightface, all deliberate and documented:
+
+* the fold split is written here (:func:`kfold_splits`, identical to sklearn's
+  ``KFold(shuffle=False)``: the first ``n % k`` folds get one extra pair) so the project does not
+  depend on scikit-learn;
+* insightface interpolates the FAR curve with ``scipy.interpolate.interp1d(kind="slinear")``,
+  which fails on recent SciPy when the FAR curve has repeated values ("Expect x to not have
+  duplicates"). Here repeated FAR values are collapsed to the *largest* threshold reaching them
+  before ``np.interp``; where the FAR curve is strictly increasing the results are the same;
+* the best-threshold search takes the first threshold with maximal training accuracy, as
+  ``np.argmax`` does in insightface.
+
+Scores where *higher* means more similar (cosine, mutual likelihood score) go through
+:func:`evaluate_scores`, which runs the same 10-fold protocol over a threshold grid made from
+the score quantiles.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+#: insightface's threshold grid for squared-L2 distances of unit vectors.
+DEFAULT_THRESHOLDS = np.arange(0, 4, 0.01)
+
+
+def kfold_splits(n: int, n_folds: int = 10) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Contiguous, unshuffled K-fold splits, identical to ``sklearn.model_selection.KFold``.
+
+    Args:
+        n: number of samples (pairs).
+        n_folds: number of folds; the first ``n % n_folds`` folds hold ``n // n_folds + 1``
+            samples, the others ``n // n_folds``.
+
+    Returns:
+        A list of ``(train_indices, test_indices)`` int arrays, one per fold.
+
+    Raises:
+        ValueError: if ``n_folds < 2`` or ``n < n_folds``.
+    """
+    if n_folds < 2:
+        raise ValueError(f"n_folds must be >= 2, got {n_folds}")
+    if n < n_folds:
+        raise ValueError(f"cannot split {n} pairs into {n_folds} folds")
+    sizes = np.full(n_folds, n // n_folds, dtype=int)
+    sizes[: n % n_folds] += 1
+    idx = np.arange(n)
+    out, start = [], 0
+    for s in sizes:
+        test = idx[start : start + s]
+        train = np.concatenate([idx[:start], idx[start + s :]])
+        out.append((train, test))
+        start += s
+    return out
+
+
+def calculate_accuracy(threshold: float, dist: np.ndarray, actual_issame: np.ndarray) -> tuple[float, float, float]:
+    """TPR, FPR and accuracy of ``dist < threshold`` as the "same" prediction (insightface).
+
+    TPR (FPR) is 0 when there are no positive (negative) pairs.
+    """
+    predict_issame = np.less(dist, threshold)
+    tp = np.sum(np.logical_and(predict_issame, actual_issame))
+    fp = np.sum(np.logical_and(predict_issame, np.logical_not(actual_issame)))
+    tn = np.sum(np.logical_and(np.logical_not(predict_issame), np.logical_not(actual_issame)))
+    fn = np.sum(np.logical_and(np.logical_not(predict_issame), actual_issame))
+    tpr = 0.0 if (tp + fn == 0) else float(tp) / float(tp + fn)
+    fpr = 0.0 if (fp + tn == 0) else float(fp) / float(fp + tn)
+    acc = float(tp + tn) / dist.size
+    return tpr, fpr, acc
+
+
+def calculate_val_far(threshold: float, dist: np.ndarray, actual_issame: np.ndarray) -> tuple[float, float]:
+    """Validation rate (TPR) and false accept rate of ``dist < threshold`` (insightface)."""
+    predict_issame = np.less(dist, threshold)
+    true_accept = np.sum(np.logical_and(predict_issame, actual_issame))
+    false_accept = np.sum(np.logical_and(predict_issame, np.logical_not(actual_issame)))
+    n_same = np.sum(actual_issame)
+    n_diff = np.sum(np.logical_not(actual_issame))
+    val = float(true_accept) / float(n_same) if n_same else 0.0
+    far = float(false_accept) / float(n_diff) if n_diff else 0.0
+    return val, far
+
+
+def calculate_roc(
+    thresholds: np.ndarray, dist: np.ndarray, actual_issame: np.ndarray, nrof_folds: int = 10
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """10-fold ROC and accuracy over pair distances (lower = more similar).
+
+    Returns:
+        ``(tpr, fpr, accuracy, best_thresholds)``: mean held-out TPR/FPR per threshold (T,),
+        held-out accuracy per fold (F,), and the threshold chosen on each fold's training part.
+    """
+    thresholds = np.asarray(thresholds, dtype=np.float64)
+    dist = np.asarray(dist, dtype=np.float64)
+    actual_issame = np.asarray(actual_issame, dtype=bool)
+    nrof_thresholds = len(thresholds)
+    tprs = np.zeros((nrof_folds, nrof_thresholds))
+    fprs = np.zeros((nrof_folds, nrof_thresholds))
+    accuracy = np.zeros(nrof_folds)
+    best_thresholds = np.zeros(nrof_folds)
+    for fold_idx, (train_set, test_set) in enumerate(kfold_splits(len(actual_issame), nrof_folds)):
+        acc_train = np.zeros(nrof_thresholds)
+        for t_idx, threshold in enumerate(thresholds):
+            _, _, acc_train[t_idx] = calculate_accuracy(threshold, dist[train_set], actual_issame[train_set])
+        best_threshold_index = int(np.argmax(acc_train))
+        best_thresholds[fold_idx] = thresholds[best_threshold_index]
+        for t_idx, threshold in enumerate(thresholds):
+            tprs[fold_idx, t_idx], fprs[fold_idx, t_idx], _ = calculate_accuracy(
+                threshold, dist[test_set], actual_issame[test_set]
+            )
+        _, _, accuracy[fold_idx] = calculate_accuracy(
+            thresholds[best_threshold_index], dist[test_set], actual_issame[test_set]
+        )
+    return np.mean(tprs, 0), np.mean(fprs, 0), accuracy, best_thresholds
+
+
+def _threshold_at_far(thresholds: np.ndarray, far_train: np.ndarray, far_target: float) -> float:
+    """Threshold at which the (non-decreasing) training FAR curve reaches ``far_target``.
+
+    Repeated FAR values are collapsed to the largest threshold that reaches them, then the
+    curve is linearly interpolated (see the module docstring). 0.0 when the curve never
+    reaches the target, as in insightface.
+    """
+    if np.max(far_train) < far_target:
+        return 0.0
+    # for each distinct FAR value keep the last (largest) threshold reaching it
+    far_u, first_idx = np.unique(far_train[::-1], return_index=True)
+    thr_u = thresholds[::-1][first_idx]
+    return float(np.interp(far_target, far_u, thr_u))
+
+
+def calculate_val(
+    thresholds: np.ndarray,
+    dist: np.ndarray,
+    actual_issame: np.ndarray,
+    far_target: float = 1e-3,
+    nrof_folds: int = 10,
+) -> tuple[float, float, float]:
+    """VAL@FAR: validation rate at a target false accept rate, 10-fold.
+
+    Returns:
+        ``(val_mean, val_std, far_mean)`` over the held-out folds.
+    """
+    thresholds = np.asarray(thresholds, dtype=np.float64)
+    dist = np.asarray(dist, dtype=np.float64)
+    actual_issame = np.asarray(actual_issame, dtype=bool)
+    val = np.zeros(nrof_folds)
+    far = np.zeros(nrof_folds)
+    for fold_idx, (train_set, test_set) in enumerate(kfold_splits(len(actual_issame), nrof_folds)):
+        far_train = np.zeros(len(thresholds))
+        for t_idx, threshold in enumerate(thresholds):
+            _, far_train[t_idx] = calculate_val_far(threshold, dist[train_set], actual_issame[train_set])
+        threshold = _threshold_at_far(thresholds, far_train, far_target)
+        val[fold_idx], far[fold_idx] = calculate_val_far(threshold, dist[test_set], actual_issame[test_set])
+    return float(np.mean(val)), float(np.std(val)), float(np.mean(far))
+
+
+def auc_trapezoid(fpr: np.ndarray, tpr: np.ndarray) -> float:
+    """Area under a ROC curve by the trapezoidal rule (as ``sklearn.metrics.auc``).
+
+    The points are sorted by FPR (ties by TPR) first, so the curve may come in either order.
+    """
+    fpr = np.asarray(fpr, dtype=np.float64)
+    tpr = np.asarray(tpr, dtype=np.float64)
+    order = np.lexsort((tpr, fpr))
+    x, y = fpr[order], tpr[order]
+    return float(np.sum(np.diff(x) * (y[1:] + y[:-1]) / 2.0))
+
+
+@dataclass
+class VerificationResult:
+    """Outcome of the 10-fold verification protocol.
+
+    Attributes:
+        accuracy: mean held-out accuracy over folds (0..1).
+        accuracy_std: std of the held-out accuracies.
+        fold_accuracy: per-fold held-out accuracy.
+        best_thresholds: threshold chosen on each fold's training part (distance units, or
+            negated-score units for :func:`evaluate_scores`).
+        val: mean validation rate at ``far_target``; ``val_std`` its std; ``far`` the mean FAR
+            actually reached on the held-out folds.
+        auc: area under the mean ROC curve.
+        tpr, fpr: the mean ROC curve, one point per threshold.
+        thresholds: the threshold grid.
+        n_pairs, n_same, n_diff: pair counts.
+    """
+
+    accuracy: float
+    accuracy_std: float
+    fold_accuracy: list[float]
+    best_thresholds: list[float]
+    val: float
+    val_std: float
+    far: float
+    far_target: float
+    auc: float
+    tpr: list[float] = field(repr=False)
+    fpr: list[float] = field(repr=False)
+    thresholds: list[float] = field(repr=False)
+    n_pairs: int = 0
+    n_same: int = 0
+    n_diff: int = 0
+
+    def summary(self) -> dict:
+        """The headline figures (no curves), JSON-serialisable."""
+        d = asdict(self)
+        for k in ("tpr", "fpr", "thresholds"):
+            d.pop(k)
+        return d
+
+
+def evaluate_distances(
+    dist: np.ndarray,
+    actual_issame: np.ndarray,
+    thresholds: np.ndarray | None = None,
+    nrof_folds: int = 10,
+    far_target: float = 1e-3,
+) -> VerificationResult:
+    """Run the 10-fold protocol on precomputed pair distances (lower = more similar).
+
+    Args:
+        dist: (P,) pair distances.
+        actual_issame: (P,) bool, True for same-identity pairs.
+        thresholds: threshold grid; default ``np.arange(0, 4, 0.01)``.
+        nrof_folds: number of folds (10).
+        far_target: FAR for the VAL figure (1e-3).
+    """
+    dist = np.asarray(dist, dtype=np.float64)
+    actual_issame = np.asarray(actual_issame, dtype=bool)
+    if dist.shape != actual_issame.shape or dist.ndim != 1:
+        raise ValueError(f"dist {dist.shape} and issame {actual_issame.shape} must be matching 1-D arrays")
+    if not np.all(np.isfinite(dist)):
+        raise ValueError("distances contain NaN or inf")
+    thresholds = DEFAULT_THRESHOLDS if thresholds is None else np.asarray(thresholds, dtype=np.float64)
+    tpr, fpr, acc, best = calculate_roc(thresholds, dist, actual_issame, nrof_folds)
+    val, val_std, far = calculate_val(thresholds, dist, actual_issame, far_target, nrof_folds)
+    return VerificationResult(
+        accuracy=float(np.mean(acc)),
+        accuracy_std=float(np.std(acc)),
+        fold_accuracy=[float(a) for a in acc],
+        best_thresholds=[float(t) for t in best],
+        val=val,
+        val_std=val_std,
+        far=far,
+        far_target=far_target,
+        auc=auc_trapezoid(fpr, tpr),
+        tpr=[float(v) for v in tpr],
+        fpr=[float(v) for v in fpr],
+        thresholds=[float(t) for t in thresholds],
+        n_pairs=int(actual_issame.size),
+        n_same=int(actual_issame.sum()),
+        n_diff=int((~actual_issame).sum()),
+    )
+
+
+def l2_normalize(x: np.ndarray, axis: int = 1, eps: float = 1e-12) -> np.ndarray:
+    """Divide rows by their L2 norm (``sklearn.preprocessing.normalize``)."""
+    x = np.asarray(x, dtype=np.float64)
+    return x / np.maximum(np.linalg.norm(x, axis=axis, keepdims=True), eps)
+
+
+def pair_distances(embeddings1: np.ndarray, embeddings2: np.ndarray) -> np.ndarray:
+    """Squared L2 distance of matching rows: ``sum((e1 - e2) ** 2, axis=1)``."""
+    diff = np.asarray(embeddings1, np.float64) - np.asarray(embeddings2, np.float64)
+    return np.sum(np.square(diff), axis=1)
+
+
+def evaluate(
+    embeddings1: np.ndarray,
+    embeddings2: np.ndarray,
+    actual_issame: np.ndarray,
+    nrof_folds: int = 10,
+    far_target: float = 1e-3,
+    normalize: bool = True,
+) -> VerificationResult:
+    """insightface's ``evaluate``: squared-L2 distance of (normalised) embeddings, 10-fold.
+
+    Args:
+        embeddings1, embeddings2: (P, D) embeddings of the first and second image of each pair
+            (flip-summed by the caller when wanted).
+        actual_issame: (P,) bool.
+        normalize: L2-normalise the rows first (insightface normalises before evaluating).
+    """
+    e1, e2 = np.asarray(embeddings1), np.asarray(embeddings2)
+    if e1.shape != e2.shape or e1.ndim != 2:
+        raise ValueError(f"embeddings must be matching (P, D) arrays, got {e1.shape} and {e2.shape}")
+    if normalize:
+        e1, e2 = l2_normalize(e1), l2_normalize(e2)
+    return evaluate_distances(pair_distances(e1, e2), actual_issame, DEFAULT_THRESHOLDS, nrof_folds, far_target)
+
+
+def score_thresholds(scores: np.ndarray, n: int = 400) -> np.ndarray:
+    """A threshold grid for similarity scores: ``n`` evenly spaced values spanning the scores.
+
+    For a score ``s`` (higher = more similar) the protocol runs on ``dist = -s``; this grid is
+    in those negated units and covers ``[-max(s), -min(s)]`` plus one step beyond, so both "all
+    different" and "all same" operating points are on the curve (like 0 and 4 for distances).
+    """
+    d = -np.asarray(scores, dtype=np.float64)
+    lo, hi = float(d.min()), float(d.max())
+    if hi - lo < 1e-12:
+        hi = lo + 1.0
+    step = (hi - lo) / (n - 2)
+    return lo + step * np.arange(n)
+
+
+def evaluate_scores(
+    scores: np.ndarray,
+    actual_issame: np.ndarray,
+    nrof_folds: int = 10,
+    far_target: float = 1e-3,
+    n_thresholds: int = 400,
+) -> VerificationResult:
+    """The same 10-fold protocol for a similarity score (higher = more similar).
+
+    Used for the mutual likelihood score, whose range is not bounded like squared L2. The
+    thresholds in the result are in negated-score units (``dist = -score``).
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    return evaluate_distances(-scores, actual_issame, score_thresholds(scores, n_thresholds), nrof_folds, far_target)
+
+
+# --------------------------------------------------------------------------------------------
+# embeddings (step 1 of the protocol)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Embeddings:
+    """Per-image test-time embeddings.
+
+    Attributes:
+        mu: (N, D) float32, L2-normalised; with ``flip`` the normalised *sum* of the
+            embeddings of the image and of its horizontal mirror (insightface).
+        magnitude: (N,) ‖μ‖ before normalisation (with ``flip``: ‖(μ + μ_flip) / 2‖), the
+            MagFace quality indicator.
+        sigma: (N, D) float32 σ (mean of the two views with ``flip``) or None for models
+            without a σ head.
+        sigma_unit: σ in the units of the normalised μ (σ / ‖mean μ‖, see
+            :func:`maskkit.training.uncertainty.normalized_gaussian`) or None.
+        masked: (N,) bool, the branch each image went through.
+    """
+
+    mu: np.ndarray
+    magnitude: np.ndarray
+    sigma: np.ndarray | None
+    sigma_unit: np.ndarray | None
+    masked: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.mu)
+
+    @property
+    def sigma_norm(self) -> np.ndarray | None:
+        """‖σ‖ per image (raw σ units), or None."""
+        return None if self.sigma is None else np.linalg.norm(self.sigma.astype(np.float64), axis=1)
+
+
+def _as_numpy(x) -> np.ndarray | None:
+    if x is None:
+        return None
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x, dtype=np.float32)
+
+
+def extract_embeddings(
+    model,
+    images: np.ndarray,
+    masked,
+    batch_size: int = 64,
+    flip: bool = True,
+    progress: bool = True,
+    desc: str = "embedding",
+) -> Embeddings:
+    """Embed aligned faces with an ``InferenceModel`` (``.embed(uint8 NHWC, masked) -> (mu, sigma)``).
+
+    Args:
+        model: anything with ``embed(images_uint8_nhwc, masked_bool) -> (mu, sigma_or_None)``.
+        images: (N, 112, 112, 3) uint8.
+        masked: (N,) bool; True sends the image through the masked-face branch.
+        batch_size: images per forward pass (with ``flip`` each pass holds 2x this).
+        flip: add the embedding of the horizontal mirror before normalising (insightface);
+            σ is then the mean of the two views' σ.
+    """
+    from tqdm import tqdm
+
+    images = np.asarray(images)
+    masked = np.asarray(masked, dtype=bool)
+    n = len(images)
+    if len(masked) != n:
+        raise ValueError(f"{len(masked)} branch flags for {n} images")
+    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+        raise ValueError(f"images must be uint8 (N, H, W, 3), got {images.dtype} {images.shape}")
+    mus, sigmas = [], []
+    has_sigma = True
+    starts = range(0, n, max(1, int(batch_size)))
+    for s in tqdm(starts, desc=desc, unit="batch", disable=not progress or n == 0):
+        x = images[s : s + batch_size]
+        m = masked[s : s + batch_size]
+        if flip:
+            x = np.concatenate([x, np.ascontiguousarray(x[:, :, ::-1])], axis=0)
+            m = np.concatenate([m, m])
+        mu, sigma = model.embed(np.ascontiguousarray(x), m)
+        mu, sigma = _as_numpy(mu), _as_numpy(sigma)
+        if flip:
+            k = len(mu) // 2
+            mu = (mu[:k] + mu[k:]) / 2.0  # same direction as the sum
+            sigma = None if sigma is None else (sigma[:k] + sigma[k:]) / 2.0
+        mus.append(mu)
+        if sigma is None:
+            has_sigma = False
+        else:
+            sigmas.append(sigma)
+    if n == 0:
+        return Embeddings(np.zeros((0, 0), np.float32), np.zeros(0), None, None, masked)
+    mu = np.concatenate(mus).astype(np.float64)
+    magnitude = np.linalg.norm(mu, axis=1)
+    norm = np.maximum(magnitude, 1e-12)[:, None]
+    mu_n = (mu / norm).astype(np.float32)
+    if has_sigma:
+        sigma = np.concatenate(sigmas).astype(np.float64)
+        return Embeddings(mu_n, magnitude, sigma.astype(np.float32), (sigma / norm).astype(np.float32), masked)
+    return Embeddings(mu_n, magnitude, None, None, masked)
