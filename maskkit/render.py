@@ -555,6 +555,25 @@ class MaskRenderer:
         my += Ai[3] * gy
         my += Ai[5]
         warped = cv2.remap(tex, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        face = rgb[y0:y1, x0:x1].astype(np.float32)
+        face *= 1.0 / 255.0
+        lum = cv2.cvtColor(face, cv2.COLOR_RGB2GRAY)
+        # match the face's sharpness: a blurry (upscaled, out-of-focus) face gets a blurred mask.
+        # Contrast-free measure: fine detail (sigma 0.7) relative to coarser detail (sigma 2)
+        # under the mask; sharp faces score about 0.3-0.55, visibly blurry ones below 0.3.
+        under = warped[..., 3] > 0.5
+        blur = 0.0
+        if params.get("blur") is not None:  # redrawing recorded params
+            blur = float(params["blur"])
+        elif under.sum() > 16:
+            d1 = float(np.abs(lum - cv2.GaussianBlur(lum, (0, 0), 0.7))[under].mean())
+            d2 = float(np.abs(lum - cv2.GaussianBlur(lum, (0, 0), 2.0))[under].mean())
+            if d2 > 1e-4:
+                blur = float(np.clip((0.33 - d1 / d2) / 0.1, 0.0, 1.0)) * 1.2 * max(1.0, height / 64.0)
+        blur = round(blur, 3)  # the recorded value is the applied value (exact redraws)
+        params["blur"] = blur
+        if blur > 0.2:
+            warped = cv2.GaussianBlur(warped, (0, 0), blur)
         a = warped[..., 3]
         prem = warped[..., :3]
         if colour2 is not None:
@@ -562,11 +581,8 @@ class MaskRenderer:
             c2 = np.array(COLOURS[colour2], dtype=np.float32) / 255.0
             tw = np.clip(warped[..., 4] / np.maximum(a, 1e-6), 0.0, 1.0)[..., None]  # straight tint weight
             prem = prem * (c2 + tw * (c1 - c2))
-        face = rgb[y0:y1, x0:x1].astype(np.float32)
-        face *= 1.0 / 255.0
         if self.shading > 0:
             # the face's own low-pass luminance, relative to its mean under the mask
-            lum = cv2.cvtColor(face, cv2.COLOR_RGB2GRAY)
             sigma = max(1.0, 0.06 * height)
             step = max(1, int(round(sigma / 2)))
             if step > 1:

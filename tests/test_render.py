@@ -234,6 +234,7 @@ def test_mask_is_shaded_by_the_face_lighting(renderer, celeb_faces):
     p = renderer.sample_params("surgical", np.random.default_rng(1))
     p.update(colour="white")
     base = renderer.render(rgb, lm, "surgical", params=p)
+    p = base.params  # same mask, including its recorded sharpness match
     shaded = renderer.render(lit, lm, "surgical", params=p)
     assert np.array_equal(base.alpha, shaded.alpha)
     body = base.alpha > 0.95

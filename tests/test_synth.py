@@ -42,9 +42,17 @@ def shard_hashes(out: Path) -> list[tuple[str, int, str]]:
 
 def check_dataset(out: Path, ratio: float, n_inputs: int) -> dict:
     """Assertions every finished dataset must pass; returns the manifest."""
+    import webdataset as wds
+
     rep = verify(out, decode=True)
     assert rep.ok, rep.problems
     man = rep.manifest
+    urls = [str(out / s["name"]) for s in man["shards"]]
+    n = 0
+    for img, meta in wds.WebDataset(urls, shardshuffle=False).decode("rgb").to_tuple("jpg", "json"):
+        assert img.shape == (*man["image_size"], 3) and meta["identity"] == man["classes"][meta["label"]]
+        n += 1
+    assert n == man["num_samples"]
     inp = man["inputs"]
     assert inp["files"] == n_inputs == inp["ok"] + inp["failed"]
     fails = [json.loads(x) for x in (out / "failures.jsonl").read_text().splitlines() if x.strip()]
@@ -72,20 +80,12 @@ def test_balanced_styles_counts():
 
 def test_lfw_johns_full_photos(lfw_johns, tmp_path):
     """Detection path on 55 real unaligned crops: every input accounted, ratio exact per identity,
-    WebDataset reads every sample, masks sit on the lower face in aligned coordinates."""
-    import webdataset as wds
-
+    WebDataset reads every sample (check_dataset), masks sit on the lower face in aligned coordinates."""
     out = tmp_path / "s"
     res = run_synth(SynthConfig(src=lfw_johns, out=out, ratio=0.5, seed=3, shard_samples=16, progress=False))
     man = check_dataset(out, 0.5, 55)
     assert man["inputs"]["ok"] >= 54  # HOG finds (almost) every LFW face; the rest is in failures.jsonl
     assert man["num_masked"] >= 25
-    n = 0
-    urls = [str(out / s["name"]) for s in man["shards"]]
-    for img, meta in wds.WebDataset(urls, shardshuffle=False).decode("rgb").to_tuple("jpg", "json"):
-        assert img.shape == (112, 112, 3)
-        n += 1
-    assert n == man["num_samples"]
     # masked samples: coverage high on mouth/lower nose and chin, low on the eyes, in aligned pixels
     inside = outside = total = 0
     from maskkit.image_io import decode_image

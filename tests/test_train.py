@@ -249,3 +249,30 @@ def test_ddp_gloo_matches_single_process_gradients(tmp_path):
     assert float((flat_s - flat_d).norm() / flat_s.norm()) < 1e-5
     for k in single:
         assert torch.allclose(single[k], ddp[k], rtol=1e-4, atol=1e-5 * scale), k
+
+
+def test_cli_nproc_2_then_resume_on_one_process(shards, tmp_path):
+    """``--nproc 2`` (torch.distributed.run, gloo) then ``--resume`` with world size 1."""
+    from maskkit.cli import main
+
+    run = tmp_path / "ddp"
+    common = ["--no-progress", "--set", "tensorboard=false", "--set", "shuffle_buffer=8"]
+    res = CliRunner().invoke(main, ["train", "--data", str(shards), "--out", str(run), "--method", "maskdul",
+                                    "--backbone", "r18", "--width", "0.25", "--batch-size", "4", "--max-steps", "2",
+                                    "--steps-per-epoch", "3", "--num-workers", "1", "--nproc", "2"] + common)
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    st = _state(run)
+    assert st["step"] == 2 and st["data"]["world"] == 2 and len(st["rng"]) == 2
+    assert st["data"]["global_batch"] == 8 and st["data"]["batches_in_epoch"] == 2
+    # same global batch on one process: continues at the same sample count (16 of the epoch)
+    res = CliRunner().invoke(main, ["train", "--out", str(run), "--resume", "--max-steps", "4", "--batch-size", "8",
+                                    "--num-workers", "0"] + common)
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    st = _state(run)
+    assert st["step"] == 4 and st["data"]["world"] == 1 and st["data"]["epoch"] == 1
+    recs = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
+    starts = [r for r in recs if r.get("event") == "start"]
+    assert [s["world"] for s in starts] == [2, 1] and starts[1]["resumed"]
+    assert [r["step"] for r in recs if "loss" in r] == [1, 2, 3, 4]
+    res = CliRunner().invoke(main, ["train", "--out", str(run), "--resume", "--backbone", "r50"] + common)
+    assert res.exit_code != 0 and "cannot change" in res.output

@@ -98,10 +98,11 @@ class FaceModel(nn.Module):
             return torch.where(masked.view(-1, 1, 1, 1), ym, yf)
         idx_m = torch.nonzero(masked).squeeze(1)
         idx_f = torch.nonzero(~masked).squeeze(1)
-        yf = self.branch_face(x.index_select(0, idx_f))
-        ym = self.branch_masked(x.index_select(0, idx_m))
-        fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and x.dim() == 4 \
-            and not x.is_contiguous() else torch.contiguous_format
+        # keep channels_last through the subset (index_select returns NCHW-contiguous)
+        fmt = torch.channels_last if (x.dim() == 4 and not x.is_contiguous()
+                                      and x.is_contiguous(memory_format=torch.channels_last)) else torch.contiguous_format
+        yf = self.branch_face(x.index_select(0, idx_f).contiguous(memory_format=fmt))
+        ym = self.branch_masked(x.index_select(0, idx_m).contiguous(memory_format=fmt))
         out = torch.empty((x.shape[0],) + tuple(yf.shape[1:]), dtype=yf.dtype, device=yf.device, memory_format=fmt)
         return out.index_copy(0, idx_f, yf).index_copy(0, idx_m, ym.to(yf.dtype))
 
