@@ -34,7 +34,7 @@ from maskkit.training.config import TrainConfig  # noqa: E402  (gpu.sh puts a sh
 from maskkit.training.engine import TrainModule
 from maskkit.training.iresnet import count_macs
 from maskkit.training.losses import build_criterion
-from maskkit.training.model import build_model
+from maskkit.training.model import FaceModel, build_model
 
 PEAKS_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "V100": 125.0, "L40S": 362.0, "A10": 125.0,
                 "4090": 165.0}
@@ -64,11 +64,13 @@ def make_step(method: str, backbone: str, width: float, batch: int, device: torc
     g = torch.Generator(device=device).manual_seed(0)
     x = torch.randint(0, 256, (batch, 112, 112, 3), dtype=torch.uint8, device=device, generator=g)
     y = torch.randint(0, num_classes, (batch,), device=device, generator=g)
-    m = torch.rand(batch, device=device, generator=g) < masked_ratio
+    m_cpu = torch.rand(batch, generator=torch.Generator().manual_seed(0)) < masked_ratio  # loader flags: CPU
 
     def step() -> None:
+        idx_f, idx_m = FaceModel.route(m_cpu, device)  # as the engine does: no device sync
+        m = m_cpu.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            loss, _ = runner(x, y, m)
+            loss, _ = runner(x, y, m, idx_f, idx_m)
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.unscale_(opt)
@@ -186,6 +188,10 @@ def main(argv: list[str] | None = None) -> int:
         print("--gpu: CUDA is not available", file=sys.stderr)
         return 2
     device = torch.device("cuda") if gpu else torch.device("cpu")
+    if gpu:  # as the engine sets them
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
     backbones = (a.backbones or ("r50" if gpu else "r18")).split(",")
     width = a.width if a.width is not None else (1.0 if gpu else 0.25)
     batch = a.batch or (256 if gpu else 8)

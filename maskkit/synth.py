@@ -53,8 +53,8 @@ import os
 import sys
 import time
 from collections import Counter, OrderedDict
-from contextlib import ExitStack, contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -65,7 +65,7 @@ from .shards import (FORMAT_NAME, FORMAT_VERSION, Sample, ShardSink, encode_json
                      sha256_file, shard_name, style_share_deviation, write_bytes_atomic, write_json_atomic)
 
 __all__ = ["SynthConfig", "SynthResult", "InputItem", "Chunk", "ChunkResult", "list_inputs", "plan_chunks",
-           "process_chunk", "run_synth", "sample_key", "balanced_styles", "ALL_STYLES", "SynthError"]
+           "process_chunk", "run_synth", "sample_key", "render_seed", "balanced_styles", "ALL_STYLES", "SynthError"]
 
 #: The five mask styles (same as ``maskkit.render.STYLES``; repeated so importing this module
 #: stays light).
@@ -298,6 +298,13 @@ def _words(*parts: Any) -> list[int]:
 def _rng(seed: int, *parts: Any) -> np.random.Generator:
     """Generator seeded by (seed, parts) only -- never by worker or time."""
     return np.random.default_rng(np.random.SeedSequence(_words(int(seed), *parts)))
+
+
+def render_seed(seed: int, key: str) -> int:
+    """The 63-bit seed of a sample's render generator, ``default_rng(render_seed(seed, key))``;
+    recorded as ``mask.seed`` so the mask can be redrawn from the source face."""
+    return int.from_bytes(hashlib.sha256(f"{int(seed)}\x1frender\x1f{key}".encode("utf-8")).digest()[:8],
+                          "little") >> 1
 
 
 def sample_key(label: int, rel: str, face: int) -> str:
@@ -543,7 +550,7 @@ def process_chunk(chunk: Chunk, cfg: SynthConfig) -> ChunkResult:
             f = faces[int(i)]
             style = queue[qi]
             try:
-                res = ren.render(f.crop, f.lm, style, _rng(cfg.seed, "render", f.key))
+                res = ren.render(f.crop, f.lm, style, np.random.default_rng(render_seed(cfg.seed, f.key)))
                 if res.alpha is None or res.image.shape != f.crop.shape:
                     raise ValueError("renderer returned a result of the wrong shape")
             except Exception as exc:  # noqa: BLE001 - CannotFit, or anything: log, try the next face
@@ -589,6 +596,7 @@ def process_chunk(chunk: Chunk, cfg: SynthConfig) -> ChunkResult:
         if is_masked:
             params = _jsonable(dict(f.render.params or {}))
             params.setdefault("style", f.style)
+            params["seed"] = render_seed(cfg.seed, f.key)
             meta = dict(base, masked=True, style=f.style, mask=params, landmarks5=_pts(mal.landmarks5),
                         landmarks68=_pts(mal.landmarks68), twin=pkey if cfg.paired else None)
             png = None
@@ -880,6 +888,33 @@ def run_synth(cfg: SynthConfig) -> SynthResult:
             make_detector(cfg.detector, **cfg.detector_opts)
         except Exception as exc:  # noqa: BLE001 - DetectorUnavailable, bad options
             raise SynthError(f"detector {cfg.detector!r} cannot run: {exc}") from exc
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    with _out_lock(cfg.out):
+        return _run_locked(cfg, t_start)
+
+
+@contextmanager
+def _out_lock(out: Path):
+    """One writer per output folder: a second concurrent run fails fast (released by the OS
+    even when the holder is SIGKILLed)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - non-POSIX: no locking
+        yield
+        return
+    fh = open(out / ".synth.lock", "a+b")
+    try:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise SynthError(f"another maskkit synth is writing to {out} right now") from None
+        yield
+        (out / ".synth.lock").unlink(missing_ok=True)  # finished: leave no trace (kept after a failure)
+    finally:
+        fh.close()
+
+
+def _run_locked(cfg: SynthConfig, t_start: float) -> SynthResult:
     items, classes = list_inputs(cfg)
     chunks = plan_chunks(items, classes)
     fp = _fingerprint(cfg, items)

@@ -1,7 +1,6 @@
 """`maskkit demo`: the whole align -> synth -> sheet pipeline on the dependency-shipped faces."""
 from __future__ import annotations
 
-import json
 
 import numpy as np
 from click.testing import CliRunner

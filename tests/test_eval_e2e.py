@@ -99,19 +99,27 @@ def test_bin_layout_is_insightface(johns):
     assert np.abs(ps.images[0].astype(int) - a).mean() < 3.0
 
 
-def test_eval_bin_report_matches_recomputation(johns):
-    import cv2
-
+@pytest.fixture(scope="module")
+def bin_report(johns):
+    """``maskkit eval --bin johns.bin --mask-side one`` through the CLI: (report dir, output)."""
     from maskkit.cli import main
-    from maskkit.detect import landmarks_in_box
-    from maskkit.render import MaskRenderer
-    from maskkit.training.api import load_model
 
     out = johns["tmp"] / "report_one"
     res = CliRunner().invoke(main, ["eval", "--model", str(johns["run"]), "--bin", str(johns["bin"]),
                                     "--mask-side", "one", "--seed", str(SEED), "--out", str(out), "--no-progress"])
     assert res.exit_code == 0, res.output + repr(res.exception)
-    assert "accuracy" in res.output and "MLS" in res.output  # the terminal table
+    return out, res.output
+
+
+def test_eval_bin_report_matches_recomputation(johns, bin_report):
+    import cv2
+
+    from maskkit.detect import landmarks_in_box
+    from maskkit.render import MaskRenderer
+    from maskkit.training.api import load_model
+
+    out, output = bin_report
+    assert "accuracy" in output and "MLS" in output  # the terminal table
     for f in ("metrics.json", "roc.png", "sigma_hist.png", "magnitude_hist.png", "worst_pairs.png", "embeddings.npz"):
         assert (out / f).stat().st_size > 0, f
     m = json.loads((out / "metrics.json").read_text())
@@ -182,33 +190,33 @@ def test_mask_sides_and_compare(johns):
     # a second run folder (same weights) so --compare has two rows
     run_b = johns["tmp"] / "run_b"
     shutil.copytree(johns["run"], run_b, ignore=shutil.ignore_patterns("eval"))
-    accs = {}
-    for side in ("none", "both"):
-        out = johns["tmp"] / f"rep_{side}"
-        res = runner.invoke(main, ["eval", "--model", str(johns["run"]), "--bin", str(johns["bin"]), "--mask-side", side,
-                                   "--out", str(out), "--no-progress", "--no-flip"])
-        assert res.exit_code == 0, res.output + repr(res.exception)
-        m = json.loads((out / "metrics.json").read_text())
-        assert m["counts"]["mask_requested"] == {"none": 0, "both": 200}[side]
-        assert m["counts"]["masked"] + m["counts"]["mask_failures"] == m["counts"]["mask_requested"]
-        assert m["protocol"]["flip"] is False
-        accs[side] = m["cosine"]["accuracy"]
+    out = johns["tmp"] / "rep_both"
+    res = runner.invoke(main, ["eval", "--model", str(johns["run"]), "--bin", str(johns["bin"]), "--mask-side", "both",
+                               "--out", str(out), "--no-progress", "--no-flip"])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    m_both = json.loads((out / "metrics.json").read_text())
+    assert m_both["counts"]["mask_requested"] == 200
+    assert m_both["counts"]["masked"] + m_both["counts"]["mask_failures"] == 200
+    assert m_both["protocol"]["flip"] is False
+    # --compare on a set: evaluates both runs (unmasked) then prints the table
     res = runner.invoke(main, ["eval", "--compare", str(johns["run"]), str(run_b), "--bin", str(johns["bin"]),
                                "--mask-side", "none", "--no-flip", "--no-progress"])
     assert res.exit_code == 0, res.output + repr(res.exception)
-    # run_b has the same weights: evaluated on the same set it gets the same accuracy
+    ma = json.loads((johns["run"] / "eval" / "johns-verification-masknone.json").read_text())
     mb = json.loads((run_b / "eval" / "johns-verification-masknone.json").read_text())
-    assert mb["cosine"]["accuracy"] == accs["none"]
-    # compare from saved metrics only: run A has 3 saved evaluations, run B one
+    assert ma["counts"]["mask_requested"] == 0 and ma["counts"]["masked"] == 0
+    # run_b has the same weights: evaluated on the same set it gets the same accuracy
+    assert mb["cosine"]["accuracy"] == ma["cosine"]["accuracy"]
+    # compare from saved metrics only: run A has its saved evaluations (both, none, ...), run B one
     res = runner.invoke(main, ["eval", "--compare", str(johns["run"]), str(run_b)])
     assert res.exit_code == 0, res.output + repr(res.exception)
     from maskkit.training.report import compare_rows
 
     cols, rows = compare_rows([johns["run"], run_b])
     assert "johns MFV mask=none" in cols and "johns MFV mask=both" in cols
-    assert rows[0]["johns MFV mask=none"].startswith(f"{100 * accs['none']:.2f}")
+    assert rows[0]["johns MFV mask=none"].startswith(f"{100 * ma['cosine']['accuracy']:.2f}")
     assert rows[1]["method"] == "maskdul" and "johns MFV mask=both" not in rows[1]
-    assert f"{100 * accs['both']:.2f}" in res.output
+    assert f"{100 * m_both['cosine']['accuracy']:.2f}" in res.output
 
 
 def test_identification_and_embed_cli(johns, lfw_johns):
@@ -267,3 +275,47 @@ def test_unmaskable_faces_are_kept_and_reported(astronaut):
     assert mo.failures == [{"index": 1, "name": "b", "reason": "cannot_fit", "detail": str(CannotFit("face_outside_image", "test"))}]
     assert np.array_equal(mo.images[1], imgs[1]) and np.array_equal(mo.images[0], 255 - imgs[0])
     assert mo.styles == ["surgical", None, None, None]
+
+
+def test_pairs_txt_with_raw_photos(johns, bin_report, lfw_johns, tmp_path):
+    """pairs.txt + image root of raw (unaligned 150x150) photos: aligned on the fly, same pairs
+    as the .bin, and a pair with a missing image is reported, not dropped silently."""
+    from maskkit.cli import main
+
+    faces = johns["faces"]
+    lines = [f"{faces.paths[a]} {faces.paths[b]} {int(s)}" for (a, b), s in zip(johns["pairs"], johns["same"])]
+    lines.append(f"{faces.paths[0]} John_Nobody/missing.jpg 0")
+    pairs_txt = tmp_path / "pairs_johns.txt"
+    pairs_txt.write_text("# explicit-path form\n" + "\n".join(lines) + "\n")
+    out = tmp_path / "rep_pairs"
+    res = CliRunner().invoke(main, ["eval", "--model", str(johns["run"]), "--pairs", str(pairs_txt), "--root",
+                                    str(lfw_johns), "--mask-side", "one", "--seed", str(SEED), "--out", str(out),
+                                    "--no-progress"])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["set"] == "pairs_johns"
+    assert m["counts"]["pairs"] == 100 and m["counts"]["pairs_skipped"] == 1
+    reasons = sorted(f["reason"] for f in m["failures"]["inputs"])
+    assert reasons == ["missing", "pair_skipped"]
+    ref = json.loads((bin_report[0] / "metrics.json").read_text())
+    # same faces, same masks (same seed and indices); only the .bin's JPEG round trip differs
+    assert abs(m["cosine"]["accuracy"] - ref["cosine"]["accuracy"]) <= 0.05
+    z_ref = np.load(bin_report[0] / "embeddings.npz")
+    z = np.load(out / "embeddings.npz")
+    cos = np.sum(z["mu"] * z_ref["mu"], axis=1)
+    assert np.median(cos) > 0.98
+
+
+def test_parse_lfw_pairs_format(tmp_path):
+    from maskkit.training.evalsets import parse_pairs_txt
+
+    p = tmp_path / "pairs.txt"
+    p.write_text("10\t300\nAbel_Pacheco\t1\t4\nAkhmed_Zakayev\t1\t3\nAbdel_Madi_Shabneh\t1\tDean_Barker\t1\n")
+    assert parse_pairs_txt(p) == [
+        ("Abel_Pacheco/Abel_Pacheco_0001", "Abel_Pacheco/Abel_Pacheco_0004", True),
+        ("Akhmed_Zakayev/Akhmed_Zakayev_0001", "Akhmed_Zakayev/Akhmed_Zakayev_0003", True),
+        ("Abdel_Madi_Shabneh/Abdel_Madi_Shabneh_0001", "Dean_Barker/Dean_Barker_0001", False),
+    ]
+    p.write_text("a b c d e\n")
+    with pytest.raises(ValueError, match="cannot parse"):
+        parse_pairs_txt(p)

@@ -97,7 +97,7 @@ class InferenceModel:
         mus, sigmas = [], []
         for i in range(0, n, batch_size):
             xb = normalize(x[i:i + batch_size].to(self.device))
-            mu, sigma = self.torch_module(xb, m[i:i + batch_size].to(self.device))
+            mu, sigma = self.torch_module(xb, m[i:i + batch_size])  # CPU flags: routed without a device sync
             mus.append(mu.float().cpu())
             if sigma is not None:
                 sigmas.append(sigma.float().cpu())

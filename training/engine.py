@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import random
 import subprocess
@@ -122,14 +121,18 @@ class TrainModule(nn.Module):
         super().__init__()
         self.model, self.criterion, self.channels_last = model, criterion, channels_last
 
-    def forward(self, images: torch.Tensor, labels: torch.Tensor, masked: torch.Tensor):
+    def forward(self, images: torch.Tensor, labels: torch.Tensor, masked: torch.Tensor,
+                idx_face: torch.Tensor | None = None, idx_masked: torch.Tensor | None = None):
+        """``idx_face`` / ``idx_masked`` (optional): the two-stream route, precomputed from the
+        loader's CPU flags by :meth:`FaceModel.route` so the forward never syncs the device."""
         if images.dtype == torch.uint8:
             x = (images.permute(0, 3, 1, 2).float() - 127.5) / 127.5
         else:
             x = images
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        mu, logvar = self.model.encode(x, masked)
+        route = (idx_face, idx_masked) if idx_face is not None and idx_masked is not None else None
+        mu, logvar = self.model.encode(x, masked, route)
         return self.criterion(mu, logvar, labels, masked)
 
 
@@ -200,6 +203,7 @@ class SyntheticSource:
     def epoch_iter(self, epoch: int, skip_batches: int, positions: list[int] | None) -> Iterator[dict]:
         g = torch.Generator(device=self.info.device)
         g.manual_seed(hash((self.cfg.seed, epoch, self.info.rank)) % (2 ** 31))
+        gc = torch.Generator().manual_seed(hash((self.cfg.seed, epoch, self.info.rank, 1)) % (2 ** 31))
         b, (h, w) = self.cfg.batch_size, self.cfg.image_size
         dev = self.info.device
         i = skip_batches
@@ -207,7 +211,7 @@ class SyntheticSource:
             i += 1
             yield {"images": torch.randint(0, 256, (b, h, w, 3), dtype=torch.uint8, device=dev, generator=g),
                    "labels": torch.randint(0, len(self.classes), (b,), device=dev, generator=g),
-                   "masked": torch.rand(b, device=dev, generator=g) < self.masked_ratio,
+                   "masked": torch.rand(b, generator=gc) < self.masked_ratio,
                    "worker": 0, "stream_pos": i}
 
 
@@ -419,9 +423,10 @@ def train(cfg: TrainConfig, resume: bool = False, source: Any = None) -> dict:
                 lr = sched.set(optimizer, epoch + b / spe)
                 images = batch["images"].to(info.device, non_blocking=True)
                 labels = batch["labels"].to(info.device, non_blocking=True)
+                idx_f, idx_m = FaceModel.route(batch["masked"], info.device)  # on the CPU flags: no sync
                 masked = batch["masked"].to(info.device, non_blocking=True)
                 with torch.autocast(info.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                    loss, parts = runner(images, labels, masked)
+                    loss, parts = runner(images, labels, masked, idx_f, idx_m)
                 bad = (~torch.isfinite(loss.detach())).float()
                 if world > 1:
                     dist.all_reduce(bad)

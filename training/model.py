@@ -86,18 +86,34 @@ class FaceModel(nn.Module):
     def dul(self) -> bool:
         return self.logvar_head is not None
 
-    def start(self, x: torch.Tensor, masked: torch.Tensor | None) -> torch.Tensor:
-        """Run the start block(s), routing each sample by its ``masked`` flag."""
-        if self.branch_masked is None or masked is None:
+    @staticmethod
+    def route(masked: torch.Tensor, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(idx_face, idx_masked)``: sample indices of each branch, computed where ``masked`` lives
+        (on the CPU flags of a loader batch this costs no device sync) and moved to ``device``."""
+        masked = masked.to(torch.bool).reshape(-1)
+        idx_f, idx_m = torch.nonzero(~masked).squeeze(1), torch.nonzero(masked).squeeze(1)
+        if device is not None and idx_f.device != device:
+            idx_f, idx_m = idx_f.to(device, non_blocking=True), idx_m.to(device, non_blocking=True)
+        return idx_f, idx_m
+
+    def start(self, x: torch.Tensor, masked: torch.Tensor | None,
+              route: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """Run the start block(s), routing each sample by its ``masked`` flag.
+
+        ``route`` (from :meth:`route`) may be given instead of / with ``masked`` to skip the
+        ``nonzero`` (the engine computes it on the CPU, so no GPU sync happens in the forward).
+        """
+        if self.branch_masked is None or (masked is None and route is None):
             return self.branch_face(x)
-        masked = masked.to(device=x.device, dtype=torch.bool).reshape(-1)
-        if masked.shape[0] != x.shape[0]:
-            raise ValueError(f"masked has {masked.shape[0]} flags for a batch of {x.shape[0]}")
-        if self.routing == "where":
+        if masked is not None and masked.reshape(-1).shape[0] != x.shape[0]:
+            raise ValueError(f"masked has {masked.reshape(-1).shape[0]} flags for a batch of {x.shape[0]}")
+        if self.routing == "where" and masked is not None:
             yf, ym = self.branch_face(x), self.branch_masked(x)
-            return torch.where(masked.view(-1, 1, 1, 1), ym, yf)
-        idx_m = torch.nonzero(masked).squeeze(1)
-        idx_f = torch.nonzero(~masked).squeeze(1)
+            return torch.where(masked.to(x.device, torch.bool).view(-1, 1, 1, 1), ym, yf)
+        if route is None:
+            # CPU flags: indices computed on the CPU and copied (no device sync)
+            route = self.route(masked, x.device)
+        idx_f, idx_m = route
         # keep channels_last through the subset (index_select returns NCHW-contiguous)
         fmt = torch.channels_last if (x.dim() == 4 and not x.is_contiguous()
                                       and x.is_contiguous(memory_format=torch.channels_last)) else torch.contiguous_format
@@ -106,9 +122,10 @@ class FaceModel(nn.Module):
         out = torch.empty((x.shape[0],) + tuple(yf.shape[1:]), dtype=yf.dtype, device=yf.device, memory_format=fmt)
         return out.index_copy(0, idx_f, yf).index_copy(0, idx_m, ym.to(yf.dtype))
 
-    def encode(self, x: torch.Tensor, masked: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def encode(self, x: torch.Tensor, masked: torch.Tensor | None = None,
+               route: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(mu, logvar)``; ``logvar`` is None without the DUL head. Both fp32."""
-        h = self.trunk(self.start(x, masked))
+        h = self.trunk(self.start(x, masked, route))
         mu = self.mu_head(h).float()
         logvar = self.logvar_head(h).float() if self.logvar_head is not None else None
         return mu, logvar

@@ -319,18 +319,18 @@ def evaluate(
 
 
 def score_thresholds(scores: np.ndarray, n: int = 400) -> np.ndarray:
-    """A threshold grid for similarity scores: ``n`` evenly spaced values spanning the scores.
+    """A threshold grid for similarity scores, in negated-score units (``dist = -score``).
 
-    For a score ``s`` (higher = more similar) the protocol runs on ``dist = -s``; this grid is
-    in those negated units and covers ``[-max(s), -min(s)]`` plus one step beyond, so both "all
-    different" and "all same" operating points are on the curve (like 0 and 4 for distances).
+    ``n - 2`` quantiles of the negated scores (so the grid is dense where the pairs are, whatever
+    the score's range or tails) plus one value below the minimum and one above the maximum, so
+    the "all different" and "all same" operating points are on the curve (like 0 and 4 for
+    squared-L2 distances). Sorted, unique.
     """
     d = -np.asarray(scores, dtype=np.float64)
     lo, hi = float(d.min()), float(d.max())
-    if hi - lo < 1e-12:
-        hi = lo + 1.0
-    step = (hi - lo) / (n - 2)
-    return lo + step * np.arange(n)
+    pad = max(hi - lo, 1e-6) * 1e-3
+    q = np.quantile(d, np.linspace(0.0, 1.0, max(n - 2, 2)))
+    return np.unique(np.concatenate([[lo - pad], q, [hi + pad]]))
 
 
 def evaluate_scores(

@@ -1,0 +1,172 @@
+"""``maskkit align`` end to end: the bad-input zoo is fully accounted (files == ok + failed, each
+failure with its expected reason), outputs mirror the tree and stay inside --out, the process
+pool gives the same result as one process, and bad arguments fail with a clear message."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from maskkit.cli import main
+from maskkit.cli_align import AlignConfig, _safe_target, output_names, run_align
+from maskkit.image_io import load_image
+from maskkit.sources import SourceItem, iter_sources
+from zoo import FORTY_FACES, ZOO_FACE_COUNTS, make_zoo
+
+
+def _jsonl(p: Path) -> list[dict]:
+    return [json.loads(x) for x in p.read_text(encoding="utf-8").splitlines() if x.strip()]
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("zoo_src")
+    return root, make_zoo(root)
+
+
+@pytest.fixture(scope="module")
+def zoo_run(zoo, tmp_path_factory):
+    root, expected = zoo
+    out = tmp_path_factory.mktemp("zoo_out")
+    res = CliRunner().invoke(main, ["align", "--src", str(root), "--out", str(out), "--faces", "all", "--jobs", "1"])
+    assert res.exit_code == 0, res.output
+    return out, expected, res
+
+
+def test_zoo_accounting(zoo_run):
+    out, expected, res = zoo_run
+    manifest, failures = _jsonl(out / "manifest.jsonl"), _jsonl(out / "failures.jsonl")
+    ok_src = {r["src"] for r in manifest}
+    failed = {r["src"]: r["reason"] for r in failures}
+    files = len(expected)
+    assert files == len(ok_src) + len(failed)            # files == ok + failed
+    assert not ok_src & set(failed)
+    for rel, outcome in expected.items():
+        if outcome == "ok":
+            assert rel in ok_src, f"{rel}: expected a face, got {failed.get(rel)}"
+        else:
+            assert failed.get(rel) == outcome, f"{rel}: expected {outcome}, got {failed.get(rel)}"
+    assert all(r["detail"] for r in failures)
+    # the summary table reports the same numbers
+    assert "files" in res.output and str(files) in res.output
+
+
+def test_zoo_outputs(zoo_run):
+    out, expected, _ = zoo_run
+    manifest = _jsonl(out / "manifest.jsonl")
+    per_src: dict[str, list[dict]] = {}
+    for r in manifest:
+        per_src.setdefault(r["src"], []).append(r)
+    assert len(per_src[FORTY_FACES]) == ZOO_FACE_COUNTS[FORTY_FACES]
+    root = out.resolve()
+    for r in manifest:
+        p = out / r["out"]
+        assert root in p.resolve().parents
+        stem = Path(r["src"]).stem
+        assert r["out"] == str(Path(r["src"]).parent / f"{stem}_{r['face']}.jpg").lstrip("./") or \
+            r["out"] == (Path(r["src"]).parent / f"{stem}_{r['face']}.jpg").as_posix()
+        assert np.array(r["landmarks5"]).shape == (5, 2) and np.array(r["landmarks68"]).shape == (68, 2)
+        assert np.array(r["matrix"]).shape == (2, 3)
+    # unicode / space / dotted names are mirrored, decodable 112x112 crops
+    for rel in ("names/Zoë Ünïcode 名前_0.jpg", "names/with space_0.jpg", "names/many.dots.in.name_0.jpg",
+                "modes/exif_rotated_0.jpg"):
+        assert load_image(out / rel).shape == (112, 112, 3)
+    # the EXIF-rotated face is upright: its eyes are on the template
+    r = next(r for r in manifest if r["src"] == "modes/exif_rotated.jpg")
+    assert np.abs(np.array(r["landmarks5"])[:2] - [[38.29, 51.70], [73.53, 51.50]]).max() < 5
+
+
+def test_pool_matches_single_process(zoo, zoo_run, tmp_path):
+    root, expected = zoo
+    out1, _, _ = zoo_run
+    summary = run_align(AlignConfig(src=root, out=tmp_path / "o", faces="all", jobs=2, chunk=3, progress=False))
+    assert summary["files"] == len(expected) == summary["ok"] + summary["failed"]
+    assert summary["jobs"] == 2
+    strip = lambda rows: [{k: v for k, v in r.items()} for r in rows]  # noqa: E731
+    assert strip(_jsonl(tmp_path / "o" / "manifest.jsonl")) == strip(_jsonl(out1 / "manifest.jsonl"))
+    assert _jsonl(tmp_path / "o" / "failures.jsonl") == _jsonl(out1 / "failures.jsonl")
+
+
+def test_largest_policy_writes_plain_stem(zoo, tmp_path):
+    root, expected = zoo
+    src = root / "people"
+    s = run_align(AlignConfig(src=src, out=tmp_path / "o", progress=False))
+    assert s["files"] == 2 and s["ok"] == 2 and s["faces"] == 2
+    assert (tmp_path / "o" / "astronaut.jpg").is_file() and (tmp_path / "o" / "grace_hopper.jpg").is_file()
+
+
+def test_name_collisions_do_not_overwrite(tmp_path, grace_hopper, astronaut):
+    from PIL import Image
+
+    src = tmp_path / "src"
+    src.mkdir()
+    Image.fromarray(grace_hopper).save(src / "x.jpg")
+    Image.fromarray(astronaut).save(src / "x.png")
+    s = run_align(AlignConfig(src=src, out=tmp_path / "o", progress=False))
+    assert s["ok"] == 2
+    assert sorted(p.name for p in (tmp_path / "o").glob("*.jpg")) == ["x_jpg.jpg", "x_png.jpg"]
+    names = output_names([SourceItem(Path("a/b.jpg"), "a/b.jpg", "a"), SourceItem(Path("c.jpg"), "c.jpg", "")])
+    assert names == {"a/b.jpg": "a/b", "c.jpg": "c"}
+
+
+def test_paths_cannot_escape_out(zoo, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(ValueError):
+        _safe_target(out, "../evil.jpg")
+    with pytest.raises(ValueError):
+        _safe_target(out, "/etc/evil.jpg")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    os.symlink(elsewhere, out / "people", target_is_directory=True)
+    root, _ = zoo
+    s = run_align(AlignConfig(src=root / "people", out=out, progress=False))
+    # src is "people" itself, so outputs go to out/astronaut.jpg: unaffected by the link
+    assert s["ok"] == 2
+    s = run_align(AlignConfig(src=root, out=out, progress=False))
+    fails = {r["src"]: r for r in _jsonl(out / "failures.jsonl")}
+    assert fails["people/astronaut.png"]["reason"] == "write_error"
+    assert "outside" in fails["people/astronaut.png"]["detail"]
+    assert list(elsewhere.iterdir()) == []
+    assert s["files"] == s["ok"] + s["failed"]
+
+
+def test_aligned_mode_cli(celeb_aligned, tmp_path):
+    ident = sorted(p for p in celeb_aligned.iterdir() if p.is_dir())[0]
+    n = len([it for it in iter_sources(ident) if not it.error])
+    res = CliRunner().invoke(main, ["align", "--src", str(ident), "--out", str(tmp_path / "o"), "--aligned",
+                                    "--jobs", "1", "--quiet"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.output.strip().splitlines()[-1])
+    assert summary["files"] == n and summary["ok"] >= 0.99 * n
+
+
+def test_help_and_bad_arguments(tmp_path, zoo):
+    root, _ = zoo
+    r = CliRunner()
+    assert r.invoke(main, ["align", "--help"]).exit_code == 0
+    bad_size = r.invoke(main, ["align", "--src", str(root), "--out", str(tmp_path / "o"), "--size", "113x7"])
+    assert bad_size.exit_code == 2 and "size" in bad_size.output
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    unwritable = r.invoke(main, ["align", "--src", str(root / "people"), "--out", str(blocker / "sub")])
+    assert unwritable.exit_code == 1 and "not writable" in unwritable.output
+    assert not r.invoke(main, ["align", "--src", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]).exit_code == 0
+    up = r.invoke(main, ["align", "--src", str(root), "--out", str(tmp_path / "o"), "--detector", "blazeface",
+                         "--upsample", "2"])
+    assert up.exit_code == 2 and "upsample" in up.output
+
+
+def test_fan_unavailable_is_a_clear_error(tmp_path, zoo):
+    import importlib.util
+
+    if importlib.util.find_spec("face_alignment") is not None:
+        pytest.skip("face-alignment installed here")
+    root, _ = zoo
+    res = CliRunner().invoke(main, ["align", "--src", str(root / "people"), "--out", str(tmp_path / "o"),
+                                    "--detector", "fan"])
+    assert res.exit_code == 1 and "face-alignment" in res.output

