@@ -218,7 +218,8 @@ def evaluate_stage(args) -> None:
                        "mls_acc": (results[f"mfv_{side}"]["mls"] or {}).get("accuracy"),
                        "masked": results[f"mfv_{side}"]["counts"]["masked"],
                        "mask_failures": results[f"mfv_{side}"]["counts"]["mask_failures"],
-                       "sigma_norm": results[f"mfv_{side}"]["sigma_norm"]}
+                       "sigma_norm_mean": {k: (v or {}).get("mean") for k, v in
+                                           (results[f"mfv_{side}"]["sigma_norm"] or {}).items()}}
                 for side in ("none", "one", "both")},
         "mfi": {"rank1": m["cosine"]["rank1"], "rank5": m["cosine"]["rank5"],
                 "mls_rank1": (m["mls"] or {}).get("rank1"), "gallery_ids": m["counts"]["identities"],

@@ -10,11 +10,15 @@
 # (no pip install). Every part runs under `timeout` and its failure is reported, not fatal.
 # Results: printed tables; JSON + logs under $OUT when that variable is set.
 #
-# usage: bash benchmarks/gpu.sh            (from anywhere; env: PY=python3, BATCH=256, OUT=dir)
+# usage: bash benchmarks/gpu.sh            (from anywhere; env: PY=python3, BATCH=256, OUT=dir,
+#        PARTS="eager compile fp16 loop", PROFILE=1 to print the top CUDA kernels per method)
 set -u
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PY="${PY:-python3}"
 BATCH="${BATCH:-256}"
+PARTS="${PARTS:-eager compile fp16 loop}"
+PROF=""; [ "${PROFILE:-0}" = "1" ] && PROF="--profile"
+has() { case " $PARTS " in *" $1 "*) return 0;; esac; return 1; }
 OUT="${OUT:-}"
 SHIM="$(mktemp -d)"
 mkdir -p "$SHIM/maskkit"
@@ -39,11 +43,11 @@ echo "maskkit gpu.sh  repo=$REPO  python=$($PY -c 'import sys; print(sys.version
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "nvidia-smi: n/a"
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'available', torch.cuda.is_available())"
 
-part bench_eager 150 $PY "$REPO/benchmarks/train_bench.py" --gpu --batch "$BATCH" --steps 15 --warmup 5 --repeats 2 \
-  --json "$LOGDIR/bench_eager.json"
-part bench_compile 200 $PY "$REPO/benchmarks/train_bench.py" --gpu --batch "$BATCH" --methods arcface,maskdul \
+has eager && part bench_eager 150 $PY "$REPO/benchmarks/train_bench.py" --gpu --batch "$BATCH" --steps 15 --warmup 5 \
+  --repeats 2 $PROF --json "$LOGDIR/bench_eager.json"
+has compile && part bench_compile 200 $PY "$REPO/benchmarks/train_bench.py" --gpu --batch "$BATCH" --methods arcface,maskdul \
   --compile --steps 15 --warmup 4 --repeats 2 --json "$LOGDIR/bench_compile.json"
-part bench_fp16 60 $PY "$REPO/benchmarks/train_bench.py" --gpu --batch "$BATCH" --methods maskdul --amp fp16 \
+has fp16 && part bench_fp16 60 $PY "$REPO/benchmarks/train_bench.py" --gpu --batch "$BATCH" --methods maskdul --amp fp16 \
   --steps 5 --warmup 2 --repeats 1 --json "$LOGDIR/bench_fp16.json"
 
 cat > "$SHIM/loop.py" <<'EOF'
@@ -79,7 +83,7 @@ ok = s2["step"] == 40 and all(r["loss"] == r["loss"] for r in recs) and mu.shape
 print("LOOP", "OK" if ok else "FAILED")
 sys.exit(0 if ok else 1)
 EOF
-part train_loop 150 $PY "$SHIM/loop.py" "$SHIM/loop" "$BATCH"
+has loop && part train_loop 150 $PY "$SHIM/loop.py" "$SHIM/loop" "$BATCH"
 
 echo; echo "=== summary ==="
 for s in "${SUMMARY[@]}"; do echo "  $s"; done

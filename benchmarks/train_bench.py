@@ -65,6 +65,8 @@ def make_step(method: str, backbone: str, width: float, batch: int, device: torc
     x = torch.randint(0, 256, (batch, 112, 112, 3), dtype=torch.uint8, device=device, generator=g)
     y = torch.randint(0, num_classes, (batch,), device=device, generator=g)
     m_cpu = torch.rand(batch, generator=torch.Generator().manual_seed(0)) < masked_ratio  # loader flags: CPU
+    if device.type == "cuda":
+        m_cpu = m_cpu.pin_memory()  # as the DataLoader (pin_memory=True) delivers them
 
     def step() -> None:
         idx_f, idx_m = FaceModel.route(m_cpu, device)  # as the engine does: no device sync
@@ -87,7 +89,8 @@ def _sync(device: torch.device) -> None:
 
 
 def bench_one(method: str, backbone: str, width: float, batch: int, steps: int, warmup: int, device: torch.device,
-              amp: str, channels_last: bool, compile_: bool, num_classes: int, repeats: int = 1) -> dict:
+              amp: str, channels_last: bool, compile_: bool, num_classes: int, repeats: int = 1,
+              profile: bool = False) -> dict:
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
@@ -108,6 +111,18 @@ def bench_one(method: str, backbone: str, width: float, batch: int, steps: int, 
         best = min(best, (time.perf_counter() - t) / steps)
     mem = (torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda"
            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20)
+    if profile:
+        from torch.profiler import ProfilerActivity
+        from torch.profiler import profile as tprofile
+
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        with tprofile(activities=acts) as prof:
+            for _ in range(3):
+                step()
+            _sync(device)
+        key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+        print(f"--- profile {backbone} {method} (3 steps), top ops by {key}")
+        print(prof.key_averages().table(sort_by=key, row_limit=14, max_name_column_width=60))
     return {"method": method, "backbone": backbone, "width": width, "batch": batch, "amp": amp_used,
             "compile": compile_, "step_s": best, "img_s": batch / best, "peak_mem_gb": mem, "warmup_s": warm_s,
             "gmacs_per_img": gmacs}
@@ -179,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--num-classes", type=int, default=None, help="default 1000 on CPU, 10000 on GPU")
     ap.add_argument("--peak-tflops", type=float, default=None)
     ap.add_argument("--json", default=None, help="write results here")
+    ap.add_argument("--profile", action="store_true", help="print the top kernels of 3 profiled steps per row")
     ap.add_argument("--ratio-rounds", type=int, default=None,
                     help="alternated ArcFace/MaskDUL steps for the ratio (default 8 on CPU, 0 on GPU)")
     a = ap.parse_args(argv)
@@ -209,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         for method in a.methods.split(","):
             try:
                 r = bench_one(method, bb, width, batch, steps, warmup, device, a.amp, not a.no_channels_last,
-                              a.compile, ncls, repeats)
+                              a.compile, ncls, repeats, profile=a.profile)
             except Exception as exc:  # keep going: one failure must not hide the other rows
                 print(f"{bb} {method}: FAILED {type(exc).__name__}: {exc}", flush=True)
                 continue

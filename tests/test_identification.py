@@ -19,6 +19,18 @@ def test_template_is_renormalised_mean():
     np.testing.assert_allclose(t.mu[1], _u(1, 1))
     np.testing.assert_allclose(t.mu[0], _u(-1, 0))
     assert t.counts.tolist() == [1, 2]
+    assert t.sigma is None and t.mu_fused is None
+
+
+def test_pfe_fusion_of_template_gaussians():
+    # two images of "b": sigma 1 and 2 on dim 0 -> fused var 1/(1 + 1/4) = 0.8,
+    # mean (1 * 1 + 0 * 1/4) * 0.8 = 0.8 on dim 0; dim 1: (0 * 1 + 1 * 1/4) * 0.8 = 0.2
+    mu = np.stack([_u(1, 0), _u(0, 1)])
+    sig = np.array([[1.0, 1.0], [2.0, 2.0]])
+    t = build_templates(mu, ["b", "b"], sig)
+    np.testing.assert_allclose(t.sigma[0] ** 2, [0.8, 0.8])
+    np.testing.assert_allclose(t.mu_fused[0], [0.8, 0.2])
+    np.testing.assert_allclose(t.mu[0], _u(1, 1))  # cosine template unchanged
 
 
 def test_ranks_cmc_and_failures_hand_worked():

@@ -234,11 +234,19 @@ def test_ddp_gloo_matches_single_process_gradients(tmp_path):
     ddp = torch.load(tmp_path / "ddp.pt")
     torch.manual_seed(0)
     tm = TrainModule(build_model(cfg), build_criterion(cfg, 4))
-    for r in (0, 1):  # DDP = mean over ranks of each rank's gradient
-        torch.manual_seed(100 + r)
-        loss, _ = tm(x[r * 4:r * 4 + 4], y[r * 4:r * 4 + 4], m[r * 4:r * 4 + 4])
-        (loss / 2).backward()
-    single = {k: p.grad for k, p in tm.named_parameters() if p.grad is not None}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the ranks: same kernels, same summation order
+    try:
+        grads = []
+        for r in (0, 1):  # DDP = mean over ranks of each rank's gradient
+            tm.zero_grad(set_to_none=True)
+            torch.manual_seed(100 + r)
+            loss, _ = tm(x[r * 4:r * 4 + 4], y[r * 4:r * 4 + 4], m[r * 4:r * 4 + 4])
+            loss.backward()
+            grads.append({k: p.grad.clone() for k, p in tm.named_parameters() if p.grad is not None})
+    finally:
+        torch.set_num_threads(threads)
+    single = {k: (grads[0][k] + grads[1][k]) / 2 for k in grads[0]}
     assert set(single) == set(ddp)
     assert any(k.startswith("model.branch_masked") for k in single)
     # fp32 summation order differs (threads, all-reduce), and some grads are ~0 by construction

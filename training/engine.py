@@ -24,9 +24,14 @@ same epoch and sample count (``batches x old global batch // new global batch``)
 optimizer and schedule state are restored exactly, the RNGs are re-seeded from
 ``(seed, rank, step)`` and the sample order of the rest of that epoch differs.
 
-**Guard.** A non-finite loss on any rank stops every rank before the optimizer step with
-:class:`NonFiniteLoss`, naming the step, and leaves the last good checkpoint in place (nothing
-is written after the bad step).
+**Guard.** A non-finite loss on any rank stops every rank with :class:`NonFiniteLoss`, naming
+the step, and leaves the last good checkpoint in place: nothing is written after a bad step. On
+CPU the flag is checked before the optimizer step; on CUDA it is read one step later (so the
+loop never stalls the kernel launch queue) and always before a checkpoint is written.
+
+**No hidden syncs.** The two-stream route is computed from the loader's pinned CPU flags and
+copied asynchronously; the KL uses host scalars; metrics accumulate on the device and are read
+only at log intervals.
 
 This module imports only torch / numpy at module level (the GPU benchmark imports it on a
 machine without webdataset or OpenCV).
@@ -192,7 +197,13 @@ class ShardSource:
 
 
 class SyntheticSource:
-    """Random uint8 faces made on the device (benchmarks and GPU smoke tests; no disk, no workers)."""
+    """Random uint8 faces made on the device (benchmarks and GPU smoke tests; no disk, no workers).
+
+    The ``masked`` flags are CPU tensors (pinned on CUDA), as a real loader delivers them.
+    """
+
+    def _pin(self, t: torch.Tensor) -> torch.Tensor:
+        return t.pin_memory() if self.info.device.type == "cuda" else t
 
     def __init__(self, cfg: TrainConfig, info: DistInfo, num_classes: int = 1000, num_samples: int = 100_000,
                  masked_ratio: float = 0.5):
@@ -211,7 +222,7 @@ class SyntheticSource:
             i += 1
             yield {"images": torch.randint(0, 256, (b, h, w, 3), dtype=torch.uint8, device=dev, generator=g),
                    "labels": torch.randint(0, len(self.classes), (b,), device=dev, generator=g),
-                   "masked": torch.rand(b, generator=gc) < self.masked_ratio,
+                   "masked": self._pin(torch.rand(b, generator=gc) < self.masked_ratio),
                    "worker": 0, "stream_pos": i}
 
 
@@ -379,7 +390,24 @@ def train(cfg: TrainConfig, resume: bool = False, source: Any = None) -> dict:
                 if isinstance(v, (int, float)) and k not in ("step", "epoch"):
                     tb.add_scalar(f"train/{k}", v, rec["step"])
 
+    def check_finite(e) -> None:
+        """Stop on a non-finite loss (``e = (step, epoch, batch, flag, loss)``); nothing is saved after it."""
+        if e is None or e[3].item() == 0:
+            return
+        step_no, ep, bb, _, lval = e
+        msg = (f"non-finite loss ({lval.item()}) at step {step_no} (epoch {ep}, batch {bb}); "
+               f"stopping. The last good checkpoint is kept: "
+               f"{ck_path if last_saved >= 0 else 'none written yet'}"
+               f"{f' (step {last_saved})' if last_saved >= 0 else ''}. Try a lower lr, grad_clip, "
+               f"or amp=bf16 instead of fp16.")
+        emit(msg)
+        write_log({"event": "nonfinite", "step": step_no, "epoch": ep, "batch": bb})
+        raise NonFiniteLoss(msg)
+
     def save(epoch: int, b: int, pos: list[int]) -> None:
+        nonlocal pending
+        check_finite(pending)
+        pending = None
         rngs = _all_gather_object(rng_state(info.device), info)
         all_pos = _all_gather_object(list(pos), info)
         if info.is_main:
@@ -403,6 +431,7 @@ def train(cfg: TrainConfig, resume: bool = False, source: Any = None) -> dict:
         write_log({"event": "start", "step": global_step, "world": world, "global_batch": gb,
                    "steps_per_epoch": spe, "device": str(info.device), "resumed": ckpt is not None})
 
+    pending = None  # CUDA: the last step's non-finite flag, read one step later
     acc = torch.zeros(len(METRIC_KEYS), dtype=torch.float64, device=info.device)
     t_last, n_img = time.perf_counter(), 0
     last_saved = global_step if ckpt is not None else -1
@@ -430,15 +459,9 @@ def train(cfg: TrainConfig, resume: bool = False, source: Any = None) -> dict:
                 bad = (~torch.isfinite(loss.detach())).float()
                 if world > 1:
                     dist.all_reduce(bad)
-                if bad.item() > 0:
-                    msg = (f"non-finite loss ({loss.item()}) at step {global_step + 1} (epoch {epoch}, batch {b}); "
-                           f"stopping. The last good checkpoint is kept: "
-                           f"{ck_path if last_saved >= 0 else 'none written yet'}"
-                           f"{f' (step {last_saved})' if last_saved >= 0 else ''}. Try a lower lr, grad_clip, "
-                           f"or amp=bf16 instead of fp16.")
-                    emit(msg)
-                    write_log({"event": "nonfinite", "step": global_step + 1, "epoch": epoch, "batch": b})
-                    raise NonFiniteLoss(msg)
+                entry = (global_step + 1, epoch, b, bad, loss.detach())
+                if not use_cuda:
+                    check_finite(entry)  # CPU: immediately, before the update
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 if cfg.grad_clip:
@@ -448,6 +471,11 @@ def train(cfg: TrainConfig, resume: bool = False, source: Any = None) -> dict:
                 scaler.update()
                 global_step += 1
                 n_img += images.shape[0]
+                if use_cuda:
+                    # CUDA: read the previous step's flag (long computed: no stall of the launch queue);
+                    # the current one is checked before any checkpoint is written
+                    check_finite(pending)
+                    pending = entry
                 with torch.no_grad():
                     vals = [loss.detach()] + [parts.get(k, torch.zeros((), device=info.device)) for k in METRIC_KEYS[1:-1]]
                     acc += torch.stack([torch.as_tensor(v, device=info.device).double().reshape(()) for v in vals]
@@ -488,6 +516,7 @@ def train(cfg: TrainConfig, resume: bool = False, source: Any = None) -> dict:
                     stop = True
                     break
             del it
+        check_finite(pending)
     finally:
         if bar is not None:
             bar.close()

@@ -7,7 +7,9 @@ Protocol:
   usual IJB-style template pooling);
 * each probe (a masked face) is compared with every template by cosine similarity (or, with
   ``score="mls"``, by the mutual likelihood score of the probe's and the template's Gaussians;
-  a template's σ is the root-mean-square of its images' σ in unit-sphere units);
+  for MLS the template is PFE's fusion of its images' Gaussians (unit-sphere units):
+  ``σ_t² = 1 / Σ_i σ_i⁻²`` and ``μ_t = σ_t² Σ_i μ_i / σ_i²`` per dimension, i.e. the
+  precision-weighted mean, as in Shi & Jain, ICCV 2019, sec. 3.3);
 * the rank of a probe is 1 + the number of templates scoring strictly higher than its true
   identity's template (ties count in the probe's favour);
 * Rank-k accuracy = fraction of probes with rank <= k; the CMC curve is Rank-k for k = 1..G.
@@ -30,15 +32,17 @@ class Templates:
 
     Attributes:
         identities: G identity names (sorted).
-        mu: (G, D) unit templates.
-        sigma: (G, D) template σ (unit-sphere units) or None.
+        mu: (G, D) unit templates (mean of normalised embeddings, re-normalised; cosine).
+        sigma: (G, D) fused template σ (unit-sphere units, PFE fusion) or None.
         counts: (G,) images per identity.
+        mu_fused: (G, D) PFE-fused template means (for MLS) or None.
     """
 
     identities: list[str]
     mu: np.ndarray
     sigma: np.ndarray | None
     counts: np.ndarray
+    mu_fused: np.ndarray | None = None
 
 
 def build_templates(mu: np.ndarray, identities: list[str], sigma_unit: np.ndarray | None = None) -> Templates:
@@ -47,13 +51,15 @@ def build_templates(mu: np.ndarray, identities: list[str], sigma_unit: np.ndarra
     Args:
         mu: (N, D) L2-normalised embeddings.
         identities: N identity names.
-        sigma_unit: (N, D) σ in unit-sphere units (optional); pooled as the RMS over images.
+        sigma_unit: (N, D) σ in unit-sphere units (optional); when given, the PFE fusion of each
+            identity's Gaussians is computed too (``mu_fused``, ``sigma``).
     """
     mu = np.asarray(mu, np.float64)
     names = sorted(set(identities))
     ids = np.array(identities)
     t_mu = np.zeros((len(names), mu.shape[1]))
     t_sig = None if sigma_unit is None else np.zeros((len(names), mu.shape[1]))
+    t_fused = None if sigma_unit is None else np.zeros((len(names), mu.shape[1]))
     counts = np.zeros(len(names), int)
     for g, name in enumerate(names):
         sel = ids == name
@@ -61,8 +67,11 @@ def build_templates(mu: np.ndarray, identities: list[str], sigma_unit: np.ndarra
         m = mu[sel].mean(axis=0)
         t_mu[g] = m / max(np.linalg.norm(m), 1e-12)
         if t_sig is not None:
-            t_sig[g] = np.sqrt(np.mean(np.square(np.asarray(sigma_unit, np.float64)[sel]), axis=0))
-    return Templates(names, t_mu, t_sig, counts)
+            prec = 1.0 / np.maximum(np.square(np.asarray(sigma_unit, np.float64)[sel]), 1e-24)
+            var = 1.0 / prec.sum(axis=0)
+            t_sig[g] = np.sqrt(var)
+            t_fused[g] = var * (prec * mu[sel]).sum(axis=0)
+    return Templates(names, t_mu, t_sig, counts, t_fused)
 
 
 @dataclass
@@ -115,7 +124,8 @@ def similarity_matrix(
         out = np.empty((len(probe_mu), len(templates.identities)))
         for g in range(len(templates.identities)):
             out[:, g] = mutual_likelihood_score(
-                probe_mu, ps, np.broadcast_to(templates.mu[g], probe_mu.shape), np.broadcast_to(templates.sigma[g], ps.shape)
+                probe_mu, ps, np.broadcast_to(templates.mu_fused[g], probe_mu.shape),
+                np.broadcast_to(templates.sigma[g], ps.shape)
             )
         return out
     raise ValueError(f"score must be 'cosine' or 'mls', got {score!r}")

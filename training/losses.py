@@ -150,8 +150,12 @@ def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor, xi: torch.Tensor | float
     """
     dt = _acc_dtype(mu)
     mu, logvar = mu.to(dt), logvar.to(dt)
-    xi_t = xi.to(dt).view(-1, 1) if torch.is_tensor(xi) else torch.tensor(float(xi), dtype=dt, device=mu.device)
-    per_dim = torch.log(xi_t) - 0.5 * logvar + (torch.exp(logvar) + mu * mu) / (2.0 * xi_t * xi_t) - 0.5
+    if torch.is_tensor(xi):
+        xi_t = xi.to(dt).view(-1, 1)
+        per_dim = torch.log(xi_t) - 0.5 * logvar + (torch.exp(logvar) + mu * mu) / (2.0 * xi_t * xi_t) - 0.5
+    else:  # a Python scalar stays on the host: no scalar tensor copied to the device (no sync)
+        xi = float(xi)
+        per_dim = (math.log(xi) - 0.5) - 0.5 * logvar + (torch.exp(logvar) + mu * mu) * (1.0 / (2.0 * xi * xi))
     return per_dim.sum(dim=1) if reduction == "sum" else per_dim.mean(dim=1)
 
 

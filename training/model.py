@@ -93,6 +93,8 @@ class FaceModel(nn.Module):
         masked = masked.to(torch.bool).reshape(-1)
         idx_f, idx_m = torch.nonzero(~masked).squeeze(1), torch.nonzero(masked).squeeze(1)
         if device is not None and idx_f.device != device:
+            if device.type == "cuda":  # pinned: a truly asynchronous copy (pageable would sync the stream)
+                idx_f, idx_m = idx_f.pin_memory(), idx_m.pin_memory()
             idx_f, idx_m = idx_f.to(device, non_blocking=True), idx_m.to(device, non_blocking=True)
         return idx_f, idx_m
 

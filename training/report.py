@@ -11,7 +11,8 @@ Report folder (``--out``, default ``RUN/eval/<set>-<mask side>/``):
 * ``magnitude_hist.png`` -- ‖μ‖ of masked vs unmasked faces;
 * ``worst_pairs.png`` / ``worst_probes.png`` -- contact sheet of the worst false matches and
   false non-matches (or of mis-identified probes);
-* ``embeddings.npz`` -- the per-image μ, σ, branch flags (and pair flags), for recomputation.
+* ``embeddings.npz`` -- the per-image μ, σ, σ/‖μ‖, ‖μ‖, branch flags, and for pairs the is-same
+  flags and per-pair squared-L2 distance and MLS, for recomputation.
 
 A copy of ``metrics.json`` goes to ``RUN/eval/<set>-<task>-<mask side>.json`` so that
 ``maskkit eval --compare RUN_A RUN_B`` can put runs side by side without re-evaluating
@@ -262,11 +263,12 @@ def contact_sheet(path: Path, panels: list[tuple[str, list[tuple[list[np.ndarray
     plt = _plt()
     width_imgs = max([len(imgs) for _, entries in panels for imgs, _ in entries] + [2])
     rows = [max(1, -(-len(entries) // cols)) for _, entries in panels] or [1]
-    fig = plt.figure(figsize=(1.3 * width_imgs * cols, 1.55 * sum(rows) + 0.35 * len(rows)), dpi=110)
+    head = 0.6  # inches above each panel for its heading
+    fig = plt.figure(figsize=(1.3 * width_imgs * cols, 1.55 * sum(rows) + head * len(rows)), dpi=110)
     subs = fig.subfigures(len(rows), 1, height_ratios=rows, squeeze=False)[:, 0] if rows else []
     for sub, (ptitle, entries), nr in zip(subs, panels, rows):
         axes = sub.subplots(nr, cols, squeeze=False)
-        sub.subplots_adjust(left=0.01, right=0.99, bottom=0.02, top=1.0 - 0.35 / (1.55 * nr + 0.35), wspace=0.05, hspace=0.3)
+        sub.subplots_adjust(left=0.01, right=0.99, bottom=0.02, top=1.0 - head / (1.55 * nr + head), wspace=0.05, hspace=0.3)
         for k, ax in enumerate(axes.ravel()):
             ax.set_axis_off()
             if k < len(entries):
@@ -382,9 +384,12 @@ def write_verification_report(run: VerificationRun, out: Path, worst_k: int = 8)
         ("false matches (different id, closest)", _entries(m["worst"]["false_matches"])),
         ("false non-matches (same id, farthest)", _entries(m["worst"]["false_non_matches"])),
     ], f"worst pairs | {title} | mean threshold {m['mean_threshold']:.2f}")
+    none = np.zeros((0,))
     np.savez_compressed(
-        out / "embeddings.npz", mu=run.emb.mu, sigma=run.emb.sigma if run.emb.sigma is not None else np.zeros((0,)),
+        out / "embeddings.npz", mu=run.emb.mu, sigma=run.emb.sigma if run.emb.sigma is not None else none,
+        sigma_unit=run.emb.sigma_unit if run.emb.sigma_unit is not None else none,
         magnitude=run.emb.magnitude, masked=run.emb.masked, issame=run.pairs.issame, names=np.array(run.pairs.names),
+        pair_dist=run.dist, pair_mls=run.mls if run.mls is not None else none,
     )
     files = ["metrics.json", "roc.png", "sigma_hist.png", "magnitude_hist.png", "worst_pairs.png", "embeddings.npz"]
     m["files"] = files
@@ -463,7 +468,8 @@ def evaluate_identification(model, gallery: ImageSet, probes: ImageSet, cfg: Eva
         "protocol": {
             "mask_side": cfg.mask_side, "mask_style": cfg.mask_style, "seed": cfg.seed, "flip": cfg.flip,
             "probes_masked": cfg.probes_masked, "gallery_per_id": cfg.gallery_per_id,
-            "template": "mean of L2-normalised gallery embeddings per identity, re-normalised",
+            "template": "cosine: mean of L2-normalised gallery embeddings per identity, re-normalised; "
+                        "MLS: PFE precision-weighted fusion of the gallery Gaussians",
             "score": "cosine (and MLS with σ)",
         },
         "counts": {
@@ -681,8 +687,8 @@ def run_embed(model_path: str, src: str, out: str, masked: bool = False, flip: b
               device: str = "cpu", detector: str = "hog", progress: bool = True, model=None) -> dict:
     """``maskkit embed``: embed every face under ``src`` into ``out`` (.npz).
 
-    The archive holds ``mu`` (N, D, L2-normalised, flip-summed with ``flip``), ``sigma``
-    (N, D; shape (0,) for models without σ), ``magnitude`` (N,) ‖μ‖ before normalisation,
+    The archive holds ``mu`` (N, D float32, L2-normalised, flip-summed with ``flip``), ``sigma``
+    (N, D float32; shape (0,) for models without σ), ``magnitude`` (N,) ‖μ‖ before normalisation,
     ``masked`` (N,) branch used, ``paths`` and ``identities`` (N,) strings, and ``failures``
     (JSON strings, one per input left out, with the reason).
 
@@ -702,8 +708,8 @@ def run_embed(model_path: str, src: str, out: str, masked: bool = False, flip: b
     tmp = outp.with_name(outp.stem + ".tmp.npz")
     np.savez_compressed(
         tmp,
-        mu=emb.mu if len(images) else np.zeros((0, dim), np.float32),
-        sigma=emb.sigma if emb.sigma is not None else np.zeros((0,), np.float32),
+        mu=emb.mu.astype(np.float32) if len(images) else np.zeros((0, dim), np.float32),
+        sigma=emb.sigma.astype(np.float32) if emb.sigma is not None else np.zeros((0,), np.float32),
         magnitude=emb.magnitude,
         masked=flags,
         paths=np.array(images.paths, dtype=str),

@@ -360,11 +360,11 @@ class Embeddings:
     """Per-image test-time embeddings.
 
     Attributes:
-        mu: (N, D) float32, L2-normalised; with ``flip`` the normalised *sum* of the
+        mu: (N, D) float64, L2-normalised; with ``flip`` the normalised *sum* of the
             embeddings of the image and of its horizontal mirror (insightface).
         magnitude: (N,) ‖μ‖ before normalisation (with ``flip``: ‖(μ + μ_flip) / 2‖), the
             MagFace quality indicator.
-        sigma: (N, D) float32 σ (mean of the two views with ``flip``) or None for models
+        sigma: (N, D) float64 σ (mean of the two views with ``flip``) or None for models
             without a σ head.
         sigma_unit: σ in the units of the normalised μ (σ / ‖mean μ‖, see
             :func:`maskkit.training.uncertainty.normalized_gaussian`) or None.
@@ -433,6 +433,9 @@ def extract_embeddings(
             m = np.concatenate([m, m])
         mu, sigma = model.embed(np.ascontiguousarray(x), m)
         mu, sigma = _as_numpy(mu), _as_numpy(sigma)
+        # all arithmetic from here on in float64 (MLS is sensitive to rounding when σ is small)
+        mu = mu.astype(np.float64)
+        sigma = None if sigma is None else sigma.astype(np.float64)
         if flip:
             k = len(mu) // 2
             mu = (mu[:k] + mu[k:]) / 2.0  # same direction as the sum
@@ -443,12 +446,12 @@ def extract_embeddings(
         else:
             sigmas.append(sigma)
     if n == 0:
-        return Embeddings(np.zeros((0, 0), np.float32), np.zeros(0), None, None, masked)
-    mu = np.concatenate(mus).astype(np.float64)
+        return Embeddings(np.zeros((0, 0)), np.zeros(0), None, None, masked)
+    mu = np.concatenate(mus)
     magnitude = np.linalg.norm(mu, axis=1)
     norm = np.maximum(magnitude, 1e-12)[:, None]
-    mu_n = (mu / norm).astype(np.float32)
+    mu_n = mu / norm
     if has_sigma:
-        sigma = np.concatenate(sigmas).astype(np.float64)
-        return Embeddings(mu_n, magnitude, sigma.astype(np.float32), (sigma / norm).astype(np.float32), masked)
+        sigma = np.concatenate(sigmas)
+        return Embeddings(mu_n, magnitude, sigma, sigma / norm, masked)
     return Embeddings(mu_n, magnitude, None, None, masked)
