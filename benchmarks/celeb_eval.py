@@ -159,9 +159,9 @@ def train_stage(args) -> None:
 def evaluate_stage(args) -> None:
     from rich.console import Console
 
-    from maskkit.training.evalsets import ImageSet, load_image_folder
-    from maskkit.training.report import EvalConfig, compare_table, evaluate_identification, run_eval, \
-        write_identification_report, metrics_table
+    from maskkit.training.evalsets import load_image_folder
+    from maskkit.training.report import (EvalConfig, compare_table, evaluate_identification, metrics_table, run_eval,
+                                         write_identification_report)
 
     out = Path(args.out)
     run = out / f"run_{args.method}"
@@ -226,7 +226,7 @@ def evaluate_stage(args) -> None:
                 "probes": m["counts"]["probes"], "masked": m["counts"]["masked"],
                 "heldout_only_rank1": r4.rank1, "heldout_only_ids": r4.n_identities},
     }
-    write_json(out / "summary.json", summary)
+    write_json(out / f"summary_{args.method}.json", summary)
     print(json.dumps(summary, indent=1, default=float))
 
 

@@ -4,9 +4,6 @@ Heavy imports (torch, onnx, the renderer) happen inside the commands.
 """
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import click
 
 _SIDES = click.Choice(["none", "one", "both"])
@@ -55,7 +52,7 @@ def eval_cmd(model, bin_path, pairs, root, gallery, probes, mask_side, mask_styl
     """
     from rich.console import Console
 
-    from maskkit.training.report import EvalConfig, compare_table, run_eval
+    from maskkit.training.report import compare_table, run_eval
 
     console = Console()
     has_set = any(v is not None for v in (bin_path, pairs, gallery, probes))

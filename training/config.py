@@ -118,7 +118,10 @@ class TrainConfig:
     amp: str = "bf16"
     """``bf16`` autocast, ``fp16`` autocast + GradScaler, or ``none``. Ignored on CPU."""
     channels_last: bool = True
+    """channels_last memory format on CUDA (CPU runs keep NCHW)."""
     compile: bool = False
+    """``torch.compile`` the (DDP-wrapped) model. The two-stream routing has data-dependent branch
+    sizes: dynamo graph-breaks around it and compiles the rest."""
     seed: int = 0
     deterministic: bool = False
     """Deterministic cuDNN/algorithms (slower); CPU runs are deterministic anyway."""

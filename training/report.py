@@ -91,6 +91,12 @@ class EvalConfig:
             raise ValueError("--pairs needs --root (the image folder)")
         if (self.gallery is None) != (self.probes is None):
             raise ValueError("identification needs both --gallery and --probes")
+        from maskkit.render import STYLES
+
+        if self.mask_style != "random" and self.mask_style not in STYLES:
+            raise ValueError(f"mask style must be 'random' or one of {STYLES}, got {self.mask_style!r}")
+        if self.batch_size < 1 or self.gallery_per_id < 1:
+            raise ValueError("batch size and gallery-per-id must be >= 1")
 
     @property
     def task(self) -> str:
@@ -617,6 +623,8 @@ def compare_rows(runs: list[str | Path], records: dict[str, list[dict]] | None =
                 cell = f"{_pct(cos['rank1'])} / {_pct(cos['rank5'])}"
             row[col] = cell
         rows.append(row)
+    side_order = {"none": 0, "one": 1, "both": 2}
+    cols.sort(key=lambda c: (c.rsplit(" ", 2)[0], c.rsplit(" ", 2)[1], side_order.get(c.rsplit("=", 1)[1], 3)))
     return cols, rows
 
 
