@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import time
 import traceback
 from collections import Counter
@@ -220,37 +219,11 @@ def output_names(items: list[SourceItem]) -> dict[str, str]:
     return out
 
 
-def _safe_target(out_root: Path, rel: str) -> Path:
-    """Join ``rel`` under ``out_root`` and refuse anything that would land outside it."""
-    pp = PurePosixPath(rel)
-    if pp.is_absolute() or any(part in ("..", "") for part in pp.parts):
-        raise ValueError(f"unsafe output path {rel!r}")
-    target = out_root.joinpath(*pp.parts)
-    root = out_root.resolve()
-    parent = target.parent.resolve()
-    if parent != root and root not in parent.parents:
-        raise ValueError(f"output path {rel!r} resolves outside --out ({parent})")
-    if target.is_symlink():
-        raise ValueError(f"output path {rel!r} is a symbolic link; not overwritten")
-    return target
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, path)
-
-
-def _r(a, nd=3):
-    return np.round(np.asarray(a, dtype=np.float64), nd).tolist()
-
-
 def _align_chunk(items: list[SourceItem], cfg: AlignConfig, names: dict[str, str], detector=None) -> list[dict]:
     """Worker task: process and write a chunk of files; returns one small record per file."""
     from maskkit.detect import get_detector
     from maskkit.image_io import encode_jpeg
+    from maskkit.runner import rounded as _r, safe_target, write_atomic
 
     if detector is None and not cfg.aligned:
         detector = get_detector(cfg.detector, **cfg.detector_opts)  # once per worker process
@@ -266,8 +239,7 @@ def _align_chunk(items: list[SourceItem], cfg: AlignConfig, names: dict[str, str
                 multi = cfg.faces == "all"
                 for al, face, k in res.faces:
                     rel_out = f"{names[item.rel]}_{k}.jpg" if multi else f"{names[item.rel]}.jpg"
-                    target = _safe_target(out_root, rel_out)
-                    _write_atomic(target, encode_jpeg(al.image, cfg.quality))
+                    write_atomic(safe_target(out_root, rel_out), encode_jpeg(al.image, cfg.quality))
                     rec["records"].append({
                         "src": item.rel, "identity": item.identity, "face": k, "out": rel_out,
                         "size": [int(cfg.size[0]), int(cfg.size[1])],
@@ -283,16 +255,6 @@ def _align_chunk(items: list[SourceItem], cfg: AlignConfig, names: dict[str, str
             rec["failure"] = {"src": item.rel, "reason": res.reason or "no_face", "detail": res.detail}
         results.append(rec)
     return results
-
-
-def _check_output(out: Path) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".maskkit-write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise AlignError(f"output folder {out} is not writable: {exc.strerror or exc}") from exc
 
 
 def _run_shards(cfg: AlignConfig) -> dict:
@@ -337,7 +299,9 @@ def run_align(cfg: AlignConfig) -> dict:
         AlignError: the run cannot proceed (bad arguments, unwritable output, missing model).
     """
     from maskkit.align import parse_size
-    from maskkit.detect import DETECTORS, DetectorUnavailable, make_detector
+    from maskkit.detect import DETECTORS
+    from maskkit.progress import print_summary
+    from maskkit.runner import prepare_run, run_chunks, write_accounting
     from maskkit.sources import iter_sources
 
     src, out = Path(cfg.src), Path(cfg.out)
@@ -355,55 +319,20 @@ def run_align(cfg: AlignConfig) -> dict:
         raise AlignError(str(exc)) from exc
     if cfg.format == "shards":
         return _run_shards(cfg)
-    if out.resolve() == src.resolve():
-        raise AlignError("--out must differ from --src")
-    _check_output(out)
-    detector = None
-    if not cfg.aligned:
-        try:
-            detector = make_detector(cfg.detector, **cfg.detector_opts)  # fail fast, before the pool
-        except (DetectorUnavailable, ValueError) as exc:
-            raise AlignError(str(exc)) from exc
+    detector = prepare_run(src, out, cfg.detector, cfg.detector_opts, cfg.aligned, AlignError)
 
     t_start = time.perf_counter()
     items = iter_sources(src, exclude=[out])
     names = output_names(items)
-    jobs = cfg.jobs if cfg.jobs > 0 else (os.cpu_count() or 1)
-    jobs = max(1, min(jobs, len(items) or 1))
-    chunk = cfg.chunk or max(1, min(32, len(items) // (jobs * 4) or 1))
-    chunks = [items[i:i + chunk] for i in range(0, len(items), chunk)]
-
-    if jobs == 1:
-        gen = (_align_chunk(c, cfg, names, detector) for c in chunks)
-    else:
-        from joblib import Parallel, delayed
-
-        gen = Parallel(n_jobs=jobs, backend="loky", return_as="generator")(
-            delayed(_align_chunk)(c, cfg, names) for c in chunks)
-
-    from maskkit.progress import print_summary, progress_bar
-
-    stats = Counter()
-    reasons: Counter = Counter()
+    gen, jobs = run_chunks(_align_chunk, items, cfg.jobs, max_chunk=32, args=(cfg, names), local=(detector,),
+                           chunk=cfg.chunk)
     timings: Counter = Counter()
-    with open(out / "manifest.jsonl", "w", encoding="utf-8") as man, \
-            open(out / "failures.jsonl", "w", encoding="utf-8") as fail, \
-            progress_bar(len(items), desc="align", disable=not cfg.progress) as bar:
-        for recs in gen:
-            for rec in recs:
-                stats["files"] += 1
-                timings.update(rec["timings"])
-                if rec["failure"] is None:
-                    stats["ok"] += 1
-                    stats["faces"] += len(rec["records"])
-                    for r in rec["records"]:
-                        man.write(json.dumps(r, ensure_ascii=False) + "\n")
-                else:
-                    stats["failed"] += 1
-                    reasons[rec["failure"]["reason"]] += 1
-                    fail.write(json.dumps(rec["failure"], ensure_ascii=False) + "\n")
-            bar.update(len(recs))
-            bar.set_postfix(faces=stats["faces"], failed=stats["failed"], refresh=False)
+
+    def count(rec: dict, stats: Counter) -> None:
+        timings.update(rec["timings"])
+        stats["faces"] += len(rec["records"])  # empty for a failure
+
+    stats, reasons = write_accounting(out, gen, len(items), "align", cfg.progress, count)
     seconds = time.perf_counter() - t_start
     errors = {k: v for k, v in sorted(reasons.items()) if k != "no_face"}
     summary = {

@@ -28,16 +28,6 @@ VARIANTS = ("original", "bright", "dark_gamma", "low_contrast", "crop_tight", "c
             "scale_small", "scale_large", "flip", "rotate")
 
 
-def _sources() -> dict[str, np.ndarray]:
-    import matplotlib.cbook as cbook
-    from PIL import Image
-    from skimage import data
-
-    with cbook.get_sample_data("grace_hopper.jpg") as f:
-        gh = np.asarray(Image.open(f).convert("RGB"))
-    return {"astronaut": np.ascontiguousarray(data.astronaut()), "grace_hopper": gh}
-
-
 def _variants(rgb: np.ndarray, box: tuple[float, float, float, float]) -> dict[str, np.ndarray]:
     """Deterministic variants of one photo; ``box`` is its face box (for the crops)."""
     import cv2
@@ -72,10 +62,11 @@ def build_demo_tree(src: Path) -> int:
     """Write ``src/<identity>/<variant>.jpg`` for both shipped faces; returns the file count."""
     from .detect import make_detector, select_faces
     from .image_io import encode_jpeg
+    from .preview import demo_images
 
     det = make_detector("hog")
     n = 0
-    for ident, rgb in _sources().items():
+    for ident, rgb in demo_images().items():
         faces = select_faces(det.detect(rgb), "largest", rgb.shape)
         if not faces:  # pragma: no cover - both shipped photos hold a clear frontal face
             raise click.ClickException(f"no face found in the shipped {ident} image")

@@ -4,6 +4,8 @@ Heavy imports (torch, onnx, the renderer) happen inside the commands.
 """
 from __future__ import annotations
 
+import sys
+
 import click
 
 _SIDES = click.Choice(["none", "one", "both"])
@@ -110,19 +112,12 @@ def embed(model, src, out, masked, flip, batch_size, device, detector, progress)
     Identity = first sub-folder. Images not already 112x112 are aligned first; files that
     cannot be read or aligned are listed in the archive's ``failures``.
     """
-    from rich.console import Console
-    from rich.table import Table
-
+    from maskkit.progress import print_summary
     from maskkit.training.report import run_embed
 
     s = run_embed(model, src, out, masked=masked, flip=flip, batch_size=batch_size, device=device,
                   detector=detector, progress=progress)
-    t = Table(title="maskkit embed")
-    t.add_column("item")
-    t.add_column("value", justify="right")
-    for k, v in s.items():
-        t.add_row(k, str(v))
-    Console().print(t)
+    print_summary("maskkit embed", s, file=sys.stdout)
 
 
 @click.command("export")

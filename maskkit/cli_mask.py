@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 import traceback
 from collections import Counter
@@ -81,31 +80,21 @@ def _out_rel(rel: str) -> str:
     return p.as_posix()
 
 
-def _safe_target(out_root: Path, rel: str) -> Path:
-    pp = PurePosixPath(rel)
-    if pp.is_absolute() or any(part in ("..", "") for part in pp.parts):
-        raise ValueError(f"unsafe output path {rel!r}")
-    target = out_root.joinpath(*pp.parts)
-    if target.is_symlink():
-        raise ValueError(f"output path {rel!r} is a symbolic link; not overwritten")
-    return target
-
-
 def _write(path: Path, rgb_or_gray: np.ndarray, quality: int) -> None:
+    """Encode as JPEG (``.jpg``/``.jpeg``) or PNG with PIL and write atomically."""
+    import io
+
     from PIL import Image
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    from maskkit.runner import write_atomic
+
+    buf = io.BytesIO()
     im = Image.fromarray(rgb_or_gray)
     if path.suffix.lower() in (".jpg", ".jpeg"):
-        im.save(tmp, format="JPEG", quality=quality)
+        im.save(buf, format="JPEG", quality=quality)
     else:
-        im.save(tmp, format="PNG")
-    os.replace(tmp, path)
-
-
-def _r(a, nd=3):
-    return np.round(np.asarray(a, dtype=np.float64), nd).tolist()
+        im.save(buf, format="PNG")
+    write_atomic(path, buf.getvalue())
 
 
 def mask_file(item, detector, renderer, cfg: MaskConfig) -> dict:
@@ -117,6 +106,7 @@ def mask_file(item, detector, renderer, cfg: MaskConfig) -> dict:
     from maskkit.detect import Face, landmarks_in_box, select_faces
     from maskkit.image_io import ImageError, load_image
     from maskkit.render import CannotFit
+    from maskkit.runner import rounded as _r, safe_target
 
     rec = {"src": item.rel, "records": [], "failure": None, "faces": 0}
 
@@ -161,11 +151,10 @@ def mask_file(item, detector, renderer, cfg: MaskConfig) -> dict:
             rec["records"].append(r)
         if not any(r["masked"] for r in rec["records"]):
             return fail("cannot_fit", "; ".join(reasons))
-        target = _safe_target(Path(cfg.out), out_rel)
-        _write(target, img, cfg.quality)
+        _write(safe_target(Path(cfg.out), out_rel), img, cfg.quality)
         if cfg.coverage:
             p = PurePosixPath(out_rel)
-            _write(_safe_target(Path(cfg.out), (p.parent / (p.stem + ".mask.png")).as_posix()),
+            _write(safe_target(Path(cfg.out), (p.parent / (p.stem + ".mask.png")).as_posix()),
                    np.clip(cov * 255 + 0.5, 0, 255).astype(np.uint8), cfg.quality)
         rec["faces"] = sum(r["masked"] for r in rec["records"])
     except (OSError, ValueError) as exc:
@@ -193,9 +182,10 @@ def run_mask(cfg: MaskConfig) -> dict:
     Raises:
         MaskError: the run cannot proceed.
     """
-    from maskkit.detect import DETECTORS, DetectorUnavailable, make_detector
-    from maskkit.progress import print_summary, progress_bar
+    from maskkit.detect import DETECTORS
+    from maskkit.progress import print_summary
     from maskkit.render import STYLES, MaskRenderer
+    from maskkit.runner import prepare_run, run_chunks, write_accounting
     from maskkit.sources import iter_sources
 
     src, out = Path(cfg.src), Path(cfg.out)
@@ -207,21 +197,7 @@ def run_mask(cfg: MaskConfig) -> dict:
         raise MaskError(f"--faces must be one of {FACE_POLICIES}")
     if cfg.detector not in DETECTORS:
         raise MaskError(f"--detector must be one of {DETECTORS}, got {cfg.detector!r}")
-    if src.resolve() == out.resolve():
-        raise MaskError("--out must differ from --src")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".maskkit-write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise MaskError(f"output folder {out} is not writable: {exc.strerror or exc}") from exc
-    detector = None
-    if not cfg.aligned:
-        try:
-            detector = make_detector(cfg.detector, **cfg.detector_opts)
-        except (DetectorUnavailable, ValueError) as exc:
-            raise MaskError(str(exc)) from exc
+    detector = prepare_run(src, out, cfg.detector, cfg.detector_opts, cfg.aligned, MaskError)
     try:
         renderer = MaskRenderer()
     except FileNotFoundError as exc:
@@ -229,38 +205,18 @@ def run_mask(cfg: MaskConfig) -> dict:
 
     t0 = time.perf_counter()
     items = iter_sources(src, exclude=[out])
-    jobs = cfg.jobs if cfg.jobs > 0 else (os.cpu_count() or 1)
-    jobs = max(1, min(jobs, len(items) or 1))
-    chunk = max(1, min(16, len(items) // (jobs * 4) or 1))
-    chunks = [items[i:i + chunk] for i in range(0, len(items), chunk)]
-    if jobs == 1:
-        gen = (_mask_chunk(c, cfg, detector, renderer) for c in chunks)
-    else:
-        from joblib import Parallel, delayed
+    gen, jobs = run_chunks(_mask_chunk, items, cfg.jobs, max_chunk=16, args=(cfg,), local=(detector, renderer))
+    styles: Counter = Counter()
 
-        gen = Parallel(n_jobs=jobs, backend="loky", return_as="generator")(delayed(_mask_chunk)(c, cfg) for c in chunks)
-    stats, reasons, styles = Counter(), Counter(), Counter()
-    with open(out / "manifest.jsonl", "w", encoding="utf-8") as man, \
-            open(out / "failures.jsonl", "w", encoding="utf-8") as fail, \
-            progress_bar(len(items), desc="mask", disable=not cfg.progress) as bar:
-        for recs in gen:
-            for rec in recs:
-                stats["files"] += 1
-                if rec["failure"] is None:
-                    stats["ok"] += 1
-                    for r in rec["records"]:
-                        man.write(json.dumps(r, ensure_ascii=False) + "\n")
-                        if r["masked"]:
-                            stats["faces"] += 1
-                            styles[r["style"]] += 1
-                        else:
-                            stats["faces_unfit"] += 1
-                else:
-                    stats["failed"] += 1
-                    reasons[rec["failure"]["reason"]] += 1
-                    fail.write(json.dumps(rec["failure"], ensure_ascii=False) + "\n")
-            bar.update(len(recs))
-            bar.set_postfix(faces=stats["faces"], failed=stats["failed"], refresh=False)
+    def count(rec: dict, stats: Counter) -> None:
+        for r in rec["records"]:  # empty for a failure
+            if r["masked"]:
+                stats["faces"] += 1
+                styles[r["style"]] += 1
+            else:
+                stats["faces_unfit"] += 1
+
+    stats, reasons = write_accounting(out, gen, len(items), "mask", cfg.progress, count)
     seconds = time.perf_counter() - t0
     summary = {
         "files": stats["files"], "ok": stats["ok"], "failed": stats["failed"], "faces": stats["faces"],

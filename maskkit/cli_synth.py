@@ -41,13 +41,9 @@ def _parse_size(text: str) -> tuple[int, int]:
 
 
 def _print_summary(title: str, rows: list[tuple[str, str]]) -> None:
-    try:
-        from .progress import print_summary
+    from .progress import print_summary
 
-        print_summary(title, dict(rows))
-    except ImportError:  # pragma: no cover - the shared helper ships with the package
-        for k, v in rows:
-            click.echo(f"{k:>28}  {v}", err=True)
+    print_summary(title, dict(rows))
 
 
 @click.command("synth")

@@ -227,17 +227,30 @@ class Detector:
         return f"{type(self).__name__}({opts})"
 
 
-class HogDetector(Detector):
+class _DlibDetector(Detector):
+    """A dlib detector run on a copy downscaled to ``max_side``; subclasses load ``_det``."""
+
+    def __init__(self, upsample: int, max_side: int, threshold: float) -> None:
+        self.upsample = int(upsample)
+        self.max_side = int(max_side)
+        self.threshold = float(threshold)
+        self._det = self._load()
+        _shape_predictor()
+
+    def _load(self):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class HogDetector(_DlibDetector):
     """dlib frontal HOG + linear SVM detector."""
 
     name = "hog"
 
     def __init__(self, upsample: int = 1, max_side: int = 1024, threshold: float = 0.0) -> None:
-        self.upsample = int(upsample)
-        self.max_side = int(max_side)
-        self.threshold = float(threshold)
-        self._det = _cached("hog", "frontal", lambda: _dlib().get_frontal_face_detector())
-        _shape_predictor()
+        super().__init__(upsample, max_side, threshold)
+
+    def _load(self):
+        return _cached("hog", "frontal", lambda: _dlib().get_frontal_face_detector())
 
     def detect_boxes(self, rgb):
         small, s = _downscale(rgb, self.max_side)
@@ -254,18 +267,17 @@ class HogDetector(Detector):
 CNN_TO_DLIB = (0.0, 0.02, 1.0)
 
 
-class CnnDetector(Detector):
+class CnnDetector(_DlibDetector):
     """dlib MMOD CNN detector (``mmod_human_face_detector.dat``)."""
 
     name = "cnn"
 
     def __init__(self, upsample: int = 1, max_side: int = 800, threshold: float = 0.0) -> None:
-        self.upsample = int(upsample)
-        self.max_side = int(max_side)
-        self.threshold = float(threshold)
+        super().__init__(upsample, max_side, threshold)
+
+    def _load(self):
         path = model_file("mmod_human_face_detector.dat")
-        self._det = _cached("cnn", str(path), lambda: _dlib().cnn_face_detection_model_v1(str(path)))
-        _shape_predictor()
+        return _cached("cnn", str(path), lambda: _dlib().cnn_face_detection_model_v1(str(path)))
 
     def detect_boxes(self, rgb):
         small, s = _downscale(rgb, self.max_side)

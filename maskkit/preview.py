@@ -19,29 +19,35 @@ matplotlib's grace_hopper.jpg) with::
 from __future__ import annotations
 
 import argparse
-import io
 import json
-import tarfile
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from maskkit.render import STYLES, CannotFit, MaskRenderer
 
-__all__ = ["face_crop", "styles_grid", "contact_sheet", "demo_faces", "write_demo", "load_source_faces", "preview"]
+__all__ = ["face_crop", "styles_grid", "contact_sheet", "demo_images", "demo_faces", "write_demo", "load_source_faces", "preview"]
 
 CELL = 160
 _LABEL_H = 22
 
 
 def face_crop(rgb: np.ndarray, lm: np.ndarray, size: int = CELL, zoom: float = 1.0) -> np.ndarray:
-    """A square crop around a face (from its landmarks), resized to ``size`` (border padded)."""
+    """A square crop around a face (from its landmarks), resized to ``size``.
+
+    The window is 1.45x the landmark extent, centred on the face, then kept inside the image:
+    shifted away from the edges, and no larger than the image's short side. So an ArcFace crop
+    (chin close to the bottom edge) or a face near a photo's border fills the cell with image
+    pixels instead of a padded strip; only an image smaller than the window is still padded.
+    """
     import cv2
 
     lm = np.asarray(lm, dtype=np.float64)
+    h, w = rgb.shape[:2]
     c = np.array([0.5 * (lm[:, 0].min() + lm[:, 0].max()), 0.5 * (lm[27, 1] + lm[8, 1])])
-    side = max(np.ptp(lm[:, 0]), np.ptp(lm[:, 1])) * 1.45 / zoom
+    side = min(max(np.ptp(lm[:, 0]), np.ptp(lm[:, 1])) * 1.45 / zoom, float(min(h, w)))
+    c = np.clip(c, side / 2, np.array([w, h]) - side / 2)
     s = size / max(side, 1e-6)
     m = np.array([[s, 0, size / 2 - s * c[0]], [0, s, size / 2 - s * c[1]]])
     interp = cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR
@@ -100,19 +106,24 @@ def styles_grid(faces: Sequence[Tuple[np.ndarray, np.ndarray]], styles: Sequence
     return rows, ["face"] + list(styles)
 
 
-def demo_faces() -> List[Tuple[np.ndarray, np.ndarray]]:
-    """The dependency-shipped faces (astronaut, grace_hopper) with dlib landmarks."""
+def demo_images() -> Dict[str, np.ndarray]:
+    """The dependency-shipped photos: scikit-image's astronaut and matplotlib's grace_hopper.jpg."""
     import matplotlib.cbook as cbook
     from PIL import Image
     from skimage import data
 
+    with cbook.get_sample_data("grace_hopper.jpg") as f:
+        hopper = np.asarray(Image.open(f).convert("RGB"))
+    return {"astronaut": np.ascontiguousarray(data.astronaut()), "grace_hopper": hopper}
+
+
+def demo_faces() -> List[Tuple[np.ndarray, np.ndarray]]:
+    """The dependency-shipped faces (:func:`demo_images`) with dlib landmarks."""
     from maskkit.detect import make_detector
 
     det = make_detector("hog")
     out = []
-    with cbook.get_sample_data("grace_hopper.jpg") as f:
-        hopper = np.asarray(Image.open(f).convert("RGB"))
-    for rgb in (data.astronaut(), hopper):
+    for rgb in demo_images().values():
         faces = det.detect(rgb)
         if not faces:
             raise RuntimeError("no face found in a demo image")
@@ -142,28 +153,6 @@ def write_demo(path: Path, seeds: Sequence[int] = (0, 1, 2), size: int = CELL) -
 # --------------------------------------------------------------------------------------------
 # sources
 # --------------------------------------------------------------------------------------------
-def _decode(data: bytes) -> np.ndarray:
-    from PIL import Image
-
-    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
-
-
-def _iter_shard_samples(folder: Path) -> Iterable[Tuple[str, np.ndarray, dict]]:
-    """(key, rgb, meta) of every sample in the ``*.tar`` shards of a FORMAT.md shard set."""
-    for tar_path in sorted(folder.glob("*.tar")):
-        with tarfile.open(tar_path) as tf:
-            group: Dict[str, Dict[str, bytes]] = {}
-            for m in tf.getmembers():
-                if not m.isfile():
-                    continue
-                key, _, ext = m.name.partition(".")
-                group.setdefault(key, {})[ext] = tf.extractfile(m).read()
-            for key in sorted(group):
-                g = group[key]
-                if "jpg" in g and "json" in g:
-                    yield key, _decode(g["jpg"]), json.loads(g["json"])
-
-
 def load_source_faces(src: Path, n: int = 6, aligned: bool = False, detector: str = "hog"):
     """Classify ``src`` and collect what to show.
 
@@ -174,14 +163,21 @@ def load_source_faces(src: Path, n: int = 6, aligned: bool = False, detector: st
     src = Path(src)
     if src.is_dir() and (src / "manifest.json").exists() and list(src.glob("*.tar")):
         # what synth wrote (masked samples, by style) when there is any; else mask the plain ones
+        from maskkit.image_io import decode_image
+        from maskkit.shards import read_samples
+
         faces, masked = [], {s: [] for s in STYLES}
-        for _key, rgb, meta in _iter_shard_samples(src):
+        for sample in read_samples(src):
+            meta = sample.get("json")
+            if sample.get("jpg") is None or not isinstance(meta, dict):
+                continue
             lm = meta.get("landmarks68")
             if meta.get("masked") and meta.get("style") in masked:
                 if len(masked[meta["style"]]) < n:
+                    rgb = decode_image(sample["jpg"])
                     masked[meta["style"]].append(face_crop(rgb, np.asarray(lm, np.float64)) if lm else _square(rgb))
             elif not meta.get("masked") and lm and len(faces) < n:
-                faces.append((rgb, np.asarray(lm, np.float64)))
+                faces.append((decode_image(sample["jpg"]), np.asarray(lm, np.float64)))
             if all(len(v) >= n for v in masked.values()):
                 break
         if any(masked.values()):

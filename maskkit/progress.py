@@ -13,18 +13,31 @@ import sys
 from contextlib import contextmanager
 from typing import Iterable, Iterator, Mapping, TypeVar
 
-__all__ = ["track", "progress_bar", "print_summary", "format_value"]
+__all__ = ["track", "progress_bar", "make_bar", "print_summary", "format_value"]
 
 T = TypeVar("T")
 
 _BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}{postfix}]"
 
 
-def _tqdm(total: int | None, desc: str, unit: str, disable: bool | None):
+def make_bar(total: int | None, desc: str = "", unit: str = "img", disable: bool | None = None, initial: int = 0):
+    """A tqdm bar (count, rate, ETA on stderr) that the caller closes; prefer :func:`progress_bar`.
+
+    Args:
+        total: expected count (``None``: unknown, no ETA).
+        desc: label.
+        unit: unit for the rate.
+        disable: ``True`` hides the bar; ``None`` lets tqdm decide.
+        initial: count already done (a resumed run): the bar starts there, the rate from zero.
+    """
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, file=sys.stderr,
-                bar_format=_BAR_FORMAT if total else None, disable=disable, smoothing=0.1)
+    bar = tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, file=sys.stderr,
+               bar_format=_BAR_FORMAT if total else None, disable=disable, smoothing=0.1)
+    if initial:
+        bar.initial = bar.n = bar.last_print_n = initial
+        bar.refresh()
+    return bar
 
 
 def track(iterable: Iterable[T], total: int | None = None, desc: str = "", unit: str = "img",
@@ -43,7 +56,7 @@ def track(iterable: Iterable[T], total: int | None = None, desc: str = "", unit:
             total = len(iterable)  # type: ignore[arg-type]
         except TypeError:
             total = None
-    bar = _tqdm(total, desc, unit, disable)
+    bar = make_bar(total, desc, unit, disable)
     try:
         for x in iterable:
             yield x
@@ -53,9 +66,11 @@ def track(iterable: Iterable[T], total: int | None = None, desc: str = "", unit:
 
 
 @contextmanager
-def progress_bar(total: int | None, desc: str = "", unit: str = "img", disable: bool | None = None):
-    """Context manager yielding a bar with ``.update(n)`` and ``.set_postfix(**kv)``."""
-    bar = _tqdm(total, desc, unit, disable)
+def progress_bar(total: int | None, desc: str = "", unit: str = "img", disable: bool | None = None,
+                 initial: int = 0):
+    """Context manager yielding a bar with ``.update(n)`` and ``.set_postfix(**kv)`` (see
+    :func:`make_bar` for the arguments)."""
+    bar = make_bar(total, desc, unit, disable, initial)
     try:
         yield bar
     finally:

@@ -94,15 +94,7 @@ def _fsync_dir(path: Path) -> None:
 
 def write_json_atomic(path: str | os.PathLike, obj, indent: int | None = 2) -> None:
     """Write JSON to ``path`` via a temporary file, fsync and rename (readers never see half a file)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    data = json.dumps(obj, indent=indent, sort_keys=False, ensure_ascii=False).encode("utf-8") + b"\n"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    write_bytes_atomic(path, json.dumps(obj, indent=indent, sort_keys=False, ensure_ascii=False).encode("utf-8") + b"\n")
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
@@ -318,9 +310,9 @@ def iter_shard(path: str | os.PathLike) -> Iterator[dict]:
 
 
 def _shard_paths(data_dir: Path) -> list[Path]:
-    mp = data_dir / "manifest.json"
-    if mp.exists():
-        return [data_dir / s["name"] for s in read_manifest(data_dir)["shards"]]
+    listed = read_manifest(data_dir).get("shards") if (data_dir / "manifest.json").exists() else None
+    if listed is not None:
+        return [data_dir / s["name"] for s in listed]
     return sorted(data_dir.glob("*.tar"))
 
 

@@ -357,17 +357,9 @@ class _Face:
     score: float | None
     crop: np.ndarray  # source-resolution region holding the face (or the aligned crop)
     lm: np.ndarray    # 68 landmarks in crop coordinates
-    plain: Any = None  # maskkit.align.Aligned (or a stand-in for aligned input)
+    plain: Any = None  # maskkit.align.Aligned (the identity transform for aligned input)
     render: Any = None  # MaskResult
     style: str | None = None
-
-
-@dataclass
-class _AlignedCrop:
-    image: np.ndarray
-    matrix: np.ndarray
-    landmarks5: np.ndarray
-    landmarks68: np.ndarray
 
 
 def _jsonable(x):
@@ -430,7 +422,7 @@ def _phase1(chunk: Chunk, cfg: SynthConfig, det, tm: Counter) -> tuple[list[_Fac
     """Decode, find one face per file (or all), fit the alignment. Returns faces, failures, file->nfaces."""
     import cv2
 
-    from .align import align_face, five_points
+    from .align import Aligned, align_face, five_points
     from .detect import landmarks_in_box, select_faces
     from .image_io import ImageError
 
@@ -486,7 +478,7 @@ def _phase1(chunk: Chunk, cfg: SynthConfig, det, tm: Counter) -> tuple[list[_Fac
                         raise ValueError("non-finite landmarks")
                     if cfg.aligned:
                         crop, lmc = np.ascontiguousarray(rgb), lm
-                        plain = _AlignedCrop(crop, np.array([[1, 0, 0], [0, 1, 0]], np.float32), five_points(lm), lm)
+                        plain = Aligned(crop, np.array([[1, 0, 0], [0, 1, 0]], np.float32), five_points(lm), lm)
                     else:
                         full = align_face(rgb, lm, size=cfg.size)
                         x0, y0, x1, y1 = _source_region(rgb.shape, lm, np.asarray(full.matrix, np.float64), cfg.size)
@@ -526,7 +518,7 @@ def process_chunk(chunk: Chunk, cfg: SynthConfig) -> ChunkResult:
     """
     import cv2
 
-    from .align import align_face
+    from .align import Aligned, align_face
     from .image_io import encode_jpeg
 
     det, ren = _models(cfg)
@@ -577,7 +569,7 @@ def process_chunk(chunk: Chunk, cfg: SynthConfig) -> ChunkResult:
         mal = mask_u8 = None
         if is_masked:
             if cfg.aligned:
-                mal = _AlignedCrop(f.render.image, f.plain.matrix, f.plain.landmarks5, f.plain.landmarks68)
+                mal = Aligned(f.render.image, f.plain.matrix, f.plain.landmarks5, f.plain.landmarks68)
                 alpha = f.render.alpha
             else:
                 mal = align_face(f.render.image, f.lm, size=cfg.size)
@@ -847,24 +839,12 @@ def _merge(total: dict, st: dict) -> None:
 
 
 def _progress(total: int, initial: int, enabled: bool):
-    """A progress bar over input files (img/s and ETA) -- ``maskkit.progress`` when present."""
+    """A progress bar over input files (img/s and ETA); a resumed run starts at ``initial``."""
     if not enabled:
         return nullcontext(None)
-    try:
-        from .progress import progress_bar
-    except ImportError:  # pragma: no cover - the shared helper is part of the package
-        from tqdm import tqdm
+    from .progress import progress_bar
 
-        return tqdm(total=total, initial=initial, desc="synth", unit="img", file=sys.stderr)
-
-    @contextmanager
-    def bar():
-        with progress_bar(total=total, desc="synth", unit="img") as b:
-            if initial:  # resumed: start the count there, the rate from zero
-                b.initial = b.n = b.last_print_n = initial
-                b.refresh()
-            yield b
-    return bar()
+    return progress_bar(total=total, desc="synth", unit="img", initial=initial)
 
 
 def run_synth(cfg: SynthConfig) -> SynthResult:
@@ -888,7 +868,13 @@ def run_synth(cfg: SynthConfig) -> SynthResult:
             make_detector(cfg.detector, **cfg.detector_opts)
         except Exception as exc:  # noqa: BLE001 - DetectorUnavailable, bad options
             raise SynthError(f"detector {cfg.detector!r} cannot run: {exc}") from exc
-    cfg.out.mkdir(parents=True, exist_ok=True)
+    if cfg.out.exists() and not cfg.out.is_dir():
+        raise SynthError(f"--out {cfg.out} exists and is not a folder")
+    try:
+        cfg.out.mkdir(parents=True, exist_ok=True)
+        (cfg.out / ".synth.lock").touch()
+    except OSError as exc:
+        raise SynthError(f"--out {cfg.out} is not writable: {exc.strerror or exc}") from exc
     with _out_lock(cfg.out):
         return _run_locked(cfg, t_start)
 

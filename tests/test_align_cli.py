@@ -12,8 +12,9 @@ import pytest
 from click.testing import CliRunner
 
 from maskkit.cli import main
-from maskkit.cli_align import AlignConfig, _safe_target, output_names, run_align
+from maskkit.cli_align import AlignConfig, output_names, run_align
 from maskkit.image_io import load_image
+from maskkit.runner import safe_target
 from maskkit.sources import SourceItem, iter_sources
 from zoo import FORTY_FACES, ZOO_FACE_COUNTS, make_zoo
 
@@ -122,9 +123,9 @@ def test_paths_cannot_escape_out(tmp_path, astronaut):
     out = tmp_path / "out"
     out.mkdir()
     with pytest.raises(ValueError):
-        _safe_target(out, "../evil.jpg")
+        safe_target(out, "../evil.jpg")
     with pytest.raises(ValueError):
-        _safe_target(out, "/etc/evil.jpg")
+        safe_target(out, "/etc/evil.jpg")
     src = tmp_path / "src"
     (src / "people").mkdir(parents=True)
     Image.fromarray(astronaut).save(src / "people" / "astronaut.png")

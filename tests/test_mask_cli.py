@@ -1,10 +1,8 @@
 """``maskkit mask`` and ``maskkit preview`` end to end on real photos."""
 from __future__ import annotations
 
-import io
 import json
 import shutil
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -123,6 +121,11 @@ def _sheet(path):
     return im
 
 
+def _dark_share(rgb: np.ndarray) -> float:
+    """Share of near-black pixels (every channel below 40)."""
+    return float((rgb.astype(int).max(-1) < 40).mean())
+
+
 def test_preview_from_a_folder_of_photos(src_tree, tmp_path):
     out = tmp_path / "sheet.png"
     res = _run(["preview", str(src_tree / "people"), "-o", str(out), "--n", "2"])
@@ -152,38 +155,43 @@ def test_preview_from_a_shard_set(celeb_aligned, tmp_path):
     """A FORMAT.md shard set: unmasked samples with landmarks are masked in every style."""
     from maskkit.detect import landmarks_in_box
     from maskkit.image_io import encode_jpeg, load_image
+    from maskkit.shards import Sample, ShardSink
 
     shards = tmp_path / "shards"
-    shards.mkdir()
     ident = sorted(p for p in celeb_aligned.iterdir() if p.is_dir())[1]
-    with tarfile.open(shards / "train-000000.tar", "w") as tf:
+    with ShardSink(shards, shard_samples=100) as sink:  # train-000000.tar
         for k, f in enumerate(sorted(ident.glob("*.jpg"))[:3]):
             rgb = load_image(f)
             meta = {"label": 0, "identity": ident.name, "src": f.name, "face": 0, "masked": False, "style": None,
                     "mask": None, "landmarks5": [[0, 0]] * 5,
                     "landmarks68": landmarks_in_box(rgb).round(2).tolist(), "score": None, "twin": None}
-            for ext, data in (("jpg", encode_jpeg(rgb)), ("json", json.dumps(meta).encode())):
-                ti = tarfile.TarInfo(f"s{k:04d}.{ext}")
-                ti.size = len(data)
-                tf.addfile(ti, io.BytesIO(data))
+            sink.add(Sample(f"s{k:04d}", encode_jpeg(rgb), meta))
+    # a bare manifest (no shard list): the reader takes every *.tar in the folder
     (shards / "manifest.json").write_text(json.dumps({"format": "maskkit-shards", "version": 1}))
     res = _run(["preview", str(shards), "-o", str(tmp_path / "s.png"), "--styles", "n95,cloth", "--n", "2"])
     info = json.loads(res.output.strip().splitlines()[-1])
     assert info == {"kind": "faces", "faces": 2, "rows": 2, "columns": 3, "out": str(tmp_path / "s.png")}
+    # the face cells show image pixels down to their last row: an ArcFace crop's chin sits near
+    # its bottom edge, and a crop window hanging over that edge used to leave a dark strip
+    from maskkit.preview import _LABEL_H, CELL
+
+    sheet = _sheet(tmp_path / "s.png")
+    for i, f in enumerate(sorted(ident.glob("*.jpg"))[:2]):
+        src_bottom = load_image(f)[-8:]
+        cell = sheet[_LABEL_H + i * (CELL + 2):_LABEL_H + i * (CELL + 2) + CELL, 2:2 + CELL]
+        assert _dark_share(cell[-12:]) <= _dark_share(src_bottom) + 0.1
+        assert abs(cell[-12:].mean() - src_bottom.mean()) < 25
     # with masked samples in the set, the sheet shows those, by style
     from maskkit.render import render_mask
 
-    with tarfile.open(shards / "train-000001.tar", "w") as tf:
+    with ShardSink(shards, shard_samples=100, start_index=1) as sink:  # train-000001.tar
         for k, f in enumerate(sorted(ident.glob("*.jpg"))[3:6]):
             rgb = load_image(f)
             lm = landmarks_in_box(rgb)
             res = render_mask(rgb, lm, "kn95", np.random.default_rng(k))
             meta = {"label": 0, "identity": ident.name, "src": f.name, "face": 0, "masked": True, "style": "kn95",
                     "mask": res.params, "landmarks5": [[0, 0]] * 5, "landmarks68": lm.round(2).tolist()}
-            for ext, data in (("jpg", encode_jpeg(res.image)), ("json", json.dumps(meta).encode())):
-                ti = tarfile.TarInfo(f"m{k:04d}.{ext}")
-                ti.size = len(data)
-                tf.addfile(ti, io.BytesIO(data))
+            sink.add(Sample(f"m{k:04d}", encode_jpeg(res.image), meta))
     res = _run(["preview", str(shards), "-o", str(tmp_path / "s2.png"), "--n", "2"])
     info = json.loads(res.output.strip().splitlines()[-1])
     assert info["kind"] == "masked" and info["faces"] == 2 and info["columns"] == 1

@@ -423,3 +423,21 @@ def test_second_concurrent_writer_is_refused(celeb_aligned, tmp_path):
             run_synth(SynthConfig(src=sub, out=out, aligned=True, progress=False))
     run_synth(SynthConfig(src=sub, out=out, aligned=True, progress=False))
     assert sorted(p.name for p in out.iterdir()) == ["failures.jsonl", "manifest.json", "train-000000.tar"]
+
+
+def test_out_not_a_writable_folder_is_a_clear_error(celeb_aligned, tmp_path):
+    """--out that is a file, or lies under a file, gives SynthError (a one-line CLI error), not an OSError."""
+    from click.testing import CliRunner
+
+    from maskkit.cli_synth import synth
+
+    sub = subset_tree(celeb_aligned, tmp_path / "sub", per_identity=2, identities=1)
+    afile = tmp_path / "afile"
+    afile.write_bytes(b"x")
+    with pytest.raises(SynthError, match="not a folder"):
+        run_synth(SynthConfig(src=sub, out=afile, aligned=True, progress=False))
+    with pytest.raises(SynthError, match="not writable"):
+        run_synth(SynthConfig(src=sub, out=afile / "shards", aligned=True, progress=False))
+    res = CliRunner().invoke(synth, ["--src", str(sub), "--out", str(afile / "shards"), "--aligned", "-q"])
+    assert res.exit_code == 1 and "not writable" in res.output and "Traceback" not in res.output
+    assert afile.read_bytes() == b"x"

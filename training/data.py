@@ -36,7 +36,6 @@ normalises on the device as ``(x - 127.5) / 127.5``.
 from __future__ import annotations
 
 import json
-import os
 import logging
 import random
 from dataclasses import dataclass
@@ -110,20 +109,6 @@ def augment(img: np.ndarray, rng: np.random.Generator, pad: int, hflip: bool) ->
     return np.ascontiguousarray(img)
 
 
-def decode_jpeg(data: bytes, size: tuple[int, int]) -> np.ndarray:
-    """JPEG/PNG bytes -> RGB uint8 of ``size`` (H, W); resized (with a warning) when different."""
-    import cv2
-
-    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if arr is None:
-        raise ValueError("decode_error")
-    arr = arr[:, :, ::-1]
-    if arr.shape[:2] != tuple(size):
-        log.warning("sample of size %s resized to %s", arr.shape[:2], size)
-        arr = cv2.resize(np.ascontiguousarray(arr), (size[1], size[0]), interpolation=cv2.INTER_AREA)
-    return arr
-
-
 def _worker() -> tuple[int, int]:
     info = torch.utils.data.get_worker_info()
     return (0, 1) if info is None else (info.id, info.num_workers)
@@ -192,13 +177,15 @@ class ShardStream(torch.utils.data.IterableDataset):
             cycle += 1
 
     def _decode(self, sample: dict, rng: np.random.Generator) -> tuple[np.ndarray, int, bool] | None:
+        from maskkit.image_io import decode_crop
+
         key = sample.get("__key__", "?")
         try:
             meta = json.loads(sample["json"])
             data = sample.get("jpg", sample.get("jpeg", sample.get("png")))
             if data is None:
                 raise KeyError("no jpg member")
-            img = decode_jpeg(data, self.image_size)
+            img = decode_crop(data, self.image_size)  # resized, with a warning, when of another size
             label = int(meta["label"])
             masked = bool(meta.get("masked", False))
         except Exception as exc:  # a bad sample is logged and skipped, never silently dropped
@@ -254,47 +241,39 @@ def make_loader(stream: ShardStream, num_workers: int, seed: int = 0) -> torch.u
 
 def write_shards(out: str | Path, samples: list[dict], classes: list[str], shard_samples: int = 1000,
                  split: str = "train", quality: int = 95, command: str = "") -> ShardSet:
-    """Minimal FORMAT.md writer (tests, benchmarks): ``samples`` are dicts with ``key``, ``image``
-    (RGB uint8), ``label``, and optional ``masked``, ``style``, ``src``, ``landmarks5``.
+    """Write in-memory faces as a FORMAT.md shard set (tests, benchmarks) with maskkit's writer.
 
-    Uses ``webdataset.TarWriter``; the manifest is written last. The full writer, with masks,
-    failures and resumability, is :mod:`maskkit.shards` (``maskkit synth``).
+    ``samples`` are dicts with ``key``, ``image`` (RGB uint8), ``label``, and optional
+    ``masked``, ``style``, ``src``, ``landmarks5``. The shards go through
+    :class:`maskkit.shards.ShardSink` (the writer of ``maskkit synth``: atomic, deterministic,
+    sha256 per shard); the manifest is written last. No render parameters are known here, so
+    masked samples carry ``"mask": None``.
     """
-    import cv2
-    import webdataset as wds
+    from maskkit.image_io import encode_jpeg
+    from maskkit.shards import FORMAT_NAME, FORMAT_VERSION, Sample, ShardSink, write_bytes_atomic, write_json_atomic
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    shards, per_class = [], {c: {"samples": 0, "masked": 0} for c in classes}
+    per_class = {c: {"samples": 0, "masked": 0} for c in classes}
     styles: dict[str, int] = {}
-    for si in range(0, max(1, len(samples)), shard_samples):
-        name = f"{split}-{si // shard_samples:06d}.tar"
-        chunk = samples[si:si + shard_samples]
-        with wds.TarWriter(str(out / name)) as tw:
-            for s in chunk:
-                ok, jpg = cv2.imencode(".jpg", np.ascontiguousarray(s["image"][:, :, ::-1]),
-                                       [cv2.IMWRITE_JPEG_QUALITY, quality])
-                if not ok:
-                    raise ValueError(f"cannot encode {s['key']}")
-                masked = bool(s.get("masked", False))
-                meta = {"label": int(s["label"]), "identity": classes[int(s["label"])], "src": s.get("src", s["key"]),
-                        "face": 0, "masked": masked, "style": s.get("style") if masked else None, "mask": None,
-                        "landmarks5": s.get("landmarks5"), "landmarks68": None, "score": None, "twin": None}
-                tw.write({"__key__": s["key"], "jpg": jpg.tobytes(), "json": json.dumps(meta).encode()})
-                per_class[classes[int(s["label"])]]["samples"] += 1
-                per_class[classes[int(s["label"])]]["masked"] += int(masked)
-                if masked and s.get("style"):
-                    styles[s["style"]] = styles.get(s["style"], 0) + 1
-        shards.append({"name": name, "samples": len(chunk), "bytes": (out / name).stat().st_size, "sha256": None})
-    n_masked = sum(int(bool(s.get("masked", False))) for s in samples)
-    manifest = {"format": "maskkit-shards", "version": 1, "image_size": list(samples[0]["image"].shape[:2]),
+    with ShardSink(out, shard_samples=shard_samples, split=split) as sink:
+        for s in samples:
+            label = int(s["label"])
+            masked = bool(s.get("masked", False))
+            meta = {"label": label, "identity": classes[label], "src": s.get("src", s["key"]),
+                    "face": 0, "masked": masked, "style": s.get("style") if masked else None, "mask": None,
+                    "landmarks5": s.get("landmarks5"), "landmarks68": None, "score": None, "twin": None}
+            sink.add(Sample(s["key"], encode_jpeg(np.ascontiguousarray(s["image"]), quality), meta))
+            per_class[classes[label]]["samples"] += 1
+            per_class[classes[label]]["masked"] += int(masked)
+            if masked and s.get("style"):
+                styles[s["style"]] = styles.get(s["style"], 0) + 1
+    n_masked = sum(pc["masked"] for pc in per_class.values())
+    manifest = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "image_size": list(samples[0]["image"].shape[:2]),
                 "template": "arcface", "classes": list(classes), "num_samples": len(samples),
                 "num_masked": n_masked, "ratio": n_masked / max(1, len(samples)), "paired": False, "seed": 0,
-                "styles": styles, "per_class": per_class, "shards": shards,
+                "styles": styles, "per_class": per_class, "shards": sink.shards,
                 "inputs": {"files": len(samples), "ok": len(samples), "failed": 0},
                 "created_by": "maskkit.training.data.write_shards", "command": command}
-    (out / "failures.jsonl").write_text("")
-    tmp = out / ".manifest.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2))
-    os.replace(tmp, out / "manifest.json")
+    write_bytes_atomic(out / "failures.jsonl", b"")
+    write_json_atomic(out / "manifest.json", manifest)
     return open_shards(out, split)

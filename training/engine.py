@@ -259,13 +259,12 @@ def atomic_save(obj: Any, path: Path) -> None:
 
 
 def _progress(total: int, initial: int, enabled: bool):
+    """The training bar (``maskkit.progress``: steps, rate, ETA), or None when disabled."""
     if not enabled:
         return None
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, leave=True)
+    from maskkit.progress import make_bar
+
+    return make_bar(total, unit="step", disable=False, initial=initial)
 
 
 # ----------------------------------------------------------------------------------------------

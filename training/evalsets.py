@@ -114,31 +114,15 @@ class ImageSet:
 # --------------------------------------------------------------------------------------------
 
 
-def decode_bytes(data: bytes, size: tuple[int, int] = IMAGE_SIZE) -> np.ndarray:
-    """Decode an encoded image to RGB uint8 with OpenCV, resized to ``size`` (H, W) if needed.
-
-    Raises:
-        ValueError: if the bytes are not a decodable image.
-    """
-    import cv2
-
-    buf = np.frombuffer(bytes(data), dtype=np.uint8)
-    bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise ValueError("cannot decode image bytes")
-    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-    if rgb.shape[:2] != tuple(size):
-        rgb = cv2.resize(rgb, (size[1], size[0]), interpolation=cv2.INTER_AREA)
-    return np.ascontiguousarray(rgb)
-
-
 def encode_image(rgb: np.ndarray, ext: str = ".jpg", quality: int = 95) -> bytes:
-    """Encode RGB uint8 as JPEG (``quality``) or PNG bytes with OpenCV."""
+    """Encode RGB uint8 as JPEG (``quality``, :func:`maskkit.image_io.encode_jpeg`) or PNG bytes."""
+    if ext.lower() in (".jpg", ".jpeg"):
+        from maskkit.image_io import encode_jpeg
+
+        return encode_jpeg(np.asarray(rgb), quality)
     import cv2
 
-    bgr = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR)
-    params = [cv2.IMWRITE_JPEG_QUALITY, int(quality)] if ext.lower() in (".jpg", ".jpeg") else []
-    ok, buf = cv2.imencode(ext, bgr, params)
+    ok, buf = cv2.imencode(ext, cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR))
     if not ok:
         raise ValueError(f"cannot encode image as {ext}")
     return buf.tobytes()
@@ -205,6 +189,14 @@ def _load_and_align(path: Path, aligner: FaceAligner) -> tuple[np.ndarray, np.nd
     return aligner(rgb)
 
 
+def _load_or_fail(path: Path, rel: str, aligner: FaceAligner) -> tuple[tuple | None, dict | None]:
+    """``((aligned, landmarks68, note), None)``, or ``(None, failure)`` with the reason."""
+    try:
+        return _load_and_align(path, aligner), None
+    except Exception as exc:  # noqa: BLE001 - recorded with its reason
+        return None, _failure(rel, *_exc_reason(exc))
+
+
 def _failure(src: str, reason: str, detail: str = "") -> dict:
     return {"src": src, "reason": reason, "detail": detail}
 
@@ -236,11 +228,13 @@ def load_bin(path: str | Path, size: tuple[int, int] = IMAGE_SIZE) -> PairSet:
             bins, issame_list = pickle.load(f, encoding="bytes")
     if len(bins) != 2 * len(issame_list):
         raise ValueError(f"{path}: {len(bins)} images for {len(issame_list)} pairs (need exactly 2 per pair)")
+    from maskkit.image_io import decode_crop
+
     images, keep, failures, names = [], [], [], []
     for p, same in enumerate(issame_list):
         try:
-            a = decode_bytes(bins[2 * p], size)
-            b = decode_bytes(bins[2 * p + 1], size)
+            a = decode_crop(bins[2 * p], size)
+            b = decode_crop(bins[2 * p + 1], size)
         except ValueError as exc:
             failures.append(_failure(f"{path.name}:pair{p}", "decode_error", str(exc)))
             continue
@@ -263,13 +257,11 @@ def write_bin(path: str | Path, images, issame, quality: int = 95, ext: str = ".
     issame_list = [bool(s) for s in issame]
     if len(images) != 2 * len(issame_list):
         raise ValueError(f"{len(images)} images for {len(issame_list)} pairs (need exactly 2 per pair)")
+    from maskkit.runner import write_atomic
+
     bins = [encode_image(im, ext, quality) for im in images]
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        pickle.dump((bins, issame_list), f, protocol=pickle.HIGHEST_PROTOCOL)
-    tmp.replace(path)
+    write_atomic(path, pickle.dumps((bins, issame_list), protocol=pickle.HIGHEST_PROTOCOL))
     return path
 
 
@@ -333,7 +325,7 @@ def load_pairs(
     A pair whose image is missing, unreadable or un-alignable is left out and recorded in
     ``failures`` with the reason; the image failure is recorded too.
     """
-    from tqdm import tqdm
+    from maskkit.progress import track
 
     root = Path(root)
     aligner = aligner or FaceAligner()
@@ -341,7 +333,7 @@ def load_pairs(
     cache: dict[str, tuple] = {}
     failures: list[dict] = []
     images, names, lms, keep, notes = [], [], [], [], {}
-    for a, b, same in tqdm(triples, desc="pairs", unit="pair", disable=not progress):
+    for a, b, same in track(triples, desc="pairs", unit="pair", disable=not progress):
         got = []
         for rel in (a, b):
             if rel not in cache:
@@ -349,10 +341,8 @@ def load_pairs(
                 if p is None:
                     cache[rel] = (None, _failure(rel, "missing", f"no image file for {rel} under {root}"))
                 else:
-                    try:
-                        cache[rel] = (_load_and_align(p, aligner), p.relative_to(root).as_posix())
-                    except Exception as exc:  # noqa: BLE001 - recorded with its reason
-                        cache[rel] = (None, _failure(rel, *_exc_reason(exc)))
+                    face, failure = _load_or_fail(p, rel, aligner)
+                    cache[rel] = (face, failure or p.relative_to(root).as_posix())
                 if cache[rel][0] is None:
                     failures.append(cache[rel][1])
             got.append(cache[rel])
@@ -377,23 +367,14 @@ def load_pairs(
 
 def list_images(src: str | Path) -> list[tuple[Path, str, str]]:
     """``(path, rel, identity)`` for every file under ``src``, sorted; identity is the first
-    sub-folder (``""`` for files directly in ``src``). Uses ``maskkit.sources.iter_sources``
-    when available (symlink-loop safe)."""
+    sub-folder (``""`` for files directly in ``src``). The walk is ``maskkit.sources.iter_sources``
+    (symlink-loop safe; unreadable entries come back too, and fail with their reason on load)."""
+    from maskkit.sources import iter_sources
+
     src = Path(src)
     if not src.is_dir():
         raise FileNotFoundError(f"{src} is not a folder")
-    try:
-        from maskkit.sources import iter_sources
-    except ImportError:
-        iter_sources = None
-    if iter_sources is not None:
-        return [(it.path, it.rel, it.identity) for it in iter_sources(src)]
-    out = []
-    for p in sorted(src.rglob("*")):
-        if p.is_file():
-            rel = p.relative_to(src).as_posix()
-            out.append((p, rel, rel.split("/")[0] if "/" in rel else ""))
-    return out
+    return [(it.path, it.rel, it.identity) for it in iter_sources(src)]
 
 
 def load_image_folder(
@@ -403,16 +384,16 @@ def load_image_folder(
 
     Files that cannot be decoded or aligned are listed in ``failures`` with a reason.
     """
-    from tqdm import tqdm
+    from maskkit.progress import track
 
     aligner = aligner or FaceAligner()
     images, ids, rels, lms, failures, notes = [], [], [], [], [], {}
-    for path, rel, identity in tqdm(list_images(src), desc=desc, unit="img", disable=not progress):
-        try:
-            img, lm, note = _load_and_align(Path(path), aligner)
-        except Exception as exc:  # noqa: BLE001 - recorded with its reason
-            failures.append(_failure(rel, *_exc_reason(exc)))
+    for path, rel, identity in track(list_images(src), desc=desc, unit="img", disable=not progress):
+        face, failure = _load_or_fail(Path(path), rel, aligner)
+        if face is None:
+            failures.append(failure)
             continue
+        img, lm, note = face
         if note:
             notes[len(images)] = note
         images.append(img)
@@ -494,7 +475,7 @@ def apply_masks(
     A face that cannot be masked (no landmarks, or the renderer raises ``CannotFit``) is kept
     unmasked, reported in ``failures``, and goes through the face branch.
     """
-    from tqdm import tqdm
+    from maskkit.progress import track
 
     from maskkit.render import STYLES, CannotFit, MaskRenderer
 
@@ -509,7 +490,7 @@ def apply_masks(
     styles: list[str | None] = [None] * len(images)
     failures = []
     idx = np.flatnonzero(requested)
-    for i in tqdm(idx, desc="masking", unit="face", disable=not progress or len(idx) == 0):
+    for i in track(idx, desc="masking", unit="face", disable=not progress or len(idx) == 0):
         rng = image_rng(seed, i)
         name = names[i] if names else str(i)
         lm = landmarks68[i] if landmarks68 is not None and landmarks68[i] is not None else None

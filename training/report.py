@@ -172,10 +172,10 @@ def _json_default(o):
 
 
 def write_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=_json_default) + "\n")
-    tmp.replace(path)
+    """Indented JSON (numpy values converted), written atomically (:func:`maskkit.runner.write_atomic`)."""
+    from maskkit.runner import write_atomic
+
+    write_atomic(path, (json.dumps(obj, indent=2, default=_json_default) + "\n").encode("utf-8"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -192,6 +192,16 @@ def _plt():
     return plt
 
 
+def _save(fig, ax, path: Path, title: str, grid: bool) -> None:
+    """The common end of every plot: title, optional grid, tight layout, save, close."""
+    ax.set_title(title, fontsize=9)
+    if grid:
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    _plt().close(fig)
+
+
 def plot_roc(path: Path, curves: dict[str, tuple[list, list, float]], title: str) -> None:
     """ROC curves ``{label: (fpr, tpr, auc)}``, FAR on a log axis."""
     plt = _plt()
@@ -206,12 +216,8 @@ def plot_roc(path: Path, curves: dict[str, tuple[list, list, float]], title: str
     ax.set_ylim(0, 1.01)
     ax.set_xlabel("false accept rate (log)")
     ax.set_ylabel("true accept rate")
-    ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    _save(fig, ax, path, title, grid=True)
 
 
 def plot_cmc(path: Path, curves: dict[str, list[float]], title: str) -> None:
@@ -223,12 +229,8 @@ def plot_cmc(path: Path, curves: dict[str, list[float]], title: str) -> None:
     ax.set_xlabel("rank")
     ax.set_ylabel("identification rate (%)")
     ax.set_ylim(0, 101)
-    ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    _save(fig, ax, path, title, grid=True)
 
 
 def plot_branch_hist(path: Path, values: np.ndarray | None, masked: np.ndarray, xlabel: str, title: str) -> None:
@@ -252,11 +254,15 @@ def plot_branch_hist(path: Path, values: np.ndarray | None, masked: np.ndarray, 
         ax.set_xlabel(xlabel)
         ax.set_ylabel("density")
         ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
-    ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    _save(fig, ax, path, title, grid=values is not None)
+
+
+def _branch_hists(out: Path, sigma_norm: np.ndarray | None, magnitude: np.ndarray, masked: np.ndarray,
+                  title: str) -> None:
+    """``sigma_hist.png`` (‖σ‖) and ``magnitude_hist.png`` (‖μ‖), masked vs unmasked faces."""
+    plot_branch_hist(out / "sigma_hist.png", sigma_norm, masked, "‖σ‖", f"‖σ‖ masked vs unmasked | {title}")
+    plot_branch_hist(out / "magnitude_hist.png", magnitude, masked, "‖μ‖ (feature magnitude)",
+                     f"‖μ‖ masked vs unmasked | {title}")
 
 
 def contact_sheet(path: Path, panels: list[tuple[str, list[tuple[list[np.ndarray], str]]]], title: str,
@@ -377,9 +383,7 @@ def write_verification_report(run: VerificationRun, out: Path, worst_k: int = 8)
     if m["mls"] is not None:
         curves["MLS"] = (m["roc"]["mls"]["fpr"], m["roc"]["mls"]["tpr"], m["mls"]["auc"])
     plot_roc(out / "roc.png", curves, title)
-    plot_branch_hist(out / "sigma_hist.png", run.emb.sigma_norm, run.emb.masked, "‖σ‖", f"‖σ‖ masked vs unmasked | {title}")
-    plot_branch_hist(out / "magnitude_hist.png", run.emb.magnitude, run.emb.masked, "‖μ‖ (feature magnitude)",
-                     f"‖μ‖ masked vs unmasked | {title}")
+    _branch_hists(out, run.emb.sigma_norm, run.emb.magnitude, run.emb.masked, title)
     imgs = run.images
 
     def _entries(recs):
@@ -508,9 +512,7 @@ def write_identification_report(run: IdentificationRun, out: Path, worst_k: int 
     plot_cmc(out / "cmc.png", curves, title)
     masked = np.concatenate([run.gallery_emb.masked, run.probe_emb.masked])
     sig = None if run.gallery_emb.sigma_norm is None else np.concatenate([run.gallery_emb.sigma_norm, run.probe_emb.sigma_norm])
-    plot_branch_hist(out / "sigma_hist.png", sig, masked, "‖σ‖", f"‖σ‖ masked vs unmasked | {title}")
-    plot_branch_hist(out / "magnitude_hist.png", np.concatenate([run.gallery_emb.magnitude, run.probe_emb.magnitude]),
-                     masked, "‖μ‖ (feature magnitude)", f"‖μ‖ masked vs unmasked | {title}")
+    _branch_hists(out, sig, np.concatenate([run.gallery_emb.magnitude, run.probe_emb.magnitude]), masked, title)
     # worst probes: rank > 1, largest margin of the wrong top-1 over the true template
     first = {}
     for i, ident in enumerate(run.gallery.identities):

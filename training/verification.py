@@ -413,7 +413,7 @@ def extract_embeddings(
         flip: add the embedding of the horizontal mirror before normalising (insightface);
             σ is then the mean of the two views' σ.
     """
-    from tqdm import tqdm
+    from maskkit.progress import track
 
     images = np.asarray(images)
     masked = np.asarray(masked, dtype=bool)
@@ -425,7 +425,7 @@ def extract_embeddings(
     mus, sigmas = [], []
     has_sigma = True
     starts = range(0, n, max(1, int(batch_size)))
-    for s in tqdm(starts, desc=desc, unit="batch", disable=not progress or n == 0):
+    for s in track(starts, desc=desc, unit="batch", disable=not progress or n == 0):
         x = images[s : s + batch_size]
         m = masked[s : s + batch_size]
         if flip:
