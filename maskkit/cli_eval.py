@@ -9,6 +9,49 @@ import sys
 import click
 
 _SIDES = click.Choice(["none", "one", "both"])
+_DETECTORS = click.Choice(["hog", "cnn", "blazeface", "fan"])  # maskkit.detect.DETECTORS (not imported: heavy)
+
+
+def _check_writable(path, what: str, is_dir: bool) -> None:
+    """Fail at once, with a one-line error, when ``path`` (a folder, or a file's folder) cannot be
+    written -- before a model is loaded or any face is embedded."""
+    from pathlib import Path
+
+    target = Path(path)
+    folder = target if is_dir else target.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".maskkit-write-test-{target.name}"
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise click.ClickException(f"{what} {path} is not writable: {exc.strerror or exc}") from exc
+
+
+def _check_device(device: str) -> None:
+    """A one-line error for a device that does not exist here (e.g. ``cuda`` on a CPU-only torch)."""
+    from maskkit.training.api import check_device
+
+    try:
+        check_device(device)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _check_model(model) -> None:
+    """A one-line error when ``model`` is neither a run folder with ``checkpoints/last.pt`` nor a
+    PyTorch checkpoint file (``torch.save`` writes a zip archive)."""
+    import zipfile
+
+    from maskkit.training.api import find_checkpoint
+
+    try:
+        ck = find_checkpoint(model)
+    except FileNotFoundError as exc:
+        raise click.ClickException(f"--model: {exc}") from exc
+    if not zipfile.is_zipfile(ck):
+        raise click.ClickException(f"--model: {ck} is not a PyTorch checkpoint (maskkit train writes "
+                                   "RUN/checkpoints/last.pt)")
 
 
 @click.command("eval")
@@ -28,7 +71,8 @@ _SIDES = click.Choice(["none", "one", "both"])
 @click.option("--name", help="Set name in reports (default from the file names).")
 @click.option("--batch-size", type=int, default=64, show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N.")
-@click.option("--detector", default="hog", show_default=True, help="Face detector for images not already 112x112.")
+@click.option("--detector", default="hog", show_default=True, type=_DETECTORS,
+              help="Face detector for images not already 112x112.")
 @click.option("--probes-masked", is_flag=True, help="Probes already wear real masks: no synthetic mask, masked branch.")
 @click.option("--gallery-per-id", type=int, default=1, show_default=True,
               help="When --gallery and --probes are the same folder: first K images per identity form the gallery.")
@@ -65,8 +109,10 @@ def eval_cmd(model, bin_path, pairs, root, gallery, probes, mask_side, mask_styl
             raise click.UsageError("--compare needs at least one run folder")
         records = None
         if has_set:
+            _check_device(device)
             records = {}
             for r in runs:
+                _check_model(r)
                 cfg = _config(r, bin_path, pairs, root, gallery, probes, mask_side, mask_style, seed, flip,
                               None, name, batch_size, device, detector, probes_masked, gallery_per_id, worst_k, progress)
                 records[str(r)] = [run_eval(cfg, console=console)]
@@ -78,6 +124,10 @@ def eval_cmd(model, bin_path, pairs, root, gallery, probes, mask_side, mask_styl
         raise click.UsageError("--model is required (or use --compare RUN_A RUN_B ...)")
     if not has_set:
         raise click.UsageError("give a set: --bin, or --pairs with --root, or --gallery with --probes")
+    _check_model(model)
+    _check_device(device)
+    if out is not None:
+        _check_writable(out, "--out", is_dir=True)
     cfg = _config(model, bin_path, pairs, root, gallery, probes, mask_side, mask_style, seed, flip, out, name,
                   batch_size, device, detector, probes_masked, gallery_per_id, worst_k, progress)
     run_eval(cfg, console=console)
@@ -104,7 +154,8 @@ def _config(model, bin_path, pairs, root, gallery, probes, mask_side, mask_style
 @click.option("--flip/--no-flip", default=True, show_default=True)
 @click.option("--batch-size", type=int, default=64, show_default=True)
 @click.option("--device", default="cpu", show_default=True)
-@click.option("--detector", default="hog", show_default=True, help="Face detector for images not already 112x112.")
+@click.option("--detector", default="hog", show_default=True, type=_DETECTORS,
+              help="Face detector for images not already 112x112.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def embed(model, src, out, masked, flip, batch_size, device, detector, progress):
     """Embed every face under SRC into an .npz (mu, sigma, magnitude, paths).
@@ -115,6 +166,9 @@ def embed(model, src, out, masked, flip, batch_size, device, detector, progress)
     from maskkit.progress import print_summary
     from maskkit.training.report import run_embed
 
+    _check_model(model)
+    _check_device(device)
+    _check_writable(out, "--out", is_dir=False)
     s = run_embed(model, src, out, masked=masked, flip=flip, batch_size=batch_size, device=device,
                   detector=detector, progress=progress)
     print_summary("maskkit embed", s, file=sys.stdout)
@@ -134,6 +188,8 @@ def export(model, onnx_path, opset, verify):
     from maskkit.training.api import load_model
     from maskkit.training.export import export_onnx, verify_onnx
 
+    _check_model(model)
+    _check_writable(onnx_path, "--onnx", is_dir=False)
     m = load_model(model)
     path = export_onnx(m, onnx_path, opset=opset)
     click.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")

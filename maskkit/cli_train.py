@@ -124,11 +124,11 @@ def train_cmd(ctx: click.Context, data, out, method, backbone, width, two_stream
             raise click.ClickException(f"torch.distributed.run exited with code {rc}")
         return
 
-    from maskkit.training.engine import NonFiniteLoss, train
+    from maskkit.training.engine import NonFiniteLoss, TrainError, train
 
     try:
         summary = train(cfg, resume=resume)
-    except NonFiniteLoss as exc:
+    except (NonFiniteLoss, TrainError) as exc:
         raise click.ClickException(str(exc)) from exc
     except FileNotFoundError as exc:
         raise click.ClickException(str(exc)) from exc

@@ -844,7 +844,8 @@ def _progress(total: int, initial: int, enabled: bool):
         return nullcontext(None)
     from .progress import progress_bar
 
-    return progress_bar(total=total, desc="synth", unit="img", initial=initial)
+    # shown on a pipe or log file too (like align and mask): a long run under nohup must report progress
+    return progress_bar(total=total, desc="synth", unit="img", initial=initial, disable=False)
 
 
 def run_synth(cfg: SynthConfig) -> SynthResult:

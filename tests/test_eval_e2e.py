@@ -328,3 +328,93 @@ def test_parse_lfw_pairs_format(tmp_path):
     p.write_text("a b c d e\n")
     with pytest.raises(ValueError, match="cannot parse"):
         parse_pairs_txt(p)
+
+
+def test_unwritable_outputs_are_one_line_errors(tmp_path):
+    """export --onnx, embed --out and eval --out under a regular file: a one-line error at once
+    (before any model is loaded), no traceback, nothing written."""
+    from maskkit.cli import main
+
+    import torch
+
+    afile = tmp_path / "afile"
+    afile.write_bytes(b"x")
+    (tmp_path / "gal" / "a").mkdir(parents=True)
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    torch.save({}, run / "checkpoints" / "last.pt")  # the output check comes before any loading
+    runner = CliRunner()
+    cases = [
+        (["export", "--model", str(run), "--onnx", str(afile / "m.onnx")], "--onnx"),
+        (["embed", "--model", str(run), "--src", str(tmp_path / "gal"), "--out", str(afile / "e.npz")], "--out"),
+        (["eval", "--model", str(run), "--gallery", str(tmp_path / "gal"), "--probes", str(tmp_path / "gal"),
+          "--out", str(afile / "rep")], "--out"),
+    ]
+    for args, opt in cases:
+        res = runner.invoke(main, args)
+        assert res.exit_code == 1, (args, res.output, repr(res.exception))
+        assert f"Error: {opt} {afile}" in res.output and "not writable" in res.output, res.output
+        assert not isinstance(res.exception, OSError) and "Traceback" not in res.output
+    assert afile.read_bytes() == b"x"
+
+
+def test_model_that_is_not_a_run_is_a_one_line_error(tmp_path, lfw_johns):
+    """--model pointing at a folder without checkpoints/last.pt, or at an image, gives a one-line
+    error naming the problem (eval, embed, export, eval --compare with a set), no traceback."""
+    from maskkit.cli import main
+
+    img = next(lfw_johns.glob("*/*.jpg"))
+    (tmp_path / "gal" / "a").mkdir(parents=True)
+    gal = str(tmp_path / "gal")
+    runner = CliRunner()
+    for model, expect in ((str(tmp_path / "gal"), "no checkpoint in run dir"), (str(img), "not a PyTorch checkpoint")):
+        for args in (["export", "--model", model, "--onnx", str(tmp_path / "m.onnx")],
+                     ["embed", "--model", model, "--src", gal, "--out", str(tmp_path / "e.npz")],
+                     ["eval", "--model", model, "--gallery", gal, "--probes", gal],
+                     ["eval", "--compare", model, "--gallery", gal, "--probes", gal]):
+            res = runner.invoke(main, args)
+            assert res.exit_code == 1, (args, res.output, repr(res.exception))
+            assert "Error: --model" in res.output and expect in res.output, (args, res.output)
+    assert not (tmp_path / "m.onnx").exists() and not (tmp_path / "e.npz").exists()
+
+
+def test_unavailable_or_bad_device_is_a_one_line_error(tmp_path):
+    """eval / embed / eval --compare with a set on a device this machine lacks: one-line error."""
+    import torch
+
+    from maskkit.cli import main
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    torch.save({}, run / "checkpoints" / "last.pt")  # the device check comes before any loading
+    (tmp_path / "gal" / "a").mkdir(parents=True)
+    gal = str(tmp_path / "gal")
+    bad = [("cuda:99", "--device cuda:99"), ("foo", "not a device name")]
+    if not torch.cuda.is_available():
+        bad.append(("cuda", "CUDA is not available"))
+    for dev, expect in bad:
+        for args in (["eval", "--model", str(run), "--gallery", gal, "--probes", gal, "--device", dev],
+                     ["eval", "--compare", str(run), "--gallery", gal, "--probes", gal, "--device", dev],
+                     ["embed", "--model", str(run), "--src", gal, "--out", str(tmp_path / "e.npz"), "--device", dev]):
+            res = CliRunner().invoke(main, args)
+            assert res.exit_code == 1, (args, res.output, repr(res.exception))
+            assert "Error: --device" in res.output and expect in res.output, (args, res.output)
+
+
+def test_unknown_detector_is_a_usage_error(tmp_path, lfw_johns):
+    """eval / embed --detector foo: a usage error naming the choices (it used to fail every image
+    and end in a ValueError traceback from an empty gallery); the choices are maskkit's detectors."""
+    from maskkit.cli import main
+    from maskkit.cli_eval import _DETECTORS
+    from maskkit.detect import DETECTORS
+
+    assert tuple(_DETECTORS.choices) == tuple(DETECTORS)
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.pt").write_bytes(b"")
+    src = str(lfw_johns)
+    for args in (["eval", "--model", str(run), "--gallery", src, "--probes", src, "--detector", "foo"],
+                 ["embed", "--model", str(run), "--src", src, "--out", str(tmp_path / "e.npz"), "--detector", "foo"]):
+        res = CliRunner().invoke(main, args)
+        assert res.exit_code == 2, (args, res.output, repr(res.exception))
+        assert "Invalid value for '--detector': 'foo'" in res.output and "blazeface" in res.output, res.output

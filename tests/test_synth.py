@@ -441,3 +441,14 @@ def test_out_not_a_writable_folder_is_a_clear_error(celeb_aligned, tmp_path):
     res = CliRunner().invoke(synth, ["--src", str(sub), "--out", str(afile / "shards"), "--aligned", "-q"])
     assert res.exit_code == 1 and "not writable" in res.output and "Traceback" not in res.output
     assert afile.read_bytes() == b"x"
+
+
+def test_progress_bar_shown_when_stderr_is_not_a_terminal(celeb_aligned, tmp_path, capfd):
+    """progress=True shows the bar (count, rate) on a pipe or log file too, as align and mask do;
+    progress=False prints nothing."""
+    sub = subset_tree(celeb_aligned, tmp_path / "sub", per_identity=3, identities=2)
+    run_synth(SynthConfig(src=sub, out=tmp_path / "a", aligned=True, progress=True))
+    err = capfd.readouterr().err
+    assert "synth:" in err and "6/6" in err and "img/s" in err, err
+    run_synth(SynthConfig(src=sub, out=tmp_path / "b", aligned=True, progress=False))
+    assert "synth:" not in capfd.readouterr().err

@@ -286,3 +286,51 @@ def test_cli_nproc_2_then_resume_on_one_process(shards, tmp_path):
     assert [r["step"] for r in recs if "loss" in r] == [2, 3, 4]
     res = CliRunner().invoke(main, ["train", "--out", str(run), "--resume", "--backbone", "r50"] + common)
     assert res.exit_code != 0 and "cannot change" in res.output
+
+
+def test_one_identity_and_resume_on_other_classes_are_one_line_errors(shards, tmp_path):
+    """A 1-identity shard set (e.g. ``maskkit align --format shards`` of a flat folder) would train
+    with a cls loss of exactly 0: refused with the reason. Resuming on a set with another number
+    of classes: a one-line error, not a ValueError traceback."""
+    from maskkit.cli import main
+
+    imgs, labels, ids = _real_faces(2, 3)
+    one = tmp_path / "one"
+    write_shards(one, [{"key": f"o{i}", "image": im, "label": 0} for i, im in enumerate(imgs)], ["_root"])
+    two = tmp_path / "two"
+    write_shards(two, [{"key": f"t{i}", "image": im, "label": lb} for i, (im, lb) in enumerate(zip(imgs, labels))],
+                 ids)
+    common = ["--backbone", "r18", "--width", "0.25", "--batch-size", "4", "--num-workers", "0", "--amp", "none",
+              "--device", "cpu", "--no-progress", "--set", "tensorboard=false", "--set", "shuffle_buffer=8"]
+    res = CliRunner().invoke(main, ["train", "--data", str(one), "--out", str(tmp_path / "r1"), "--max-steps", "1"]
+                             + common)
+    assert res.exit_code == 1 and "has 1 identity" in res.output and "at least 2" in res.output, res.output
+    assert not (tmp_path / "r1" / "checkpoints" / "last.pt").exists()
+
+    run = tmp_path / "r4"
+    res = CliRunner().invoke(main, ["train", "--data", str(shards), "--out", str(run), "--max-steps", "1"] + common)
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    before = (run / "checkpoints" / "last.pt").read_bytes()
+    res = CliRunner().invoke(main, ["train", "--data", str(two), "--out", str(run), "--resume", "--max-steps", "2"]
+                             + common)
+    assert res.exit_code == 1, res.output + repr(res.exception)
+    assert "--resume: the checkpoint was trained on 4 classes" in res.output and "has 2" in res.output, res.output
+    assert (run / "checkpoints" / "last.pt").read_bytes() == before
+
+
+def test_unavailable_or_bad_device_is_a_one_line_error(shards, tmp_path):
+    """--device naming a GPU this machine lacks (cuda:99 everywhere; plain cuda on a CPU-only
+    torch) or no device at all: a one-line error before anything is written, no traceback."""
+    from maskkit.cli import main
+
+    bad = [("cuda:99", "--device cuda:99"), ("foo", "not a device name")]
+    if not torch.cuda.is_available():
+        bad.append(("cuda", "CUDA is not available"))
+    for dev, expect in bad:
+        run = tmp_path / dev.replace(":", "_")
+        res = CliRunner().invoke(main, ["train", "--data", str(shards), "--out", str(run), "--backbone", "r18",
+                                        "--width", "0.25", "--max-steps", "1", "--num-workers", "0", "--device", dev,
+                                        "--no-progress"])
+        assert res.exit_code == 1, (dev, res.output, repr(res.exception))
+        assert "Error: --device" in res.output and expect in res.output, (dev, res.output)
+        assert not (run / "checkpoints" / "last.pt").exists()

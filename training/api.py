@@ -35,6 +35,26 @@ def normalize(images: torch.Tensor) -> torch.Tensor:
     return (images.float() - MEAN) / STD
 
 
+def check_device(name: str | torch.device) -> torch.device:
+    """Parse a device name (``cpu``, ``cuda``, ``cuda:N``) and check that it exists on this machine.
+
+    Raises:
+        ValueError: a one-line reason (unknown name, CUDA not available, GPU index out of range).
+    """
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"--device {name!r} is not a device name (cpu, cuda, cuda:N)") from exc
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "torch is built without CUDA" if torch.version.cuda is None else "no GPU is visible"
+            raise ValueError(f"--device {name}: CUDA is not available here ({why}); use --device cpu")
+        n = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= n:
+            raise ValueError(f"--device {name}: only {n} GPU{'s' if n != 1 else ''} visible (cuda:0..cuda:{n - 1})")
+    return dev
+
+
 def find_checkpoint(run_dir_or_ckpt: str | Path) -> Path:
     """``RUN/`` -> ``RUN/checkpoints/last.pt``; a file is returned as is."""
     p = Path(run_dir_or_ckpt)

@@ -67,6 +67,10 @@ class NonFiniteLoss(RuntimeError):
     """The loss became NaN or Inf; training stopped, the last good checkpoint is kept."""
 
 
+class TrainError(ValueError):
+    """Training cannot start with these data and options (the CLI prints it as a one-line error)."""
+
+
 # ----------------------------------------------------------------------------------------------
 # distributed / device
 # ----------------------------------------------------------------------------------------------
@@ -86,9 +90,14 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     """``auto`` -> ``cuda:<local_rank>`` when CUDA is available, else ``cpu``."""
     if name == "auto":
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device(f"cuda:{local_rank}")
+    from .api import check_device
+
+    try:
+        dev = check_device(name)
+        if dev.type == "cuda" and dev.index is None:
+            dev = check_device(f"cuda:{local_rank}")
+    except ValueError as exc:
+        raise TrainError(str(exc)) from exc
     return dev
 
 
@@ -299,6 +308,10 @@ def train(cfg: TrainConfig, resume: bool = False, source: Any = None) -> dict:
 
     src = source if source is not None else ShardSource(cfg, info)
     num_classes = len(src.classes)
+    if num_classes < 2:
+        raise TrainError(f"{cfg.data} has {num_classes} identit{'y' if num_classes == 1 else 'ies'}: "
+                         "a classification loss needs at least 2 (one sub-folder per identity in the synth "
+                         "source); with 1 class the cls loss is 0 and nothing is learned")
     world, gb = info.world, cfg.batch_size * info.world
     spe = cfg.steps_per_epoch or max(1, src.num_samples // gb)
     nw = max(1, src.num_workers)
@@ -323,7 +336,8 @@ def train(cfg: TrainConfig, resume: bool = False, source: Any = None) -> dict:
     start_epoch, start_b, global_step, positions = 0, 0, 0, None
     if ckpt is not None:
         if ckpt.get("num_classes") != num_classes:
-            raise ValueError(f"checkpoint has {ckpt.get('num_classes')} classes, the data {num_classes}")
+            raise TrainError(f"--resume: the checkpoint was trained on {ckpt.get('num_classes')} classes, "
+                             f"{cfg.data} has {num_classes}")
         model.load_state_dict(ckpt["model"])
         criterion.load_state_dict(ckpt["criterion"])
         optimizer.load_state_dict(ckpt["optimizer"])
