@@ -61,6 +61,8 @@ class AlignConfig:
         quality: JPEG quality of written crops.
         chunk: files per pool task (``0`` = automatic).
         progress: show the progress bar and summary table.
+        overwrite: replace the outputs of a different, earlier run found in ``out`` instead
+            of refusing.
     """
 
     src: Path
@@ -76,6 +78,7 @@ class AlignConfig:
     quality: int = 95
     chunk: int = 0
     progress: bool = True
+    overwrite: bool = False
 
 
 @dataclass
@@ -270,10 +273,13 @@ def _run_shards(cfg: AlignConfig) -> dict:
         # TODO(lead): wire align --format shards once maskkit.synth provides run_synth(SynthConfig)
         raise AlignError("--format shards is not wired yet (maskkit.synth.run_synth/SynthConfig missing); "
                          "use --format images")
+    # the same detector options as --format images: an empty dict means the backend's own defaults
+    # (SynthConfig would replace None by its faster max_side 640 and find other faces)
     wanted = {"src": Path(cfg.src), "out": Path(cfg.out), "ratio": 0.0, "size": tuple(cfg.size),
-              "detector": cfg.detector, "detector_opts": dict(cfg.detector_opts) or None, "faces": cfg.faces,
+              "detector": cfg.detector, "detector_opts": dict(cfg.detector_opts), "faces": cfg.faces,
               "jobs": cfg.jobs, "aligned": cfg.aligned, "max_pixels": cfg.max_pixels, "quality": cfg.quality,
-              "progress": cfg.progress, "command": "maskkit align --format shards"}
+              "progress": cfg.progress, "overwrite": cfg.overwrite, "progress_desc": "align",
+              "command": "maskkit align --format shards"}
     names = {f.name for f in dataclasses.fields(cfg_cls)} if dataclasses.is_dataclass(cfg_cls) else set(wanted)
     synth_error = getattr(synth, "SynthError", RuntimeError)
     try:
@@ -282,9 +288,26 @@ def _run_shards(cfg: AlignConfig) -> dict:
         raise AlignError(str(exc)) from exc
     manifest = getattr(result, "manifest", None) or {}
     inputs = manifest.get("inputs", {})
-    return {"files": inputs.get("files"), "ok": inputs.get("ok"), "failed": inputs.get("failed"),
-            "faces": manifest.get("num_samples"), "format": "shards", "out": str(cfg.out),
-            "seconds": round(float(getattr(result, "seconds", 0.0)), 3)}
+    reasons = dict(inputs.get("failed_by_reason") or {})
+    seconds = float(getattr(result, "seconds", 0.0))
+    files = int(inputs.get("files") or 0)
+    errors = {k: v for k, v in sorted(reasons.items()) if k != "no_face"}
+    summary = {"files": files, "ok": int(inputs.get("ok") or 0), "failed": int(inputs.get("failed") or 0),
+               "faces": int(manifest.get("num_samples") or 0), "no_face": int(reasons.get("no_face", 0)),
+               "errors": errors, "seconds": round(seconds, 3),
+               "img_per_s": round(files / seconds, 2) if seconds > 0 else 0.0,
+               "format": "shards", "out": str(cfg.out)}
+    if getattr(result, "already_complete", False):
+        summary["already_complete"] = True
+    if cfg.progress:
+        from maskkit.progress import print_summary
+
+        print_summary(f"maskkit align -> {cfg.out}", {
+            "files": summary["files"], "ok": summary["ok"], "faces written": summary["faces"],
+            "no face": summary["no_face"], "errors": errors or {}, "seconds": seconds,
+            "img/s": summary["img_per_s"], "shards": len(manifest.get("shards", [])),
+        })
+    return summary
 
 
 def run_align(cfg: AlignConfig) -> dict:
@@ -301,7 +324,7 @@ def run_align(cfg: AlignConfig) -> dict:
     from maskkit.align import parse_size
     from maskkit.detect import DETECTORS
     from maskkit.progress import print_summary
-    from maskkit.runner import prepare_run, run_chunks, write_accounting
+    from maskkit.runner import check_previous_run, prepare_run, run_chunks, write_accounting
     from maskkit.sources import iter_sources
 
     src, out = Path(cfg.src), Path(cfg.out)
@@ -320,6 +343,11 @@ def run_align(cfg: AlignConfig) -> dict:
     if cfg.format == "shards":
         return _run_shards(cfg)
     detector = prepare_run(src, out, cfg.detector, cfg.detector_opts, cfg.aligned, AlignError)
+    check_previous_run(out, {
+        "command": "maskkit align", "src": str(src.resolve()), "format": cfg.format, "size": list(cfg.size),
+        "detector": cfg.detector, "detector_opts": dict(cfg.detector_opts), "faces": cfg.faces,
+        "aligned": cfg.aligned, "max_pixels": cfg.max_pixels, "quality": cfg.quality,
+    }, cfg.overwrite, AlignError)
 
     t_start = time.perf_counter()
     items = iter_sources(src, exclude=[out])
@@ -388,8 +416,11 @@ def _parse_size_opt(ctx, param, value):
 @click.option("--max-pixels", default=DEFAULT_MAX_PIXELS, show_default=True, type=click.IntRange(1, None),
               help="Refuse images with more pixels than this (checked before decoding).")
 @click.option("--quality", default=95, show_default=True, type=click.IntRange(1, 100), help="JPEG quality.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace the outputs of a different, earlier run found in --out (otherwise refused).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary table.")
-def align(src, out, size, detector, upsample, max_side, faces, jobs, fmt, aligned, max_pixels, quality, quiet):
+def align(src, out, size, detector, upsample, max_side, faces, jobs, fmt, aligned, max_pixels, quality, overwrite,
+          quiet):
     """Detect, landmark and ArcFace-align every face under SRC into OUT.
 
     Writes <stem>.jpg (or <stem>_<k>.jpg with --faces all) mirroring the input tree,
@@ -406,7 +437,8 @@ def align(src, out, size, detector, upsample, max_side, faces, jobs, fmt, aligne
             raise click.BadParameter("--max-side applies to hog and cnn only", param_hint="--max-side")
         opts["max_side"] = max_side
     cfg = AlignConfig(src=src, out=out, size=size, detector=detector, detector_opts=opts, faces=faces, jobs=jobs,
-                      format=fmt, aligned=aligned, max_pixels=max_pixels, quality=quality, progress=not quiet)
+                      format=fmt, aligned=aligned, max_pixels=max_pixels, quality=quality, progress=not quiet,
+                      overwrite=overwrite)
     try:
         summary = run_align(cfg)
     except AlignError as exc:

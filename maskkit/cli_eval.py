@@ -98,7 +98,7 @@ def eval_cmd(model, bin_path, pairs, root, gallery, probes, mask_side, mask_styl
     """
     from rich.console import Console
 
-    from maskkit.training.report import compare_table, run_eval
+    from maskkit.training.report import EvalInputError, compare_table, run_eval
 
     console = Console()
     has_set = any(v is not None for v in (bin_path, pairs, gallery, probes))
@@ -115,7 +115,10 @@ def eval_cmd(model, bin_path, pairs, root, gallery, probes, mask_side, mask_styl
                 _check_model(r)
                 cfg = _config(r, bin_path, pairs, root, gallery, probes, mask_side, mask_style, seed, flip,
                               None, name, batch_size, device, detector, probes_masked, gallery_per_id, worst_k, progress)
-                records[str(r)] = [run_eval(cfg, console=console)]
+                try:
+                    records[str(r)] = [run_eval(cfg, console=console)]
+                except EvalInputError as exc:
+                    raise click.ClickException(str(exc)) from exc
         console.print(compare_table(list(runs), records))
         return
     if runs:
@@ -130,7 +133,10 @@ def eval_cmd(model, bin_path, pairs, root, gallery, probes, mask_side, mask_styl
         _check_writable(out, "--out", is_dir=True)
     cfg = _config(model, bin_path, pairs, root, gallery, probes, mask_side, mask_style, seed, flip, out, name,
                   batch_size, device, detector, probes_masked, gallery_per_id, worst_k, progress)
-    run_eval(cfg, console=console)
+    try:
+        run_eval(cfg, console=console)
+    except EvalInputError as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 def _config(model, bin_path, pairs, root, gallery, probes, mask_side, mask_style, seed, flip, out, name, batch_size,

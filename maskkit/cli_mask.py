@@ -50,6 +50,8 @@ class MaskConfig:
         quality: JPEG quality for JPEG outputs.
         coverage: also write ``<stem>.mask.png`` (8-bit coverage, 255 = mask).
         progress: show the progress bar and summary table.
+        overwrite: replace the outputs of a different, earlier run found in ``out`` instead
+            of refusing.
     """
 
     src: Path
@@ -64,6 +66,7 @@ class MaskConfig:
     quality: int = 95
     coverage: bool = False
     progress: bool = True
+    overwrite: bool = False
 
 
 def face_rng(seed: int, rel: str, face: int) -> np.random.Generator:
@@ -185,7 +188,7 @@ def run_mask(cfg: MaskConfig) -> dict:
     from maskkit.detect import DETECTORS
     from maskkit.progress import print_summary
     from maskkit.render import STYLES, MaskRenderer
-    from maskkit.runner import prepare_run, run_chunks, write_accounting
+    from maskkit.runner import check_previous_run, prepare_run, run_chunks, write_accounting
     from maskkit.sources import iter_sources
 
     src, out = Path(cfg.src), Path(cfg.out)
@@ -198,6 +201,11 @@ def run_mask(cfg: MaskConfig) -> dict:
     if cfg.detector not in DETECTORS:
         raise MaskError(f"--detector must be one of {DETECTORS}, got {cfg.detector!r}")
     detector = prepare_run(src, out, cfg.detector, cfg.detector_opts, cfg.aligned, MaskError)
+    check_previous_run(out, {
+        "command": "maskkit mask", "src": str(src.resolve()), "style": cfg.style, "seed": int(cfg.seed),
+        "detector": cfg.detector, "detector_opts": dict(cfg.detector_opts), "faces": cfg.faces,
+        "aligned": cfg.aligned, "quality": cfg.quality, "coverage": cfg.coverage,
+    }, cfg.overwrite, MaskError)
     try:
         renderer = MaskRenderer()
     except FileNotFoundError as exc:
@@ -247,12 +255,14 @@ def run_mask(cfg: MaskConfig) -> dict:
 @click.option("--faces", default="all", show_default=True, type=click.Choice(FACE_POLICIES),
               help="Which faces to mask per image.")
 @click.option("--aligned", is_flag=True, help="Inputs are ArcFace crops: skip detection.")
-@click.option("--jobs", "-j", default=1, show_default=True, type=click.IntRange(0, None),
+@click.option("--jobs", "-j", default=0, show_default=True, type=click.IntRange(0, None),
               help="Worker processes (0 = all CPU cores).")
 @click.option("--quality", default=95, show_default=True, type=click.IntRange(1, 100), help="JPEG quality.")
 @click.option("--coverage", is_flag=True, help="Also write <stem>.mask.png (mask coverage, 255 = mask).")
+@click.option("--overwrite", is_flag=True,
+              help="Replace the outputs of a different, earlier run found in --out (otherwise refused).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary table.")
-def mask(src, out, style, seed, detector, faces, aligned, jobs, quality, coverage, quiet):
+def mask(src, out, style, seed, detector, faces, aligned, jobs, quality, coverage, overwrite, quiet):
     """Draw a mask on every face of every image under SRC, writing the result to OUT.
 
     Writes the masked images (same relative paths), manifest.jsonl (one line per face with
@@ -260,7 +270,7 @@ def mask(src, out, style, seed, detector, faces, aligned, jobs, quality, coverag
     reason). Exit status 0 when the run completes, even with failures.
     """
     cfg = MaskConfig(src=src, out=out, style=style, seed=seed, detector=detector, faces=faces, aligned=aligned,
-                     jobs=jobs, quality=quality, coverage=coverage, progress=not quiet)
+                     jobs=jobs, quality=quality, coverage=coverage, progress=not quiet, overwrite=overwrite)
     try:
         summary = run_mask(cfg)
     except MaskError as exc:

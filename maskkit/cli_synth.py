@@ -59,7 +59,8 @@ def _print_summary(title: str, rows: list[tuple[str, str]]) -> None:
 @click.option("--styles", default=None, metavar="LIST",
               help="Comma-separated mask styles, balanced (default: surgical,n95,kn95,cloth,gas).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Global seed.")
-@click.option("--jobs", "-j", default=1, show_default=True, type=int, help="Worker processes (-1: all cores).")
+@click.option("--jobs", "-j", default=0, show_default=True, type=click.IntRange(-1, None),
+              help="Worker processes (0 = all CPU cores; -1 is accepted too).")
 @click.option("--aligned", is_flag=True, help="Inputs are already aligned 112x112 ArcFace crops (no detection).")
 @click.option("--size", default="112", show_default=True, help="Output size: N or HxW (112, 112x96, 128, 256...).")
 @click.option("--shard-samples", default=10000, show_default=True, type=click.IntRange(1),

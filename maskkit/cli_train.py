@@ -137,7 +137,12 @@ def train_cmd(ctx: click.Context, data, out, method, backbone, width, two_stream
 
         if dist.is_initialized():
             dist.destroy_process_group()
-    click.echo(f"trained {summary['step']} steps; checkpoint {summary['checkpoint']}")
+    if summary.get("nothing_to_do"):
+        click.echo(f"nothing to do: {summary.get('reason', 'the run is already complete')}; "
+                   f"checkpoint {summary['checkpoint']} unchanged (raise --max-steps or --epochs to train on)")
+        return
+    done = summary.get("steps_trained", summary["step"])
+    click.echo(f"trained {done} steps (now at step {summary['step']}); checkpoint {summary['checkpoint']}")
 
 
 COMMANDS = [train_cmd]

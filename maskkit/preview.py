@@ -230,11 +230,44 @@ def _square(rgb: np.ndarray, size: int = CELL) -> np.ndarray:
     return cv2.resize(rgb, (size, size), interpolation=cv2.INTER_AREA)
 
 
+def check_out_file(out: Path) -> None:
+    """Check that the file ``out`` can be written (its folder is created if needed).
+
+    Raises:
+        ValueError: a one-line reason (``out`` is a folder, its folder cannot be created or
+            is not writable).
+    """
+    import os
+
+    out = Path(out)
+    if out.is_dir():
+        raise ValueError(f"cannot write {out}: it is a folder")
+    for parent in out.parents:  # the nearest existing ancestor must be a folder
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"cannot write {out}: {parent} is not a folder")
+            break
+    probe = out.parent / f".{out.name}.{os.getpid()}.probe"
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ValueError(f"cannot write {out}: {exc.strerror or exc}") from exc
+
+
 def preview(src: Path, out: Path, styles: Sequence[str] = STYLES, n: int = 6, seed: int = 0,
             aligned: bool = False, detector: str = "hog") -> dict:
-    """Build a styles x faces contact sheet PNG from ``src``; returns a small summary."""
+    """Build a styles x faces contact sheet PNG from ``src``; returns a small summary.
+
+    Raises:
+        ValueError: ``out`` cannot be written (checked first, before any face is loaded), or
+            ``src`` holds no usable face.
+    """
     from PIL import Image
 
+    out = Path(out)
+    check_out_file(out)
     kind, data = load_source_faces(Path(src), n=n, aligned=aligned, detector=detector)
     if kind == "faces":
         if not data:
@@ -251,9 +284,11 @@ def preview(src: Path, out: Path, styles: Sequence[str] = STYLES, n: int = 6, se
         header = cols
         n_faces = sum(len(data[s]) for s in cols)
     sheet = contact_sheet(rows, header)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(sheet).save(out, format="PNG")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(sheet).save(out, format="PNG")
+    except OSError as exc:
+        raise ValueError(f"cannot write {out}: {exc.strerror or exc}") from exc
     return {"kind": kind, "faces": n_faces, "rows": len(rows), "columns": len(header), "out": str(out)}
 
 

@@ -13,6 +13,8 @@ holds the rest:
   ``.bin`` sets; :func:`maskkit.shards.write_bytes_atomic` is the fsyncing variant whose
   ``NAME.tmp`` files ``maskkit synth`` cleans up on resume).
 * :func:`rounded` -- compact JSON numbers for manifest lines.
+* :func:`check_previous_run` -- refuse an ``--out`` that holds the output of a different run
+  (recorded in :data:`RUN_INFO`) unless ``--overwrite``, which first removes that run's files.
 * :func:`run_chunks` -- the chunked (optionally parallel) map over inputs, results in order.
 * :func:`write_accounting` -- the manifest/failures writer with a progress bar.
 
@@ -30,7 +32,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-__all__ = ["prepare_run", "check_writable", "safe_target", "write_atomic", "rounded", "run_chunks", "write_accounting"]
+__all__ = ["RUN_INFO", "check_previous_run", "prepare_run", "check_writable", "safe_target", "write_atomic", "rounded", "run_chunks", "write_accounting"]
 
 
 def check_writable(out: Path) -> None:
@@ -69,6 +71,98 @@ def prepare_run(src: Path, out: Path, detector: str, detector_opts: dict, aligne
         return make_detector(detector, **detector_opts)
     except (DetectorUnavailable, ValueError) as exc:
         raise error(str(exc)) from exc
+
+
+#: The run-info file ``align``/``mask`` write into ``--out``: the command, source and the options
+#: that change the outputs. A later run into the same folder compares against it.
+RUN_INFO = "maskkit-run.json"
+
+
+def _describe_change(old: dict | None, new: dict) -> str:
+    if old is None:
+        return f"a manifest.jsonl without {RUN_INFO}"
+    diffs = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    return "other options: " + "; ".join(diffs[:4]) + ("; ..." if len(diffs) > 4 else "")
+
+
+def _remove_previous_outputs(out: Path) -> int:
+    """Delete the files listed (``out`` field) in ``out/manifest.jsonl`` (plus their
+    ``<stem>.mask.png`` coverage siblings), the accounting files and the run info; then the
+    folders this left empty. Returns the number of files removed."""
+    removed = 0
+    root = out.resolve()
+    dirs: set[Path] = set()
+    man = out / "manifest.jsonl"
+    rels: list[str] = []
+    if man.is_file():
+        with open(man, encoding="utf-8") as fh:
+            for line in fh:
+                try:
+                    rel = json.loads(line).get("out")
+                except (json.JSONDecodeError, AttributeError):
+                    continue
+                if isinstance(rel, str) and rel:
+                    rels.append(rel)
+                    p = PurePosixPath(rel)
+                    rels.append((p.parent / (p.stem + ".mask.png")).as_posix())
+    for rel in dict.fromkeys(rels):
+        try:
+            target = safe_target(out, rel)
+        except ValueError:
+            continue  # never delete outside --out
+        if target.is_file():
+            target.unlink()
+            removed += 1
+            dirs.add(target.parent)
+    for name in ("manifest.jsonl", "failures.jsonl", RUN_INFO):
+        p = out / name
+        if p.is_file():
+            p.unlink()
+            removed += 1
+    for d in sorted(dirs, key=lambda d: len(d.parts), reverse=True):
+        while d.resolve() != root and root in d.resolve().parents:
+            try:
+                d.rmdir()  # only when empty
+            except OSError:
+                break
+            d = d.parent
+    return removed
+
+
+def check_previous_run(out: Path, info: dict, overwrite: bool, error: type[Exception] = RuntimeError) -> None:
+    """Refuse to mix two different runs in one output folder; record this run's info.
+
+    ``out`` holding a ``manifest.jsonl`` (or a :data:`RUN_INFO`) from a run with another
+    command, source or output-changing options is an error unless ``overwrite``, which removes
+    the previous run's outputs (the files its manifest lists) first. A rerun with identical
+    options proceeds and rewrites the same files.
+
+    Args:
+        out: the (existing, writable) output folder.
+        info: JSON-serialisable description of this run (command, resolved source, options).
+        overwrite: replace a different previous run instead of refusing.
+        error: the command's exception class.
+
+    Raises:
+        error: ``out`` holds another run and ``overwrite`` is false.
+    """
+    info = json.loads(json.dumps(info, sort_keys=True))
+    info_p = out / RUN_INFO
+    previous = None
+    if info_p.is_file():
+        try:
+            previous = json.loads(info_p.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            previous = {"unreadable": True}
+    held = previous is not None or (out / "manifest.jsonl").is_file()
+    if held and previous != info:
+        if not overwrite:
+            raise error(f"--out {out} holds the output of another run ({_describe_change(previous, info)}); "
+                        "pass --overwrite to replace it, or choose another --out")
+        _remove_previous_outputs(out)
+    elif held and overwrite:
+        _remove_previous_outputs(out)
+    write_atomic(info_p, (json.dumps(info, indent=1, sort_keys=True) + "\n").encode("utf-8"))
 
 
 def safe_target(out_root: Path, rel: str) -> Path:

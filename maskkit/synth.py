@@ -114,6 +114,7 @@ class SynthConfig:
         split: shard name prefix.
         overwrite: delete a previous, different run in ``out`` instead of refusing.
         progress: show a progress bar.
+        progress_desc: the progress bar's label (``align`` for ``maskkit align --format shards``).
         command: the command line recorded in the manifest.
         preview: also write a contact sheet PNG here.
     """
@@ -139,6 +140,7 @@ class SynthConfig:
     split: str = "train"
     overwrite: bool = False
     progress: bool = True
+    progress_desc: str = "synth"
     command: str | None = None
     preview: Path | None = None
 
@@ -838,14 +840,14 @@ def _merge(total: dict, st: dict) -> None:
             d[kk] = d.get(kk, 0) + v
 
 
-def _progress(total: int, initial: int, enabled: bool):
+def _progress(total: int, initial: int, enabled: bool, desc: str = "synth"):
     """A progress bar over input files (img/s and ETA); a resumed run starts at ``initial``."""
     if not enabled:
         return nullcontext(None)
     from .progress import progress_bar
 
     # shown on a pipe or log file too (like align and mask): a long run under nohup must report progress
-    return progress_bar(total=total, desc="synth", unit="img", initial=initial, disable=False)
+    return progress_bar(total=total, desc=desc, unit="img", initial=initial, disable=False)
 
 
 def run_synth(cfg: SynthConfig) -> SynthResult:
@@ -944,7 +946,7 @@ def _run_locked(cfg: SynthConfig, t_start: float) -> SynthResult:
     todo = chunks[state.start_chunk:]
     sink = ShardSink(out, cfg.shard_samples, cfg.split, start_index=len(shards), on_shard=on_shard)
     try:
-        with _backend(cfg) as n_jobs, _progress(len(items), done_files, cfg.progress) as bar:
+        with _backend(cfg) as n_jobs, _progress(len(items), done_files, cfg.progress, cfg.progress_desc) as bar:
             for res in _results(todo, cfg, n_jobs):
                 chunk = chunks[res.index]
                 t0 = time.perf_counter()

@@ -209,3 +209,97 @@ def test_progress_helpers():
     text = buf.getvalue()
     assert "1,234" in text and "decode_error" in text and "12.35" in text
     assert "3" in text.split("errors")[1].splitlines()[0]  # the errors row sums its reasons
+
+
+@pytest.fixture()
+def small_src(tmp_path, astronaut, grace_hopper):
+    """Two faces, one image without a face and one undecodable file."""
+    from PIL import Image
+
+    src = tmp_path / "small"
+    src.mkdir()
+    Image.fromarray(astronaut).save(src / "astronaut.png")
+    Image.fromarray(grace_hopper).save(src / "grace.jpg")
+    Image.fromarray(np.full((200, 240, 3), 128, np.uint8)).save(src / "blank.png")
+    (src / "broken.jpg").write_bytes(b"not a jpeg at all")
+    return src
+
+
+def test_shards_format_uses_the_images_detector_options(small_src, tmp_path, monkeypatch):
+    """Both formats detect with the same options (the backend's defaults), so they find the same faces."""
+    from maskkit import synth
+    from maskkit.detect import make_detector
+
+    seen = []
+    real = synth.run_synth
+
+    def spy(cfg):
+        seen.append(cfg)
+        return real(cfg)
+
+    monkeypatch.setattr(synth, "run_synth", spy)
+    s = run_align(AlignConfig(src=small_src, out=tmp_path / "s", format="shards", progress=False))
+    assert seen and seen[0].detector_opts == {}
+    assert make_detector("hog", **seen[0].detector_opts).max_side == make_detector("hog").max_side
+    im = run_align(AlignConfig(src=small_src, out=tmp_path / "i", progress=False))
+    assert s["faces"] == im["faces"] == 2
+
+
+def test_shards_format_reports_the_images_summary(small_src, tmp_path):
+    runner = CliRunner()
+    quiet = {}
+    for fmt in ("images", "shards"):
+        res = runner.invoke(main, ["align", "--src", str(small_src), "--out", str(tmp_path / f"q_{fmt}"),
+                                   "--format", fmt, "--jobs", "1", "-q"])
+        assert res.exit_code == 0, res.output
+        quiet[fmt] = json.loads(res.output.strip().splitlines()[-1])
+    assert quiet["shards"] == quiet["images"]
+    assert quiet["shards"] == {"files": 4, "ok": 2, "failed": 2, "faces": 2, "no_face": 1,
+                               "errors": {"decode_error": 1}}
+    res = runner.invoke(main, ["align", "--src", str(small_src), "--out", str(tmp_path / "t"),
+                               "--format", "shards", "--jobs", "1"])
+    assert res.exit_code == 0, res.output
+    for row in ("files", "faces written", "no face", "decode_error", "seconds", "img/s"):
+        assert row in res.output, row
+    assert "align:" in res.output and "synth" not in res.output  # the bar label
+
+
+def test_shards_rerun_with_other_options_needs_overwrite(small_src, tmp_path):
+    runner = CliRunner()
+    out = str(tmp_path / "s")
+    base = ["align", "--src", str(small_src), "--out", out, "--format", "shards", "--jobs", "1", "-q"]
+    assert runner.invoke(main, base).exit_code == 0
+    res = runner.invoke(main, base + ["--quality", "80"])
+    assert res.exit_code != 0 and "--overwrite" in res.output
+    res = runner.invoke(main, base + ["--quality", "80", "--overwrite"])
+    assert res.exit_code == 0, res.output
+    man = json.loads((tmp_path / "s" / "manifest.json").read_text())
+    assert man["jpeg_quality"] == 80 and man["num_samples"] == 2
+
+
+def test_images_rerun_into_another_runs_out(small_src, tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "o"
+    base = ["align", "--src", str(small_src), "--out", str(out), "--jobs", "1", "-q"]
+    assert runner.invoke(main, base).exit_code == 0
+    assert sorted(p.name for p in out.glob("*.jpg")) == ["astronaut.jpg", "grace.jpg"]
+    # identical options: proceeds and rewrites the same files
+    res = runner.invoke(main, base)
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in out.glob("*.jpg")) == ["astronaut.jpg", "grace.jpg"]
+    # other options: refused, nothing touched
+    res = runner.invoke(main, base + ["--faces", "all"])
+    assert res.exit_code != 0 and "another run" in res.output and "--overwrite" in res.output
+    assert len(_jsonl(out / "manifest.jsonl")) == 2 and (out / "astronaut.jpg").is_file()
+    # --overwrite clears the previous run's crops: no stale file remains
+    (out / "notes.txt").write_text("mine")
+    res = runner.invoke(main, base + ["--faces", "all", "--overwrite"])
+    assert res.exit_code == 0, res.output
+    names = {p.name for p in out.glob("*.jpg")}
+    assert names == {r["out"] for r in _jsonl(out / "manifest.jsonl")}
+    assert {"astronaut_0.jpg", "grace_0.jpg"} <= names and not {"astronaut.jpg", "grace.jpg"} & names
+    assert (out / "notes.txt").read_text() == "mine"
+    # a folder with a manifest.jsonl but no run info (another tool or version) is refused too
+    (out / "maskkit-run.json").unlink()
+    res = runner.invoke(main, base + ["--faces", "all"])
+    assert res.exit_code != 0 and "--overwrite" in res.output

@@ -418,3 +418,105 @@ def test_unknown_detector_is_a_usage_error(tmp_path, lfw_johns):
         res = CliRunner().invoke(main, args)
         assert res.exit_code == 2, (args, res.output, repr(res.exception))
         assert "Invalid value for '--detector': 'foo'" in res.output and "blazeface" in res.output, res.output
+
+
+def test_contact_sheet_captions_stay_identifiable():
+    """Worst-pair / worst-probe captions keep names distinguishable (a plain [:18] cut made
+    ``Arnold_Schwarzenegger_0006.jpg`` and ``..._0007.jpg`` the same label)."""
+    from maskkit.training.report import pair_caption, probe_caption, short_label
+
+    a, b = "lfw/Arnold_Schwarzenegger/Arnold_Schwarzenegger_0006.jpg", "x/Arnold_Schwarzenegger_0007.jpg"
+    cap = pair_caption(0.41234, a, b)
+    line1, line2 = cap.split("\n")
+    assert line1 == "d=0.412"
+    la, lb = (s.strip() for s in line2.split("|"))
+    assert la != lb and la.startswith("Arnold") and la.endswith("_0006") and lb.endswith("_0007")
+    assert len(la) <= 20 and len(lb) <= 20
+    assert pair_caption(0.1, "John_Kerry_0001.jpg", "John_Kerry_0002.jpg").endswith("John_Kerry_0001 | John_Kerry_0002")
+    cap = probe_caption(3, "Jennifer_Lopez_Anniston", "Jennifer_Lopez_Aniston_Smith")
+    assert cap == "rank 3: Jennifer_Lopez_Anniston\n-> Jennifer_Lopez_Aniston_Smith"
+    long_a, long_b = "Maria_Guadalupe_Fernanda_Lopez_A", "Maria_Guadalupe_Fernanda_Lopez_B"
+    assert short_label(long_a, 28) != short_label(long_b, 28) and len(short_label(long_a, 28)) == 28
+    assert short_label("short", 28) == "short"
+
+
+def test_photo_without_a_face_fails_with_no_face(photos_dir, celeb_aligned, tmp_path):
+    """No detected face is a ``no_face`` failure (never a whole-image guess that gets embedded
+    and scored); 112x112 crops still pass through as aligned."""
+    from maskkit.image_io import load_image
+    from maskkit.training.evalsets import FaceAligner, load_image_folder, load_pairs
+
+    aligner = FaceAligner()
+    with pytest.raises(ValueError) as ei:
+        aligner(load_image(photos_dir / "dogs.jpg"))
+    assert ei.value.reason == "no_face"
+    img, lm, note = aligner(load_image(photos_dir / "obama.jpg"))
+    assert img.shape == (112, 112, 3) and lm.shape == (68, 2) and note is None
+    crop_path = next(p for p in sorted((celeb_aligned / "Barack_Obama").iterdir()) if p.suffix == ".jpg")
+    crop = load_image(crop_path)
+    assert crop.shape[:2] == (112, 112)
+    out, lm, note = aligner(crop)
+    assert out is crop and lm is None and note is None
+
+    src = tmp_path / "src"
+    (src / "dogs").mkdir(parents=True)
+    (src / "obama").mkdir()
+    shutil.copy(photos_dir / "dogs.jpg", src / "dogs" / "dogs.jpg")
+    shutil.copy(photos_dir / "obama.jpg", src / "obama" / "obama.jpg")
+    shutil.copy(crop_path, src / "obama" / "crop.jpg")
+    s = load_image_folder(src, aligner, progress=False)
+    assert len(s.images) == 2 and sorted(s.paths) == ["obama/crop.jpg", "obama/obama.jpg"]
+    assert [(f["src"], f["reason"]) for f in s.failures] == [("dogs/dogs.jpg", "no_face")]
+    assert not s.notes
+
+    (tmp_path / "pairs.txt").write_text("obama/obama.jpg obama/crop.jpg 1\ndogs/dogs.jpg obama/obama.jpg 0\n")
+    p = load_pairs(tmp_path / "pairs.txt", src, aligner, progress=False)
+    assert p.n_pairs == 1 and len(p.images) == 2 and not p.notes
+    assert sorted(f["reason"] for f in p.failures) == ["no_face", "pair_skipped"]
+
+
+def test_empty_gallery_or_probes_is_a_one_line_error(johns, lfw_johns, photos_dir, tmp_path):
+    from maskkit.cli import main
+
+    gal = tmp_path / "gal"
+    (gal / "dogs").mkdir(parents=True)
+    shutil.copy(photos_dir / "dogs.jpg", gal / "dogs" / "dogs.jpg")  # no face: the gallery ends up empty
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    runner = CliRunner()
+    for args, what in (([ "--gallery", str(gal), "--probes", str(lfw_johns)], "gallery is empty"),
+                       (["--gallery", str(lfw_johns), "--probes", str(empty)], "probe set is empty"),
+                       (["--gallery", str(gal), "--probes", str(gal)], "is empty")):
+        for cmd in (["eval", "--model", str(johns["run"])], ["eval", "--compare", str(johns["run"])]):
+            res = runner.invoke(main, cmd + args + ["--no-progress", "--out", str(tmp_path / "rep")])
+            assert res.exit_code == 1 and isinstance(res.exception, SystemExit), (args, res.output, repr(res.exception))
+            lines = [x for x in res.output.splitlines() if x.startswith("Error:")]
+            assert len(lines) == 1 and what in lines[0] and "Traceback" not in res.output, res.output
+    assert "no_face 1" in lines[0]
+
+
+def test_compare_reads_the_method_from_config_json(tmp_path):
+    """A run without saved metrics still shows its method (from RUN/config.json) in --compare."""
+    from maskkit.cli import main
+    from maskkit.training.config import TrainConfig
+    from maskkit.training.report import compare_rows
+
+    run = tmp_path / "arc_run"
+    run.mkdir()
+    TrainConfig(data="shards/", out=str(run), method="arcface").save(run / "config.json")
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    cols, rows = compare_rows([run, bare])
+    assert cols == [] and [r["method"] for r in rows] == ["arcface", "-"]
+    res = CliRunner().invoke(main, ["eval", "--compare", str(run)])
+    assert res.exit_code == 0 and "arcface" in res.output, res.output
+
+
+def test_val_at_far_note_in_report_and_table(bin_report):
+    """50 negative pairs cannot resolve FAR=1e-3: metrics.json and the table say so."""
+    out, output = bin_report
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["counts"]["diff"] == 50
+    assert "not resolvable" in m["val_note"] and "50 negative pairs" in m["val_note"]
+    flat = " ".join(output.split())
+    assert "VAL@FAR=0.001 % (*)" in flat and "not resolvable" in flat, output

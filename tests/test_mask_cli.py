@@ -40,7 +40,8 @@ def _jsonl(p: Path):
 @pytest.fixture(scope="module")
 def mask_out(src_tree, tmp_path_factory):
     out = tmp_path_factory.mktemp("masked")
-    res = _run(["mask", "--src", str(src_tree), "--out", str(out), "--seed", "3", "--coverage", "--quiet"])
+    res = _run(["mask", "--src", str(src_tree), "--out", str(out), "--seed", "3", "--coverage", "--jobs", "1",
+                "--quiet"])
     return out, json.loads(res.output.strip().splitlines()[-1])
 
 
@@ -203,3 +204,62 @@ def test_demo_sheet_regenerates(tmp_path):
     p = write_demo(tmp_path / "demo.png", seeds=(0,))
     im = _sheet(p)
     assert im.shape[0] > 2 * 150 and im.shape[1] > 6 * 150
+
+
+def test_preview_unwritable_out_is_a_clear_error_before_any_work(src_tree, tmp_path, monkeypatch):
+    import maskkit.preview as pv
+
+    def boom(*a, **k):
+        raise AssertionError("the faces were loaded before the output was checked")
+
+    monkeypatch.setattr(pv, "load_source_faces", boom)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    for bad in (blocker / "sheet.png", blocker / "sub" / "sheet.png"):
+        r = CliRunner().invoke(main, ["preview", str(src_tree / "people"), "-o", str(bad)])
+        assert r.exit_code == 1 and isinstance(r.exception, SystemExit), r.output
+        assert "Traceback" not in r.output
+        lines = [x for x in r.output.splitlines() if x.strip()]
+        assert len(lines) == 1 and lines[0].startswith("Error: cannot write"), r.output
+
+
+def _mask_names(out: Path) -> set[str]:
+    return {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file() and p.suffix in (".jpg", ".png")}
+
+
+def test_mask_rerun_into_another_runs_out(src_tree, tmp_path):
+    out = tmp_path / "m"
+    base = ["mask", "--src", str(src_tree / "people"), "--out", str(out), "--style", "n95", "-q"]
+    _run(base + ["--coverage"])
+    first = _mask_names(out)
+    assert "people/biden.mask.png" not in first and "biden.mask.png" in first
+    _run(base + ["--coverage"])  # identical options: proceeds, same files
+    assert _mask_names(out) == first
+    r = CliRunner().invoke(main, base + ["--style", "cloth"])
+    assert r.exit_code != 0 and "another run" in r.output and "--overwrite" in r.output
+    assert _mask_names(out) == first
+    _run(base + ["--style", "cloth", "--overwrite"])
+    man = _jsonl(out / "manifest.jsonl")
+    assert _mask_names(out) == {r["out"] for r in man}  # the stale coverage PNGs are gone
+    assert {r["style"] for r in man if r["masked"]} == {"cloth"}
+
+
+def test_jobs_option_is_consistent_across_commands():
+    """align, mask and synth: -j/--jobs defaults to 0 = all CPU cores (synth also takes -1)."""
+    import click
+
+    from maskkit.cli_align import align
+    from maskkit.cli_mask import mask
+    from maskkit.cli_synth import synth
+
+    for cmd in (align, mask, synth):
+        opt = next(p for p in cmd.params if p.name == "jobs")
+        assert opt.default == 0 and "-j" in opt.opts, cmd.name
+        assert "0 = all CPU cores" in opt.help, cmd.name
+        h = CliRunner().invoke(main, [cmd.name, "--help"])
+        assert h.exit_code == 0 and "0 = all CPU cores" in h.output
+    synth_jobs = next(p for p in synth.params if p.name == "jobs")
+    ctx = synth.make_context("synth", ["--src", ".", "--out", "x", "-j", "-1"])
+    assert ctx.params["jobs"] == -1
+    with pytest.raises(click.BadParameter):
+        synth_jobs.type.convert("-2", synth_jobs, None)

@@ -334,3 +334,68 @@ def test_unavailable_or_bad_device_is_a_one_line_error(shards, tmp_path):
         assert res.exit_code == 1, (dev, res.output, repr(res.exception))
         assert "Error: --device" in res.output and expect in res.output, (dev, res.output)
         assert not (run / "checkpoints" / "last.pt").exists()
+
+
+def test_log_line_shows_only_the_methods_parts():
+    from maskkit.training.engine import log_line
+
+    rec = {"step": 7, "epoch": 1.25, "loss": 2.5, "cls": 2.0, "g": 0.0, "kl": 0.0, "mag": 12.0,
+           "sigma_masked": None, "sigma_unmasked": None, "img_s": 30.0}
+    arc = log_line(rec, "arcface", 0.01)
+    assert arc.startswith("step 7 ep 1.25 loss 2.5000 cls 2.0000") and "|f| 12 lr 0.01 img/s 30.0" in arc
+    assert " g " not in arc and "kl" not in arc and "sigma" not in arc
+    mag = log_line(dict(rec, g=0.125), "magface", 0.01)
+    assert " g 0.1250 " in mag and "kl" not in mag and "sigma" not in mag
+    dul = log_line(dict(rec, kl=3.5, sigma_masked=0.5, sigma_unmasked=0.25), "dul", 0.01)
+    assert " g " not in dul and "kl 3.5 |sigma| m 0.5 u 0.25" in dul
+    full = log_line(dict(rec, g=0.125, kl=3.5, sigma_masked=0.5, sigma_unmasked=0.25), "maskdul", 0.01)
+    assert " g 0.1250 kl 3.5 |sigma| m 0.5 u 0.25 |f| 12" in full
+
+
+_ARC_COMMON = ["--no-progress", "--num-workers", "0", "--set", "tensorboard=false", "--set", "shuffle_buffer=8"]
+
+
+def _arcface_run(shards: Path, run: Path):
+    from maskkit.cli import main
+
+    return CliRunner().invoke(main, ["train", "--data", str(shards), "--out", str(run), "--method", "arcface",
+                                     "--backbone", "r18", "--width", "0.25", "--batch-size", "4", "--max-steps", "3",
+                                     "--steps-per-epoch", "4", "--log-every", "1", "--device", "cpu"] + _ARC_COMMON)
+
+
+def test_cli_arcface_log_lines_have_no_g_or_kl(shards, tmp_path):
+    res = _arcface_run(shards, tmp_path / "arc")
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    lines = [x for x in res.output.splitlines() if x.startswith("step ")]
+    assert len(lines) == 3 and all(" loss " in x and " g " not in x and " kl " not in x for x in lines), lines
+
+
+def test_cli_resume_nothing_to_do_and_inexact_resume(shards, tmp_path):
+    """``--resume --max-steps`` at or below the checkpoint's step says there is nothing to do and
+    leaves the run untouched; a resume with another batch size warns that it is not exact."""
+    from maskkit.cli import main
+
+    run = tmp_path / "arc"
+    common = _ARC_COMMON
+    res = _arcface_run(shards, run)
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    assert "trained 3 steps" in res.output
+    log_before = (run / "log.jsonl").read_bytes()
+    ck_before = (run / "checkpoints" / "last.pt").read_bytes()
+    for limit in ("2", "3"):
+        res = CliRunner().invoke(main, ["train", "--out", str(run), "--resume", "--max-steps", limit] + common)
+        assert res.exit_code == 0, res.output + repr(res.exception)
+        assert "nothing to do" in res.output and "step 3" in res.output and "trained" not in res.output, res.output
+    assert (run / "log.jsonl").read_bytes() == log_before
+    assert (run / "checkpoints" / "last.pt").read_bytes() == ck_before
+    # another batch size: trains on, with a warning that the resume is not exact
+    res = CliRunner().invoke(main, ["train", "--out", str(run), "--resume", "--max-steps", "4", "--batch-size", "8"]
+                             + common)
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    assert "not exact" in res.output and "batch size 8" in res.output, res.output
+    assert "trained 1 steps (now at step 4)" in res.output
+    recs = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in recs if r.get("event") == "resume_inexact"] == [3]
+    # same batch size: exact, no warning
+    res = CliRunner().invoke(main, ["train", "--out", str(run), "--resume", "--max-steps", "5"] + common)
+    assert res.exit_code == 0 and "not exact" not in res.output, res.output

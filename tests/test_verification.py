@@ -156,3 +156,13 @@ def test_extract_embeddings_flip_sum_and_sigma_mean():
     np.testing.assert_allclose(e.sigma_norm, np.sqrt(16) * (1.0 + masked), rtol=1e-6)
     e2 = extract_embeddings(m, imgs, masked, batch_size=3, flip=False, progress=False)
     np.testing.assert_allclose(e2.mu, raw / np.linalg.norm(raw, axis=1, keepdims=True), rtol=1e-4, atol=1e-5)
+
+
+def test_val_at_far_note_when_negatives_are_too_few():
+    from maskkit.training.verification import val_far_note
+
+    note = val_far_note(999, 1e-3)
+    assert note and "not resolvable" in note and "999 negative pairs" in note and "at least 1000" in note
+    assert val_far_note(1000, 1e-3) is None and val_far_note(50_000, 1e-3) is None
+    assert val_far_note(50, 1e-2) and val_far_note(100, 1e-2) is None
+    assert "not resolvable" in val_far_note(0, 1e-3)

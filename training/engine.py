@@ -279,6 +279,23 @@ def _progress(total: int, initial: int, enabled: bool):
 # ----------------------------------------------------------------------------------------------
 # the loop
 # ----------------------------------------------------------------------------------------------
+def log_line(rec: dict, method: str, lr: float) -> str:
+    """The human-readable training log line of one log record.
+
+    Only the parts ``method`` has are shown: ``g`` (the MagFace regulariser) for magface,
+    dul-mag and maskdul; ``kl`` and the mean ``|sigma|`` for the DUL methods (dul, dul-mag,
+    maskdul). ArcFace shows neither.
+    """
+    fm = lambda v, f=".3g": "-" if v is None else format(v, f)  # noqa: E731
+    parts = [f"step {rec['step']} ep {rec['epoch']:.2f} loss {fm(rec['loss'], '.4f')} cls {fm(rec['cls'], '.4f')}"]
+    if method in ("magface", "dul-mag", "maskdul"):
+        parts.append(f"g {fm(rec.get('g'), '.4f')}")
+    if method in ("dul", "dul-mag", "maskdul"):
+        parts.append(f"kl {fm(rec.get('kl'))} |sigma| m {fm(rec.get('sigma_masked'))} u {fm(rec.get('sigma_unmasked'))}")
+    parts.append(f"|f| {fm(rec.get('mag'))} lr {lr:.3g} img/s {fm(rec.get('img_s'), '.1f')}")
+    return " ".join(parts)
+
+
 def train(cfg: TrainConfig, resume: bool = False, source: Any = None) -> dict:
     """Train ``cfg`` (in this process; under torchrun, as one DDP rank). Returns a summary dict.
 
@@ -334,6 +351,7 @@ def train(cfg: TrainConfig, resume: bool = False, source: Any = None) -> dict:
     seed_everything(cfg.seed * 1_000_003 + info.rank + 1)
 
     start_epoch, start_b, global_step, positions = 0, 0, 0, None
+    inexact = None  # the warning of a resume with another world size / batch size / workers
     if ckpt is not None:
         if ckpt.get("num_classes") != num_classes:
             raise TrainError(f"--resume: the checkpoint was trained on {ckpt.get('num_classes')} classes, "
@@ -355,12 +373,19 @@ def train(cfg: TrainConfig, resume: bool = False, source: Any = None) -> dict:
         else:
             start_b = int(d["batches_in_epoch"]) * int(d["global_batch"]) // gb
             seed_everything(cfg.seed * 1_000_003 + info.rank + 1 + 7919 * global_step)
-            if info.is_main:
-                log.warning("resume with world %d/workers %d/batch %d (was %d/%d/%d): position restored at "
-                            "sample granularity, sample order of this epoch differs", world, nw, cfg.batch_size,
-                            d["world"], d["num_workers"], d["batch_size"])
+            inexact = (f"warning: this resume is not exact: world size {world}, batch size {cfg.batch_size}, "
+                       f"workers {nw} (the checkpoint has {d['world']}, {d['batch_size']}, {d['num_workers']}); "
+                       "the position is restored at sample granularity but the data order of this epoch "
+                       "changes, so the weights will differ from an uninterrupted run")
         if start_b >= spe:
             start_epoch, start_b, positions = start_epoch + 1, 0, None
+        if (cfg.max_steps is not None and global_step >= cfg.max_steps) or start_epoch >= cfg.epochs:
+            # nothing to train: leave the run folder (config, log, checkpoint) untouched
+            limit = (f"--max-steps {cfg.max_steps}" if cfg.max_steps is not None and global_step >= cfg.max_steps
+                     else f"{cfg.epochs} epochs")
+            return {"step": global_step, "epoch": start_epoch, "checkpoint": str(ck_path), "last_loss": None,
+                    "world": world, "steps_per_epoch": spe, "steps_trained": 0, "nothing_to_do": True,
+                    "reason": f"the run is already at step {global_step}, which reaches {limit}"}
 
     runner: nn.Module = tm
     if world > 1:
@@ -443,11 +468,15 @@ def train(cfg: TrainConfig, resume: bool = False, source: Any = None) -> dict:
              f"amp {cfg.amp if use_cuda else 'off (cpu)'}" + (f", resumed at step {global_step}" if ckpt else ""))
         write_log({"event": "start", "step": global_step, "world": world, "global_batch": gb,
                    "steps_per_epoch": spe, "device": str(info.device), "resumed": ckpt is not None})
+        if inexact:
+            emit(inexact)
+            write_log({"event": "resume_inexact", "step": global_step, "message": inexact})
 
     pending = None  # CUDA: the last step's non-finite flag, read one step later
     acc = torch.zeros(len(METRIC_KEYS), dtype=torch.float64, device=info.device)
     t_last, n_img = time.perf_counter(), 0
     last_saved = global_step if ckpt is not None else -1
+    first_step = global_step
     last_loss = float("nan")
     stop = cfg.max_steps is not None and global_step >= cfg.max_steps
     epoch = start_epoch
@@ -512,11 +541,7 @@ def train(cfg: TrainConfig, resume: bool = False, source: Any = None) -> dict:
                         rec["mem_gb"] = torch.cuda.max_memory_allocated(info.device) / 2 ** 30
                     last_loss = rec["loss"]
                     write_log(rec)
-                    fm = lambda v, f=".3g": "-" if v is None else format(v, f)  # noqa: E731
-                    emit(f"step {global_step} ep {rec['epoch']:.2f} loss {fm(rec['loss'], '.4f')} cls {fm(rec['cls'], '.4f')}"
-                         f" g {fm(rec['g'], '.4f')} kl {fm(rec['kl'])} |sigma| m {fm(rec['sigma_masked'])}"
-                         f" u {fm(rec['sigma_unmasked'])} |f| {fm(rec['mag'])} lr {lr:.3g}"
-                         f" img/s {fm(rec['img_s'], '.1f')}")
+                    emit(log_line(rec, cfg.method, lr))
                     if bar is not None:
                         bar.set_postfix(loss=f"{rec['loss']:.3f}", lr=f"{lr:.2g}")
                     acc.zero_()
@@ -540,7 +565,8 @@ def train(cfg: TrainConfig, resume: bool = False, source: Any = None) -> dict:
     if info.is_main:
         emit(f"done: step {global_step}, checkpoint {ck_path}")
     return {"step": global_step, "epoch": epoch, "checkpoint": str(ck_path), "last_loss": last_loss,
-            "world": world, "steps_per_epoch": spe}
+            "world": world, "steps_per_epoch": spe, "steps_trained": global_step - first_step,
+            "nothing_to_do": False}
 
 
 # ----------------------------------------------------------------------------------------------

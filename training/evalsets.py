@@ -47,7 +47,8 @@ class PairSet:
         landmarks68: per image (68, 2) float32 landmarks in aligned pixels when the aligner
             produced them, else None (found later on the aligned crop when masking).
         failures: inputs that produced no pair, with reasons.
-        notes: per-image notes (e.g. ``"whole_image_box"`` alignment fallbacks), keyed by index.
+        notes: per-image alignment notes keyed by index (``FaceAligner`` adds none: an image
+            without a detected face is a ``no_face`` failure instead).
         source: a short description of where the pairs came from.
     """
 
@@ -128,14 +129,24 @@ def encode_image(rgb: np.ndarray, ext: str = ".jpg", quality: int = 95) -> bytes
     return buf.tobytes()
 
 
+class AlignFailure(ValueError):
+    """An image that cannot be aligned: ``reason`` is a short token (``no_face``,
+    ``bad_landmarks``), ``detail`` explains it."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
 class FaceAligner:
     """Bring any face photo to a 112x112 ArcFace-template crop with maskkit's aligner.
 
     Images already at ``size`` are taken as aligned (returned unchanged, landmarks None).
     Others go through ``maskkit.detect`` (HOG detector by default, the largest face) and
-    ``maskkit.align.align_face``. When the detector finds no face the whole image is used as
-    the face box for the landmark predictor (``landmarks_in_box``), which suits face crops such
-    as LFW's; the fallback is reported as a note, never silently.
+    ``maskkit.align.align_face``. When the detector finds no face the image fails with
+    :class:`AlignFailure` reason ``no_face`` (the caller lists it in ``failures``): guessing the
+    whole image as the face box would embed and score photos without a face.
 
     Models load once, on first use.
     """
@@ -160,24 +171,23 @@ class FaceAligner:
             ``(aligned_rgb, landmarks68_in_aligned_pixels_or_None, note_or_None)``.
 
         Raises:
-            ValueError: when no landmarks can be found at all (reason in the message).
+            AlignFailure: (a ``ValueError``) reason ``no_face`` when the detector finds no face,
+                ``bad_landmarks`` when its landmarks are unusable.
         """
         if rgb.shape[:2] == self.size:
             return rgb, None, None
         from maskkit.align import align_face
-        from maskkit.detect import landmarks_in_box, select_faces
+        from maskkit.detect import select_faces
 
         note = None
         faces = self._get_detector().detect(rgb)
-        if faces:
-            face = select_faces(faces, self.policy, rgb.shape)[0]
-            lm = np.asarray(face.landmarks68, np.float32)
-        else:
-            h, w = rgb.shape[:2]
-            lm = np.asarray(landmarks_in_box(rgb, (0.0, 0.0, float(w), float(h))), np.float32)
-            note = "no_face_detected:whole_image_box"
+        if not faces:
+            raise AlignFailure("no_face", f"no face found ({self.detector_name} detector) in a "
+                               f"{rgb.shape[1]}x{rgb.shape[0]} image")
+        face = select_faces(faces, self.policy, rgb.shape)[0]
+        lm = None if face.landmarks68 is None else np.asarray(face.landmarks68, np.float32)
         if lm is None or not np.all(np.isfinite(lm)):
-            raise ValueError("no_landmarks")
+            raise AlignFailure("bad_landmarks", "no finite landmarks for the detected face")
         aligned = align_face(rgb, lm, size=self.size)
         return aligned.image, np.asarray(aligned.landmarks68, np.float32), note
 

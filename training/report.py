@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ import numpy as np
 from .evalsets import FaceAligner, ImageSet, PairSet, apply_masks, load_bin, load_image_folder, load_pairs, mask_side_flags
 from .identification import IdentificationResult, identify
 from .uncertainty import mutual_likelihood_score
-from .verification import Embeddings, evaluate, evaluate_scores, extract_embeddings, pair_distances
+from .verification import Embeddings, evaluate, evaluate_scores, extract_embeddings, pair_distances, val_far_note
 
 log = logging.getLogger(__name__)
 
@@ -265,6 +266,36 @@ def _branch_hists(out: Path, sigma_norm: np.ndarray | None, magnitude: np.ndarra
                      f"‖μ‖ masked vs unmasked | {title}")
 
 
+_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def short_label(name: str, width: int) -> str:
+    """``name`` shortened to at most ``width`` characters for a contact-sheet caption.
+
+    An image extension is dropped, then an over-long name keeps its start and its end with an
+    ellipsis in the middle, so ``Arnold_Schwarzenegger_0006.jpg`` and ``..._0007.jpg`` stay
+    distinguishable (cutting the end would make them the same label).
+    """
+    name = str(name)
+    if name.lower().endswith(_IMAGE_SUFFIXES):
+        name = name[: name.rfind(".")]
+    if len(name) <= width:
+        return name
+    keep = max(2, width - 1)
+    head = (keep + 1) // 2
+    return name[:head] + "\u2026" + name[len(name) - (keep - head):]
+
+
+def pair_caption(dist: float, a: str, b: str, width: int = 20) -> str:
+    """Caption of a worst-pair cell: the distance, then both file names (middle-ellipsised)."""
+    return f"d={dist:.3f}\n{short_label(Path(a).name, width)} | {short_label(Path(b).name, width)}"
+
+
+def probe_caption(rank: int, ident: str, pred: str, width: int = 28) -> str:
+    """Caption of a mis-identified probe cell: its rank, true and predicted identity."""
+    return f"rank {rank}: {short_label(ident, width)}\n-> {short_label(pred, width)}"
+
+
 def contact_sheet(path: Path, panels: list[tuple[str, list[tuple[list[np.ndarray], str]]]], title: str,
                   cols: int = 4) -> None:
     """A grid of image groups: ``panels = [(panel_title, [(images, caption), ...]), ...]``.
@@ -360,6 +391,7 @@ def evaluate_pairset(model, pairs: PairSet, cfg: EvalConfig, renderer=None) -> V
         "mask_styles": {s: mo.styles.count(s) for s in sorted({s for s in mo.styles if s})},
         "cosine": res.summary(),
         "mls": None if res_mls is None else res_mls.summary(),
+        "val_note": val_far_note(int((~pairs.issame).sum()), res.far_target),
         "roc": {
             "cosine": {"fpr": res.fpr, "tpr": res.tpr, "thresholds": res.thresholds},
             "mls": None if res_mls is None else {"fpr": res_mls.fpr, "tpr": res_mls.tpr},
@@ -387,7 +419,7 @@ def write_verification_report(run: VerificationRun, out: Path, worst_k: int = 8)
     imgs = run.images
 
     def _entries(recs):
-        return [([imgs[2 * r["pair"]], imgs[2 * r["pair"] + 1]], f"d={r['dist']:.3f}\n{Path(r['a']).name[:18]}|{Path(r['b']).name[:18]}")
+        return [([imgs[2 * r["pair"]], imgs[2 * r["pair"] + 1]], pair_caption(r["dist"], r["a"], r["b"]))
                 for r in recs[:worst_k]]
 
     contact_sheet(out / "worst_pairs.png", [
@@ -524,7 +556,7 @@ def write_identification_report(run: IdentificationRun, out: Path, worst_k: int 
             fails.append((p, rank, pred, ident))
     fails.sort(key=lambda t: -t[1])
     entries = [([run.probe_images[p], run.gallery_images[first[pred]], run.gallery_images[first[ident]]],
-                f"rank {rank}: {ident[:14]}\n-> {pred[:14]}") for p, rank, pred, ident in fails[: 2 * worst_k]]
+                probe_caption(rank, ident, pred)) for p, rank, pred, ident in fails[: 2 * worst_k]]
     contact_sheet(out / "worst_probes.png", [("mis-identified probes, worst rank first (probe | predicted | true)", entries)],
                   f"{len(fails)} of {len(run.probes)} probes not at rank 1 | {title}")
     np.savez_compressed(
@@ -562,7 +594,9 @@ def metrics_table(m: dict):
     if m["task"] == "verification":
         t.add_row("accuracy % (10-fold)", f"{_pct(cos['accuracy'])} ± {_pct(cos['accuracy_std'])}",
                   f"{_pct(mls['accuracy'])} ± {_pct(mls['accuracy_std'])}" if mls else "-")
-        t.add_row(f"VAL@FAR={cos['far_target']:g} %", _pct(cos["val"]), _pct(mls.get("val")) if mls else "-")
+        note = m.get("val_note")
+        t.add_row(f"VAL@FAR={cos['far_target']:g} %" + (" (*)" if note else ""), _pct(cos["val"]),
+                  _pct(mls.get("val")) if mls else "-")
         t.add_row("AUC", f"{cos['auc']:.4f}", f"{mls['auc']:.4f}" if mls else "-")
         t.add_row("pairs (same/diff)", f"{c['pairs']} ({c['same']}/{c['diff']})", "")
     else:
@@ -579,6 +613,8 @@ def metrics_table(m: dict):
             u = "-" if not v["unmasked"] else f"{v['unmasked']['mean']:.3g}"
             k = "-" if not v["masked"] else f"{v['masked']['mean']:.3g}"
             t.add_row(label, f"{u} / {k}", "")
+    if m["task"] == "verification" and m.get("val_note"):
+        t.caption = f"(*) {m['val_note']}"
     return t
 
 
@@ -597,6 +633,19 @@ def load_run_metrics(run_dir: str | Path) -> list[dict]:
     return out
 
 
+def _config_method(run: str | Path) -> str | None:
+    """The ``method`` in ``RUN/config.json`` (or next to a checkpoint file), or None."""
+    p = Path(run)
+    for cand in (p / "config.json", p.parent / "config.json", p.parent.parent / "config.json"):
+        if cand.is_file():
+            try:
+                method = json.loads(cand.read_text(encoding="utf-8")).get("method")
+            except (OSError, ValueError, AttributeError):
+                return None
+            return str(method) if method else None
+    return None
+
+
 def compare_rows(runs: list[str | Path], records: dict[str, list[dict]] | None = None) -> tuple[list[str], list[dict]]:
     """Rows for a methods-side-by-side table (the paper's Tables II-III layout).
 
@@ -610,7 +659,7 @@ def compare_rows(runs: list[str | Path], records: dict[str, list[dict]] | None =
     for run in runs:
         recs = records.get(str(run)) if records else None
         recs = recs if recs is not None else load_run_metrics(run)
-        row = {"run": Path(run).name, "method": "-"}
+        row = {"run": Path(run).name, "method": _config_method(run) or "-"}
         for m in recs:
             col = f"{m['set']} {'MFV' if m['task'] == 'verification' else 'MFI'} mask={m['protocol']['mask_side']}"
             if col not in cols:
@@ -650,6 +699,18 @@ def compare_table(runs: list[str | Path], records: dict[str, list[dict]] | None 
 # --------------------------------------------------------------------------------------------
 
 
+class EvalInputError(ValueError):
+    """The evaluation set cannot be scored (an empty gallery or probe set); the CLI shows the
+    message as a one-line error."""
+
+
+def _failure_summary(failures: list[dict]) -> str:
+    if not failures:
+        return ""
+    by = Counter(f.get("reason", "?") for f in failures)
+    return f" ({len(failures)} image(s) failed: " + ", ".join(f"{r} {n}" for r, n in sorted(by.items())) + ")"
+
+
 def run_eval(cfg: EvalConfig, model=None, console=None) -> dict:
     """Run ``maskkit eval`` for one model and one set; write the report; return metrics.
 
@@ -657,6 +718,9 @@ def run_eval(cfg: EvalConfig, model=None, console=None) -> dict:
         cfg: the run's settings.
         model: an already loaded ``InferenceModel`` (default: ``load_model(cfg.model)``).
         console: a ``rich.console.Console`` for the summary table (None: no table).
+
+    Raises:
+        EvalInputError: the gallery or the probe set holds no usable face.
     """
     if model is None:
         from .api import load_model
@@ -666,6 +730,9 @@ def run_eval(cfg: EvalConfig, model=None, console=None) -> dict:
     out = cfg.out_dir
     if cfg.task == "verification":
         pairs = load_bin(cfg.bin) if cfg.bin else load_pairs(cfg.pairs, cfg.root, aligner, cfg.progress)
+        if pairs.n_pairs == 0:
+            src = cfg.bin or cfg.pairs
+            raise EvalInputError(f"no usable pair in {src}{_failure_summary(pairs.failures)}")
         run = evaluate_pairset(model, pairs, cfg)
         write_verification_report(run, out, cfg.worst_k)
     else:
@@ -676,6 +743,9 @@ def run_eval(cfg: EvalConfig, model=None, console=None) -> dict:
         else:
             gallery = load_image_folder(cfg.gallery, aligner, cfg.progress, desc="gallery")
             probes = load_image_folder(cfg.probes, aligner, cfg.progress, desc="probes")
+        for what, s, src in (("gallery", gallery, cfg.gallery), ("probe set", probes, cfg.probes)):
+            if len(s) == 0:
+                raise EvalInputError(f"the {what} is empty: no usable face under {src}{_failure_summary(s.failures)}")
         run = evaluate_identification(model, gallery, probes, cfg)
         write_identification_report(run, out, cfg.worst_k)
     m = run.metrics

@@ -233,6 +233,23 @@ class VerificationResult:
         return d
 
 
+def val_far_note(n_diff: int, far_target: float = 1e-3) -> str | None:
+    """A note when VAL@FAR=``far_target`` cannot be resolved from ``n_diff`` negative pairs.
+
+    With fewer than ``1 / far_target`` negatives the smallest non-zero FAR is already above the
+    target, so the threshold sits at "no false accept" and VAL says little about that FAR.
+
+    Returns:
+        The note, or ``None`` when there are enough negative pairs.
+    """
+    need = int(np.ceil(1.0 / far_target - 1e-9))
+    if n_diff >= need:
+        return None
+    smallest = f"{1.0 / n_diff:.2g}" if n_diff else "undefined"
+    return (f"VAL@FAR={far_target:g} is not resolvable with {n_diff} negative pairs (smallest non-zero FAR "
+            f"{smallest}; needs at least {need}): read it as VAL at zero false accepts")
+
+
 def evaluate_distances(
     dist: np.ndarray,
     actual_issame: np.ndarray,
