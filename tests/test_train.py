@@ -50,8 +50,10 @@ def _real_faces(n_ids: int, per_id: int) -> tuple[list[np.ndarray], list[int], l
     sources = {"astronaut": (data.astronaut(), (30, 170, 190, 330)), "grace_hopper": (hopper, (90, 160, 330, 400))}
     rng = np.random.default_rng(0)
     imgs, labels, ids = [], [], []
-    for li, (name, (img, (y0, x0, y1, x1))) in enumerate(list(sources.items())[:n_ids]):
-        ids.append(name)
+    items = list(sources.items())
+    for li in range(n_ids):  # more classes than the two shipped faces: reuse them under new labels
+        name, (img, (y0, x0, y1, x1)) = items[li % len(items)]
+        ids.append(name if li < len(items) else f"{name}_{li}")
         for _ in range(per_id):
             dy, dx = rng.integers(-8, 9, 2)
             crop = img[max(0, y0 + dy):y1 + dy, max(0, x0 + dx):x1 + dx]
