@@ -10,10 +10,13 @@
 """
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Iterable
+
+log = logging.getLogger(__name__)
 
 __all__ = ["IMAGE_EXTENSIONS", "SourceItem", "iter_sources"]
 
@@ -67,6 +70,7 @@ def iter_sources(src_dir: str | os.PathLike, exclude: Iterable[str | os.PathLike
             pass
     items: list[SourceItem] = []
     seen: set[tuple[int, int]] = set()
+    not_images: list[str] = []
 
     def walk(d: Path, rel: PurePosixPath, ancestors: frozenset) -> None:
         try:
@@ -104,6 +108,7 @@ def iter_sources(src_dir: str | os.PathLike, exclude: Iterable[str | os.PathLike
                 walk(p, r, ancestors | {key})
                 continue
             if p.suffix.lower() not in IMAGE_EXTENSIONS:
+                not_images.append(r.as_posix())
                 continue
             rs = r.as_posix()
             if e.is_symlink() and not p.exists():
@@ -112,5 +117,8 @@ def iter_sources(src_dir: str | os.PathLike, exclude: Iterable[str | os.PathLike
                 items.append(SourceItem(p, rs, _identity(rs)))
 
     walk(root, PurePosixPath(""), frozenset())
+    if not_images:  # not inputs, but never passed over without a word
+        log.warning("%d file(s) under %s have no image extension (%s) and are not inputs, e.g. %s",
+                    len(not_images), root, " ".join(sorted(IMAGE_EXTENSIONS)), ", ".join(sorted(not_images)[:3]))
     items.sort(key=lambda it: it.rel)
     return items

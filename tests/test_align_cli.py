@@ -303,3 +303,21 @@ def test_images_rerun_into_another_runs_out(small_src, tmp_path):
     (out / "maskkit-run.json").unlink()
     res = runner.invoke(main, base + ["--faces", "all"])
     assert res.exit_code != 0 and "--overwrite" in res.output
+
+
+def test_non_image_files_are_reported_not_passed_over_silently(tmp_path, astronaut, caplog):
+    """Files without an image extension are not inputs, but the walk says how many it left out."""
+    import logging
+
+    import cv2
+
+    src = tmp_path / "src" / "person"
+    src.mkdir(parents=True)
+    cv2.imwrite(str(src / "a.jpg"), astronaut[:, :, ::-1])
+    (src / "a.pts").write_text("version: 1\n")
+    (src / "notes.txt").write_text("hello\n")
+    with caplog.at_level(logging.WARNING, logger="maskkit.sources"):
+        items = iter_sources(tmp_path / "src")
+    assert [it.rel for it in items] == ["person/a.jpg"]
+    msgs = [r.getMessage() for r in caplog.records if r.name == "maskkit.sources"]
+    assert len(msgs) == 1 and "2 file(s)" in msgs[0] and "person/a.pts" in msgs[0]
