@@ -176,7 +176,9 @@ def stats(shards, deep, as_json):
 @click.argument("shards", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--prefix", default="train", show_default=True, help="File name prefix (train.rec, train.idx).")
-def export_rec_cmd(shards, out, prefix):
+@click.option("--only", type=click.Choice(["all", "plain", "masked"]), default="all", show_default=True,
+              help="Which samples: all, only plain faces (to mask the .rec again with synth), or only masked.")
+def export_rec_cmd(shards, out, prefix, only):
     """Write a shard folder as insightface train.rec / train.idx / property (no mxnet needed).
 
     The result loads in arcface_torch's MXFaceDataset; record id2 is 1 for masked faces.
@@ -184,7 +186,7 @@ def export_rec_cmd(shards, out, prefix):
     from .recordio import export_rec
 
     try:
-        info = export_rec(shards, out, prefix=prefix)
+        info = export_rec(shards, out, prefix=prefix, only=only)
     except FileNotFoundError as exc:
         raise click.ClickException(str(exc)) from exc
     _print_summary("maskkit export-rec", [("images", f"{info['images']:,}"), ("classes", f"{info['classes']:,}"),

@@ -274,7 +274,8 @@ class RecReader:
         self.close()
 
 
-def export_rec(shards_dir: str | os.PathLike, out_dir: str | os.PathLike, prefix: str = "train") -> dict:
+def export_rec(shards_dir: str | os.PathLike, out_dir: str | os.PathLike, prefix: str = "train",
+               only: str = "all") -> dict:
     """Write a shard dataset as insightface ``train.rec``, ``train.idx`` and ``property``.
 
     Images are records ``1..N`` in class order (``maskkit synth`` writes shards in class order,
@@ -286,18 +287,27 @@ def export_rec(shards_dir: str | os.PathLike, out_dir: str | os.PathLike, prefix
         shards_dir: a finished shard folder (with ``manifest.json``).
         out_dir: output folder (created).
         prefix: file name prefix (``train`` gives ``train.rec`` / ``train.idx``).
+        only: ``"all"`` samples, only the ``"plain"`` ones (e.g. to mask the set again with
+            ``maskkit synth --src train.rec --aligned`` without drawing a second mask on a masked
+            face), or only the ``"masked"`` ones.
 
     Returns:
         ``{"images", "classes", "rec", "idx", "property", "bytes"}``.
     """
     from .shards import read_manifest, read_samples
 
+    if only not in ("all", "plain", "masked"):
+        raise ValueError(f"only must be 'all', 'plain' or 'masked', not {only!r}")
+
+    def keep(sample: dict) -> bool:
+        return only == "all" or bool(sample["json"].get("masked")) == (only == "masked")
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     man = read_manifest(shards_dir)
     classes = man["classes"]
     h, w = man.get("image_size", [112, 112])
-    labels = [s["json"]["label"] for s in read_samples(shards_dir)]
+    labels = [s["json"]["label"] for s in read_samples(shards_dir) if keep(s)]
     n = len(labels)
     counts = [0] * len(classes)
     for lab in labels:
@@ -309,10 +319,10 @@ def export_rec(shards_dir: str | os.PathLike, out_dir: str | os.PathLike, prefix
     with RecordWriter(tmp_rec, tmp_idx) as wr:
         wr.write(0, pack_header(IRHeader(2, (n + 1, n + 1 + len(classes)), 0, 0), b""))
         key = 1
-        for only in passes:
+        for cls in passes:
             for s in read_samples(shards_dir):
                 lab = s["json"]["label"]
-                if only is not None and lab != only:
+                if (cls is not None and lab != cls) or not keep(s):
                     continue
                 masked = int(bool(s["json"].get("masked")))
                 wr.write(key, pack_header(IRHeader(0, float(lab), key, masked), s["jpg"]))

@@ -147,3 +147,27 @@ def test_synth_from_rec(small_shards, tmp_path):
     assert srcs[0] == "train.rec#1" and len(set(srcs)) == len(srcs)
     with pytest.raises(Exception, match="--aligned"):
         run_synth(SynthConfig(src=tmp_path / "rec" / "train.rec", out=tmp_path / "x", progress=False))
+
+
+def test_export_rec_only_plain_or_masked(small_shards, tmp_path):
+    """`export-rec --only plain` keeps exactly the unmasked samples (so synth on the .rec never
+    masks a face twice); `--only masked` the masked ones; ranges stay contiguous per class."""
+    from click.testing import CliRunner
+
+    from maskkit.cli import main
+
+    samples = list(read_samples(small_shards))
+    for only in ("plain", "masked"):
+        want = [s for s in samples if bool(s["json"]["masked"]) == (only == "masked")]
+        r = CliRunner().invoke(main, ["export-rec", str(small_shards), str(tmp_path / only), "--only", only])
+        assert r.exit_code == 0, r.output
+        _, idx, recs = ind_load(tmp_path / only)
+        n = len(want)
+        assert 0 < n < len(samples) and recs[0][1] == (n + 1, n + 4)
+        for k, s in zip(range(1, n + 1), want):
+            assert recs[k][4] == s["jpg"] and recs[k][3] == (only == "masked")
+        starts = 1
+        for c in range(3):
+            cnt = sum(1 for s in want if s["json"]["label"] == c)
+            assert recs[n + 1 + c][1] == (starts, starts + cnt)
+            starts += cnt
