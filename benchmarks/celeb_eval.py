@@ -118,8 +118,8 @@ class MemorySource:
             for s in range(0, n - self.batch + 1, self.batch):
                 idx = order[s:s + self.batch].to(self.device)
                 x = self.images[idx]
-                flip = torch.rand(len(idx), generator=g) < 0.5
-                x[flip.to(self.device)] = x[flip.to(self.device)].flip(2)
+                flip = (torch.rand(len(idx), generator=g) < 0.5).to(self.device)
+                x[flip] = x[flip].flip(2)
                 pad = torch.nn.functional.pad(x.permute(0, 3, 1, 2), (4, 4, 4, 4)).permute(0, 2, 3, 1)
                 dy, dx = torch.randint(0, 9, (2,), generator=g).tolist()  # one offset per batch
                 x = pad[:, dy:dy + 112, dx:dx + 112].contiguous()

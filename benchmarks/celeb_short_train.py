@@ -54,12 +54,12 @@ def masker(seed: int):
     return fn
 
 
-def embed(model, images: np.ndarray, masked: np.ndarray) -> np.ndarray:
-    """insightface protocol: embedding(x) + embedding(flip(x)), L2-normalised."""
-    mu, _ = model.embed(images, masked)
+def embed(model, images: np.ndarray, masked: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """insightface protocol: embedding(x) + embedding(flip(x)), L2-normalised; and sigma(x)."""
+    mu, sigma = model.embed(images, masked)
     mu_f, _ = model.embed(np.ascontiguousarray(images[:, :, ::-1]), masked)
     e = mu + mu_f
-    return e / np.linalg.norm(e, axis=1, keepdims=True)
+    return e / np.linalg.norm(e, axis=1, keepdims=True), sigma
 
 
 def make_pairs(labels: np.ndarray, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -78,22 +78,11 @@ def make_pairs(labels: np.ndarray, n: int, rng: np.random.Generator) -> tuple[np
 
 
 def verify(ea: np.ndarray, eb: np.ndarray, pairs: np.ndarray, issame: np.ndarray) -> tuple[float, float]:
-    dist = ((ea[pairs[:, 0]] - eb[pairs[:, 1]]) ** 2).sum(1)
-    try:
-        from maskkit.training.verification import evaluate_distances
+    from maskkit.training.verification import evaluate_distances
 
-        r = evaluate_distances(dist, issame)
-        return r.accuracy, r.accuracy_std
-    except ImportError:  # fallback: plain 10-fold best-threshold accuracy
-        folds = np.array_split(np.arange(len(dist)), 10)
-        th = np.arange(0, 4, 0.01)
-        accs = []
-        for k in range(10):
-            test = folds[k]
-            train = np.concatenate([folds[j] for j in range(10) if j != k])
-            best = th[np.argmax([((dist[train] < t) == issame[train]).mean() for t in th])]
-            accs.append(((dist[test] < best) == issame[test]).mean())
-        return float(np.mean(accs)), float(np.std(accs))
+    dist = ((ea[pairs[:, 0]] - eb[pairs[:, 1]]) ** 2).sum(1)
+    r = evaluate_distances(dist, issame)
+    return r.accuracy, r.accuracy_std
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from maskkit.training.api import InferenceModel, load_model
+    from maskkit.training.api import InferenceModel, load_model, normalize
     from maskkit.training.config import TrainConfig
     from maskkit.training.data import write_shards
     from maskkit.training.engine import train
@@ -169,14 +158,12 @@ def main(argv: list[str] | None = None) -> int:
 
     def evaluate(model: InferenceModel) -> dict:
         zeros, ones = np.zeros(len(h_imgs), bool), h_ok.copy()
-        e = embed(model, h_imgs, zeros)
-        em = embed(model, h_mimgs, ones)
+        e, su = embed(model, h_imgs, zeros)
+        em, sm = embed(model, h_mimgs, ones)
         acc_u = verify(e, e, pairs, issame)
         acc_m = verify(e, em, pairs, issame)
         out = {"acc_unmasked": acc_u, "acc_unmasked_vs_masked": acc_m}
         if model.has_sigma:
-            _, su = model.embed(h_imgs, zeros)
-            _, sm = model.embed(h_mimgs, ones)
             out["sigma_norm_unmasked"] = float(np.linalg.norm(su, axis=1).mean())
             out["sigma_norm_masked"] = float(np.linalg.norm(sm[h_ok], axis=1).mean())
         return out
@@ -192,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         imgs = np.stack([s["image"] for s in samples[:256]])
         flags = torch.tensor([bool(s.get("masked", False)) for s in samples[:256]])
         for i in range(0, 256, 64):
-            x = (torch.from_numpy(imgs[i:i + 64]).permute(0, 3, 1, 2).float() - 127.5) / 127.5
+            x = normalize(torch.from_numpy(imgs[i:i + 64]))
             init(x, flags[i:i + 64])
     before = evaluate(InferenceModel(init, cfg.to_dict()))
 

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from maskkit.training.config import TrainConfig  # noqa: E402  (gpu.sh puts a shim on PYTHONPATH)
+from maskkit.training.config import AMP_MODES, TrainConfig  # noqa: E402  (gpu.sh puts a shim on PYTHONPATH)
 from maskkit.training.engine import TrainModule
 from maskkit.training.iresnet import count_macs
 from maskkit.training.losses import build_criterion
@@ -53,7 +53,7 @@ def make_step(method: str, backbone: str, width: float, batch: int, device: torc
     cfg = TrainConfig(method=method, backbone=backbone, width=width, batch_size=batch, amp=amp)
     torch.manual_seed(0)
     model = build_model(cfg)
-    macs = count_macs(model.branch_face) + count_macs_trunk(model, cfg)
+    macs = model_macs(model)
     tm = TrainModule(model, build_criterion(cfg, num_classes), channels_last and device.type == "cuda").to(device)
     if channels_last and device.type == "cuda":
         tm = tm.to(memory_format=torch.channels_last)
@@ -147,35 +147,17 @@ def interleaved_ratio(backbone: str, width: float, batch: int, rounds: int, devi
             "ratio_median": tm[len(tm) // 2] / ta[len(ta) // 2], "rounds": rounds}
 
 
-def count_macs_trunk(model, cfg) -> int:
+def _one_stream_forward(net, x):
+    """One image through the start block (once), the trunk, the mu head [and the sigma head]."""
+    h = net.trunk(net.branch_face(x))
+    net.mu_head(h)
+    if net.logvar_head is not None:
+        net.logvar_head(h)
+
+
+def model_macs(model) -> int:
     """MACs of one image through the model (start block once + trunk + mu head [+ sigma head])."""
-    import copy
-
-    from torch import nn
-
-    net = copy.deepcopy(model).to("meta").eval()
-    total = 0
-
-    def conv_hook(mod, inp, out):
-        nonlocal total
-        total += mod.kernel_size[0] * mod.kernel_size[1] * (mod.in_channels // mod.groups) * out[0].numel()
-
-    def lin_hook(mod, inp, out):
-        nonlocal total
-        total += mod.in_features * mod.out_features
-
-    for mod in list(net.trunk.modules()) + list(net.mu_head.modules()) + \
-            (list(net.logvar_head.modules()) if net.logvar_head is not None else []):
-        if isinstance(mod, nn.Conv2d):
-            mod.register_forward_hook(conv_hook)
-        elif isinstance(mod, nn.Linear):
-            mod.register_forward_hook(lin_hook)
-    with torch.no_grad():
-        h = net.trunk(net.branch_face(torch.empty(1, 3, 112, 112, device="meta")))
-        net.mu_head(h)
-        if net.logvar_head is not None:
-            net.logvar_head(h)
-    return total
+    return count_macs(model, forward=_one_stream_forward)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -188,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--warmup", type=int, default=None)
     ap.add_argument("--repeats", type=int, default=None)
-    ap.add_argument("--amp", default="bf16", choices=["bf16", "fp16", "none"])
+    ap.add_argument("--amp", default="bf16", choices=AMP_MODES)
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--no-channels-last", action="store_true")
     ap.add_argument("--num-classes", type=int, default=None, help="default 1000 on CPU, 10000 on GPU")
@@ -251,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     ratios = {}
     for bb in backbones:
         if (bb, "maskdul") in by and (bb, "arcface") in by:
-            ratio = by[(bb, "maskdul")]["step_s"] / by[(bb, "arcface")]["step_s"]
+            ratio = by[(bb, "maskdul")]["ratio_vs_arcface"]
             print(f"{bb}: MaskDUL step / ArcFace step = {ratio:.3f} (best-of-{repeats} timings; target <= 1.10)")
         rounds = a.ratio_rounds if a.ratio_rounds is not None else (0 if gpu else 8)
         if rounds > 0:

@@ -126,7 +126,7 @@ def process_file(item: SourceItem, detector, cfg) -> FileResult:
         :class:`FileResult`: aligned faces in policy order with their detection, or a reason.
     """
     from maskkit.align import align_face
-    from maskkit.detect import Detector, Face, landmarks_in_box, select_faces
+    from maskkit.detect import aligned_face, find_faces
     from maskkit.image_io import ImageError, load_image
 
     size = tuple(getattr(cfg, "size", (112, 112)))
@@ -148,24 +148,10 @@ def process_file(item: SourceItem, detector, cfg) -> FileResult:
         res.shape = rgb.shape
         if getattr(cfg, "aligned", False):
             t0 = time.perf_counter()
-            h, w = rgb.shape[:2]
-            faces = [Face(box=(0.0, 0.0, float(w), float(h)), score=None, landmarks68=landmarks_in_box(rgb))]
+            faces = [aligned_face(rgb)]
             tm["landmarks"] = time.perf_counter() - t0
-        elif type(detector).detect is Detector.detect:
-            t0 = time.perf_counter()
-            boxes = detector.detect_boxes(rgb)
-            tm["detect"] = time.perf_counter() - t0
-            cands = [Face(box=tuple(float(v) for v in b), score=None if s is None else float(s),
-                          landmarks68=None, keypoints=k) for b, s, k in boxes]
-            faces = select_faces(cands, policy, rgb.shape)
-            t0 = time.perf_counter()
-            for f in faces:
-                f.landmarks68 = detector.landmarks(rgb, f.box)
-            tm["landmarks"] = time.perf_counter() - t0
-        else:  # backends that produce landmarks together with boxes (fan)
-            t0 = time.perf_counter()
-            faces = select_faces(detector.detect(rgb), policy, rgb.shape)
-            tm["detect"] = time.perf_counter() - t0
+        else:
+            faces = find_faces(detector, rgb, policy, tm)
         if not faces:
             res.reason, res.detail = "no_face", f"no face found ({getattr(detector, 'name', 'aligned')} detector)"
             return res
@@ -206,18 +192,16 @@ def output_names(items: list[SourceItem]) -> dict[str, str]:
     ``x.png``), both get their extension folded into the name (``x_jpg``, ``x_png``) so neither
     overwrites the other.
     """
-    def base(rel: str) -> str:
+    def base(rel: str, tag: str = "") -> str:
         p = PurePosixPath(rel)
-        return (p.parent / p.stem).as_posix() if str(p.parent) != "." else p.stem
+        return (p.parent / (p.stem + tag)).as_posix()  # a top-level file has parent ".": just the name
 
     counts = Counter(base(it.rel).casefold() for it in items)
     out = {}
     for it in items:
         b = base(it.rel)
         if counts[b.casefold()] > 1:
-            p = PurePosixPath(it.rel)
-            b = (p.parent / (p.stem + "_" + p.suffix.lstrip(".").lower())).as_posix() if str(p.parent) != "." \
-                else p.stem + "_" + p.suffix.lstrip(".").lower()
+            b = base(it.rel, "_" + PurePosixPath(it.rel).suffix.lstrip(".").lower())
         out[it.rel] = b
     return out
 
@@ -262,34 +246,23 @@ def _align_chunk(items: list[SourceItem], cfg: AlignConfig, names: dict[str, str
 
 def _run_shards(cfg: AlignConfig) -> dict:
     """``--format shards``: delegate to ``maskkit.synth.run_synth`` with ratio 0 (unmasked)."""
-    try:
-        from maskkit import synth  # noqa: PLC0415
-    except ImportError as exc:
-        raise AlignError("--format shards needs maskkit.synth (not available in this build); "
-                         "use --format images") from exc
-    run_synth = getattr(synth, "run_synth", None)
-    cfg_cls = getattr(synth, "SynthConfig", None)
-    if run_synth is None or cfg_cls is None:
-        # TODO(lead): wire align --format shards once maskkit.synth provides run_synth(SynthConfig)
-        raise AlignError("--format shards is not wired yet (maskkit.synth.run_synth/SynthConfig missing); "
-                         "use --format images")
+    from maskkit.synth import SynthConfig, SynthError, run_synth  # noqa: PLC0415
+
     # the same detector options as --format images: an empty dict means the backend's own defaults
     # (SynthConfig would replace None by its faster max_side 640 and find other faces)
-    wanted = {"src": Path(cfg.src), "out": Path(cfg.out), "ratio": 0.0, "size": tuple(cfg.size),
-              "detector": cfg.detector, "detector_opts": dict(cfg.detector_opts), "faces": cfg.faces,
-              "jobs": cfg.jobs, "aligned": cfg.aligned, "max_pixels": cfg.max_pixels, "quality": cfg.quality,
-              "progress": cfg.progress, "overwrite": cfg.overwrite, "progress_desc": "align",
-              "command": "maskkit align --format shards"}
-    names = {f.name for f in dataclasses.fields(cfg_cls)} if dataclasses.is_dataclass(cfg_cls) else set(wanted)
-    synth_error = getattr(synth, "SynthError", RuntimeError)
+    scfg = SynthConfig(src=Path(cfg.src), out=Path(cfg.out), ratio=0.0, size=tuple(cfg.size),
+                       detector=cfg.detector, detector_opts=dict(cfg.detector_opts), faces=cfg.faces,
+                       jobs=cfg.jobs, aligned=cfg.aligned, max_pixels=cfg.max_pixels, quality=cfg.quality,
+                       progress=cfg.progress, overwrite=cfg.overwrite, progress_desc="align",
+                       command="maskkit align --format shards")
     try:
-        result = run_synth(cfg_cls(**{k: v for k, v in wanted.items() if k in names}))
-    except synth_error as exc:
+        result = run_synth(scfg)
+    except SynthError as exc:
         raise AlignError(str(exc)) from exc
-    manifest = getattr(result, "manifest", None) or {}
+    manifest = result.manifest
     inputs = manifest.get("inputs", {})
     reasons = dict(inputs.get("failed_by_reason") or {})
-    seconds = float(getattr(result, "seconds", 0.0))
+    seconds = float(result.seconds)
     files = int(inputs.get("files") or 0)
     errors = {k: v for k, v in sorted(reasons.items()) if k != "no_face"}
     summary = {"files": files, "ok": int(inputs.get("ok") or 0), "failed": int(inputs.get("failed") or 0),
@@ -297,7 +270,7 @@ def _run_shards(cfg: AlignConfig) -> dict:
                "errors": errors, "seconds": round(seconds, 3),
                "img_per_s": round(files / seconds, 2) if seconds > 0 else 0.0,
                "format": "shards", "out": str(cfg.out)}
-    if getattr(result, "already_complete", False):
+    if result.already_complete:
         summary["already_complete"] = True
     if cfg.progress:
         from maskkit.progress import print_summary

@@ -17,13 +17,11 @@ def _check_writable(path, what: str, is_dir: bool) -> None:
     written -- before a model is loaded or any face is embedded."""
     from pathlib import Path
 
+    from maskkit.runner import check_writable
+
     target = Path(path)
-    folder = target if is_dir else target.parent
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".maskkit-write-test-{target.name}"
-        probe.touch()
-        probe.unlink()
+        check_writable(target if is_dir else target.parent)
     except OSError as exc:
         raise click.ClickException(f"{what} {path} is not writable: {exc.strerror or exc}") from exc
 

@@ -106,10 +106,10 @@ def mask_file(item, detector, renderer, cfg: MaskConfig) -> dict:
     Returns:
         ``{"src", "records": [...], "failure": None | {"src", "reason", "detail"}, "faces": int}``.
     """
-    from maskkit.detect import Face, landmarks_in_box, select_faces
+    from maskkit.detect import aligned_face, find_faces
     from maskkit.image_io import ImageError, load_image
     from maskkit.render import CannotFit
-    from maskkit.runner import rounded as _r, safe_target
+    from maskkit.runner import coverage_rel, rounded as _r, safe_target
 
     rec = {"src": item.rel, "records": [], "failure": None, "faces": 0}
 
@@ -126,10 +126,8 @@ def mask_file(item, detector, renderer, cfg: MaskConfig) -> dict:
         except ImageError as exc:
             return fail(exc.reason, exc.detail)
         h, w = rgb.shape[:2]
-        if cfg.aligned:
-            faces = [Face(box=(0.0, 0.0, float(w), float(h)), score=None, landmarks68=landmarks_in_box(rgb))]
-        else:
-            faces = select_faces(detector.detect(rgb), cfg.faces, rgb.shape)
+        # only the faces the policy keeps are landmarked
+        faces = [aligned_face(rgb)] if cfg.aligned else find_faces(detector, rgb, cfg.faces)
         if not faces:
             return fail("no_face", f"no face found ({cfg.detector} detector)")
         out_rel = _out_rel(item.rel)
@@ -156,8 +154,7 @@ def mask_file(item, detector, renderer, cfg: MaskConfig) -> dict:
             return fail("cannot_fit", "; ".join(reasons))
         _write(safe_target(Path(cfg.out), out_rel), img, cfg.quality)
         if cfg.coverage:
-            p = PurePosixPath(out_rel)
-            _write(safe_target(Path(cfg.out), (p.parent / (p.stem + ".mask.png")).as_posix()),
+            _write(safe_target(Path(cfg.out), coverage_rel(out_rel)),
                    np.clip(cov * 255 + 0.5, 0, 255).astype(np.uint8), cfg.quality)
         rec["faces"] = sum(r["masked"] for r in rec["records"])
     except (OSError, ValueError) as exc:

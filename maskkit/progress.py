@@ -56,13 +56,10 @@ def track(iterable: Iterable[T], total: int | None = None, desc: str = "", unit:
             total = len(iterable)  # type: ignore[arg-type]
         except TypeError:
             total = None
-    bar = make_bar(total, desc, unit, disable)
-    try:
+    with progress_bar(total, desc, unit, disable) as bar:
         for x in iterable:
             yield x
             bar.update(1)
-    finally:
-        bar.close()
 
 
 @contextmanager

@@ -307,7 +307,8 @@ def export_rec(shards_dir: str | os.PathLike, out_dir: str | os.PathLike, prefix
     man = read_manifest(shards_dir)
     classes = man["classes"]
     h, w = man.get("image_size", [112, 112])
-    labels = [s["json"]["label"] for s in read_samples(shards_dir) if keep(s)]
+    # first pass: labels only (the JPEG members are skipped unread)
+    labels = [s["json"]["label"] for s in read_samples(shards_dir, members=("json",)) if keep(s)]
     n = len(labels)
     counts = [0] * len(classes)
     for lab in labels:

@@ -337,11 +337,13 @@ class Template:
         self.canon_height = float(self.meta["canon_height"])
 
     @classmethod
-    def load(cls, json_path: Path, n_levels: int = 5) -> "Template":
+    def load(cls, json_path: Path, n_levels: int = 5, meta: Optional[Dict[str, Any]] = None) -> "Template":
+        """Load the template described by ``json_path`` (``meta``: its already parsed content)."""
         import cv2
         from PIL import Image
 
-        meta = json.loads(Path(json_path).read_text())
+        if meta is None:
+            meta = json.loads(Path(json_path).read_text())
         folder = Path(json_path).parent
         rgba = np.asarray(Image.open(folder / meta["image"]).convert("RGBA"), dtype=np.float32) / 255.0
         tint = np.asarray(Image.open(folder / meta["tint"]).convert("L"), dtype=np.float32) / 255.0
@@ -405,7 +407,7 @@ class MaskRenderer:
             meta = json.loads(jp.read_text())
             if meta.get("format") != "maskkit-mask-template":
                 continue
-            t = Template.load(jp)
+            t = Template.load(jp, meta=meta)  # the JSON is read once
             self.templates[t.name] = t
             self.by_style[t.style].append((t.name, float(meta.get("weight", 1.0))))
         missing = [s for s in STYLES if not self.by_style[s]]

@@ -32,7 +32,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-__all__ = ["RUN_INFO", "check_previous_run", "prepare_run", "check_writable", "safe_target", "write_atomic", "rounded", "run_chunks", "write_accounting"]
+__all__ = ["RUN_INFO", "check_previous_run", "prepare_run", "check_writable", "safe_target", "write_atomic", "coverage_rel", "rounded", "run_chunks", "write_accounting"]
 
 
 def check_writable(out: Path) -> None:
@@ -85,6 +85,12 @@ def _describe_change(old: dict | None, new: dict) -> str:
     return "other options: " + "; ".join(diffs[:4]) + ("; ..." if len(diffs) > 4 else "")
 
 
+def coverage_rel(rel: str) -> str:
+    """The ``<stem>.mask.png`` coverage sibling of an output path (``maskkit mask --coverage``)."""
+    p = PurePosixPath(rel)
+    return (p.parent / (p.stem + ".mask.png")).as_posix()
+
+
 def _remove_previous_outputs(out: Path) -> int:
     """Delete the files listed (``out`` field) in ``out/manifest.jsonl`` (plus their
     ``<stem>.mask.png`` coverage siblings), the accounting files and the run info; then the
@@ -102,9 +108,7 @@ def _remove_previous_outputs(out: Path) -> int:
                 except (json.JSONDecodeError, AttributeError):
                     continue
                 if isinstance(rel, str) and rel:
-                    rels.append(rel)
-                    p = PurePosixPath(rel)
-                    rels.append((p.parent / (p.stem + ".mask.png")).as_posix())
+                    rels += [rel, coverage_rel(rel)]
     for rel in dict.fromkeys(rels):
         try:
             target = safe_target(out, rel)

@@ -29,12 +29,12 @@ import re
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Collection, Iterator
 
 __all__ = [
     "FORMAT_NAME", "FORMAT_VERSION", "KEY_RE", "Sample", "ShardSink", "shard_name", "write_json_atomic",
     "read_manifest", "iter_shard", "read_samples", "sha256_file", "round_half_up", "expected_masked",
-    "VerifyReport", "verify", "encode_json", "style_share_deviation", "write_bytes_atomic",
+    "VerifyReport", "verify", "class_expected_masked", "encode_json", "style_share_deviation", "write_bytes_atomic",
 ]
 
 FORMAT_NAME = "maskkit-shards"
@@ -55,6 +55,15 @@ def round_half_up(x: float) -> int:
 def expected_masked(ratio: float, faces: int) -> int:
     """Masked faces an identity with ``faces`` accepted faces gets: ``round_half_up(ratio * faces)``."""
     return min(faces, max(0, round_half_up(ratio * faces)))
+
+
+def class_expected_masked(man: dict, cls: str, counted: dict) -> tuple[int, int]:
+    """``(faces, masked faces required)`` of class ``cls`` given its ``counted`` samples/masked:
+    ``round_half_up(ratio * faces)`` minus the manifest's recorded shortfall (paired datasets
+    count only the plain faces)."""
+    faces = counted["samples"] - counted["masked"] if man.get("paired") else counted["samples"]
+    exp = expected_masked(float(man.get("ratio", 0.0)), faces) - int((man.get("mask_shortfall") or {}).get(cls, 0))
+    return faces, exp
 
 
 def shard_name(index: int, split: str = "train") -> str:
@@ -284,29 +293,57 @@ def read_manifest(data_dir: str | os.PathLike) -> dict:
         return json.load(f)
 
 
-def iter_shard(path: str | os.PathLike) -> Iterator[dict]:
+def iter_shard(path: str | os.PathLike, members: Collection[str] | None = None) -> Iterator[dict]:
     """Yield the samples of one tar shard, in file order.
 
     Each sample is a dict ``{"key", "jpg": bytes, "json": dict, "mask.png": bytes|None, "shard"}``
     plus any other member suffix found. Members of one key must be consecutive (as WebDataset
-    requires).
+    requires). With ``members`` (e.g. ``{"json"}``) only those suffixes are read; the others
+    are skipped unread and map to ``None``.
     """
     path = Path(path)
-    cur: dict | None = None
     with tarfile.open(path, "r") as tar:
-        for ti in tar:
-            if not ti.isfile():
-                continue
-            base = ti.name.rsplit("/", 1)[-1]
-            key, _, suffix = base.partition(".")
-            data = tar.extractfile(ti).read()
-            if cur is None or cur["key"] != key:
-                if cur is not None:
-                    yield cur
-                cur = {"key": key, "shard": path.name, "mask.png": None}
-            cur[suffix] = json.loads(data) if suffix == "json" else data
+        yield from _tar_samples(tar, path.name, members)
+
+
+def _tar_samples(tar: tarfile.TarFile, shard: str, members: Collection[str] | None = None) -> Iterator[dict]:
+    """The samples of an open tar (see :func:`iter_shard`); works on a stream (``r|``) too."""
+    cur: dict | None = None
+    for ti in tar:
+        if not ti.isfile():
+            continue
+        base = ti.name.rsplit("/", 1)[-1]
+        key, _, suffix = base.partition(".")
+        data = tar.extractfile(ti).read() if members is None or suffix in members else None
+        if cur is None or cur["key"] != key:
+            if cur is not None:
+                yield cur
+            cur = {"key": key, "shard": shard, "mask.png": None}
+        cur[suffix] = json.loads(data) if suffix == "json" and data is not None else data
     if cur is not None:
         yield cur
+
+
+class _HashingReader(io.RawIOBase):
+    """A read-only file wrapper that hashes what is read through it (one pass: read + sha256)."""
+
+    def __init__(self, f):
+        self._f = f
+        self.sha = hashlib.sha256()
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        b = self._f.read(n)
+        self.sha.update(b)
+        return b
+
+    def drain(self, bufsize: int = 1 << 20) -> str:
+        """Hash the rest of the file; returns the hex sha256 of the whole file."""
+        while b := self.read(bufsize):
+            pass
+        return self.sha.hexdigest()
 
 
 def _shard_paths(data_dir: Path) -> list[Path]:
@@ -316,13 +353,14 @@ def _shard_paths(data_dir: Path) -> list[Path]:
     return sorted(data_dir.glob("*.tar"))
 
 
-def read_samples(data_dir: str | os.PathLike) -> Iterator[dict]:
-    """Yield every sample of a dataset folder, in shard order (see :func:`iter_shard`).
+def read_samples(data_dir: str | os.PathLike, members: Collection[str] | None = None) -> Iterator[dict]:
+    """Yield every sample of a dataset folder, in shard order (see :func:`iter_shard`, also for
+    ``members``).
 
     Uses the manifest's shard list when present, otherwise every ``*.tar`` in name order.
     """
     for p in _shard_paths(Path(data_dir)):
-        yield from iter_shard(p)
+        yield from iter_shard(p, members)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -398,12 +436,12 @@ def verify(data_dir: str | os.PathLike, decode: bool = False, max_problems: int 
         size_b = p.stat().st_size
         if size_b != rec.get("bytes"):
             bad(f"{rec['name']}: {size_b} bytes, manifest says {rec.get('bytes')}")
-        sha = sha256_file(p)
-        if sha != rec.get("sha256"):
-            bad(f"{rec['name']}: sha256 {sha[:16]}..., manifest says {str(rec.get('sha256'))[:16]}...")
+        mark = len(problems)  # the sha256 line goes here, before this shard's sample problems
         count = 0
-        try:
-            for s in iter_shard(p):
+        fh = open(p, "rb")
+        hr = _HashingReader(fh)
+        try:  # one sequential read both hashes the shard and parses its samples
+            for s in _tar_samples(tarfile.open(fileobj=hr, mode="r|*"), p.name):
                 count += 1
                 key = s["key"]
                 if not KEY_RE.match(key):
@@ -444,6 +482,11 @@ def verify(data_dir: str | os.PathLike, decode: bool = False, max_problems: int 
                             bad(f"{key}: mask.png is not a {size[0]}x{size[1]} single-channel image")
         except (tarfile.TarError, OSError, json.JSONDecodeError) as exc:
             bad(f"{rec['name']}: unreadable ({exc})")
+        with fh:
+            sha = hr.drain()
+        if sha != rec.get("sha256") and mark < max_problems:
+            problems.insert(mark, f"{rec['name']}: sha256 {sha[:16]}..., manifest says {str(rec.get('sha256'))[:16]}...")
+            del problems[max_problems:]
         if count != rec.get("samples"):
             bad(f"{rec['name']}: {count} samples, manifest says {rec.get('samples')}")
     if n != man.get("num_samples"):
@@ -454,14 +497,12 @@ def verify(data_dir: str | os.PathLike, decode: bool = False, max_problems: int 
         bad(f"styles: counted {styles}, manifest says {man.get('styles')}")
     ratio = float(man.get("ratio", 0.0))
     paired = bool(man.get("paired", False))
-    shortfall = man.get("mask_shortfall", {}) or {}
     for c in classes:
         got = per_class[c]
         want = man.get("per_class", {}).get(c, {})
         if got["samples"] != want.get("samples") or got["masked"] != want.get("masked"):
             bad(f"class {c}: counted {got}, manifest says {want}")
-        faces = got["samples"] - got["masked"] if paired else got["samples"]
-        exp = expected_masked(ratio, faces) - int(shortfall.get(c, 0))
+        faces, exp = class_expected_masked(man, c, got)
         if got["masked"] != exp:
             bad(f"class {c}: {got['masked']} masked of {faces} faces, ratio {ratio} requires {exp}")
     for k, t in twins.items():
@@ -501,8 +542,3 @@ def style_share_deviation(styles: dict[str, int]) -> float:
         return 0.0
     k = len(styles)
     return max(abs(v / tot - 1.0 / k) for v in styles.values())
-
-
-def iter_keys(samples: Iterable[dict]) -> Iterator[str]:  # pragma: no cover - tiny helper
-    for s in samples:
-        yield s["key"]

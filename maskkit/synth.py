@@ -640,6 +640,11 @@ class SynthResult:
     stage_seconds: dict = field(default_factory=dict)
 
 
+def _jsonl(entries: Sequence[dict]) -> bytes:
+    """Canonical JSON lines (the journal, ``failures.jsonl``, ``mask_skips.jsonl``)."""
+    return b"".join(encode_json(e) + b"\n" for e in entries)
+
+
 class _Journal:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -658,7 +663,7 @@ class _Journal:
         return out
 
     def rewrite(self, entries: list[dict]) -> None:
-        write_bytes_atomic(self.path, b"".join(encode_json(e) + b"\n" for e in entries))
+        write_bytes_atomic(self.path, _jsonl(entries))
 
     def append(self, entry: dict) -> None:
         if self._f is None:
@@ -754,7 +759,6 @@ def _prepare_out(cfg: SynthConfig, fp: str, n_chunks: int) -> _ResumeState | dic
             break
         valid.append(rec)
     written = sum(r["samples"] for r in valid)
-    start = 0
     keep = []
     for e in ce:
         if e["end"] > written:
@@ -973,9 +977,9 @@ def _run_locked(cfg: SynthConfig, t_start: float) -> SynthResult:
         jr.close()
 
     # ---- finish: failure logs, then the manifest (last, atomically), then drop the journal
-    write_bytes_atomic(out / "failures.jsonl", b"".join(encode_json(f) + b"\n" for f in failures))
+    write_bytes_atomic(out / "failures.jsonl", _jsonl(failures))
     if skips:
-        write_bytes_atomic(out / "mask_skips.jsonl", b"".join(encode_json(s) + b"\n" for s in skips))
+        write_bytes_atomic(out / "mask_skips.jsonl", _jsonl(skips))
     else:
         (out / "mask_skips.jsonl").unlink(missing_ok=True)
     styles = {s: int(total.get("styles", {}).get(s, 0)) for s in cfg.styles}

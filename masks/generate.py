@@ -463,22 +463,24 @@ def generate(out_dir: Path) -> List[Path]:
     written = []
     roles = ["boundary"] * N_BOUNDARY + ["interior"] * N_INTERIOR + ["ring"] * N_BOUNDARY
     assert len(roles) == N_ANCHORS
+    # fade everything out before the ring polygon: the warp covers only the inside of the
+    # ring, so nothing may reach it (no hard clipping edges on turned heads)
+    keep = edge_alpha(ring_sd, -10.0, 3.0)
+    # the pixels of each triangle (the same frame for every template)
+    tri_pixels = []
+    for t in tri:
+        poly = np.zeros(fr.shape, np.uint8)
+        cv2.fillConvexPoly(poly, np.round(fr.anc[t]).astype(np.int32), 1)
+        tri_pixels.append(poly > 0)
     for name, style, variant, texture, weight, paint in template_specs():
         cv = paint(fr)
-        # fade everything out before the ring polygon: the warp covers only the inside of the
-        # ring, so nothing may reach it (no hard clipping edges on turned heads)
-        keep = edge_alpha(ring_sd, -10.0, 3.0)
         cv.prem *= keep[..., None]
         cv.a *= keep
         cv.tint *= keep
         rgba, tint = cv.images()
         a = np.asarray(rgba)[..., 3]
         # does a triangle carry any mask? (sampled at its centroid + vertices' inner points)
-        covered = []
-        for t in tri:
-            poly = np.zeros(fr.shape, np.uint8)
-            cv2.fillConvexPoly(poly, np.round(fr.anc[t]).astype(np.int32), 1)
-            covered.append(bool((a[poly > 0] > 0).any()))
+        covered = [bool((a[px] > 0).any()) for px in tri_pixels]
         meta = {
             "format": "maskkit-mask-template",
             "version": 1,

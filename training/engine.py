@@ -54,6 +54,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .api import check_device, normalize
 from .config import TrainConfig
 from .losses import build_criterion
 from .model import FaceModel, build_model
@@ -90,8 +91,6 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     """``auto`` -> ``cuda:<local_rank>`` when CUDA is available, else ``cpu``."""
     if name == "auto":
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    from .api import check_device
-
     try:
         dev = check_device(name)
         if dev.type == "cuda" and dev.index is None:
@@ -139,10 +138,7 @@ class TrainModule(nn.Module):
                 idx_face: torch.Tensor | None = None, idx_masked: torch.Tensor | None = None):
         """``idx_face`` / ``idx_masked`` (optional): the two-stream route, precomputed from the
         loader's CPU flags by :meth:`FaceModel.route` so the forward never syncs the device."""
-        if images.dtype == torch.uint8:
-            x = (images.permute(0, 3, 1, 2).float() - 127.5) / 127.5
-        else:
-            x = images
+        x = normalize(images) if images.dtype == torch.uint8 else images
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         route = (idx_face, idx_masked) if idx_face is not None and idx_masked is not None else None
@@ -474,6 +470,8 @@ def train(cfg: TrainConfig, resume: bool = False, source: Any = None) -> dict:
 
     pending = None  # CUDA: the last step's non-finite flag, read one step later
     acc = torch.zeros(len(METRIC_KEYS), dtype=torch.float64, device=info.device)
+    zero = torch.zeros((), dtype=torch.float64, device=info.device)  # a metric the method lacks
+    one = torch.ones((), dtype=torch.float64, device=info.device)  # the step count
     t_last, n_img = time.perf_counter(), 0
     last_saved = global_step if ckpt is not None else -1
     first_step = global_step
@@ -485,8 +483,9 @@ def train(cfg: TrainConfig, resume: bool = False, source: Any = None) -> dict:
             if stop:
                 break
             b0 = start_b if epoch == start_epoch else 0
-            pos = list(positions) if (epoch == start_epoch and positions) else [0] * nw
-            it = src.epoch_iter(epoch, b0, pos if (epoch == start_epoch and positions) else None)
+            resume_pos = positions if epoch == start_epoch and positions else None
+            pos = list(resume_pos) if resume_pos else [0] * nw
+            it = src.epoch_iter(epoch, b0, resume_pos)
             tm.train()
             for b in range(b0, spe):
                 batch = next(it)
@@ -519,9 +518,8 @@ def train(cfg: TrainConfig, resume: bool = False, source: Any = None) -> dict:
                     check_finite(pending)
                     pending = entry
                 with torch.no_grad():
-                    vals = [loss.detach()] + [parts.get(k, torch.zeros((), device=info.device)) for k in METRIC_KEYS[1:-1]]
-                    acc += torch.stack([torch.as_tensor(v, device=info.device).double().reshape(()) for v in vals]
-                                       + [torch.ones((), dtype=torch.float64, device=info.device)])
+                    vals = [loss.detach()] + [parts.get(k, zero) for k in METRIC_KEYS[1:-1]]
+                    acc += torch.stack([v.double().reshape(()) for v in vals] + [one])
                 if bar is not None:
                     bar.update(1)
                 done = cfg.max_steps is not None and global_step >= cfg.max_steps

@@ -157,6 +157,8 @@ def verify_onnx(model, path: str | Path, images_uint8: np.ndarray, masked, batch
     import onnxruntime as ort
     import torch
 
+    from .api import normalize
+
     module = getattr(model, "torch_module", model).cpu().eval()
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     images_uint8 = np.asarray(images_uint8)
@@ -165,7 +167,7 @@ def verify_onnx(model, path: str | Path, images_uint8: np.ndarray, masked, batch
     for b in batch_sizes:
         idx = np.arange(b) % len(images_uint8)
         imgs, msk = images_uint8[idx], masked[idx]
-        x = torch.from_numpy((imgs.astype(np.float32).transpose(0, 3, 1, 2) - 127.5) / 127.5)
+        x = normalize(torch.from_numpy(imgs))
         with torch.no_grad():
             mu_t, sig_t = module(x, torch.from_numpy(msk))
         mu_o, sig_o = onnx_embed(sess, imgs, msk)

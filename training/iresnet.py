@@ -160,10 +160,12 @@ def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def count_macs(module: nn.Module, input_size: int = 112) -> int:
+def count_macs(module: nn.Module, input_size: int = 112, forward=None) -> int:
     """Multiply-accumulates of one forward pass of one image (convs + linears; BN/PReLU ignored).
 
-    Runs a forward on the ``meta`` device, so it is instant and allocates nothing.
+    Runs a forward on the ``meta`` device, so it is instant and allocates nothing. ``forward``
+    (optional): ``forward(net, x)`` runs the pass on the meta copy ``net`` (default ``net(x)``);
+    only the modules it calls are counted.
     """
     import copy
 
@@ -186,7 +188,8 @@ def count_macs(module: nn.Module, input_size: int = 112) -> int:
         elif isinstance(m, nn.Linear):
             hooks.append(m.register_forward_hook(lin_hook))
     with torch.no_grad():
-        out = net(torch.empty(1, 3, input_size, input_size, device="meta"))
+        x = torch.empty(1, 3, input_size, input_size, device="meta")
+        out = net(x) if forward is None else forward(net, x)
     del out
     for h in hooks:
         h.remove()
