@@ -177,7 +177,8 @@ def stats(shards, deep, as_json):
 def export_rec_cmd(shards, out, prefix, only):
     """Write a shard folder as insightface train.rec / train.idx / property (no mxnet needed).
 
-    The result loads in arcface_torch's MXFaceDataset; record id2 is 1 for masked faces.
+    The result loads in arcface_torch's MXFaceDataset; record id2 is 1 for masked faces, and
+    PREFIX.maskkit.json says so (synth on this .rec then never masks a masked face again).
     """
     from .recordio import export_rec
 
@@ -187,7 +188,8 @@ def export_rec_cmd(shards, out, prefix, only):
         raise click.ClickException(str(exc)) from exc
     _print_summary("maskkit export-rec", [("images", f"{info['images']:,}"), ("classes", f"{info['classes']:,}"),
                                           ("rec", info["rec"]), ("idx", info["idx"]),
-                                          ("property", info["property"]), ("bytes", f"{info['bytes']:,}")])
+                                          ("property", info["property"]), ("sidecar", info["sidecar"]),
+                                          ("bytes", f"{info['bytes']:,}")])
 
 
 COMMANDS = [synth, stats, export_rec_cmd]

@@ -19,8 +19,11 @@ The format (dmlc-core RecordIO + MXNet's image record header), as insightface's
 * ``property``: ``"num_classes,H,W"``.
 
 :func:`export_rec` writes a shard folder (``docs/FORMAT.md``) as such a set; ``id2`` of an image
-record is 1 when the face is synthetically masked, 0 otherwise (ignored by readers). :class:`RecReader`
-reads any such set (``maskkit synth --src train.rec --aligned`` uses it).
+record is 1 when the face is synthetically masked, 0 otherwise (ignored by other readers), and a
+sidecar ``<prefix>.maskkit.json`` says so. :class:`RecReader` reads any such set (``maskkit synth
+--src train.rec --aligned`` uses it); when the sidecar is there it lists the masked records in
+``masked_keys``, which synth does not mask a second time (they go to its failure log as
+``already_masked``). A third-party ``.rec`` has no sidecar and its ``id2`` is ignored.
 
 Example:
     >>> export_rec("shards/", "rec/")                               # doctest: +SKIP
@@ -28,6 +31,7 @@ Example:
 """
 from __future__ import annotations
 
+import json
 import os
 import struct
 from dataclasses import dataclass
@@ -202,6 +206,8 @@ class RecReader:
         image_keys: keys of the image records (``1..N`` when record 0 is a header record,
             else every key).
         labels: class index per image key (filled by :meth:`scan_labels`).
+        masked_keys: image keys whose face maskkit masked (``id2 == 1`` in a set with a
+            ``<prefix>.maskkit.json`` sidecar; filled by :meth:`scan_labels`, else empty).
     """
 
     def __init__(self, rec_path: str | os.PathLike, idx_path: str | os.PathLike | None = None) -> None:
@@ -224,6 +230,8 @@ class RecReader:
         else:  # no index: scan, keys are record order
             for i, (off, _) in enumerate(iter_records(self.rec_path)):
                 self.offsets[i] = off
+        self.sidecar = self.rec_path.with_suffix(".maskkit.json")
+        self.masked_keys: set[int] = set()
         self._f = open(self.rec_path, "rb")
         self.header0: tuple[int, int] | None = None
         if 0 in self.offsets:
@@ -253,15 +261,21 @@ class RecReader:
         return int(lab[0] if isinstance(lab, tuple) else lab)
 
     def scan_labels(self) -> dict[int, int]:
-        """``{image key: class index}``, reading only the 24-byte headers (plus label vectors)."""
+        """``{image key: class index}``, reading only the 24-byte headers (plus label vectors).
+
+        Also fills :attr:`masked_keys` when the set is a maskkit export (its sidecar exists)."""
         out = {}
+        id2_marks_masks = self.sidecar.is_file()
+        self.masked_keys = set()
         for k in self.image_keys:
             self._f.seek(self.offsets[k] + 8)
             head = self._f.read(_IR_SIZE + 4)
-            flag, label, _, _ = struct.unpack_from(_IR_FORMAT, head)
+            flag, label, _, id2 = struct.unpack_from(_IR_FORMAT, head)
             if flag > 0:
                 label = struct.unpack_from("<f", head, _IR_SIZE)[0]
             out[k] = int(label)
+            if id2_marks_masks and id2 == 1:
+                self.masked_keys.add(k)
         return out
 
     def close(self) -> None:
@@ -319,13 +333,14 @@ def export_rec(shards_dir: str | os.PathLike, out_dir: str | os.PathLike, prefix
     passes = [None] if sorted_stream else list(range(len(classes)))
     with RecordWriter(tmp_rec, tmp_idx) as wr:
         wr.write(0, pack_header(IRHeader(2, (n + 1, n + 1 + len(classes)), 0, 0), b""))
-        key = 1
+        key, n_masked = 1, 0
         for cls in passes:
             for s in read_samples(shards_dir):
                 lab = s["json"]["label"]
                 if (cls is not None and lab != cls) or not keep(s):
                     continue
                 masked = int(bool(s["json"].get("masked")))
+                n_masked += masked
                 wr.write(key, pack_header(IRHeader(0, float(lab), key, masked), s["jpg"]))
                 key += 1
         start = 1
@@ -336,5 +351,9 @@ def export_rec(shards_dir: str | os.PathLike, out_dir: str | os.PathLike, prefix
     os.replace(tmp_idx, idx_p)
     prop = out / "property"
     prop.write_text(f"{len(classes)},{h},{w}\n", encoding="ascii")
+    side = rec_p.with_suffix(".maskkit.json")
+    side.write_text(json.dumps({"tool": "maskkit", "id2": "1 = face synthetically masked by maskkit",
+                                "only": only, "images": n, "masked": n_masked,
+                                "classes": classes}, indent=1) + "\n", encoding="utf-8")
     return {"images": n, "classes": len(classes), "rec": str(rec_p), "idx": str(idx_p),
-            "property": str(prop), "bytes": rec_p.stat().st_size}
+            "property": str(prop), "sidecar": str(side), "bytes": rec_p.stat().st_size}

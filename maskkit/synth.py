@@ -248,8 +248,13 @@ def _rec_inputs(rec_path: Path) -> list[InputItem]:
     with RecReader(rec_path) as r:
         labels = r.scan_labels()
         offsets = dict(r.offsets)
+        masked = r.masked_keys
     width = max(len(str(max(labels.values(), default=0))), 1)
-    return [InputItem(f"{rec_path.name}#{k}", f"{labels[k]:0{width}d}", str(rec_path), k, offsets[k])
+    # a maskkit export (export-rec) marks its masked faces: never mask a face twice
+    why = (f"record already holds a maskkit-masked face (id2 = 1, see {r.sidecar.name}); "
+           "export with `maskkit export-rec --only plain` to mask a set again")
+    return [InputItem(f"{rec_path.name}#{k}", f"{labels[k]:0{width}d}", str(rec_path), k, offsets[k],
+                      error="already_masked" if k in masked else None, detail=why if k in masked else "")
             for k in sorted(labels)]
 
 

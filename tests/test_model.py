@@ -105,6 +105,21 @@ def test_routing_masked_gradients_reach_only_their_branch():
             assert torch.allclose(mu[i:i + 1], ref, atol=1e-5)
         m.routing = "where"
         assert torch.allclose(m(x, masked)[0], mu, atol=1e-5)
+        m.routing = "index"
+    # a grouped batch (unmasked first, as the loader delivers it) is routed by slicing: one int
+    order = torch.argsort(masked.to(torch.int8), stable=True)
+    xg, mg = x[order], masked[order]
+    assert FaceModel.route(mg) == 3 and isinstance(FaceModel.route(masked), tuple)
+    assert FaceModel.route(torch.zeros(4, dtype=torch.bool)) == 4 and FaceModel.route(torch.ones(4, dtype=torch.bool)) == 0
+    grads = []
+    for xx, mm in ((x, masked), (xg, mg)):
+        m.zero_grad(set_to_none=True)
+        mu_r, sigma_r = m(xx, mm)
+        (mu_r[mm].pow(2).sum() + sigma_r[~mm].sum()).backward()
+        grads.append(torch.cat([p.grad.flatten() for p in (*m.branch_face.parameters(), *m.branch_masked.parameters())]))
+        if mm is mg:  # slicing gives the index route's outputs, sample for sample
+            assert torch.allclose(mu_r, mu[order], atol=1e-5)
+    assert torch.allclose(grads[0], grads[1], atol=1e-5)
 
 
 def test_routing_with_an_all_unmasked_batch_keeps_every_parameter_in_the_graph():

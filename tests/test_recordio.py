@@ -149,6 +149,36 @@ def test_synth_from_rec(small_shards, tmp_path):
         run_synth(SynthConfig(src=tmp_path / "rec" / "train.rec", out=tmp_path / "x", progress=False))
 
 
+def test_synth_from_a_full_export_never_masks_a_face_twice(small_shards, tmp_path):
+    """A maskkit export of all samples marks its masked faces (id2 = 1 + the sidecar): synth on it
+    keeps only the plain ones and logs each masked record as ``already_masked``."""
+    import json
+
+    from maskkit.recordio import export_rec
+
+    info = export_rec(small_shards, tmp_path / "rec")
+    n_masked = sum(1 for s in read_samples(small_shards) if s["json"]["masked"])
+    side = json.loads(Path(info["sidecar"]).read_text())
+    assert side["masked"] == n_masked > 0 and side["images"] == 27 and side["only"] == "all"
+    with RecReader(info["rec"]) as r:
+        r.scan_labels()
+        assert len(r.masked_keys) == n_masked
+    out = tmp_path / "again"
+    res = run_synth(SynthConfig(src=Path(info["rec"]), out=out, aligned=True, ratio=0.5, shard_samples=10,
+                                progress=False))
+    man = res.manifest
+    assert man["inputs"]["files"] == 27 and man["num_samples"] + man["inputs"]["failed"] == 27
+    fails = [json.loads(ln) for ln in (out / "failures.jsonl").read_text().splitlines()]
+    again = [f for f in fails if f["reason"] == "already_masked"]
+    assert len(again) == n_masked and "--only plain" in again[0]["detail"]
+    assert man["num_samples"] == 27 - n_masked - (len(fails) - len(again))
+    # without the sidecar (a third-party .rec) id2 means nothing: every record is an input
+    Path(info["sidecar"]).unlink()
+    with RecReader(info["rec"]) as r:
+        r.scan_labels()
+        assert r.masked_keys == set()
+
+
 def test_export_rec_only_plain_or_masked(small_shards, tmp_path):
     """`export-rec --only plain` keeps exactly the unmasked samples (so synth on the .rec never
     masks a face twice); `--only masked` the masked ones; ranges stay contiguous per class."""

@@ -215,17 +215,17 @@ def _done_shards(out: Path) -> int:
 
 def test_kill_and_resume_equals_clean_run(celeb_aligned, tmp_path):
     """SIGKILL a running synth (its whole process group: driver and pool workers) at random points
-    -- once during start-up, then at random moments after 2, 5, 8 and 10 of 13 shards were
+    -- once during start-up, then at random moments after 3, 8, 13 and 18 of 26 shards were
     complete -- then rerun the same command to completion: exactly the clean run's shards and
     sample set (no duplicates, no losses)."""
-    sub = subset_tree(celeb_aligned, tmp_path / "sub", per_identity=15, identities=6)  # 90 crops
+    sub = subset_tree(celeb_aligned, tmp_path / "sub", per_identity=15, identities=12)  # 180 crops
     clean = tmp_path / "clean"
     r = subprocess.run(_synth_cmd(sub, clean), capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
     out = tmp_path / "killed"
     rnd = random.Random(1234)
     interrupted = []
-    for target in (0, 2, 5, 8, 10):
+    for target in (0, 3, 8, 13, 18):
         p = subprocess.Popen(_synth_cmd(sub, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                              start_new_session=True)
         deadline = time.monotonic() + 120
@@ -233,7 +233,7 @@ def test_kill_and_resume_equals_clean_run(celeb_aligned, tmp_path):
             if target == 0 or _done_shards(out) >= target:
                 break
             time.sleep(0.005)
-        time.sleep(rnd.uniform(0.0, 0.3) if target else rnd.uniform(0.2, 1.0))
+        time.sleep(rnd.uniform(0.0, 0.1) if target else rnd.uniform(0.2, 1.0))
         if p.poll() is None:
             os.killpg(p.pid, signal.SIGKILL)
             interrupted.append(_done_shards(out))
@@ -246,8 +246,8 @@ def test_kill_and_resume_equals_clean_run(celeb_aligned, tmp_path):
     assert shard_hashes(out) == shard_hashes(clean)
     keys_clean = [s["key"] for s in read_samples(clean)]
     keys = [s["key"] for s in read_samples(out)]
-    assert keys == keys_clean and len(set(keys)) == len(keys) == 90
-    check_dataset(out, 0.5, 90)
+    assert keys == keys_clean and len(set(keys)) == len(keys) == 180
+    check_dataset(out, 0.5, 180)
     assert not list(out.glob("*.tmp")) and not (out / ".synth-journal.jsonl").exists()
 
 

@@ -23,6 +23,7 @@ from typing import Any
 METHODS = ("arcface", "magface", "dul", "dul-mag", "maskdul")
 BACKBONES = ("r18", "r34", "r50", "r100")
 AMP_MODES = ("bf16", "fp16", "none")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 @dataclass
@@ -120,8 +121,13 @@ class TrainConfig:
     channels_last: bool = True
     """channels_last memory format on CUDA (CPU runs keep NCHW)."""
     compile: bool = False
-    """``torch.compile`` the (DDP-wrapped) model. The two-stream routing has data-dependent branch
-    sizes: dynamo graph-breaks around it and compiles the rest."""
+    """``torch.compile`` the (DDP-wrapped) model and loss. The whole step traces as one graph with
+    no graph break (torch 2.13, both routes); the two-stream branch sizes change from batch to
+    batch, so dynamo compiles a second, size-generic graph on the second size it sees (plus one
+    each for an all-plain and an all-masked batch) and then reuses them."""
+    compile_mode: str = "default"
+    """``torch.compile`` mode: ``default``, ``reduce-overhead`` (CUDA graphs), ``max-autotune``
+    or ``max-autotune-no-cudagraphs`` (longer compile, tuned GEMM/conv kernels)."""
     seed: int = 0
     deterministic: bool = False
     """Deterministic cuDNN/algorithms (slower); CPU runs are deterministic anyway."""
@@ -146,6 +152,8 @@ class TrainConfig:
             raise ValueError(f"backbone must be one of {BACKBONES}, got {self.backbone!r}")
         if self.amp not in AMP_MODES:
             raise ValueError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
+        if self.compile_mode not in COMPILE_MODES:
+            raise ValueError(f"compile_mode must be one of {COMPILE_MODES}, got {self.compile_mode!r}")
         if self.kl_reduction not in ("sum", "mean"):
             raise ValueError(f"kl_reduction must be 'sum' or 'mean', got {self.kl_reduction!r}")
         self.milestones = tuple(int(m) for m in self.milestones)

@@ -18,7 +18,9 @@ epoch sees every sample about once.
 
 **Order.** The DataLoader takes batches from its workers round-robin (in order), so batch ``b``
 of an epoch is worker ``b % W``'s batch ``b // W``: the order is a pure function of
-``(seed, epoch, world size, num_workers, batch size, shards)``.
+``(seed, epoch, world size, num_workers, batch size, shards)``. Inside a batch the unmasked
+samples come first, then the masked ones (a stable grouping), so the two-stream model runs each
+start block on a slice of the batch (:meth:`~maskkit.training.model.FaceModel.route`).
 
 **Resume.** :meth:`ShardStream.set_epoch` takes the number of batches already consumed in the
 epoch; each worker drops its share of them *before* decoding (the tar bytes are read, but not
@@ -218,9 +220,13 @@ class ShardStream(torch.utils.data.IterableDataset):
                 continue
             imgs.append(out[0]), labels.append(out[1]), masks.append(out[2]), keys.append(sample["__key__"])
             if len(imgs) == self.batch_size:
-                yield {"images": torch.from_numpy(np.stack(imgs)), "labels": torch.tensor(labels, dtype=torch.int64),
-                       "masked": torch.tensor(masks, dtype=torch.bool), "keys": keys,
-                       "worker": wid, "stream_pos": idx + 1}
+                # grouped: unmasked samples first, then masked, each in stream order (the model then
+                # routes the two streams by slicing; BatchNorm and the mean loss ignore the order)
+                order = sorted(range(len(masks)), key=masks.__getitem__)
+                yield {"images": torch.from_numpy(np.stack([imgs[j] for j in order])),
+                       "labels": torch.tensor([labels[j] for j in order], dtype=torch.int64),
+                       "masked": torch.tensor([masks[j] for j in order], dtype=torch.bool),
+                       "keys": [keys[j] for j in order], "worker": wid, "stream_pos": idx + 1}
                 imgs, labels, masks, keys = [], [], [], []
 
 

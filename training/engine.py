@@ -29,8 +29,9 @@ the step, and leaves the last good checkpoint in place: nothing is written after
 CPU the flag is checked before the optimizer step; on CUDA it is read one step later (so the
 loop never stalls the kernel launch queue) and always before a checkpoint is written.
 
-**No hidden syncs.** The two-stream route is computed from the loader's pinned CPU flags and
-copied asynchronously; the KL uses host scalars; metrics accumulate on the device and are read
+**No hidden syncs.** The two-stream route is computed from the loader's pinned CPU flags (the
+loader groups each batch, unmasked samples first, so the route is one int and the start blocks
+run on slices); the KL uses host scalars; metrics accumulate on the device and are read
 only at log intervals.
 
 This module imports only torch / numpy at module level (the GPU benchmark imports it on a
@@ -57,7 +58,7 @@ from torch import nn
 from .api import check_device, normalize
 from .config import TrainConfig
 from .losses import build_criterion
-from .model import FaceModel, build_model
+from .model import FaceModel, Route, build_model
 
 log = logging.getLogger(__name__)
 
@@ -134,14 +135,12 @@ class TrainModule(nn.Module):
         super().__init__()
         self.model, self.criterion, self.channels_last = model, criterion, channels_last
 
-    def forward(self, images: torch.Tensor, labels: torch.Tensor, masked: torch.Tensor,
-                idx_face: torch.Tensor | None = None, idx_masked: torch.Tensor | None = None):
-        """``idx_face`` / ``idx_masked`` (optional): the two-stream route, precomputed from the
-        loader's CPU flags by :meth:`FaceModel.route` so the forward never syncs the device."""
+    def forward(self, images: torch.Tensor, labels: torch.Tensor, masked: torch.Tensor, route: Route | None = None):
+        """``route`` (optional): the two-stream route, precomputed from the loader's CPU flags by
+        :meth:`FaceModel.route` so the forward never syncs the device."""
         x = normalize(images) if images.dtype == torch.uint8 else images
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        route = (idx_face, idx_masked) if idx_face is not None and idx_masked is not None else None
         mu, logvar = self.model.encode(x, masked, route)
         return self.criterion(mu, logvar, labels, masked)
 
@@ -225,9 +224,11 @@ class SyntheticSource:
         i = skip_batches
         while True:
             i += 1
+            n_masked = int((torch.rand(b, generator=gc) < self.masked_ratio).sum())
             yield {"images": torch.randint(0, 256, (b, h, w, 3), dtype=torch.uint8, device=dev, generator=g),
                    "labels": torch.randint(0, len(self.classes), (b,), device=dev, generator=g),
-                   "masked": self._pin(torch.rand(b, generator=gc) < self.masked_ratio),
+                   # grouped as the shard loader delivers them: unmasked first
+                   "masked": self._pin(torch.arange(b) >= b - n_masked),
                    "worker": 0, "stream_pos": i}
 
 
@@ -387,7 +388,7 @@ def train(cfg: TrainConfig, resume: bool = False, source: Any = None) -> dict:
     if world > 1:
         runner = nn.parallel.DistributedDataParallel(tm, device_ids=[info.device.index] if use_cuda else None)
     if cfg.compile:
-        runner = torch.compile(runner)
+        runner = torch.compile(runner, mode=cfg.compile_mode)
 
     total_steps = spe * cfg.epochs
     if cfg.max_steps is not None:
@@ -493,10 +494,10 @@ def train(cfg: TrainConfig, resume: bool = False, source: Any = None) -> dict:
                 lr = sched.set(optimizer, epoch + b / spe)
                 images = batch["images"].to(info.device, non_blocking=True)
                 labels = batch["labels"].to(info.device, non_blocking=True)
-                idx_f, idx_m = FaceModel.route(batch["masked"], info.device)  # on the CPU flags: no sync
+                route = FaceModel.route(batch["masked"], info.device)  # on the CPU flags: no sync
                 masked = batch["masked"].to(info.device, non_blocking=True)
                 with torch.autocast(info.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                    loss, parts = runner(images, labels, masked, idx_f, idx_m)
+                    loss, parts = runner(images, labels, masked, route)
                 bad = (~torch.isfinite(loss.detach())).float()
                 if world > 1:
                     dist.all_reduce(bad)

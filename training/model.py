@@ -4,10 +4,14 @@
   remaining weight. The start block is the trunk up to and including ``split_point``
   (default ``"layer1.0"``: the stem conv-BN-PReLU plus the first residual block of stage 1, our
   reading of the paper's "start ResBlock"; ``"stem"`` and ``"layer1"`` or any ``"layerK.J"`` are
-  options). Routing is per sample, inside one batch, without a Python loop over samples: each
-  branch runs on its ``index_select``-ed subset and the results are scattered back with
-  ``index_copy`` (``routing="where"`` runs both branches on the whole batch and selects with
-  ``torch.where``; same result, twice the start-block compute, handy for some exporters).
+  options). Routing is per sample, inside one batch, without a Python loop over samples. When
+  the batch is *grouped* (unmasked samples first, then masked ones: the training loader orders
+  every batch so) each branch runs on a slice (a view, no copy) and the two outputs are
+  concatenated; otherwise each branch runs on its ``index_select``-ed subset and the results are
+  scattered back with ``index_copy``. Both give the same result; slicing is cheaper (CPU
+  r18 w0.25 batch 8: MaskDUL/ArcFace step 1.05 against 1.18 with index routing).
+  ``routing="where"`` runs both branches on the whole batch and selects with ``torch.where``
+  (same result, twice the start-block compute, handy for some exporters).
   A branch whose subset is empty still runs on a zero-size batch, so every parameter stays
   in the autograd graph (DDP needs no ``find_unused_parameters``) and BatchNorm running
   statistics are untouched by it. Both branches start from identical weights (the masked one
@@ -23,11 +27,16 @@ This module imports only torch.
 from __future__ import annotations
 
 import copy
+from typing import Union
 
 import torch
 from torch import nn
 
 from .iresnet import EmbeddingHead, iresnet
+
+Route = Union[int, tuple[torch.Tensor, torch.Tensor]]
+"""A two-stream route (:meth:`FaceModel.route`): ``n_face`` (an int) for a grouped batch whose first
+``n_face`` samples are unmasked and the rest masked, else ``(idx_face, idx_masked)`` index tensors."""
 
 
 def resolve_split(names: list[str], split_point: str) -> int:
@@ -87,10 +96,14 @@ class FaceModel(nn.Module):
         return self.logvar_head is not None
 
     @staticmethod
-    def route(masked: torch.Tensor, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(idx_face, idx_masked)``: sample indices of each branch, computed where ``masked`` lives
-        (on the CPU flags of a loader batch this costs no device sync) and moved to ``device``."""
+    def route(masked: torch.Tensor, device: torch.device | None = None) -> Route:
+        """The route of a batch, computed where ``masked`` lives (on the CPU flags of a loader
+        batch this costs no device sync): ``n_face`` (int) when the batch is grouped (no masked
+        sample before an unmasked one), else ``(idx_face, idx_masked)`` moved to ``device``."""
         masked = masked.to(torch.bool).reshape(-1)
+        n_face = int(masked.numel() - masked.sum())
+        if not bool(masked[:n_face].any()):
+            return n_face
         idx_f, idx_m = torch.nonzero(~masked).squeeze(1), torch.nonzero(masked).squeeze(1)
         if device is not None and idx_f.device != device:
             if device.type == "cuda":  # pinned: a truly asynchronous copy (pageable would sync the stream)
@@ -98,8 +111,7 @@ class FaceModel(nn.Module):
             idx_f, idx_m = idx_f.to(device, non_blocking=True), idx_m.to(device, non_blocking=True)
         return idx_f, idx_m
 
-    def start(self, x: torch.Tensor, masked: torch.Tensor | None,
-              route: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    def start(self, x: torch.Tensor, masked: torch.Tensor | None, route: Route | None = None) -> torch.Tensor:
         """Run the start block(s), routing each sample by its ``masked`` flag.
 
         ``route`` (from :meth:`route`) may be given instead of / with ``masked`` to skip the
@@ -115,6 +127,8 @@ class FaceModel(nn.Module):
         if route is None:
             # CPU flags: indices computed on the CPU and copied (no device sync)
             route = self.route(masked, x.device)
+        if isinstance(route, int):  # grouped batch: two views, one concatenation
+            return torch.cat([self.branch_face(x[:route]), self.branch_masked(x[route:])])
         idx_f, idx_m = route
         # keep channels_last through the subset (index_select returns NCHW-contiguous)
         fmt = torch.channels_last if (x.dim() == 4 and not x.is_contiguous()
@@ -125,7 +139,7 @@ class FaceModel(nn.Module):
         return out.index_copy(0, idx_f, yf).index_copy(0, idx_m, ym.to(yf.dtype))
 
     def encode(self, x: torch.Tensor, masked: torch.Tensor | None = None,
-               route: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+               route: Route | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(mu, logvar)``; ``logvar`` is None without the DUL head. Both fp32."""
         h = self.trunk(self.start(x, masked, route))
         mu = self.mu_head(h).float()
