@@ -10,6 +10,8 @@
 # (no pip install). Every part runs under `timeout` and its failure is reported, not fatal.
 # Results: printed tables; JSON + logs under $OUT when that variable is set.
 #
+#   opt-in: PARTS="... autotune" adds arcface + maskdul with torch.compile mode max-autotune
+#   (tuned conv/GEMM kernels; several minutes of compile, so not in the default 8-minute set).
 # usage: bash benchmarks/gpu.sh            (from anywhere; env: PY=python3, BATCH=256, OUT=dir,
 #        PARTS="eager compile fp16 loop", PROFILE=1 to print the top CUDA kernels per method)
 set -u
@@ -47,6 +49,9 @@ has eager && part bench_eager 150 $PY "$REPO/benchmarks/train_bench.py" --gpu --
   --repeats 2 $PROF --json "$LOGDIR/bench_eager.json"
 has compile && part bench_compile 200 $PY "$REPO/benchmarks/train_bench.py" --gpu --batch "$BATCH" --methods arcface,maskdul \
   --compile --steps 15 --warmup 4 --repeats 2 --json "$LOGDIR/bench_compile.json"
+has autotune && part bench_autotune 420 $PY "$REPO/benchmarks/train_bench.py" --gpu --batch "$BATCH" \
+  --methods arcface,maskdul --compile --compile-mode max-autotune --steps 15 --warmup 4 --repeats 2 \
+  --json "$LOGDIR/bench_autotune.json"
 has fp16 && part bench_fp16 60 $PY "$REPO/benchmarks/train_bench.py" --gpu --batch "$BATCH" --methods maskdul --amp fp16 \
   --steps 5 --warmup 2 --repeats 1 --json "$LOGDIR/bench_fp16.json"
 
@@ -91,7 +96,7 @@ $PY - "$LOGDIR" <<'EOF' || true
 import json, sys, os
 d = sys.argv[1]
 print(f"\n{'run':8s} {'method':8s} {'amp':5s} {'img/s':>9s} {'mem GB':>7s} {'TFLOP/s':>8s} {'MFU spec':>9s} {'MFU 790':>8s} {'vs arc':>7s}")
-for name in ("bench_eager", "bench_compile", "bench_fp16"):
+for name in ("bench_eager", "bench_compile", "bench_autotune", "bench_fp16"):
     p = os.path.join(d, name + ".json")
     if not os.path.exists(p):
         continue

@@ -4,11 +4,16 @@ CPU (default)::
 
     python benchmarks/train_bench.py                       # r18 (width 0.25), batch 8
     -> img/s and peak RSS per method, and the ratio MaskDUL step / ArcFace step (target <= 1.10)
+       on grouped batches (unmasked first, as the shard loader delivers them) and, for
+       comparison, on the same flags interleaved (index_select routing)
+    python benchmarks/train_bench.py --backbones r50 --width 1 --methods arcface,maskdul \
+        --steps 2 --repeats 1 --ratio-rounds 6           # the full r50 (about 2 s per step)
 
 GPU::
 
     python benchmarks/train_bench.py --gpu                 # r50, bf16 autocast, batch 256, channels_last
     python benchmarks/train_bench.py --gpu --compile       # + torch.compile
+    python benchmarks/train_bench.py --gpu --compile --compile-mode max-autotune
 
 MFU counts ``3 x 6.31 GMACs x 2 FLOP`` per image (forward + backward of IResNet-50 at 112x112;
 scaled by the backbone's own MAC count for others) against the device's dense bf16 peak

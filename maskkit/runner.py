@@ -148,8 +148,11 @@ def check_previous_run(out: Path, info: dict, overwrite: bool, error: type[Excep
         error: the command's exception class.
 
     Raises:
-        error: ``out`` holds another run and ``overwrite`` is false.
+        error: ``out`` holds another run and ``overwrite`` is false, or holds a shard set.
     """
+    if (out / "manifest.json").is_file():  # --overwrite would not remove shards: refuse in any case
+        raise error(f"--out {out} holds a shard set (manifest.json of maskkit synth or align --format shards); "
+                    "write the images to another folder")
     info = json.loads(json.dumps(info, sort_keys=True))
     info_p = out / RUN_INFO
     previous = None

@@ -321,3 +321,24 @@ def test_non_image_files_are_reported_not_passed_over_silently(tmp_path, astrona
     assert [it.rel for it in items] == ["person/a.jpg"]
     msgs = [r.getMessage() for r in caplog.records if r.name == "maskkit.sources"]
     assert len(msgs) == 1 and "2 file(s)" in msgs[0] and "person/a.pts" in msgs[0]
+
+
+def test_images_and_shards_never_share_an_out(small_src, tmp_path):
+    """An images-mode align into a shard folder, or shards into an images folder, is refused (even
+    with --overwrite, which would not remove the other command's files), and nothing is written."""
+    runner = CliRunner()
+    shards, images = tmp_path / "s", tmp_path / "i"
+    assert runner.invoke(main, ["align", "--src", str(small_src), "--out", str(shards), "--format", "shards",
+                                "--jobs", "1", "-q"]).exit_code == 0
+    assert runner.invoke(main, ["align", "--src", str(small_src), "--out", str(images), "--jobs", "1",
+                                "-q"]).exit_code == 0
+    before = {d: sorted(p.name for p in d.iterdir()) for d in (shards, images)}
+    for cmd in (["align", "--src", str(small_src), "--out", str(shards)],
+                ["mask", "--src", str(small_src), "--out", str(shards)],
+                ["align", "--src", str(small_src), "--out", str(images), "--format", "shards"],
+                ["synth", "--src", str(small_src), "--out", str(images)]):
+        for extra in ([], ["--overwrite"]):
+            res = runner.invoke(main, cmd + ["--jobs", "1", "-q"] + extra)
+            assert res.exit_code != 0 and "another folder" in res.output, (cmd, extra, res.output)
+            assert not isinstance(res.exception, (AttributeError, TypeError, KeyError)), res.exception
+    assert {d: sorted(p.name for p in d.iterdir()) for d in (shards, images)} == before
