@@ -317,6 +317,15 @@ def test_one_identity_and_resume_on_other_classes_are_one_line_errors(shards, tm
     assert res.exit_code == 1 and "has 1 identity" in res.output and "at least 2" in res.output, res.output
     assert not (tmp_path / "r1" / "checkpoints" / "last.pt").exists()
 
+    # a folder of face images instead of shards: the error says which command makes shards of it
+    photos = tmp_path / "photos" / "id0"
+    photos.mkdir(parents=True)
+    cv2.imwrite(str(photos / "a.jpg"), imgs[0][:, :, ::-1])
+    res = CliRunner().invoke(main, ["train", "--data", str(photos.parent), "--out", str(tmp_path / "r0"),
+                                    "--max-steps", "1"] + common)
+    assert res.exit_code == 1 and "no manifest.json" in res.output, res.output
+    assert f"maskkit synth --src {photos.parent}" in res.output and "Traceback" not in res.output, res.output
+
     run = tmp_path / "r4"
     res = CliRunner().invoke(main, ["train", "--data", str(shards), "--out", str(run), "--max-steps", "1"] + common)
     assert res.exit_code == 0, res.output + repr(res.exception)

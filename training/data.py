@@ -71,8 +71,15 @@ def open_shards(root: str | Path, split: str = "train") -> ShardSet:
     root = Path(root)
     mf = root / "manifest.json"
     if not mf.exists():
+        hint = ""
+        if root.is_dir() and (root / ".synth.lock").exists():
+            hint = "; a synth run is writing (or was killed in) it: rerun that synth command to finish it"
+        elif root.is_dir() and any(p.is_dir() or p.suffix.lower() in (".jpg", ".jpeg", ".png")
+                                   for p in list(root.iterdir())[:200]):
+            hint = (f"; for a folder of face images run `maskkit synth --src {root} --out shards/` (add "
+                    "--aligned for 112x112 aligned crops) and train on shards/")
         raise FileNotFoundError(f"{root} has no manifest.json: not a maskkit shard folder, or an "
-                                f"unfinished one (the manifest is written last)")
+                                f"unfinished one (the manifest is written last){hint}")
     manifest = json.loads(mf.read_text())
     if manifest.get("format") != "maskkit-shards":
         raise ValueError(f"{mf}: format is {manifest.get('format')!r}, expected 'maskkit-shards'")
