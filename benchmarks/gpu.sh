@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GPU checks of maskkit train in one command (< 8 minutes on one H100/H200):
 #   1. train_bench --gpu: r50, bf16 autocast, channels_last, batch 256: img/s, peak memory, MFU
-#      per method, and MaskDUL / ArcFace step ratio;
+#      per method, and MaskDUL / ArcFace step ratio (alternated steps, on a grouped batch as the
+#      loader delivers it and on the same flags interleaved: index_select routing);
 #   2. the same for arcface + maskdul with torch.compile;
 #   3. fp16 + GradScaler path (a few steps);
 #   4. the real training loop (engine.train) on synthetic CUDA batches: maskdul r50 bf16, a few
@@ -45,8 +46,8 @@ echo "maskkit gpu.sh  repo=$REPO  python=$($PY -c 'import sys; print(sys.version
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "nvidia-smi: n/a"
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'available', torch.cuda.is_available())"
 
-has eager && part bench_eager 150 $PY "$REPO/benchmarks/train_bench.py" --gpu --batch "$BATCH" --steps 15 --warmup 5 \
-  --repeats 2 $PROF --json "$LOGDIR/bench_eager.json"
+has eager && part bench_eager 180 $PY "$REPO/benchmarks/train_bench.py" --gpu --batch "$BATCH" --steps 15 --warmup 5 \
+  --repeats 2 --ratio-rounds 10 $PROF --json "$LOGDIR/bench_eager.json"
 has compile && part bench_compile 200 $PY "$REPO/benchmarks/train_bench.py" --gpu --batch "$BATCH" --methods arcface,maskdul \
   --compile --steps 15 --warmup 4 --repeats 2 --json "$LOGDIR/bench_compile.json"
 has autotune && part bench_autotune 420 $PY "$REPO/benchmarks/train_bench.py" --gpu --batch "$BATCH" \

@@ -127,7 +127,10 @@ class TrainConfig:
     each for an all-plain and an all-masked batch) and then reuses them."""
     compile_mode: str = "default"
     """``torch.compile`` mode: ``default``, ``reduce-overhead`` (CUDA graphs), ``max-autotune``
-    or ``max-autotune-no-cudagraphs`` (longer compile, tuned GEMM/conv kernels)."""
+    or ``max-autotune-no-cudagraphs`` (longer compile, tuned GEMM/conv kernels). The modes with
+    CUDA graphs record one graph per distinct two-stream split of a batch (up to batch + 1 of
+    them, each with its own memory pool), so ``max-autotune-no-cudagraphs`` is the one to try
+    for the two-stream methods. None of the non-default modes has been measured on a GPU yet."""
     seed: int = 0
     deterministic: bool = False
     """Deterministic cuDNN/algorithms (slower); CPU runs are deterministic anyway."""
