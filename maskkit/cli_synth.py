@@ -124,6 +124,11 @@ def synth(src, out, ratio, paired, styles, seed, jobs, aligned, size, shard_samp
         click.echo(f"resumed: {res.resumed:,} samples were already in complete shards", err=True)
     _print_summary("maskkit synth", summary_rows(res.manifest, res.stage_seconds or None,
                                                  None if res.already_complete else res.seconds))
+    if res.manifest.get("num_samples", 0) == 0:
+        reasons = res.manifest.get("inputs", {}).get("failed_by_reason", {})
+        top = ", ".join(f"{k} {v:,}" for k, v in sorted(reasons.items(), key=lambda kv: -kv[1])[:3])
+        click.echo(f"warning: no sample was written: every input is in {out / 'failures.jsonl'}"
+                   + (f" ({top})" if top else " (no inputs found)"), err=True)
     click.echo(str(out / "manifest.json"))
 
 

@@ -179,6 +179,21 @@ def test_synth_from_a_full_export_never_masks_a_face_twice(small_shards, tmp_pat
         assert r.masked_keys == set()
 
 
+def test_synth_on_a_masked_only_export_writes_nothing_and_says_why(small_shards, tmp_path):
+    from click.testing import CliRunner
+
+    from maskkit.cli import main
+
+    r = CliRunner().invoke(main, ["export-rec", str(small_shards), str(tmp_path / "rec"), "--only", "masked"])
+    assert r.exit_code == 0, r.output
+    n = sum(1 for s in read_samples(small_shards) if s["json"]["masked"])
+    r = CliRunner().invoke(main, ["synth", "--src", str(tmp_path / "rec" / "train.rec"), "--aligned",
+                                  "--out", str(tmp_path / "again"), "-q"])
+    assert r.exit_code == 0, r.output
+    assert "no sample was written" in r.output and f"already_masked {n}" in r.output, r.output
+    assert len((tmp_path / "again" / "failures.jsonl").read_text().splitlines()) == n
+
+
 def test_export_rec_only_plain_or_masked(small_shards, tmp_path):
     """`export-rec --only plain` keeps exactly the unmasked samples (so synth on the .rec never
     masks a face twice); `--only masked` the masked ones; ranges stay contiguous per class."""
