@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Iterator
 
 __all__ = ["MAGIC", "IRHeader", "pack_header", "unpack_header", "RecordWriter", "read_record_at",
-           "iter_records", "RecReader", "export_rec", "RecError"]
+           "iter_records", "RecReader", "export_rec", "RecError", "sidecar_path"]
 
 MAGIC = 0xCED7230A
 _MAGIC_BYTES = struct.pack("<I", MAGIC)
@@ -198,6 +198,11 @@ def iter_records(rec_path: str | os.PathLike) -> Iterator[tuple[int, bytes]]:
             yield off, r
 
 
+def sidecar_path(rec_path: str | os.PathLike) -> Path:
+    """``<prefix>.maskkit.json`` beside ``<prefix>.rec``: marks a maskkit export (id2 = 1: masked)."""
+    return Path(rec_path).with_suffix(".maskkit.json")
+
+
 class RecReader:
     """Random access to an insightface ``.rec`` (with its ``.idx`` when present).
 
@@ -230,7 +235,7 @@ class RecReader:
         else:  # no index: scan, keys are record order
             for i, (off, _) in enumerate(iter_records(self.rec_path)):
                 self.offsets[i] = off
-        self.sidecar = self.rec_path.with_suffix(".maskkit.json")
+        self.sidecar = sidecar_path(self.rec_path)
         self.masked_keys: set[int] = set()
         self._f = open(self.rec_path, "rb")
         self.header0: tuple[int, int] | None = None
@@ -351,7 +356,7 @@ def export_rec(shards_dir: str | os.PathLike, out_dir: str | os.PathLike, prefix
     os.replace(tmp_idx, idx_p)
     prop = out / "property"
     prop.write_text(f"{len(classes)},{h},{w}\n", encoding="ascii")
-    side = rec_p.with_suffix(".maskkit.json")
+    side = sidecar_path(rec_p)
     side.write_text(json.dumps({"tool": "maskkit", "id2": "1 = face synthetically masked by maskkit",
                                 "only": only, "images": n, "masked": n_masked,
                                 "classes": classes}, indent=1) + "\n", encoding="utf-8")
