@@ -13,6 +13,7 @@ holds the rest:
   ``.bin`` sets; :func:`maskkit.shards.write_bytes_atomic` is the fsyncing variant whose
   ``NAME.tmp`` files ``maskkit synth`` cleans up on resume).
 * :func:`rounded` -- compact JSON numbers for manifest lines.
+* :func:`check_out_kind` -- images and shards never share an output folder (``synth`` uses it too).
 * :func:`check_previous_run` -- refuse an ``--out`` that holds the output of a different run
   (recorded in :data:`RUN_INFO`) unless ``--overwrite``, which first removes that run's files.
 * :func:`run_chunks` -- the chunked (optionally parallel) map over inputs, results in order.
@@ -32,7 +33,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-__all__ = ["RUN_INFO", "check_previous_run", "prepare_run", "check_writable", "safe_target", "write_atomic", "coverage_rel", "rounded", "run_chunks", "write_accounting"]
+__all__ = ["RUN_INFO", "check_out_kind", "check_previous_run", "prepare_run", "check_writable", "safe_target", "write_atomic", "coverage_rel", "rounded", "run_chunks", "write_accounting"]
 
 
 def check_writable(out: Path) -> None:
@@ -133,6 +134,27 @@ def _remove_previous_outputs(out: Path) -> int:
     return removed
 
 
+def check_out_kind(out: Path, writing: str, error: type[Exception] = RuntimeError) -> None:
+    """Images (``align``/``mask``) and shards (``synth``, ``align --format shards``) never share an
+    output folder. ``--overwrite`` would not remove the other kind's files, so this refuses always.
+
+    Args:
+        out: the output folder (may not exist yet).
+        writing: ``"images"`` or ``"shards"``, what this run writes.
+
+    Raises:
+        error: ``out`` holds the other kind of output.
+    """
+    if writing == "images":
+        other = ["manifest.json"] if (out / "manifest.json").is_file() else []
+        what = "a shard set (manifest.json of maskkit synth or align --format shards)"
+    else:
+        other = [n for n in ("manifest.jsonl", RUN_INFO) if (out / n).is_file()]
+        what = f"the per-file output of maskkit align/mask ({other[0]})" if other else ""
+    if other:
+        raise error(f"--out {out} holds {what}; write the {writing} to another folder")
+
+
 def check_previous_run(out: Path, info: dict, overwrite: bool, error: type[Exception] = RuntimeError) -> None:
     """Refuse to mix two different runs in one output folder; record this run's info.
 
@@ -150,9 +172,7 @@ def check_previous_run(out: Path, info: dict, overwrite: bool, error: type[Excep
     Raises:
         error: ``out`` holds another run and ``overwrite`` is false, or holds a shard set.
     """
-    if (out / "manifest.json").is_file():  # --overwrite would not remove shards: refuse in any case
-        raise error(f"--out {out} holds a shard set (manifest.json of maskkit synth or align --format shards); "
-                    "write the images to another folder")
+    check_out_kind(out, "images", error)
     info = json.loads(json.dumps(info, sort_keys=True))
     info_p = out / RUN_INFO
     previous = None

@@ -882,12 +882,9 @@ def run_synth(cfg: SynthConfig) -> SynthResult:
             raise SynthError(f"detector {cfg.detector!r} cannot run: {exc}") from exc
     if cfg.out.exists() and not cfg.out.is_dir():
         raise SynthError(f"--out {cfg.out} exists and is not a folder")
-    from .runner import RUN_INFO
+    from .runner import check_out_kind
 
-    per_file = [n for n in ("manifest.jsonl", RUN_INFO) if (cfg.out / n).is_file()]
-    if per_file:  # --overwrite would not remove another command's files: refuse in any case
-        raise SynthError(f"--out {cfg.out} holds the per-file output of maskkit align/mask ({per_file[0]}); "
-                         "write the shards to another folder")
+    check_out_kind(cfg.out, "shards", SynthError)
     try:
         cfg.out.mkdir(parents=True, exist_ok=True)
         (cfg.out / ".synth.lock").touch()
