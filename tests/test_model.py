@@ -119,7 +119,14 @@ def test_routing_masked_gradients_reach_only_their_branch():
         grads.append(torch.cat([p.grad.flatten() for p in (*m.branch_face.parameters(), *m.branch_masked.parameters())]))
         if mm is mg:  # slicing gives the index route's outputs, sample for sample
             assert torch.allclose(mu_r, mu[order], atol=1e-5)
-    assert torch.allclose(grads[0], grads[1], atol=1e-5)
+    # The two routes sum the same terms in a different order (and the thread count changes the
+    # blocking of the conv backward), so each element carries the rounding error of the largest
+    # partial sums, not of its own magnitude: measured up to 3e-4 on gradients up to ~400. The
+    # tolerance therefore scales with max|g| (float32 eps 1.2e-7 times a few hundred terms); a
+    # routing bug moves whole gradients, i.e. errors of order max|g|.
+    scale = grads[0].abs().max()
+    assert scale > 0
+    assert (grads[0] - grads[1]).abs().max() <= 1e-5 * scale
 
 
 def test_routing_with_an_all_unmasked_batch_keeps_every_parameter_in_the_graph():
