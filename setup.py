@@ -2,7 +2,7 @@
 import re
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 HERE = Path(__file__).parent
 VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "maskkit" / "__init__.py").read_text()).group(1)
@@ -16,7 +16,8 @@ setup(
     python_requires=">=3.10",
     # `training/` and `masks/` are top-level folders of the repo, installed inside the
     # maskkit namespace so they never collide with other packages.
-    packages=["maskkit", "maskkit.training", "maskkit.masks"],
+    packages=["maskkit"] + [f"maskkit.{p}" for p in find_packages("maskkit")]
+    + ["maskkit.training"] + [f"maskkit.training.{p}" for p in find_packages("training")] + ["maskkit.masks"],
     package_dir={"maskkit": "maskkit", "maskkit.training": "training", "maskkit.masks": "masks"},
     package_data={"maskkit.masks": ["*.png", "*.json", "templates/*"]},
     install_requires=[

@@ -1,6 +1,6 @@
 """Alignment throughput per process, with a stage breakdown.
 
-Runs ``maskkit.cli_align.process_file`` + JPEG encoding in ONE process over:
+Runs ``maskkit.pipeline.align.process_file`` + JPEG encoding in ONE process over:
 
 * ``lfw-johns`` (55 150x150 face crops, HOG detection),
 * ``celeb-aligned`` (2,223 112x112 ArcFace crops, ``--aligned``: no detection),
@@ -19,10 +19,10 @@ import argparse
 import time
 from pathlib import Path
 
-from maskkit.cli_align import AlignConfig, process_file
-from maskkit.detect import make_detector
-from maskkit.image_io import encode_jpeg
-from maskkit.sources import iter_sources
+from maskkit.pipeline.align import AlignConfig, process_file
+from maskkit.face.detect import make_detector
+from maskkit.io.image_io import encode_jpeg
+from maskkit.io.sources import iter_sources
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("decode", "detect", "landmarks", "warp", "encode")

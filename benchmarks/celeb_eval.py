@@ -43,9 +43,9 @@ DEFAULT_DATA = REPO.parent / "shared" / "data" / "celeb-aligned"
 
 # ------------------------------------------------------------------------------------------------
 def prepare(args) -> None:
-    from maskkit.image_io import load_image
+    from maskkit.io.image_io import load_image
     from maskkit.render import MaskRenderer
-    from maskkit.training.evalsets import apply_masks, write_bin
+    from maskkit.training.eval.evalsets import apply_masks, write_bin
 
     data, out = Path(args.data), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -159,9 +159,9 @@ def train_stage(args) -> None:
 def evaluate_stage(args) -> None:
     from rich.console import Console
 
-    from maskkit.training.evalsets import load_image_folder
-    from maskkit.training.report import (EvalConfig, compare_table, evaluate_identification, metrics_table, run_eval,
-                                         write_identification_report)
+    from maskkit.training.eval.evalsets import load_image_folder
+    from maskkit.training.eval.compare import compare_table, metrics_table
+    from maskkit.training.eval.report import EvalConfig, evaluate_identification, run_eval, write_identification_report
 
     out = Path(args.out)
     run = out / f"run_{args.method}"
@@ -196,14 +196,14 @@ def evaluate_stage(args) -> None:
     m = ir.metrics
     m["protocol"]["gallery"] = (f"first {args.gallery_per_id} images of all {len(set(gallery.identities))} identities "
                                 f"({len(split['train'])} training identities as distractors)")
-    from maskkit.training.report import write_json
+    from maskkit.training.eval.report import write_json
 
     write_json(Path(cfg.out) / "metrics.json", m)
     write_json(run / "eval" / f"{cfg.key}.json", m)
     console.print(metrics_table(m))
     # held-out-only closed set (4-way)
     held_g = [k for k, i in enumerate(g_idx) if faces.identities[i] in split["heldout"]]
-    from maskkit.training.identification import identify
+    from maskkit.training.eval.identification import identify
 
     r4 = identify(ir.gallery_emb.mu[held_g], [gallery.identities[k] for k in held_g], ir.probe_emb.mu,
                   probes.identities)

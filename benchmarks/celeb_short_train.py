@@ -38,7 +38,7 @@ def load_faces(root: Path) -> dict[str, list[tuple[str, np.ndarray]]]:
 
 def masker(seed: int):
     """``fn(rgb, i) -> (masked_rgb, style) | None`` using maskkit.render + dlib landmarks."""
-    from maskkit.detect import landmarks_in_box
+    from maskkit.face.detect import landmarks_in_box
     from maskkit.render import CannotFit, MaskRenderer
 
     renderer = MaskRenderer()
@@ -78,7 +78,7 @@ def make_pairs(labels: np.ndarray, n: int, rng: np.random.Generator) -> tuple[np
 
 
 def verify(ea: np.ndarray, eb: np.ndarray, pairs: np.ndarray, issame: np.ndarray) -> tuple[float, float]:
-    from maskkit.training.verification import evaluate_distances
+    from maskkit.training.eval.verification import evaluate_distances
 
     dist = ((ea[pairs[:, 0]] - eb[pairs[:, 1]]) ** 2).sum(1)
     r = evaluate_distances(dist, issame)

@@ -15,9 +15,9 @@ import json
 import time
 from pathlib import Path
 
-from maskkit.detect import DetectorUnavailable, make_detector
-from maskkit.image_io import ImageError, load_image
-from maskkit.sources import iter_sources
+from maskkit.face.detect import DetectorUnavailable, make_detector
+from maskkit.io.image_io import ImageError, load_image
+from maskkit.io.sources import iter_sources
 
 REPO = Path(__file__).resolve().parents[1]
 

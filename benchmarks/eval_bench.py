@@ -38,8 +38,8 @@ def main() -> None:
     args = ap.parse_args()
     rows = []
 
-    from maskkit.training.uncertainty import mutual_likelihood_score
-    from maskkit.training.verification import evaluate, evaluate_scores
+    from maskkit.training.eval.uncertainty import mutual_likelihood_score
+    from maskkit.training.eval.verification import evaluate, evaluate_scores
 
     rng = np.random.default_rng(0)
     same = np.arange(args.pairs) % 2 == 0
@@ -53,9 +53,9 @@ def main() -> None:
 
     data = Path(args.data)
     if data.exists():
-        from maskkit.image_io import load_image
+        from maskkit.io.image_io import load_image
         from maskkit.render import MaskRenderer
-        from maskkit.training.evalsets import apply_masks
+        from maskkit.training.eval.evalsets import apply_masks
 
         files = sorted(data.rglob("*.jpg"))[: args.faces]
         imgs = np.stack([load_image(p) for p in files])
@@ -72,7 +72,7 @@ def main() -> None:
     from maskkit.training.api import InferenceModel
     from maskkit.training.config import TrainConfig
     from maskkit.training.model import build_model
-    from maskkit.training.verification import extract_embeddings
+    from maskkit.training.eval.verification import extract_embeddings
 
     cfg = TrainConfig(method="maskdul", backbone="r18", width=0.25, dropout=0.0)
     model = InferenceModel(build_model(cfg), cfg.to_dict())

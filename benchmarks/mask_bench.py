@@ -31,14 +31,14 @@ SINGLE_PHOTOS = ("obama.jpg", "obama2.jpg", "obama3.jpg", "biden.jpg", "einstein
 
 
 def _load(path):
-    from maskkit.image_io import load_image
+    from maskkit.io.image_io import load_image
 
     return load_image(path)
 
 
 def celeb_faces(data: Path, per_identity: int | None = None):
     """(name, rgb, lm68) for celeb-aligned crops (landmarks in the whole crop)."""
-    from maskkit.detect import landmarks_in_box
+    from maskkit.face.detect import landmarks_in_box
 
     out = []
     for ident in sorted(os.listdir(data / "celeb-aligned")):
@@ -54,7 +54,7 @@ def celeb_faces(data: Path, per_identity: int | None = None):
 
 def detected_faces(paths, upsample: int = 1):
     """(name, rgb, lm68) for the largest HOG face of each image (images without one are listed)."""
-    from maskkit.detect import make_detector
+    from maskkit.face.detect import make_detector
 
     det = make_detector("hog", upsample=upsample)
     out, missed = [], []

@@ -69,7 +69,7 @@ def _photos_tree(photos: Path, dst: Path) -> Path:
 
 
 def run_case(name: str, src: Path, out: Path, aligned: bool, ratio: float, repeat: int) -> dict:
-    from maskkit.synth import SynthConfig, run_synth
+    from maskkit.pipeline.synth import SynthConfig, run_synth
 
     # warm-up: model loading and first-call costs are not per-image costs
     best = None

@@ -23,6 +23,8 @@ Example:
     >>> res = renderer.render(rgb, lm68, "surgical", np.random.default_rng(0))  # doctest: +SKIP
     >>> res.image.shape, res.alpha.dtype, res.params["style"]                 # doctest: +SKIP
     ((112, 112, 3), dtype('float32'), 'surgical')
+
+Length: one renderer; template loading, anchor fitting, the per-triangle premultiplied warp, shading and coverage are steps of a single ``render`` call that share its intermediate arrays.
 """
 from __future__ import annotations
 

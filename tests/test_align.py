@@ -16,12 +16,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from maskkit.align import (ARCFACE_DST, align_face, apply_transform, arcface_template, five_points, parse_size,
+from maskkit.face.align import (ARCFACE_DST, align_face, apply_transform, arcface_template, five_points, parse_size,
                            similarity_transform)
-from maskkit.cli_align import AlignConfig, process_file
-from maskkit.detect import make_detector, select_faces
-from maskkit.image_io import load_image
-from maskkit.sources import iter_sources
+from maskkit.pipeline.align import AlignConfig, process_file
+from maskkit.face.detect import make_detector, select_faces
+from maskkit.io.image_io import load_image
+from maskkit.io.sources import iter_sources
 
 
 @pytest.fixture(scope="module")

@@ -12,10 +12,10 @@ import pytest
 from click.testing import CliRunner
 
 from maskkit.cli import main
-from maskkit.cli_align import AlignConfig, output_names, run_align
-from maskkit.image_io import load_image
-from maskkit.runner import safe_target
-from maskkit.sources import SourceItem, iter_sources
+from maskkit.pipeline.align import AlignConfig, output_names, run_align
+from maskkit.io.image_io import load_image
+from maskkit.pipeline.runner import safe_target
+from maskkit.io.sources import SourceItem, iter_sources
 from zoo import FORTY_FACES, ZOO_FACE_COUNTS, make_zoo
 
 
@@ -180,7 +180,7 @@ def test_fan_unavailable_is_a_clear_error(tmp_path, zoo):
 
 
 def test_shards_format_unmasked(zoo, tmp_path):
-    """--format shards goes through maskkit.synth.run_synth with ratio 0 (FORMAT.md)."""
+    """--format shards goes through maskkit.pipeline.synth.run_synth with ratio 0 (FORMAT.md)."""
     import tarfile
 
     root, _ = zoo
@@ -198,7 +198,7 @@ def test_shards_format_unmasked(zoo, tmp_path):
 def test_progress_helpers():
     import io
 
-    from maskkit.progress import print_summary, progress_bar, track
+    from maskkit.util.progress import print_summary, progress_bar, track
 
     assert list(track(range(5), desc="t", disable=True)) == [0, 1, 2, 3, 4]
     with progress_bar(3, desc="p", disable=False) as bar:
@@ -227,8 +227,8 @@ def small_src(tmp_path, astronaut, grace_hopper):
 
 def test_shards_format_uses_the_images_detector_options(small_src, tmp_path, monkeypatch):
     """Both formats detect with the same options (the backend's defaults), so they find the same faces."""
-    from maskkit import synth
-    from maskkit.detect import make_detector
+    from maskkit.pipeline import synth
+    from maskkit.face.detect import make_detector
 
     seen = []
     real = synth.run_synth
@@ -316,10 +316,10 @@ def test_non_image_files_are_reported_not_passed_over_silently(tmp_path, astrona
     cv2.imwrite(str(src / "a.jpg"), astronaut[:, :, ::-1])
     (src / "a.pts").write_text("version: 1\n")
     (src / "notes.txt").write_text("hello\n")
-    with caplog.at_level(logging.WARNING, logger="maskkit.sources"):
+    with caplog.at_level(logging.WARNING, logger="maskkit.io.sources"):
         items = iter_sources(tmp_path / "src")
     assert [it.rel for it in items] == ["person/a.jpg"]
-    msgs = [r.getMessage() for r in caplog.records if r.name == "maskkit.sources"]
+    msgs = [r.getMessage() for r in caplog.records if r.name == "maskkit.io.sources"]
     assert len(msgs) == 1 and "2 file(s)" in msgs[0] and "person/a.pts" in msgs[0]
 
 

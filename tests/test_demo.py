@@ -6,7 +6,7 @@ import numpy as np
 from click.testing import CliRunner
 
 from maskkit.cli import main
-from maskkit.shards import read_samples, verify
+from maskkit.io.shards import read_samples, verify
 
 
 def test_demo_end_to_end(tmp_path):

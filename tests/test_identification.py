@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from maskkit.training.identification import build_templates, identify
+from maskkit.training.eval.identification import build_templates, identify
 
 
 def _u(*v):

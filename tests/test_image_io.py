@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from maskkit.image_io import ImageError, decode_image, encode_jpeg, load_image, to_rgb_uint8
+from maskkit.io.image_io import ImageError, decode_image, encode_jpeg, load_image, to_rgb_uint8
 from zoo import HUGE, astronaut, grace_hopper, make_zoo
 
 

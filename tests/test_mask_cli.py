@@ -133,7 +133,7 @@ def test_preview_from_a_folder_of_photos(src_tree, tmp_path):
     info = json.loads(res.output.strip().splitlines()[-1])
     assert info["kind"] == "faces" and info["faces"] == 2 and info["columns"] == 6
     im = _sheet(out)
-    from maskkit.preview import CELL
+    from maskkit.pipeline.preview import CELL
 
     assert im.shape[1] >= 6 * CELL and im.shape[0] >= 2 * CELL
     # masked cells differ from the face cell of the same row
@@ -154,9 +154,9 @@ def test_preview_from_mask_output(mask_out, tmp_path):
 
 def test_preview_from_a_shard_set(celeb_aligned, tmp_path):
     """A FORMAT.md shard set: unmasked samples with landmarks are masked in every style."""
-    from maskkit.detect import landmarks_in_box
-    from maskkit.image_io import encode_jpeg, load_image
-    from maskkit.shards import Sample, ShardSink
+    from maskkit.face.detect import landmarks_in_box
+    from maskkit.io.image_io import encode_jpeg, load_image
+    from maskkit.io.shards import Sample, ShardSink
 
     shards = tmp_path / "shards"
     ident = sorted(p for p in celeb_aligned.iterdir() if p.is_dir())[1]
@@ -174,7 +174,7 @@ def test_preview_from_a_shard_set(celeb_aligned, tmp_path):
     assert info == {"kind": "faces", "faces": 2, "rows": 2, "columns": 3, "out": str(tmp_path / "s.png")}
     # the face cells show image pixels down to their last row: an ArcFace crop's chin sits near
     # its bottom edge, and a crop window hanging over that edge used to leave a dark strip
-    from maskkit.preview import _LABEL_H, CELL
+    from maskkit.pipeline.preview import _LABEL_H, CELL
 
     sheet = _sheet(tmp_path / "s.png")
     for i, f in enumerate(sorted(ident.glob("*.jpg"))[:2]):
@@ -199,7 +199,7 @@ def test_preview_from_a_shard_set(celeb_aligned, tmp_path):
 
 
 def test_demo_sheet_regenerates(tmp_path):
-    from maskkit.preview import write_demo
+    from maskkit.pipeline.preview import write_demo
 
     p = write_demo(tmp_path / "demo.png", seeds=(0,))
     im = _sheet(p)
@@ -207,7 +207,7 @@ def test_demo_sheet_regenerates(tmp_path):
 
 
 def test_preview_unwritable_out_is_a_clear_error_before_any_work(src_tree, tmp_path, monkeypatch):
-    import maskkit.preview as pv
+    import maskkit.pipeline.preview as pv
 
     def boom(*a, **k):
         raise AssertionError("the faces were loaded before the output was checked")
@@ -248,9 +248,9 @@ def test_jobs_option_is_consistent_across_commands():
     """align, mask and synth: -j/--jobs defaults to 0 = all CPU cores (synth also takes -1)."""
     import click
 
-    from maskkit.cli_align import align
-    from maskkit.cli_mask import mask
-    from maskkit.cli_synth import synth
+    from maskkit.cli.align import align
+    from maskkit.cli.mask import mask
+    from maskkit.cli.synth import synth
 
     for cmd in (align, mask, synth):
         opt = next(p for p in cmd.params if p.name == "jobs")

@@ -1,5 +1,5 @@
 """insightface .rec export and input, checked with an independent reader written here from the
-format description (dmlc RecordIO framing + MXNet IRHeader), not with maskkit.recordio's reader."""
+format description (dmlc RecordIO framing + MXNet IRHeader), not with maskkit.io.recordio's reader."""
 from __future__ import annotations
 
 import struct
@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from maskkit.recordio import MAGIC, IRHeader, RecordWriter, RecReader, pack_header
-from maskkit.shards import expected_masked, read_samples, verify
-from maskkit.synth import SynthConfig, run_synth
+from maskkit.io.recordio import MAGIC, IRHeader, RecordWriter, RecReader, pack_header
+from maskkit.io.shards import expected_masked, read_samples, verify
+from maskkit.pipeline.synth import SynthConfig, run_synth
 
 
 # ---- the independent reader -------------------------------------------------------------------
@@ -125,7 +125,7 @@ def test_split_record_with_magic_in_payload(tmp_path):
 
 def test_synth_from_rec(small_shards, tmp_path):
     """`maskkit synth --src train.rec --aligned`: identities are the labels, ratio exact per label."""
-    from maskkit.recordio import export_rec
+    from maskkit.io.recordio import export_rec
 
     # a plain (unmasked) .rec, as MS1M/Glint360K ship it
     plain = tmp_path / "plain"
@@ -154,7 +154,7 @@ def test_synth_from_a_full_export_never_masks_a_face_twice(small_shards, tmp_pat
     keeps only the plain ones and logs each masked record as ``already_masked``."""
     import json
 
-    from maskkit.recordio import export_rec
+    from maskkit.io.recordio import export_rec
 
     info = export_rec(small_shards, tmp_path / "rec")
     n_masked = sum(1 for s in read_samples(small_shards) if s["json"]["masked"])

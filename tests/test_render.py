@@ -1,6 +1,6 @@
 """The mask renderer on real faces: placement (coverage), yaw, shading, compositing, degenerate input.
 
-Landmarks come from dlib's 68-point predictor through :mod:`maskkit.detect` (HOG detector on
+Landmarks come from dlib's 68-point predictor through :mod:`maskkit.face.detect` (HOG detector on
 lfw-johns and the photos; the whole crop as the box on celeb-aligned). celeb-aligned is judged on
 a deterministic subset (the first 20 crops of each identity, 240 faces) to fit the test budget;
 ``python benchmarks/mask_bench.py --coverage`` reports the full set.
@@ -28,13 +28,13 @@ def renderer():
 
 
 def _load(p):
-    from maskkit.image_io import load_image
+    from maskkit.io.image_io import load_image
 
     return load_image(p)
 
 
 def _detected(paths):
-    from maskkit.detect import make_detector
+    from maskkit.face.detect import make_detector
 
     det = make_detector("hog", upsample=1)
     out = []
@@ -59,7 +59,7 @@ def photo_faces(photos_dir):
 
 @pytest.fixture(scope="module")
 def celeb_faces(celeb_aligned):
-    from maskkit.detect import landmarks_in_box
+    from maskkit.face.detect import landmarks_in_box
 
     out = []
     for ident in sorted(os.listdir(celeb_aligned)):
@@ -253,7 +253,7 @@ def test_mask_is_shaded_by_the_face_lighting(renderer, celeb_faces):
 
 
 def test_full_photo_with_several_faces(renderer, photos_dir):
-    from maskkit.detect import make_detector
+    from maskkit.face.detect import make_detector
 
     rgb = _load(photos_dir / "friends_t1.jpg")
     faces = make_detector("hog").detect(rgb)

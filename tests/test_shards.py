@@ -8,8 +8,9 @@ import tarfile
 import numpy as np
 import pytest
 
-from maskkit.shards import (Sample, ShardSink, expected_masked, iter_shard, read_samples, round_half_up,
-                            sha256_file, verify, write_json_atomic)
+from maskkit.io.shards import (Sample, ShardSink, expected_masked, iter_shard, read_samples, round_half_up,
+                               sha256_file, verify)
+from maskkit.util.files import write_json_atomic
 
 
 def _mask_png() -> bytes:
@@ -21,7 +22,7 @@ def _mask_png() -> bytes:
 
 
 def _samples(astronaut, n=7):
-    from maskkit.image_io import encode_jpeg
+    from maskkit.io.image_io import encode_jpeg
 
     out = []
     for i in range(n):

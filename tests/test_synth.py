@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from maskkit.shards import expected_masked, read_samples, verify
-from maskkit.synth import SynthConfig, SynthError, balanced_styles, run_synth
+from maskkit.io.shards import expected_masked, read_samples, verify
+from maskkit.pipeline.synth import SynthConfig, SynthError, balanced_styles, run_synth
 
 STYLES = ("surgical", "n95", "kn95", "cloth", "gas")
 
@@ -88,7 +88,7 @@ def test_lfw_johns_full_photos(lfw_johns, tmp_path):
     assert man["num_masked"] >= 25
     # masked samples: coverage high on mouth/lower nose and chin, low on the eyes, in aligned pixels
     inside = outside = total = 0
-    from maskkit.image_io import decode_image
+    from maskkit.io.image_io import decode_image
 
     for s in read_samples(out):
         meta = s["json"]
@@ -117,7 +117,7 @@ def test_paired_twins_share_the_transform(lfw_johns, tmp_path):
     man = check_dataset(out, 0.5, 12)
     samples = {s["key"]: s for s in read_samples(out)}
     assert man["num_samples"] == man["num_faces"] + man["num_masked"]
-    from maskkit.image_io import decode_image
+    from maskkit.io.image_io import decode_image
 
     pairs = 0
     for k, s in samples.items():
@@ -254,12 +254,12 @@ def test_kill_and_resume_equals_clean_run(celeb_aligned, tmp_path):
 def test_resume_in_process_keeps_complete_shards(celeb_aligned, tmp_path, monkeypatch):
     """Deterministic interruption inside the writer: shards completed before the crash are
     kept (not rewritten) and the final dataset equals a clean one."""
-    import maskkit.synth as synth_mod
+    import maskkit.pipeline.synth as synth_mod
 
     sub = subset_tree(celeb_aligned, tmp_path / "sub", per_identity=10, identities=4)
     cfg = dict(src=sub, aligned=True, ratio=0.5, shard_samples=6, progress=False)
     run_synth(SynthConfig(out=tmp_path / "clean", **cfg))
-    real = synth_mod.process_chunk
+    real = synth_mod.backends.process_chunk
     calls = {"n": 0}
 
     def flaky(chunk, c):
@@ -268,13 +268,13 @@ def test_resume_in_process_keeps_complete_shards(celeb_aligned, tmp_path, monkey
             raise KeyboardInterrupt("simulated crash in the middle of identity 2")
         return real(chunk, c)
 
-    monkeypatch.setattr(synth_mod, "process_chunk", flaky)
+    monkeypatch.setattr(synth_mod.backends, "process_chunk", flaky)
     with pytest.raises(KeyboardInterrupt):
         run_synth(SynthConfig(out=tmp_path / "x", **cfg))
     done = sorted((tmp_path / "x").glob("train-*.tar"))
     assert len(done) == 3  # 20 samples from two identities -> 3 full shards of 6, the 4th lost
     mtimes = {p.name: p.stat().st_mtime_ns for p in done}
-    monkeypatch.setattr(synth_mod, "process_chunk", real)
+    monkeypatch.setattr(synth_mod.backends, "process_chunk", real)
     res = run_synth(SynthConfig(out=tmp_path / "x", **cfg))
     assert res.resumed == 18
     assert {p.name: p.stat().st_mtime_ns for p in done} == mtimes
@@ -283,12 +283,12 @@ def test_resume_in_process_keeps_complete_shards(celeb_aligned, tmp_path, monkey
     def no_manifest(*a, **k):
         raise KeyboardInterrupt("simulated crash before the manifest")
 
-    monkeypatch.setattr(synth_mod, "write_json_atomic", no_manifest)
+    monkeypatch.setattr(synth_mod.run, "write_json_atomic", no_manifest)
     with pytest.raises(KeyboardInterrupt):
         run_synth(SynthConfig(out=tmp_path / "y", **cfg))
     assert not (tmp_path / "y" / "manifest.json").exists() and len(list((tmp_path / "y").glob("*.tar"))) == 7
     monkeypatch.undo()
-    monkeypatch.setattr(synth_mod, "process_chunk", flaky)  # would raise if any identity were redone
+    monkeypatch.setattr(synth_mod.backends, "process_chunk", flaky)  # would raise if any identity were redone
     calls["n"] = 2
     res = run_synth(SynthConfig(out=tmp_path / "y", **cfg))
     assert calls["n"] == 2 and res.resumed == 40
@@ -298,7 +298,7 @@ def test_resume_in_process_keeps_complete_shards(celeb_aligned, tmp_path, monkey
 def test_cannot_fit_keeps_ratio_exact(celeb_aligned, tmp_path, monkeypatch):
     """Faces the renderer refuses stay unmasked and are logged; other faces take their place,
     so the ratio stays exact. A renderer that refuses everything records the shortfall."""
-    import maskkit.synth as synth_mod
+    import maskkit.pipeline.synth as synth_mod
     from maskkit.render import CannotFit, MaskRenderer
 
     class Picky(MaskRenderer):
@@ -308,7 +308,7 @@ def test_cannot_fit_keeps_ratio_exact(celeb_aligned, tmp_path, monkeypatch):
             return super().render(rgb, lm, style, rng)
 
     sub = subset_tree(celeb_aligned, tmp_path / "sub", per_identity=10, identities=3)
-    monkeypatch.setitem(synth_mod._WORKER, "ren", Picky())
+    monkeypatch.setitem(synth_mod.worker._WORKER, "ren", Picky())
     out = tmp_path / "picky"
     run_synth(SynthConfig(src=sub, out=out, aligned=True, ratio=0.5, shard_samples=50, progress=False))
     man = check_dataset(out, 0.5, 30)
@@ -322,7 +322,7 @@ def test_cannot_fit_keeps_ratio_exact(celeb_aligned, tmp_path, monkeypatch):
         def render(self, rgb, lm, style, rng):
             raise CannotFit("jaw_lip", "never")
 
-    monkeypatch.setitem(synth_mod._WORKER, "ren", Never())
+    monkeypatch.setitem(synth_mod.worker._WORKER, "ren", Never())
     out2 = tmp_path / "never"
     run_synth(SynthConfig(src=sub, out=out2, aligned=True, ratio=0.5, shard_samples=50, progress=False))
     man2 = check_dataset(out2, 0.5, 30)
@@ -392,8 +392,8 @@ def test_cli_synth_and_stats_detects_tampering(celeb_aligned, tmp_path):
 def test_mask_redraws_from_recorded_params(celeb_aligned, tmp_path):
     """KEY.json keeps what is needed to redraw the mask: style + mask.seed reproduce the coverage
     map bit for bit from the source crop."""
-    from maskkit.detect import landmarks_in_box
-    from maskkit.image_io import decode_image, load_image
+    from maskkit.face.detect import landmarks_in_box
+    from maskkit.io.image_io import decode_image, load_image
     from maskkit.render import MaskRenderer
 
     sub = subset_tree(celeb_aligned, tmp_path / "sub", per_identity=3, identities=2)
@@ -429,7 +429,7 @@ def test_out_not_a_writable_folder_is_a_clear_error(celeb_aligned, tmp_path):
     """--out that is a file, or lies under a file, gives SynthError (a one-line CLI error), not an OSError."""
     from click.testing import CliRunner
 
-    from maskkit.cli_synth import synth
+    from maskkit.cli.synth import synth
 
     sub = subset_tree(celeb_aligned, tmp_path / "sub", per_identity=2, identities=1)
     afile = tmp_path / "afile"

@@ -1,6 +1,6 @@
 """Training: data pipeline, end-to-end CLI run, exact resume, NaN guard, DDP (gloo) on real faces.
 
-Shards are written by the tests (FORMAT.md, ``maskkit.shards`` through ``write_shards``) from
+Shards are written by the tests (FORMAT.md, ``maskkit.io.shards`` through ``write_shards``) from
 real aligned faces: ``../shared/data/celeb-aligned`` when present, else aligned crops of
 scikit-image's astronaut and matplotlib's Grace Hopper. The ``masked`` flags alternate: they
 drive the two-stream routing (no mask is drawn here; mask rendering is tested with the mask

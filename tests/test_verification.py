@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from maskkit.training.uncertainty import cosine_similarity, mutual_likelihood_score, normalized_gaussian
-from maskkit.training.verification import (
+from maskkit.training.eval.uncertainty import cosine_similarity, mutual_likelihood_score, normalized_gaussian
+from maskkit.training.eval.verification import (
     DEFAULT_THRESHOLDS,
     auc_trapezoid,
     calculate_roc,
@@ -159,7 +159,7 @@ def test_extract_embeddings_flip_sum_and_sigma_mean():
 
 
 def test_val_at_far_note_when_negatives_are_too_few():
-    from maskkit.training.verification import val_far_note
+    from maskkit.training.eval.verification import val_far_note
 
     note = val_far_note(999, 1e-3)
     assert note and "not resolvable" in note and "999 negative pairs" in note and "at least 1000" in note

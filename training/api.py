@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .model import FaceModel, build_model
+from maskkit.training.model import FaceModel, build_model
 
 MEAN = 127.5
 STD = 127.5

@@ -186,7 +186,7 @@ class ShardStream(torch.utils.data.IterableDataset):
             cycle += 1
 
     def _decode(self, sample: dict, rng: np.random.Generator) -> tuple[np.ndarray, int, bool] | None:
-        from maskkit.image_io import decode_crop
+        from maskkit.io.image_io import decode_crop
 
         key = sample.get("__key__", "?")
         try:
@@ -258,12 +258,13 @@ def write_shards(out: str | Path, samples: list[dict], classes: list[str], shard
 
     ``samples`` are dicts with ``key``, ``image`` (RGB uint8), ``label``, and optional
     ``masked``, ``style``, ``src``, ``landmarks5``. The shards go through
-    :class:`maskkit.shards.ShardSink` (the writer of ``maskkit synth``: atomic, deterministic,
+    :class:`maskkit.io.shards.ShardSink` (the writer of ``maskkit synth``: atomic, deterministic,
     sha256 per shard); the manifest is written last. No render parameters are known here, so
     masked samples carry ``"mask": None``.
     """
-    from maskkit.image_io import encode_jpeg
-    from maskkit.shards import FORMAT_NAME, FORMAT_VERSION, Sample, ShardSink, write_bytes_atomic, write_json_atomic
+    from maskkit.io.image_io import encode_jpeg
+    from maskkit.io.shards import FORMAT_NAME, FORMAT_VERSION, Sample, ShardSink
+    from maskkit.util.files import write_bytes_atomic, write_json_atomic
 
     out = Path(out)
     per_class = {c: {"samples": 0, "masked": 0} for c in classes}

@@ -36,6 +36,8 @@ only at log intervals.
 
 This module imports only torch / numpy at module level (the GPU benchmark imports it on a
 machine without webdataset or OpenCV).
+
+Length: the training loop, its DDP setup, checkpointing and exact resume share the loop's state (RNG streams, loader positions, scaler); they are kept together so resume can be read in one place.
 """
 from __future__ import annotations
 
@@ -55,10 +57,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .api import check_device, normalize
-from .config import TrainConfig
-from .losses import build_criterion
-from .model import FaceModel, Route, build_model
+from maskkit.training.api import check_device, normalize
+from maskkit.training.config import TrainConfig
+from maskkit.training.losses import build_criterion
+from maskkit.training.model import FaceModel, Route, build_model
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +185,7 @@ class ShardSource:
     """Shards on disk through :class:`~maskkit.training.data.ShardStream` (one per rank)."""
 
     def __init__(self, cfg: TrainConfig, info: DistInfo):
-        from .data import ShardStream, make_loader, open_shards
+        from maskkit.training.data import ShardStream, make_loader, open_shards
 
         self.shards = open_shards(cfg.data, cfg.split)
         self.classes, self.num_samples = self.shards.classes, self.shards.num_samples
@@ -265,10 +267,10 @@ def atomic_save(obj: Any, path: Path) -> None:
 
 
 def _progress(total: int, initial: int, enabled: bool):
-    """The training bar (``maskkit.progress``: steps, rate, ETA), or None when disabled."""
+    """The training bar (``maskkit.util.progress``: steps, rate, ETA), or None when disabled."""
     if not enabled:
         return None
-    from maskkit.progress import make_bar
+    from maskkit.util.progress import make_bar
 
     return make_bar(total, unit="step", disable=False, initial=initial)
 

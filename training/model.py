@@ -32,7 +32,7 @@ from typing import Union
 import torch
 from torch import nn
 
-from .iresnet import EmbeddingHead, iresnet
+from maskkit.training.iresnet import EmbeddingHead, iresnet
 
 Route = Union[int, tuple[torch.Tensor, torch.Tensor]]
 """A two-stream route (:meth:`FaceModel.route`): ``n_face`` (an int) for a grouped batch whose first
@@ -161,7 +161,7 @@ def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Gene
 def build_model(cfg) -> FaceModel:
     """The model of a :class:`~maskkit.training.config.TrainConfig` (or its dict)."""
     if isinstance(cfg, dict):
-        from .config import TrainConfig
+        from maskkit.training.config import TrainConfig
 
         cfg = TrainConfig.from_dict(cfg)
     return FaceModel(backbone=cfg.backbone, width=cfg.width, embedding_size=cfg.embedding_size,

@@ -1,4 +1,4 @@
-"""``maskkit mask`` (draw masks on every face of every image, in place) and ``maskkit preview``.
+"""The mask stage: draw masks on every face of every image, in place (``maskkit mask``).
 
 ``maskkit mask --src photos/ --out masked/`` is the MaskTheFace use case: each output image is
 the input with a mask drawn on each selected face, mirroring the input tree. Accounting is the
@@ -14,17 +14,13 @@ Randomness is seeded per file and face (``--seed``, the input path, the face ind
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 import traceback
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-import click
 import numpy as np
-
-__all__ = ["MaskConfig", "MaskError", "run_mask", "mask_file", "face_rng", "COMMANDS"]
 
 FACE_POLICIES = ("all", "largest", "central")
 
@@ -89,7 +85,7 @@ def _write(path: Path, rgb_or_gray: np.ndarray, quality: int) -> None:
 
     from PIL import Image
 
-    from maskkit.runner import write_atomic
+    from maskkit.util.files import write_atomic
 
     buf = io.BytesIO()
     im = Image.fromarray(rgb_or_gray)
@@ -106,10 +102,11 @@ def mask_file(item, detector, renderer, cfg: MaskConfig) -> dict:
     Returns:
         ``{"src", "records": [...], "failure": None | {"src", "reason", "detail"}, "faces": int}``.
     """
-    from maskkit.detect import aligned_face, find_faces
-    from maskkit.image_io import ImageError, load_image
+    from maskkit.face.detect import aligned_face, find_faces
+    from maskkit.io.image_io import ImageError, load_image
+    from maskkit.pipeline.runner import coverage_rel, safe_target
+    from maskkit.pipeline.runner import rounded as _r
     from maskkit.render import CannotFit
-    from maskkit.runner import coverage_rel, rounded as _r, safe_target
 
     rec = {"src": item.rel, "records": [], "failure": None, "faces": 0}
 
@@ -146,7 +143,7 @@ def mask_file(item, detector, renderer, cfg: MaskConfig) -> dict:
             else:
                 img = res.image
                 np.maximum(cov, res.alpha, out=cov)
-                res.params["seed"] = {"base": int(cfg.seed), "face": k, "derivation": "maskkit.cli_mask.face_rng"}
+                res.params["seed"] = {"base": int(cfg.seed), "face": k, "derivation": "maskkit.pipeline.mask.face_rng"}
                 r.update(masked=True, style=res.params["style"], params=res.params,
                          coverage=round(float(res.alpha.sum()), 1))
             rec["records"].append(r)
@@ -166,7 +163,7 @@ def mask_file(item, detector, renderer, cfg: MaskConfig) -> dict:
 
 
 def _mask_chunk(items, cfg: MaskConfig, detector=None, renderer=None) -> list:
-    from maskkit.detect import get_detector
+    from maskkit.face.detect import get_detector
     from maskkit.render import MaskRenderer
 
     if detector is None and not cfg.aligned:
@@ -182,11 +179,16 @@ def run_mask(cfg: MaskConfig) -> dict:
     Raises:
         MaskError: the run cannot proceed.
     """
-    from maskkit.detect import DETECTORS
-    from maskkit.progress import print_summary
+    from maskkit.face.detect import DETECTORS
+    from maskkit.io.sources import iter_sources
+    from maskkit.pipeline.runner import (
+        check_previous_run,
+        prepare_run,
+        run_chunks,
+        write_accounting,
+    )
     from maskkit.render import STYLES, MaskRenderer
-    from maskkit.runner import check_previous_run, prepare_run, run_chunks, write_accounting
-    from maskkit.sources import iter_sources
+    from maskkit.util.progress import print_summary
 
     src, out = Path(cfg.src), Path(cfg.out)
     if not src.exists():
@@ -237,68 +239,3 @@ def run_mask(cfg: MaskConfig) -> dict:
             "styles": summary["styles"], "seconds": seconds, "img/s": summary["img_per_s"], "workers": jobs,
         })
     return summary
-
-
-@click.command("mask")
-@click.option("--src", required=True, type=click.Path(exists=True, path_type=Path),
-              help="Input folder (walked recursively) or one image.")
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Output folder (mirrors the input tree).")
-@click.option("--style", default="random", show_default=True,
-              type=click.Choice(["surgical", "n95", "kn95", "cloth", "gas", "random"]), help="Mask style.")
-@click.option("--seed", default=0, show_default=True, type=int, help="Base seed (per file and face).")
-@click.option("--detector", default="hog", show_default=True, type=click.Choice(["hog", "cnn", "blazeface", "fan"]),
-              help="Face detector backend.")
-@click.option("--faces", default="all", show_default=True, type=click.Choice(FACE_POLICIES),
-              help="Which faces to mask per image.")
-@click.option("--aligned", is_flag=True, help="Inputs are ArcFace crops: skip detection.")
-@click.option("--jobs", "-j", default=0, show_default=True, type=click.IntRange(0, None),
-              help="Worker processes (0 = all CPU cores).")
-@click.option("--quality", default=95, show_default=True, type=click.IntRange(1, 100), help="JPEG quality.")
-@click.option("--coverage", is_flag=True, help="Also write <stem>.mask.png (mask coverage, 255 = mask).")
-@click.option("--overwrite", is_flag=True,
-              help="Replace the outputs of a different, earlier run found in --out (otherwise refused).")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary table.")
-def mask(src, out, style, seed, detector, faces, aligned, jobs, quality, coverage, overwrite, quiet):
-    """Draw a mask on every face of every image under SRC, writing the result to OUT.
-
-    Writes the masked images (same relative paths), manifest.jsonl (one line per face with
-    the render parameters) and failures.jsonl (one line per input with no masked face, with a
-    reason). Exit status 0 when the run completes, even with failures.
-    """
-    cfg = MaskConfig(src=src, out=out, style=style, seed=seed, detector=detector, faces=faces, aligned=aligned,
-                     jobs=jobs, quality=quality, coverage=coverage, progress=not quiet, overwrite=overwrite)
-    try:
-        summary = run_mask(cfg)
-    except MaskError as exc:
-        raise click.ClickException(str(exc)) from exc
-    if quiet:
-        click.echo(json.dumps({k: summary[k] for k in ("files", "ok", "failed", "faces", "errors", "styles")}))
-
-
-@click.command("preview")
-@click.argument("src", type=click.Path(exists=True, path_type=Path))
-@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Output PNG.")
-@click.option("--styles", default=",".join(("surgical", "n95", "kn95", "cloth", "gas")), show_default=True,
-              help="Comma-separated styles (columns).")
-@click.option("--n", "n", default=6, show_default=True, type=click.IntRange(1, 64), help="Faces (rows).")
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--aligned", is_flag=True, help="Images are ArcFace crops: skip detection.")
-@click.option("--detector", default="hog", show_default=True, type=click.Choice(["hog", "cnn", "blazeface", "fan"]))
-def preview_cmd(src, out, styles, n, seed, aligned, detector):
-    """Contact sheet (styles x faces) from SRC: a folder of images, a shard set or `mask` output."""
-    from maskkit.preview import preview as _preview
-    from maskkit.render import STYLES
-
-    chosen = [s.strip() for s in styles.split(",") if s.strip()]
-    bad = [s for s in chosen if s not in STYLES]
-    if bad or not chosen:
-        raise click.BadParameter(f"unknown styles {bad}; choose from {STYLES}", param_hint="--styles")
-    try:
-        summary = _preview(src, out, chosen, n=n, seed=seed, aligned=aligned, detector=detector)
-    except ValueError as exc:
-        raise click.ClickException(str(exc)) from exc
-    click.echo(json.dumps(summary))
-
-
-COMMANDS = [mask, preview_cmd]

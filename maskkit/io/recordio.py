@@ -313,7 +313,7 @@ def export_rec(shards_dir: str | os.PathLike, out_dir: str | os.PathLike, prefix
     Returns:
         ``{"images", "classes", "rec", "idx", "property", "bytes"}``.
     """
-    from .shards import read_manifest, read_samples
+    from maskkit.io.shards import read_manifest, read_samples
 
     if only not in ("all", "plain", "masked"):
         raise ValueError(f"only must be 'all', 'plain' or 'masked', not {only!r}")

@@ -22,8 +22,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-
-from .uncertainty import mutual_likelihood_score
+from maskkit.training.eval.uncertainty import mutual_likelihood_score
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """The ``maskkit`` command line: one click group, commands registered from per-area modules.
 
-Each area module (``cli_align``, ``cli_mask``, ``cli_synth``, ``cli_train``, ``cli_eval``)
+Each area module (``cli.align``, ``cli.mask``, ``cli.synth``, ``cli.train``, ``cli.eval``, ``cli.demo``)
 exposes ``COMMANDS``, a list of click commands. Heavy imports (torch, dlib) happen inside
 the commands, so ``maskkit --help`` stays fast.
 """
@@ -13,7 +13,7 @@ import click
 
 from maskkit import __version__
 
-_AREAS = ("cli_align", "cli_mask", "cli_synth", "cli_train", "cli_eval", "cli_demo")
+_AREAS = ("align", "mask", "synth", "train", "eval", "demo")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -27,9 +27,9 @@ def main(verbose: int) -> None:
 
 for _area in _AREAS:
     try:
-        _mod = importlib.import_module(f"maskkit.{_area}")
+        _mod = importlib.import_module(f"maskkit.cli.{_area}")
     except ModuleNotFoundError as exc:  # an area not built yet
-        if exc.name != f"maskkit.{_area}":
+        if exc.name != f"maskkit.cli.{_area}":
             raise
         continue
     for _cmd in getattr(_mod, "COMMANDS", []):

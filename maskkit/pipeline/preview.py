@@ -14,7 +14,7 @@ Sources it understands:
 The README sheet is rebuilt from dependency-shipped faces (scikit-image's astronaut and
 matplotlib's grace_hopper.jpg) with::
 
-    python -m maskkit.preview --demo docs/mask_styles.png
+    python -m maskkit.pipeline.preview --demo docs/mask_styles.png
 """
 from __future__ import annotations
 
@@ -119,7 +119,7 @@ def demo_images() -> Dict[str, np.ndarray]:
 
 def demo_faces() -> List[Tuple[np.ndarray, np.ndarray]]:
     """The dependency-shipped faces (:func:`demo_images`) with dlib landmarks."""
-    from maskkit.detect import make_detector
+    from maskkit.face.detect import make_detector
 
     det = make_detector("hog")
     out = []
@@ -163,8 +163,8 @@ def load_source_faces(src: Path, n: int = 6, aligned: bool = False, detector: st
     src = Path(src)
     if src.is_dir() and (src / "manifest.json").exists() and list(src.glob("*.tar")):
         # what synth wrote (masked samples, by style) when there is any; else mask the plain ones
-        from maskkit.image_io import decode_image
-        from maskkit.shards import read_samples
+        from maskkit.io.image_io import decode_image
+        from maskkit.io.shards import read_samples
 
         faces, masked = [], {s: [] for s in STYLES}
         for sample in read_samples(src):
@@ -184,7 +184,7 @@ def load_source_faces(src: Path, n: int = 6, aligned: bool = False, detector: st
             return "masked", masked
         return "faces", faces
     if src.is_dir() and (src / "manifest.jsonl").exists():
-        from maskkit.image_io import load_image
+        from maskkit.io.image_io import load_image
 
         masked = {s: [] for s in STYLES}
         with open(src / "manifest.jsonl", encoding="utf-8") as fh:
@@ -199,9 +199,9 @@ def load_source_faces(src: Path, n: int = 6, aligned: bool = False, detector: st
         if any(masked.values()):
             return "masked", masked
     # a folder of images (or one image)
-    from maskkit.detect import landmarks_in_box, make_detector
-    from maskkit.image_io import ImageError, load_image
-    from maskkit.sources import iter_sources
+    from maskkit.face.detect import landmarks_in_box, make_detector
+    from maskkit.io.image_io import ImageError, load_image
+    from maskkit.io.sources import iter_sources
 
     det = None if aligned else make_detector(detector)
     faces = []

@@ -15,7 +15,7 @@ __all__ = ["COMMANDS", "synth", "stats", "export_rec_cmd"]
 
 
 def _parse_styles(text: str | None) -> tuple[str, ...]:
-    from .synth import ALL_STYLES as _STYLES
+    from maskkit.pipeline.synth import ALL_STYLES as _STYLES
 
     if text is None:
         return _STYLES
@@ -41,7 +41,7 @@ def _parse_size(text: str) -> tuple[int, int]:
 
 
 def _print_summary(title: str, rows: list[tuple[str, str]]) -> None:
-    from .progress import print_summary
+    from maskkit.util.progress import print_summary
 
     print_summary(title, dict(rows))
 
@@ -96,7 +96,7 @@ def synth(src, out, ratio, paired, styles, seed, jobs, aligned, size, shard_samp
       maskkit synth --src vggface2/train --out shards/ --ratio 0.5 --jobs 8
       maskkit synth --src faces_emore/train.rec --aligned --out shards/ --ratio 0.5
     """
-    from .synth import SynthConfig, SynthError, run_synth, summary_rows
+    from maskkit.pipeline.synth import SynthConfig, SynthError, run_synth, summary_rows
 
     det_opts = {"max_side": max_side} if detector in ("hog", "cnn") else {}
     if upsample is not None:
@@ -141,7 +141,7 @@ def stats(shards, deep, as_json):
 
     Exit status 0 when everything matches, 1 on any mismatch (each one is printed).
     """
-    from .shards import class_expected_masked, style_share_deviation, verify
+    from maskkit.io.shards import class_expected_masked, style_share_deviation, verify
 
     rep = verify(shards, decode=deep)
     man = rep.manifest
@@ -185,7 +185,7 @@ def export_rec_cmd(shards, out, prefix, only):
     The result loads in arcface_torch's MXFaceDataset; record id2 is 1 for masked faces, and
     PREFIX.maskkit.json says so (synth on this .rec then never masks a masked face again).
     """
-    from .recordio import export_rec
+    from maskkit.io.recordio import export_rec
 
     try:
         info = export_rec(shards, out, prefix=prefix, only=only)

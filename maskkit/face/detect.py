@@ -41,6 +41,8 @@ detector object is cheap and can be created per worker with :func:`get_detector`
 
 Model files are located without importing ``face_recognition_models`` (it imports
 ``pkg_resources``, gone from setuptools >= 82): see :func:`model_file`.
+
+Length: four backends (hog, cnn, blazeface, fan) share one ``Face`` contract, one box-to-predictor mapping and one model cache; splitting them would spread that contract over four files.
 """
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ atomically) and ``failures.jsonl``. This module writes and reads that layout:
   file with its final name is always complete. Bytes are deterministic: members in a fixed
   order, fixed mtime/uid/gid/uname/mode, GNU tar format, JSON with sorted keys -- the same
   samples always give the same sha256.
-* :func:`write_json_atomic` / :func:`read_manifest` / :func:`read_samples` / :func:`iter_shard`.
+* :func:`read_manifest` / :func:`read_samples` / :func:`iter_shard`.
 * :func:`verify` checks a finished dataset against its manifest (what ``maskkit stats`` runs).
 
 Example:
@@ -31,10 +31,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Collection, Iterator
 
+from maskkit.util.files import _fsync_dir
+
 __all__ = [
-    "FORMAT_NAME", "FORMAT_VERSION", "KEY_RE", "Sample", "ShardSink", "shard_name", "write_json_atomic",
+    "FORMAT_NAME", "FORMAT_VERSION", "KEY_RE", "Sample", "ShardSink", "shard_name",
     "read_manifest", "iter_shard", "read_samples", "sha256_file", "round_half_up", "expected_masked",
-    "VerifyReport", "verify", "class_expected_masked", "encode_json", "style_share_deviation", "write_bytes_atomic",
+    "VerifyReport", "verify", "class_expected_masked", "encode_json", "style_share_deviation",
 ]
 
 FORMAT_NAME = "maskkit-shards"
@@ -88,34 +90,6 @@ def sha256_file(path: str | os.PathLike, bufsize: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - e.g. Windows
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
-def write_json_atomic(path: str | os.PathLike, obj, indent: int | None = 2) -> None:
-    """Write JSON to ``path`` via a temporary file, fsync and rename (readers never see half a file)."""
-    write_bytes_atomic(path, json.dumps(obj, indent=indent, sort_keys=False, ensure_ascii=False).encode("utf-8") + b"\n")
-
-
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Write bytes to ``path`` via a temporary file, fsync and rename."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 @dataclass
@@ -470,8 +444,8 @@ def verify(data_dir: str | os.PathLike, decode: bool = False, max_problems: int 
                         bad(f"{key}: masked sample without render parameters")
                 twins[key] = meta.get("twin")
                 if decode:
-                    import numpy as np
                     import cv2
+                    import numpy as np
 
                     img = cv2.imdecode(np.frombuffer(s["jpg"], np.uint8), cv2.IMREAD_COLOR)
                     if img is None or tuple(img.shape[:2]) != size:

@@ -8,10 +8,8 @@ holds the rest:
 
 * :func:`prepare_run` / :func:`check_writable` -- fail fast on an output folder that cannot be
   written or a detector that cannot load.
-* :func:`safe_target` / :func:`write_atomic` -- output paths that never leave ``--out`` and
-  files that are never seen half written (``write_atomic`` also writes the eval reports and
-  ``.bin`` sets; :func:`maskkit.shards.write_bytes_atomic` is the fsyncing variant whose
-  ``NAME.tmp`` files ``maskkit synth`` cleans up on resume).
+* :func:`safe_target` -- output paths that never leave ``--out`` (files are written with
+  :func:`maskkit.util.files.write_atomic`).
 * :func:`rounded` -- compact JSON numbers for manifest lines.
 * :func:`check_out_kind` -- images and shards never share an output folder (``synth`` uses it too).
 * :func:`check_previous_run` -- refuse an ``--out`` that holds the output of a different run
@@ -33,7 +31,9 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-__all__ = ["RUN_INFO", "check_out_kind", "check_previous_run", "prepare_run", "check_writable", "safe_target", "write_atomic", "coverage_rel", "rounded", "run_chunks", "write_accounting"]
+from maskkit.util.files import write_atomic
+
+__all__ = ["RUN_INFO", "check_out_kind", "check_previous_run", "prepare_run", "check_writable", "safe_target", "coverage_rel", "rounded", "run_chunks", "write_accounting"]
 
 
 def check_writable(out: Path) -> None:
@@ -58,7 +58,7 @@ def prepare_run(src: Path, out: Path, detector: str, detector_opts: dict, aligne
     Raises:
         error: (the command's own exception class) with the reason.
     """
-    from maskkit.detect import DetectorUnavailable, make_detector
+    from maskkit.face.detect import DetectorUnavailable, make_detector
 
     if out.resolve() == src.resolve():
         raise error("--out must differ from --src")
@@ -212,14 +212,6 @@ def safe_target(out_root: Path, rel: str) -> Path:
     return target
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a per-process temporary file and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, path)
-
 
 def rounded(a, nd: int = 3) -> list:
     """``a`` as nested lists of floats rounded to ``nd`` decimals (manifest lines)."""
@@ -276,7 +268,7 @@ def write_accounting(out: Path, results: Iterator[list], total: int, desc: str, 
         ``(stats, reasons)``: ``stats`` has ``files``, ``ok``, ``failed`` and whatever ``count``
         added (``faces`` is shown on the bar); ``reasons`` counts failures by reason.
     """
-    from maskkit.progress import progress_bar
+    from maskkit.util.progress import progress_bar
 
     stats: Counter = Counter()
     reasons: Counter = Counter()

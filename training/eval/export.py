@@ -156,8 +156,7 @@ def verify_onnx(model, path: str | Path, images_uint8: np.ndarray, masked, batch
     """
     import onnxruntime as ort
     import torch
-
-    from .api import normalize
+    from maskkit.training.api import normalize
 
     module = getattr(model, "torch_module", model).cpu().eval()
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

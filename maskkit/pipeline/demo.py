@@ -1,4 +1,4 @@
-"""``maskkit demo``: the whole pipeline on real faces that ship inside dependencies.
+"""The demo tree and contact sheet for ``maskkit demo`` (faces shipped in dependencies).
 
 Builds a two-identity tree from scikit-image's ``astronaut`` (Eileen Collins) and matplotlib's
 ``grace_hopper.jpg`` with deterministic photometric, crop, scale, flip and rotation variants,
@@ -14,14 +14,10 @@ Layout written::
 """
 from __future__ import annotations
 
-import sys
-import time
 from pathlib import Path
 
 import click
 import numpy as np
-
-__all__ = ["COMMANDS", "demo", "build_demo_tree", "VARIANTS"]
 
 #: Variant names written for each identity.
 VARIANTS = ("original", "bright", "dark_gamma", "low_contrast", "crop_tight", "crop_loose",
@@ -60,9 +56,9 @@ def _variants(rgb: np.ndarray, box: tuple[float, float, float, float]) -> dict[s
 
 def build_demo_tree(src: Path) -> int:
     """Write ``src/<identity>/<variant>.jpg`` for both shipped faces; returns the file count."""
-    from .detect import make_detector, select_faces
-    from .image_io import encode_jpeg
-    from .preview import demo_images
+    from maskkit.face.detect import make_detector, select_faces
+    from maskkit.io.image_io import encode_jpeg
+    from maskkit.pipeline.preview import demo_images
 
     det = make_detector("hog")
     n = 0
@@ -80,13 +76,13 @@ def build_demo_tree(src: Path) -> int:
 
 def write_sheet(src: Path, shards: Path, path: Path, cell: int = 160) -> int:
     """Contact sheet of what synth wrote: per masked sample, the source photo, its plain twin,
-    the masked face and the mask coverage. Uses ``maskkit.preview.contact_sheet``. Returns rows."""
+    the masked face and the mask coverage. Uses ``maskkit.pipeline.preview.contact_sheet``. Returns rows."""
     import cv2
     from PIL import Image
 
-    from .image_io import decode_image, load_image
-    from .preview import contact_sheet
-    from .shards import read_samples
+    from maskkit.io.image_io import decode_image, load_image
+    from maskkit.io.shards import read_samples
+    from maskkit.pipeline.preview import contact_sheet
 
     samples = {s["key"]: s for s in read_samples(shards)}
     rows = []
@@ -110,62 +106,3 @@ def write_sheet(src: Path, shards: Path, path: Path, cell: int = 160) -> int:
     sheet = contact_sheet(rows, ["source photo", "aligned (plain twin)", "aligned + synthetic mask", "mask coverage"])
     Image.fromarray(sheet).save(path, format="PNG")
     return len(rows)
-
-
-@click.command("demo")
-@click.option("--out", default="demo", show_default=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Folder for src/, aligned/, shards/ and preview.png.")
-@click.option("--jobs", "-j", default=1, show_default=True, type=int, help="Worker processes.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-def demo(out: Path, jobs: int, quiet: bool) -> None:
-    """Run align -> synth -> preview on real faces shipped with scikit-image and matplotlib.
-
-    \b
-    Example:
-      maskkit demo --out demo/
-    """
-    from .cli import main as cli_main
-    from .synth import SynthConfig, SynthError, run_synth, summary_rows
-
-    t0 = time.perf_counter()
-    out = Path(out)
-    src, aligned, shards, sheet = out / "src", out / "aligned", out / "shards", out / "preview.png"
-    n = build_demo_tree(src)
-    click.echo(f"[1/4] identity tree: {n} photos of 2 identities -> {src}", err=True)
-
-    args = ["align", "--src", str(src), "--out", str(aligned), "--jobs", str(max(1, jobs))] + (["-q"] if quiet else [])
-    try:
-        cli_main.main(args=args, prog_name="maskkit", standalone_mode=False)
-    except click.ClickException as exc:
-        raise click.ClickException(f"align failed: {exc.format_message()}") from exc
-    n_al = len(list(aligned.rglob("*.jpg"))) if aligned.exists() else 0
-    click.echo(f"[2/4] maskkit align: {n_al} aligned 112x112 crops -> {aligned}", err=True)
-
-    cfg = SynthConfig(src=src, out=shards, ratio=0.5, paired=True, seed=0, jobs=jobs, shard_samples=8,
-                      overwrite=True, progress=not quiet,
-                      command=f"maskkit synth --src {src} --out {shards} --ratio 0.5 --paired --shard-samples 8")
-    try:
-        res = run_synth(cfg)
-    except SynthError as exc:
-        raise click.ClickException(str(exc)) from exc
-    man = res.manifest
-    if not quiet:
-        from .progress import print_summary
-
-        print_summary("maskkit synth (demo)", dict(summary_rows(man, res.stage_seconds, res.seconds)))
-    click.echo(f"[3/4] maskkit synth --ratio 0.5 --paired: {man['num_samples']} samples "
-               f"({man['num_masked']} masked) in {len(man['shards'])} shards -> {shards}", err=True)
-
-    try:
-        rows = write_sheet(src, shards, sheet)
-        click.echo(f"[4/4] contact sheet ({rows} masked faces: photo, aligned, masked, coverage) -> {sheet}", err=True)
-    except Exception as exc:  # noqa: BLE001 - the sheet is a convenience; the data are done
-        click.echo(f"[4/4] contact sheet skipped: {exc}", err=True)
-    click.echo(f"done in {time.perf_counter() - t0:.1f} s. Inspect: maskkit stats {shards}", err=True)
-    click.echo(str(out))
-
-
-COMMANDS = [demo]
-
-if __name__ == "__main__":  # pragma: no cover
-    demo(sys.argv[1:])

@@ -384,7 +384,7 @@ class Embeddings:
         sigma: (N, D) float64 σ (mean of the two views with ``flip``) or None for models
             without a σ head.
         sigma_unit: σ in the units of the normalised μ (σ / ‖mean μ‖, see
-            :func:`maskkit.training.uncertainty.normalized_gaussian`) or None.
+            :func:`maskkit.training.eval.uncertainty.normalized_gaussian`) or None.
         masked: (N,) bool, the branch each image went through.
     """
 
@@ -430,7 +430,7 @@ def extract_embeddings(
         flip: add the embedding of the horizontal mirror before normalising (insightface);
             σ is then the mean of the two views' σ.
     """
-    from maskkit.progress import track
+    from maskkit.util.progress import track
 
     images = np.asarray(images)
     masked = np.asarray(masked, dtype=bool)

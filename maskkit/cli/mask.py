@@ -1,0 +1,74 @@
+"""``maskkit mask`` and ``maskkit preview``: click wiring over :mod:`maskkit.pipeline.mask` and :mod:`maskkit.pipeline.preview`."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from maskkit.pipeline.mask import FACE_POLICIES, MaskConfig, MaskError, run_mask
+
+
+@click.command("mask")
+@click.option("--src", required=True, type=click.Path(exists=True, path_type=Path),
+              help="Input folder (walked recursively) or one image.")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Output folder (mirrors the input tree).")
+@click.option("--style", default="random", show_default=True,
+              type=click.Choice(["surgical", "n95", "kn95", "cloth", "gas", "random"]), help="Mask style.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Base seed (per file and face).")
+@click.option("--detector", default="hog", show_default=True, type=click.Choice(["hog", "cnn", "blazeface", "fan"]),
+              help="Face detector backend.")
+@click.option("--faces", default="all", show_default=True, type=click.Choice(FACE_POLICIES),
+              help="Which faces to mask per image.")
+@click.option("--aligned", is_flag=True, help="Inputs are ArcFace crops: skip detection.")
+@click.option("--jobs", "-j", default=0, show_default=True, type=click.IntRange(0, None),
+              help="Worker processes (0 = all CPU cores).")
+@click.option("--quality", default=95, show_default=True, type=click.IntRange(1, 100), help="JPEG quality.")
+@click.option("--coverage", is_flag=True, help="Also write <stem>.mask.png (mask coverage, 255 = mask).")
+@click.option("--overwrite", is_flag=True,
+              help="Replace the outputs of a different, earlier run found in --out (otherwise refused).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary table.")
+def mask(src, out, style, seed, detector, faces, aligned, jobs, quality, coverage, overwrite, quiet):
+    """Draw a mask on every face of every image under SRC, writing the result to OUT.
+
+    Writes the masked images (same relative paths), manifest.jsonl (one line per face with
+    the render parameters) and failures.jsonl (one line per input with no masked face, with a
+    reason). Exit status 0 when the run completes, even with failures.
+    """
+    cfg = MaskConfig(src=src, out=out, style=style, seed=seed, detector=detector, faces=faces, aligned=aligned,
+                     jobs=jobs, quality=quality, coverage=coverage, progress=not quiet, overwrite=overwrite)
+    try:
+        summary = run_mask(cfg)
+    except MaskError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if quiet:
+        click.echo(json.dumps({k: summary[k] for k in ("files", "ok", "failed", "faces", "errors", "styles")}))
+
+
+@click.command("preview")
+@click.argument("src", type=click.Path(exists=True, path_type=Path))
+@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Output PNG.")
+@click.option("--styles", default=",".join(("surgical", "n95", "kn95", "cloth", "gas")), show_default=True,
+              help="Comma-separated styles (columns).")
+@click.option("--n", "n", default=6, show_default=True, type=click.IntRange(1, 64), help="Faces (rows).")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--aligned", is_flag=True, help="Images are ArcFace crops: skip detection.")
+@click.option("--detector", default="hog", show_default=True, type=click.Choice(["hog", "cnn", "blazeface", "fan"]))
+def preview_cmd(src, out, styles, n, seed, aligned, detector):
+    """Contact sheet (styles x faces) from SRC: a folder of images, a shard set or `mask` output."""
+    from maskkit.pipeline.preview import preview as _preview
+    from maskkit.render import STYLES
+
+    chosen = [s.strip() for s in styles.split(",") if s.strip()]
+    bad = [s for s in chosen if s not in STYLES]
+    if bad or not chosen:
+        raise click.BadParameter(f"unknown styles {bad}; choose from {STYLES}", param_hint="--styles")
+    try:
+        summary = _preview(src, out, chosen, n=n, seed=seed, aligned=aligned, detector=detector)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(json.dumps(summary))
+
+
+COMMANDS = [mask, preview_cmd]

@@ -1,0 +1,173 @@
+"""Synth resume: the run fingerprint, the journal of finished shards and identities, the output lock."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from maskkit.io.shards import encode_json, sha256_file, shard_name
+from maskkit.pipeline.synth.config import JOURNAL, SynthConfig, SynthError
+from maskkit.pipeline.synth.plan import InputItem
+from maskkit.util.files import write_bytes_atomic
+
+
+def _jsonl(entries: Sequence[dict]) -> bytes:
+    """Canonical JSON lines (the journal, ``failures.jsonl``, ``mask_skips.jsonl``)."""
+    return b"".join(encode_json(e) + b"\n" for e in entries)
+
+
+class _Journal:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._f = None
+
+    def read(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        out = []
+        with open(self.path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    out.append(json.loads(line))
+                except json.JSONDecodeError:
+                    break  # a torn last line from a kill
+        return out
+
+    def rewrite(self, entries: list[dict]) -> None:
+        write_bytes_atomic(self.path, _jsonl(entries))
+
+    def append(self, entry: dict) -> None:
+        if self._f is None:
+            self._f = open(self.path, "ab")
+        self._f.write(encode_json(entry) + b"\n")
+        self._f.flush()
+        os.fsync(self._f.fileno())
+
+    def close(self) -> None:
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+
+
+def _our_files(out: Path, split: str) -> list[Path]:
+    pats = [f"{split}-*.tar", f"{split}-*.tar.tmp", "manifest.json", "manifest.json.tmp", "failures.jsonl",
+            "failures.jsonl.tmp", "mask_skips.jsonl", "mask_skips.jsonl.tmp", JOURNAL, JOURNAL + ".tmp"]
+    return [p for pat in pats for p in out.glob(pat)]
+
+
+def _fingerprint(cfg: SynthConfig, items: Sequence[InputItem]) -> str:
+    h = hashlib.sha256(encode_json(cfg.fingerprint_fields()))
+    for it in items:
+        h.update(f"{it.identity}\x1f{it.rel}\n".encode("utf-8"))
+    return h.hexdigest()
+
+
+@dataclass
+class _ResumeState:
+    shards: list[dict]
+    chunk_entries: list[dict]
+    start_chunk: int
+    skip: int
+    written: int
+
+
+def _prepare_out(cfg: SynthConfig, fp: str, n_chunks: int) -> _ResumeState | dict:
+    """Check ``out``; return the completed manifest (already done) or the resume state."""
+    out = cfg.out
+    out.mkdir(parents=True, exist_ok=True)
+    man_p = out / "manifest.json"
+    jr = _Journal(out / JOURNAL)
+    if man_p.exists():
+        try:
+            man = json.loads(man_p.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            man = {}
+        if man.get("fingerprint") == fp and not cfg.overwrite:
+            for p in _our_files(out, cfg.split):  # leftovers of a kill after the manifest
+                if p.name == JOURNAL or p.name.endswith(".tmp"):
+                    p.unlink()
+            return man
+        if not cfg.overwrite:
+            raise SynthError(f"{out} holds a finished dataset made with other inputs or options; "
+                             "pass --overwrite to replace it, or choose another --out")
+        for p in _our_files(out, cfg.split):
+            p.unlink()
+    for p in _our_files(out, cfg.split):  # half-written files of a killed run are never kept
+        if p.name.endswith(".tmp"):
+            p.unlink()
+    entries = jr.read()
+    if entries and (entries[0].get("fingerprint") != fp or cfg.overwrite):
+        if not cfg.overwrite:
+            raise SynthError(f"{out} holds an unfinished run with other inputs or options; pass --overwrite "
+                             "to discard it, or rerun with the same options to resume it")
+        for p in _our_files(out, cfg.split):
+            p.unlink()
+        entries = []
+    if not entries and not cfg.overwrite:
+        stray = [p for p in _our_files(out, cfg.split) if p.name != JOURNAL]
+        if stray:
+            raise SynthError(f"{out} holds shard files but no journal or manifest (not a maskkit synth run "
+                             "or one from another version); pass --overwrite or choose another --out")
+    # ---- valid shard prefix
+    shard_recs = [e["shard"] for e in entries[1:] if "shard" in e]
+    chunk_entries = [e for e in entries[1:] if "chunk" in e]
+    # keep only a contiguous run of chunk entries 0..j
+    ce = []
+    for e in chunk_entries:
+        if e["chunk"] != len(ce):
+            break
+        ce.append(e)
+    valid: list[dict] = []
+    for i, rec in enumerate(shard_recs):
+        p = out / rec["name"]
+        if rec["name"] != shard_name(i, cfg.split) or not p.exists() or p.stat().st_size != rec["bytes"] \
+                or sha256_file(p) != rec["sha256"]:
+            break
+        if rec["samples"] != cfg.shard_samples:  # a final, partial shard: valid only if all was consumed
+            if not (len(ce) == n_chunks and ce and ce[-1]["end"] == sum(r["samples"] for r in valid) + rec["samples"]):
+                break
+            valid.append(rec)
+            break
+        valid.append(rec)
+    written = sum(r["samples"] for r in valid)
+    keep = []
+    for e in ce:
+        if e["end"] > written:
+            break
+        keep.append(e)
+    start = len(keep)
+    prev_end = keep[-1]["end"] if keep else 0
+    skip = written - prev_end
+    # ---- remove what is not kept
+    keep_names = {r["name"] for r in valid}
+    for p in list(out.glob(f"{cfg.split}-*.tar")) + list(out.glob(f"{cfg.split}-*.tar.tmp")):
+        if p.name not in keep_names:
+            p.unlink()
+    jr.rewrite([{"journal": 1, "fingerprint": fp, "config": cfg.fingerprint_fields()}]
+               + [{"shard": r} for r in valid] + keep)
+    return _ResumeState(valid, keep, start, skip, written)
+
+
+@contextmanager
+def _out_lock(out: Path):
+    """One writer per output folder: a second concurrent run fails fast (released by the OS
+    even when the holder is SIGKILLed)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - non-POSIX: no locking
+        yield
+        return
+    fh = open(out / ".synth.lock", "a+b")
+    try:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise SynthError(f"another maskkit synth is writing to {out} right now") from None
+        yield
+        (out / ".synth.lock").unlink(missing_ok=True)  # finished: leave no trace (kept after a failure)
+    finally:
+        fh.close()

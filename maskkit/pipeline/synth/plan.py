@@ -1,0 +1,107 @@
+"""Synth planning: list the inputs (identity tree or insightface ``.rec``) and cut them into per-identity work units."""
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from maskkit.io.shards import Sample
+from maskkit.pipeline.synth.config import SynthConfig
+
+
+@dataclass(frozen=True)
+class InputItem:
+    """One input file (or one record of a ``.rec``).
+
+    Attributes:
+        rel: source path relative to ``--src`` (POSIX), or ``train.rec#<key>``.
+        identity: class name.
+        path: file path (or the ``.rec`` path).
+        rec_key: record key inside the ``.rec``; ``None`` for plain files.
+        rec_offset: byte offset of that record.
+        error: set for an entry that cannot be read at all (symlink loop, broken link, ...):
+            it goes straight to ``failures.jsonl`` with this reason.
+        detail: explanation of ``error``.
+    """
+
+    rel: str
+    identity: str
+    path: str
+    rec_key: int | None = None
+    rec_offset: int | None = None
+    error: str | None = None
+    detail: str = ""
+
+
+@dataclass
+class Chunk:
+    """One work unit: all inputs of one identity."""
+
+    index: int
+    label: int
+    identity: str
+    items: list[InputItem]
+
+
+@dataclass
+class ChunkResult:
+    """What a worker returns for a :class:`Chunk` (samples in their final order)."""
+
+    index: int
+    samples: list[Sample]
+    failures: list[dict]
+    mask_skips: list[dict]
+    stats: dict
+
+
+def _rec_inputs(rec_path: Path) -> list[InputItem]:
+    from maskkit.io.recordio import RecReader
+
+    with RecReader(rec_path) as r:
+        labels = r.scan_labels()
+        offsets = dict(r.offsets)
+        masked = r.masked_keys
+    width = max(len(str(max(labels.values(), default=0))), 1)
+    # a maskkit export (export-rec) marks its masked faces: never mask a face twice
+    why = (f"record already holds a maskkit-masked face (id2 = 1, see {r.sidecar.name}); "
+           "export with `maskkit export-rec --only plain` to mask a set again")
+    return [InputItem(f"{rec_path.name}#{k}", f"{labels[k]:0{width}d}", str(rec_path), k, offsets[k],
+                      error="already_masked" if k in masked else None, detail=why if k in masked else "")
+            for k in sorted(labels)]
+
+
+def _dir_inputs(src: Path, out: Path) -> list[InputItem]:
+    from maskkit.io.sources import iter_sources
+
+    items = []
+    for it in iter_sources(src, exclude=[out]):
+        ident = it.identity if it.identity not in ("", ".") else "_root"
+        items.append(InputItem(str(it.rel), str(ident), str(it.path), error=getattr(it, "error", None),
+                               detail=getattr(it, "detail", "")))
+    return items
+
+
+def list_inputs(cfg: SynthConfig) -> tuple[list[InputItem], list[str]]:
+    """All inputs in their canonical order and the class list (sorted identity names).
+
+    Returns:
+        ``(items, classes)``: items sorted by (class, rel).
+    """
+    if cfg.src.is_file():
+        items = _rec_inputs(cfg.src)
+    else:
+        items = _dir_inputs(cfg.src, cfg.out)
+    classes = sorted({it.identity for it in items})
+    order = {c: i for i, c in enumerate(classes)}
+    items.sort(key=lambda it: (order[it.identity], it.rec_key if it.rec_key is not None else -1, it.rel))
+    return items, classes
+
+
+def plan_chunks(items: Sequence[InputItem], classes: Sequence[str]) -> list[Chunk]:
+    """Group items (already in canonical order) into one :class:`Chunk` per identity."""
+    order = {c: i for i, c in enumerate(classes)}
+    by: "OrderedDict[str, list[InputItem]]" = OrderedDict()
+    for it in items:
+        by.setdefault(it.identity, []).append(it)
+    return [Chunk(i, order[ident], ident, its) for i, (ident, its) in enumerate(by.items())]

@@ -1,0 +1,222 @@
+"""``run_synth``: the driver that plans, dispatches, writes shards in one global order, and finishes the manifest."""
+from __future__ import annotations
+
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from maskkit import __version__
+from maskkit.io.shards import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    ShardSink,
+    style_share_deviation,
+)
+from maskkit.pipeline.synth.backends import _backend, _results
+from maskkit.pipeline.synth.config import ALL_STYLES, JOURNAL, SynthConfig, SynthError
+from maskkit.pipeline.synth.journal import (
+    _fingerprint,
+    _Journal,
+    _jsonl,
+    _out_lock,
+    _prepare_out,
+)
+from maskkit.pipeline.synth.plan import list_inputs, plan_chunks
+from maskkit.util.files import write_bytes_atomic, write_json_atomic
+
+
+@dataclass
+class SynthResult:
+    """Outcome of :func:`run_synth`.
+
+    Attributes:
+        out: the shard folder.
+        manifest: the manifest written.
+        seconds: wall-clock seconds of this invocation.
+        resumed: samples that were already in complete shards from an earlier, killed run.
+        already_complete: the folder already held this exact run (nothing was recomputed).
+        stage_seconds: summed per-stage worker seconds (decode, detect, render, align, encode)
+            plus ``write`` (driver).
+    """
+
+    out: Path
+    manifest: dict
+    seconds: float
+    resumed: int = 0
+    already_complete: bool = False
+    stage_seconds: dict = field(default_factory=dict)
+
+
+def _merge(total: dict, st: dict) -> None:
+    for k in ("files", "ok", "failed", "faces", "samples", "masked", "mask_skips"):
+        total[k] = total.get(k, 0) + st.get(k, 0)
+    for k in ("failed_by_reason", "styles", "seconds"):
+        d = total.setdefault(k, {})
+        for kk, v in st.get(k, {}).items():
+            d[kk] = d.get(kk, 0) + v
+
+
+def _progress(total: int, initial: int, enabled: bool, desc: str = "synth"):
+    """A progress bar over input files (img/s and ETA); a resumed run starts at ``initial``."""
+    if not enabled:
+        return nullcontext(None)
+    from maskkit.util.progress import progress_bar
+
+    # shown on a pipe or log file too (like align and mask): a long run under nohup must report progress
+    return progress_bar(total=total, desc=desc, unit="img", initial=initial, disable=False)
+
+
+def run_synth(cfg: SynthConfig) -> SynthResult:
+    """Run (or resume, or recognise as finished) a synthesis into ``cfg.out``.
+
+    Args:
+        cfg: the run's options.
+
+    Returns:
+        :class:`SynthResult` with the manifest.
+
+    Raises:
+        SynthError: bad options, or ``out`` holds a different run (without ``overwrite``).
+    """
+    t_start = time.perf_counter()
+    cfg.validate()
+    if not cfg.aligned:  # fail fast, with the detector's own message, before any work is sent out
+        from maskkit.face.detect import make_detector
+
+        try:
+            make_detector(cfg.detector, **cfg.detector_opts)
+        except Exception as exc:  # noqa: BLE001 - DetectorUnavailable, bad options
+            raise SynthError(f"detector {cfg.detector!r} cannot run: {exc}") from exc
+    if cfg.out.exists() and not cfg.out.is_dir():
+        raise SynthError(f"--out {cfg.out} exists and is not a folder")
+    from maskkit.pipeline.runner import check_out_kind
+
+    check_out_kind(cfg.out, "shards", SynthError)
+    try:
+        cfg.out.mkdir(parents=True, exist_ok=True)
+        (cfg.out / ".synth.lock").touch()
+    except OSError as exc:
+        raise SynthError(f"--out {cfg.out} is not writable: {exc.strerror or exc}") from exc
+    with _out_lock(cfg.out):
+        return _run_locked(cfg, t_start)
+
+
+def _run_locked(cfg: SynthConfig, t_start: float) -> SynthResult:
+    items, classes = list_inputs(cfg)
+    chunks = plan_chunks(items, classes)
+    fp = _fingerprint(cfg, items)
+    state = _prepare_out(cfg, fp, len(chunks))
+    if isinstance(state, dict):
+        return SynthResult(cfg.out, state, time.perf_counter() - t_start, already_complete=True)
+
+    out = cfg.out
+    jr = _Journal(out / JOURNAL)
+    total: dict = {}
+    per_class = {c: {"samples": 0, "masked": 0, "faces": 0} for c in classes}
+    failures: list[dict] = []
+    skips: list[dict] = []
+    shortfall: dict[str, int] = {}
+
+    def absorb(entry: dict) -> None:
+        st = entry["stats"]
+        _merge(total, st)
+        pc = per_class[entry["identity"]]
+        pc["samples"] += st["samples"]
+        pc["masked"] += st["masked"]
+        pc["faces"] += st["faces"]
+        if st.get("shortfall"):
+            shortfall[entry["identity"]] = shortfall.get(entry["identity"], 0) + st["shortfall"]
+        failures.extend(entry.get("failures", []))
+        skips.extend(entry.get("mask_skips", []))
+
+    for e in state.chunk_entries:
+        absorb(e)
+    done_files = sum(len(c.items) for c in chunks[: state.start_chunk])
+    shards = list(state.shards)
+
+    def on_shard(rec: dict) -> None:
+        shards.append(rec)
+        jr.append({"shard": rec})
+
+    t_write = 0.0
+    end = state.chunk_entries[-1]["end"] if state.chunk_entries else 0
+    skip = state.skip
+    todo = chunks[state.start_chunk:]
+    sink = ShardSink(out, cfg.shard_samples, cfg.split, start_index=len(shards), on_shard=on_shard)
+    try:
+        with _backend(cfg) as n_jobs, _progress(len(items), done_files, cfg.progress, cfg.progress_desc) as bar:
+            for res in _results(todo, cfg, n_jobs):
+                chunk = chunks[res.index]
+                t0 = time.perf_counter()
+                for s in res.samples:
+                    if skip > 0:
+                        skip -= 1
+                        continue
+                    sink.add(s)
+                end += len(res.samples)
+                entry = {"chunk": res.index, "identity": chunk.identity, "end": end, "stats": res.stats,
+                         "failures": res.failures, "mask_skips": res.mask_skips}
+                jr.append(entry)
+                absorb(entry)
+                t_write += time.perf_counter() - t0
+                if bar is not None:
+                    bar.update(len(chunk.items))
+            t0 = time.perf_counter()
+            sink.close()
+            t_write += time.perf_counter() - t0
+    except BaseException:
+        sink.abort()
+        raise
+    finally:
+        jr.close()
+
+    # ---- finish: failure logs, then the manifest (last, atomically), then drop the journal
+    write_bytes_atomic(out / "failures.jsonl", _jsonl(failures))
+    if skips:
+        write_bytes_atomic(out / "mask_skips.jsonl", _jsonl(skips))
+    else:
+        (out / "mask_skips.jsonl").unlink(missing_ok=True)
+    styles = {s: int(total.get("styles", {}).get(s, 0)) for s in cfg.styles}
+    for s, v in total.get("styles", {}).items():
+        styles.setdefault(s, int(v))
+    man = {
+        "format": FORMAT_NAME, "version": FORMAT_VERSION,
+        "image_size": list(cfg.size), "template": "arcface",
+        "classes": classes,
+        "num_samples": int(total.get("samples", 0)), "num_masked": int(total.get("masked", 0)),
+        "ratio": cfg.ratio, "paired": cfg.paired, "seed": cfg.seed,
+        "styles": styles,
+        "per_class": per_class,
+        "shards": shards,
+        "inputs": {"files": int(total.get("files", 0)), "ok": int(total.get("ok", 0)),
+                   "failed": int(total.get("failed", 0)),
+                   "failed_by_reason": dict(sorted(total.get("failed_by_reason", {}).items()))},
+        "created_by": f"maskkit {__version__}",
+        "command": cfg.command or "maskkit synth (library call)",
+        # extensions (backward compatible)
+        "num_faces": int(total.get("faces", 0)),
+        "rounding": "half_up",
+        "mask_skips": int(total.get("mask_skips", 0)),
+        "mask_shortfall": shortfall,
+        "style_share_max_dev": round(style_share_deviation(styles), 6),
+        "aligned_input": cfg.aligned, "detector": None if cfg.aligned else cfg.detector,
+        "faces": cfg.faces, "jpeg_quality": cfg.quality, "shard_samples": cfg.shard_samples,
+        "split": cfg.split, "bytes": int(sum(r["bytes"] for r in shards)),
+        "fingerprint": fp,
+    }
+    write_json_atomic(out / "manifest.json", man)
+    (out / JOURNAL).unlink(missing_ok=True)
+    stage = {k: round(float(v), 4) for k, v in total.get("seconds", {}).items()}
+    stage["write"] = round(t_write, 4)
+    if cfg.preview is not None:
+        try:
+            from maskkit.pipeline.preview import (
+                preview,  # the mask helper's contact sheet
+            )
+
+            preview(out, cfg.preview, styles=cfg.styles or ALL_STYLES, seed=cfg.seed)
+        except Exception as exc:  # noqa: BLE001 - the dataset is done; the sheet is a bonus
+            print(f"warning: could not draw the preview: {exc}", file=sys.stderr)
+    return SynthResult(out, man, time.perf_counter() - t_start, resumed=state.written, stage_seconds=stage)

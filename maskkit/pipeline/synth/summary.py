@@ -1,0 +1,33 @@
+"""The synth summary table (rows for :func:`maskkit.util.progress.print_summary`)."""
+from __future__ import annotations
+
+import json
+
+
+def summary_rows(man: dict, stage_seconds: dict | None = None, seconds: float | None = None) -> list[tuple[str, str]]:
+    """``(name, value)`` rows of the end-of-run summary table."""
+    inp = man["inputs"]
+    rows = [("inputs", f"{inp['files']:,}"), ("ok", f"{inp['ok']:,}"), ("failed", f"{inp['failed']:,}")]
+    for r, v in sorted(inp.get("failed_by_reason", {}).items()):
+        rows.append((f"  failed: {r}", f"{v:,}"))
+    rows.append(("faces", f"{man.get('num_faces', man['num_samples']):,}"))
+    rows.append(("samples", f"{man['num_samples']:,}"))
+    nm = man["num_masked"]
+    rows.append(("masked", f"{nm:,} ({100.0 * nm / max(1, man['num_samples']):.1f}% of samples)"))
+    for s, v in man["styles"].items():
+        rows.append((f"  {s}", f"{v:,} ({100.0 * v / max(1, nm):.1f}%)"))
+    if man.get("mask_skips"):
+        rows.append(("mask skips (cannot fit)", f"{man['mask_skips']:,}"))
+    if man.get("mask_shortfall"):
+        rows.append(("ratio shortfall", json.dumps(man["mask_shortfall"])))
+    rows.append(("classes", f"{len(man['classes']):,}"))
+    rows.append(("shards", f"{len(man['shards']):,}"))
+    rows.append(("bytes", f"{sum(s['bytes'] for s in man['shards']):,}"))
+    if seconds:
+        rows.append(("seconds", f"{seconds:.1f}"))
+        rows.append(("img/s", f"{inp['files'] / seconds:.1f}"))
+    if stage_seconds:
+        tot = sum(stage_seconds.values()) or 1.0
+        rows.append(("stages (worker s)", ", ".join(f"{k} {v:.1f} ({100 * v / tot:.0f}%)"
+                                                    for k, v in stage_seconds.items())))
+    return rows

@@ -1,0 +1,310 @@
+"""Synth worker phases (one identity per call, run in a worker process; models load once per worker).
+
+phase 1 decode/detect/fit, phase 2 choose and render the masks (exact ratio), phase 3 align, encode.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from maskkit.io.shards import Sample, expected_masked
+from maskkit.pipeline.synth.config import SynthConfig
+from maskkit.pipeline.synth.plan import Chunk, ChunkResult, InputItem
+from maskkit.pipeline.synth.seeding import (
+    _rng,
+    balanced_styles,
+    render_seed,
+    sample_key,
+)
+
+#: Per-process model cache (detector, renderer): models load once per worker process.
+_WORKER: dict = {}
+
+
+def _models(cfg: SynthConfig):
+    """Detector and renderer, created once per worker process (cached by their options)."""
+    det = ren = None
+    if not cfg.aligned:
+        key = ("det", cfg.detector, json.dumps(cfg.detector_opts, sort_keys=True))
+        det = _WORKER.get(key)
+        if det is None:
+            from maskkit.face.detect import make_detector
+
+            det = _WORKER[key] = make_detector(cfg.detector, **cfg.detector_opts)
+    if cfg.ratio > 0:
+        ren = _WORKER.get("ren")
+        if ren is None:
+            from maskkit.render import MaskRenderer
+
+            ren = _WORKER["ren"] = MaskRenderer()
+    return det, ren
+
+
+@dataclass
+class _Face:
+    key: str
+    rel: str
+    face: int
+    score: float | None
+    crop: np.ndarray  # source-resolution region holding the face (or the aligned crop)
+    lm: np.ndarray    # 68 landmarks in crop coordinates
+    plain: Any = None  # maskkit.face.align.Aligned (the identity transform for aligned input)
+    render: Any = None  # MaskResult
+    style: str | None = None
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return _jsonable(x.tolist())
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, (np.floating, float)):
+        v = float(x)
+        return round(v, 5) if np.isfinite(v) else None
+    if isinstance(x, (np.bool_,)):
+        return bool(x)
+    return x
+
+
+def _pts(a: np.ndarray | None) -> list | None:
+    if a is None:
+        return None
+    return np.round(np.asarray(a, dtype=np.float64), 3).tolist()
+
+
+def _source_region(shape, lm: np.ndarray, matrix: np.ndarray, out_hw: tuple[int, int]) -> tuple[int, int, int, int]:
+    """Pixel box of the source image that the aligned output and the mask need (clipped)."""
+    h, w = out_hw
+    inv = np.linalg.inv(np.vstack([matrix, [0, 0, 1]]))[:2]
+    corners = np.array([[0, 0, 1], [w, 0, 1], [0, h, 1], [w, h, 1]], dtype=np.float64) @ inv.T
+    pts = np.vstack([corners, lm])
+    x0, y0 = pts.min(0)
+    x1, y1 = pts.max(0)
+    pad = 0.1 * max(x1 - x0, y1 - y0) + 4
+    H, W = shape[:2]
+    return (max(0, int(np.floor(x0 - pad))), max(0, int(np.floor(y0 - pad))),
+            min(W, int(np.ceil(x1 + pad))), min(H, int(np.ceil(y1 + pad))))
+
+
+def _read_input(item: InputItem, cfg: SynthConfig, rec_fh: dict) -> np.ndarray:
+    from maskkit.io.image_io import decode_image, load_image
+
+    if item.rec_key is None:
+        return load_image(item.path, max_pixels=cfg.max_pixels)
+    from maskkit.io.recordio import read_record_at, unpack_header
+
+    f = rec_fh.get(item.path)
+    if f is None:
+        f = rec_fh[item.path] = open(item.path, "rb")
+    rec = read_record_at(f, item.rec_offset)
+    if rec is None:
+        from maskkit.io.image_io import ImageError
+
+        raise ImageError("read_error", f"record {item.rec_key} is past the end of the .rec")
+    _, payload = unpack_header(rec)
+    return decode_image(payload, max_pixels=cfg.max_pixels, name=item.rel)
+
+
+def _phase1(chunk: Chunk, cfg: SynthConfig, det, tm: Counter) -> tuple[list[_Face], list[dict], dict]:
+    """Decode, find one face per file (or all), fit the alignment. Returns faces, failures, file->nfaces."""
+    import cv2
+
+    from maskkit.face.align import Aligned, align_face, five_points
+    from maskkit.face.detect import landmarks_in_box, select_faces
+    from maskkit.io.image_io import ImageError
+
+    faces: list[_Face] = []
+    failures: list[dict] = []
+    nfaces: dict[str, int] = {}
+    rec_fh: dict = {}
+    seen_keys: set[str] = set()
+    H, W = cfg.size
+    try:
+        for item in chunk.items:
+            if item.error:
+                failures.append({"src": item.rel, "reason": item.error, "detail": item.detail})
+                continue
+            t0 = time.perf_counter()
+            try:
+                rgb = _read_input(item, cfg, rec_fh)
+            except ImageError as exc:
+                failures.append({"src": item.rel, "reason": exc.reason, "detail": exc.detail})
+                continue
+            except Exception as exc:  # noqa: BLE001 - a bad file never stops the run
+                failures.append({"src": item.rel, "reason": "read_error", "detail": f"{type(exc).__name__}: {exc}"})
+                continue
+            finally:
+                tm["decode"] += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            try:
+                if cfg.aligned:
+                    if rgb.shape[:2] == (112, 112) and (H, W) == (112, 96):
+                        rgb = np.ascontiguousarray(rgb[:, 8:104])  # insightface's 112x96 = x shifted by -8
+                    elif rgb.shape[:2] != (H, W):
+                        rgb = cv2.resize(rgb, (W, H), interpolation=cv2.INTER_AREA)
+                    sel = [(0, None, landmarks_in_box(rgb, None))]
+                else:
+                    found = det.detect(rgb)
+                    chosen = select_faces(found, cfg.faces, rgb.shape)
+                    sel = [(i, f.score, f.landmarks68) for i, f in enumerate(chosen)]
+            except Exception as exc:  # noqa: BLE001
+                failures.append({"src": item.rel, "reason": "detect_error", "detail": f"{type(exc).__name__}: {exc}"})
+                continue
+            finally:
+                tm["detect"] += time.perf_counter() - t0
+            if not sel:
+                failures.append({"src": item.rel, "reason": "no_face", "detail": f"detector {cfg.detector} found no face"})
+                continue
+            t0 = time.perf_counter()
+            errs = []
+            got = 0
+            for fi, score, lm in sel:
+                lm = np.asarray(lm, dtype=np.float32)
+                try:
+                    if not np.all(np.isfinite(lm)):
+                        raise ValueError("non-finite landmarks")
+                    if cfg.aligned:
+                        crop, lmc = np.ascontiguousarray(rgb), lm
+                        plain = Aligned(crop, np.array([[1, 0, 0], [0, 1, 0]], np.float32), five_points(lm), lm)
+                    else:
+                        full = align_face(rgb, lm, size=cfg.size)
+                        x0, y0, x1, y1 = _source_region(rgb.shape, lm, np.asarray(full.matrix, np.float64), cfg.size)
+                        crop = np.ascontiguousarray(rgb[y0:y1, x0:x1])
+                        lmc = lm - np.array([x0, y0], np.float32)
+                        plain = None  # aligned in phase 3 from the crop
+                except Exception as exc:  # noqa: BLE001
+                    errs.append(f"face {fi}: {type(exc).__name__}: {exc}")
+                    continue
+                key = sample_key(chunk.label, item.rel, fi)
+                if key in seen_keys:  # a sha1 prefix clash inside one identity: stay unique, stay stable
+                    key = f"{key}_{hashlib.sha1(item.rel.encode()).hexdigest()[12:20]}"
+                seen_keys.add(key)
+                faces.append(_Face(key, item.rel, fi, None if score is None else float(score), crop, lmc, plain))
+                got += 1
+            tm["align"] += time.perf_counter() - t0
+            if got == 0:
+                failures.append({"src": item.rel, "reason": "align_error", "detail": "; ".join(errs)[:500]})
+            else:
+                nfaces[item.rel] = got
+    finally:
+        for f in rec_fh.values():
+            f.close()
+    return faces, failures, nfaces
+
+
+def process_chunk(chunk: Chunk, cfg: SynthConfig) -> ChunkResult:
+    """Turn one identity's inputs into its samples (pure: same chunk and config, same bytes).
+
+    Args:
+        chunk: the identity's inputs.
+        cfg: run options.
+
+    Returns:
+        :class:`ChunkResult` with samples in the final order, failures, mask skips, statistics
+        and per-stage seconds.
+    """
+    import cv2
+
+    from maskkit.face.align import Aligned, align_face
+    from maskkit.io.image_io import encode_jpeg
+
+    det, ren = _models(cfg)
+    tm: Counter = Counter()
+    faces, failures, nfaces = _phase1(chunk, cfg, det, tm)
+
+    # ---- phase 2: which faces get which style (seeded by identity), render until m succeed
+    n = len(faces)
+    m = expected_masked(cfg.ratio, n) if ren is not None else 0
+    mask_skips: list[dict] = []
+    masked_idx: set[int] = set()
+    if m:
+        rng = _rng(cfg.seed, "choose", chunk.identity)
+        perm = rng.permutation(n)
+        queue = balanced_styles(m, cfg.styles, rng)
+        qi = 0
+        t0 = time.perf_counter()
+        for i in perm:
+            if qi == len(queue):
+                break
+            f = faces[int(i)]
+            style = queue[qi]
+            try:
+                res = ren.render(f.crop, f.lm, style, np.random.default_rng(render_seed(cfg.seed, f.key)))
+                if res.alpha is None or res.image.shape != f.crop.shape:
+                    raise ValueError("renderer returned a result of the wrong shape")
+            except Exception as exc:  # noqa: BLE001 - CannotFit, or anything: log, try the next face
+                reason = getattr(exc, "reason", None) or type(exc).__name__
+                mask_skips.append({"src": f.rel, "face": f.face, "key": f.key, "style": style,
+                                   "reason": str(reason), "detail": str(exc)[:300]})
+                continue
+            f.render, f.style = res, style
+            masked_idx.add(int(i))
+            qi += 1
+        tm["render"] += time.perf_counter() - t0
+    shortfall = m - len(masked_idx)
+
+    # ---- phase 3: align and encode, in file order
+    H, W = cfg.size
+    samples: list[Sample] = []
+    styles_count: Counter = Counter()
+    for i, f in enumerate(faces):
+        t0 = time.perf_counter()
+        is_masked = i in masked_idx
+        plain = f.plain
+        if plain is None and (cfg.paired or not is_masked):
+            plain = align_face(f.crop, f.lm, size=cfg.size)
+        mal = mask_u8 = None
+        if is_masked:
+            if cfg.aligned:
+                mal = Aligned(f.render.image, f.plain.matrix, f.plain.landmarks5, f.plain.landmarks68)
+                alpha = f.render.alpha
+            else:
+                mal = align_face(f.render.image, f.lm, size=cfg.size)
+                alpha = cv2.warpAffine(np.asarray(f.render.alpha, np.float32), np.asarray(mal.matrix, np.float64),
+                                       (W, H), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+            mask_u8 = np.clip(np.rint(np.asarray(alpha, np.float32) * 255.0), 0, 255).astype(np.uint8)
+        tm["align"] += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        base = {"label": chunk.label, "identity": chunk.identity, "src": f.rel, "face": f.face, "score":
+                None if f.score is None else round(f.score, 5)}
+        pkey, mkey = (f.key, f.key + "_m") if cfg.paired else (f.key, f.key)
+        if plain is not None and (cfg.paired or not is_masked):
+            meta = dict(base, masked=False, style=None, mask=None, landmarks5=_pts(plain.landmarks5),
+                        landmarks68=_pts(plain.landmarks68), twin=mkey if (cfg.paired and is_masked) else None)
+            samples.append(Sample(pkey, encode_jpeg(np.ascontiguousarray(plain.image), cfg.quality), meta))
+        if is_masked:
+            params = _jsonable(dict(f.render.params or {}))
+            params.setdefault("style", f.style)
+            params["seed"] = render_seed(cfg.seed, f.key)
+            meta = dict(base, masked=True, style=f.style, mask=params, landmarks5=_pts(mal.landmarks5),
+                        landmarks68=_pts(mal.landmarks68), twin=pkey if cfg.paired else None)
+            png = None
+            if cfg.mask_png:
+                ok, buf = cv2.imencode(".png", mask_u8)
+                png = buf.tobytes() if ok else None
+            samples.append(Sample(mkey, encode_jpeg(np.ascontiguousarray(mal.image), cfg.quality), meta, png))
+            styles_count[f.style] += 1
+        tm["encode"] += time.perf_counter() - t0
+        f.crop = None  # free memory early
+        f.render = None
+
+    by_reason = Counter(fl["reason"] for fl in failures)
+    for fl in failures:
+        fl.setdefault("identity", chunk.identity)
+    stats = {
+        "files": len(chunk.items), "ok": len(nfaces), "failed": len(failures),
+        "failed_by_reason": dict(by_reason), "faces": n, "samples": len(samples),
+        "masked": len(masked_idx), "styles": dict(styles_count), "shortfall": shortfall,
+        "mask_skips": len(mask_skips), "seconds": {k: round(v, 6) for k, v in tm.items()},
+    }
+    return ChunkResult(chunk.index, samples, failures, mask_skips, stats)

@@ -1,0 +1,125 @@
+"""Metric tables and ``maskkit eval --compare``: read the saved ``RUN/eval/*.json`` records and put runs side by side."""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.2f}"
+
+
+def metrics_table(m: dict):
+    """A rich table of one run's headline figures."""
+    from rich.table import Table
+
+    c = m["counts"]
+    t = Table(title=f"maskkit eval: {m['set']} ({m['task']}, mask side {m['protocol']['mask_side']}, {m.get('method')})")
+    t.add_column("metric")
+    t.add_column("cosine", justify="right")
+    t.add_column("MLS (σ-aware)", justify="right")
+    cos, mls = m["cosine"], m.get("mls") or {}
+    if m["task"] == "verification":
+        t.add_row("accuracy % (10-fold)", f"{_pct(cos['accuracy'])} ± {_pct(cos['accuracy_std'])}",
+                  f"{_pct(mls['accuracy'])} ± {_pct(mls['accuracy_std'])}" if mls else "-")
+        note = m.get("val_note")
+        t.add_row(f"VAL@FAR={cos['far_target']:g} %" + (" (*)" if note else ""), _pct(cos["val"]),
+                  _pct(mls.get("val")) if mls else "-")
+        t.add_row("AUC", f"{cos['auc']:.4f}", f"{mls['auc']:.4f}" if mls else "-")
+        t.add_row("pairs (same/diff)", f"{c['pairs']} ({c['same']}/{c['diff']})", "")
+    else:
+        t.add_row("Rank-1 %", _pct(cos["rank1"]), _pct(mls.get("rank1")) if mls else "-")
+        t.add_row("Rank-5 %", _pct(cos["rank5"]), _pct(mls.get("rank5")) if mls else "-")
+        t.add_row("gallery ids / images", f"{c['identities']} / {c['gallery_images']}", "")
+        t.add_row("probes (unknown id)", f"{c['probes']} ({c['probes_unknown_identity']})", "")
+    t.add_row("faces masked / requested", f"{c['masked']} / {c['mask_requested']}", "")
+    t.add_row("mask failures (kept unmasked)", str(c["mask_failures"]), "")
+    t.add_row("input failures / align fallbacks", f"{c['input_failures']} / {c['alignment_fallbacks']}", "")
+    for key, label in (("sigma_norm", "‖σ‖ mean unmasked / masked"), ("magnitude", "‖μ‖ mean unmasked / masked")):
+        v = m.get(key)
+        if v:
+            u = "-" if not v["unmasked"] else f"{v['unmasked']['mean']:.3g}"
+            k = "-" if not v["masked"] else f"{v['masked']['mean']:.3g}"
+            t.add_row(label, f"{u} / {k}", "")
+    if m["task"] == "verification" and m.get("val_note"):
+        t.caption = f"(*) {m['val_note']}"
+    return t
+
+
+def load_run_metrics(run_dir: str | Path) -> list[dict]:
+    """All saved eval metrics of a run (``RUN/eval/*.json``), sorted by key."""
+    d = Path(run_dir) / "eval"
+    out = []
+    for p in sorted(d.glob("*.json")):
+        try:
+            m = json.loads(p.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            log.warning("skipping unreadable metrics %s: %s", p, exc)
+            continue
+        if isinstance(m, dict) and "task" in m and "cosine" in m:
+            out.append(m)
+    return out
+
+
+def _config_method(run: str | Path) -> str | None:
+    """The ``method`` in ``RUN/config.json`` (or next to a checkpoint file), or None."""
+    p = Path(run)
+    for cand in (p / "config.json", p.parent / "config.json", p.parent.parent / "config.json"):
+        if cand.is_file():
+            try:
+                method = json.loads(cand.read_text(encoding="utf-8")).get("method")
+            except (OSError, ValueError, AttributeError):
+                return None
+            return str(method) if method else None
+    return None
+
+
+def compare_rows(runs: list[str | Path], records: dict[str, list[dict]] | None = None) -> tuple[list[str], list[dict]]:
+    """Rows for a methods-side-by-side table (the paper's Tables II-III layout).
+
+    Returns:
+        ``(columns, rows)``: columns are ``"<set> <task> mask=<side>"``; each row is
+        ``{"run", "method", <column>: "cell text"}``; verification cells hold the 10-fold
+        accuracy (%, cosine; MLS in brackets when present), identification cells Rank-1/Rank-5.
+    """
+    cols: list[str] = []
+    rows = []
+    for run in runs:
+        recs = records.get(str(run)) if records else None
+        recs = recs if recs is not None else load_run_metrics(run)
+        row = {"run": Path(run).name, "method": _config_method(run) or "-"}
+        for m in recs:
+            col = f"{m['set']} {'MFV' if m['task'] == 'verification' else 'MFI'} mask={m['protocol']['mask_side']}"
+            if col not in cols:
+                cols.append(col)
+            row["method"] = m.get("method") or row["method"]
+            cos, mls = m["cosine"], m.get("mls")
+            if m["task"] == "verification":
+                cell = f"{_pct(cos['accuracy'])}"
+                if mls:
+                    cell += f" ({_pct(mls['accuracy'])})"
+            else:
+                cell = f"{_pct(cos['rank1'])} / {_pct(cos['rank5'])}"
+            row[col] = cell
+        rows.append(row)
+    side_order = {"none": 0, "one": 1, "both": 2}
+    cols.sort(key=lambda c: (c.rsplit(" ", 2)[0], c.rsplit(" ", 2)[1], side_order.get(c.rsplit("=", 1)[1], 3)))
+    return cols, rows
+
+
+def compare_table(runs: list[str | Path], records: dict[str, list[dict]] | None = None):
+    """A rich table comparing runs from their saved eval metrics."""
+    from rich.table import Table
+
+    cols, rows = compare_rows(runs, records)
+    t = Table(title="maskkit eval --compare  (MFV: 10-fold acc %, cosine (MLS); MFI: Rank-1 / Rank-5 %)")
+    t.add_column("run")
+    t.add_column("method")
+    for c in cols:
+        t.add_column(c, justify="right")
+    for r in rows:
+        t.add_row(r["run"], str(r["method"]), *[r.get(c, "-") for c in cols])
+    return t

@@ -1,0 +1,49 @@
+"""``maskkit embed`` as a function: μ, σ, magnitude and paths of every face under a folder, saved as ``.npz``."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from maskkit.training.eval.evalsets import FaceAligner, load_image_folder
+from maskkit.training.eval.verification import extract_embeddings
+
+
+def run_embed(model_path: str, src: str, out: str, masked: bool = False, flip: bool = True, batch_size: int = 64,
+              device: str = "cpu", detector: str = "hog", progress: bool = True, model=None) -> dict:
+    """``maskkit embed``: embed every face under ``src`` into ``out`` (.npz).
+
+    The archive holds ``mu`` (N, D float32, L2-normalised, flip-summed with ``flip``), ``sigma``
+    (N, D float32; shape (0,) for models without σ), ``magnitude`` (N,) ‖μ‖ before normalisation,
+    ``masked`` (N,) branch used, ``paths`` and ``identities`` (N,) strings, and ``failures``
+    (JSON strings, one per input left out, with the reason).
+
+    Returns:
+        A summary dict (counts, output path).
+    """
+    if model is None:
+        from maskkit.training.api import load_model
+
+        model = load_model(model_path, device=device)
+    images = load_image_folder(src, FaceAligner(detector), progress, desc="images")
+    flags = np.full(len(images), bool(masked))
+    emb = extract_embeddings(model, images.images, flags, batch_size, flip, progress)
+    outp = Path(out)
+    outp.parent.mkdir(parents=True, exist_ok=True)
+    dim = emb.mu.shape[1] if len(images) else 0
+    tmp = outp.with_name(outp.stem + ".tmp.npz")
+    np.savez_compressed(
+        tmp,
+        mu=emb.mu.astype(np.float32) if len(images) else np.zeros((0, dim), np.float32),
+        sigma=emb.sigma.astype(np.float32) if emb.sigma is not None else np.zeros((0,), np.float32),
+        magnitude=emb.magnitude,
+        masked=flags,
+        paths=np.array(images.paths, dtype=str),
+        identities=np.array(images.identities, dtype=str),
+        failures=np.array([json.dumps(f) for f in images.failures], dtype=str),
+        notes=np.array([json.dumps({"path": images.paths[i], "note": n}) for i, n in sorted(images.notes.items())], dtype=str),
+        flip=np.array(flip),
+    )
+    tmp.replace(outp)
+    return {"out": str(outp), "embedded": len(images), "failed": len(images.failures),
+            "alignment_fallbacks": len(images.notes), "has_sigma": emb.sigma is not None, "dim": int(dim)}
