@@ -295,6 +295,36 @@ def test_resume_in_process_keeps_complete_shards(celeb_aligned, tmp_path, monkey
     assert shard_hashes(tmp_path / "y") == shard_hashes(tmp_path / "clean")
 
 
+def test_run_under_older_algorithm_version_is_never_resumed(celeb_aligned, tmp_path, monkeypatch):
+    """An unfinished (or finished) run made under another ALGORITHM_VERSION is refused with a message
+    naming both versions; --overwrite starts again."""
+    import maskkit.pipeline.synth.config as cfg_mod
+    import maskkit.pipeline.synth.journal as journal_mod
+    import maskkit.pipeline.synth.run as run_mod
+    from maskkit.pipeline.synth import SynthError
+
+    sub = subset_tree(celeb_aligned, tmp_path / "sub", per_identity=4, identities=2)
+    cfg = dict(src=sub, aligned=True, ratio=0.5, shard_samples=3, progress=False)
+
+    def no_manifest(*a, **k):
+        raise KeyboardInterrupt("simulated crash before the manifest")
+
+    monkeypatch.setattr(run_mod, "write_json_atomic", no_manifest)
+    with pytest.raises(KeyboardInterrupt):
+        run_synth(SynthConfig(out=tmp_path / "x", **cfg))
+    monkeypatch.undo()
+    newer = cfg_mod.ALGORITHM_VERSION + 1
+    for mod in (cfg_mod, journal_mod, run_mod):
+        monkeypatch.setattr(mod, "ALGORITHM_VERSION", newer)
+    with pytest.raises(SynthError, match=rf"algorithm version {newer - 1} .*version {newer}"):
+        run_synth(SynthConfig(out=tmp_path / "x", **cfg))
+    res = run_synth(SynthConfig(out=tmp_path / "x", overwrite=True, **cfg))
+    assert res.manifest["algorithm_version"] == newer and res.manifest["num_samples"] == 8
+    monkeypatch.undo()  # back to the current version: the finished set is refused too
+    with pytest.raises(SynthError, match=r"made under synth algorithm version"):
+        run_synth(SynthConfig(out=tmp_path / "x", **cfg))
+
+
 def test_cannot_fit_keeps_ratio_exact(celeb_aligned, tmp_path, monkeypatch):
     """Faces the renderer refuses stay unmasked and are logged; other faces take their place,
     so the ratio stays exact. A renderer that refuses everything records the shortfall."""

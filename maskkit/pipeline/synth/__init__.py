@@ -66,4 +66,4 @@ from maskkit.pipeline.synth.worker import process_chunk
 
 __all__ = ["SynthConfig", "SynthResult", "InputItem", "Chunk", "ChunkResult", "list_inputs", "plan_chunks",
            "process_chunk", "run_synth", "sample_key", "render_seed", "balanced_styles", "summary_rows", "ALL_STYLES",
-           "JOURNAL", "STAGES", "SynthError"]
+           "JOURNAL", "STAGES", "SynthError", "ALGORITHM_VERSION"]

@@ -6,6 +6,12 @@ from pathlib import Path
 
 from maskkit import __version__
 
+#: Version of the rules that decide synth's output bytes (selection, styles, seeding, alignment,
+#: crop checks, encoding). It is part of the run fingerprint, so a run started under older rules is
+#: never resumed under newer ones. Bump it with every change that alters shard contents.
+#: History: 1 = the first landing's rules.
+ALGORITHM_VERSION = 1
+
 #: The five mask styles (same as ``maskkit.render.STYLES``; repeated so importing this module
 #: stays light).
 ALL_STYLES = ("surgical", "n95", "kn95", "cloth", "gas")
@@ -130,5 +136,5 @@ class SynthConfig:
             "size": list(self.size), "shard_samples": self.shard_samples, "detector": self.detector,
             "detector_opts": self.detector_opts, "faces": self.faces, "quality": self.quality,
             "mask_png": self.mask_png, "max_pixels": self.max_pixels, "split": self.split,
-            "version": __version__,
+            "version": __version__, "algorithm": ALGORITHM_VERSION,
         }

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Sequence
 
 from maskkit.io.shards import encode_json, sha256_file, shard_name
-from maskkit.pipeline.synth.config import JOURNAL, SynthConfig, SynthError
+from maskkit.pipeline.synth.config import ALGORITHM_VERSION, JOURNAL, SynthConfig, SynthError
 from maskkit.pipeline.synth.plan import InputItem
 from maskkit.util.files import write_bytes_atomic
 
@@ -91,6 +91,10 @@ def _prepare_out(cfg: SynthConfig, fp: str, n_chunks: int) -> _ResumeState | dic
                 if p.name == JOURNAL or p.name.endswith(".tmp"):
                     p.unlink()
             return man
+        if not cfg.overwrite and man.get("algorithm_version", 1) != ALGORITHM_VERSION:
+            raise SynthError(f"{out} holds a dataset made under synth algorithm version {man.get('algorithm_version', 1)} "
+                             f"(this maskkit writes version {ALGORITHM_VERSION}); pass --overwrite to rebuild it, "
+                             "or choose another --out")
         if not cfg.overwrite:
             raise SynthError(f"{out} holds a finished dataset made with other inputs or options; "
                              "pass --overwrite to replace it, or choose another --out")
@@ -101,6 +105,11 @@ def _prepare_out(cfg: SynthConfig, fp: str, n_chunks: int) -> _ResumeState | dic
             p.unlink()
     entries = jr.read()
     if entries and (entries[0].get("fingerprint") != fp or cfg.overwrite):
+        old_algo = entries[0].get("config", {}).get("algorithm", 1)
+        if not cfg.overwrite and old_algo != ALGORITHM_VERSION:
+            raise SynthError(f"{out} holds an unfinished run started under synth algorithm version {old_algo} "
+                             f"(this maskkit writes version {ALGORITHM_VERSION}, whose shards differ); it is never "
+                             "resumed under new rules: pass --overwrite to start again, or choose another --out")
         if not cfg.overwrite:
             raise SynthError(f"{out} holds an unfinished run with other inputs or options; pass --overwrite "
                              "to discard it, or rerun with the same options to resume it")

@@ -15,7 +15,7 @@ from maskkit.io.shards import (
     style_share_deviation,
 )
 from maskkit.pipeline.synth.backends import _backend, _results
-from maskkit.pipeline.synth.config import ALL_STYLES, JOURNAL, SynthConfig, SynthError
+from maskkit.pipeline.synth.config import ALGORITHM_VERSION, ALL_STYLES, JOURNAL, SynthConfig, SynthError
 from maskkit.pipeline.synth.journal import (
     _fingerprint,
     _Journal,
@@ -204,7 +204,7 @@ def _run_locked(cfg: SynthConfig, t_start: float) -> SynthResult:
         "aligned_input": cfg.aligned, "detector": None if cfg.aligned else cfg.detector,
         "faces": cfg.faces, "jpeg_quality": cfg.quality, "shard_samples": cfg.shard_samples,
         "split": cfg.split, "bytes": int(sum(r["bytes"] for r in shards)),
-        "fingerprint": fp,
+        "fingerprint": fp, "algorithm_version": ALGORITHM_VERSION,
     }
     write_json_atomic(out / "manifest.json", man)
     (out / JOURNAL).unlink(missing_ok=True)
