@@ -192,6 +192,9 @@ def test_a_pair_that_fails_to_load_moves_no_other_pair(coded_root, tmp_path):
     assert m["counts"]["pairs"] == 19 and m["counts"]["pairs_skipped"] == 1
     saved = json.loads((tmp_path / "report" / "metrics.json").read_text())
     assert saved["protocol"]["fold_rule"] == "kfold"
+    z = np.load(tmp_path / "report" / "embeddings.npz")
+    assert z["pair_index"].tolist() == list(range(1, 20))  # pair 0 (missing image) is not there
+    assert z["pair_fold"].tolist() == [k // 2 for k in range(1, 20)]
 
 
 # ---- non-finite scores ----------------------------------------------------------------------
@@ -264,6 +267,27 @@ def test_identification_flags_reach_metrics_and_table(coded_root, tmp_path):
     assert saved["cosine"]["flags"] == m["flags"]
     text = console.export_text()
     assert "Rank-1 % (undefined)" in text and "no_known_probe" in text
+
+
+def test_non_finite_mls_in_identification_is_reported(coded_root, tmp_path):
+    """A probe with σ = inf: the MLS ranks are left out with a note, the cosine ranks stay.
+    Before the fix the NaN MLS scores were ranked (NaN compares false: rank 1) and the ‖σ‖
+    histogram then raised on inf, so no report was written."""
+    from maskkit.training.eval.report import EvalConfig, run_eval
+
+    for d, names in (("gallery", ("base", "diff")), ("probes", ("same", "hard"))):
+        for n in names:
+            ident = "base" if n in ("same", "hard") else n
+            (tmp_path / d / ident).mkdir(parents=True, exist_ok=True)
+            os.symlink(coded_root / f"{n}.png", tmp_path / d / ident / f"{n}.png")
+    cfg = EvalConfig(model=str(tmp_path), gallery=str(tmp_path / "gallery"), probes=str(tmp_path / "probes"),
+                     mask_side="none", out=str(tmp_path / "report"), save_to_run=False, progress=False)
+    m = run_eval(cfg, model=_CodeModel(inf_codes=[CODES["hard"]]))
+    assert m["mls"] is None
+    assert len(m["notes"]) == 1 and "1 of 2 probes' mls scores are not finite" in m["notes"][0], m["notes"]
+    # cosine: both probes are closer to "base" (cos .875, .95) than to "diff" (cos of angles)
+    assert m["cosine"]["rank1"] == 1.0 and set(m["flags"]) == {"rank5_trivial"}
+    assert (tmp_path / "report" / "cmc.png").stat().st_size > 0
 
 
 # ---- the pairs format -----------------------------------------------------------------------

@@ -12,7 +12,8 @@ Report folder (``--out``, default ``RUN/eval/<set>-<mask side>/``):
 * ``worst_pairs.png`` / ``worst_probes.png`` -- contact sheet of the worst false matches and
   false non-matches (or of mis-identified probes);
 * ``embeddings.npz`` -- the per-image μ, σ, σ/‖μ‖, ‖μ‖, branch flags, and for pairs the is-same
-  flags and per-pair squared-L2 distance and MLS, for recomputation.
+  flags, per-pair squared-L2 distance and MLS, each pair's fold and its position in the source
+  (``pair_fold``, ``pair_index``), for recomputation.
 
 A copy of ``metrics.json`` goes to ``RUN/eval/<set>-<task>-<mask side>.json`` so that
 ``maskkit eval --compare RUN_A RUN_B`` can put runs side by side without re-evaluating
@@ -325,6 +326,7 @@ def write_verification_report(run: VerificationRun, out: Path, worst_k: int = 8)
         sigma_unit=run.emb.sigma_unit if run.emb.sigma_unit is not None else none,
         magnitude=run.emb.magnitude, masked=run.emb.masked, issame=run.pairs.issame, names=np.array(run.pairs.names),
         pair_dist=run.dist, pair_mls=run.mls if run.mls is not None else none,
+        pair_fold=run.pairs.folds(10)[0], pair_index=run.pairs.pair_index,
     )
     files = ["metrics.json", "roc.png", "sigma_hist.png", "magnitude_hist.png", "worst_pairs.png", "embeddings.npz"]
     m["files"] = files
