@@ -55,7 +55,9 @@ def _check_model(model) -> None:
 @click.command("eval")
 @click.option("--model", "model", type=click.Path(exists=True), help="Run folder (RUN/) or checkpoint file.")
 @click.option("--bin", "bin_path", type=click.Path(exists=True, dir_okay=False), help="insightface verification .bin.")
-@click.option("--pairs", type=click.Path(exists=True, dir_okay=False), help="LFW-style pairs.txt (with --root).")
+@click.option("--pairs", type=click.Path(exists=True, dir_okay=False),
+              help="Pairs file (with --root), one pair per line: 'path_a path_b 1|0' (paths under --root; "
+                   "1 same, 0 different), or LFW's 'name n1 n2' / 'name1 n1 name2 n2'; see below.")
 @click.option("--root", type=click.Path(exists=True, file_okay=False), help="Image folder for --pairs.")
 @click.option("--gallery", type=click.Path(exists=True, file_okay=False), help="Gallery folder (identity sub-folders).")
 @click.option("--probes", type=click.Path(exists=True, file_okay=False), help="Probe folder (identity sub-folders).")
@@ -93,6 +95,18 @@ def eval_cmd(model, bin_path, pairs, root, gallery, probes, mask_side, mask_styl
     Verification follows insightface's verification.py (flip-sum, squared L2, thresholds
     0..4 step 0.01, 10 folds); identification reports Rank-1/Rank-5 and CMC. Faces that cannot
     be masked are kept unmasked and counted in the report.
+
+    \b
+    Pairs file (--pairs FILE --root DIR), one pair per line, whitespace separated:
+      path_a path_b 1|0     two images under --root; 1 = same identity, 0 = different
+      name n1 n2            LFW same pair: name/name_000n1.* vs name/name_000n2.*
+      name1 n1 name2 n2     LFW different pair
+    Blank lines and # comments are skipped, and so is a first line of integers (LFW's
+    '10 300'). Paths may not hold spaces; names need not be UTF-8.
+
+    Folds follow the file's order (insightface's contiguous folds when each holds same and
+    different pairs, else stratified runs; metrics.json says which). AUC is over all pairs,
+    insightface's fold-averaged AUC beside it.
     """
     from rich.console import Console
 

@@ -13,9 +13,12 @@ The format (dmlc-core RecordIO + MXNet's image record header), as insightface's
   followed by the image bytes. With ``flag > 0``, ``label`` is stored as 0 and ``flag`` float32
   labels follow the header (a label vector).
 * ``train.idx``: one ``"key\\toffset\\n"`` line per record (the byte offset of its magic).
-* Record 0 is the header record: ``flag=2``, labels ``(N+1, N+1+C)`` -- images are records
-  ``1..N``, records ``N+1..N+C`` are identity records whose labels ``(start, end)`` give the
-  image range of each class. Image records have ``flag=0`` and the class index as ``label``.
+* Record 0 is the header record: ``flag=2``, labels ``(N+1, N+1+C)``, no image -- images are
+  records ``1..N``, records ``N+1..N+C`` are identity records whose labels ``(start, end)`` give
+  the image range of each class. Image records have ``flag=0`` and the class index as ``label``.
+  Sets packed by MXNet's ``im2rec --pack-label`` have no header record: every record is an
+  image whose label vector starts with the class. :class:`RecReader` tells the two apart (see
+  there) and reads a ``.rec`` whose ``.idx`` does not match it by a sequential scan.
 * ``property``: ``"num_classes,H,W"``.
 
 :func:`export_rec` writes a shard folder (``docs/FORMAT.md``) as such a set; ``id2`` of an image
@@ -32,6 +35,7 @@ Example:
 from __future__ import annotations
 
 import json
+import logging
 import os
 import struct
 from dataclasses import dataclass
@@ -40,6 +44,8 @@ from typing import Iterator
 
 __all__ = ["MAGIC", "IRHeader", "pack_header", "unpack_header", "RecordWriter", "read_record_at",
            "iter_records", "RecReader", "export_rec", "RecError", "sidecar_path"]
+
+log = logging.getLogger(__name__)
 
 MAGIC = 0xCED7230A
 _MAGIC_BYTES = struct.pack("<I", MAGIC)
@@ -206,49 +212,160 @@ def sidecar_path(rec_path: str | os.PathLike) -> Path:
 class RecReader:
     """Random access to an insightface ``.rec`` (with its ``.idx`` when present).
 
+    The ``.idx`` is checked against the ``.rec``: every offset must hold a record start (the
+    magic, a first or whole part). A ``.idx`` that does not match (written for another ``.rec``,
+    or the ``.rec`` re-packed) is reported once (a warning naming the ``.idx``) and the ``.rec``
+    is read by a sequential scan instead, its records keyed ``0, 1, ...`` in file order.
+
+    Record 0 is taken as insightface's header record only when it is one: a label vector
+    ``(a, b)`` of whole numbers with no image payload and a range that fits the records
+    (``1 <= a <= b``, and the ``a - 1`` images fit in the records after record 0). Images are then keys ``1 .. a-1``, as
+    insightface's ``MXFaceDataset`` reads them; when the keys present disagree with that range
+    a warning says how. Anything else -- e.g. a set packed by ``im2rec --pack-label``, where
+    record 0 is the first image with a label vector -- has no header and every record is an
+    image.
+
     Attributes:
         offsets: ``{key: offset}``.
         image_keys: keys of the image records (``1..N`` when record 0 is a header record,
             else every key).
+        header0: ``(a, b)`` of the header record, or None when record 0 is not a header.
+        index_source: ``"idx"`` (offsets from the ``.idx``) or ``"scan"`` (sequential scan:
+            no ``.idx``, or one that does not match).
+        warnings: the warnings logged while opening / scanning (one line each).
         labels: class index per image key (filled by :meth:`scan_labels`).
         masked_keys: image keys whose face maskkit masked (``id2 == 1`` in a set with a
             ``<prefix>.maskkit.json`` sidecar; filled by :meth:`scan_labels`, else empty).
+
+    Raises:
+        FileNotFoundError: no ``.rec`` file.
+        RecError: a ``.rec`` that cannot be read even by a sequential scan (bad magic inside it).
+            An unparsable ``.idx`` is a ``.idx`` that does not match: warning, sequential scan.
     """
+
+    #: offsets checked when the reader opens (evenly spread); :meth:`scan_labels` checks all
+    OPEN_CHECKS = 64
 
     def __init__(self, rec_path: str | os.PathLike, idx_path: str | os.PathLike | None = None) -> None:
         self.rec_path = Path(rec_path)
         if not self.rec_path.is_file():
             raise FileNotFoundError(f"{self.rec_path} does not exist")
         idx = Path(idx_path) if idx_path else self.rec_path.with_suffix(".idx")
-        self.offsets: dict[int, int] = {}
-        if idx.is_file():
-            with open(idx, encoding="ascii") as f:
-                for ln, line in enumerate(f, 1):
-                    line = line.strip()
-                    if not line:
-                        continue
-                    try:
-                        k, o = line.split("\t")
-                        self.offsets[int(k)] = int(o)
-                    except ValueError:
-                        raise RecError(f"{idx}:{ln}: not 'key<TAB>offset': {line[:60]!r}") from None
-        else:  # no index: scan, keys are record order
-            for i, (off, _) in enumerate(iter_records(self.rec_path)):
-                self.offsets[i] = off
+        self.idx_path: Path | None = idx if idx.is_file() else None
+        self.warnings: list[str] = []
+        self._size = self.rec_path.stat().st_size
         self.sidecar = sidecar_path(self.rec_path)
         self.masked_keys: set[int] = set()
         self._f = open(self.rec_path, "rb")
-        self.header0: tuple[int, int] | None = None
-        if 0 in self.offsets:
-            h, _ = unpack_header(self.read(0))
-            if h.flag > 0:
-                lab = h.label if isinstance(h.label, tuple) else (h.label,)
-                self.header0 = (int(lab[0]), int(lab[1]) if len(lab) > 1 else int(lab[0]))
-        if self.header0 is not None:
-            self.image_keys = [k for k in range(1, self.header0[0]) if k in self.offsets]
+        self.offsets: dict[int, int] = {}
+        self.index_source = "scan"
+        if self.idx_path is not None:
+            try:
+                self.offsets = _read_idx(self.idx_path)
+            except RecError as exc:
+                bad: str | None = str(exc)
+            else:
+                keys = sorted(self.offsets)
+                step = max(1, len(keys) // self.OPEN_CHECKS)
+                bad = self._first_bad_offset(sorted(set(keys[::step] + keys[-1:]))) if keys else "it lists no record"
+            self.index_source = "idx"
+            if bad is not None:
+                self._fall_back_to_scan(bad)
         else:
-            self.image_keys = sorted(self.offsets)
+            self.offsets = self._scan_offsets()
+        self._find_header()
 
+    # ---- index ------------------------------------------------------------------------------
+    def _scan_offsets(self) -> dict[int, int]:
+        """``{record number: offset}`` by a sequential scan; a truncated last record is dropped
+        with a warning (the records before it are kept)."""
+        out: dict[int, int] = {}
+        with open(self.rec_path, "rb") as f:
+            i = 0
+            while True:
+                off = f.tell()
+                try:
+                    r = read_record_at(f)
+                except RecError as exc:
+                    if "truncated" in str(exc) or "ends inside" in str(exc):
+                        self._warn(f"{self.rec_path} ends inside a record at byte {off} ({exc}): "
+                                   f"{i} whole records read, the truncated tail is not used")
+                        return out
+                    raise RecError(f"{self.rec_path}: {exc} (record {i}); the file is corrupt") from None
+                if r is None:
+                    return out
+                out[i] = off
+                i += 1
+
+    def _first_bad_offset(self, keys) -> str | None:
+        """Why the first of ``keys`` whose offset holds no record start fails, or None."""
+        seen: set[int] = set()
+        for k in keys:
+            off = self.offsets[k]
+            if off < 0 or off + 8 > self._size:
+                return f"key {k} points at byte {off}, past the end of the {self._size}-byte .rec"
+            if off % 4:
+                return f"key {k} points at byte {off}, not a 4-byte boundary"
+            if off in seen:
+                return f"two keys point at byte {off}"
+            seen.add(off)
+            self._f.seek(off)
+            magic, lrec = struct.unpack("<II", self._f.read(8))
+            if magic != MAGIC or (lrec >> 29) not in (0, 1):
+                return f"key {k} points at byte {off}, which is not the start of a record"
+        return None
+
+    def _fall_back_to_scan(self, why: str) -> None:
+        self._warn(f"{self.idx_path} does not match {self.rec_path.name} ({why}); reading "
+                   f"{self.rec_path.name} by a sequential scan instead (records keyed 0.. in file order)")
+        self.offsets = self._scan_offsets()
+        self.index_source = "scan"
+
+    def _warn(self, msg: str) -> None:
+        self.warnings.append(msg)
+        log.warning("%s", msg)
+
+    # ---- header record ------------------------------------------------------------------------
+    def _find_header(self) -> None:
+        """Decide whether record 0 is a header record and set :attr:`image_keys`."""
+        self.header0: tuple[int, int] | None = None
+        keys = sorted(self.offsets)
+        if 0 not in self.offsets:
+            self.image_keys = keys
+            return
+        h, payload = unpack_header(self.read(0))
+        lab = h.label if isinstance(h.label, tuple) else (h.label,)
+        if h.flag == 0 or payload or len(lab) < 2:
+            self.image_keys = keys  # record 0 is an image (e.g. im2rec --pack-label): no header
+            return
+        a, b = lab[0], lab[1]
+        n = len(keys)
+        # the image range 1..a-1 must fit in the n - 1 records after record 0
+        fits = float(a).is_integer() and float(b).is_integer() and 1 <= a <= b and a - 1 <= n - 1
+        if not fits:
+            self._warn(f"{self.rec_path.name}: record 0 has no image and the label range ({a:g}, {b:g}), which "
+                       f"does not fit the {n} records: not taken as a header; every other record is read as an image")
+            self.image_keys = [k for k in keys if k != 0]
+            return
+        a, b = int(a), int(b)
+        self.header0 = (a, b)
+        self.image_keys = [k for k in range(1, a) if k in self.offsets]
+        missing = (a - 1) - len(self.image_keys)
+        no_ident = sum(1 for k in range(a, b) if k not in self.offsets)
+        beyond = [k for k in keys if k >= b]
+        if missing or no_ident or beyond:
+            src = self.idx_path if self.index_source == "idx" else f"the records of {self.rec_path.name}"
+            parts = []
+            if missing:
+                parts.append(f"{missing} of its image keys 1..{a - 1} are absent")
+            if no_ident:
+                parts.append(f"{no_ident} of its identity keys {a}..{b - 1} are absent")
+            if beyond:
+                parts.append(f"{len(beyond)} record(s) lie beyond its range (keys {beyond[0]}..{beyond[-1]}, not read)")
+            self._warn(f"{self.rec_path.name}: the header record says {a - 1} images (keys 1..{a - 1}) and "
+                       f"{b - a} identity records (keys {a}..{b - 1}), but in {src} " + " and ".join(parts))
+
+    # ---- reading ------------------------------------------------------------------------------
     def read(self, key: int) -> bytes:
         """The raw record (IRHeader + payload) of ``key``."""
         r = read_record_at(self._f, self.offsets[key])
@@ -262,26 +379,57 @@ class RecReader:
 
     @staticmethod
     def label_of(header: IRHeader) -> int:
+        """The class index of an image record: ``label``, or the first entry of a label vector
+        (``im2rec --pack-label`` puts the class first)."""
         lab = header.label
         return int(lab[0] if isinstance(lab, tuple) else lab)
+
+    def _head_at(self, key: int) -> tuple[int, float, int, int] | None:
+        """``(flag, class label, id, id2)`` of ``key`` from its first bytes, or None when its
+        offset holds no record start."""
+        off = self.offsets[key]
+        if off + 8 > self._size:
+            return None
+        self._f.seek(off)
+        head = self._f.read(8 + _IR_SIZE + 4)
+        magic, lrec = struct.unpack_from("<II", head)
+        cflag, n = lrec >> 29, lrec & _LEN_MASK
+        if magic != MAGIC or cflag not in (0, 1):
+            return None
+        if cflag == 1 or n < _IR_SIZE + 4 or len(head) < 8 + _IR_SIZE + 4:  # split or short: read it whole
+            h, _ = unpack_header(self.read(key))
+            return h.flag, float(self.label_of(h)), h.id, h.id2
+        flag, label, id_, id2 = struct.unpack_from(_IR_FORMAT, head, 8)
+        if flag > 0:
+            label = struct.unpack_from("<f", head, 8 + _IR_SIZE)[0]
+        return flag, label, id_, id2
 
     def scan_labels(self) -> dict[int, int]:
         """``{image key: class index}``, reading only the 24-byte headers (plus label vectors).
 
-        Also fills :attr:`masked_keys` when the set is a maskkit export (its sidecar exists)."""
-        out = {}
+        Every offset is checked here; a ``.idx`` that turns out not to match falls back to the
+        sequential scan (one warning) and the labels are read again. Also fills
+        :attr:`masked_keys` when the set is a maskkit export (its sidecar exists)."""
         id2_marks_masks = self.sidecar.is_file()
-        self.masked_keys = set()
-        for k in self.image_keys:
-            self._f.seek(self.offsets[k] + 8)
-            head = self._f.read(_IR_SIZE + 4)
-            flag, label, _, id2 = struct.unpack_from(_IR_FORMAT, head)
-            if flag > 0:
-                label = struct.unpack_from("<f", head, _IR_SIZE)[0]
-            out[k] = int(label)
-            if id2_marks_masks and id2 == 1:
-                self.masked_keys.add(k)
-        return out
+        while True:
+            out: dict[int, int] = {}
+            self.masked_keys = set()
+            bad = None
+            for k in self.image_keys:
+                head = self._head_at(k)
+                if head is None:
+                    bad = k
+                    break
+                _, label, _, id2 = head
+                out[k] = int(label)
+                if id2_marks_masks and id2 == 1:
+                    self.masked_keys.add(k)
+            if bad is None:
+                return out
+            if self.index_source != "idx":
+                raise RecError(f"{self.rec_path}: record {bad} does not start at its scanned offset")
+            self._fall_back_to_scan(f"key {bad} points at byte {self.offsets[bad]}, which is not the start of a record")
+            self._find_header()
 
     def close(self) -> None:
         self._f.close()
@@ -291,6 +439,22 @@ class RecReader:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _read_idx(idx: Path) -> dict[int, int]:
+    """``{key: offset}`` from a ``key<TAB>offset`` index file."""
+    out: dict[int, int] = {}
+    with open(idx, encoding="ascii", errors="replace") as f:
+        for ln, line in enumerate(f, 1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                k, o = line.split("\t")
+                out[int(k)] = int(o)
+            except ValueError:
+                raise RecError(f"{idx}:{ln}: not 'key<TAB>offset': {line[:60]!r}") from None
+    return out
 
 
 def export_rec(shards_dir: str | os.PathLike, out_dir: str | os.PathLike, prefix: str = "train",

@@ -28,11 +28,16 @@ def metrics_table(m: dict):
         note = m.get("val_note")
         t.add_row(f"VAL@FAR={cos['far_target']:g} %" + (" (*)" if note else ""), _pct(cos["val"]),
                   _pct(mls.get("val")) if mls else "-")
-        t.add_row("AUC", f"{cos['auc']:.4f}", f"{mls['auc']:.4f}" if mls else "-")
+        t.add_row("AUC all pairs (fold-averaged)", _auc_cell(cos), _auc_cell(mls) if mls else "-")
         t.add_row("pairs (same/diff)", f"{c['pairs']} ({c['same']}/{c['diff']})", "")
+        rule = cos.get("fold_rule")
+        if rule:
+            t.add_row("folds", "insightface (contiguous)" if rule == "kfold" else f"{rule} (see docs)", "")
     else:
-        t.add_row("Rank-1 %", _pct(cos["rank1"]), _pct(mls.get("rank1")) if mls else "-")
-        t.add_row("Rank-5 %", _pct(cos["rank5"]), _pct(mls.get("rank5")) if mls else "-")
+        flags = m.get("flags") or {}
+        for k in (1, 5):
+            mark = " (trivial)" if f"rank{k}_trivial" in flags else " (undefined)" if "no_known_probe" in flags else ""
+            t.add_row(f"Rank-{k} %{mark}", _pct(cos[f"rank{k}"]), _pct(mls.get(f"rank{k}")) if mls else "-")
         t.add_row("gallery ids / images", f"{c['identities']} / {c['gallery_images']}", "")
         t.add_row("probes (unknown id)", f"{c['probes']} ({c['probes_unknown_identity']})", "")
     t.add_row("faces masked / requested", f"{c['masked']} / {c['mask_requested']}", "")
@@ -41,12 +46,24 @@ def metrics_table(m: dict):
     for key, label in (("sigma_norm", "‖σ‖ mean unmasked / masked"), ("magnitude", "‖μ‖ mean unmasked / masked")):
         v = m.get(key)
         if v:
-            u = "-" if not v["unmasked"] else f"{v['unmasked']['mean']:.3g}"
-            k = "-" if not v["masked"] else f"{v['masked']['mean']:.3g}"
+            u = "-" if not v["unmasked"] or v["unmasked"]["mean"] is None else f"{v['unmasked']['mean']:.3g}"
+            k = "-" if not v["masked"] or v["masked"]["mean"] is None else f"{v['masked']['mean']:.3g}"
             t.add_row(label, f"{u} / {k}", "")
+    caption = []
     if m["task"] == "verification" and m.get("val_note"):
-        t.caption = f"(*) {m['val_note']}"
+        caption.append(f"(*) {m['val_note']}")
+    caption += [f"{code}: {msg}" for code, msg in (m.get("flags") or {}).items()]
+    caption += list(m.get("notes") or [])
+    if caption:
+        t.caption = "\n".join(caption)
     return t
+
+
+def _auc_cell(r: dict) -> str:
+    """``all-pairs AUC (insightface's fold-averaged AUC)``; older metrics have only ``auc``."""
+    a, f = r.get("auc"), r.get("auc_folds")
+    cell = "-" if a is None else f"{a:.4f}"
+    return cell if f is None else f"{cell} ({f:.4f})"
 
 
 def load_run_metrics(run_dir: str | Path) -> list[dict]:

@@ -19,6 +19,10 @@ No input is dropped silently: images that cannot be read or aligned are recorded
 ``failures`` list of the set (``{"src", "reason", "detail"}``), pairs that lose an image are
 recorded there too, and :func:`apply_masks` reports every face it could not mask (the face is
 kept unmasked and goes through the face branch).
+
+Length: the three sources share the aligner, the failure records and the PairSet / ImageSet
+shapes that the report, the folds and the masking step read; the pairs file's parser, its
+position bookkeeping (``pair_index``) and the ``.bin`` reader are kept beside the shape they fill.
 """
 from __future__ import annotations
 
@@ -50,6 +54,10 @@ class PairSet:
         notes: per-image alignment notes keyed by index (``FaceAligner`` adds none: an image
             without a detected face is a ``no_face`` failure instead).
         source: a short description of where the pairs came from.
+        pair_index: (P,) int, the position of each kept pair in the source's list (a ``.bin``'s
+            ``issame_list``, a pairs file's pair lines); default ``0..P-1``.
+        listed_issame: the is-same flag of *every* pair the source lists, kept or dropped; the
+            folds are made from it (:meth:`folds`). Default: ``issame``.
     """
 
     images: np.ndarray
@@ -59,6 +67,8 @@ class PairSet:
     failures: list[dict] = field(default_factory=list)
     notes: dict[int, str] = field(default_factory=dict)
     source: str = ""
+    pair_index: np.ndarray | None = None
+    listed_issame: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.issame = np.asarray(self.issame, dtype=bool)
@@ -66,10 +76,33 @@ class PairSet:
             raise ValueError(f"{len(self.images)} images for {len(self.issame)} pairs (need 2 per pair)")
         if not self.landmarks68:
             self.landmarks68 = [None] * len(self.images)
+        if self.pair_index is None:
+            self.pair_index = np.arange(len(self.issame))
+        self.pair_index = np.asarray(self.pair_index, dtype=int)
+        if self.listed_issame is None:
+            self.listed_issame = self.issame.copy()
+        self.listed_issame = np.asarray(self.listed_issame, dtype=bool)
+        if len(self.pair_index) != len(self.issame) or (
+                len(self.pair_index) and not np.array_equal(self.listed_issame[self.pair_index], self.issame)):
+            raise ValueError("pair_index must name, for each kept pair, a listed pair with the same is-same flag")
 
     @property
     def n_pairs(self) -> int:
         return int(len(self.issame))
+
+    @property
+    def n_listed(self) -> int:
+        """Pairs the source lists (kept + dropped)."""
+        return int(len(self.listed_issame))
+
+    def folds(self, n_folds: int = 10) -> tuple[np.ndarray, str]:
+        """``(fold index per kept pair, rule)``: the folds of the source's full pair list
+        (:func:`maskkit.training.eval.folds.assign_folds`), so a dropped pair never moves a
+        later pair to another fold."""
+        from maskkit.training.eval.folds import assign_folds
+
+        folds, rule = assign_folds(self.listed_issame, n_folds)
+        return folds[self.pair_index], rule
 
 
 @dataclass
@@ -240,7 +273,7 @@ def load_bin(path: str | Path, size: tuple[int, int] = IMAGE_SIZE) -> PairSet:
         raise ValueError(f"{path}: {len(bins)} images for {len(issame_list)} pairs (need exactly 2 per pair)")
     from maskkit.io.image_io import decode_crop
 
-    images, keep, failures, names = [], [], [], []
+    images, keep, failures, names, index = [], [], [], [], []
     for p, same in enumerate(issame_list):
         try:
             a = decode_crop(bins[2 * p], size)
@@ -251,8 +284,10 @@ def load_bin(path: str | Path, size: tuple[int, int] = IMAGE_SIZE) -> PairSet:
         images += [a, b]
         names += [f"{path.name}:{2 * p}", f"{path.name}:{2 * p + 1}"]
         keep.append(bool(same))
+        index.append(p)
     arr = np.stack(images) if images else np.zeros((0, *size, 3), np.uint8)
-    return PairSet(images=arr, issame=np.array(keep, bool), names=names, failures=failures, source=str(path))
+    return PairSet(images=arr, issame=np.array(keep, bool), names=names, failures=failures, source=str(path),
+                   pair_index=np.array(index, int), listed_issame=np.array([bool(x) for x in issame_list], bool))
 
 
 def write_bin(path: str | Path, images, issame, quality: int = 95, ext: str = ".jpg") -> Path:
@@ -281,7 +316,7 @@ def write_bin(path: str | Path, images, issame, quality: int = 95, ext: str = ".
 
 
 def parse_pairs_txt(path: str | Path) -> list[tuple[str, str, bool]]:
-    """Parse a pairs file into ``(rel_path_a, rel_path_b, issame)`` triples.
+    """Parse a pairs file into ``(rel_path_a, rel_path_b, issame)`` triples, in file order.
 
     Accepted line forms (whitespace separated; blank lines and ``#`` comments skipped):
 
@@ -290,9 +325,18 @@ def parse_pairs_txt(path: str | Path) -> list[tuple[str, str, bool]]:
     * ``path_a path_b label`` -- explicit relative paths and a 1 (same) / 0 (different) label.
 
     A leading LFW header line of integers (``10 300``) is skipped.
+
+    The file is read as bytes and each line decoded with :func:`os.fsdecode` (UTF-8 with
+    ``surrogateescape`` on Linux), so a name that is not valid UTF-8 (a Latin-1 ``café.jpg``)
+    maps back to the same bytes on disk when opened.
+
+    Raises:
+        ValueError: a line that is none of the forms above (``path:line: ...``).
     """
+    import os
+
     out = []
-    lines = Path(path).read_text().splitlines()
+    lines = [os.fsdecode(ln) for ln in Path(path).read_bytes().splitlines()]
     for lineno, raw in enumerate(lines, 1):
         line = raw.split("#", 1)[0].strip()
         if not line:
@@ -333,7 +377,8 @@ def load_pairs(
 
     Each distinct image is read and aligned once (via ``aligner`` when not already 112x112).
     A pair whose image is missing, unreadable or un-alignable is left out and recorded in
-    ``failures`` with the reason; the image failure is recorded too.
+    ``failures`` with the reason; the image failure is recorded too. The set keeps each pair's
+    position in the file (``pair_index``) and every listed flag, so the folds stay the file's.
     """
     from maskkit.util.progress import track
 
@@ -342,8 +387,8 @@ def load_pairs(
     triples = parse_pairs_txt(pairs_txt)
     cache: dict[str, tuple] = {}
     failures: list[dict] = []
-    images, names, lms, keep, notes = [], [], [], [], {}
-    for a, b, same in track(triples, desc="pairs", unit="pair", disable=not progress):
+    images, names, lms, keep, notes, index = [], [], [], [], {}, []
+    for p_idx, (a, b, same) in enumerate(track(triples, desc="pairs", unit="pair", disable=not progress)):
         got = []
         for rel in (a, b):
             if rel not in cache:
@@ -366,8 +411,10 @@ def load_pairs(
             lms.append(lm)
             names.append(name)
         keep.append(same)
+        index.append(p_idx)
     arr = np.stack(images) if images else np.zeros((0, *IMAGE_SIZE, 3), np.uint8)
-    return PairSet(arr, np.array(keep, bool), names, lms, failures, notes, source=str(pairs_txt))
+    return PairSet(arr, np.array(keep, bool), names, lms, failures, notes, source=str(pairs_txt),
+                   pair_index=np.array(index, int), listed_issame=np.array([t[2] for t in triples], bool))
 
 
 # --------------------------------------------------------------------------------------------

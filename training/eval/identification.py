@@ -16,6 +16,11 @@ Protocol:
 
 Probes whose identity has no gallery template cannot be identified in a closed set: they are
 left out of the accuracies and counted in ``n_probes_unknown`` (never silently dropped).
+
+Figures that look like results but are not are flagged (:attr:`IdentificationResult.flags`):
+``no_known_probe`` when no probe identity is in the gallery (Rank-k is then undefined: None, not
+0), ``probes_unknown`` when some are not, and ``rank1_trivial`` / ``rank5_trivial`` when k is at
+least the number of gallery identities (Rank-k is then 100% whatever the model does).
 """
 from __future__ import annotations
 
@@ -78,18 +83,21 @@ class IdentificationResult:
     """Outcome of closed-set identification.
 
     Attributes:
-        rank1, rank5: accuracies (0..1) over probes with a known identity.
-        cmc: Rank-k accuracy for k = 1..G.
+        rank1, rank5: accuracies (0..1) over probes with a known identity; None when no probe
+            identity is in the gallery.
+        cmc: Rank-k accuracy for k = 1..G (empty when no probe identity is in the gallery).
         n_gallery_images, n_identities, n_probes, n_probes_unknown: counts.
         score: ``cosine`` or ``mls``.
         per_identity: ``{identity: {"probes", "rank1_hits", "rank1", "failures": [...]}}`` where
             each failure is ``{"probe", "rank", "predicted", "score_true", "score_predicted"}``.
         ranks: the rank of each probe (0 for unknown identities), in probe order.
         predicted: the top-1 identity of each probe.
+        flags: ``{code: message}`` for figures that must not be read as results (see the module
+            docstring); empty when there is nothing to flag.
     """
 
-    rank1: float
-    rank5: float
+    rank1: float | None
+    rank5: float | None
     cmc: list[float]
     n_gallery_images: int
     n_identities: int
@@ -99,6 +107,7 @@ class IdentificationResult:
     per_identity: dict = field(default_factory=dict)
     ranks: list[int] = field(default_factory=list, repr=False)
     predicted: list[str] = field(default_factory=list, repr=False)
+    flags: dict[str, str] = field(default_factory=dict)
 
     def summary(self) -> dict:
         """Headline figures (no per-probe lists), JSON-serialisable."""
@@ -157,6 +166,11 @@ def identify(
     index = {name: g for g, name in enumerate(templates.identities)}
     G = len(templates.identities)
     sims = similarity_matrix(probe_mu, templates, score, probe_sigma_unit) if len(probe_mu) else np.zeros((0, G))
+    bad = np.flatnonzero(~np.all(np.isfinite(sims), axis=1))
+    if len(bad):
+        from maskkit.training.eval.verification import NonFiniteScores
+
+        raise NonFiniteScores(f"probes' {score} scores", len(bad), len(sims), [int(i) for i in bad[:5]])
     ranks, predicted = [], []
     per_identity: dict[str, dict] = {}
     for p, true_id in enumerate(probe_ids):
@@ -188,10 +202,11 @@ def identify(
         rec["rank1"] = rec["rank1_hits"] / rec["probes"] if rec["probes"] else 0.0
     r = np.array([k for k in ranks if k > 0], int)
     n_known = len(r)
-    cmc = [float(np.mean(r <= k)) if n_known else 0.0 for k in range(1, G + 1)]
+    cmc = [float(np.mean(r <= k)) for k in range(1, G + 1)] if n_known else []
+    flags = identification_flags(len(probe_ids), n_known, G)
     return IdentificationResult(
-        rank1=cmc[0] if cmc else 0.0,
-        rank5=cmc[min(5, G) - 1] if cmc else 0.0,
+        rank1=cmc[0] if cmc else None,
+        rank5=cmc[min(5, G) - 1] if cmc else None,
         cmc=cmc,
         n_gallery_images=int(len(gallery_mu)),
         n_identities=G,
@@ -201,4 +216,27 @@ def identify(
         per_identity=dict(sorted(per_identity.items())),
         ranks=[int(k) for k in ranks],
         predicted=predicted,
+        flags=flags,
     )
+
+
+def identification_flags(n_probes: int, n_known: int, n_identities: int) -> dict[str, str]:
+    """``{code: message}`` for Rank-k figures that are not results (module docstring).
+
+    Args:
+        n_probes: probes scored.
+        n_known: probes whose identity has a gallery template.
+        n_identities: gallery identities (templates), G.
+    """
+    flags: dict[str, str] = {}
+    if n_probes and n_known == 0:
+        flags["no_known_probe"] = (f"none of the {n_probes} probes has its identity in the gallery: Rank-k is "
+                                   "undefined (closed-set identification needs every probe identity in the gallery)")
+    elif n_known < n_probes:
+        flags["probes_unknown"] = (f"{n_probes - n_known} of {n_probes} probes have no identity in the gallery "
+                                   "and are left out of Rank-k")
+    for k in (1, 5):
+        if n_known and k >= n_identities:
+            flags[f"rank{k}_trivial"] = (f"Rank-{k} is 100% whatever the model: the gallery holds only "
+                                         f"{n_identities} identit{'y' if n_identities == 1 else 'ies'} (k >= G)")
+    return flags

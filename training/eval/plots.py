@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -71,12 +72,15 @@ def plot_branch_hist(path: Path, values: np.ndarray | None, masked: np.ndarray, 
         ax.set_axis_off()
     else:
         values = np.asarray(values, np.float64)
-        bins = np.histogram_bin_edges(values, bins=40)
-        for sel, label, colour in ((~masked, "unmasked", "tab:blue"), (masked, "masked", "tab:red")):
+        fin = np.isfinite(values)
+        bins = np.histogram_bin_edges(values[fin], bins=40) if fin.any() else 40
+        for sel, label, colour in ((~masked & fin, "unmasked", "tab:blue"), (masked & fin, "masked", "tab:red")):
             if sel.any():
                 v = values[sel]
                 ax.hist(v, bins=bins, alpha=0.55, density=True, color=colour,
                         label=f"{label} (n={sel.sum()}, mean {v.mean():.3g})")
+        if not fin.all():
+            xlabel += f"  ({int((~fin).sum())} not finite, not shown)"
         ax.set_xlabel(xlabel)
         ax.set_ylabel("density")
         ax.legend(fontsize=8)
@@ -101,7 +105,8 @@ def short_label(name: str, width: int) -> str:
     ellipsis in the middle, so ``Arnold_Schwarzenegger_0006.jpg`` and ``..._0007.jpg`` stay
     distinguishable (cutting the end would make them the same label).
     """
-    name = str(name)
+    # a name that is not UTF-8 (surrogate-escaped bytes) is shown with U+FFFD: fonts cannot draw it
+    name = os.fsencode(str(name)).decode("utf-8", "replace")
     if name.lower().endswith(_IMAGE_SUFFIXES):
         name = name[: name.rfind(".")]
     if len(name) <= width:

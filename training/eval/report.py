@@ -12,7 +12,8 @@ Report folder (``--out``, default ``RUN/eval/<set>-<mask side>/``):
 * ``worst_pairs.png`` / ``worst_probes.png`` -- contact sheet of the worst false matches and
   false non-matches (or of mis-identified probes);
 * ``embeddings.npz`` -- the per-image μ, σ, σ/‖μ‖, ‖μ‖, branch flags, and for pairs the is-same
-  flags and per-pair squared-L2 distance and MLS, for recomputation.
+  flags, per-pair squared-L2 distance and MLS, each pair's fold and its position in the source
+  (``pair_fold``, ``pair_index``), for recomputation.
 
 A copy of ``metrics.json`` goes to ``RUN/eval/<set>-<task>-<mask side>.json`` so that
 ``maskkit eval --compare RUN_A RUN_B`` can put runs side by side without re-evaluating
@@ -51,6 +52,7 @@ from maskkit.training.eval.plots import (
 from maskkit.training.eval.uncertainty import mutual_likelihood_score
 from maskkit.training.eval.verification import (
     Embeddings,
+    NonFiniteScores,
     evaluate,
     evaluate_scores,
     extract_embeddings,
@@ -157,7 +159,14 @@ def _stats(x: np.ndarray | None) -> dict | None:
     if x is None or len(x) == 0:
         return None
     x = np.asarray(x, np.float64)
-    return {"n": int(len(x)), "mean": float(x.mean()), "std": float(x.std()), "median": float(np.median(x)),
+    fin = np.isfinite(x)
+    out = {"n": int(len(x))}
+    if not fin.all():  # e.g. σ of a barely trained model: the figures are over the finite values
+        out["non_finite"] = int((~fin).sum())
+        x = x[fin]
+        if len(x) == 0:
+            return {**out, "mean": None, "std": None, "median": None, "min": None, "max": None}
+    return {**out, "mean": float(x.mean()), "std": float(x.std()), "median": float(np.median(x)),
             "min": float(x.min()), "max": float(x.max())}
 
 
@@ -220,12 +229,23 @@ def evaluate_pairset(model, pairs: PairSet, cfg: EvalConfig, renderer=None) -> V
                      renderer=renderer, progress=cfg.progress)
     emb = extract_embeddings(model, mo.images, mo.masked, cfg.batch_size, cfg.flip, cfg.progress)
     e1, e2 = emb.mu[0::2], emb.mu[1::2]
-    res = evaluate(e1, e2, pairs.issame)
+    # folds from the source's full pair list, so a pair that failed to load moves no other pair
+    folds, fold_rule = pairs.folds(10)
+    try:
+        res = evaluate(e1, e2, pairs.issame, folds=folds, fold_rule=fold_rule)
+    except NonFiniteScores as exc:
+        raise EvalInputError(f"the model gives non-finite embeddings: {exc} (a diverged or broken checkpoint?)") from exc
     dist = pair_distances(e1, e2)
     mls = res_mls = None
+    notes: list[str] = []
     if emb.sigma_unit is not None:
         mls = mutual_likelihood_score(e1, emb.sigma_unit[0::2], e2, emb.sigma_unit[1::2])
-        res_mls = evaluate_scores(mls, pairs.issame)
+        try:
+            res_mls = evaluate_scores(mls, pairs.issame, folds=folds, fold_rule=fold_rule, what="MLS scores")
+        except NonFiniteScores as exc:
+            notes.append(f"MLS figures left out: {exc} (σ of a barely trained model overflows); cosine figures "
+                         "are unaffected")
+            log.warning("%s", notes[-1])
     threshold = float(np.mean(res.best_thresholds))
     same, diff = np.flatnonzero(pairs.issame), np.flatnonzero(~pairs.issame)
     k = cfg.worst_k
@@ -247,6 +267,8 @@ def evaluate_pairset(model, pairs: PairSet, cfg: EvalConfig, renderer=None) -> V
             "mask_side": cfg.mask_side, "mask_style": cfg.mask_style, "seed": cfg.seed, "flip": cfg.flip,
             "folds": 10, "distance": "squared L2 of L2-normalised flip-summed mu",
             "thresholds": "arange(0, 4, 0.01)", "far_target": res.far_target,
+            "fold_rule": res.fold_rule, "fold_sizes_same_diff": res.fold_sizes, "listed_pairs": pairs.n_listed,
+            "auc": "auc: over all pairs (rank statistic); auc_folds: insightface's, under the fold-averaged ROC",
         },
         "counts": {
             "pairs": pairs.n_pairs, "same": int(pairs.issame.sum()), "diff": int((~pairs.issame).sum()),
@@ -262,6 +284,7 @@ def evaluate_pairset(model, pairs: PairSet, cfg: EvalConfig, renderer=None) -> V
         "cosine": res.summary(),
         "mls": None if res_mls is None else res_mls.summary(),
         "val_note": val_far_note(int((~pairs.issame).sum()), res.far_target),
+        "notes": notes,
         "roc": {
             "cosine": {"fpr": res.fpr, "tpr": res.tpr, "thresholds": res.thresholds},
             "mls": None if res_mls is None else {"fpr": res_mls.fpr, "tpr": res_mls.tpr},
@@ -281,9 +304,10 @@ def write_verification_report(run: VerificationRun, out: Path, worst_k: int = 8)
     out.mkdir(parents=True, exist_ok=True)
     m = run.metrics
     title = f"{m['set']} | {m.get('method')} | mask side {m['protocol']['mask_side']}"
-    curves = {"cosine": (m["roc"]["cosine"]["fpr"], m["roc"]["cosine"]["tpr"], m["cosine"]["auc"])}
+    # the plotted curve is the fold-averaged one: label it with its own area (auc_folds)
+    curves = {"cosine": (m["roc"]["cosine"]["fpr"], m["roc"]["cosine"]["tpr"], m["cosine"]["auc_folds"])}
     if m["mls"] is not None:
-        curves["MLS"] = (m["roc"]["mls"]["fpr"], m["roc"]["mls"]["tpr"], m["mls"]["auc"])
+        curves["MLS"] = (m["roc"]["mls"]["fpr"], m["roc"]["mls"]["tpr"], m["mls"]["auc_folds"])
     plot_roc(out / "roc.png", curves, title)
     _branch_hists(out, run.emb.sigma_norm, run.emb.magnitude, run.emb.masked, title)
     imgs = run.images
@@ -302,6 +326,7 @@ def write_verification_report(run: VerificationRun, out: Path, worst_k: int = 8)
         sigma_unit=run.emb.sigma_unit if run.emb.sigma_unit is not None else none,
         magnitude=run.emb.magnitude, masked=run.emb.masked, issame=run.pairs.issame, names=np.array(run.pairs.names),
         pair_dist=run.dist, pair_mls=run.mls if run.mls is not None else none,
+        pair_fold=run.pairs.folds(10)[0], pair_index=run.pairs.pair_index,
     )
     files = ["metrics.json", "roc.png", "sigma_hist.png", "magnitude_hist.png", "worst_pairs.png", "embeddings.npz"]
     m["files"] = files
@@ -358,11 +383,20 @@ def evaluate_identification(model, gallery: ImageSet, probes: ImageSet, cfg: Eva
     p_branch = pm.masked | (np.ones(len(probes), bool) if cfg.probes_masked else False)
     ge = extract_embeddings(model, gm.images, gm.masked, cfg.batch_size, cfg.flip, cfg.progress, desc="gallery")
     pe = extract_embeddings(model, pm.images, p_branch, cfg.batch_size, cfg.flip, cfg.progress, desc="probes")
-    res = identify(ge.mu, gallery.identities, pe.mu, probes.identities, probes.paths)
+    try:
+        res = identify(ge.mu, gallery.identities, pe.mu, probes.identities, probes.paths)
+    except NonFiniteScores as exc:
+        raise EvalInputError(f"the model gives non-finite embeddings: {exc} (a diverged or broken checkpoint?)") from exc
     res_mls = None
+    notes: list[str] = []
     if ge.sigma_unit is not None and pe.sigma_unit is not None:
-        res_mls = identify(ge.mu, gallery.identities, pe.mu, probes.identities, probes.paths, score="mls",
-                           gallery_sigma_unit=ge.sigma_unit, probe_sigma_unit=pe.sigma_unit)
+        try:
+            res_mls = identify(ge.mu, gallery.identities, pe.mu, probes.identities, probes.paths, score="mls",
+                               gallery_sigma_unit=ge.sigma_unit, probe_sigma_unit=pe.sigma_unit)
+        except NonFiniteScores as exc:
+            notes.append(f"MLS figures left out: {exc} (σ of a barely trained model overflows); cosine figures "
+                         "are unaffected")
+            log.warning("%s", notes[-1])
     all_sigma = None if ge.sigma_norm is None else np.concatenate([ge.sigma_norm, pe.sigma_norm])
     all_mag = np.concatenate([ge.magnitude, pe.magnitude])
     all_masked = np.concatenate([ge.masked, pe.masked])
@@ -390,6 +424,8 @@ def evaluate_identification(model, gallery: ImageSet, probes: ImageSet, cfg: Eva
         },
         "cosine": res.summary(),
         "mls": None if res_mls is None else res_mls.summary(),
+        "flags": res.flags,
+        "notes": notes,
         "per_identity": res.per_identity,
         "sigma_norm": _by_branch(all_sigma, all_masked),
         "magnitude": _by_branch(all_mag, all_masked),

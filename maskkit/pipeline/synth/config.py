@@ -9,8 +9,10 @@ from maskkit import __version__
 #: Version of the rules that decide synth's output bytes (selection, styles, seeding, alignment,
 #: crop checks, encoding). It is part of the run fingerprint, so a run started under older rules is
 #: never resumed under newer ones. Bump it with every change that alters shard contents.
-#: History: 1 = the first landing's rules.
-ALGORITHM_VERSION = 1
+#: History: 1 = the first landing's rules; 2 = ``.rec`` inputs: record 0 is a header only when it
+#: is one (an ``im2rec --pack-label`` set keeps its record 0 and every later record), a ``.idx``
+#: that does not match its ``.rec`` is replaced by a sequential scan (issue 12 §4).
+ALGORITHM_VERSION = 2
 
 #: The five mask styles (same as ``maskkit.render.STYLES``; repeated so importing this module
 #: stays light).

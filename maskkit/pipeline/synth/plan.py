@@ -56,12 +56,16 @@ class ChunkResult:
 
 
 def _rec_inputs(rec_path: Path) -> list[InputItem]:
-    from maskkit.io.recordio import RecReader
+    from maskkit.io.recordio import RecError, RecReader
+    from maskkit.pipeline.synth.config import SynthError
 
-    with RecReader(rec_path) as r:
-        labels = r.scan_labels()
-        offsets = dict(r.offsets)
-        masked = r.masked_keys
+    try:
+        with RecReader(rec_path) as r:
+            labels = r.scan_labels()
+            offsets = dict(r.offsets)
+            masked = r.masked_keys
+    except RecError as exc:
+        raise SynthError(f"cannot read {rec_path}: {exc}") from exc
     width = max(len(str(max(labels.values(), default=0))), 1)
     # a maskkit export (export-rec) marks its masked faces: never mask a face twice
     why = (f"record already holds a maskkit-masked face (id2 = 1, see {r.sidecar.name}); "

@@ -1,0 +1,326 @@
+"""Evaluation that must return the right number or say why not (issue 12 §8): pair order and
+folds, VAL@FAR interpolation, identification caveats, non-finite scores, the pairs format."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from maskkit.training.eval import verification as V
+from maskkit.training.eval.verification import calculate_val, evaluate_distances
+
+
+# ---- pairs in any order ---------------------------------------------------------------------
+def _overlapping_pairs(n_each: int = 300, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Same pairs at d ~ N(1.0, 0.3), different at d ~ N(1.3, 0.3), clipped to [0, 4]:
+    a separation like a weak model's (about 65 % accuracy), in interleaved order S D S D ..."""
+    rng = np.random.default_rng(seed)
+    ds = np.clip(rng.normal(1.0, 0.3, n_each), 0, 3.99)
+    dd = np.clip(rng.normal(1.3, 0.3, n_each), 0, 3.99)
+    dist = np.empty(2 * n_each)
+    dist[0::2], dist[1::2] = ds, dd
+    same = np.zeros(2 * n_each, bool)
+    same[0::2] = True
+    return dist, same
+
+
+def test_sorted_pairs_score_like_interleaved_pairs():
+    """All same pairs first, then all different: the same figures as the interleaved file.
+    Before the fix every contiguous fold held one class: 40-45 % accuracy, AUC near 0.2."""
+    dist, same = _overlapping_pairs()
+    inter = evaluate_distances(dist, same)
+    order = np.argsort(~same, kind="stable")  # same pairs first, each class in its original order
+    srt = evaluate_distances(dist[order], same[order])
+    assert 0.6 < inter.accuracy < 0.75  # a weak but real separation
+    # the stratified folds of the sorted file hold exactly the pairs of the interleaved file's
+    # contiguous folds (run i of each class = block i of S D S D ...), so the figures are equal
+    # up to summation order (1e-12 on values of order 1)
+    assert srt.accuracy == pytest.approx(inter.accuracy, abs=1e-12)
+    assert srt.auc_folds == pytest.approx(inter.auc_folds, abs=1e-12)
+    assert srt.val == pytest.approx(inter.val, abs=1e-12)
+    # the all-pairs AUC does not depend on order at all
+    assert srt.auc == pytest.approx(inter.auc, abs=1e-12)
+    assert 0.7 < inter.auc < 0.85
+    assert (inter.fold_rule, srt.fold_rule) == ("kfold", "stratified")
+    assert srt.fold_sizes == [[30, 30]] * 10
+
+    # a random order (every contiguous fold still holds both classes): other folds, so the
+    # accuracy moves by fold noise only; 0.03 is ~3 held-out pairs in 60 per fold
+    perm = np.random.default_rng(7).permutation(len(dist))
+    rnd = evaluate_distances(dist[perm], same[perm])
+    assert rnd.fold_rule == "kfold"
+    assert rnd.accuracy == pytest.approx(srt.accuracy, abs=0.03)
+    assert rnd.auc == pytest.approx(srt.auc, abs=1e-12)
+
+    # LFW's pairs.txt layout (10 blocks of 30 same + 30 different here) keeps insightface's
+    # contiguous folds, one block each, and their figures
+    blocks = np.concatenate([np.concatenate([np.flatnonzero(same)[30 * b:30 * b + 30],
+                                             np.flatnonzero(~same)[30 * b:30 * b + 30]]) for b in range(10)])
+    folds, rule = V.assign_folds(same[blocks])
+    assert rule == "kfold" and folds.tolist() == np.repeat(np.arange(10), 60).tolist()
+    _, _, acc, _ = V.calculate_roc(V.DEFAULT_THRESHOLDS, dist[blocks], same[blocks], 10)  # contiguous KFold
+    assert evaluate_distances(dist[blocks], same[blocks]).accuracy == pytest.approx(float(np.mean(acc)), abs=1e-12)
+
+
+def test_all_pairs_auc_hand_worked():
+    # S .101, D .104, S .3, D .5 (x5): same-vs-different comparisons (.101<.104) (.101<.5)
+    # (.3>.104: 0) (.3<.5) -> 3 / 4; ties count half: S .3 vs an added D .3 below
+    r = evaluate_distances(np.array([0.101, 0.104, 0.3, 0.5] * 5), np.array([1, 0, 1, 0] * 5, bool))
+    assert r.auc == pytest.approx(0.75, abs=1e-12)
+    # insightface's figure comes from the 0.01 grid, which cannot tell .101 from .104 apart
+    assert r.auc_folds < 0.7
+    r = evaluate_distances(np.array([0.1, 0.3, 0.3, 0.5] * 5), np.array([1, 0, 1, 0] * 5, bool))
+    assert r.auc == pytest.approx(3.5 / 4, abs=1e-12)  # (.1<.3) (.1<.5) (.3=.3: 1/2) (.3<.5)
+
+
+# ---- VAL@FAR --------------------------------------------------------------------------------
+# Grid 0, .1, ..., .9. Two folds of 5 pairs, both alike: same .05 .12 .22, different .18 .47.
+# Training negatives {.18, .47}: FAR(t) = #(neg < t) / 2 on the grid
+#     t:   0   .1   .2   .3   .4   .5   .6 ...
+#   FAR:   0    0   .5   .5   .5    1    1 ...
+# insightface's interp1d (as it ran with repeated FAR values) joins the LAST threshold of the
+# lower FAR to the FIRST threshold of the next:
+#   FAR .25 : (0 @ .1) -> (.5 @ .2):  t = .1 + (.25/.5) * .1 = .15
+#             held out: same .05 .12 accepted (d < t) -> VAL 2/3; different none -> FAR 0
+#   FAR .75 : (.5 @ .4) -> (1 @ .5):  t = .4 + (.25/.5) * .1 = .45
+#             same all 3 -> VAL 1; different .18 -> FAR 1/2
+#   FAR .5 (on the grid): the first threshold reaching it, t = .2
+#             same .05 .12 -> VAL 2/3; different .18 -> FAR 1/2
+# The old rule (each FAR collapsed to its LAST threshold) gave t = .25, .65 and .4.
+GRID = np.array([0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9])
+VD = np.array([0.05, 0.12, 0.22, 0.18, 0.47] * 2)
+VS = np.array([1, 1, 1, 0, 0] * 2, bool)
+
+
+@pytest.mark.parametrize("target, val, far", [(0.25, 2 / 3, 0.0), (0.75, 1.0, 0.5), (0.5, 2 / 3, 0.5)])
+def test_val_at_far_hand_worked(target, val, far):
+    v, v_std, f = calculate_val(GRID, VD, VS, far_target=target, nrof_folds=2)
+    assert (v, v_std, f) == pytest.approx((val, 0.0, far), abs=1e-12)
+
+
+def test_threshold_at_far_hand_worked_and_as_interp1d_ran():
+    # the thresholds of the table above, from the curve itself
+    f = getattr(V, "threshold_at_far", None) or getattr(V, "_threshold_at_far")
+    far = np.array([0, 0, 0.5, 0.5, 0.5, 1, 1, 1, 1, 1])
+    for target, t in ((0.25, 0.15), (0.75, 0.45), (0.5, 0.2), (2.0, 0.0)):
+        assert f(GRID, far, target) == pytest.approx(t, abs=1e-12), target
+    # against SciPy's linear interp1d on sorted x (np.searchsorted, side left: the rule that
+    # insightface's slinear interpolation followed on the SciPy versions where it ran), on
+    # random step curves with long plateaus; thresholds of order 1: 1e-9 absolute
+    from scipy.interpolate import interp1d
+
+    rng = np.random.default_rng(0)
+    thr = np.arange(0, 4, 0.001)
+    for _ in range(20):
+        neg = np.sort(rng.uniform(0.5, 3.5, 27))
+        far_c = np.searchsorted(neg, thr, side="left") / len(neg)
+        for target in (1e-3, 0.01, 0.05, 0.3):
+            want = float(interp1d(far_c, thr, kind="linear", assume_sorted=True)(target))
+            assert f(thr, far_c, target) == pytest.approx(want, abs=1e-9)
+
+
+# ---- folds are the file's, before any pair is dropped ----------------------------------------
+CODES = {"base": 10, "same": 60, "diff": 120, "hard": 180}
+COS = {10: 1.0, 60: 0.875, 120: 0.1, 180: 0.95}  # cosine to "base": d = 2 - 2 cos = 0, .25, 1.8, .1
+
+
+class _CodeModel:
+    """A stand-in model: the embedding is set by a code written in both top corners of the image
+    (so the mirror embeds the same), at the angle whose cosine to the base image is COS[code];
+    σ is 1, or inf for the code in ``inf_codes``."""
+
+    config = {"method": "stand-in"}
+
+    def __init__(self, inf_codes=()):
+        self.inf_codes = set(inf_codes)
+
+    def embed(self, images, masked):
+        code = np.asarray(images)[:, 0, 0, 0].astype(int)
+        theta = np.arccos([COS[int(c)] for c in code])
+        mu = np.stack([np.cos(theta), np.sin(theta), np.zeros_like(theta)], 1)
+        sigma = np.ones_like(mu)
+        sigma[np.isin(code, list(self.inf_codes))] = np.inf
+        return mu, sigma
+
+
+def _code_image(face: np.ndarray, code: int) -> np.ndarray:
+    img = face.copy()
+    img[0, 0] = img[0, -1] = code
+    return img
+
+
+@pytest.fixture(scope="module")
+def coded_root(astronaut, tmp_path_factory):
+    """Aligned 112x112 astronaut crops carrying the codes, as PNG (lossless) under root/."""
+    from PIL import Image
+
+    from maskkit.training.eval.evalsets import FaceAligner
+
+    face, _, _ = FaceAligner()(astronaut)
+    root = tmp_path_factory.mktemp("coded")
+    for name, code in CODES.items():
+        Image.fromarray(_code_image(face, code)).save(root / f"{name}.png")
+    return root
+
+
+def _eval(tmp_path, pairs_file, root, model, **kw):
+    from maskkit.training.eval.report import EvalConfig, run_eval
+
+    cfg = EvalConfig(model=str(tmp_path), pairs=str(pairs_file), root=str(root), mask_side="none",
+                     out=str(tmp_path / "report"), save_to_run=False, progress=False, **kw)
+    return run_eval(cfg, model=model)
+
+
+def test_a_pair_that_fails_to_load_moves_no_other_pair(coded_root, tmp_path):
+    """20 pairs S D S D ...; pair 0 names a missing file, pair 1 is a different pair closer than
+    every same pair (d .1 < .25). With the file's folds (2 pairs each) pair 1 is alone in fold 0
+    and misjudged there: fold accuracies [0, 1 x 9], mean 0.9. Before the fix the 19 loaded
+    pairs were re-split, pair 1 shared fold 0 with pair 2: [0.5, 1 x 9], mean 0.95."""
+    lines = ["base.png missing.png 1", "base.png hard.png 0"]
+    for k in range(2, 20):
+        lines.append("base.png same.png 1" if k % 2 == 0 else "base.png diff.png 0")
+    pf = tmp_path / "pairs.txt"
+    pf.write_text("\n".join(lines) + "\n")
+    m = _eval(tmp_path, pf, coded_root, _CodeModel())
+    assert m["cosine"]["fold_accuracy"] == [0.0] + [1.0] * 9
+    assert m["cosine"]["accuracy"] == pytest.approx(0.9, abs=1e-12)
+    assert m["protocol"]["fold_rule"] == "kfold" and m["protocol"]["listed_pairs"] == 20
+    assert m["protocol"]["fold_sizes_same_diff"][0] == [0, 1]
+    assert m["counts"]["pairs"] == 19 and m["counts"]["pairs_skipped"] == 1
+    saved = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert saved["protocol"]["fold_rule"] == "kfold"
+    z = np.load(tmp_path / "report" / "embeddings.npz")
+    assert z["pair_index"].tolist() == list(range(1, 20))  # pair 0 (missing image) is not there
+    assert z["pair_fold"].tolist() == [k // 2 for k in range(1, 20)]
+
+
+# ---- non-finite scores ----------------------------------------------------------------------
+def test_non_finite_mls_is_reported_and_the_report_written(coded_root, tmp_path):
+    """σ = inf for one image gives -inf / NaN MLS scores. Before the fix: ``ValueError:
+    distances contain NaN or inf`` and no report."""
+    from rich.console import Console
+
+    lines = [("base.png same.png 1" if k % 2 == 0 else "base.png diff.png 0") for k in range(20)]
+    lines[5] = "base.png hard.png 0"
+    pf = tmp_path / "pairs.txt"
+    pf.write_text("\n".join(lines) + "\n")
+    console = Console(record=True, width=200)
+    from maskkit.training.eval.report import EvalConfig, run_eval
+
+    cfg = EvalConfig(model=str(tmp_path), pairs=str(pf), root=str(coded_root), mask_side="none",
+                     out=str(tmp_path / "report"), save_to_run=False, progress=False)
+    m = run_eval(cfg, model=_CodeModel(inf_codes=[CODES["hard"]]), console=console)
+    assert m["mls"] is None
+    assert len(m["notes"]) == 1 and "1 of 20 MLS scores are not finite" in m["notes"][0], m["notes"]
+    assert "pair(s) 5" in m["notes"][0]
+    # the cosine figures and every report file are there: pair 5 is the only error (fold 2)
+    assert m["cosine"]["accuracy"] == pytest.approx(0.95, abs=1e-12)
+    for f in ("metrics.json", "roc.png", "sigma_hist.png", "magnitude_hist.png", "worst_pairs.png", "embeddings.npz"):
+        assert (tmp_path / "report" / f).stat().st_size > 0, f
+    assert "MLS scores are not finite" in console.export_text()
+
+
+# ---- identification caveats -----------------------------------------------------------------
+def test_identification_flags_no_known_probe_and_trivial_ranks():
+    from maskkit.training.eval.identification import identify
+
+    rng = np.random.default_rng(0)
+    g = rng.normal(size=(3, 8))
+    g /= np.linalg.norm(g, axis=1, keepdims=True)
+    # no probe identity in the gallery: before the fix Rank-1 0.00 with no word
+    r = identify(g, ["a", "b", "c"], g.copy(), ["x", "y", "z"])
+    assert r.rank1 is None and r.rank5 is None and r.cmc == []
+    assert set(r.flags) == {"no_known_probe"} and "none of the 3 probes" in r.flags["no_known_probe"]
+    # 3 gallery identities: Rank-5 is 100 % whatever the embeddings; Rank-1 is a real figure
+    probes = rng.normal(size=(6, 8))
+    r = identify(g, ["a", "b", "c"], probes, ["a", "b", "c", "a", "b", "q"])
+    assert r.rank5 == 1.0 and set(r.flags) == {"rank5_trivial", "probes_unknown"}
+    assert "only 3 identities" in r.flags["rank5_trivial"] and "1 of 6 probes" in r.flags["probes_unknown"]
+    # one identity: Rank-1 is trivial too
+    r = identify(g[:1], ["a"], probes[:2], ["a", "a"])
+    assert r.rank1 == 1.0 and {"rank1_trivial", "rank5_trivial"} <= set(r.flags)
+    # 6 identities, every probe known: nothing to flag
+    g6 = rng.normal(size=(6, 8))
+    r = identify(g6, list("abcdef"), probes, list("abcdef"))
+    assert r.flags == {}
+
+
+def test_identification_flags_reach_metrics_and_table(coded_root, tmp_path):
+    """Through the report: flags in metrics.json and marked in the table."""
+    from rich.console import Console
+
+    from maskkit.training.eval.report import EvalConfig, run_eval
+
+    for d, names in (("gallery", ("base", "same")), ("probes", ("diff", "hard"))):
+        for n in names:
+            (tmp_path / d / n).mkdir(parents=True)
+            os.symlink(coded_root / f"{n}.png", tmp_path / d / n / f"{n}.png")
+    console = Console(record=True, width=200)
+    cfg = EvalConfig(model=str(tmp_path), gallery=str(tmp_path / "gallery"), probes=str(tmp_path / "probes"),
+                     mask_side="none", out=str(tmp_path / "report"), save_to_run=False, progress=False)
+    m = run_eval(cfg, model=_CodeModel(), console=console)
+    saved = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert saved["cosine"]["rank1"] is None and "no_known_probe" in saved["flags"]
+    assert saved["cosine"]["flags"] == m["flags"]
+    text = console.export_text()
+    assert "Rank-1 % (undefined)" in text and "no_known_probe" in text
+
+
+def test_non_finite_mls_in_identification_is_reported(coded_root, tmp_path):
+    """A probe with σ = inf: the MLS ranks are left out with a note, the cosine ranks stay.
+    Before the fix the NaN MLS scores were ranked (NaN compares false: rank 1) and the ‖σ‖
+    histogram then raised on inf, so no report was written."""
+    from maskkit.training.eval.report import EvalConfig, run_eval
+
+    for d, names in (("gallery", ("base", "diff")), ("probes", ("same", "hard"))):
+        for n in names:
+            ident = "base" if n in ("same", "hard") else n
+            (tmp_path / d / ident).mkdir(parents=True, exist_ok=True)
+            os.symlink(coded_root / f"{n}.png", tmp_path / d / ident / f"{n}.png")
+    cfg = EvalConfig(model=str(tmp_path), gallery=str(tmp_path / "gallery"), probes=str(tmp_path / "probes"),
+                     mask_side="none", out=str(tmp_path / "report"), save_to_run=False, progress=False)
+    m = run_eval(cfg, model=_CodeModel(inf_codes=[CODES["hard"]]))
+    assert m["mls"] is None
+    assert len(m["notes"]) == 1 and "1 of 2 probes' mls scores are not finite" in m["notes"][0], m["notes"]
+    # cosine: both probes are closer to "base" (cos .875, .95) than to "diff" (cos of angles)
+    assert m["cosine"]["rank1"] == 1.0 and set(m["flags"]) == {"rank5_trivial"}
+    assert (tmp_path / "report" / "cmc.png").stat().st_size > 0
+
+
+# ---- the pairs format -----------------------------------------------------------------------
+def test_pairs_file_naming_a_latin1_file(coded_root, tmp_path):
+    """A pairs file that names a Latin-1 ``café.png`` (bytes not valid UTF-8): the pair is
+    loaded from that file. Before the fix: ``UnicodeDecodeError`` reading the pairs file."""
+    import shutil
+
+    root = tmp_path / "root"
+    shutil.copytree(coded_root, root)
+    latin = os.fsdecode(b"caf\xe9.png")
+    shutil.copy(root / "same.png", root / latin)
+    body = b"\n".join([b"# a comment", b"base.png caf\xe9.png 1"] +
+                      [b"base.png same.png 1" if k % 2 == 0 else b"base.png diff.png 0" for k in range(1, 20)])
+    pf = tmp_path / "pairs.txt"
+    pf.write_bytes(body + b"\n")
+    from maskkit.training.eval.evalsets import load_pairs, parse_pairs_txt
+
+    triples = parse_pairs_txt(pf)
+    assert len(triples) == 20 and os.fsencode(triples[0][1]) == b"caf\xe9.png"
+    ps = load_pairs(pf, root, progress=False)
+    assert ps.n_pairs == 20 and ps.failures == []
+    m = _eval(tmp_path, pf, root, _CodeModel())
+    assert m["counts"]["pairs"] == 20 and m["cosine"]["accuracy"] == 1.0
+    json.loads((tmp_path / "report" / "metrics.json").read_text(encoding="utf-8"))  # valid UTF-8 JSON
+
+
+def test_pairs_format_in_help_and_readme():
+    from click.testing import CliRunner
+
+    from maskkit.cli import main
+
+    out = CliRunner().invoke(main, ["eval", "--help"]).output
+    assert "path_a path_b 1|0" in out and "10 300" in out
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    assert "`path_a path_b 1|0`" in readme
