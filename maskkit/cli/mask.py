@@ -34,16 +34,25 @@ def mask(src, out, style, seed, detector, faces, aligned, jobs, quality, coverag
 
     Writes the masked images (same relative paths), manifest.jsonl (one line per face with
     the render parameters) and failures.jsonl (one line per input with no masked face, with a
-    reason). Exit status 0 when the run completes, even with failures.
+    reason) and skipped.jsonl (every other file under SRC, with a reason). Exit status 0 when
+    the run completes (also "already complete" when OUT holds this finished run), 1 when every
+    input failed, 2 when SRC holds no input file.
     """
     cfg = MaskConfig(src=src, out=out, style=style, seed=seed, detector=detector, faces=faces, aligned=aligned,
                      jobs=jobs, quality=quality, coverage=coverage, progress=not quiet, overwrite=overwrite)
+    from maskkit.cli._exit import _finish, _no_input
+    from maskkit.util.outcome import NoInputError
+
     try:
         summary = run_mask(cfg)
+    except NoInputError as exc:
+        raise _no_input(exc) from exc
     except MaskError as exc:
         raise click.ClickException(str(exc)) from exc
     if quiet:
-        click.echo(json.dumps({k: summary[k] for k in ("files", "ok", "failed", "faces", "errors", "styles")}))
+        click.echo(json.dumps({k: summary[k] for k in ("seen", "files", "ok", "failed", "skipped", "faces", "errors",
+                                                       "styles")}))
+    _finish(out, summary["ok"], summary["failed"], summary.get("already_complete", False))
 
 
 @click.command("preview")
