@@ -64,11 +64,18 @@ def mask(src, out, style, seed, detector, faces, aligned, jobs, quality, coverag
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--aligned", is_flag=True, help="Images are ArcFace crops: skip detection.")
 @click.option("--detector", default="hog", show_default=True, type=click.Choice(["hog", "cnn", "blazeface", "fan"]))
-def preview_cmd(src, out, styles, n, seed, aligned, detector):
+@click.option("--overwrite", is_flag=True, help="Replace the output PNG when it exists (otherwise refused).")
+def preview_cmd(src, out, styles, n, seed, aligned, detector, overwrite):
     """Contact sheet (styles x faces) from SRC: a folder of images, a shard set or `mask` output."""
     from maskkit.pipeline.preview import preview as _preview
     from maskkit.render import STYLES
 
+    from maskkit.util.files import OutputExistsError, claim_outputs
+
+    try:
+        claim_outputs([out], overwrite, "a contact sheet")
+    except OutputExistsError as exc:
+        raise click.ClickException(str(exc)) from exc
     chosen = [s.strip() for s in styles.split(",") if s.strip()]
     bad = [s for s in chosen if s not in STYLES]
     if bad or not chosen:

@@ -185,14 +185,22 @@ def stats(shards, deep, as_json):
 @click.option("--prefix", default="train", show_default=True, help="File name prefix (train.rec, train.idx).")
 @click.option("--only", type=click.Choice(["all", "plain", "masked"]), default="all", show_default=True,
               help="Which samples: all, only plain faces (to mask the .rec again with synth), or only masked.")
-def export_rec_cmd(shards, out, prefix, only):
+@click.option("--overwrite", is_flag=True, help="Replace an export with this prefix in OUT (otherwise refused).")
+def export_rec_cmd(shards, out, prefix, only, overwrite):
     """Write a shard folder as insightface train.rec / train.idx / property (no mxnet needed).
 
     The result loads in arcface_torch's MXFaceDataset; record id2 is 1 for masked faces, and
     PREFIX.maskkit.json says so (synth on this .rec then never masks a masked face again).
     """
-    from maskkit.io.recordio import export_rec
+    from maskkit.io.recordio import export_rec, sidecar_path
+    from maskkit.util.files import OutputExistsError, claim_outputs
 
+    rec = out / f"{prefix}.rec"
+    try:
+        claim_outputs([rec, rec.with_suffix(".idx"), out / "property", sidecar_path(rec)], overwrite,
+                      "an insightface export", where=out)
+    except OutputExistsError as exc:
+        raise click.ClickException(str(exc)) from exc
     try:
         info = export_rec(shards, out, prefix=prefix, only=only)
     except FileNotFoundError as exc:

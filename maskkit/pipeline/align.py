@@ -360,7 +360,7 @@ def run_align(cfg: AlignConfig) -> dict:
 
 def _summary_rows(summary: dict, **extra) -> dict:
     """The end-of-run table of ``maskkit align`` (both formats)."""
-    rows = {"seen": summary["seen"], "inputs": summary["files"], "ok": summary["ok"],
+    rows = {"seen": summary["seen"], "files": summary["files"], "ok": summary["ok"],
             "failed": summary["failed"], "skipped (not inputs)": summary["skipped"],
             "faces written": summary["faces"], "no face": summary["no_face"], "errors": summary["errors"] or {},
             "seconds": summary["seconds"], "img/s": summary["img_per_s"]}

@@ -279,7 +279,7 @@ def run_mask(cfg: MaskConfig) -> dict:
     record_complete(out, info, fp, summary)
     if cfg.progress:
         print_summary(f"maskkit mask -> {out}", {
-            "seen": summary["seen"], "inputs": summary["files"], "ok": summary["ok"],
+            "seen": summary["seen"], "files": summary["files"], "ok": summary["ok"],
             "failed": summary["errors"] or {}, "skipped (not inputs)": summary["skipped"],
             "faces masked": summary["faces"], "faces not fitted": summary["faces_unfit"],
             "styles": summary["styles"], "seconds": seconds, "img/s": summary["img_per_s"], "workers": jobs,
