@@ -213,17 +213,17 @@ class TrainConfig:
 RUN_FILES = ("config.json", "launch_config.json", "log.jsonl", "checkpoints", "tb", "eval")
 
 
-def claim_run_dir(out: str | Path, resume: bool, overwrite: bool) -> list[Path]:
+def claim_run_dir(out: str | Path, resume: bool, overwrite: bool, remove: bool = True) -> list[Path]:
     """Check that a new training run may start in ``out``.
 
     A folder holding a run (any of :data:`RUN_FILES`) is refused unless ``resume`` (continue it)
     or ``overwrite`` (remove the old run's files first -- its checkpoints, log, TensorBoard
     events and ``eval/`` records, which ``eval --compare`` would otherwise show beside the new
     model; other files in the folder are left alone). Under ``torchrun`` only rank 0 checks and
-    removes.
+    removes. ``remove=False`` only checks (the command checks its data before an old run goes).
 
     Returns:
-        The run files that were removed (empty when none were there, or with ``resume``).
+        The run files found (removed when ``overwrite`` and ``remove``; empty with ``resume``).
 
     Raises:
         ValueError: both ``resume`` and ``overwrite``.
@@ -238,5 +238,5 @@ def claim_run_dir(out: str | Path, resume: bool, overwrite: bool) -> list[Path]:
     if resume or int(os.environ.get("RANK", "0") or 0) != 0:
         return []
     run = Path(out)
-    return claim_outputs([run / n for n in RUN_FILES], overwrite, "a training run", remove=True,
+    return claim_outputs([run / n for n in RUN_FILES], overwrite, "a training run", remove=remove,
                          alternatives="--resume to continue it", where=run)

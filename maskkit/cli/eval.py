@@ -191,18 +191,26 @@ def embed(model, src, out, masked, flip, batch_size, device, detector, progress,
     """Embed every face under SRC into an .npz (mu, sigma, magnitude, paths).
 
     Identity = first sub-folder. Images not already 112x112 are aligned first; files that
-    cannot be read or aligned are listed in the archive's ``failures``.
+    cannot be read or aligned are listed in the archive's ``failures``. Exit status 0 when done,
+    1 when every image failed, 2 when SRC holds no image file; an existing OUT needs --overwrite.
     """
     from maskkit.training.eval.embed import run_embed
     from maskkit.util.progress import print_summary
 
+    from maskkit.cli._exit import _finish, _no_input
+    from maskkit.util.outcome import NoInputError
+
+    _claim(out, overwrite, "an embeddings file")
     _check_model(model)
     _check_device(device)
-    _claim(out, overwrite, "an embeddings file")
     _check_writable(out, "--out", is_dir=False)
-    s = run_embed(model, src, out, masked=masked, flip=flip, batch_size=batch_size, device=device,
-                  detector=detector, progress=progress)
+    try:
+        s = run_embed(model, src, out, masked=masked, flip=flip, batch_size=batch_size, device=device,
+                      detector=detector, progress=progress)
+    except NoInputError as exc:
+        raise _no_input(exc) from exc
     print_summary("maskkit embed", s, file=sys.stdout)
+    _finish(out, s["embedded"], s["failed"])
 
 
 @click.command("export")
@@ -220,8 +228,8 @@ def export(model, onnx_path, opset, verify, overwrite):
     from maskkit.training.api import load_model
     from maskkit.training.eval.export import export_onnx, verify_onnx
 
-    _check_model(model)
     _claim(onnx_path, overwrite, "an exported model")
+    _check_model(model)
     _check_writable(onnx_path, "--onnx", is_dir=False)
     m = load_model(model)
     path = export_onnx(m, onnx_path, opset=opset)

@@ -122,11 +122,19 @@ def train_cmd(ctx: click.Context, data, out, method, backbone, width, two_stream
     from maskkit.util.files import OutputExistsError
 
     try:
-        claim_run_dir(out, resume, overwrite)
+        claim_run_dir(out, resume, overwrite, remove=False)  # refuse first; remove only once the data opens
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
     except OutputExistsError as exc:
         raise click.ClickException(str(exc)) from exc
+    if overwrite:
+        from maskkit.training.data import open_shards
+
+        try:
+            open_shards(cfg.data, cfg.split)
+        except (OSError, ValueError) as exc:
+            raise click.ClickException(f"--data: {exc} (the run in {out} is kept)") from exc
+        claim_run_dir(out, resume, overwrite)
 
     if nproc > 1:
         from maskkit.training.engine import launch

@@ -83,10 +83,9 @@ def _rec_inputs(rec_path: Path) -> list[InputItem]:
 
 
 def _dir_inputs(src: Path, out: Path) -> tuple[list[InputItem], list]:
-    from maskkit.io.sources import list_sources, log_skipped
+    from maskkit.io.sources import list_sources
 
     listing = list_sources(src, exclude=[out])
-    log_skipped(listing, src)
     items = []
     for it in listing.items:
         ident = it.identity if it.identity not in ("", ".") else "_root"

@@ -104,6 +104,9 @@ def run_synth(cfg: SynthConfig) -> SynthResult:
 
         raise NoInputError(no_input_message(display_name(str(cfg.src)),
                                             [(display_name(s.rel), s.reason) for s in listing[2]]))
+    from maskkit.io.sources import SourceListing, log_skipped
+
+    log_skipped(SourceListing([], listing[2]), cfg.src)  # one warning per reason; all in skipped.jsonl
     try:
         cfg.out.mkdir(parents=True, exist_ok=True)
         (cfg.out / ".synth.lock").touch()
