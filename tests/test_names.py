@@ -365,11 +365,23 @@ def test_exit_codes_are_the_same_for_every_command(tmp_path, faces):
 
 # ------------------------------------------------------------------ §9 overwrites
 
-def test_train_refuses_a_folder_holding_a_run(tmp_path):
+@pytest.fixture(scope="module")
+def two_faces_and_shards(tmp_path_factory, faces):
+    """Two identity folders (one face each) and their synth shard set (ratio 0.5)."""
+    a, g = faces
+    root = tmp_path_factory.mktemp("two")
+    src = root / "src"
+    _save(src, b"p/a.jpg", a)
+    _save(src, b"q/g.jpg", g)
+    res = _run(["synth", "--src", src, "--out", root / "shards", "-j", "1", "-q"])
+    assert res.exit_code == 0, res.output
+    return src, root / "shards"
+
+
+def test_train_refuses_a_folder_holding_a_run(tmp_path, two_faces_and_shards):
     """Was: `train --out runs/x` silently replaced the run; its old eval/ records stayed and showed
     in eval --compare beside the new model."""
-    from maskkit.training.config import claim_run_dir
-
+    _, shards = two_faces_and_shards
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
     (run / "checkpoints" / "last.pt").write_bytes(b"old weights")
@@ -377,26 +389,28 @@ def test_train_refuses_a_folder_holding_a_run(tmp_path):
     (run / "eval").mkdir()
     (run / "eval" / "lfw-verification-maskone.json").write_text("{}")
     (run / "notes.txt").write_text("mine\n")
-    res = _run(["train", "--data", tmp_path / "shards", "--out", run, "--max-steps", "1"])
+    tiny = ["--backbone", "r18", "--width", "0.25", "--batch-size", "2", "--max-steps", "1", "--num-workers", "0",
+            "--amp", "none", "--device", "cpu", "--no-progress", "--set", "tensorboard=false"]
+    res = _run(["train", "--data", shards, "--out", run] + tiny)
     assert res.exit_code == 1 and "--resume" in res.output and "--overwrite" in res.output, res.output
     assert (run / "checkpoints" / "last.pt").read_bytes() == b"old weights"
     # --overwrite with data that does not open keeps the old run
-    res = _run(["train", "--data", tmp_path / "shards", "--out", run, "--max-steps", "1", "--overwrite"])
+    res = _run(["train", "--data", tmp_path / "nothing", "--out", run, "--overwrite"] + tiny)
     assert res.exit_code == 1 and "is kept" in res.output, res.output
     assert (run / "eval").is_dir()
-    res = _run(["train", "--data", tmp_path / "shards", "--out", run, "--resume", "--overwrite"])
+    res = _run(["train", "--data", shards, "--out", run, "--resume", "--overwrite"] + tiny)
     assert res.exit_code == 2 and "give one of them" in res.output, res.output
-    removed = claim_run_dir(run, resume=False, overwrite=True)
-    assert sorted(p.name for p in removed) == ["checkpoints", "config.json", "eval"]
-    assert sorted(p.name for p in run.iterdir()) == ["notes.txt"]  # other files are left alone
+    # --overwrite: the old run's files go (eval/ records included), the new run is written
+    res = _run(["train", "--data", shards, "--out", run, "--overwrite"] + tiny)
+    assert res.exit_code == 0, res.output
+    assert not (run / "eval").exists() and (run / "notes.txt").read_text() == "mine\n"
+    assert (run / "checkpoints" / "last.pt").read_bytes() != b"old weights"
+    assert json.loads((run / "config.json").read_text())["backbone"] == "r18"
 
 
-def test_file_outputs_are_never_replaced_silently(tmp_path, faces):
+def test_file_outputs_are_never_replaced_silently(tmp_path, two_faces_and_shards):
     """embed, export, export-rec and preview -o refuse an existing output without --overwrite."""
-    a, g = faces
-    src = tmp_path / "src"
-    _save(src, b"p/a.jpg", a)
-    _save(src, b"q/g.jpg", g)
+    src, shards = two_faces_and_shards
     model_dir = tmp_path / "model"
     model_dir.mkdir()
     for cmd, target in (
@@ -412,8 +426,6 @@ def test_file_outputs_are_never_replaced_silently(tmp_path, faces):
     assert res.exit_code == 0, res.output
     assert (tmp_path / "sheet.png").read_bytes()[:4] == b"\x89PNG"
 
-    shards = tmp_path / "shards"
-    assert _run(["synth", "--src", src, "--out", shards, "-j", "1", "-q"]).exit_code == 0
     rec = tmp_path / "rec"
     assert _run(["export-rec", shards, rec]).exit_code == 0
     before = (rec / "train.rec").read_bytes()

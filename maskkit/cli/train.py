@@ -80,8 +80,15 @@ def train_cmd(ctx: click.Context, data, out, method, backbone, width, two_stream
 
     from click.core import ParameterSource
 
-    from maskkit.training.config import TrainConfig
+    from maskkit.training.config import TrainConfig, claim_run_dir
+    from maskkit.util.files import OutputExistsError
 
+    try:
+        claim_run_dir(out, resume, overwrite, remove=False)  # refuse first; remove only once the data opens
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    except OutputExistsError as exc:
+        raise click.ClickException(str(exc)) from exc
     given = {name for name in ctx.params if ctx.get_parameter_source(name) not in
              (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP, None)}
     values = {"data": data, "out": out, "method": method, "backbone": backbone, "width": width,
@@ -118,15 +125,6 @@ def train_cmd(ctx: click.Context, data, out, method, backbone, width, two_stream
         raise click.UsageError(str(exc)) from exc
     if not cfg.data:
         raise click.UsageError("--data is required")
-    from maskkit.training.config import claim_run_dir
-    from maskkit.util.files import OutputExistsError
-
-    try:
-        claim_run_dir(out, resume, overwrite, remove=False)  # refuse first; remove only once the data opens
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from exc
-    except OutputExistsError as exc:
-        raise click.ClickException(str(exc)) from exc
     if overwrite:
         from maskkit.training.data import open_shards
 
