@@ -67,6 +67,8 @@ def latin1_tree(tmp_path, faces):
     _save(src, b"p/caf\xe9.jpg", a)            # a Latin-1 file name
     _save(src, b"p/ok.jpg", g)
     _save(src, b"caf\xe9/x.png", g, "PNG")    # a Latin-1 identity folder
+    with open(os.fsencode(src) + b"/p/bad\xe9.jpg", "wb") as fh:  # and one that fails, named so too
+        fh.write(b"not a jpeg")
     return src
 
 
@@ -78,9 +80,11 @@ def test_names_that_are_not_utf8_are_processed_by_align_and_mask(latin1_tree, tm
     assert res.exit_code == 0, res.output
     _assert_utf8(res)
     summary = json.loads(res.output.strip().splitlines()[-1])
-    assert (summary["seen"], summary["files"], summary["ok"], summary["failed"]) == (3, 3, 3, 0)
+    assert (summary["seen"], summary["files"], summary["ok"], summary["failed"]) == (4, 4, 3, 1)
     man = _lines(out / "manifest.jsonl")
-    assert _lines(out / "failures.jsonl") == []
+    [fail] = _lines(out / "failures.jsonl")
+    assert (fail["src"], base64.b64decode(fail["src_bytes"]), fail["reason"]) == \
+        ("p/bad\ufffd.jpg", b"p/bad\xe9.jpg", "decode_error")
     by_src = {r["src"]: r for r in man}
     assert set(by_src) == {"p/caf\ufffd.jpg", "p/ok.jpg", "caf\ufffd/x.png"}
     assert "src_bytes" not in by_src["p/ok.jpg"]
@@ -106,9 +110,10 @@ def test_names_that_are_not_utf8_in_synth_shards(latin1_tree, tmp_path):
     man = json.loads((out / "manifest.json").read_bytes().decode("utf-8"))
     assert man["classes"] == ["caf\ufffd", "p"]
     assert base64.b64decode(man["classes_bytes"]["caf\ufffd"]) == b"caf\xe9"
-    assert man["inputs"]["ok"] == 3 and man["inputs"]["seen"] == 3
-    for name in ("failures.jsonl", "skipped.jsonl"):
-        _lines(out / name)
+    assert man["inputs"]["ok"] == 3 and man["inputs"]["seen"] == 4
+    [fail] = _lines(out / "failures.jsonl")
+    assert base64.b64decode(fail["src_bytes"]) == b"p/bad\xe9.jpg" and fail["reason"] == "decode_error"
+    assert _lines(out / "skipped.jsonl") == []
     got = {}
     for s in read_samples(out):
         meta = s["json"]

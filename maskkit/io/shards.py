@@ -74,8 +74,16 @@ def shard_name(index: int, split: str = "train") -> str:
 
 
 def encode_json(obj) -> bytes:
-    """Canonical JSON bytes (sorted keys, compact, UTF-8) -- deterministic for equal objects."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    """Canonical JSON bytes (sorted keys, compact, UTF-8) -- deterministic for equal objects.
+
+    Always valid UTF-8: names go in as text (``src`` + ``src_bytes``, :mod:`maskkit.util.names`);
+    a stray lone surrogate (a file name inside an error message) is written in its display form."""
+    try:
+        return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        from maskkit.util.names import text_safe
+
+        return json.dumps(text_safe(obj), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
 def sha256_file(path: str | os.PathLike, bufsize: int = 1 << 20) -> str:
