@@ -163,6 +163,25 @@ def test_embed_paths_are_text_with_their_bytes(tmp_path, faces):
     assert len(set(ids)) == 2 and all(i.encode("utf-8") for i in ids)
 
 
+def test_pairs_files_may_name_files_that_are_not_utf8(tmp_path, faces):
+    """A pairs line naming Latin-1 files loads them; the set's names are text, their bytes beside
+    them; a missing one fails with its bytes too."""
+    from maskkit.training.eval.evalsets import FaceAligner, load_pairs
+
+    a, g = faces
+    root = tmp_path / "root"
+    _save(root, b"caf\xe9/1.jpg", a)
+    _save(root, b"caf\xe8/2.jpg", g)
+    pairs = tmp_path / "pairs.txt"
+    pairs.write_bytes(b"caf\xe9/1.jpg caf\xe8/2.jpg 0\ncaf\xe9/1.jpg caf\xe9/9.jpg 1\n")
+    ps = load_pairs(pairs, root, FaceAligner("hog"), progress=False)
+    assert ps.n_pairs == 1 and ps.names == ["caf\ufffd/1.jpg", "caf\ufffd/2.jpg"]
+    assert [base64.b64decode(b) for b in ps.names_bytes] == [b"caf\xe9/1.jpg", b"caf\xe8/2.jpg"]
+    missing = [f for f in ps.failures if f["reason"] == "missing"]
+    assert [base64.b64decode(f["src_bytes"]) for f in missing] == [b"caf\xe9/9.jpg"]
+    json.dumps(ps.failures, ensure_ascii=False).encode("utf-8")  # valid UTF-8 text throughout
+
+
 # ------------------------------------------------------------------ §2 extension aliases, skipped.jsonl
 
 def test_jpeg_aliases_are_inputs_and_every_other_file_is_skipped_with_a_reason(tmp_path, faces):
@@ -333,36 +352,37 @@ def test_exit_codes_are_the_same_for_every_command(tmp_path, faces):
     good = tmp_path / "good"
     _save(good, b"p/a.jpg", a)
     _save(good, b"q/a.jpg", a)
-    cmds = {"align": [], "mask": [], "synth": ["--ratio", "0.5"]}
-    for cmd, extra in cmds.items():
-        out = tmp_path / f"{cmd}-empty"
+    cmds = {"align": [], "mask": [], "synth": ["--ratio", "0.5"], "align-shards": ["--format", "shards"]}
+    for name, extra in cmds.items():
+        cmd = name.split("-")[0]
+        out = tmp_path / f"{name}-empty"
         res = _run([cmd, "--src", empty, "--out", out, "-j", "1", "-q"] + extra)
         assert res.exit_code == 2, (cmd, res.output)
         assert f"no input file under --src {empty} (1 file seen, not an input: not_an_image 1, e.g. readme.txt)" \
             in res.output, (cmd, res.output)
         assert not out.exists()  # nothing is written
 
-        out = tmp_path / f"{cmd}-bad"
+        out = tmp_path / f"{name}-bad"
         res = _run([cmd, "--src", bad, "--out", out, "-j", "1"] + extra)
         assert res.exit_code == 1, (cmd, res.output)
         assert "every input failed" in res.output and "decode_error" in res.output  # after the summary
         fails = _lines(out / "failures.jsonl")
         assert sorted(f["src"] for f in fails) == ["b1.jpg", "b2.png"]
 
-        out = tmp_path / f"{cmd}-good"
+        out = tmp_path / f"{name}-good"
         first = _run([cmd, "--src", good, "--out", out, "-j", "1", "-q"] + extra)
         assert first.exit_code == 0, (cmd, first.output)
         stamp = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
         again = _run([cmd, "--src", good, "--out", out, "-j", "1", "-q"] + extra)
         assert again.exit_code == 0 and "already complete" in again.output, (cmd, again.output)
         assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == stamp  # nothing redone
-        if cmd != "synth":  # the finished run's summary, as -q prints it
+        if cmd == "align":  # the finished run's summary, as -q prints it
             assert json.loads(next(x for x in again.output.splitlines() if x.startswith("{")))["ok"] == 2
         _save(good, b"p/b.jpg", a)  # a new input: no longer complete
         res = _run([cmd, "--src", good, "--out", out, "-j", "1", "-q"] + extra)
         os.unlink(os.fsencode(good) + b"/p/b.jpg")
         assert "already complete" not in res.output, (cmd, res.output)
-        if cmd == "synth":  # synth never mixes two input sets in one shard folder
+        if name in ("synth", "align-shards"):  # shards: never two input sets in one folder
             assert res.exit_code == 1 and "--overwrite" in res.output, res.output
         else:  # align/mask redo the run with the same options
             assert res.exit_code == 0 and json.loads(res.output.splitlines()[-1])["ok"] == 3, res.output
