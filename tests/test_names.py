@@ -238,6 +238,11 @@ def test_links_and_an_output_inside_src_are_skipped_with_reasons(tmp_path, faces
     assert man["inputs"]["skipped_by_reason"] == {"duplicate_via_link": 1, "inside_out": 1}
     assert {(r["src"], r["reason"]) for r in _lines(shards / "skipped.jsonl")} == {
         ("alink/x.jpg", "duplicate_via_link"), ("shards/old.txt", "inside_out")}
+    from maskkit.io.shards import verify
+
+    assert verify(shards).ok  # `maskkit stats` checks seen = files + skipped against skipped.jsonl
+    (shards / "skipped.jsonl").write_text("")
+    assert any("skipped.jsonl has 0 lines" in p for p in verify(shards).problems)
 
 
 # ------------------------------------------------------------------ §3 output names

@@ -512,6 +512,13 @@ def verify(data_dir: str | os.PathLike, decode: bool = False, max_problems: int 
                         bad(f"failures.jsonl: bad line {line.strip()[:80]}")
     if nfail != inputs.get("failed", 0):
         bad(f"failures.jsonl has {nfail} lines, manifest inputs.failed is {inputs.get('failed')}")
+    if "seen" in inputs:  # maskkit's extension: every file under --src accounted for
+        if inputs["seen"] != inputs.get("files", 0) + inputs.get("skipped", 0):
+            bad(f"inputs: seen {inputs['seen']} != files {inputs.get('files')} + skipped {inputs.get('skipped')}")
+        sp = d / "skipped.jsonl"
+        nskip = sum(1 for line in sp.read_text(encoding="utf-8").splitlines() if line.strip()) if sp.exists() else 0
+        if nskip != inputs.get("skipped", 0):
+            bad(f"skipped.jsonl has {nskip} lines, manifest inputs.skipped is {inputs.get('skipped')}")
     counted = {"num_samples": n, "num_masked": masked, "styles": styles, "per_class": per_class,
                "failures": nfail, "keys": len(keys)}
     return VerifyReport(not problems, problems, counted, man)
