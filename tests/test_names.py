@@ -222,6 +222,8 @@ def test_links_and_an_output_inside_src_are_skipped_with_reasons(tmp_path, faces
     assert [r["src"] for r in _lines(out / "manifest.jsonl")] == ["zreal/x.jpg"]
     assert {(r["src"], r["reason"]) for r in _lines(out / "skipped.jsonl")} == {
         ("alink/x.jpg", "duplicate_via_link"), ("out/old.txt", "inside_out")}
+    again = _run(["align", "--src", src, "--out", out, "-j", "1", "-q"])  # its own outputs now lie in src/out
+    assert again.exit_code == 0 and "already complete" in again.output, again.output
     # synth accounts the same way, in skipped.jsonl and the manifest's inputs
     src2 = tmp_path / "src2"
     _save(src2, b"zreal/x.jpg", a)

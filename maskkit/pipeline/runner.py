@@ -178,8 +178,9 @@ def check_out_kind(out: Path, writing: str, error: type[Exception] = RuntimeErro
 
 def listing_fingerprint(listing) -> str:
     """sha256 over every entry of a :class:`maskkit.io.sources.SourceListing`: each input's name
-    (bytes), size and modification time, and each skipped file's name and reason. Two walks with
-    the same fingerprint saw the same files."""
+    (bytes), size and modification time, and each skipped file's name and reason (except the
+    output folder's own files, ``inside_out``). Two walks with the same fingerprint saw the same
+    source files."""
     import hashlib
 
     from maskkit.util.names import name_bytes
@@ -192,7 +193,8 @@ def listing_fingerprint(listing) -> str:
         except OSError:
             h.update(name_bytes(it.rel) + b"\x00-\n")
     for sk in listing.skipped:
-        h.update(name_bytes(sk.rel) + f"\x00{sk.reason}\n".encode())
+        if sk.reason != "inside_out":  # the output folder's own files change with every run
+            h.update(name_bytes(sk.rel) + f"\x00{sk.reason}\n".encode())
     return h.hexdigest()
 
 
