@@ -22,7 +22,8 @@ def test_demo_end_to_end(tmp_path):
     rep = verify(out / "shards", decode=True)
     assert rep.ok, rep.problems
     man = rep.manifest
-    assert man["paired"] and man["inputs"] == {"files": 20, "ok": 20, "failed": 0, "failed_by_reason": {}}
+    assert man["paired"] and man["inputs"] == {"files": 20, "ok": 20, "failed": 0, "failed_by_reason": {},
+                                               "seen": 20, "skipped": 0, "skipped_by_reason": {}}
     assert man["num_masked"] == 10 and man["num_samples"] == 30
     assert all(pc["masked"] == 5 for pc in man["per_class"].values())
     samples = {s["key"]: s for s in read_samples(out / "shards")}

@@ -189,7 +189,7 @@ def test_synth_on_a_masked_only_export_writes_nothing_and_says_why(small_shards,
     n = sum(1 for s in read_samples(small_shards) if s["json"]["masked"])
     r = CliRunner().invoke(main, ["synth", "--src", str(tmp_path / "rec" / "train.rec"), "--aligned",
                                   "--out", str(tmp_path / "again"), "-q"])
-    assert r.exit_code == 0, r.output
+    assert r.exit_code == 1, r.output  # every input failed: exit 1, after the summary (issue 12 §9)
     assert "no sample was written" in r.output and f"already_masked {n}" in r.output, r.output
     assert len((tmp_path / "again" / "failures.jsonl").read_text().splitlines()) == n
 

@@ -205,3 +205,38 @@ class TrainConfig:
 
     def replace(self, **changes: Any) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
+
+
+#: What ``maskkit train`` writes into its run folder (``--out``), and ``maskkit eval`` adds
+#: (``eval/``): a new run into a folder that holds any of these replaces them only with
+#: ``--overwrite`` (:func:`claim_run_dir`).
+RUN_FILES = ("config.json", "launch_config.json", "log.jsonl", "checkpoints", "tb", "eval")
+
+
+def claim_run_dir(out: str | Path, resume: bool, overwrite: bool, remove: bool = True) -> list[Path]:
+    """Check that a new training run may start in ``out``.
+
+    A folder holding a run (any of :data:`RUN_FILES`) is refused unless ``resume`` (continue it)
+    or ``overwrite`` (remove the old run's files first -- its checkpoints, log, TensorBoard
+    events and ``eval/`` records, which ``eval --compare`` would otherwise show beside the new
+    model; other files in the folder are left alone). Under ``torchrun`` only rank 0 checks and
+    removes. ``remove=False`` only checks (the command checks its data before an old run goes).
+
+    Returns:
+        The run files found (removed when ``overwrite`` and ``remove``; empty with ``resume``).
+
+    Raises:
+        ValueError: both ``resume`` and ``overwrite``.
+        maskkit.util.files.OutputExistsError: ``out`` holds a run and neither was given.
+    """
+    import os
+
+    from maskkit.util.files import claim_outputs
+
+    if resume and overwrite:
+        raise ValueError("--resume continues the run in --out and --overwrite replaces it: give one of them")
+    if resume or int(os.environ.get("RANK", "0") or 0) != 0:
+        return []
+    run = Path(out)
+    return claim_outputs([run / n for n in RUN_FILES], overwrite, "a training run", remove=remove,
+                         alternatives="--resume to continue it", where=run)

@@ -52,7 +52,9 @@ def align(src, out, size, detector, upsample, max_side, faces, jobs, fmt, aligne
 
     Writes <stem>.jpg (or <stem>_<k>.jpg with --faces all) mirroring the input tree,
     manifest.jsonl (one line per face) and failures.jsonl (one line per input that gave
-    nothing, with a reason). Exit status 0 when the run completes, even with failures.
+    nothing, with a reason) and skipped.jsonl (every other file under SRC, with a reason).
+    Exit status 0 when the run completes (also "already complete" when OUT holds this finished
+    run), 1 when every input failed, 2 when SRC holds no input file.
     """
     opts = {}
     if upsample is not None:
@@ -66,12 +68,19 @@ def align(src, out, size, detector, upsample, max_side, faces, jobs, fmt, aligne
     cfg = AlignConfig(src=src, out=out, size=size, detector=detector, detector_opts=opts, faces=faces, jobs=jobs,
                       format=fmt, aligned=aligned, max_pixels=max_pixels, quality=quality, progress=not quiet,
                       overwrite=overwrite)
+    from maskkit.cli._exit import _finish, _no_input
+    from maskkit.util.outcome import NoInputError
+
     try:
         summary = run_align(cfg)
+    except NoInputError as exc:
+        raise _no_input(exc) from exc
     except AlignError as exc:
         raise click.ClickException(str(exc)) from exc
     if quiet:
-        click.echo(json.dumps({k: summary.get(k) for k in ("files", "ok", "failed", "faces", "no_face", "errors")}))
+        click.echo(json.dumps({k: summary.get(k) for k in ("seen", "files", "ok", "failed", "skipped", "faces",
+                                                           "no_face", "errors")}))
+    _finish(out, summary["ok"], summary["failed"], summary.get("already_complete", False))
 
 
 COMMANDS = [align]

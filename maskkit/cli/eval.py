@@ -26,6 +26,16 @@ def _check_writable(path, what: str, is_dir: bool) -> None:
         raise click.ClickException(f"{what} {path} is not writable: {exc.strerror or exc}") from exc
 
 
+def _claim(path, overwrite: bool, what: str) -> None:
+    """A one-line error when ``path`` exists and ``--overwrite`` was not given (:func:`maskkit.util.files.claim_outputs`)."""
+    from maskkit.util.files import OutputExistsError, claim_outputs
+
+    try:
+        claim_outputs([path], overwrite, what)
+    except OutputExistsError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
 def _check_device(device: str) -> None:
     """A one-line error for a device that does not exist here (e.g. ``cuda`` on a CPU-only torch)."""
     from maskkit.training.api import check_device
@@ -176,21 +186,31 @@ def _config(model, bin_path, pairs, root, gallery, probes, mask_side, mask_style
 @click.option("--detector", default="hog", show_default=True, type=_DETECTORS,
               help="Face detector for images not already 112x112.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
-def embed(model, src, out, masked, flip, batch_size, device, detector, progress):
+@click.option("--overwrite", is_flag=True, help="Replace --out when it exists (otherwise refused).")
+def embed(model, src, out, masked, flip, batch_size, device, detector, progress, overwrite):
     """Embed every face under SRC into an .npz (mu, sigma, magnitude, paths).
 
     Identity = first sub-folder. Images not already 112x112 are aligned first; files that
-    cannot be read or aligned are listed in the archive's ``failures``.
+    cannot be read or aligned are listed in the archive's ``failures``. Exit status 0 when done,
+    1 when every image failed, 2 when SRC holds no image file; an existing OUT needs --overwrite.
     """
     from maskkit.training.eval.embed import run_embed
     from maskkit.util.progress import print_summary
 
+    from maskkit.cli._exit import _finish, _no_input
+    from maskkit.util.outcome import NoInputError
+
+    _claim(out, overwrite, "an embeddings file")
     _check_model(model)
     _check_device(device)
     _check_writable(out, "--out", is_dir=False)
-    s = run_embed(model, src, out, masked=masked, flip=flip, batch_size=batch_size, device=device,
-                  detector=detector, progress=progress)
+    try:
+        s = run_embed(model, src, out, masked=masked, flip=flip, batch_size=batch_size, device=device,
+                      detector=detector, progress=progress)
+    except NoInputError as exc:
+        raise _no_input(exc) from exc
     print_summary("maskkit embed", s, file=sys.stdout)
+    _finish(out, s["embedded"], s["failed"])
 
 
 @click.command("export")
@@ -199,7 +219,8 @@ def embed(model, src, out, masked, flip, batch_size, device, detector, progress)
 @click.option("--opset", type=int, default=17, show_default=True)
 @click.option("--verify/--no-verify", default=True, show_default=True,
               help="Check onnxruntime against PyTorch at batch sizes 1 and 7.")
-def export(model, onnx_path, opset, verify):
+@click.option("--overwrite", is_flag=True, help="Replace the output file when it exists (otherwise refused).")
+def export(model, onnx_path, opset, verify, overwrite):
     """Export a trained model to ONNX: inputs image (N,3,112,112) normalised and masked (N,);
     outputs mu and sigma; dynamic batch axis."""
     import numpy as np
@@ -207,6 +228,7 @@ def export(model, onnx_path, opset, verify):
     from maskkit.training.api import load_model
     from maskkit.training.eval.export import export_onnx, verify_onnx
 
+    _claim(onnx_path, overwrite, "an exported model")
     _check_model(model)
     _check_writable(onnx_path, "--onnx", is_dir=False)
     m = load_model(model)

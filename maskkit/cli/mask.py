@@ -34,16 +34,25 @@ def mask(src, out, style, seed, detector, faces, aligned, jobs, quality, coverag
 
     Writes the masked images (same relative paths), manifest.jsonl (one line per face with
     the render parameters) and failures.jsonl (one line per input with no masked face, with a
-    reason). Exit status 0 when the run completes, even with failures.
+    reason) and skipped.jsonl (every other file under SRC, with a reason). Exit status 0 when
+    the run completes (also "already complete" when OUT holds this finished run), 1 when every
+    input failed, 2 when SRC holds no input file.
     """
     cfg = MaskConfig(src=src, out=out, style=style, seed=seed, detector=detector, faces=faces, aligned=aligned,
                      jobs=jobs, quality=quality, coverage=coverage, progress=not quiet, overwrite=overwrite)
+    from maskkit.cli._exit import _finish, _no_input
+    from maskkit.util.outcome import NoInputError
+
     try:
         summary = run_mask(cfg)
+    except NoInputError as exc:
+        raise _no_input(exc) from exc
     except MaskError as exc:
         raise click.ClickException(str(exc)) from exc
     if quiet:
-        click.echo(json.dumps({k: summary[k] for k in ("files", "ok", "failed", "faces", "errors", "styles")}))
+        click.echo(json.dumps({k: summary[k] for k in ("seen", "files", "ok", "failed", "skipped", "faces", "errors",
+                                                       "styles")}))
+    _finish(out, summary["ok"], summary["failed"], summary.get("already_complete", False))
 
 
 @click.command("preview")
@@ -55,11 +64,18 @@ def mask(src, out, style, seed, detector, faces, aligned, jobs, quality, coverag
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--aligned", is_flag=True, help="Images are ArcFace crops: skip detection.")
 @click.option("--detector", default="hog", show_default=True, type=click.Choice(["hog", "cnn", "blazeface", "fan"]))
-def preview_cmd(src, out, styles, n, seed, aligned, detector):
+@click.option("--overwrite", is_flag=True, help="Replace the output PNG when it exists (otherwise refused).")
+def preview_cmd(src, out, styles, n, seed, aligned, detector, overwrite):
     """Contact sheet (styles x faces) from SRC: a folder of images, a shard set or `mask` output."""
     from maskkit.pipeline.preview import preview as _preview
     from maskkit.render import STYLES
 
+    from maskkit.util.files import OutputExistsError, claim_outputs
+
+    try:
+        claim_outputs([out], overwrite, "a contact sheet")
+    except OutputExistsError as exc:
+        raise click.ClickException(str(exc)) from exc
     chosen = [s.strip() for s in styles.split(",") if s.strip()]
     bad = [s for s in chosen if s not in STYLES]
     if bad or not chosen:

@@ -89,7 +89,9 @@ def synth(src, out, ratio, paired, styles, seed, jobs, aligned, size, shard_samp
 
     Exactly round(ratio*n) of each identity's n faces are masked, styles balanced; the
     shards are byte-identical for any --jobs/--backend; a killed run rerun with the same
-    command resumes and ends with exactly the uninterrupted run's samples.
+    command resumes and ends with exactly the uninterrupted run's samples. Exit status 0 when
+    the run completes (also "already complete" when OUT holds this finished run), 1 when every
+    input failed, 2 when SRC holds no input file.
 
     \b
     Example:
@@ -113,14 +115,16 @@ def synth(src, out, ratio, paired, styles, seed, jobs, aligned, size, shard_samp
             ["--src", str(src), "--out", str(out), "--ratio", str(ratio)] + (["--paired"] if paired else [])
             + ["--styles", ",".join(cfg.styles), "--seed", str(seed)] + (["--aligned"] if aligned else [])
             + ["--size", size, "--shard-samples", str(shard_samples)])
+    from maskkit.cli._exit import _finish, _no_input
+    from maskkit.util.outcome import NoInputError
+
     try:
         res = run_synth(cfg)
+    except NoInputError as exc:
+        raise _no_input(exc) from exc
     except SynthError as exc:
         raise click.ClickException(str(exc)) from exc
-    if res.already_complete:
-        click.echo(f"{out} already holds this dataset (manifest.json present, same inputs and options): nothing to do.",
-                   err=True)
-    elif res.resumed:
+    if res.resumed and not res.already_complete:
         click.echo(f"resumed: {res.resumed:,} samples were already in complete shards", err=True)
     _print_summary("maskkit synth", summary_rows(res.manifest, res.stage_seconds or None,
                                                  None if res.already_complete else res.seconds))
@@ -128,8 +132,10 @@ def synth(src, out, ratio, paired, styles, seed, jobs, aligned, size, shard_samp
         reasons = res.manifest.get("inputs", {}).get("failed_by_reason", {})
         top = ", ".join(f"{k} {v:,}" for k, v in sorted(reasons.items(), key=lambda kv: -kv[1])[:3])
         click.echo(f"warning: no sample was written: every input is in {out / 'failures.jsonl'}"
-                   + (f" ({top})" if top else " (no inputs found)"), err=True)
+                   + (f" ({top})" if top else ""), err=True)
     click.echo(str(out / "manifest.json"))
+    inputs = res.manifest.get("inputs", {})
+    _finish(out, int(inputs.get("ok", 0)), int(inputs.get("failed", 0)), res.already_complete)
 
 
 @click.command("stats")
@@ -179,14 +185,22 @@ def stats(shards, deep, as_json):
 @click.option("--prefix", default="train", show_default=True, help="File name prefix (train.rec, train.idx).")
 @click.option("--only", type=click.Choice(["all", "plain", "masked"]), default="all", show_default=True,
               help="Which samples: all, only plain faces (to mask the .rec again with synth), or only masked.")
-def export_rec_cmd(shards, out, prefix, only):
+@click.option("--overwrite", is_flag=True, help="Replace an export with this prefix in OUT (otherwise refused).")
+def export_rec_cmd(shards, out, prefix, only, overwrite):
     """Write a shard folder as insightface train.rec / train.idx / property (no mxnet needed).
 
     The result loads in arcface_torch's MXFaceDataset; record id2 is 1 for masked faces, and
     PREFIX.maskkit.json says so (synth on this .rec then never masks a masked face again).
     """
-    from maskkit.io.recordio import export_rec
+    from maskkit.io.recordio import export_rec, sidecar_path
+    from maskkit.util.files import OutputExistsError, claim_outputs
 
+    rec = out / f"{prefix}.rec"
+    try:
+        claim_outputs([rec, rec.with_suffix(".idx"), out / "property", sidecar_path(rec)], overwrite,
+                      "an insightface export", where=out)
+    except OutputExistsError as exc:
+        raise click.ClickException(str(exc)) from exc
     try:
         info = export_rec(shards, out, prefix=prefix, only=only)
     except FileNotFoundError as exc:

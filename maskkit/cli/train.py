@@ -53,6 +53,9 @@ _SHAPE_KEYS = ("method", "backbone", "width", "embedding_size", "two_stream", "s
 @click.option("--ckpt-every", type=int, default=1000, show_default=True, help="Checkpoint every N steps.")
 @click.option("--log-every", type=int, default=50, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue the run in --out from checkpoints/last.pt (exactly).")
+@click.option("--overwrite", is_flag=True,
+              help="--out holds a run: replace it (its checkpoints, log and eval/ records are removed). "
+                   "Without --resume or --overwrite such a folder is refused.")
 @click.option("--nproc", type=int, default=1, show_default=True,
               help="Launch N local DDP processes with torch.distributed.run (or run under torchrun yourself).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, exists=True),
@@ -63,7 +66,7 @@ _SHAPE_KEYS = ("method", "backbone", "width", "embedding_size", "two_stream", "s
 @click.pass_context
 def train_cmd(ctx: click.Context, data, out, method, backbone, width, two_stream, split_point, batch_size, lr, epochs,
               milestones, num_workers, amp, compile_, device, seed, max_steps, steps_per_epoch, ckpt_every, log_every,
-              resume, nproc, config_path, sets, no_progress) -> None:
+              resume, overwrite, nproc, config_path, sets, no_progress) -> None:
     """Train MaskDUL (two-stream IResNet + DUL head + MagFace + H-KLD) or a baseline on shards.
 
     \b
@@ -77,8 +80,15 @@ def train_cmd(ctx: click.Context, data, out, method, backbone, width, two_stream
 
     from click.core import ParameterSource
 
-    from maskkit.training.config import TrainConfig
+    from maskkit.training.config import TrainConfig, claim_run_dir
+    from maskkit.util.files import OutputExistsError
 
+    try:
+        claim_run_dir(out, resume, overwrite, remove=False)  # refuse first; remove only once the data opens
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    except OutputExistsError as exc:
+        raise click.ClickException(str(exc)) from exc
     given = {name for name in ctx.params if ctx.get_parameter_source(name) not in
              (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP, None)}
     values = {"data": data, "out": out, "method": method, "backbone": backbone, "width": width,
@@ -115,6 +125,14 @@ def train_cmd(ctx: click.Context, data, out, method, backbone, width, two_stream
         raise click.UsageError(str(exc)) from exc
     if not cfg.data:
         raise click.UsageError("--data is required")
+    if overwrite:
+        from maskkit.training.data import open_shards
+
+        try:
+            open_shards(cfg.data, cfg.split)
+        except (OSError, ValueError) as exc:
+            raise click.ClickException(f"--data: {exc} (the run in {out} is kept)") from exc
+        claim_run_dir(out, resume, overwrite)
 
     if nproc > 1:
         from maskkit.training.engine import launch

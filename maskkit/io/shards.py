@@ -74,8 +74,16 @@ def shard_name(index: int, split: str = "train") -> str:
 
 
 def encode_json(obj) -> bytes:
-    """Canonical JSON bytes (sorted keys, compact, UTF-8) -- deterministic for equal objects."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    """Canonical JSON bytes (sorted keys, compact, UTF-8) -- deterministic for equal objects.
+
+    Always valid UTF-8: names go in as text (``src`` + ``src_bytes``, :mod:`maskkit.util.names`);
+    a stray lone surrogate (a file name inside an error message) is written in its display form."""
+    try:
+        return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        from maskkit.util.names import text_safe
+
+        return json.dumps(text_safe(obj), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
 def sha256_file(path: str | os.PathLike, bufsize: int = 1 << 20) -> str:
@@ -504,6 +512,13 @@ def verify(data_dir: str | os.PathLike, decode: bool = False, max_problems: int 
                         bad(f"failures.jsonl: bad line {line.strip()[:80]}")
     if nfail != inputs.get("failed", 0):
         bad(f"failures.jsonl has {nfail} lines, manifest inputs.failed is {inputs.get('failed')}")
+    if "seen" in inputs:  # maskkit's extension: every file under --src accounted for
+        if inputs["seen"] != inputs.get("files", 0) + inputs.get("skipped", 0):
+            bad(f"inputs: seen {inputs['seen']} != files {inputs.get('files')} + skipped {inputs.get('skipped')}")
+        sp = d / "skipped.jsonl"
+        nskip = sum(1 for line in sp.read_text(encoding="utf-8").splitlines() if line.strip()) if sp.exists() else 0
+        if nskip != inputs.get("skipped", 0):
+            bad(f"skipped.jsonl has {nskip} lines, manifest inputs.skipped is {inputs.get('skipped')}")
     counted = {"num_samples": n, "num_masked": masked, "styles": styles, "per_class": per_class,
                "failures": nfail, "keys": len(keys)}
     return VerifyReport(not problems, problems, counted, man)

@@ -1,26 +1,43 @@
-"""Input discovery: walk a source tree into a sorted, deterministic list of :class:`SourceItem`.
+"""Input discovery: walk a source tree into a sorted, deterministic list of inputs, and account
+for every other file under it.
 
-* Recognised extensions (any case): ``.jpg .jpeg .png .bmp .webp .tif .tiff``. The decoder
-  reads contents, so the extension only decides what is *considered* an input.
+* Recognised extensions (any case): ``.jpg .jpeg .png .bmp .webp .tif .tiff`` and the JPEG
+  aliases ``.jfif .jpe .jif``. The decoder reads contents, so the extension only decides what is
+  *considered* an input.
 * Identity sub-folders are followed, including symlinked folders, but each real directory is
   entered once: a symlink loop becomes a failed item (``error="symlink_loop"``) instead of an
-  endless walk. Unreadable folders and dangling links become failed items too, so every
-  input is accounted for (``files == ok + failed``).
+  endless walk. Unreadable folders and dangling links become failed items too.
+* Every other file under ``src`` is a :class:`Skipped` entry with a reason
+  (:data:`SKIP_REASONS`): ``not_an_image`` (no image extension), ``duplicate_via_link`` (under a
+  second link to a folder already walked), ``inside_out`` (under the output folder, when it lies
+  inside ``src``). So ``seen == len(items) + len(skipped)`` and, after a run,
+  ``seen == ok + failed + skipped``.
+* Names are taken as the file system gives them: ``rel`` may hold lone surrogates for bytes that
+  are not UTF-8 (see :mod:`maskkit.util.names`); :meth:`SourceItem.fields` gives their text form.
 * ``identity`` is the first path component under ``src`` (``""`` for files directly in it).
 """
 from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Iterable
 
+from maskkit.util.names import display_name, name_fields
+
 log = logging.getLogger(__name__)
 
-__all__ = ["IMAGE_EXTENSIONS", "SourceItem", "iter_sources"]
+__all__ = ["IMAGE_EXTENSIONS", "JPEG_EXTENSIONS", "SKIP_REASONS", "SourceItem", "Skipped", "SourceListing",
+           "list_sources", "iter_sources", "log_skipped", "require_inputs", "skipped_records"]
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+#: JPEG under any of its registered extensions (``.jfif`` is what several browsers save).
+JPEG_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jfif", ".jpe", ".jif"})
+IMAGE_EXTENSIONS = JPEG_EXTENSIONS | frozenset({".png", ".bmp", ".webp", ".tif", ".tiff"})
+
+#: Why a file under ``--src`` is not an input (``skipped.jsonl``'s ``reason``).
+SKIP_REASONS = ("not_an_image", "duplicate_via_link", "inside_out")
 
 
 @dataclass(frozen=True)
@@ -29,7 +46,8 @@ class SourceItem:
 
     Attributes:
         path: filesystem path (under ``src``, possibly through symlinks).
-        rel: POSIX path relative to ``src``.
+        rel: POSIX path relative to ``src``, exactly as the file system names it (lone
+            surrogates for bytes that are not UTF-8).
         identity: first folder of ``rel`` (class name), ``""`` at the top level.
         error: ``None`` for a normal file; else a reason token (``symlink_loop``,
             ``read_error``, ``broken_link``) for an entry that cannot be read.
@@ -42,26 +60,88 @@ class SourceItem:
     error: str | None = None
     detail: str = ""
 
+    @property
+    def display(self) -> str:
+        """``rel`` as valid UTF-8 text (:func:`maskkit.util.names.display_name`)."""
+        return display_name(self.rel)
+
+    def fields(self, key: str = "src") -> dict:
+        """``{"src": display}`` (+ ``"src_bytes"`` for a name that is not UTF-8) for a text record."""
+        return name_fields(self.rel, key)
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A file under ``src`` that is not an input: ``rel`` (as :attr:`SourceItem.rel`), ``reason``
+    (one of :data:`SKIP_REASONS`) and ``detail``."""
+
+    rel: str
+    reason: str
+    detail: str = ""
+
+    def record(self) -> dict:
+        """The ``skipped.jsonl`` line: ``{"src", ["src_bytes"], "reason", "detail"}``."""
+        return {**name_fields(self.rel), "reason": self.reason, "detail": display_name(self.detail)}
+
+
+@dataclass
+class SourceListing:
+    """Everything under ``src``: the inputs (sorted by ``rel``) and the files left out (sorted)."""
+
+    items: list[SourceItem] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+
+    @property
+    def seen(self) -> int:
+        """Entries found: inputs (readable or not) plus skipped files."""
+        return len(self.items) + len(self.skipped)
+
+
+def skipped_records(skipped: Iterable[Skipped]) -> list[dict]:
+    """The ``skipped.jsonl`` lines of a listing."""
+    return [s.record() for s in skipped]
+
 
 def _identity(rel: str) -> str:
     parts = PurePosixPath(rel).parts
     return parts[0] if len(parts) > 1 else ""
 
 
-def iter_sources(src_dir: str | os.PathLike, exclude: Iterable[str | os.PathLike] = ()) -> list[SourceItem]:
-    """List the image inputs under ``src_dir``.
+def _files_under(d: Path, rel: PurePosixPath) -> list[str]:
+    """Every entry under folder ``d`` as a rel, without following symlinked folders (a link is
+    listed as one entry): what a folder that is not walked holds."""
+    out: list[str] = []
+    try:
+        entries = sorted(os.scandir(d), key=lambda e: e.name)
+    except OSError:
+        return [rel.as_posix()]  # an unreadable folder: account for it as one entry
+    for e in entries:
+        try:
+            is_dir = e.is_dir(follow_symlinks=False)
+        except OSError:
+            is_dir = False
+        if is_dir:
+            out += _files_under(Path(e.path), rel / e.name)
+        else:
+            out.append((rel / e.name).as_posix())
+    return out
+
+
+def list_sources(src_dir: str | os.PathLike, exclude: Iterable[str | os.PathLike] = ()) -> SourceListing:
+    """List the image inputs under ``src_dir`` and every file that is not one.
 
     Args:
-        src_dir: root folder (or a single image file).
-        exclude: folders to skip (e.g. the output folder when it lies inside ``src``).
+        src_dir: root folder (or a single image file, taken whatever its extension).
+        exclude: folders whose files are not inputs (the output folder when it lies inside
+            ``src``); their files are listed as skipped ``inside_out``.
 
     Returns:
-        Items sorted by ``rel``; failed entries (loops, unreadable folders, dangling links)
-        are included with ``error`` set.
+        :class:`SourceListing`: items sorted by ``rel`` (failed entries -- loops, unreadable
+        folders, dangling links -- included with ``error`` set) and skipped files sorted by ``rel``.
     """
     root = Path(src_dir)
     if root.is_file():
-        return [SourceItem(root, root.name, "")]
+        return SourceListing([SourceItem(root, root.name, "")])
     excl = set()
     for e in exclude:
         try:
@@ -69,8 +149,11 @@ def iter_sources(src_dir: str | os.PathLike, exclude: Iterable[str | os.PathLike
         except OSError:
             pass
     items: list[SourceItem] = []
-    seen: set[tuple[int, int]] = set()
-    not_images: list[str] = []
+    skipped: list[Skipped] = []
+    first_rel: dict[tuple[int, int], str] = {}
+    # symlinked folders wait until every real folder is walked, so a folder's files are named by
+    # their real place and a link to it is the duplicate, whatever the names sort like
+    pending: deque[tuple[Path, PurePosixPath, frozenset]] = deque()
 
     def walk(d: Path, rel: PurePosixPath, ancestors: frozenset) -> None:
         try:
@@ -81,11 +164,14 @@ def iter_sources(src_dir: str | os.PathLike, exclude: Iterable[str | os.PathLike
         key = (st.st_dev, st.st_ino)
         if key in ancestors:
             items.append(SourceItem(d, rel.as_posix(), _identity(rel.as_posix() + "/x"), "symlink_loop",
-                                    f"{rel.as_posix()} links back to one of its parent folders; not followed"))
+                                    f"{display_name(rel.as_posix())} links back to one of its parent folders; "
+                                    "not followed"))
             return
-        if key in seen:  # another link to a folder already walked: its files are already listed
+        if key in first_rel:  # another link to a folder already walked: its files are already listed
+            why = f"the same folder as {display_name(first_rel[key] or '.')}/, whose files are inputs already"
+            skipped.extend(Skipped(r, "duplicate_via_link", why) for r in _files_under(d, rel))
             return
-        seen.add(key)
+        first_rel[key] = rel.as_posix() if rel.parts else ""
         try:
             entries = sorted(os.scandir(d), key=lambda e: e.name)
         except OSError as exc:
@@ -101,24 +187,56 @@ def iter_sources(src_dir: str | os.PathLike, exclude: Iterable[str | os.PathLike
                 is_dir = False
             if is_dir:
                 try:
-                    if p.resolve() in excl:
-                        continue
+                    inside_out = p.resolve() in excl
                 except (OSError, RuntimeError):
-                    pass
-                walk(p, r, ancestors | {key})
-                continue
-            if p.suffix.lower() not in IMAGE_EXTENSIONS:
-                not_images.append(r.as_posix())
+                    inside_out = False
+                if inside_out:
+                    skipped.extend(Skipped(f, "inside_out", "under the output folder, which lies inside --src")
+                                   for f in _files_under(p, r))
+                elif e.is_symlink():
+                    pending.append((p, r, ancestors | {key}))
+                else:
+                    walk(p, r, ancestors | {key})
                 continue
             rs = r.as_posix()
+            if p.suffix.lower() not in IMAGE_EXTENSIONS:
+                skipped.append(Skipped(rs, "not_an_image", f"no image extension ({' '.join(sorted(IMAGE_EXTENSIONS))})"))
+                continue
             if e.is_symlink() and not p.exists():
                 items.append(SourceItem(p, rs, _identity(rs), "broken_link", "symbolic link to a missing file"))
             else:
                 items.append(SourceItem(p, rs, _identity(rs)))
 
     walk(root, PurePosixPath(""), frozenset())
-    if not_images:  # not inputs, but never passed over without a word
-        log.warning("%d file(s) under %s have no image extension (%s) and are not inputs, e.g. %s",
-                    len(not_images), root, " ".join(sorted(IMAGE_EXTENSIONS)), ", ".join(sorted(not_images)[:3]))
+    while pending:
+        walk(*pending.popleft())
     items.sort(key=lambda it: it.rel)
-    return items
+    skipped.sort(key=lambda s: s.rel)
+    return SourceListing(items, skipped)
+
+
+def log_skipped(listing: SourceListing, root: str | os.PathLike) -> None:
+    """One warning line per skip reason, with a count and up to three examples (display names)."""
+    by: dict[str, list[str]] = {}
+    for s in listing.skipped:
+        by.setdefault(s.reason, []).append(display_name(s.rel))
+    for reason, rels in sorted(by.items()):
+        log.warning("%d file(s) under %s are not inputs (%s), e.g. %s", len(rels), display_name(str(root)),
+                    reason, ", ".join(rels[:3]))
+
+
+def iter_sources(src_dir: str | os.PathLike, exclude: Iterable[str | os.PathLike] = ()) -> list[SourceItem]:
+    """The inputs of :func:`list_sources` (skipped files are logged, one warning per reason)."""
+    listing = list_sources(src_dir, exclude)
+    log_skipped(listing, src_dir)
+    return listing.items
+
+
+def require_inputs(listing: SourceListing, src: str | os.PathLike) -> None:
+    """Raise :class:`maskkit.util.outcome.NoInputError` (exit status 2) when ``listing`` holds no
+    input, with the one message every command gives (:func:`maskkit.util.outcome.no_input_message`)."""
+    from maskkit.util.outcome import NoInputError, no_input_message
+
+    if not listing.items:
+        raise NoInputError(no_input_message(display_name(str(src)),
+                                            [(display_name(s.rel), s.reason) for s in listing.skipped]))

@@ -9,8 +9,11 @@ Library entry points:
   process pool over chunks of files (one detector per worker), writes crops, ``manifest.jsonl``
   and ``failures.jsonl``, shows a progress bar and returns the summary.
 
-Accounting invariant: ``files == ok + failed``; every input is either in ``manifest.jsonl``
-(one line per written face) or in ``failures.jsonl`` (one line per input with a reason).
+Accounting invariant: ``files == ok + failed`` and ``seen == files + skipped``; every input is
+either in ``manifest.jsonl`` (one line per written face) or in ``failures.jsonl`` (one line per
+input with a reason), and every other file under ``src`` is in ``skipped.jsonl`` with a reason.
+Output names are decided for the whole run before any worker writes
+(:func:`maskkit.pipeline.naming.plan_output_names`).
 """
 from __future__ import annotations
 
@@ -176,25 +179,19 @@ def process_file(item: SourceItem, detector, cfg) -> FileResult:
     return res
 
 
-def output_names(items: list[SourceItem]) -> dict[str, str]:
+def output_names(items: list[SourceItem], multi: bool = False) -> dict[str, str]:
     """Output base name (POSIX, relative to ``--out``, no extension) for each input ``rel``.
 
-    ``a/b.png`` -> ``a/b``. When two inputs in one folder share a stem (``x.jpg`` and
-    ``x.png``), both get their extension folded into the name (``x_jpg``, ``x_png``) so neither
-    overwrites the other.
+    ``a/b.png`` -> ``a/b``; crops are ``<base>.jpg`` (``<base>_<k>.jpg`` with ``multi``, i.e.
+    ``--faces all``). Names never collide under casefold, with each other or with the
+    accounting files: the rules of :func:`maskkit.pipeline.naming.plan_output_names` (``x.jpg``
+    and ``x.png`` become ``x_jpg`` and ``x_png``; a folded name that a real input already has
+    gets ``~2``).
     """
-    def base(rel: str, tag: str = "") -> str:
-        p = PurePosixPath(rel)
-        return (p.parent / (p.stem + tag)).as_posix()  # a top-level file has parent ".": just the name
+    from maskkit.pipeline.naming import plan_output_names
+    from maskkit.pipeline.runner import RESERVED
 
-    counts = Counter(base(it.rel).casefold() for it in items)
-    out = {}
-    for it in items:
-        b = base(it.rel)
-        if counts[b.casefold()] > 1:
-            b = base(it.rel, "_" + PurePosixPath(it.rel).suffix.lstrip(".").lower())
-        out[it.rel] = b
-    return out
+    return plan_output_names([it.rel for it in items], lambda rel: ".jpg", multi=multi, reserved=RESERVED)
 
 
 def _align_chunk(items: list[SourceItem], cfg: AlignConfig, names: dict[str, str], detector=None) -> list[dict]:
@@ -204,6 +201,7 @@ def _align_chunk(items: list[SourceItem], cfg: AlignConfig, names: dict[str, str
     from maskkit.pipeline.runner import rounded as _r
     from maskkit.pipeline.runner import safe_target
     from maskkit.util.files import write_atomic
+    from maskkit.util.names import display_name, name_fields
 
     if detector is None and not cfg.aligned:
         detector = get_detector(cfg.detector, **cfg.detector_opts)  # once per worker process
@@ -213,6 +211,7 @@ def _align_chunk(items: list[SourceItem], cfg: AlignConfig, names: dict[str, str
         res = process_file(item, detector, cfg)
         rec = {"src": item.rel, "identity": item.identity, "records": [], "failure": None,
                "timings": dict(res.timings), "faces_found": len(res.faces)}
+        src_fields = item.fields()  # display name (+ src_bytes when the name is not UTF-8)
         if res.ok:
             t0 = time.perf_counter()
             try:
@@ -221,7 +220,8 @@ def _align_chunk(items: list[SourceItem], cfg: AlignConfig, names: dict[str, str
                     rel_out = f"{names[item.rel]}_{k}.jpg" if multi else f"{names[item.rel]}.jpg"
                     write_atomic(safe_target(out_root, rel_out), encode_jpeg(al.image, cfg.quality))
                     rec["records"].append({
-                        "src": item.rel, "identity": item.identity, "face": k, "out": rel_out,
+                        **src_fields, "identity": display_name(item.identity), "face": k,
+                        **name_fields(rel_out, "out"),
                         "size": [int(cfg.size[0]), int(cfg.size[1])],
                         "box": _r(face.box, 2), "score": None if face.score is None else round(float(face.score), 4),
                         "landmarks5": _r(al.landmarks5), "landmarks68": _r(al.landmarks68),
@@ -229,10 +229,10 @@ def _align_chunk(items: list[SourceItem], cfg: AlignConfig, names: dict[str, str
                     })
             except (OSError, ValueError) as exc:
                 rec["records"] = []
-                rec["failure"] = {"src": item.rel, "reason": "write_error", "detail": str(exc)}
+                rec["failure"] = {**src_fields, "reason": "write_error", "detail": str(exc)}
             rec["timings"]["encode"] = time.perf_counter() - t0
         else:
-            rec["failure"] = {"src": item.rel, "reason": res.reason or "no_face", "detail": res.detail}
+            rec["failure"] = {**src_fields, "reason": res.reason or "no_face", "detail": res.detail}
         results.append(rec)
     return results
 
@@ -258,21 +258,18 @@ def _run_shards(cfg: AlignConfig) -> dict:
     seconds = float(result.seconds)
     files = int(inputs.get("files") or 0)
     errors = {k: v for k, v in sorted(reasons.items()) if k != "no_face"}
-    summary = {"files": files, "ok": int(inputs.get("ok") or 0), "failed": int(inputs.get("failed") or 0),
+    summary = {"seen": int(inputs.get("seen", files)), "files": files, "ok": int(inputs.get("ok") or 0),
+               "failed": int(inputs.get("failed") or 0), "skipped": int(inputs.get("skipped") or 0),
                "faces": int(manifest.get("num_samples") or 0), "no_face": int(reasons.get("no_face", 0)),
                "errors": errors, "seconds": round(seconds, 3),
                "img_per_s": round(files / seconds, 2) if seconds > 0 else 0.0,
                "format": "shards", "out": str(cfg.out)}
     if result.already_complete:
         summary["already_complete"] = True
-    if cfg.progress:
+    elif cfg.progress:
         from maskkit.util.progress import print_summary
 
-        print_summary(f"maskkit align -> {cfg.out}", {
-            "files": summary["files"], "ok": summary["ok"], "faces written": summary["faces"],
-            "no face": summary["no_face"], "errors": errors or {}, "seconds": seconds,
-            "img/s": summary["img_per_s"], "shards": len(manifest.get("shards", [])),
-        })
+        print_summary(f"maskkit align -> {cfg.out}", _summary_rows(summary, shards=len(manifest.get("shards", []))))
     return summary
 
 
@@ -280,19 +277,23 @@ def run_align(cfg: AlignConfig) -> dict:
     """Run ``maskkit align`` for a config.
 
     Returns:
-        Summary dict: ``files``, ``ok``, ``failed``, ``faces``, ``no_face``, ``errors`` (reason ->
-        count, excluding ``no_face``), ``seconds``, ``img_per_s``, ``timings`` (total seconds per
-        stage).
+        Summary dict: ``seen`` (= ``files + skipped``), ``files``, ``ok``, ``failed``, ``skipped``,
+        ``faces``, ``no_face``, ``errors`` (reason -> count, excluding ``no_face``), ``seconds``,
+        ``img_per_s``, ``timings`` (total seconds per stage); ``already_complete: True`` when
+        ``out`` already held this finished run (the summary is that run's).
 
     Raises:
         AlignError: the run cannot proceed (bad arguments, unwritable output, missing model).
+        maskkit.util.outcome.NoInputError: ``src`` holds no input file (exit status 2).
     """
     from maskkit.face.align import parse_size
     from maskkit.face.detect import DETECTORS
-    from maskkit.io.sources import iter_sources
+    from maskkit.io.sources import list_sources, log_skipped, require_inputs, skipped_records
     from maskkit.pipeline.runner import (
         check_previous_run,
+        listing_fingerprint,
         prepare_run,
+        record_complete,
         run_chunks,
         write_accounting,
     )
@@ -313,16 +314,23 @@ def run_align(cfg: AlignConfig) -> dict:
         raise AlignError(str(exc)) from exc
     if cfg.format == "shards":
         return _run_shards(cfg)
+    t_start = time.perf_counter()
+    listing = list_sources(src, exclude=[out])
+    require_inputs(listing, src)
     detector = prepare_run(src, out, cfg.detector, cfg.detector_opts, cfg.aligned, AlignError)
-    check_previous_run(out, {
+    info = {
         "command": "maskkit align", "src": str(src.resolve()), "format": cfg.format, "size": list(cfg.size),
         "detector": cfg.detector, "detector_opts": dict(cfg.detector_opts), "faces": cfg.faces,
         "aligned": cfg.aligned, "max_pixels": cfg.max_pixels, "quality": cfg.quality,
-    }, cfg.overwrite, AlignError)
+    }
+    fp = listing_fingerprint(listing)
+    done = check_previous_run(out, info, cfg.overwrite, AlignError, listing=fp)
+    if done is not None:
+        return dict(done, already_complete=True)
 
-    t_start = time.perf_counter()
-    items = iter_sources(src, exclude=[out])
-    names = output_names(items)
+    log_skipped(listing, src)
+    items = listing.items
+    names = output_names(items, multi=cfg.faces == "all")
     gen, jobs = run_chunks(_align_chunk, items, cfg.jobs, max_chunk=32, args=(cfg, names), local=(detector,),
                            chunk=cfg.chunk)
     timings: Counter = Counter()
@@ -331,20 +339,33 @@ def run_align(cfg: AlignConfig) -> dict:
         timings.update(rec["timings"])
         stats["faces"] += len(rec["records"])  # empty for a failure
 
-    stats, reasons = write_accounting(out, gen, len(items), "align", cfg.progress, count)
+    stats, reasons = write_accounting(out, gen, len(items), "align", cfg.progress, count,
+                                      skipped=skipped_records(listing.skipped))
     seconds = time.perf_counter() - t_start
     errors = {k: v for k, v in sorted(reasons.items()) if k != "no_face"}
     summary = {
-        "files": stats["files"], "ok": stats["ok"], "failed": stats["failed"], "faces": stats["faces"],
+        "seen": stats["seen"], "files": stats["files"], "ok": stats["ok"], "failed": stats["failed"],
+        "skipped": stats["skipped"], "faces": stats["faces"],
         "no_face": reasons.get("no_face", 0), "errors": errors, "seconds": round(seconds, 3),
         "img_per_s": round(stats["files"] / seconds, 2) if seconds > 0 else 0.0,
         "jobs": jobs, "timings": {k: round(v, 3) for k, v in timings.items()},
     }
     assert summary["files"] == len(items) == summary["ok"] + summary["failed"], "accounting broken"
+    assert summary["seen"] == listing.seen == summary["files"] + summary["skipped"], "accounting broken"
+    record_complete(out, info, fp, summary)
     if cfg.progress:
-        print_summary(f"maskkit align -> {out}", {
-            "files": summary["files"], "ok": summary["ok"], "faces written": summary["faces"],
-            "no face": summary["no_face"], "errors": errors or {}, "seconds": seconds,
-            "img/s": summary["img_per_s"], "workers": jobs,
-        })
+        print_summary(f"maskkit align -> {out}", _summary_rows(summary, jobs=jobs))
     return summary
+
+
+def _summary_rows(summary: dict, **extra) -> dict:
+    """The end-of-run table of ``maskkit align`` (both formats)."""
+    rows = {"seen": summary["seen"], "files": summary["files"], "ok": summary["ok"],
+            "failed": summary["failed"], "skipped (not inputs)": summary["skipped"],
+            "faces written": summary["faces"], "no face": summary["no_face"], "errors": summary["errors"] or {},
+            "seconds": summary["seconds"], "img/s": summary["img_per_s"]}
+    if "jobs" in extra:
+        rows["workers"] = extra["jobs"]
+    if "shards" in extra:
+        rows["shards"] = extra["shards"]
+    return rows

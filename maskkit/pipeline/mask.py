@@ -8,8 +8,14 @@ listed in ``failures.jsonl`` with a reason (``no_face``, ``decode_error``, ``can
 A face that cannot carry a mask in an image where others can is written unmasked and recorded
 in the manifest with ``masked: false`` and its reason.
 
-Randomness is seeded per file and face (``--seed``, the input path, the face index), so a rerun
--- with any number of workers -- draws the same masks.
+Randomness is seeded per file and face (``--seed``, the input path's bytes, the face index), so
+a rerun -- with any number of workers -- draws the same masks.
+
+Output names are decided for the whole run before any worker writes
+(:func:`maskkit.pipeline.naming.plan_output_names`): ``x.png`` and ``x.bmp`` (both PNG outputs)
+become ``x_png.png`` and ``x_bmp.png``, the ``--coverage`` file of ``x.png`` never takes the name
+of a real input ``x.mask.png``, and no two names differ only in case. Every file under
+``--src`` that is not an input is in ``skipped.jsonl`` with a reason.
 """
 from __future__ import annotations
 
@@ -66,38 +72,57 @@ class MaskConfig:
 
 
 def face_rng(seed: int, rel: str, face: int) -> np.random.Generator:
-    """The generator for one face: stable across runs, platforms and worker counts."""
-    h = int.from_bytes(hashlib.sha256(rel.encode("utf-8")).digest()[:8], "little")
+    """The generator for one face: stable across runs, platforms and worker counts.
+
+    ``rel`` is hashed as its file-name bytes (``os.fsencode``; the UTF-8 bytes of a valid name),
+    so a name that is not UTF-8 seeds as well as any other."""
+    from maskkit.util.names import name_bytes
+
+    h = int.from_bytes(hashlib.sha256(name_bytes(rel)).digest()[:8], "little")
     return np.random.default_rng([int(seed) & 0xFFFFFFFF, h & 0xFFFFFFFF, h >> 32, int(face)])
 
 
-def _out_rel(rel: str) -> str:
-    p = PurePosixPath(rel)
-    suffix = p.suffix.lower()
-    if suffix not in (".jpg", ".jpeg", ".png"):
-        p = p.with_suffix(".png")  # bmp/webp/tif come out as PNG
-    return p.as_posix()
+def out_ext(rel: str) -> str:
+    """The extension of an input's masked output: JPEG (under any of its extensions) and PNG keep
+    theirs; bmp/webp/tif come out as PNG."""
+    from maskkit.io.sources import JPEG_EXTENSIONS
+
+    suffix = PurePosixPath(rel).suffix
+    return suffix if suffix.lower() in JPEG_EXTENSIONS | {".png"} else ".png"
+
+
+def output_names(rels: list[str], coverage: bool) -> dict[str, str]:
+    """``{rel: output path}`` for every input (relative to ``--out``): the input's own path, or
+    another when two inputs would write one file (:func:`maskkit.pipeline.naming.plan_output_names`;
+    with ``coverage`` the ``<stem>.mask.png`` files take part)."""
+    from maskkit.pipeline.naming import plan_output_names
+    from maskkit.pipeline.runner import RESERVED
+
+    bases = plan_output_names(rels, out_ext, extras=(".mask.png",) if coverage else (), reserved=RESERVED)
+    return {rel: bases[rel] + out_ext(rel) for rel in rels}
 
 
 def _write(path: Path, rgb_or_gray: np.ndarray, quality: int) -> None:
-    """Encode as JPEG (``.jpg``/``.jpeg``) or PNG with PIL and write atomically."""
+    """Encode as JPEG (``.jpg`` and its aliases) or PNG with PIL and write atomically."""
     import io
 
     from PIL import Image
 
+    from maskkit.io.sources import JPEG_EXTENSIONS
     from maskkit.util.files import write_atomic
 
     buf = io.BytesIO()
     im = Image.fromarray(rgb_or_gray)
-    if path.suffix.lower() in (".jpg", ".jpeg"):
+    if path.suffix.lower() in JPEG_EXTENSIONS:
         im.save(buf, format="JPEG", quality=quality)
     else:
         im.save(buf, format="PNG")
     write_atomic(path, buf.getvalue())
 
 
-def mask_file(item, detector, renderer, cfg: MaskConfig) -> dict:
-    """Mask every selected face of one input and write it; never raises for bad input.
+def mask_file(item, detector, renderer, cfg: MaskConfig, out_rel: str | None = None) -> dict:
+    """Mask every selected face of one input and write it to ``out_rel`` (under ``cfg.out``;
+    default: the input's own path with :func:`out_ext`); never raises for bad input.
 
     Returns:
         ``{"src", "records": [...], "failure": None | {"src", "reason", "detail"}, "faces": int}``.
@@ -107,12 +132,16 @@ def mask_file(item, detector, renderer, cfg: MaskConfig) -> dict:
     from maskkit.pipeline.runner import coverage_rel, safe_target
     from maskkit.pipeline.runner import rounded as _r
     from maskkit.render import CannotFit
+    from maskkit.util.names import name_fields
 
     rec = {"src": item.rel, "records": [], "failure": None, "faces": 0}
+    src_fields = item.fields()  # display name (+ src_bytes when the name is not UTF-8)
+    if out_rel is None:
+        out_rel = (PurePosixPath(item.rel).parent / PurePosixPath(item.rel).stem).as_posix() + out_ext(item.rel)
 
     def fail(reason, detail=""):
         rec["records"] = []
-        rec["failure"] = {"src": item.rel, "reason": reason, "detail": detail}
+        rec["failure"] = {**src_fields, "reason": reason, "detail": detail}
         return rec
 
     if item.error:
@@ -127,12 +156,11 @@ def mask_file(item, detector, renderer, cfg: MaskConfig) -> dict:
         faces = [aligned_face(rgb)] if cfg.aligned else find_faces(detector, rgb, cfg.faces)
         if not faces:
             return fail("no_face", f"no face found ({cfg.detector} detector)")
-        out_rel = _out_rel(item.rel)
         cov = np.zeros((h, w), np.float32)
         img = rgb
         reasons = []
         for k, f in enumerate(faces):
-            r = {"src": item.rel, "out": out_rel, "face": k, "box": _r(f.box, 2),
+            r = {**src_fields, **name_fields(out_rel, "out"), "face": k, "box": _r(f.box, 2),
                  "score": None if f.score is None else round(float(f.score), 4),
                  "landmarks68": _r(f.landmarks68, 2)}
             try:
@@ -162,28 +190,32 @@ def mask_file(item, detector, renderer, cfg: MaskConfig) -> dict:
     return rec
 
 
-def _mask_chunk(items, cfg: MaskConfig, detector=None, renderer=None) -> list:
+def _mask_chunk(items, cfg: MaskConfig, names: dict[str, str], detector=None, renderer=None) -> list:
     from maskkit.face.detect import get_detector
     from maskkit.render import MaskRenderer
 
     if detector is None and not cfg.aligned:
         detector = get_detector(cfg.detector, **cfg.detector_opts)
     renderer = renderer or MaskRenderer()  # templates load once per worker
-    return [mask_file(it, detector, renderer, cfg) for it in items]
+    return [mask_file(it, detector, renderer, cfg, names[it.rel]) for it in items]
 
 
 def run_mask(cfg: MaskConfig) -> dict:
-    """Run ``maskkit mask``; returns the summary (``files``, ``ok``, ``failed``, ``faces``,
-    ``errors``, ``styles``, ``seconds``, ``img_per_s``).
+    """Run ``maskkit mask``; returns the summary (``seen``, ``files``, ``ok``, ``failed``,
+    ``skipped``, ``faces``, ``errors``, ``styles``, ``seconds``, ``img_per_s``; ``already_complete:
+    True`` when ``out`` already held this finished run).
 
     Raises:
         MaskError: the run cannot proceed.
+        maskkit.util.outcome.NoInputError: ``src`` holds no input file (exit status 2).
     """
     from maskkit.face.detect import DETECTORS
-    from maskkit.io.sources import iter_sources
+    from maskkit.io.sources import list_sources, log_skipped, require_inputs, skipped_records
     from maskkit.pipeline.runner import (
         check_previous_run,
+        listing_fingerprint,
         prepare_run,
+        record_complete,
         run_chunks,
         write_accounting,
     )
@@ -199,20 +231,29 @@ def run_mask(cfg: MaskConfig) -> dict:
         raise MaskError(f"--faces must be one of {FACE_POLICIES}")
     if cfg.detector not in DETECTORS:
         raise MaskError(f"--detector must be one of {DETECTORS}, got {cfg.detector!r}")
+    t0 = time.perf_counter()
+    listing = list_sources(src, exclude=[out])
+    require_inputs(listing, src)
     detector = prepare_run(src, out, cfg.detector, cfg.detector_opts, cfg.aligned, MaskError)
-    check_previous_run(out, {
+    info = {
         "command": "maskkit mask", "src": str(src.resolve()), "style": cfg.style, "seed": int(cfg.seed),
         "detector": cfg.detector, "detector_opts": dict(cfg.detector_opts), "faces": cfg.faces,
         "aligned": cfg.aligned, "quality": cfg.quality, "coverage": cfg.coverage,
-    }, cfg.overwrite, MaskError)
+    }
+    fp = listing_fingerprint(listing)
+    done = check_previous_run(out, info, cfg.overwrite, MaskError, listing=fp)
+    if done is not None:
+        return dict(done, already_complete=True)
     try:
         renderer = MaskRenderer()
     except FileNotFoundError as exc:
         raise MaskError(str(exc)) from exc
 
-    t0 = time.perf_counter()
-    items = iter_sources(src, exclude=[out])
-    gen, jobs = run_chunks(_mask_chunk, items, cfg.jobs, max_chunk=16, args=(cfg,), local=(detector, renderer))
+    log_skipped(listing, src)
+    items = listing.items
+    names = output_names([it.rel for it in items], cfg.coverage)
+    gen, jobs = run_chunks(_mask_chunk, items, cfg.jobs, max_chunk=16, args=(cfg, names),
+                           local=(detector, renderer))
     styles: Counter = Counter()
 
     def count(rec: dict, stats: Counter) -> None:
@@ -223,19 +264,24 @@ def run_mask(cfg: MaskConfig) -> dict:
             else:
                 stats["faces_unfit"] += 1
 
-    stats, reasons = write_accounting(out, gen, len(items), "mask", cfg.progress, count)
+    stats, reasons = write_accounting(out, gen, len(items), "mask", cfg.progress, count,
+                                      skipped=skipped_records(listing.skipped))
     seconds = time.perf_counter() - t0
     summary = {
-        "files": stats["files"], "ok": stats["ok"], "failed": stats["failed"], "faces": stats["faces"],
+        "seen": stats["seen"], "files": stats["files"], "ok": stats["ok"], "failed": stats["failed"],
+        "skipped": stats["skipped"], "faces": stats["faces"],
         "faces_unfit": stats["faces_unfit"], "errors": dict(sorted(reasons.items())),
         "styles": {s: styles.get(s, 0) for s in STYLES}, "seconds": round(seconds, 3),
         "img_per_s": round(stats["files"] / seconds, 2) if seconds > 0 else 0.0, "jobs": jobs,
     }
     assert summary["files"] == len(items) == summary["ok"] + summary["failed"], "accounting broken"
+    assert summary["seen"] == listing.seen == summary["files"] + summary["skipped"], "accounting broken"
+    record_complete(out, info, fp, summary)
     if cfg.progress:
         print_summary(f"maskkit mask -> {out}", {
-            "files": summary["files"], "ok": summary["ok"], "faces masked": summary["faces"],
-            "faces not fitted": summary["faces_unfit"], "failed": summary["errors"] or {},
+            "seen": summary["seen"], "files": summary["files"], "ok": summary["ok"],
+            "failed": summary["errors"] or {}, "skipped (not inputs)": summary["skipped"],
+            "faces masked": summary["faces"], "faces not fitted": summary["faces_unfit"],
             "styles": summary["styles"], "seconds": seconds, "img/s": summary["img_per_s"], "workers": jobs,
         })
     return summary

@@ -13,9 +13,15 @@ holds the rest:
 * :func:`rounded` -- compact JSON numbers for manifest lines.
 * :func:`check_out_kind` -- images and shards never share an output folder (``synth`` uses it too).
 * :func:`check_previous_run` -- refuse an ``--out`` that holds the output of a different run
-  (recorded in :data:`RUN_INFO`) unless ``--overwrite``, which first removes that run's files.
+  (recorded in :data:`RUN_INFO`) unless ``--overwrite``, which first removes that run's files;
+  recognise the same run, already finished on the same inputs (:func:`record_complete`), as
+  complete.
+* :data:`RESERVED` -- the accounting files; output names (:mod:`maskkit.pipeline.naming`) never
+  take them.
 * :func:`run_chunks` -- the chunked (optionally parallel) map over inputs, results in order.
-* :func:`write_accounting` -- the manifest/failures writer with a progress bar.
+* :func:`write_accounting` -- the manifest/failures/skipped writer with a progress bar
+  (``seen == ok + failed + skipped``). Every line is valid UTF-8: names that are not come as
+  ``src`` (display) + ``src_bytes`` (:mod:`maskkit.util.names`).
 
 Example:
     >>> gen, jobs = run_chunks(work, items, 4, max_chunk=32, args=(cfg,), local=(detector,))  # doctest: +SKIP
@@ -32,8 +38,11 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from maskkit.util.files import write_atomic
+from maskkit.util.names import name_from_fields, text_safe
 
-__all__ = ["RUN_INFO", "check_out_kind", "check_previous_run", "prepare_run", "check_writable", "safe_target", "coverage_rel", "rounded", "run_chunks", "write_accounting"]
+__all__ = ["RUN_INFO", "RESERVED", "check_out_kind", "check_previous_run", "record_complete", "listing_fingerprint",
+           "prepare_run", "check_writable", "safe_target", "coverage_rel", "rounded", "run_chunks", "write_accounting",
+           "json_line"]
 
 
 def check_writable(out: Path) -> None:
@@ -78,6 +87,18 @@ def prepare_run(src: Path, out: Path, detector: str, detector_opts: dict, aligne
 #: that change the outputs. A later run into the same folder compares against it.
 RUN_INFO = "maskkit-run.json"
 
+#: The files ``align``/``mask`` write into ``--out`` besides the outputs of the inputs.
+RESERVED = ("manifest.jsonl", "failures.jsonl", "skipped.jsonl", RUN_INFO)
+
+
+def json_line(obj) -> str:
+    """One JSON line (no newline), valid UTF-8 whatever strings ``obj`` holds
+    (:func:`maskkit.util.names.text_safe` is the guard for a stray name in a message)."""
+    try:
+        return json.dumps(obj, ensure_ascii=False).encode("utf-8").decode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(text_safe(obj), ensure_ascii=False)
+
 
 def _describe_change(old: dict | None, new: dict) -> str:
     if old is None:
@@ -105,8 +126,8 @@ def _remove_previous_outputs(out: Path) -> int:
         with open(man, encoding="utf-8") as fh:
             for line in fh:
                 try:
-                    rel = json.loads(line).get("out")
-                except (json.JSONDecodeError, AttributeError):
+                    rel = name_from_fields(json.loads(line), "out")  # out_bytes: a name that is not UTF-8
+                except (json.JSONDecodeError, AttributeError, ValueError):
                     continue
                 if isinstance(rel, str) and rel:
                     rels += [rel, coverage_rel(rel)]
@@ -119,7 +140,7 @@ def _remove_previous_outputs(out: Path) -> int:
             target.unlink()
             removed += 1
             dirs.add(target.parent)
-    for name in ("manifest.jsonl", "failures.jsonl", RUN_INFO):
+    for name in RESERVED:
         p = out / name
         if p.is_file():
             p.unlink()
@@ -155,32 +176,78 @@ def check_out_kind(out: Path, writing: str, error: type[Exception] = RuntimeErro
         raise error(f"--out {out} holds {what}; write the {writing} to another folder")
 
 
-def check_previous_run(out: Path, info: dict, overwrite: bool, error: type[Exception] = RuntimeError) -> None:
+def listing_fingerprint(listing) -> str:
+    """sha256 over every entry of a :class:`maskkit.io.sources.SourceListing`: each input's name
+    (bytes), size and modification time, and each skipped file's name and reason (except the
+    output folder's own files, ``inside_out``). Two walks with the same fingerprint saw the same
+    source files."""
+    import hashlib
+
+    from maskkit.util.names import name_bytes
+
+    h = hashlib.sha256()
+    for it in listing.items:
+        try:
+            st = os.stat(it.path)
+            h.update(name_bytes(it.rel) + f"\x00{st.st_size}\x00{st.st_mtime_ns}\n".encode())
+        except OSError:
+            h.update(name_bytes(it.rel) + b"\x00-\n")
+    for sk in listing.skipped:
+        if sk.reason != "inside_out":  # the output folder's own files change with every run
+            h.update(name_bytes(sk.rel) + f"\x00{sk.reason}\n".encode())
+    return h.hexdigest()
+
+
+def _outputs_present(out: Path) -> bool:
+    man = out / "manifest.jsonl"
+    if not (man.is_file() and (out / "failures.jsonl").is_file()):
+        return False
+    with open(man, encoding="utf-8") as fh:
+        for line in fh:
+            try:
+                rel = name_from_fields(json.loads(line), "out")
+            except (json.JSONDecodeError, AttributeError, ValueError):
+                return False
+            if rel and not (out / rel).is_file():
+                return False
+    return True
+
+
+def check_previous_run(out: Path, info: dict, overwrite: bool, error: type[Exception] = RuntimeError,
+                       listing: str | None = None) -> dict | None:
     """Refuse to mix two different runs in one output folder; record this run's info.
 
     ``out`` holding a ``manifest.jsonl`` (or a :data:`RUN_INFO`) from a run with another
     command, source or output-changing options is an error unless ``overwrite``, which removes
     the previous run's outputs (the files its manifest lists) first. A rerun with identical
-    options proceeds and rewrites the same files.
+    options proceeds and rewrites the same files -- unless that run finished
+    (:func:`record_complete`) on the same inputs (``listing``, :func:`listing_fingerprint`) and
+    its outputs are all there: then nothing is redone.
 
     Args:
         out: the (existing, writable) output folder.
         info: JSON-serialisable description of this run (command, resolved source, options).
-        overwrite: replace a different previous run instead of refusing.
+        overwrite: replace a previous run (different or not) instead of refusing or reusing it.
         error: the command's exception class.
+        listing: fingerprint of this run's inputs.
+
+    Returns:
+        The finished run's summary when ``out`` already holds this run, complete; else ``None``
+        (the caller runs).
 
     Raises:
         error: ``out`` holds another run and ``overwrite`` is false, or holds a shard set.
     """
     check_out_kind(out, "images", error)
-    info = json.loads(json.dumps(info, sort_keys=True))
+    info = json.loads(json.dumps(text_safe(info), sort_keys=True))
     info_p = out / RUN_INFO
     previous = None
     if info_p.is_file():
         try:
             previous = json.loads(info_p.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError):
             previous = {"unreadable": True}
+    finished = previous.pop("finished", None) if isinstance(previous, dict) else None
     held = previous is not None or (out / "manifest.jsonl").is_file()
     if held and previous != info:
         if not overwrite:
@@ -189,7 +256,19 @@ def check_previous_run(out: Path, info: dict, overwrite: bool, error: type[Excep
         _remove_previous_outputs(out)
     elif held and overwrite:
         _remove_previous_outputs(out)
+    elif (held and listing is not None and isinstance(finished, dict) and finished.get("listing") == listing
+          and isinstance(finished.get("summary"), dict) and _outputs_present(out)):
+        return dict(finished["summary"])
     write_atomic(info_p, (json.dumps(info, indent=1, sort_keys=True) + "\n").encode("utf-8"))
+    return None
+
+
+def record_complete(out: Path, info: dict, listing: str, summary: dict) -> None:
+    """Mark the run recorded in ``out``'s :data:`RUN_INFO` as finished on the inputs ``listing``,
+    with its ``summary`` (what a rerun reports as ``already complete``)."""
+    info = json.loads(json.dumps(text_safe(info), sort_keys=True))
+    info["finished"] = {"listing": listing, "summary": json.loads(json.dumps(text_safe(summary)))}
+    write_atomic(out / RUN_INFO, (json.dumps(info, indent=1, sort_keys=True) + "\n").encode("utf-8"))
 
 
 def safe_target(out_root: Path, rel: str) -> Path:
@@ -250,10 +329,13 @@ def run_chunks(work: Callable[..., list], items: Sequence, jobs: int, max_chunk:
 
 
 def write_accounting(out: Path, results: Iterator[list], total: int, desc: str, progress: bool,
-                     count: Callable[[dict, Counter], None] | None = None) -> tuple[Counter, Counter]:
-    """Write ``manifest.jsonl`` and ``failures.jsonl`` from per-file results, with a progress bar.
+                     count: Callable[[dict, Counter], None] | None = None,
+                     skipped: Sequence[dict] = ()) -> tuple[Counter, Counter]:
+    """Write ``manifest.jsonl``, ``failures.jsonl`` and ``skipped.jsonl`` from per-file results,
+    with a progress bar.
 
-    Each result is ``{"records": [manifest lines], "failure": None | {"src", "reason", "detail"}}``.
+    Each result is ``{"records": [manifest lines], "failure": None | {"src", "reason", "detail"}}``
+    (names already in their text form, :meth:`maskkit.io.sources.SourceItem.fields`).
 
     Args:
         out: output folder.
@@ -263,15 +345,21 @@ def write_accounting(out: Path, results: Iterator[list], total: int, desc: str, 
         progress: show the bar.
         count: called with every result and the stats counter, to count what the command
             counts (faces, styles, timings, ...).
+        skipped: the ``skipped.jsonl`` lines (files under ``--src`` that are not inputs,
+            :func:`maskkit.io.sources.skipped_records`).
 
     Returns:
-        ``(stats, reasons)``: ``stats`` has ``files``, ``ok``, ``failed`` and whatever ``count``
-        added (``faces`` is shown on the bar); ``reasons`` counts failures by reason.
+        ``(stats, reasons)``: ``stats`` has ``files``, ``ok``, ``failed``, ``skipped``, ``seen``
+        (``= files + skipped``) and whatever ``count`` added (``faces`` is shown on the bar);
+        ``reasons`` counts failures by reason.
     """
     from maskkit.util.progress import progress_bar
 
     stats: Counter = Counter()
     reasons: Counter = Counter()
+    with open(out / "skipped.jsonl", "w", encoding="utf-8") as sk:
+        for r in skipped:
+            sk.write(json_line(r) + "\n")
     with open(out / "manifest.jsonl", "w", encoding="utf-8") as man, \
             open(out / "failures.jsonl", "w", encoding="utf-8") as fail, \
             progress_bar(total, desc=desc, disable=not progress) as bar:
@@ -283,11 +371,13 @@ def write_accounting(out: Path, results: Iterator[list], total: int, desc: str, 
                 if rec["failure"] is None:
                     stats["ok"] += 1
                     for r in rec["records"]:
-                        man.write(json.dumps(r, ensure_ascii=False) + "\n")
+                        man.write(json_line(r) + "\n")
                 else:
                     stats["failed"] += 1
                     reasons[rec["failure"]["reason"]] += 1
-                    fail.write(json.dumps(rec["failure"], ensure_ascii=False) + "\n")
+                    fail.write(json_line(rec["failure"]) + "\n")
             bar.update(len(recs))
             bar.set_postfix(faces=stats["faces"], failed=stats["failed"], refresh=False)
+    stats["skipped"] = len(skipped)
+    stats["seen"] = stats["files"] + stats["skipped"]
     return stats, reasons

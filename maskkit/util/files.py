@@ -10,7 +10,7 @@ import json
 import os
 from pathlib import Path
 
-__all__ = ["write_atomic", "write_bytes_atomic", "write_json_atomic"]
+__all__ = ["write_atomic", "write_bytes_atomic", "write_json_atomic", "OutputExistsError", "claim_outputs"]
 
 def write_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a per-process temporary file and a rename."""
@@ -50,3 +50,50 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
         os.fsync(f.fileno())
     os.replace(tmp, path)
     _fsync_dir(path.parent)
+
+
+class OutputExistsError(FileExistsError):
+    """An output that exists would be replaced, and the command was not told to (``--overwrite``)."""
+
+
+def claim_outputs(paths, overwrite: bool, what: str, remove: bool = False, alternatives: str = "",
+                  where: str | os.PathLike | None = None) -> list[Path]:
+    """Refuse to replace existing outputs silently: the one rule of every command that writes a
+    file or a run folder (``train``, ``embed``, ``export``, ``export-rec``, ``preview -o``, ...).
+
+    Args:
+        paths: the files (or folders) the command is about to write.
+        overwrite: the command was given ``--overwrite``: existing outputs may be replaced.
+        what: what they are, for the message (``"a training run"``, ``"an embeddings file"``).
+        remove: with ``overwrite``, delete the existing ones first (files unlinked, folders
+            removed with their contents) -- for outputs made of several files, where a new run
+            would otherwise leave some of the old ones behind.
+        alternatives: other ways out named in the message (``"--resume to continue it"``).
+        where: the folder named in the message (default: the existing paths themselves).
+
+    Returns:
+        The paths that existed (removed when ``remove``).
+
+    Raises:
+        OutputExistsError: some exist and ``overwrite`` is false; the message names them and the way out.
+    """
+    import shutil
+
+    from maskkit.util.names import safe_text
+
+    existing = [Path(p) for p in paths if os.path.lexists(p)]
+    if existing and not overwrite:
+        if where is not None:
+            names = ", ".join(safe_text(p.name) for p in existing[:4]) + (", ..." if len(existing) > 4 else "")
+            held = f"{safe_text(str(where))} already holds {what} ({names})"
+        else:
+            held = f"{safe_text(str(existing[0]))} already exists ({what})"
+        ways = " or ".join([a for a in [alternatives] if a] + ["--overwrite to replace it"])
+        raise OutputExistsError(f"{held}; pass {ways}, or choose another output")
+    if existing and remove:
+        for p in existing:
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+    return existing

@@ -93,6 +93,9 @@ def print_summary(title: str, rows: Mapping[str, object], file=None) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from maskkit.util.names import safe_text
+
+    title = safe_text(str(title))  # a folder name that is not UTF-8 prints as its display form
     table = Table(title=title, show_header=True, header_style="bold")
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -100,7 +103,7 @@ def print_summary(title: str, rows: Mapping[str, object], file=None) -> None:
         if isinstance(v, Mapping):
             table.add_row(str(k), format_value(sum(x for x in v.values() if isinstance(x, (int, float)))) if v else "0")
             for k2, v2 in v.items():
-                table.add_row(f"  {k2}", format_value(v2))
+                table.add_row(safe_text(f"  {k2}"), safe_text(format_value(v2)))
         else:
-            table.add_row(str(k), format_value(v))
+            table.add_row(safe_text(str(k)), safe_text(format_value(v)))
     Console(file=file or sys.stderr, soft_wrap=True).print(table)

@@ -15,12 +15,20 @@ def run_embed(model_path: str, src: str, out: str, masked: bool = False, flip: b
 
     The archive holds ``mu`` (N, D float32, L2-normalised, flip-summed with ``flip``), ``sigma``
     (N, D float32; shape (0,) for models without σ), ``magnitude`` (N,) ‖μ‖ before normalisation,
-    ``masked`` (N,) branch used, ``paths`` and ``identities`` (N,) strings, and ``failures``
-    (JSON strings, one per input left out, with the reason).
+    ``masked`` (N,) branch used, ``paths`` and ``identities`` (N,) strings (valid UTF-8 text:
+    a name that is not UTF-8 is shown with U+FFFD and its exact bytes are in ``paths_bytes``,
+    (N,) base64 strings, ``""`` for the others), and ``failures`` (JSON strings, one per input
+    left out, with the reason; ``src_bytes`` likewise).
 
     Returns:
         A summary dict (counts, output path).
+
+    Raises:
+        maskkit.util.outcome.NoInputError: ``src`` holds no image file (exit status 2).
     """
+    from maskkit.io.sources import list_sources, require_inputs
+
+    require_inputs(list_sources(src), src)  # before the model loads
     if model is None:
         from maskkit.training.api import load_model
 
@@ -39,9 +47,11 @@ def run_embed(model_path: str, src: str, out: str, masked: bool = False, flip: b
         magnitude=emb.magnitude,
         masked=flags,
         paths=np.array(images.paths, dtype=str),
+        paths_bytes=np.array(images.paths_bytes or [""] * len(images), dtype=str),
         identities=np.array(images.identities, dtype=str),
-        failures=np.array([json.dumps(f) for f in images.failures], dtype=str),
-        notes=np.array([json.dumps({"path": images.paths[i], "note": n}) for i, n in sorted(images.notes.items())], dtype=str),
+        failures=np.array([json.dumps(f, ensure_ascii=False) for f in images.failures], dtype=str),
+        notes=np.array([json.dumps({"path": images.paths[i], "note": n}, ensure_ascii=False)
+                        for i, n in sorted(images.notes.items())], dtype=str),
         flip=np.array(flip),
     )
     tmp.replace(outp)

@@ -37,7 +37,9 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 IMAGE_SIZE = (112, 112)
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+#: Every extension maskkit takes as an image (:data:`maskkit.io.sources.IMAGE_EXTENSIONS`), in the
+#: order a pairs file's extension-less name is tried: the JPEG aliases last.
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".jfif", ".jpe", ".jif")
 
 
 @dataclass
@@ -47,7 +49,8 @@ class PairSet:
     Attributes:
         images: (2P, 112, 112, 3) uint8, pair ``i`` is ``images[2i]``, ``images[2i+1]``.
         issame: (P,) bool.
-        names: 2P strings naming each image (source path or ``"bin:<index>"``).
+        names: 2P strings naming each image (source path or ``"bin:<index>"``), as valid UTF-8
+            text (:func:`maskkit.util.names.display_name`).
         landmarks68: per image (68, 2) float32 landmarks in aligned pixels when the aligner
             produced them, else None (found later on the aligned crop when masking).
         failures: inputs that produced no pair, with reasons.
@@ -56,6 +59,8 @@ class PairSet:
         source: a short description of where the pairs came from.
         pair_index: (P,) int, the position of each kept pair in the source's list (a ``.bin``'s
             ``issame_list``, a pairs file's pair lines); default ``0..P-1``.
+        names_bytes: per image, the base64 of its file name's bytes when the name is not UTF-8
+            (``""`` otherwise); empty when no name needs it.
         listed_issame: the is-same flag of *every* pair the source lists, kept or dropped; the
             folds are made from it (:meth:`folds`). Default: ``issame``.
     """
@@ -69,6 +74,7 @@ class PairSet:
     source: str = ""
     pair_index: np.ndarray | None = None
     listed_issame: np.ndarray | None = None
+    names_bytes: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.issame = np.asarray(self.issame, dtype=bool)
@@ -111,11 +117,15 @@ class ImageSet:
 
     Attributes:
         images: (N, 112, 112, 3) uint8.
-        identities: N identity names (the sub-folder; ``""`` for loose files).
-        paths: N source paths relative to the folder (POSIX).
+        identities: N identity names (the sub-folder; ``""`` for loose files), as valid UTF-8
+            text, distinct folders distinct (:func:`maskkit.util.names.unique_display_names`).
+        paths: N source paths relative to the folder (POSIX), as valid UTF-8 text
+            (:func:`maskkit.util.names.display_name`).
         landmarks68: per image (68, 2) aligned landmarks or None.
         failures: inputs that produced no image, with reasons.
         notes: per-image alignment notes keyed by index.
+        paths_bytes: per image, the base64 of its path's bytes when the name is not UTF-8
+            (``""`` otherwise); empty when no name needs it.
     """
 
     images: np.ndarray
@@ -124,6 +134,7 @@ class ImageSet:
     landmarks68: list[np.ndarray | None] = field(default_factory=list)
     failures: list[dict] = field(default_factory=list)
     notes: dict[int, str] = field(default_factory=dict)
+    paths_bytes: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.landmarks68:
@@ -139,6 +150,7 @@ class ImageSet:
             images=self.images[idx] if idx else np.zeros((0, *IMAGE_SIZE, 3), np.uint8),
             identities=[self.identities[i] for i in idx],
             paths=[self.paths[i] for i in idx],
+            paths_bytes=[self.paths_bytes[i] for i in idx] if self.paths_bytes else [],
             landmarks68=[self.landmarks68[i] for i in idx],
         )
 
@@ -241,7 +253,10 @@ def _load_or_fail(path: Path, rel: str, aligner: FaceAligner) -> tuple[tuple | N
 
 
 def _failure(src: str, reason: str, detail: str = "") -> dict:
-    return {"src": src, "reason": reason, "detail": detail}
+    """A failure record: ``src`` as text (+ ``src_bytes`` for a name that is not UTF-8)."""
+    from maskkit.util.names import name_fields, safe_text
+
+    return {**name_fields(src), "reason": reason, "detail": safe_text(detail)}
 
 
 def _exc_reason(exc: Exception) -> tuple[str, str]:
@@ -387,7 +402,9 @@ def load_pairs(
     triples = parse_pairs_txt(pairs_txt)
     cache: dict[str, tuple] = {}
     failures: list[dict] = []
-    images, names, lms, keep, notes, index = [], [], [], [], {}, []
+    from maskkit.util.names import display_name, name_b64
+
+    images, names, lms, keep, notes, index, names_b64 = [], [], [], [], {}, [], []
     for p_idx, (a, b, same) in enumerate(track(triples, desc="pairs", unit="pair", disable=not progress)):
         got = []
         for rel in (a, b):
@@ -397,7 +414,7 @@ def load_pairs(
                     cache[rel] = (None, _failure(rel, "missing", f"no image file for {rel} under {root}"))
                 else:
                     face, failure = _load_or_fail(p, rel, aligner)
-                    cache[rel] = (face, failure or p.relative_to(root).as_posix())
+                    cache[rel] = (face, failure or p.relative_to(root).as_posix())  # the exact name
                 if cache[rel][0] is None:
                     failures.append(cache[rel][1])
             got.append(cache[rel])
@@ -409,12 +426,14 @@ def load_pairs(
                 notes[len(images)] = note
             images.append(img)
             lms.append(lm)
-            names.append(name)
+            names.append(display_name(name))  # text; the bytes of a name that is not UTF-8 beside it
+            names_b64.append(name_b64(name) or "")
         keep.append(same)
         index.append(p_idx)
     arr = np.stack(images) if images else np.zeros((0, *IMAGE_SIZE, 3), np.uint8)
     return PairSet(arr, np.array(keep, bool), names, lms, failures, notes, source=str(pairs_txt),
-                   pair_index=np.array(index, int), listed_issame=np.array([t[2] for t in triples], bool))
+                   pair_index=np.array(index, int), listed_issame=np.array([t[2] for t in triples], bool),
+                   names_bytes=names_b64 if any(names_b64) else [])
 
 
 # --------------------------------------------------------------------------------------------
@@ -443,9 +462,13 @@ def load_image_folder(
     """
     from maskkit.util.progress import track
 
+    from maskkit.util.names import display_name, name_b64, unique_display_names
+
     aligner = aligner or FaceAligner()
-    images, ids, rels, lms, failures, notes = [], [], [], [], [], {}
-    for path, rel, identity in track(list_images(src), desc=desc, unit="img", disable=not progress):
+    images, ids, rels, lms, failures, notes, rels_b64 = [], [], [], [], [], {}, []
+    listed = list_images(src)
+    shown = unique_display_names(identity for _, _, identity in listed)  # text names, distinct folders distinct
+    for path, rel, identity in track(listed, desc=desc, unit="img", disable=not progress):
         face, failure = _load_or_fail(Path(path), rel, aligner)
         if face is None:
             failures.append(failure)
@@ -454,11 +477,12 @@ def load_image_folder(
         if note:
             notes[len(images)] = note
         images.append(img)
-        ids.append(identity)
-        rels.append(rel)
+        ids.append(shown[identity])
+        rels.append(display_name(rel))
+        rels_b64.append(name_b64(rel) or "")
         lms.append(lm)
     arr = np.stack(images) if images else np.zeros((0, *IMAGE_SIZE, 3), np.uint8)
-    return ImageSet(arr, ids, rels, lms, failures, notes)
+    return ImageSet(arr, ids, rels, lms, failures, notes, paths_bytes=rels_b64 if any(rels_b64) else [])
 
 
 # --------------------------------------------------------------------------------------------

@@ -202,10 +202,13 @@ def _json_default(o):
 
 
 def write_json(path: Path, obj: Any) -> None:
-    """Indented JSON (numpy values converted), written atomically (:func:`maskkit.util.files.write_atomic`)."""
+    """Indented JSON (numpy values converted), written atomically (:func:`maskkit.util.files.write_atomic`).
+    Every string is valid UTF-8 (:func:`maskkit.util.names.text_safe`: a stray file name that is
+    not UTF-8 is written in its display form, never as a lone-surrogate escape)."""
     from maskkit.util.files import write_atomic
+    from maskkit.util.names import text_safe
 
-    write_atomic(path, (json.dumps(obj, indent=2, default=_json_default) + "\n").encode("utf-8"))
+    write_atomic(path, (json.dumps(text_safe(obj), indent=2, default=_json_default) + "\n").encode("utf-8"))
 
 
 @dataclass
@@ -253,9 +256,13 @@ def evaluate_pairset(model, pairs: PairSet, cfg: EvalConfig, renderer=None) -> V
     fnm = same[np.argsort(-dist[same], kind="stable")][:k]  # same identity, farthest
 
     def _pair_rec(p):
-        return {"pair": int(p), "a": pairs.names[2 * p], "b": pairs.names[2 * p + 1], "dist": float(dist[p]),
-                "cosine": float(1.0 - dist[p] / 2.0), "masked": [bool(mo.masked[2 * p]), bool(mo.masked[2 * p + 1])],
-                "mls": None if mls is None else float(mls[p])}
+        rec = {"pair": int(p), "a": pairs.names[2 * p], "b": pairs.names[2 * p + 1], "dist": float(dist[p]),
+               "cosine": float(1.0 - dist[p] / 2.0), "masked": [bool(mo.masked[2 * p]), bool(mo.masked[2 * p + 1])],
+               "mls": None if mls is None else float(mls[p])}
+        for side, i in (("a", 2 * p), ("b", 2 * p + 1)):  # a file name that is not UTF-8: its bytes too
+            if pairs.names_bytes and pairs.names_bytes[i]:
+                rec[side + "_bytes"] = pairs.names_bytes[i]
+        return rec
 
     metrics = {
         "task": "verification",

@@ -12,7 +12,11 @@ from maskkit import __version__
 #: History: 1 = the first landing's rules; 2 = ``.rec`` inputs: record 0 is a header only when it
 #: is one (an ``im2rec --pack-label`` set keeps its record 0 and every later record), a ``.idx``
 #: that does not match its ``.rec`` is replaced by a sequential scan (issue 12 §4).
-ALGORITHM_VERSION = 2
+#: 3 = ``.jfif``/``.jpe``/``.jif`` files are JPEG inputs (were left out); file and identity names
+#:     that are not UTF-8 are inputs (keys and seeds hash their bytes; shard JSON ``src`` is the
+#:     display form with ``src_bytes``; were a crash) (issue 12 §2). Valid-name sets without
+#:     those extensions give the same shard bytes as version 2.
+ALGORITHM_VERSION = 3
 
 #: The five mask styles (same as ``maskkit.render.STYLES``; repeated so importing this module
 #: stays light).
@@ -132,8 +136,10 @@ class SynthConfig:
 
     def fingerprint_fields(self) -> dict:
         """Options that change the output bytes (a resumed run must match them)."""
+        from maskkit.util.names import name_fields
+
         return {
-            "src": str(self.src.resolve()), "ratio": self.ratio, "paired": self.paired,
+            **name_fields(str(self.src.resolve())), "ratio": self.ratio, "paired": self.paired,
             "styles": list(self.styles), "seed": self.seed, "aligned": self.aligned,
             "size": list(self.size), "shard_samples": self.shard_samples, "detector": self.detector,
             "detector_opts": self.detector_opts, "faces": self.faces, "quality": self.quality,

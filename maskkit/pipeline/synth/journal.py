@@ -13,6 +13,7 @@ from maskkit.io.shards import encode_json, sha256_file, shard_name
 from maskkit.pipeline.synth.config import ALGORITHM_VERSION, JOURNAL, SynthConfig, SynthError
 from maskkit.pipeline.synth.plan import InputItem
 from maskkit.util.files import write_bytes_atomic
+from maskkit.util.names import name_bytes
 
 
 def _jsonl(entries: Sequence[dict]) -> bytes:
@@ -55,14 +56,15 @@ class _Journal:
 
 def _our_files(out: Path, split: str) -> list[Path]:
     pats = [f"{split}-*.tar", f"{split}-*.tar.tmp", "manifest.json", "manifest.json.tmp", "failures.jsonl",
-            "failures.jsonl.tmp", "mask_skips.jsonl", "mask_skips.jsonl.tmp", JOURNAL, JOURNAL + ".tmp"]
+            "failures.jsonl.tmp", "mask_skips.jsonl", "mask_skips.jsonl.tmp", "skipped.jsonl", "skipped.jsonl.tmp",
+            JOURNAL, JOURNAL + ".tmp"]
     return [p for pat in pats for p in out.glob(pat)]
 
 
 def _fingerprint(cfg: SynthConfig, items: Sequence[InputItem]) -> str:
     h = hashlib.sha256(encode_json(cfg.fingerprint_fields()))
     for it in items:
-        h.update(f"{it.identity}\x1f{it.rel}\n".encode("utf-8"))
+        h.update(name_bytes(f"{it.identity}\x1f{it.rel}\n"))  # os.fsencode: a name that is not UTF-8 as its bytes
     return h.hexdigest()
 
 

@@ -15,8 +15,9 @@ class InputItem:
     """One input file (or one record of a ``.rec``).
 
     Attributes:
-        rel: source path relative to ``--src`` (POSIX), or ``train.rec#<key>``.
-        identity: class name.
+        rel: source path relative to ``--src`` (POSIX, exactly as the file system names it: lone
+            surrogates for bytes that are not UTF-8), or ``train.rec#<key>``.
+        identity: class name (the identity folder's name, as exact as ``rel``).
         path: file path (or the ``.rec`` path).
         rec_key: record key inside the ``.rec``; ``None`` for plain files.
         rec_offset: byte offset of that record.
@@ -36,12 +37,18 @@ class InputItem:
 
 @dataclass
 class Chunk:
-    """One work unit: all inputs of one identity."""
+    """One work unit: all inputs of one identity.
+
+    ``display`` is the class name written to text (shard JSON ``identity``, the manifest's
+    ``classes``): the identity itself when it is valid UTF-8, else its unique display form
+    (:func:`maskkit.util.names.unique_display_names`); empty means ``identity``.
+    """
 
     index: int
     label: int
     identity: str
     items: list[InputItem]
+    display: str = ""
 
 
 @dataclass
@@ -75,15 +82,33 @@ def _rec_inputs(rec_path: Path) -> list[InputItem]:
             for k in sorted(labels)]
 
 
-def _dir_inputs(src: Path, out: Path) -> list[InputItem]:
-    from maskkit.io.sources import iter_sources
+def _dir_inputs(src: Path, out: Path) -> tuple[list[InputItem], list]:
+    from maskkit.io.sources import list_sources
 
+    listing = list_sources(src, exclude=[out])
     items = []
-    for it in iter_sources(src, exclude=[out]):
+    for it in listing.items:
         ident = it.identity if it.identity not in ("", ".") else "_root"
         items.append(InputItem(str(it.rel), str(ident), str(it.path), error=getattr(it, "error", None),
                                detail=getattr(it, "detail", "")))
-    return items
+    return items, listing.skipped
+
+
+def list_sources_for(cfg: SynthConfig) -> tuple[list[InputItem], list[str], list]:
+    """:func:`list_inputs`, plus the files under ``--src`` that are not inputs.
+
+    Returns:
+        ``(items, classes, skipped)``: ``skipped`` holds :class:`maskkit.io.sources.Skipped`
+        entries (``skipped.jsonl``; always empty for a ``.rec``).
+    """
+    if cfg.src.is_file():
+        items, skipped = _rec_inputs(cfg.src), []
+    else:
+        items, skipped = _dir_inputs(cfg.src, cfg.out)
+    classes = sorted({it.identity for it in items})
+    order = {c: i for i, c in enumerate(classes)}
+    items.sort(key=lambda it: (order[it.identity], it.rec_key if it.rec_key is not None else -1, it.rel))
+    return items, classes, skipped
 
 
 def list_inputs(cfg: SynthConfig) -> tuple[list[InputItem], list[str]]:
@@ -92,20 +117,24 @@ def list_inputs(cfg: SynthConfig) -> tuple[list[InputItem], list[str]]:
     Returns:
         ``(items, classes)``: items sorted by (class, rel).
     """
-    if cfg.src.is_file():
-        items = _rec_inputs(cfg.src)
-    else:
-        items = _dir_inputs(cfg.src, cfg.out)
-    classes = sorted({it.identity for it in items})
-    order = {c: i for i, c in enumerate(classes)}
-    items.sort(key=lambda it: (order[it.identity], it.rec_key if it.rec_key is not None else -1, it.rel))
+    items, classes, _ = list_sources_for(cfg)
     return items, classes
+
+
+def class_display_names(classes: Sequence[str]) -> list[str]:
+    """The class names as written to text (manifest ``classes``, shard JSON ``identity``): each
+    name itself when valid UTF-8, else a unique display form (docs/FORMAT.md)."""
+    from maskkit.util.names import unique_display_names
+
+    disp = unique_display_names(classes)
+    return [disp[c] for c in classes]
 
 
 def plan_chunks(items: Sequence[InputItem], classes: Sequence[str]) -> list[Chunk]:
     """Group items (already in canonical order) into one :class:`Chunk` per identity."""
     order = {c: i for i, c in enumerate(classes)}
+    display = dict(zip(classes, class_display_names(classes)))
     by: "OrderedDict[str, list[InputItem]]" = OrderedDict()
     for it in items:
         by.setdefault(it.identity, []).append(it)
-    return [Chunk(i, order[ident], ident, its) for i, (ident, its) in enumerate(by.items())]
+    return [Chunk(i, order[ident], ident, its, display[ident]) for i, (ident, its) in enumerate(by.items())]

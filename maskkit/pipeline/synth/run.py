@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections import Counter
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,9 @@ from maskkit.pipeline.synth.journal import (
     _out_lock,
     _prepare_out,
 )
-from maskkit.pipeline.synth.plan import list_inputs, plan_chunks
+from maskkit.io.sources import skipped_records
+from maskkit.pipeline.synth.plan import class_display_names, list_sources_for, plan_chunks
+from maskkit.util.names import name_b64
 from maskkit.util.files import write_bytes_atomic, write_json_atomic
 
 
@@ -94,18 +97,29 @@ def run_synth(cfg: SynthConfig) -> SynthResult:
     from maskkit.pipeline.runner import check_out_kind
 
     check_out_kind(cfg.out, "shards", SynthError)
+    listing = list_sources_for(cfg)
+    if not listing[0]:
+        from maskkit.util.names import display_name
+        from maskkit.util.outcome import NoInputError, no_input_message
+
+        raise NoInputError(no_input_message(display_name(str(cfg.src)),
+                                            [(display_name(s.rel), s.reason) for s in listing[2]]))
+    from maskkit.io.sources import SourceListing, log_skipped
+
+    log_skipped(SourceListing([], listing[2]), cfg.src)  # one warning per reason; all in skipped.jsonl
     try:
         cfg.out.mkdir(parents=True, exist_ok=True)
         (cfg.out / ".synth.lock").touch()
     except OSError as exc:
         raise SynthError(f"--out {cfg.out} is not writable: {exc.strerror or exc}") from exc
     with _out_lock(cfg.out):
-        return _run_locked(cfg, t_start)
+        return _run_locked(cfg, t_start, listing)
 
 
-def _run_locked(cfg: SynthConfig, t_start: float) -> SynthResult:
-    items, classes = list_inputs(cfg)
+def _run_locked(cfg: SynthConfig, t_start: float, listing: tuple) -> SynthResult:
+    items, classes, skipped = listing
     chunks = plan_chunks(items, classes)
+    shown = class_display_names(classes)  # the class names as text (= classes when all are UTF-8)
     fp = _fingerprint(cfg, items)
     state = _prepare_out(cfg, fp, len(chunks))
     if isinstance(state, dict):
@@ -114,7 +128,7 @@ def _run_locked(cfg: SynthConfig, t_start: float) -> SynthResult:
     out = cfg.out
     jr = _Journal(out / JOURNAL)
     total: dict = {}
-    per_class = {c: {"samples": 0, "masked": 0, "faces": 0} for c in classes}
+    per_class = {c: {"samples": 0, "masked": 0, "faces": 0} for c in shown}
     failures: list[dict] = []
     skips: list[dict] = []
     shortfall: dict[str, int] = {}
@@ -156,7 +170,7 @@ def _run_locked(cfg: SynthConfig, t_start: float) -> SynthResult:
                         continue
                     sink.add(s)
                 end += len(res.samples)
-                entry = {"chunk": res.index, "identity": chunk.identity, "end": end, "stats": res.stats,
+                entry = {"chunk": res.index, "identity": chunk.display or chunk.identity, "end": end, "stats": res.stats,
                          "failures": res.failures, "mask_skips": res.mask_skips}
                 jr.append(entry)
                 absorb(entry)
@@ -174,6 +188,7 @@ def _run_locked(cfg: SynthConfig, t_start: float) -> SynthResult:
 
     # ---- finish: failure logs, then the manifest (last, atomically), then drop the journal
     write_bytes_atomic(out / "failures.jsonl", _jsonl(failures))
+    write_bytes_atomic(out / "skipped.jsonl", _jsonl(skipped_records(skipped)))
     if skips:
         write_bytes_atomic(out / "mask_skips.jsonl", _jsonl(skips))
     else:
@@ -184,7 +199,7 @@ def _run_locked(cfg: SynthConfig, t_start: float) -> SynthResult:
     man = {
         "format": FORMAT_NAME, "version": FORMAT_VERSION,
         "image_size": list(cfg.size), "template": "arcface",
-        "classes": classes,
+        "classes": shown,
         "num_samples": int(total.get("samples", 0)), "num_masked": int(total.get("masked", 0)),
         "ratio": cfg.ratio, "paired": cfg.paired, "seed": cfg.seed,
         "styles": styles,
@@ -192,7 +207,10 @@ def _run_locked(cfg: SynthConfig, t_start: float) -> SynthResult:
         "shards": shards,
         "inputs": {"files": int(total.get("files", 0)), "ok": int(total.get("ok", 0)),
                    "failed": int(total.get("failed", 0)),
-                   "failed_by_reason": dict(sorted(total.get("failed_by_reason", {}).items()))},
+                   "failed_by_reason": dict(sorted(total.get("failed_by_reason", {}).items())),
+                   # extensions: seen = ok + failed + skipped (skipped.jsonl)
+                   "seen": int(total.get("files", 0)) + len(skipped), "skipped": len(skipped),
+                   "skipped_by_reason": dict(sorted(Counter(s.reason for s in skipped).items()))},
         "created_by": f"maskkit {__version__}",
         "command": cfg.command or "maskkit synth (library call)",
         # extensions (backward compatible)
@@ -206,6 +224,9 @@ def _run_locked(cfg: SynthConfig, t_start: float) -> SynthResult:
         "split": cfg.split, "bytes": int(sum(r["bytes"] for r in shards)),
         "fingerprint": fp, "algorithm_version": ALGORITHM_VERSION,
     }
+    class_bytes = {d: b for c, d in zip(classes, shown) if (b := name_b64(c)) is not None}
+    if class_bytes:  # class names that are not UTF-8: their exact bytes (docs/FORMAT.md)
+        man["classes_bytes"] = class_bytes
     write_json_atomic(out / "manifest.json", man)
     (out / JOURNAL).unlink(missing_ok=True)
     stage = {k: round(float(v), 4) for k, v in total.get("seconds", {}).items()}

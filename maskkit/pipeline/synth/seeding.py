@@ -7,9 +7,13 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from maskkit.util.names import name_bytes
+
 
 def _words(*parts: Any) -> list[int]:
-    h = hashlib.sha256("\x1f".join(str(p) for p in parts).encode("utf-8")).digest()
+    # os.fsencode: an identity folder whose name is not UTF-8 hashes as its bytes (for any valid
+    # name these are its UTF-8 bytes, as before)
+    h = hashlib.sha256(name_bytes("\x1f".join(str(p) for p in parts))).digest()
     return [int.from_bytes(h[i:i + 4], "little") for i in range(0, 32, 4)]
 
 
@@ -26,8 +30,11 @@ def render_seed(seed: int, key: str) -> int:
 
 
 def sample_key(label: int, rel: str, face: int) -> str:
-    """Stable sample key ``<label:06d>_<sha1(rel)[:12]>_<face>`` (``[A-Za-z0-9_-]`` only)."""
-    return f"{label:06d}_{hashlib.sha1(rel.encode('utf-8')).hexdigest()[:12]}_{face}"
+    """Stable sample key ``<label:06d>_<sha1(rel bytes)[:12]>_<face>`` (``[A-Za-z0-9_-]`` only).
+
+    ``rel`` is hashed as ``os.fsencode(rel)``: the UTF-8 bytes of a valid name, the file system's
+    own bytes for a name that is not UTF-8."""
+    return f"{label:06d}_{hashlib.sha1(name_bytes(rel)).hexdigest()[:12]}_{face}"
 
 
 def balanced_styles(m: int, styles: Sequence[str], rng: np.random.Generator) -> list[str]:

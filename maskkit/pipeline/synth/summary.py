@@ -7,9 +7,13 @@ import json
 def summary_rows(man: dict, stage_seconds: dict | None = None, seconds: float | None = None) -> list[tuple[str, str]]:
     """``(name, value)`` rows of the end-of-run summary table."""
     inp = man["inputs"]
-    rows = [("inputs", f"{inp['files']:,}"), ("ok", f"{inp['ok']:,}"), ("failed", f"{inp['failed']:,}")]
+    rows = [("seen", f"{inp.get('seen', inp['files']):,}"), ("inputs", f"{inp['files']:,}"), ("ok", f"{inp['ok']:,}"),
+            ("failed", f"{inp['failed']:,}")]
     for r, v in sorted(inp.get("failed_by_reason", {}).items()):
         rows.append((f"  failed: {r}", f"{v:,}"))
+    rows.append(("skipped (not inputs)", f"{inp.get('skipped', 0):,}"))
+    for r, v in sorted(inp.get("skipped_by_reason", {}).items()):
+        rows.append((f"  skipped: {r}", f"{v:,}"))
     rows.append(("faces", f"{man.get('num_faces', man['num_samples']):,}"))
     rows.append(("samples", f"{man['num_samples']:,}"))
     nm = man["num_masked"]

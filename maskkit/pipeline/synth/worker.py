@@ -22,6 +22,7 @@ from maskkit.pipeline.synth.seeding import (
     render_seed,
     sample_key,
 )
+from maskkit.util.names import name_bytes, name_fields
 
 #: Per-process model cache (detector, renderer): models load once per worker process.
 _WORKER: dict = {}
@@ -132,16 +133,16 @@ def _phase1(chunk: Chunk, cfg: SynthConfig, det, tm: Counter) -> tuple[list[_Fac
     try:
         for item in chunk.items:
             if item.error:
-                failures.append({"src": item.rel, "reason": item.error, "detail": item.detail})
+                failures.append({**name_fields(item.rel), "reason": item.error, "detail": item.detail})
                 continue
             t0 = time.perf_counter()
             try:
                 rgb = _read_input(item, cfg, rec_fh)
             except ImageError as exc:
-                failures.append({"src": item.rel, "reason": exc.reason, "detail": exc.detail})
+                failures.append({**name_fields(item.rel), "reason": exc.reason, "detail": exc.detail})
                 continue
             except Exception as exc:  # noqa: BLE001 - a bad file never stops the run
-                failures.append({"src": item.rel, "reason": "read_error", "detail": f"{type(exc).__name__}: {exc}"})
+                failures.append({**name_fields(item.rel), "reason": "read_error", "detail": f"{type(exc).__name__}: {exc}"})
                 continue
             finally:
                 tm["decode"] += time.perf_counter() - t0
@@ -158,12 +159,12 @@ def _phase1(chunk: Chunk, cfg: SynthConfig, det, tm: Counter) -> tuple[list[_Fac
                     chosen = select_faces(found, cfg.faces, rgb.shape)
                     sel = [(i, f.score, f.landmarks68) for i, f in enumerate(chosen)]
             except Exception as exc:  # noqa: BLE001
-                failures.append({"src": item.rel, "reason": "detect_error", "detail": f"{type(exc).__name__}: {exc}"})
+                failures.append({**name_fields(item.rel), "reason": "detect_error", "detail": f"{type(exc).__name__}: {exc}"})
                 continue
             finally:
                 tm["detect"] += time.perf_counter() - t0
             if not sel:
-                failures.append({"src": item.rel, "reason": "no_face", "detail": f"detector {cfg.detector} found no face"})
+                failures.append({**name_fields(item.rel), "reason": "no_face", "detail": f"detector {cfg.detector} found no face"})
                 continue
             t0 = time.perf_counter()
             errs = []
@@ -187,13 +188,13 @@ def _phase1(chunk: Chunk, cfg: SynthConfig, det, tm: Counter) -> tuple[list[_Fac
                     continue
                 key = sample_key(chunk.label, item.rel, fi)
                 if key in seen_keys:  # a sha1 prefix clash inside one identity: stay unique, stay stable
-                    key = f"{key}_{hashlib.sha1(item.rel.encode()).hexdigest()[12:20]}"
+                    key = f"{key}_{hashlib.sha1(name_bytes(item.rel)).hexdigest()[12:20]}"
                 seen_keys.add(key)
                 faces.append(_Face(key, item.rel, fi, None if score is None else float(score), crop, lmc, plain))
                 got += 1
             tm["align"] += time.perf_counter() - t0
             if got == 0:
-                failures.append({"src": item.rel, "reason": "align_error", "detail": "; ".join(errs)[:500]})
+                failures.append({**name_fields(item.rel), "reason": "align_error", "detail": "; ".join(errs)[:500]})
             else:
                 nfaces[item.rel] = got
     finally:
@@ -244,7 +245,7 @@ def process_chunk(chunk: Chunk, cfg: SynthConfig) -> ChunkResult:
                     raise ValueError("renderer returned a result of the wrong shape")
             except Exception as exc:  # noqa: BLE001 - CannotFit, or anything: log, try the next face
                 reason = getattr(exc, "reason", None) or type(exc).__name__
-                mask_skips.append({"src": f.rel, "face": f.face, "key": f.key, "style": style,
+                mask_skips.append({**name_fields(f.rel), "face": f.face, "key": f.key, "style": style,
                                    "reason": str(reason), "detail": str(exc)[:300]})
                 continue
             f.render, f.style = res, style
@@ -275,8 +276,9 @@ def process_chunk(chunk: Chunk, cfg: SynthConfig) -> ChunkResult:
             mask_u8 = np.clip(np.rint(np.asarray(alpha, np.float32) * 255.0), 0, 255).astype(np.uint8)
         tm["align"] += time.perf_counter() - t0
         t0 = time.perf_counter()
-        base = {"label": chunk.label, "identity": chunk.identity, "src": f.rel, "face": f.face, "score":
-                None if f.score is None else round(f.score, 5)}
+        # names as text: the display form (+ src_bytes for a name that is not UTF-8; docs/FORMAT.md)
+        base = {"label": chunk.label, "identity": chunk.display or chunk.identity, **name_fields(f.rel),
+                "face": f.face, "score": None if f.score is None else round(f.score, 5)}
         pkey, mkey = (f.key, f.key + "_m") if cfg.paired else (f.key, f.key)
         if plain is not None and (cfg.paired or not is_masked):
             meta = dict(base, masked=False, style=None, mask=None, landmarks5=_pts(plain.landmarks5),
@@ -300,7 +302,7 @@ def process_chunk(chunk: Chunk, cfg: SynthConfig) -> ChunkResult:
 
     by_reason = Counter(fl["reason"] for fl in failures)
     for fl in failures:
-        fl.setdefault("identity", chunk.identity)
+        fl.setdefault("identity", chunk.display or chunk.identity)
     stats = {
         "files": len(chunk.items), "ok": len(nfaces), "failed": len(failures),
         "failed_by_reason": dict(by_reason), "faces": n, "samples": len(samples),

@@ -1,0 +1,28 @@
+"""Exit statuses shared by every command (:mod:`maskkit.util.outcome`): click wiring only."""
+from __future__ import annotations
+
+import click
+
+
+def _no_input(exc: Exception) -> click.ClickException:
+    """A ``NoInputError`` as a click error that exits with status 2."""
+    from maskkit.util.names import safe_text
+    from maskkit.util.outcome import EXIT_NO_INPUT
+
+    err = click.ClickException(safe_text(str(exc)))
+    err.exit_code = EXIT_NO_INPUT
+    return err
+
+
+def _finish(out, ok: int, failed: int, already_complete: bool = False) -> None:
+    """After the summary: say ``already complete``, or exit 1 when every input failed."""
+    from maskkit.util.names import safe_text
+    from maskkit.util.outcome import already_complete_message, exit_code
+
+    if already_complete:
+        click.echo(safe_text(already_complete_message(str(out))), err=True)
+        return
+    code = exit_code(ok, failed)
+    if code:
+        click.echo(f"error: every input failed ({failed:,}); see {safe_text(str(out))}/failures.jsonl", err=True)
+        raise SystemExit(code)
