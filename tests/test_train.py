@@ -141,7 +141,7 @@ def test_end_to_end_cli_train_reload_embed(shards, tmp_path):
     run = tmp_path / "run"
     res = CliRunner().invoke(main, ["train", "--data", str(shards), "--out", str(run), "--method", "maskdul",
                                     "--backbone", "r18", "--width", "0.25", "--batch-size", "8", "--max-steps", "3",
-                                    "--num-workers", "2", "--log-every", "1", "--no-progress",
+                                    "--num-workers", "2", "--log-every", "1", "-q",
                                     "--set", "shuffle_buffer=16", "--set", "tensorboard=false"])
     assert res.exit_code == 0, res.output + repr(res.exception)
     assert (run / "config.json").exists() and (run / "checkpoints" / "last.pt").exists()
@@ -275,7 +275,7 @@ def test_cli_nproc_2_then_resume_on_one_process(shards, tmp_path):
     from maskkit.cli import main
 
     run = tmp_path / "ddp"
-    common = ["--no-progress", "--set", "tensorboard=false", "--set", "shuffle_buffer=8"]
+    common = ["-q", "--set", "tensorboard=false", "--set", "shuffle_buffer=8"]
     res = CliRunner().invoke(main, ["train", "--data", str(shards), "--out", str(run), "--method", "maskdul",
                                     "--backbone", "r18", "--width", "0.25", "--batch-size", "4", "--max-steps", "2",
                                     "--steps-per-epoch", "3", "--num-workers", "1", "--nproc", "2"] + common)
@@ -311,7 +311,7 @@ def test_one_identity_and_resume_on_other_classes_are_one_line_errors(shards, tm
     write_shards(two, [{"key": f"t{i}", "image": im, "label": lb} for i, (im, lb) in enumerate(zip(imgs, labels))],
                  ids)
     common = ["--backbone", "r18", "--width", "0.25", "--batch-size", "4", "--num-workers", "0", "--amp", "none",
-              "--device", "cpu", "--no-progress", "--set", "tensorboard=false", "--set", "shuffle_buffer=8"]
+              "--device", "cpu", "-q", "--set", "tensorboard=false", "--set", "shuffle_buffer=8"]
     res = CliRunner().invoke(main, ["train", "--data", str(one), "--out", str(tmp_path / "r1"), "--max-steps", "1"]
                              + common)
     assert res.exit_code == 1 and "has 1 identity" in res.output and "at least 2" in res.output, res.output
@@ -349,7 +349,7 @@ def test_unavailable_or_bad_device_is_a_one_line_error(shards, tmp_path):
         run = tmp_path / dev.replace(":", "_")
         res = CliRunner().invoke(main, ["train", "--data", str(shards), "--out", str(run), "--backbone", "r18",
                                         "--width", "0.25", "--max-steps", "1", "--num-workers", "0", "--device", dev,
-                                        "--no-progress"])
+                                        "-q"])
         assert res.exit_code == 1, (dev, res.output, repr(res.exception))
         assert "Error: --device" in res.output and expect in res.output, (dev, res.output)
         assert not (run / "checkpoints" / "last.pt").exists()
@@ -371,7 +371,7 @@ def test_log_line_shows_only_the_methods_parts():
     assert " g 0.1250 kl 3.5 |sigma| m 0.5 u 0.25 |f| 12" in full
 
 
-_ARC_COMMON = ["--no-progress", "--num-workers", "0", "--set", "tensorboard=false", "--set", "shuffle_buffer=8"]
+_ARC_COMMON = ["-q", "--num-workers", "0", "--set", "tensorboard=false", "--set", "shuffle_buffer=8"]
 
 
 def _arcface_run(shards: Path, run: Path):
@@ -465,7 +465,7 @@ def test_two_node_torchrun_equals_one_node_two_processes(shards, tmp_path):
 
     args = ["--data", str(shards), "--method", "maskdul", "--backbone", "r18", "--width", "0.25",
             "--batch-size", "4", "--max-steps", "3", "--steps-per-epoch", "3", "--num-workers", "1", "--seed", "2",
-            "--no-progress", "--set", "tensorboard=false", "--set", "shuffle_buffer=8"]
+            "-q", "--set", "tensorboard=false", "--set", "shuffle_buffer=8"]
     one = tmp_path / "one"
     res = CliRunner().invoke(main, ["train", "--out", str(one), "--nproc", "2"] + args)
     assert res.exit_code == 0, res.output + repr(res.exception)
