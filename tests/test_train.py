@@ -193,6 +193,47 @@ def test_resume_is_exact(shards, tmp_path):
     assert [r["loss"] for r in la if "loss" in r] == [r["loss"] for r in lb if "loss" in r]
 
 
+def test_default_loader_workers_fit_the_cores(shards, tmp_path, recwarn, caplog):
+    """num_workers=None (the default) is min(4, usable cores): no torch over-subscription warning
+    on this machine. An explicit count above the cores is said once, by maskkit, not by torch at
+    every epoch."""
+    from maskkit.training.config import default_num_workers, usable_cores
+
+    assert TrainConfig().num_workers is None
+    assert default_num_workers() == min(4, len(os.sched_getaffinity(0)))
+    base = TrainConfig(data=str(shards), method="arcface", batch_size=4, steps_per_epoch=1, epochs=2, **NARROW)
+    train(base.replace(out=str(tmp_path / "default")))  # two epochs: two loader iterators
+    assert not [w for w in recwarn if "DataLoader will create" in str(w.message)]
+    assert _state(tmp_path / "default")["data"]["loader_workers"] == default_num_workers()
+    if usable_cores() <= 4:  # over-subscribe only on a small machine
+        with caplog.at_level("WARNING", logger="maskkit.training.engine"):
+            train(base.replace(out=str(tmp_path / "over"), num_workers=usable_cores() + 1))
+        assert not [w for w in recwarn if "DataLoader will create" in str(w.message)]
+        assert sum("exceeds the" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_resume_reuses_the_checkpoints_worker_count(shards, tmp_path, monkeypatch):
+    """A run with the default worker count, resumed on a machine with fewer cores, takes the
+    checkpoint's count (the data order depends on it): bit-identical to the uninterrupted run."""
+    from maskkit.training import engine
+
+    base = TrainConfig(data=str(shards), method="maskdul", batch_size=6, steps_per_epoch=3, log_every=1,
+                       ckpt_every=100, seed=3, **NARROW)
+    monkeypatch.setattr(engine, "default_num_workers", lambda: 2)
+    train(base.replace(out=str(tmp_path / "a"), max_steps=5))
+    train(base.replace(out=str(tmp_path / "b"), max_steps=2))
+    assert _state(tmp_path / "b")["data"]["loader_workers"] == 2
+    monkeypatch.setattr(engine, "default_num_workers", lambda: 1)  # the resuming machine has one core
+    train(base.replace(out=str(tmp_path / "b"), max_steps=5), resume=True)
+    a, b = _state(tmp_path / "a"), _state(tmp_path / "b")
+    assert a["step"] == b["step"] == 5 and b["data"]["loader_workers"] == 2
+    for part in ("model", "criterion"):
+        for k in a[part]:
+            assert torch.equal(a[part][k], b[part][k]), f"{part}.{k} differs after resume"
+    logs = [json.loads(x) for x in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
+    assert not [r for r in logs if r.get("event") == "resume_inexact"]
+
+
 def test_nan_guard_stops_and_keeps_last_good_checkpoint(shards, tmp_path, monkeypatch):
     calls = {"n": 0}
     orig = Criterion.forward

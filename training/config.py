@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,21 @@ METHODS = ("arcface", "magface", "dul", "dul-mag", "maskdul")
 BACKBONES = ("r18", "r34", "r50", "r100")
 AMP_MODES = ("bf16", "fp16", "none")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on: ``os.sched_getaffinity`` (honours taskset and cgroup
+    CPU sets), ``os.cpu_count`` where that is missing (macOS, Windows)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def default_num_workers() -> int:
+    """``min(4, usable_cores())``: the default loader workers (more workers than cores only make
+    torch warn and the loader slower)."""
+    return min(4, usable_cores())
 
 
 @dataclass
@@ -110,7 +126,11 @@ class TrainConfig:
     image_size: tuple[int, int] = (112, 112)
 
     # -- data loading --------------------------------------------------------------------------
-    num_workers: int = 4
+    num_workers: int | None = None
+    """DataLoader worker processes per rank. ``None`` (default): :func:`default_num_workers`,
+    ``min(4, usable CPU cores)``, resolved when the run starts (``config.json`` keeps ``None`` and
+    records the count under ``resolved``); a resumed run reuses the checkpoint's count, so resume
+    stays exact on a machine with another number of cores."""
     shuffle_buffer: int = 2000
 
     # -- engine --------------------------------------------------------------------------------

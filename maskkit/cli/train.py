@@ -44,7 +44,8 @@ _SHAPE_KEYS = ("method", "backbone", "width", "embedding_size", "two_stream", "s
 @click.option("--lr", type=float, default=0.05, show_default=True, help="lr at global batch 128 (scaled linearly).")
 @click.option("--epochs", type=int, default=30, show_default=True)
 @click.option("--milestones", default="10,18,25", show_default=True, help="Epochs where lr is divided by 10.")
-@click.option("--num-workers", type=int, default=4, show_default=True)
+@click.option("--num-workers", type=click.IntRange(0, None), default=None, show_default="min(4, usable CPU cores)",
+              help="DataLoader workers per process (--resume reuses the checkpoint's count).")
 @click.option("--amp", type=click.Choice(AMP_MODES), default="bf16", show_default=True)
 @click.option("--compile/--no-compile", "compile_", default=False, show_default=True, help="torch.compile the model.")
 @_device()
