@@ -212,6 +212,30 @@ def test_default_loader_workers_fit_the_cores(shards, tmp_path, recwarn, caplog)
         assert sum("exceeds the" in r.getMessage() for r in caplog.records) == 1
 
 
+def test_config_json_keeps_requests_and_records_what_the_run_resolved(shards, tmp_path, monkeypatch, capfd):
+    """A CPU run asked for bf16 and TensorBoard (absent): config.json keeps amp bf16, tensorboard
+    true and num_workers null, and adds resolved {device cpu, amp none, tensorboard false,
+    num_workers}; each skipped feature is said once (stderr and log.jsonl). It loads back."""
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # absent on any machine
+    cfg = TrainConfig(data=str(shards), out=str(tmp_path / "r"), method="arcface", batch_size=4, steps_per_epoch=2,
+                      epochs=2, log_every=1, num_workers=None, device="cpu", amp="bf16",
+                      **dict(NARROW, tensorboard=True))
+    train(cfg)
+    stored = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert (stored["amp"], stored["tensorboard"], stored["num_workers"], stored["device"]) == ("bf16", True, None, "cpu")
+    assert stored["resolved"] == {"device": "cpu", "amp": "none", "tensorboard": False,
+                                  "num_workers": _state(tmp_path / "r")["data"]["loader_workers"]}
+    err = capfd.readouterr().err
+    assert err.count("tensorboard requested but unavailable") == 1 and err.count("amp bf16 requested") == 1, err
+    logs = [json.loads(x) for x in (tmp_path / "r" / "log.jsonl").read_text().splitlines()]
+    assert sorted(r["feature"] for r in logs if r.get("event") == "skipped") == ["amp", "tensorboard"]
+    assert TrainConfig.load(tmp_path / "r" / "config.json") == cfg
+    # amp none on CPU: nothing skipped, nothing said
+    train(cfg.replace(out=str(tmp_path / "n"), amp="none", tensorboard=False))
+    assert "requested" not in capfd.readouterr().err
+    assert json.loads((tmp_path / "n" / "config.json").read_text())["resolved"]["amp"] == "none"
+
+
 def test_resume_reuses_the_checkpoints_worker_count(shards, tmp_path, monkeypatch):
     """A run with the default worker count, resumed on a machine with fewer cores, takes the
     checkpoint's count (the data order depends on it): bit-identical to the uninterrupted run."""

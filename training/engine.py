@@ -426,16 +426,22 @@ def train(cfg: TrainConfig, resume: bool = False, source: Any = None) -> dict:
     if info.is_main:
         run.mkdir(parents=True, exist_ok=True)
         (run / "checkpoints").mkdir(exist_ok=True)
-        cfg.save(run / "config.json")
     jsonl = open(run / "log.jsonl", "a") if info.is_main else None
     tb = None
+    skipped = []  # (feature, reason): requested but not in effect, said once below
+    if amp_dtype is None and cfg.amp != "none":
+        skipped.append(("amp", f"amp {cfg.amp} requested: off on {info.device.type} (fp32)"))
     if info.is_main and cfg.tensorboard:
         try:
             from torch.utils.tensorboard import SummaryWriter
 
             tb = SummaryWriter(str(run / "tb"))
-        except Exception:  # tensorboard not installed: the JSONL log is the record
-            tb = None
+        except Exception as exc:  # tensorboard not installed: the JSONL log is the record
+            skipped.append(("tensorboard", f"tensorboard requested but unavailable ({type(exc).__name__}: {exc}); "
+                                           "log.jsonl is the record"))
+    if info.is_main:  # what was asked, and what this run does (config.json "resolved")
+        cfg.save(run / "config.json", resolved={"device": str(info.device), "amp": cfg.amp if amp_dtype else "none",
+                                                "tensorboard": tb is not None, "num_workers": src.num_workers})
     bar = _progress(total_steps, global_step, cfg.progress and info.is_main)
 
     def emit(line: str) -> None:
@@ -493,9 +499,12 @@ def train(cfg: TrainConfig, resume: bool = False, source: Any = None) -> dict:
     if info.is_main:
         emit(f"maskkit train: {cfg.method} {cfg.backbone} (width {cfg.width}) on {info.device}, world {world}, "
              f"global batch {gb}, {spe} steps/epoch x {cfg.epochs} epochs, {num_classes} classes, lr {base_lr:g}, "
-             f"amp {cfg.amp if use_cuda else 'off (cpu)'}" + (f", resumed at step {global_step}" if ckpt else ""))
+             f"amp {cfg.amp if amp_dtype else 'none'}" + (f", resumed at step {global_step}" if ckpt else ""))
         write_log({"event": "start", "step": global_step, "world": world, "global_batch": gb,
                    "steps_per_epoch": spe, "device": str(info.device), "resumed": ckpt is not None})
+        for feature, reason in skipped:
+            emit(f"note: {reason}")
+            write_log({"event": "skipped", "step": global_step, "feature": feature, "reason": reason})
         if inexact:
             emit(inexact)
             write_log({"event": "resume_inexact", "step": global_step, "message": inexact})
