@@ -11,8 +11,11 @@ from maskkit import __version__
 #: never resumed under newer ones. Bump it with every change that alters shard contents.
 #: History: 1 = the first landing's rules; 2 = ``.rec`` inputs: record 0 is a header only when it
 #: is one (an ``im2rec --pack-label`` set keeps its record 0 and every later record), a ``.idx``
-#: that does not match its ``.rec`` is replaced by a sequential scan (issue 12 §4).
-ALGORITHM_VERSION = 2
+#: that does not match its ``.rec`` is replaced by a sequential scan (issue 12 §4); 3 = leftover
+#: styles (the m % K beyond m // K of each) go to the next styles in class order from a running
+#: offset kept in the journal, not to random ones: over the whole set the styles' counts differ
+#: by at most 1 (issue 10).
+ALGORITHM_VERSION = 3
 
 #: The five mask styles (same as ``maskkit.render.STYLES``; repeated so importing this module
 #: stays light).

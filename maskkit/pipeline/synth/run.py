@@ -24,6 +24,7 @@ from maskkit.pipeline.synth.journal import (
     _prepare_out,
 )
 from maskkit.pipeline.synth.plan import list_inputs, plan_chunks
+from maskkit.pipeline.synth.seeding import next_style_offset
 from maskkit.util.files import write_bytes_atomic, write_json_atomic
 
 
@@ -143,11 +144,14 @@ def _run_locked(cfg: SynthConfig, t_start: float) -> SynthResult:
     t_write = 0.0
     end = state.chunk_entries[-1]["end"] if state.chunk_entries else 0
     skip = state.skip
+    style_offset = state.style_offset  # leftover styles continue in class order (seeding.leftover_styles)
     todo = chunks[state.start_chunk:]
     sink = ShardSink(out, cfg.shard_samples, cfg.split, start_index=len(shards), on_shard=on_shard)
     try:
         with _backend(cfg) as n_jobs, _progress(len(items), done_files, cfg.progress, cfg.progress_desc) as bar:
             for res in _results(todo, cfg, n_jobs):
+                res = res.pick(style_offset)
+                style_offset = next_style_offset(style_offset, res.stats.get("extra_styles", 0), len(cfg.styles))
                 chunk = chunks[res.index]
                 t0 = time.perf_counter()
                 for s in res.samples:
@@ -156,8 +160,8 @@ def _run_locked(cfg: SynthConfig, t_start: float) -> SynthResult:
                         continue
                     sink.add(s)
                 end += len(res.samples)
-                entry = {"chunk": res.index, "identity": chunk.identity, "end": end, "stats": res.stats,
-                         "failures": res.failures, "mask_skips": res.mask_skips}
+                entry = {"chunk": res.index, "identity": chunk.identity, "end": end, "style_offset": style_offset,
+                         "stats": res.stats, "failures": res.failures, "mask_skips": res.mask_skips}
                 jr.append(entry)
                 absorb(entry)
                 t_write += time.perf_counter() - t0
