@@ -474,6 +474,11 @@ def test_cli_synth_and_stats_detects_tampering(celeb_aligned, tmp_path):
     r = CliRunner().invoke(main, ["stats", str(out), "--deep"])
     assert r.exit_code == 0, r.output
     man = json.loads((out / "manifest.json").read_text())
+    # --deep says what it decoded: every JPEG and every mask PNG of the set
+    assert f"ok ({man['num_samples']} JPEGs and {man['num_masked']} mask PNGs decoded)" in r.stderr, r.stderr
+    assert "each checked" in r.output and "nothing (add --deep" not in r.output
+    r = CliRunner().invoke(main, ["stats", str(out), "--json"])
+    assert "decoded" not in json.loads(r.stdout)["counted"] and "nothing (add --deep" in r.output
     man["per_class"][man["classes"][0]]["masked"] += 1
     man["num_masked"] += 1
     (out / "manifest.json").write_text(json.dumps(man))

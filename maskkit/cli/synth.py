@@ -136,7 +136,8 @@ def synth(src, out, ratio, paired, styles, seed, jobs, aligned, size, shard_samp
 
 @click.command("stats")
 @click.argument("shards", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--deep", is_flag=True, help="Also decode every JPEG and mask PNG.")
+@click.option("--deep", is_flag=True, help="Also decode every JPEG and mask PNG and check their sizes "
+              "(the summary says how many of each were decoded).")
 @click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON on stdout.")
 @_quiet("No summary table (mismatches are still printed, and the exit status says the outcome).")
 def stats(shards, deep, as_json, quiet):
@@ -168,13 +169,20 @@ def stats(shards, deep, as_json, quiet):
         rows.append(("inputs (files = ok + failed)", f"{inp.get('files')} = {inp.get('ok')} + {inp.get('failed')}"))
         rows.append(("failures.jsonl lines", f"{c.get('failures', 0)}"))
         rows.append(("sha256 / sizes / counts", "ok" if rep.ok else "MISMATCH"))
+        dec = c.get("decoded")
+        h, w = man.get("image_size", (112, 112))
+        rows.append(("decoded (--deep)", f"{dec['jpg']:,} JPEGs ({h}x{w} colour) and {dec['mask_png']:,} mask PNGs "
+                                         f"({h}x{w} single-channel), each checked" if dec else
+                     "nothing (add --deep to decode every JPEG and mask PNG)"))
         _print_summary(f"maskkit stats {shards}", rows)
     for p in rep.problems:
         click.echo(f"MISMATCH: {p}", err=True)
     if not rep.ok:
         raise SystemExit(1)
     if not quiet:
-        click.echo("ok", err=True)
+        dec = rep.counted.get("decoded")
+        click.echo("ok" + (f" ({dec['jpg']:,} JPEGs and {dec['mask_png']:,} mask PNGs decoded)" if dec else ""),
+                   err=True)
 
 
 @click.command("export-rec")
