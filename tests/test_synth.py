@@ -423,6 +423,17 @@ def test_cannot_fit_keeps_ratio_exact(celeb_aligned, tmp_path, monkeypatch):
     assert man2["num_masked"] == 0 and sum(man2["mask_shortfall"].values()) == 15
 
 
+def test_aligned_run_names_the_landmarks_stage_not_detect(celeb_aligned, tmp_path):
+    """--aligned skips detection: the summary's stage is 'landmarks' (it said 'detect')."""
+    from maskkit.pipeline.synth import summary_rows
+
+    sub = subset_tree(celeb_aligned, tmp_path / "sub", per_identity=2, identities=2)
+    res = run_synth(SynthConfig(src=sub, out=tmp_path / "a", aligned=True, ratio=0.5, progress=False))
+    assert res.stage_seconds["landmarks"] > 0 and "detect" not in res.stage_seconds
+    stages = dict(summary_rows(res.manifest, res.stage_seconds, res.seconds))["stages (worker s)"]
+    assert "landmarks" in stages and "detect" not in stages
+
+
 def test_ratio_zero_no_styles_and_ratio_one(celeb_aligned, tmp_path):
     """ratio 0 with no styles (what `maskkit align --format shards` runs) and ratio 1."""
     sub = subset_tree(celeb_aligned, tmp_path / "sub", per_identity=5, identities=2)

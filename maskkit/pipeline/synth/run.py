@@ -38,8 +38,8 @@ class SynthResult:
         seconds: wall-clock seconds of this invocation.
         resumed: samples that were already in complete shards from an earlier, killed run.
         already_complete: the folder already held this exact run (nothing was recomputed).
-        stage_seconds: summed per-stage worker seconds (decode, detect, render, align, encode)
-            plus ``write`` (driver).
+        stage_seconds: summed per-stage worker seconds (decode, detect -- or landmarks with
+            ``aligned``, where nothing is detected --, render, align, encode) plus ``write`` (driver).
     """
 
     out: Path
