@@ -88,3 +88,12 @@ def test_deprecated_alias_converts_and_refuses_both():
     assert r.invoke(cmd, ["--progress"]).stdout == "quiet=False\n"
     res = r.invoke(cmd, ["--no-progress", "-q"])
     assert res.exit_code == 2 and "both given" in res.output
+
+
+def test_help_documents_the_embed_archive_and_the_onnx_inputs():
+    """`embed --help` says mu is L2-normalised and the magnitude is stored apart; `export --help`
+    gives the dtype of the ONNX `masked` input (a bool array fed as is is refused by onnxruntime)."""
+    embed = " ".join(CliRunner().invoke(main, ["embed", "--help"]).stdout.split())
+    assert "L2-normalised" in embed and "the norm of mu before normalisation, stored apart" in embed
+    export = " ".join(CliRunner().invoke(main, ["export", "--help"]).stdout.split())
+    assert "masked float32 (N,)" in export and "1.0 = masked-face branch" in export

@@ -183,6 +183,14 @@ def _config(model, bin_path, pairs, root, gallery, probes, mask_side, mask_style
 def embed(model, src, out, masked, flip, batch_size, device, detector, quiet):
     """Embed every face under SRC into an .npz (mu, sigma, magnitude, paths).
 
+    \b
+    mu          (N, D) float32, L2-normalised (unit length); with --flip the
+                embeddings of the image and its mirror are averaged first
+    magnitude   (N,) the norm of mu before normalisation, stored apart
+                (MagFace's quality signal: multiply it back to get the raw mu)
+    sigma       (N, D) float32 uncertainty (shape (0,) for models without sigma)
+    masked, paths, identities (N,); failures (one JSON string per input left out)
+
     Identity = first sub-folder. Images not already 112x112 are aligned first; files that
     cannot be read or aligned are listed in the archive's ``failures``.
     """
@@ -206,8 +214,15 @@ def embed(model, src, out, masked, flip, batch_size, device, detector, quiet):
 @_quiet("Print nothing but errors.")
 @_deprecated("--onnx", dest="out", new="-o/--out", type=click.Path(dir_okay=False))
 def export(model, out, opset, verify, quiet):
-    """Export a trained model to ONNX: inputs image (N,3,112,112) normalised and masked (N,);
-    outputs mu and sigma; dynamic batch axis."""
+    """Export a trained model to ONNX (one graph, dynamic batch axis).
+
+    \b
+    inputs   image   float32 (N, 3, 112, 112), RGB, (x - 127.5) / 127.5
+             masked  float32 (N,): 1.0 = masked-face branch, 0.0 = face
+                     branch (> 0.5 selects; cast a bool array to float32)
+    outputs  mu      float32 (N, D), not normalised (D: embedding size, 512)
+             sigma   float32 (N, D) (DUL methods only)
+    """
     import numpy as np
 
     from maskkit.training.api import load_model
