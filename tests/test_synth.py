@@ -138,6 +138,17 @@ def test_style_counts_over_many_small_identities_differ_by_at_most_one(celeb_ali
     monkeypatch.setattr(synth_mod.backends, "process_chunk", real)
     res = run_synth(SynthConfig(out=tmp_path / "killed", jobs=1, **cfg))
     assert res.resumed > 0 and shard_hashes(tmp_path / "killed") == shard_hashes(tmp_path / "one")
+    # a chunk computed for one known offset equals that offset's variant of the all-offsets result
+    from maskkit.pipeline.synth import list_inputs, plan_chunks, process_chunk
+
+    c = SynthConfig(out=tmp_path / "unused", **cfg)
+    chunk = plan_chunks(*list_inputs(c))[2]  # 3 faces: m = 2 leftovers of 5 styles
+    every = process_chunk(chunk, c)
+    assert sorted(every.variants) == [0, 1, 2, 3, 4] and every.stats["extra_styles"] == 2
+    for o in (0, 3):
+        one = process_chunk(chunk, c, style_offset=o)
+        assert one.variants is None and one.stats["styles"] == every.pick(o).stats["styles"]
+        assert [(x.key, x.jpg) for x in one.samples] == [(x.key, x.jpg) for x in every.pick(o).samples]
 
 
 def test_lfw_johns_full_photos(lfw_johns, tmp_path):
