@@ -11,7 +11,7 @@ MK="${MASKKIT:-.venv/bin/maskkit}"
 PY="${PYTHON:-.venv/bin/python}"
 $MK synth -q --src "$D/celeb-aligned" --aligned --out "$W/celeb" --ratio 0.5 --jobs 2 >/dev/null
 $MK synth -q --src "$D/lfw-johns" --out "$W/johns" --ratio 0.5 --jobs 2 >/dev/null
-$MK export-rec "$W/celeb" "$W/rec" >/dev/null
+$MK export-rec "$W/celeb" -o "$W/rec" >/dev/null
 $PY - "$W/demo-src" <<'PY'
 import sys
 from pathlib import Path

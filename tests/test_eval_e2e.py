@@ -108,7 +108,7 @@ def bin_report(johns):
 
     out = johns["tmp"] / "report_one"
     res = CliRunner().invoke(main, ["eval", "--model", str(johns["run"]), "--bin", str(johns["bin"]),
-                                    "--mask-side", "one", "--seed", str(SEED), "--out", str(out), "--no-progress"])
+                                    "--mask-side", "one", "--seed", str(SEED), "--out", str(out), "-q"])
     assert res.exit_code == 0, res.output + repr(res.exception)
     return out, res.output
 
@@ -200,7 +200,7 @@ def test_mask_sides_and_compare(johns):
     shutil.copytree(johns["run"], run_b, ignore=shutil.ignore_patterns("eval"))
     out = johns["tmp"] / "rep_both"
     res = runner.invoke(main, ["eval", "--model", str(johns["run"]), "--bin", str(johns["bin"]), "--mask-side", "both",
-                               "--out", str(out), "--no-progress", "--no-flip"])
+                               "--out", str(out), "-q", "--no-flip"])
     assert res.exit_code == 0, res.output + repr(res.exception)
     m_both = json.loads((out / "metrics.json").read_text())
     assert m_both["counts"]["mask_requested"] == 200
@@ -208,7 +208,7 @@ def test_mask_sides_and_compare(johns):
     assert m_both["protocol"]["flip"] is False
     # --compare on a set: evaluates both runs (unmasked) then prints the table
     res = runner.invoke(main, ["eval", "--compare", str(johns["run"]), str(run_b), "--bin", str(johns["bin"]),
-                               "--mask-side", "none", "--no-flip", "--no-progress"])
+                               "--mask-side", "none", "--no-flip", "-q"])
     assert res.exit_code == 0, res.output + repr(res.exception)
     ma = json.loads((johns["run"] / "eval" / "johns-verification-masknone.json").read_text())
     mb = json.loads((run_b / "eval" / "johns-verification-masknone.json").read_text())
@@ -235,7 +235,7 @@ def test_identification_and_embed_cli(johns, lfw_johns):
     # raw (unaligned) lfw-johns: same folder for gallery and probes, 2 gallery images per identity
     res = runner.invoke(main, ["eval", "--model", str(johns["run"]), "--gallery", str(lfw_johns), "--probes",
                                str(lfw_johns), "--gallery-per-id", "2", "--mask-side", "one", "--out", str(out),
-                               "--no-progress"])
+                               "-q"])
     assert res.exit_code == 0, res.output + repr(res.exception)
     m = json.loads((out / "metrics.json").read_text())
     c = m["counts"]
@@ -252,7 +252,7 @@ def test_identification_and_embed_cli(johns, lfw_johns):
 
     emb = johns["tmp"] / "emb.npz"
     res = runner.invoke(main, ["embed", "--model", str(johns["run"]), "--src", str(lfw_johns), "--out", str(emb),
-                               "--no-progress"])
+                               "-q"])
     assert res.exit_code == 0, res.output + repr(res.exception)
     z = np.load(emb)
     n = len(z["paths"])
@@ -298,7 +298,7 @@ def test_pairs_txt_with_raw_photos(johns, bin_report, lfw_johns, tmp_path):
     out = tmp_path / "rep_pairs"
     res = CliRunner().invoke(main, ["eval", "--model", str(johns["run"]), "--pairs", str(pairs_txt), "--root",
                                     str(lfw_johns), "--mask-side", "one", "--seed", str(SEED), "--out", str(out),
-                                    "--no-progress"])
+                                    "-q"])
     assert res.exit_code == 0, res.output + repr(res.exception)
     m = json.loads((out / "metrics.json").read_text())
     assert m["set"] == "pairs_johns"
@@ -331,7 +331,7 @@ def test_parse_lfw_pairs_format(tmp_path):
 
 
 def test_unwritable_outputs_are_one_line_errors(tmp_path):
-    """export --onnx, embed --out and eval --out under a regular file: a one-line error at once
+    """export -o, embed -o and eval --out under a regular file: a one-line error at once
     (before any model is loaded), no traceback, nothing written."""
     from maskkit.cli import main
 
@@ -345,7 +345,7 @@ def test_unwritable_outputs_are_one_line_errors(tmp_path):
     torch.save({}, run / "checkpoints" / "last.pt")  # the output check comes before any loading
     runner = CliRunner()
     cases = [
-        (["export", "--model", str(run), "--onnx", str(afile / "m.onnx")], "--onnx"),
+        (["export", "--model", str(run), "-o", str(afile / "m.onnx")], "--out"),
         (["embed", "--model", str(run), "--src", str(tmp_path / "gal"), "--out", str(afile / "e.npz")], "--out"),
         (["eval", "--model", str(run), "--gallery", str(tmp_path / "gal"), "--probes", str(tmp_path / "gal"),
           "--out", str(afile / "rep")], "--out"),
@@ -368,7 +368,7 @@ def test_model_that_is_not_a_run_is_a_one_line_error(tmp_path, lfw_johns):
     gal = str(tmp_path / "gal")
     runner = CliRunner()
     for model, expect in ((str(tmp_path / "gal"), "no checkpoint in run dir"), (str(img), "not a PyTorch checkpoint")):
-        for args in (["export", "--model", model, "--onnx", str(tmp_path / "m.onnx")],
+        for args in (["export", "--model", model, "-o", str(tmp_path / "m.onnx")],
                      ["embed", "--model", model, "--src", gal, "--out", str(tmp_path / "e.npz")],
                      ["eval", "--model", model, "--gallery", gal, "--probes", gal],
                      ["eval", "--compare", model, "--gallery", gal, "--probes", gal]):
@@ -405,10 +405,11 @@ def test_unknown_detector_is_a_usage_error(tmp_path, lfw_johns):
     """eval / embed --detector foo: a usage error naming the choices (it used to fail every image
     and end in a ValueError traceback from an empty gallery); the choices are maskkit's detectors."""
     from maskkit.cli import main
-    from maskkit.cli.eval import _DETECTORS
     from maskkit.face.detect import DETECTORS
 
-    assert tuple(_DETECTORS.choices) == tuple(DETECTORS)
+    for name in ("eval", "embed"):
+        det = next(p for p in main.commands[name].params if p.name == "detector")
+        assert tuple(det.type.choices) == tuple(DETECTORS)
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
     (run / "checkpoints" / "last.pt").write_bytes(b"")
@@ -488,7 +489,7 @@ def test_empty_gallery_or_probes_is_a_one_line_error(johns, lfw_johns, photos_di
                        (["--gallery", str(lfw_johns), "--probes", str(empty)], "probe set is empty"),
                        (["--gallery", str(gal), "--probes", str(gal)], "is empty")):
         for cmd in (["eval", "--model", str(johns["run"])], ["eval", "--compare", str(johns["run"])]):
-            res = runner.invoke(main, cmd + args + ["--no-progress", "--out", str(tmp_path / "rep")])
+            res = runner.invoke(main, cmd + args + ["-q", "--out", str(tmp_path / "rep")])
             assert res.exit_code == 1 and isinstance(res.exception, SystemExit), (args, res.output, repr(res.exception))
             lines = [x for x in res.output.splitlines() if x.startswith("Error:")]
             assert len(lines) == 1 and what in lines[0] and "Traceback" not in res.output, res.output

@@ -120,7 +120,7 @@ def test_export_cli_from_run_dir(tmp_path, faces):
     torch.save({"config": model.config, "model": model.torch_module.state_dict(), "step": 0},
                run / "checkpoints" / "last.pt")
     out = tmp_path / "exp" / "model.onnx"
-    res = CliRunner().invoke(main, ["export", "--model", str(run), "--onnx", str(out)])
+    res = CliRunner().invoke(main, ["export", "--model", str(run), "-o", str(out)])
     assert res.exit_code == 0, res.output + repr(res.exception)
     assert out.stat().st_size > 100_000
     assert "batch 1" in res.output and "batch 7" in res.output

@@ -263,3 +263,34 @@ def test_jobs_option_is_consistent_across_commands():
     assert ctx.params["jobs"] == -1
     with pytest.raises(click.BadParameter):
         synth_jobs.type.convert("-2", synth_jobs, None)
+
+
+def test_preview_of_a_shard_set_samples_across_identities(celeb_aligned, tmp_path):
+    """A synth set whose identities each hold many masks of one style: the preview column shows
+    one face per identity (it showed the first identity's faces only), and repeats identities
+    only once every identity is shown. Cells are matched to their samples pixel for pixel."""
+    from maskkit.io.image_io import decode_image
+    from maskkit.io.shards import read_samples
+    from maskkit.pipeline.preview import _LABEL_H, CELL, face_crop
+    from maskkit.pipeline.synth import SynthConfig, run_synth
+
+    src = tmp_path / "src"
+    for d in sorted(p for p in celeb_aligned.iterdir() if p.is_dir())[:5]:
+        (src / d.name).mkdir(parents=True)
+        for f in sorted(d.glob("*.jpg"))[:8]:
+            (src / d.name / f.name).symlink_to(f)
+    shards = tmp_path / "shards"
+    run_synth(SynthConfig(src=src, out=shards, aligned=True, ratio=1.0, styles=("surgical",), shard_samples=7,
+                          progress=False))
+    cells = {}
+    for s in read_samples(shards):
+        rgb = decode_image(s["jpg"])
+        cells[face_crop(rgb, np.asarray(s["json"]["landmarks68"], np.float64)).tobytes()] = s["json"]["identity"]
+    for n, distinct in ((4, 4), (7, 5)):
+        out = tmp_path / f"p{n}.png"
+        res = _run(["preview", str(shards), "-o", str(out), "--styles", "surgical", "--n", str(n)])
+        assert json.loads(res.output.strip().splitlines()[-1])["faces"] == n
+        sheet = _sheet(out)
+        shown = [cells[sheet[_LABEL_H + i * (CELL + 2):_LABEL_H + i * (CELL + 2) + CELL, 2:2 + CELL].tobytes()]
+                 for i in range(n)]
+        assert len(set(shown)) == distinct, shown

@@ -1,6 +1,8 @@
 """IResNet shapes and sizes, two-stream routing, DUL head."""
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -158,3 +160,26 @@ def test_config_json_round_trip(tmp_path):
         TrainConfig(method="cosface")
     with pytest.raises(ValueError, match="unknown"):
         TrainConfig.from_dict({"nope": 1})
+
+
+def test_old_and_newer_config_json_files_still_load(tmp_path, caplog):
+    """A config.json written before keys were added (missing keys: defaults), one with a key this
+    version does not know (ignored, named once in a warning) and one with the ``resolved`` record
+    all load; a dict passed in code stays strict."""
+    old = {"data": "shards", "out": "runs/x", "method": "maskdul", "backbone": "r18", "width": 0.25,
+           "batch_size": 32, "lr": 0.05, "epochs": 2, "milestones": [1], "num_workers": 4, "amp": "bf16",
+           "device": "auto", "seed": 7, "tensorboard": True}  # no compile_mode, split_point, ... (older files)
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    cfg = TrainConfig.load(tmp_path / "old.json")
+    assert (cfg.method, cfg.batch_size, cfg.milestones, cfg.num_workers, cfg.seed) == ("maskdul", 32, (1,), 4, 7)
+    assert cfg.compile_mode == "default" and cfg.split_point == "layer1.0" and cfg.kl_reduction == "sum"
+    newer = dict(old, some_future_option=3, resolved={"device": "cpu", "amp": "none", "tensorboard": False,
+                                                      "num_workers": 2})
+    (tmp_path / "newer.json").write_text(json.dumps(newer))
+    with caplog.at_level("WARNING", logger="maskkit.training.config"):
+        assert TrainConfig.load(tmp_path / "newer.json") == cfg
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == 1 and "some_future_option" in warned[0] and "resolved" not in warned[0]
+    assert build_model(dict(newer, width=0.25)).two_stream  # a checkpoint's config dict, same leniency
+    with pytest.raises(ValueError, match="some_future_option"):
+        TrainConfig.from_dict(newer)

@@ -73,7 +73,7 @@ def test_export_rec_read_back_independently(small_shards, tmp_path):
 
     from maskkit.cli import main
 
-    r = CliRunner().invoke(main, ["export-rec", str(small_shards), str(tmp_path / "rec")])
+    r = CliRunner().invoke(main, ["export-rec", str(small_shards), "-o", str(tmp_path / "rec")])
     assert r.exit_code == 0, r.output
     rec = tmp_path / "rec"
     assert (rec / "property").read_text().strip() == "3,112,112"
@@ -179,12 +179,32 @@ def test_synth_from_a_full_export_never_masks_a_face_twice(small_shards, tmp_pat
         assert r.masked_keys == set()
 
 
+def test_export_rec_positional_out_is_deprecated_but_same_bytes(small_shards, tmp_path):
+    """The old spelling ``export-rec SHARDS OUT`` still writes the same .rec/.idx as ``-o OUT``, with
+    one deprecation note on stderr; giving both spellings is a usage error."""
+    from click.testing import CliRunner
+
+    from maskkit.cli import main
+
+    new = CliRunner().invoke(main, ["export-rec", str(small_shards), "-o", str(tmp_path / "new"), "-q"])
+    old = CliRunner().invoke(main, ["export-rec", str(small_shards), str(tmp_path / "old"), "-q"])
+    assert new.exit_code == 0 and old.exit_code == 0, (new.output, old.output)
+    assert "deprecated" not in new.stderr and old.stderr.count("deprecated") == 1, old.stderr
+    assert "-o/--out" in old.stderr
+    for name in ("train.rec", "train.idx", "property"):
+        assert (tmp_path / "old" / name).read_bytes() == (tmp_path / "new" / name).read_bytes(), name
+    both = CliRunner().invoke(main, ["export-rec", str(small_shards), str(tmp_path / "x"), "-o", str(tmp_path / "y")])
+    assert both.exit_code == 2 and "both given" in both.output and not (tmp_path / "x").exists()
+    none = CliRunner().invoke(main, ["export-rec", str(small_shards)])
+    assert none.exit_code == 2 and "Missing option '-o' / '--out'" in none.output
+
+
 def test_synth_on_a_masked_only_export_writes_nothing_and_says_why(small_shards, tmp_path):
     from click.testing import CliRunner
 
     from maskkit.cli import main
 
-    r = CliRunner().invoke(main, ["export-rec", str(small_shards), str(tmp_path / "rec"), "--only", "masked"])
+    r = CliRunner().invoke(main, ["export-rec", str(small_shards), "-o", str(tmp_path / "rec"), "--only", "masked"])
     assert r.exit_code == 0, r.output
     n = sum(1 for s in read_samples(small_shards) if s["json"]["masked"])
     r = CliRunner().invoke(main, ["synth", "--src", str(tmp_path / "rec" / "train.rec"), "--aligned",
@@ -204,7 +224,7 @@ def test_export_rec_only_plain_or_masked(small_shards, tmp_path):
     samples = list(read_samples(small_shards))
     for only in ("plain", "masked"):
         want = [s for s in samples if bool(s["json"]["masked"]) == (only == "masked")]
-        r = CliRunner().invoke(main, ["export-rec", str(small_shards), str(tmp_path / only), "--only", only])
+        r = CliRunner().invoke(main, ["export-rec", str(small_shards), "-o", str(tmp_path / only), "--only", only])
         assert r.exit_code == 0, r.output
         _, idx, recs = ind_load(tmp_path / only)
         n = len(want)

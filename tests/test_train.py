@@ -141,7 +141,7 @@ def test_end_to_end_cli_train_reload_embed(shards, tmp_path):
     run = tmp_path / "run"
     res = CliRunner().invoke(main, ["train", "--data", str(shards), "--out", str(run), "--method", "maskdul",
                                     "--backbone", "r18", "--width", "0.25", "--batch-size", "8", "--max-steps", "3",
-                                    "--num-workers", "2", "--log-every", "1", "--no-progress",
+                                    "--num-workers", "2", "--log-every", "1", "-q",
                                     "--set", "shuffle_buffer=16", "--set", "tensorboard=false"])
     assert res.exit_code == 0, res.output + repr(res.exception)
     assert (run / "config.json").exists() and (run / "checkpoints" / "last.pt").exists()
@@ -191,6 +191,71 @@ def test_resume_is_exact(shards, tmp_path):
     la = [json.loads(x) for x in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
     lb = [json.loads(x) for x in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
     assert [r["loss"] for r in la if "loss" in r] == [r["loss"] for r in lb if "loss" in r]
+
+
+def test_default_loader_workers_fit_the_cores(shards, tmp_path, recwarn, caplog):
+    """num_workers=None (the default) is min(4, usable cores): no torch over-subscription warning
+    on this machine. An explicit count above the cores is said once, by maskkit, not by torch at
+    every epoch."""
+    from maskkit.training.config import default_num_workers, usable_cores
+
+    assert TrainConfig().num_workers is None
+    assert default_num_workers() == min(4, len(os.sched_getaffinity(0)))
+    base = TrainConfig(data=str(shards), method="arcface", batch_size=4, steps_per_epoch=1, epochs=2, **NARROW)
+    train(base.replace(out=str(tmp_path / "default")))  # two epochs: two loader iterators
+    assert not [w for w in recwarn if "DataLoader will create" in str(w.message)]
+    assert _state(tmp_path / "default")["data"]["loader_workers"] == default_num_workers()
+    if usable_cores() <= 4:  # over-subscribe only on a small machine
+        with caplog.at_level("WARNING", logger="maskkit.training.engine"):
+            train(base.replace(out=str(tmp_path / "over"), num_workers=usable_cores() + 1))
+        assert not [w for w in recwarn if "DataLoader will create" in str(w.message)]
+        assert sum("exceeds the" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_config_json_keeps_requests_and_records_what_the_run_resolved(shards, tmp_path, monkeypatch, capfd):
+    """A CPU run asked for bf16 and TensorBoard (absent): config.json keeps amp bf16, tensorboard
+    true and num_workers null, and adds resolved {device cpu, amp none, tensorboard false,
+    num_workers}; each skipped feature is said once (stderr and log.jsonl). It loads back."""
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # absent on any machine
+    cfg = TrainConfig(data=str(shards), out=str(tmp_path / "r"), method="arcface", batch_size=4, steps_per_epoch=2,
+                      epochs=2, log_every=1, num_workers=None, device="cpu", amp="bf16",
+                      **dict(NARROW, tensorboard=True))
+    train(cfg)
+    stored = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert (stored["amp"], stored["tensorboard"], stored["num_workers"], stored["device"]) == ("bf16", True, None, "cpu")
+    assert stored["resolved"] == {"device": "cpu", "amp": "none", "tensorboard": False,
+                                  "num_workers": _state(tmp_path / "r")["data"]["loader_workers"]}
+    err = capfd.readouterr().err
+    assert err.count("tensorboard requested but unavailable") == 1 and err.count("amp bf16 requested") == 1, err
+    logs = [json.loads(x) for x in (tmp_path / "r" / "log.jsonl").read_text().splitlines()]
+    assert sorted(r["feature"] for r in logs if r.get("event") == "skipped") == ["amp", "tensorboard"]
+    assert TrainConfig.load(tmp_path / "r" / "config.json") == cfg
+    # amp none on CPU: nothing skipped, nothing said
+    train(cfg.replace(out=str(tmp_path / "n"), amp="none", tensorboard=False))
+    assert "requested" not in capfd.readouterr().err
+    assert json.loads((tmp_path / "n" / "config.json").read_text())["resolved"]["amp"] == "none"
+
+
+def test_resume_reuses_the_checkpoints_worker_count(shards, tmp_path, monkeypatch):
+    """A run with the default worker count, resumed on a machine with fewer cores, takes the
+    checkpoint's count (the data order depends on it): bit-identical to the uninterrupted run."""
+    from maskkit.training import engine
+
+    base = TrainConfig(data=str(shards), method="maskdul", batch_size=6, steps_per_epoch=3, log_every=1,
+                       ckpt_every=100, seed=3, **NARROW)
+    monkeypatch.setattr(engine, "default_num_workers", lambda: 2)
+    train(base.replace(out=str(tmp_path / "a"), max_steps=5))
+    train(base.replace(out=str(tmp_path / "b"), max_steps=2))
+    assert _state(tmp_path / "b")["data"]["loader_workers"] == 2
+    monkeypatch.setattr(engine, "default_num_workers", lambda: 1)  # the resuming machine has one core
+    train(base.replace(out=str(tmp_path / "b"), max_steps=5), resume=True)
+    a, b = _state(tmp_path / "a"), _state(tmp_path / "b")
+    assert a["step"] == b["step"] == 5 and b["data"]["loader_workers"] == 2
+    for part in ("model", "criterion"):
+        for k in a[part]:
+            assert torch.equal(a[part][k], b[part][k]), f"{part}.{k} differs after resume"
+    logs = [json.loads(x) for x in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
+    assert not [r for r in logs if r.get("event") == "resume_inexact"]
 
 
 def test_nan_guard_stops_and_keeps_last_good_checkpoint(shards, tmp_path, monkeypatch):
@@ -275,7 +340,7 @@ def test_cli_nproc_2_then_resume_on_one_process(shards, tmp_path):
     from maskkit.cli import main
 
     run = tmp_path / "ddp"
-    common = ["--no-progress", "--set", "tensorboard=false", "--set", "shuffle_buffer=8"]
+    common = ["-q", "--set", "tensorboard=false", "--set", "shuffle_buffer=8"]
     res = CliRunner().invoke(main, ["train", "--data", str(shards), "--out", str(run), "--method", "maskdul",
                                     "--backbone", "r18", "--width", "0.25", "--batch-size", "4", "--max-steps", "2",
                                     "--steps-per-epoch", "3", "--num-workers", "1", "--nproc", "2"] + common)
@@ -311,7 +376,7 @@ def test_one_identity_and_resume_on_other_classes_are_one_line_errors(shards, tm
     write_shards(two, [{"key": f"t{i}", "image": im, "label": lb} for i, (im, lb) in enumerate(zip(imgs, labels))],
                  ids)
     common = ["--backbone", "r18", "--width", "0.25", "--batch-size", "4", "--num-workers", "0", "--amp", "none",
-              "--device", "cpu", "--no-progress", "--set", "tensorboard=false", "--set", "shuffle_buffer=8"]
+              "--device", "cpu", "-q", "--set", "tensorboard=false", "--set", "shuffle_buffer=8"]
     res = CliRunner().invoke(main, ["train", "--data", str(one), "--out", str(tmp_path / "r1"), "--max-steps", "1"]
                              + common)
     assert res.exit_code == 1 and "has 1 identity" in res.output and "at least 2" in res.output, res.output
@@ -349,7 +414,7 @@ def test_unavailable_or_bad_device_is_a_one_line_error(shards, tmp_path):
         run = tmp_path / dev.replace(":", "_")
         res = CliRunner().invoke(main, ["train", "--data", str(shards), "--out", str(run), "--backbone", "r18",
                                         "--width", "0.25", "--max-steps", "1", "--num-workers", "0", "--device", dev,
-                                        "--no-progress"])
+                                        "-q"])
         assert res.exit_code == 1, (dev, res.output, repr(res.exception))
         assert "Error: --device" in res.output and expect in res.output, (dev, res.output)
         assert not (run / "checkpoints" / "last.pt").exists()
@@ -371,7 +436,7 @@ def test_log_line_shows_only_the_methods_parts():
     assert " g 0.1250 kl 3.5 |sigma| m 0.5 u 0.25 |f| 12" in full
 
 
-_ARC_COMMON = ["--no-progress", "--num-workers", "0", "--set", "tensorboard=false", "--set", "shuffle_buffer=8"]
+_ARC_COMMON = ["-q", "--num-workers", "0", "--set", "tensorboard=false", "--set", "shuffle_buffer=8"]
 
 
 def _arcface_run(shards: Path, run: Path):
@@ -465,7 +530,7 @@ def test_two_node_torchrun_equals_one_node_two_processes(shards, tmp_path):
 
     args = ["--data", str(shards), "--method", "maskdul", "--backbone", "r18", "--width", "0.25",
             "--batch-size", "4", "--max-steps", "3", "--steps-per-epoch", "3", "--num-workers", "1", "--seed", "2",
-            "--no-progress", "--set", "tensorboard=false", "--set", "shuffle_buffer=8"]
+            "-q", "--set", "tensorboard=false", "--set", "shuffle_buffer=8"]
     one = tmp_path / "one"
     res = CliRunner().invoke(main, ["train", "--out", str(one), "--nproc", "2"] + args)
     assert res.exit_code == 0, res.output + repr(res.exception)

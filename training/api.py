@@ -36,15 +36,19 @@ def normalize(images: torch.Tensor) -> torch.Tensor:
 
 
 def check_device(name: str | torch.device) -> torch.device:
-    """Parse a device name (``cpu``, ``cuda``, ``cuda:N``) and check that it exists on this machine.
+    """Parse a device name (``auto``, ``cpu``, ``cuda``, ``cuda:N``) and check that it exists on this machine.
+
+    ``auto`` is ``cuda`` when a GPU is visible, else ``cpu``.
 
     Raises:
         ValueError: a one-line reason (unknown name, CUDA not available, GPU index out of range).
     """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         dev = torch.device(name)
     except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"--device {name!r} is not a device name (cpu, cuda, cuda:N)") from exc
+        raise ValueError(f"--device {name!r} is not a device name (auto, cpu, cuda, cuda:N)") from exc
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             why = "torch is built without CUDA" if torch.version.cuda is None else "no GPU is visible"
@@ -129,7 +133,11 @@ class InferenceModel:
 
 
 def load_model(run_dir_or_ckpt: str | Path, device: str | torch.device = "cpu") -> InferenceModel:
-    """Load ``RUN/`` or a checkpoint file written by ``maskkit train`` into an :class:`InferenceModel`."""
+    """Load ``RUN/`` or a checkpoint file written by ``maskkit train`` into an :class:`InferenceModel`.
+
+    ``device``: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N`` (:func:`check_device`).
+    """
+    device = check_device(device)
     ck_path = find_checkpoint(run_dir_or_ckpt)
     ck = torch.load(ck_path, map_location="cpu", weights_only=False)
     if "config" not in ck or "model" not in ck:

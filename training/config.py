@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,9 +28,29 @@ AMP_MODES = ("bf16", "fp16", "none")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
+def usable_cores() -> int:
+    """CPU cores this process may run on: ``os.sched_getaffinity`` (honours taskset and cgroup
+    CPU sets), ``os.cpu_count`` where that is missing (macOS, Windows)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def default_num_workers() -> int:
+    """``min(4, usable_cores())``: the default loader workers (more workers than cores only make
+    torch warn and the loader slower)."""
+    return min(4, usable_cores())
+
+
 @dataclass
 class TrainConfig:
     """All settings of one training run (stored as ``RUN/config.json``).
+
+    ``config.json`` holds the requested values plus ``resolved``: what the run actually used
+    (``device``; ``amp``, ``none`` when autocast is off, e.g. on CPU; ``tensorboard``, false when
+    it is not installed; ``num_workers``). Old files load: missing keys take their defaults,
+    unknown keys are ignored with a warning (:meth:`load`).
 
     Method table (the paper's baselines, its ablation and the full model):
 
@@ -110,14 +132,19 @@ class TrainConfig:
     image_size: tuple[int, int] = (112, 112)
 
     # -- data loading --------------------------------------------------------------------------
-    num_workers: int = 4
+    num_workers: int | None = None
+    """DataLoader worker processes per rank. ``None`` (default): :func:`default_num_workers`,
+    ``min(4, usable CPU cores)``, resolved when the run starts (``config.json`` keeps ``None`` and
+    records the count under ``resolved``); a resumed run reuses the checkpoint's count, so resume
+    stays exact on a machine with another number of cores."""
     shuffle_buffer: int = 2000
 
     # -- engine --------------------------------------------------------------------------------
     device: str = "auto"
     """``auto`` (cuda if available), ``cpu``, ``cuda``, ``cuda:N``."""
     amp: str = "bf16"
-    """``bf16`` autocast, ``fp16`` autocast + GradScaler, or ``none``. Ignored on CPU."""
+    """``bf16`` autocast, ``fp16`` autocast + GradScaler, or ``none``. Off on CPU (the run says so
+    once, and ``config.json``'s ``resolved.amp`` is ``none``)."""
     channels_last: bool = True
     """channels_last memory format on CUDA (CPU runs keep NCHW)."""
     compile: bool = False
@@ -143,6 +170,8 @@ class TrainConfig:
     """Override the epoch length (default: manifest num_samples // global batch)."""
     progress: bool = True
     tensorboard: bool = True
+    """Write TensorBoard scalars to ``RUN/tb`` (needs the ``tensorboard`` package; without it the run
+    says so once, ``resolved.tensorboard`` is false and ``log.jsonl`` is the record)."""
 
     extra: dict[str, Any] = field(default_factory=dict)
     """Free-form notes stored with the run (e.g. the command line)."""
@@ -185,23 +214,41 @@ class TrainConfig:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, d: dict[str, Any], strict: bool = True) -> "TrainConfig":
+        """A config from a dict; missing keys take their defaults and ``resolved`` (the run
+        record :meth:`save` adds) is dropped.
+
+        Raises:
+            ValueError: ``strict`` and a key that is not a field (with ``strict=False`` such
+                keys, from an older or newer maskkit, are ignored with a logged warning).
+        """
         names = {f.name for f in dataclasses.fields(cls)}
+        d = {k: v for k, v in d.items() if k != "resolved"}
         unknown = set(d) - names
-        if unknown:
+        if unknown and strict:
             raise ValueError(f"unknown TrainConfig keys: {sorted(unknown)}")
-        return cls(**d)
+        if unknown:
+            logging.getLogger(__name__).warning("ignoring config keys this maskkit does not know: %s",
+                                                ", ".join(sorted(unknown)))
+        return cls(**{k: v for k, v in d.items() if k in names})
 
     @classmethod
-    def from_json(cls, text: str) -> "TrainConfig":
-        return cls.from_dict(json.loads(text))
+    def from_json(cls, text: str, strict: bool = True) -> "TrainConfig":
+        return cls.from_dict(json.loads(text), strict=strict)
 
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(self.to_json() + "\n")
+    def save(self, path: str | Path, resolved: dict[str, Any] | None = None) -> None:
+        """Write the config as JSON; ``resolved`` (what a run actually uses, e.g. ``device``,
+        ``amp``, ``tensorboard``, ``num_workers``) is stored beside the requested values."""
+        d = self.to_dict()
+        if resolved is not None:
+            d["resolved"] = dict(resolved)
+        Path(path).write_text(json.dumps(d, indent=2, sort_keys=True) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> "TrainConfig":
-        return cls.from_json(Path(path).read_text())
+        """Read a ``config.json``: an older file (missing keys) or a newer one (unknown keys,
+        ignored with a warning) still loads."""
+        return cls.from_json(Path(path).read_text(), strict=False)
 
     def replace(self, **changes: Any) -> "TrainConfig":
         return dataclasses.replace(self, **changes)

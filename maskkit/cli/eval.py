@@ -8,8 +8,10 @@ import sys
 
 import click
 
+from maskkit.cli.options import _deprecated, _detector, _device, _out, _overwrite, _quiet
+
 _SIDES = click.Choice(["none", "one", "both"])
-_DETECTORS = click.Choice(["hog", "cnn", "blazeface", "fan"])  # maskkit.face.detect.DETECTORS (not imported: heavy)
+_NO_PROGRESS = dict(dest="quiet", new="-q/--quiet", convert=lambda progress: not progress, default=None)
 
 
 def _check_writable(path, what: str, is_dir: bool) -> None:
@@ -77,22 +79,22 @@ def _check_model(model) -> None:
               help="surgical|n95|kn95|cloth|gas or random.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Mask seed (reproducible masks).")
 @click.option("--flip/--no-flip", default=True, show_default=True, help="Sum the embeddings of image and mirror.")
-@click.option("--out", type=click.Path(file_okay=False), help="Report folder (default RUN/eval/<set>-<task>-mask<side>).")
+@_out("Report folder (default RUN/eval/<set>-<task>-mask<side>).", required=False, type=click.Path(file_okay=False))
 @click.option("--name", help="Set name in reports (default from the file names).")
 @click.option("--batch-size", type=int, default=64, show_default=True)
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N.")
-@click.option("--detector", default="hog", show_default=True, type=_DETECTORS,
-              help="Face detector for images not already 112x112.")
+@_device()
+@_detector("Face detector for images not already 112x112.")
 @click.option("--probes-masked", is_flag=True, help="Probes already wear real masks: no synthetic mask, masked branch.")
 @click.option("--gallery-per-id", type=int, default=1, show_default=True,
               help="When --gallery and --probes are the same folder: first K images per identity form the gallery.")
 @click.option("--worst-k", type=int, default=8, show_default=True, help="Entries per contact-sheet panel.")
 @click.option("--compare", "compare", is_flag=True,
               help="Compare the runs given as arguments (from their saved metrics, or on the given set).")
-@click.option("--progress/--no-progress", default=True, show_default=True)
+@_quiet("No progress bars.")
 @click.argument("runs", nargs=-1, type=click.Path(exists=True))
+@_deprecated("--progress/--no-progress", **_NO_PROGRESS)
 def eval_cmd(model, bin_path, pairs, root, gallery, probes, mask_side, mask_style, seed, flip, out, name, batch_size,
-             device, detector, probes_masked, gallery_per_id, worst_k, compare, progress, runs):
+             device, detector, probes_masked, gallery_per_id, worst_k, compare, quiet, runs):
     """Masked face verification / identification of a trained model, with a report.
 
     \b
@@ -124,6 +126,7 @@ def eval_cmd(model, bin_path, pairs, root, gallery, probes, mask_side, mask_styl
     from maskkit.training.eval.report import EvalInputError, run_eval
 
     console = Console()
+    progress = not quiet
     has_set = any(v is not None for v in (bin_path, pairs, gallery, probes))
     if compare:
         if model:
@@ -178,17 +181,26 @@ def _config(model, bin_path, pairs, root, gallery, probes, mask_side, mask_style
 @click.command("embed")
 @click.option("--model", required=True, type=click.Path(exists=True), help="Run folder (RUN/) or checkpoint file.")
 @click.option("--src", required=True, type=click.Path(exists=True, file_okay=False), help="Image folder.")
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output .npz.")
+@_out("Output .npz (mu, sigma, magnitude, masked, paths, identities, failures).", file=True,
+      type=click.Path(dir_okay=False))
 @click.option("--masked", is_flag=True, help="Send every face through the masked-face branch.")
 @click.option("--flip/--no-flip", default=True, show_default=True)
 @click.option("--batch-size", type=int, default=64, show_default=True)
-@click.option("--device", default="cpu", show_default=True)
-@click.option("--detector", default="hog", show_default=True, type=_DETECTORS,
-              help="Face detector for images not already 112x112.")
-@click.option("--progress/--no-progress", default=True, show_default=True)
-@click.option("--overwrite", is_flag=True, help="Replace --out when it exists (otherwise refused).")
-def embed(model, src, out, masked, flip, batch_size, device, detector, progress, overwrite):
+@_device()
+@_detector("Face detector for images not already 112x112.")
+@_quiet("No progress bars (the summary table is still printed).")
+@_deprecated("--progress/--no-progress", **_NO_PROGRESS)
+@_overwrite("Replace --out when it exists (otherwise refused).")
+def embed(model, src, out, masked, flip, batch_size, device, detector, quiet, overwrite):
     """Embed every face under SRC into an .npz (mu, sigma, magnitude, paths).
+
+    \b
+    mu          (N, D) float32, L2-normalised (unit length); with --flip the
+                embeddings of the image and its mirror are averaged first
+    magnitude   (N,) the norm of mu before normalisation, stored apart
+                (MagFace's quality signal: multiply it back to get the raw mu)
+    sigma       (N, D) float32 uncertainty (shape (0,) for models without sigma)
+    masked, paths, identities (N,); failures (one JSON string per input left out)
 
     Identity = first sub-folder. Images not already 112x112 are aligned first; files that
     cannot be read or aligned are listed in the archive's ``failures``. Exit status 0 when done,
@@ -206,7 +218,7 @@ def embed(model, src, out, masked, flip, batch_size, device, detector, progress,
     _check_writable(out, "--out", is_dir=False)
     try:
         s = run_embed(model, src, out, masked=masked, flip=flip, batch_size=batch_size, device=device,
-                      detector=detector, progress=progress)
+                      detector=detector, progress=not quiet)
     except NoInputError as exc:
         raise _no_input(exc) from exc
     print_summary("maskkit embed", s, file=sys.stdout)
@@ -215,25 +227,37 @@ def embed(model, src, out, masked, flip, batch_size, device, detector, progress,
 
 @click.command("export")
 @click.option("--model", required=True, type=click.Path(exists=True), help="Run folder (RUN/) or checkpoint file.")
-@click.option("--onnx", "onnx_path", required=True, type=click.Path(dir_okay=False), help="Output .onnx file.")
+@_out("Output .onnx file.", required=False, file=True, type=click.Path(dir_okay=False))
 @click.option("--opset", type=int, default=17, show_default=True)
 @click.option("--verify/--no-verify", default=True, show_default=True,
               help="Check onnxruntime against PyTorch at batch sizes 1 and 7.")
-@click.option("--overwrite", is_flag=True, help="Replace the output file when it exists (otherwise refused).")
-def export(model, onnx_path, opset, verify, overwrite):
-    """Export a trained model to ONNX: inputs image (N,3,112,112) normalised and masked (N,);
-    outputs mu and sigma; dynamic batch axis."""
+@_quiet("Print nothing but errors.")
+@_deprecated("--onnx", dest="out", new="-o/--out", type=click.Path(dir_okay=False))
+@_overwrite("Replace the output file when it exists (otherwise refused).")
+def export(model, out, opset, verify, quiet, overwrite):
+    """Export a trained model to ONNX (one graph, dynamic batch axis).
+
+    \b
+    inputs   image   float32 (N, 3, 112, 112), RGB, (x - 127.5) / 127.5
+             masked  float32 (N,): 1.0 = masked-face branch, 0.0 = face
+                     branch (> 0.5 selects; cast a bool array to float32)
+    outputs  mu      float32 (N, D), not normalised (D: embedding size, 512)
+             sigma   float32 (N, D) (DUL methods only)
+    """
     import numpy as np
 
     from maskkit.training.api import load_model
     from maskkit.training.eval.export import export_onnx, verify_onnx
 
-    _claim(onnx_path, overwrite, "an exported model")
+    if out is None:
+        raise click.UsageError("Missing option '-o' / '--out'.")
+    _claim(out, overwrite, "an exported model")
     _check_model(model)
-    _check_writable(onnx_path, "--onnx", is_dir=False)
+    _check_writable(out, "--out", is_dir=False)
     m = load_model(model)
-    path = export_onnx(m, onnx_path, opset=opset)
-    click.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    path = export_onnx(m, out, opset=opset)
+    say = (lambda *a, **k: None) if quiet else click.echo
+    say(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
     if verify:
         # a smooth random image stands in for faces here; tests check real faces
         rng = np.random.default_rng(0)
@@ -244,7 +268,7 @@ def export(model, onnx_path, opset, verify, overwrite):
         flags = np.arange(7) % 2 == 1
         for c in verify_onnx(m, path, imgs, flags):
             sig = "-" if c.max_abs_diff_sigma is None else f"{c.max_abs_diff_sigma:.2e}"
-            click.echo(f"batch {c.batch_size}: max |mu diff| {c.max_abs_diff_mu:.2e}, max |sigma diff| {sig}, "
+            say(f"batch {c.batch_size}: max |mu diff| {c.max_abs_diff_mu:.2e}, max |sigma diff| {sig}, "
                        f"relative to output scale {c.relative():.2e}")
             if c.relative() > 1e-4:
                 raise click.ClickException("onnxruntime disagrees with PyTorch (relative difference > 1e-4)")

@@ -6,29 +6,26 @@ from pathlib import Path
 
 import click
 
+from maskkit.cli.options import _aligned, _detector, _jobs, _out, _overwrite, _quiet
 from maskkit.pipeline.mask import FACE_POLICIES, MaskConfig, MaskError, run_mask
 
 
 @click.command("mask")
 @click.option("--src", required=True, type=click.Path(exists=True, path_type=Path),
               help="Input folder (walked recursively) or one image.")
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Output folder (mirrors the input tree).")
+@_out("Output folder (mirrors the input tree).")
 @click.option("--style", default="random", show_default=True,
               type=click.Choice(["surgical", "n95", "kn95", "cloth", "gas", "random"]), help="Mask style.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Base seed (per file and face).")
-@click.option("--detector", default="hog", show_default=True, type=click.Choice(["hog", "cnn", "blazeface", "fan"]),
-              help="Face detector backend.")
+@_detector()
 @click.option("--faces", default="all", show_default=True, type=click.Choice(FACE_POLICIES),
               help="Which faces to mask per image.")
-@click.option("--aligned", is_flag=True, help="Inputs are ArcFace crops: skip detection.")
-@click.option("--jobs", "-j", default=0, show_default=True, type=click.IntRange(0, None),
-              help="Worker processes (0 = all CPU cores).")
+@_aligned()
+@_jobs()
 @click.option("--quality", default=95, show_default=True, type=click.IntRange(1, 100), help="JPEG quality.")
 @click.option("--coverage", is_flag=True, help="Also write <stem>.mask.png (mask coverage, 255 = mask).")
-@click.option("--overwrite", is_flag=True,
-              help="Replace the outputs of a different, earlier run found in --out (otherwise refused).")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary table.")
+@_overwrite()
+@_quiet()
 def mask(src, out, style, seed, detector, faces, aligned, jobs, quality, coverage, overwrite, quiet):
     """Draw a mask on every face of every image under SRC, writing the result to OUT.
 
@@ -57,15 +54,16 @@ def mask(src, out, style, seed, detector, faces, aligned, jobs, quality, coverag
 
 @click.command("preview")
 @click.argument("src", type=click.Path(exists=True, path_type=Path))
-@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Output PNG.")
+@_out("Output PNG.", file=True)
 @click.option("--styles", default=",".join(("surgical", "n95", "kn95", "cloth", "gas")), show_default=True,
               help="Comma-separated styles (columns).")
 @click.option("--n", "n", default=6, show_default=True, type=click.IntRange(1, 64), help="Faces (rows).")
 @click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--aligned", is_flag=True, help="Images are ArcFace crops: skip detection.")
-@click.option("--detector", default="hog", show_default=True, type=click.Choice(["hog", "cnn", "blazeface", "fan"]))
-@click.option("--overwrite", is_flag=True, help="Replace the output PNG when it exists (otherwise refused).")
-def preview_cmd(src, out, styles, n, seed, aligned, detector, overwrite):
+@_aligned("Images are ArcFace crops: skip detection.")
+@_detector()
+@_quiet("Accepted for a uniform vocabulary; preview shows no progress (its JSON summary is its result).")
+@_overwrite("Replace the output PNG when it exists (otherwise refused).")
+def preview_cmd(src, out, styles, n, seed, aligned, detector, quiet, overwrite):
     """Contact sheet (styles x faces) from SRC: a folder of images, a shard set or `mask` output."""
     from maskkit.pipeline.preview import preview as _preview
     from maskkit.render import STYLES

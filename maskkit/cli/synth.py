@@ -11,6 +11,8 @@ from pathlib import Path
 
 import click
 
+from maskkit.cli.options import _aligned, _deprecated, _detector, _jobs, _out, _overwrite, _quiet
+
 __all__ = ["COMMANDS", "synth", "stats", "export_rec_cmd"]
 
 
@@ -50,7 +52,7 @@ def _print_summary(title: str, rows: list[tuple[str, str]]) -> None:
 @click.option("--src", required=True, type=click.Path(exists=True, path_type=Path),
               help="Identity tree (<identity>/<images>), a folder of aligned crops (with --aligned), "
                    "or an insightface train.rec (with --aligned).")
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Output shard folder.")
+@_out("Output shard folder.", type=click.Path(path_type=Path))
 @click.option("--ratio", default=0.5, show_default=True, type=click.FloatRange(0.0, 1.0),
               help="Fraction of each identity's faces that get a mask (exact per identity, rounded half up).")
 @click.option("--paired", is_flag=True,
@@ -59,16 +61,15 @@ def _print_summary(title: str, rows: list[tuple[str, str]]) -> None:
 @click.option("--styles", default=None, metavar="LIST",
               help="Comma-separated mask styles, balanced (default: surgical,n95,kn95,cloth,gas).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Global seed.")
-@click.option("--jobs", "-j", default=0, show_default=True, type=click.IntRange(-1, None),
-              help="Worker processes (0 = all CPU cores; -1 is accepted too).")
-@click.option("--aligned", is_flag=True, help="Inputs are already aligned 112x112 ArcFace crops (no detection).")
+@_jobs(min_jobs=-1, help="Worker processes (0 = all CPU cores; -1 is accepted too).")
+@_aligned("Inputs are already aligned 112x112 ArcFace crops (no detection).")
 @click.option("--size", default="112", show_default=True, help="Output size: N or HxW (112, 112x96, 128, 256...).")
 @click.option("--shard-samples", default=10000, show_default=True, type=click.IntRange(1),
               help="Samples per tar shard.")
 @click.option("--backend", default="local", show_default=True, type=click.Choice(["local", "dask", "ray"]),
               help="local: joblib processes; dask: a distributed cluster (--address, or a local one); ray.")
 @click.option("--address", default=None, help="Scheduler address for --backend dask (tcp://host:8786) or ray.")
-@click.option("--detector", default="hog", show_default=True, help="Face detector backend (hog, cnn, blazeface, fan).")
+@_detector()
 @click.option("--upsample", default=None, type=click.IntRange(0, 4),
               help="Detector upsampling (hog/cnn; default: the detector's own, 1).")
 @click.option("--max-side", default=640, show_default=True, type=click.IntRange(0),
@@ -80,9 +81,9 @@ def _print_summary(title: str, rows: list[tuple[str, str]]) -> None:
 @click.option("--max-pixels", default=100_000_000, show_default=True, type=click.IntRange(1),
               help="Refuse larger input images (logged as too_large).")
 @click.option("--no-mask-png", is_flag=True, help="Do not write KEY.mask.png coverage maps.")
-@click.option("--overwrite", is_flag=True, help="Replace a different, earlier run found in --out.")
+@_overwrite("Replace a different, earlier run found in --out.")
 @click.option("--preview", default=None, type=click.Path(path_type=Path), help="Also write a contact sheet PNG.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@_quiet()
 def synth(src, out, ratio, paired, styles, seed, jobs, aligned, size, shard_samples, backend, address, detector,
           upsample, max_side, faces, quality, max_pixels, no_mask_png, overwrite, preview, quiet):
     """Build a masked-face training set as WebDataset shards (docs/FORMAT.md).
@@ -126,8 +127,9 @@ def synth(src, out, ratio, paired, styles, seed, jobs, aligned, size, shard_samp
         raise click.ClickException(str(exc)) from exc
     if res.resumed and not res.already_complete:
         click.echo(f"resumed: {res.resumed:,} samples were already in complete shards", err=True)
-    _print_summary("maskkit synth", summary_rows(res.manifest, res.stage_seconds or None,
-                                                 None if res.already_complete else res.seconds))
+    if not quiet:
+        _print_summary("maskkit synth", summary_rows(res.manifest, res.stage_seconds or None,
+                                                     None if res.already_complete else res.seconds))
     if res.manifest.get("num_samples", 0) == 0:
         reasons = res.manifest.get("inputs", {}).get("failed_by_reason", {})
         top = ", ".join(f"{k} {v:,}" for k, v in sorted(reasons.items(), key=lambda kv: -kv[1])[:3])
@@ -140,9 +142,11 @@ def synth(src, out, ratio, paired, styles, seed, jobs, aligned, size, shard_samp
 
 @click.command("stats")
 @click.argument("shards", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--deep", is_flag=True, help="Also decode every JPEG and mask PNG.")
+@click.option("--deep", is_flag=True, help="Also decode every JPEG and mask PNG and check their sizes "
+              "(the summary says how many of each were decoded).")
 @click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON on stdout.")
-def stats(shards, deep, as_json):
+@_quiet("No summary table (mismatches are still printed, and the exit status says the outcome).")
+def stats(shards, deep, as_json, quiet):
     """Check a shard folder against its manifest: counts, per-class ratio, styles, sha256.
 
     Exit status 0 when everything matches, 1 on any mismatch (each one is printed).
@@ -153,7 +157,7 @@ def stats(shards, deep, as_json):
     man = rep.manifest
     if as_json:
         click.echo(json.dumps({"ok": rep.ok, "problems": rep.problems, "counted": rep.counted}, indent=2))
-    if man:
+    if man and not quiet:
         c = rep.counted
         n, m = c.get("num_samples", 0), c.get("num_masked", 0)
         rows = [("shards", f"{len(man.get('shards', []))}"),
@@ -171,30 +175,44 @@ def stats(shards, deep, as_json):
         rows.append(("inputs (files = ok + failed)", f"{inp.get('files')} = {inp.get('ok')} + {inp.get('failed')}"))
         rows.append(("failures.jsonl lines", f"{c.get('failures', 0)}"))
         rows.append(("sha256 / sizes / counts", "ok" if rep.ok else "MISMATCH"))
+        dec = c.get("decoded")
+        h, w = man.get("image_size", (112, 112))
+        rows.append(("decoded (--deep)", f"{dec['jpg']:,} JPEGs ({h}x{w} colour) and {dec['mask_png']:,} mask PNGs "
+                                         f"({h}x{w} single-channel), each checked" if dec else
+                     "nothing (add --deep to decode every JPEG and mask PNG)"))
         _print_summary(f"maskkit stats {shards}", rows)
     for p in rep.problems:
         click.echo(f"MISMATCH: {p}", err=True)
     if not rep.ok:
         raise SystemExit(1)
-    click.echo("ok", err=True)
+    if not quiet:
+        dec = rep.counted.get("decoded")
+        click.echo("ok" + (f" ({dec['jpg']:,} JPEGs and {dec['mask_png']:,} mask PNGs decoded)" if dec else ""),
+                   err=True)
 
 
 @click.command("export-rec")
 @click.argument("shards", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@_out("Output folder (PREFIX.rec, PREFIX.idx, property, PREFIX.maskkit.json).", required=False)
 @click.option("--prefix", default="train", show_default=True, help="File name prefix (train.rec, train.idx).")
 @click.option("--only", type=click.Choice(["all", "plain", "masked"]), default="all", show_default=True,
               help="Which samples: all, only plain faces (to mask the .rec again with synth), or only masked.")
-@click.option("--overwrite", is_flag=True, help="Replace an export with this prefix in OUT (otherwise refused).")
-def export_rec_cmd(shards, out, prefix, only, overwrite):
+@_quiet("No summary table.")
+@_deprecated("OUT", dest="out", new="-o/--out OUT", old="the positional OUT", argument=True, metavar="[OUT]",
+             type=click.Path(file_okay=False, path_type=Path))
+@_overwrite("Replace an export with this prefix in --out (otherwise refused).")
+def export_rec_cmd(shards, out, prefix, only, quiet, overwrite):
     """Write a shard folder as insightface train.rec / train.idx / property (no mxnet needed).
 
     The result loads in arcface_torch's MXFaceDataset; record id2 is 1 for masked faces, and
     PREFIX.maskkit.json says so (synth on this .rec then never masks a masked face again).
+    OUT as a second argument is deprecated: use -o/--out.
     """
     from maskkit.io.recordio import export_rec, sidecar_path
     from maskkit.util.files import OutputExistsError, claim_outputs
 
+    if out is None:
+        raise click.UsageError("Missing option '-o' / '--out'.")
     rec = out / f"{prefix}.rec"
     try:
         claim_outputs([rec, rec.with_suffix(".idx"), out / "property", sidecar_path(rec)], overwrite,
@@ -205,6 +223,8 @@ def export_rec_cmd(shards, out, prefix, only, overwrite):
         info = export_rec(shards, out, prefix=prefix, only=only)
     except FileNotFoundError as exc:
         raise click.ClickException(str(exc)) from exc
+    if quiet:
+        return
     _print_summary("maskkit export-rec", [("images", f"{info['images']:,}"), ("classes", f"{info['classes']:,}"),
                                           ("rec", info["rec"]), ("idx", info["idx"]),
                                           ("property", info["property"]), ("sidecar", info["sidecar"]),

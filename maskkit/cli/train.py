@@ -5,6 +5,7 @@ import sys
 
 import click
 
+from maskkit.cli.options import _deprecated, _device, _out, _quiet
 from maskkit.training.config import AMP_MODES, BACKBONES, METHODS
 
 
@@ -29,8 +30,8 @@ _SHAPE_KEYS = ("method", "backbone", "width", "embedding_size", "two_stream", "s
 
 @click.command("train")
 @click.option("--data", type=click.Path(file_okay=False), help="Shard folder (manifest.json + train-*.tar).")
-@click.option("--out", "out", type=click.Path(file_okay=False), default="runs/train", show_default=True,
-              help="Run directory (config.json, checkpoints/last.pt, log.jsonl).")
+@_out("Run directory (config.json, checkpoints/last.pt, log.jsonl).", required=False, default="runs/train",
+      show_default=True, type=click.Path(file_okay=False))
 @click.option("--method", type=click.Choice(METHODS), default="maskdul",
               show_default=True, help="Paper baselines (arcface, magface, dul, dul-mag) or the full model.")
 @click.option("--backbone", type=click.Choice(BACKBONES), default="r50", show_default=True)
@@ -43,10 +44,11 @@ _SHAPE_KEYS = ("method", "backbone", "width", "embedding_size", "two_stream", "s
 @click.option("--lr", type=float, default=0.05, show_default=True, help="lr at global batch 128 (scaled linearly).")
 @click.option("--epochs", type=int, default=30, show_default=True)
 @click.option("--milestones", default="10,18,25", show_default=True, help="Epochs where lr is divided by 10.")
-@click.option("--num-workers", type=int, default=4, show_default=True)
+@click.option("--num-workers", type=click.IntRange(0, None), default=None, show_default="min(4, usable CPU cores)",
+              help="DataLoader workers per process (--resume reuses the checkpoint's count).")
 @click.option("--amp", type=click.Choice(AMP_MODES), default="bf16", show_default=True)
 @click.option("--compile/--no-compile", "compile_", default=False, show_default=True, help="torch.compile the model.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
+@_device()
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--max-steps", type=int, default=None, help="Stop after this many optimiser steps.")
 @click.option("--steps-per-epoch", type=int, default=None, help="Override the epoch length.")
@@ -62,11 +64,12 @@ _SHAPE_KEYS = ("method", "backbone", "width", "embedding_size", "two_stream", "s
               help="Start from a config JSON (TrainConfig); explicit options override it.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="Any other TrainConfig field, e.g. --set kl_reduction=mean --set xi_detach=false.")
-@click.option("--no-progress", is_flag=True, help="No progress bar (log lines only).")
+@_quiet("No progress bar (log lines only).")
+@_deprecated("--no-progress", dest="quiet", new="-q/--quiet", is_flag=True)
 @click.pass_context
 def train_cmd(ctx: click.Context, data, out, method, backbone, width, two_stream, split_point, batch_size, lr, epochs,
               milestones, num_workers, amp, compile_, device, seed, max_steps, steps_per_epoch, ckpt_every, log_every,
-              resume, overwrite, nproc, config_path, sets, no_progress) -> None:
+              resume, overwrite, nproc, config_path, sets, quiet) -> None:
     """Train MaskDUL (two-stream IResNet + DUL head + MagFace + H-KLD) or a baseline on shards.
 
     \b
@@ -100,7 +103,7 @@ def train_cmd(ctx: click.Context, data, out, method, backbone, width, two_stream
     renamed = {"compile_": "compile"}
     explicit = {renamed.get(k, k): values[renamed.get(k, k)] for k in given if renamed.get(k, k) in values}
     explicit.update(_parse_set(sets))
-    if no_progress:
+    if quiet:
         explicit["progress"] = False
 
     try:

@@ -374,7 +374,8 @@ def verify(data_dir: str | os.PathLike, decode: bool = False, max_problems: int 
     class) equal the manifest; per class, masked faces equal ``round_half_up(ratio * faces)``
     minus any recorded mask shortfall; ``twin`` links are mutual; ``inputs.files == ok + failed``
     and ``failures.jsonl`` holds ``failed`` lines. With ``decode=True`` every JPEG (and mask PNG)
-    is also decoded and its size checked against ``image_size``.
+    is also decoded and its size checked against ``image_size`` (a colour JPEG, a single-channel
+    PNG); ``counted["decoded"]`` then says how many of each were decoded.
 
     Args:
         data_dir: the dataset folder.
@@ -408,6 +409,7 @@ def verify(data_dir: str | os.PathLike, decode: bool = False, max_problems: int 
     twins: dict[str, str | None] = {}
     masked_keys: set[str] = set()
     n = masked = 0
+    decoded = {"jpg": 0, "mask_png": 0}
     styles = {s: 0 for s in styles_all}
     per_class = {c: {"samples": 0, "masked": 0} for c in classes}
     for rec in man.get("shards", []):
@@ -455,10 +457,12 @@ def verify(data_dir: str | os.PathLike, decode: bool = False, max_problems: int 
                     import cv2
                     import numpy as np
 
+                    decoded["jpg"] += 1
                     img = cv2.imdecode(np.frombuffer(s["jpg"], np.uint8), cv2.IMREAD_COLOR)
                     if img is None or tuple(img.shape[:2]) != size:
                         bad(f"{key}: jpg does not decode to {size[0]}x{size[1]}")
                     if s.get("mask.png") is not None:
+                        decoded["mask_png"] += 1
                         m = cv2.imdecode(np.frombuffer(s["mask.png"], np.uint8), cv2.IMREAD_UNCHANGED)
                         if m is None or m.ndim != 2 or tuple(m.shape) != size:
                             bad(f"{key}: mask.png is not a {size[0]}x{size[1]} single-channel image")
@@ -521,6 +525,8 @@ def verify(data_dir: str | os.PathLike, decode: bool = False, max_problems: int 
             bad(f"skipped.jsonl has {nskip} lines, manifest inputs.skipped is {inputs.get('skipped')}")
     counted = {"num_samples": n, "num_masked": masked, "styles": styles, "per_class": per_class,
                "failures": nfail, "keys": len(keys)}
+    if decode:
+        counted["decoded"] = decoded
     return VerifyReport(not problems, problems, counted, man)
 
 

@@ -153,8 +153,9 @@ def write_demo(path: Path, seeds: Sequence[int] = (0, 1, 2), size: int = CELL) -
 # --------------------------------------------------------------------------------------------
 # sources
 # --------------------------------------------------------------------------------------------
-def load_source_faces(src: Path, n: int = 6, aligned: bool = False, detector: str = "hog"):
-    """Classify ``src`` and collect what to show.
+def load_source_faces(src: Path, n: int = 6, aligned: bool = False, detector: str = "hog",
+                      styles: Sequence[str] = STYLES):
+    """Classify ``src`` and collect what to show (for a shard set: see :func:`_shard_faces`).
 
     Returns:
         ``("faces", [(rgb, lm68), ...])`` for images to mask in every style, or
@@ -162,27 +163,7 @@ def load_source_faces(src: Path, n: int = 6, aligned: bool = False, detector: st
     """
     src = Path(src)
     if src.is_dir() and (src / "manifest.json").exists() and list(src.glob("*.tar")):
-        # what synth wrote (masked samples, by style) when there is any; else mask the plain ones
-        from maskkit.io.image_io import decode_image
-        from maskkit.io.shards import read_samples
-
-        faces, masked = [], {s: [] for s in STYLES}
-        for sample in read_samples(src):
-            meta = sample.get("json")
-            if sample.get("jpg") is None or not isinstance(meta, dict):
-                continue
-            lm = meta.get("landmarks68")
-            if meta.get("masked") and meta.get("style") in masked:
-                if len(masked[meta["style"]]) < n:
-                    rgb = decode_image(sample["jpg"])
-                    masked[meta["style"]].append(face_crop(rgb, np.asarray(lm, np.float64)) if lm else _square(rgb))
-            elif not meta.get("masked") and lm and len(faces) < n:
-                faces.append((decode_image(sample["jpg"]), np.asarray(lm, np.float64)))
-            if all(len(v) >= n for v in masked.values()):
-                break
-        if any(masked.values()):
-            return "masked", masked
-        return "faces", faces
+        return _shard_faces(src, n, styles)
     if src.is_dir() and (src / "manifest.jsonl").exists():
         from maskkit.io.image_io import load_image
 
@@ -222,6 +203,75 @@ def load_source_faces(src: Path, n: int = 6, aligned: bool = False, detector: st
         if len(faces) >= n:
             break
     return "faces", faces
+
+
+def _spread(k: int) -> List[int]:
+    """``0..k-1`` coarse to fine (0, k/2, k/4, 3k/4, ...): any prefix covers the whole range."""
+    order, seen, step = [], set(), 1 << max(0, (k - 1).bit_length())
+    while step >= 1:
+        for i in range(0, k, step):
+            if i not in seen:
+                seen.add(i)
+                order.append(i)
+        step //= 2
+    return order
+
+
+def _shard_faces(src: Path, n: int, styles: Sequence[str] = STYLES):
+    """Faces of a shard set for the sheet, spread across identities.
+
+    Up to ``n`` masked faces per style, each of another identity as long as the set has
+    identities left (then faces of identities already shown), so a column is not ``n`` photos of
+    the first identity. Shards are read coarse to fine over the set (:func:`_spread`: the first,
+    the middle, the quarters, ...) and reading stops once every style has ``n`` identities. A set
+    without masked samples gives up to ``n`` plain faces (with ``landmarks68``) the same way.
+    """
+    from maskkit.io.image_io import decode_image
+
+    try:
+        man = json.loads((src / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        man = {}
+    names = [str(r.get("name")) for r in man.get("shards", []) if isinstance(r, dict)]
+    paths = [src / nm for nm in names if (src / nm).is_file()] or sorted(src.glob("*.tar"))
+    if man.get("num_masked", 1) != 0:
+        got = _pick_across_identities(paths, n, [st for st in styles if st in STYLES])
+        if any(got.values()):
+            masked: Dict[str, List[np.ndarray]] = {st: [] for st in STYLES}
+            for st, faces in got.items():
+                for jpg, lm in faces:
+                    rgb = decode_image(jpg)
+                    masked[st].append(face_crop(rgb, np.asarray(lm, np.float64)) if lm else _square(rgb))
+            return "masked", masked
+    plain = _pick_across_identities(paths, n, [None])[None]
+    return "faces", [(decode_image(jpg), np.asarray(lm, np.float64)) for jpg, lm in plain]
+
+
+def _pick_across_identities(paths: List[Path], n: int, wanted: List[Optional[str]]) -> Dict:
+    """``{style: [(jpg, landmarks68), ...]}`` (style None: plain faces with landmarks), up to
+    ``n`` each: one per identity first, then repeats (see :func:`_shard_faces`)."""
+    from maskkit.io.shards import iter_shard
+
+    picked: Dict = {st: [] for st in wanted}
+    spare: Dict = {st: [] for st in wanted}  # more faces of identities already picked
+    seen: Dict = {st: set() for st in wanted}
+    for k in _spread(len(paths)):
+        for sample in iter_shard(paths[k]):
+            meta = sample.get("json")
+            if sample.get("jpg") is None or not isinstance(meta, dict):
+                continue
+            st, lm = (meta.get("style") if meta.get("masked") else None), meta.get("landmarks68")
+            if st not in picked or (st is None and not lm):
+                continue
+            ident = meta.get("label", meta.get("identity"))
+            if ident not in seen[st] and len(picked[st]) < n:
+                seen[st].add(ident)
+                picked[st].append((sample["jpg"], lm))
+            elif len(spare[st]) < n:
+                spare[st].append((sample["jpg"], lm))
+        if all(len(v) >= n for v in picked.values()):
+            break
+    return {st: picked[st] + spare[st][: n - len(picked[st])] for st in wanted}
 
 
 def _square(rgb: np.ndarray, size: int = CELL) -> np.ndarray:
@@ -268,7 +318,7 @@ def preview(src: Path, out: Path, styles: Sequence[str] = STYLES, n: int = 6, se
 
     out = Path(out)
     check_out_file(out)
-    kind, data = load_source_faces(Path(src), n=n, aligned=aligned, detector=detector)
+    kind, data = load_source_faces(Path(src), n=n, aligned=aligned, detector=detector, styles=styles)
     if kind == "faces":
         if not data:
             raise ValueError(f"no faces found in {src}")

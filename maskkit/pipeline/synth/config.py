@@ -16,7 +16,10 @@ from maskkit import __version__
 #:     that are not UTF-8 are inputs (keys and seeds hash their bytes; shard JSON ``src`` is the
 #:     display form with ``src_bytes``; were a crash) (issue 12 §2). Valid-name sets without
 #:     those extensions give the same shard bytes as version 2.
-ALGORITHM_VERSION = 3
+#: 4 = leftover styles (the m % K beyond m // K of each identity) go to the next styles in class
+#:     order from a running offset kept in the journal, not to random ones: over the whole set the
+#:     styles' counts differ by at most 1 (issue 10).
+ALGORITHM_VERSION = 4
 
 #: The five mask styles (same as ``maskkit.render.STYLES``; repeated so importing this module
 #: stays light).
@@ -26,7 +29,9 @@ ALL_STYLES = ("surgical", "n95", "kn95", "cloth", "gas")
 JOURNAL = ".synth-journal.jsonl"
 
 
-STAGES = ("decode", "detect", "render", "align", "encode")
+#: Worker stages timed in the summary; ``landmarks`` replaces ``detect`` with ``--aligned``
+#: (no detection: the 68 landmarks are fitted in the crop's fixed face box).
+STAGES = ("decode", "detect", "landmarks", "render", "align", "encode")
 
 
 class SynthError(RuntimeError):

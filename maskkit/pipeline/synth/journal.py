@@ -75,6 +75,7 @@ class _ResumeState:
     start_chunk: int
     skip: int
     written: int
+    style_offset: int = 0  # the leftover-style offset after the last kept identity
 
 
 def _prepare_out(cfg: SynthConfig, fp: str, n_chunks: int) -> _ResumeState | dict:
@@ -160,7 +161,7 @@ def _prepare_out(cfg: SynthConfig, fp: str, n_chunks: int) -> _ResumeState | dic
             p.unlink()
     jr.rewrite([{"journal": 1, "fingerprint": fp, "config": cfg.fingerprint_fields()}]
                + [{"shard": r} for r in valid] + keep)
-    return _ResumeState(valid, keep, start, skip, written)
+    return _ResumeState(valid, keep, start, skip, written, int(keep[-1].get("style_offset", 0)) if keep else 0)
 
 
 @contextmanager

@@ -53,13 +53,24 @@ class Chunk:
 
 @dataclass
 class ChunkResult:
-    """What a worker returns for a :class:`Chunk` (samples in their final order)."""
+    """What a worker returns for a :class:`Chunk` (samples in their final order).
+
+    ``variants``: when the identity has leftover styles (``stats["extra_styles"] > 0``) and was
+    processed without knowing the run's style offset, the result for every offset (this object
+    is offset 0's); the driver keeps the one for its offset (:meth:`pick`). Variants share their
+    unchanged :class:`Sample` objects, so they travel between processes at little cost.
+    """
 
     index: int
     samples: list[Sample]
     failures: list[dict]
     mask_skips: list[dict]
     stats: dict
+    variants: dict[int, "ChunkResult"] | None = None
+
+    def pick(self, style_offset: int) -> "ChunkResult":
+        """The result for the run's leftover-style offset when this identity comes up."""
+        return self.variants[style_offset] if self.variants else self
 
 
 def _rec_inputs(rec_path: Path) -> list[InputItem]:

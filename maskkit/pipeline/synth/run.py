@@ -27,6 +27,7 @@ from maskkit.pipeline.synth.journal import (
 from maskkit.io.sources import skipped_records
 from maskkit.pipeline.synth.plan import class_display_names, list_sources_for, plan_chunks
 from maskkit.util.names import name_b64
+from maskkit.pipeline.synth.seeding import next_style_offset
 from maskkit.util.files import write_bytes_atomic, write_json_atomic
 
 
@@ -40,8 +41,8 @@ class SynthResult:
         seconds: wall-clock seconds of this invocation.
         resumed: samples that were already in complete shards from an earlier, killed run.
         already_complete: the folder already held this exact run (nothing was recomputed).
-        stage_seconds: summed per-stage worker seconds (decode, detect, render, align, encode)
-            plus ``write`` (driver).
+        stage_seconds: summed per-stage worker seconds (decode, detect -- or landmarks with
+            ``aligned``, where nothing is detected --, render, align, encode) plus ``write`` (driver).
     """
 
     out: Path
@@ -157,11 +158,14 @@ def _run_locked(cfg: SynthConfig, t_start: float, listing: tuple) -> SynthResult
     t_write = 0.0
     end = state.chunk_entries[-1]["end"] if state.chunk_entries else 0
     skip = state.skip
+    style_offset = state.style_offset  # leftover styles continue in class order (seeding.leftover_styles)
     todo = chunks[state.start_chunk:]
     sink = ShardSink(out, cfg.shard_samples, cfg.split, start_index=len(shards), on_shard=on_shard)
     try:
         with _backend(cfg) as n_jobs, _progress(len(items), done_files, cfg.progress, cfg.progress_desc) as bar:
             for res in _results(todo, cfg, n_jobs):
+                res = res.pick(style_offset)
+                style_offset = next_style_offset(style_offset, res.stats.get("extra_styles", 0), len(cfg.styles))
                 chunk = chunks[res.index]
                 t0 = time.perf_counter()
                 for s in res.samples:
@@ -170,8 +174,9 @@ def _run_locked(cfg: SynthConfig, t_start: float, listing: tuple) -> SynthResult
                         continue
                     sink.add(s)
                 end += len(res.samples)
-                entry = {"chunk": res.index, "identity": chunk.display or chunk.identity, "end": end, "stats": res.stats,
-                         "failures": res.failures, "mask_skips": res.mask_skips}
+                entry = {"chunk": res.index, "identity": chunk.display or chunk.identity, "end": end,
+                         "style_offset": style_offset, "stats": res.stats, "failures": res.failures,
+                         "mask_skips": res.mask_skips}
                 jr.append(entry)
                 absorb(entry)
                 t_write += time.perf_counter() - t0

@@ -1,5 +1,12 @@
 """Synth seeding: every random choice is drawn from a generator seeded by ``(seed, identity)`` or ``(seed, sample key)``,
-never by worker or arrival order; balanced style lists."""
+never by worker or arrival order; balanced style lists and the leftover-style rotation.
+
+Styles over the whole set: an identity with ``m`` masked faces and ``K`` styles gives ``m // K``
+to each style (:func:`balanced_styles`, shuffled by the identity's generator) and its
+``r = m % K`` leftovers to ``r`` distinct styles taken in class order from a running offset
+(:func:`leftover_styles`): the leftovers of all identities walk through the styles one after
+another, so over the set every style's count is within 1 of every other's (when no render fails).
+The offset after each identity is kept in the journal (:func:`next_style_offset`)."""
 from __future__ import annotations
 
 import hashlib
@@ -47,3 +54,15 @@ def balanced_styles(m: int, styles: Sequence[str], rng: np.random.Generator) -> 
     out += [styles[i] for i in sorted(extra)]
     rng.shuffle(out)
     return out
+
+
+def leftover_styles(r: int, styles: Sequence[str], offset: int) -> list[str]:
+    """The ``r`` (< K) leftover styles of one identity: ``styles[offset], styles[offset + 1], ...``
+    cyclically, so consecutive identities continue where the previous one stopped."""
+    k = len(styles)
+    return [styles[(offset + t) % k] for t in range(r)] if k else []
+
+
+def next_style_offset(offset: int, r: int, k: int) -> int:
+    """The running offset after an identity that gave out ``r`` leftover styles (``k`` styles)."""
+    return (offset + r) % k if k else 0

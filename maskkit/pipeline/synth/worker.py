@@ -19,6 +19,7 @@ from maskkit.pipeline.synth.plan import Chunk, ChunkResult, InputItem
 from maskkit.pipeline.synth.seeding import (
     _rng,
     balanced_styles,
+    leftover_styles,
     render_seed,
     sample_key,
 )
@@ -162,7 +163,7 @@ def _phase1(chunk: Chunk, cfg: SynthConfig, det, tm: Counter) -> tuple[list[_Fac
                 failures.append({**name_fields(item.rel), "reason": "detect_error", "detail": f"{type(exc).__name__}: {exc}"})
                 continue
             finally:
-                tm["detect"] += time.perf_counter() - t0
+                tm["landmarks" if cfg.aligned else "detect"] += time.perf_counter() - t0  # no detection with --aligned
             if not sel:
                 failures.append({**name_fields(item.rel), "reason": "no_face", "detail": f"detector {cfg.detector} found no face"})
                 continue
@@ -203,16 +204,38 @@ def _phase1(chunk: Chunk, cfg: SynthConfig, det, tm: Counter) -> tuple[list[_Fac
     return faces, failures, nfaces
 
 
-def process_chunk(chunk: Chunk, cfg: SynthConfig) -> ChunkResult:
-    """Turn one identity's inputs into its samples (pure: same chunk and config, same bytes).
+def _walk(perm: list[int], start: int, queue: list[str], try_render, assign: dict[int, str],
+          skips: list[tuple[int, str]]) -> int:
+    """Give ``queue``'s styles, in order, to the faces of ``perm[start:]`` whose render succeeds
+    (a failed face keeps no mask and the next face takes its style). Returns the next position."""
+    qi, p = 0, start
+    while qi < len(queue) and p < len(perm):
+        i = perm[p]
+        p += 1
+        if try_render(i, queue[qi]):
+            assign[i] = queue[qi]
+            qi += 1
+        else:
+            skips.append((i, queue[qi]))
+    return p
+
+
+def process_chunk(chunk: Chunk, cfg: SynthConfig, style_offset: int | None = None) -> ChunkResult:
+    """Turn one identity's inputs into its samples (pure: same chunk, config and offset, same bytes).
 
     Args:
         chunk: the identity's inputs.
         cfg: run options.
+        style_offset: the run's leftover-style offset when this identity comes up
+            (:func:`~maskkit.pipeline.synth.seeding.leftover_styles`). ``None`` (what the
+            workers run, since the offset depends on the identities before this one): the
+            result holds a variant for every offset (:meth:`ChunkResult.pick`); only the
+            ``m % K`` leftover faces differ between variants, and their extra renders are the
+            only extra work.
 
     Returns:
         :class:`ChunkResult` with samples in the final order, failures, mask skips, statistics
-        and per-stage seconds.
+        (``extra_styles``: the leftover count ``m % K``) and per-stage seconds.
     """
     import cv2
 
@@ -223,90 +246,112 @@ def process_chunk(chunk: Chunk, cfg: SynthConfig) -> ChunkResult:
     tm: Counter = Counter()
     faces, failures, nfaces = _phase1(chunk, cfg, det, tm)
 
-    # ---- phase 2: which faces get which style (seeded by identity), render until m succeed
-    n = len(faces)
+    # ---- phase 2: which faces get which style (seeded by identity), render until m succeed:
+    # m // K of each style (shuffled), then the m % K leftovers from the run's style offset
+    n, k = len(faces), len(cfg.styles)
     m = expected_masked(cfg.ratio, n) if ren is not None else 0
-    mask_skips: list[dict] = []
-    masked_idx: set[int] = set()
-    if m:
-        rng = _rng(cfg.seed, "choose", chunk.identity)
-        perm = rng.permutation(n)
-        queue = balanced_styles(m, cfg.styles, rng)
-        qi = 0
-        t0 = time.perf_counter()
-        for i in perm:
-            if qi == len(queue):
-                break
-            f = faces[int(i)]
-            style = queue[qi]
+    r = m % k if k else 0
+    renders: dict[tuple[int, str], Any] = {}  # (face, style) -> MaskResult, or the skip record
+
+    def try_render(i: int, style: str) -> bool:
+        if (i, style) not in renders:
+            f = faces[i]
+            t0 = time.perf_counter()
             try:
                 res = ren.render(f.crop, f.lm, style, np.random.default_rng(render_seed(cfg.seed, f.key)))
                 if res.alpha is None or res.image.shape != f.crop.shape:
                     raise ValueError("renderer returned a result of the wrong shape")
             except Exception as exc:  # noqa: BLE001 - CannotFit, or anything: log, try the next face
                 reason = getattr(exc, "reason", None) or type(exc).__name__
-                mask_skips.append({**name_fields(f.rel), "face": f.face, "key": f.key, "style": style,
-                                   "reason": str(reason), "detail": str(exc)[:300]})
-                continue
-            f.render, f.style = res, style
-            masked_idx.add(int(i))
-            qi += 1
-        tm["render"] += time.perf_counter() - t0
-    shortfall = m - len(masked_idx)
+                res = {**name_fields(f.rel), "face": f.face, "key": f.key, "style": style, "reason": str(reason),
+                       "detail": str(exc)[:300]}
+            renders[(i, style)] = res
+            tm["render"] += time.perf_counter() - t0
+        return not isinstance(renders[(i, style)], dict)
 
-    # ---- phase 3: align and encode, in file order
+    base: dict[int, str] = {}
+    base_skips: list[tuple[int, str]] = []
+    perm: list[int] = []
+    pos = 0
+    if m:
+        rng = _rng(cfg.seed, "choose", chunk.identity)
+        perm = [int(i) for i in rng.permutation(n)]
+        pos = _walk(perm, 0, balanced_styles(m - r, cfg.styles, rng), try_render, base, base_skips)
+    chosen: dict[int, tuple[dict[int, str], list[tuple[int, str]]]] = {}
+    for o in (range(k) if style_offset is None and r else [style_offset or 0]):
+        assign, skips = dict(base), list(base_skips)
+        if r:
+            _walk(perm, pos, leftover_styles(r, cfg.styles, o), try_render, assign, skips)
+        chosen[o] = (assign, skips)
+
+    # ---- phase 3: align and encode, in file order (each face once per style it gets in some variant)
     H, W = cfg.size
-    samples: list[Sample] = []
-    styles_count: Counter = Counter()
+    per_face: dict[tuple[int, str | None], list[Sample]] = {}
     for i, f in enumerate(faces):
-        t0 = time.perf_counter()
-        is_masked = i in masked_idx
-        plain = f.plain
-        if plain is None and (cfg.paired or not is_masked):
-            plain = align_face(f.crop, f.lm, size=cfg.size)
-        mal = mask_u8 = None
-        if is_masked:
-            if cfg.aligned:
-                mal = Aligned(f.render.image, f.plain.matrix, f.plain.landmarks5, f.plain.landmarks68)
-                alpha = f.render.alpha
-            else:
-                mal = align_face(f.render.image, f.lm, size=cfg.size)
-                alpha = cv2.warpAffine(np.asarray(f.render.alpha, np.float32), np.asarray(mal.matrix, np.float64),
-                                       (W, H), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-            mask_u8 = np.clip(np.rint(np.asarray(alpha, np.float32) * 255.0), 0, 255).astype(np.uint8)
-        tm["align"] += time.perf_counter() - t0
-        t0 = time.perf_counter()
-        # names as text: the display form (+ src_bytes for a name that is not UTF-8; docs/FORMAT.md)
-        base = {"label": chunk.label, "identity": chunk.display or chunk.identity, **name_fields(f.rel),
-                "face": f.face, "score": None if f.score is None else round(f.score, 5)}
-        pkey, mkey = (f.key, f.key + "_m") if cfg.paired else (f.key, f.key)
-        if plain is not None and (cfg.paired or not is_masked):
-            meta = dict(base, masked=False, style=None, mask=None, landmarks5=_pts(plain.landmarks5),
-                        landmarks68=_pts(plain.landmarks68), twin=mkey if (cfg.paired and is_masked) else None)
-            samples.append(Sample(pkey, encode_jpeg(np.ascontiguousarray(plain.image), cfg.quality), meta))
-        if is_masked:
-            params = _jsonable(dict(f.render.params or {}))
-            params.setdefault("style", f.style)
-            params["seed"] = render_seed(cfg.seed, f.key)
-            meta = dict(base, masked=True, style=f.style, mask=params, landmarks5=_pts(mal.landmarks5),
-                        landmarks68=_pts(mal.landmarks68), twin=pkey if cfg.paired else None)
-            png = None
-            if cfg.mask_png:
-                ok, buf = cv2.imencode(".png", mask_u8)
-                png = buf.tobytes() if ok else None
-            samples.append(Sample(mkey, encode_jpeg(np.ascontiguousarray(mal.image), cfg.quality), meta, png))
-            styles_count[f.style] += 1
-        tm["encode"] += time.perf_counter() - t0
+        plain_img = None
+        for style in sorted({a.get(i) for a, _ in chosen.values()}, key=lambda x: (x is not None, x or "")):
+            t0 = time.perf_counter()
+            is_masked = style is not None
+            res = renders[(i, style)] if is_masked else None
+            if plain_img is None and (cfg.paired or not is_masked):
+                plain = f.plain if f.plain is not None else align_face(f.crop, f.lm, size=cfg.size)
+                plain_img = (plain, encode_jpeg(np.ascontiguousarray(plain.image), cfg.quality))
+            mal = mask_u8 = None
+            if is_masked:
+                if cfg.aligned:
+                    mal = Aligned(res.image, f.plain.matrix, f.plain.landmarks5, f.plain.landmarks68)
+                    alpha = res.alpha
+                else:
+                    mal = align_face(res.image, f.lm, size=cfg.size)
+                    alpha = cv2.warpAffine(np.asarray(res.alpha, np.float32), np.asarray(mal.matrix, np.float64),
+                                           (W, H), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                                           borderValue=0)
+                mask_u8 = np.clip(np.rint(np.asarray(alpha, np.float32) * 255.0), 0, 255).astype(np.uint8)
+            tm["align"] += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            # names as text: the display form (+ src_bytes for a name that is not UTF-8; docs/FORMAT.md)
+            base_meta = {"label": chunk.label, "identity": chunk.display or chunk.identity, **name_fields(f.rel),
+                         "face": f.face, "score": None if f.score is None else round(f.score, 5)}
+            pkey, mkey = (f.key, f.key + "_m") if cfg.paired else (f.key, f.key)
+            out: list[Sample] = []
+            if cfg.paired or not is_masked:
+                plain, jpg = plain_img
+                meta = dict(base_meta, masked=False, style=None, mask=None, landmarks5=_pts(plain.landmarks5),
+                            landmarks68=_pts(plain.landmarks68), twin=mkey if (cfg.paired and is_masked) else None)
+                out.append(Sample(pkey, jpg, meta))
+            if is_masked:
+                params = _jsonable(dict(res.params or {}))
+                params.setdefault("style", style)
+                params["seed"] = render_seed(cfg.seed, f.key)
+                meta = dict(base_meta, masked=True, style=style, mask=params, landmarks5=_pts(mal.landmarks5),
+                            landmarks68=_pts(mal.landmarks68), twin=pkey if cfg.paired else None)
+                png = None
+                if cfg.mask_png:
+                    ok, buf = cv2.imencode(".png", mask_u8)
+                    png = buf.tobytes() if ok else None
+                out.append(Sample(mkey, encode_jpeg(np.ascontiguousarray(mal.image), cfg.quality), meta, png))
+            per_face[(i, style)] = out
+            tm["encode"] += time.perf_counter() - t0
         f.crop = None  # free memory early
-        f.render = None
+    skip_records = {key: v for key, v in renders.items() if isinstance(v, dict)}
+    renders.clear()
 
     by_reason = Counter(fl["reason"] for fl in failures)
     for fl in failures:
         fl.setdefault("identity", chunk.display or chunk.identity)
-    stats = {
-        "files": len(chunk.items), "ok": len(nfaces), "failed": len(failures),
-        "failed_by_reason": dict(by_reason), "faces": n, "samples": len(samples),
-        "masked": len(masked_idx), "styles": dict(styles_count), "shortfall": shortfall,
-        "mask_skips": len(mask_skips), "seconds": {k: round(v, 6) for k, v in tm.items()},
-    }
-    return ChunkResult(chunk.index, samples, failures, mask_skips, stats)
+    results = {}
+    for o, (assign, skips) in chosen.items():
+        samples = [s for i in range(n) for s in per_face[(i, assign.get(i))]]
+        mask_skips = [dict(skip_records[key]) for key in skips]
+        stats = {
+            "files": len(chunk.items), "ok": len(nfaces), "failed": len(failures),
+            "failed_by_reason": dict(by_reason), "faces": n, "samples": len(samples),
+            "masked": len(assign), "styles": dict(Counter(assign[i] for i in sorted(assign))),
+            "shortfall": m - len(assign), "extra_styles": r, "mask_skips": len(mask_skips),
+            "seconds": {kk: round(v, 6) for kk, v in tm.items()},
+        }
+        results[o] = ChunkResult(chunk.index, samples, failures, mask_skips, stats)
+    first = results[min(results)]
+    if len(results) > 1:
+        first.variants = results
+    return first

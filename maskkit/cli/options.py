@@ -1,0 +1,105 @@
+"""The option vocabulary every ``maskkit`` command shares, and aliases for retired spellings.
+
+One concept, one spelling, in every command that can honour it:
+
+==================  ===========================================================================
+``-q/--quiet``      no progress bar or summary table (accepted, as a no-op, where nothing is shown)
+``-j/--jobs``       worker processes, ``0`` = all CPU cores
+``-o/--out``        the output (a folder or a file)
+``--overwrite``     replace the outputs of a different, earlier run
+``--aligned``       the inputs are already ArcFace crops: no detection
+``--device``        ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda``, ``cuda:N``
+``--detector``      ``hog``, ``cnn``, ``blazeface``, ``fan``
+==================  ===========================================================================
+
+A retired spelling keeps working for one release through :func:`_deprecated`: it is hidden from
+``--help`` and, when used, prints one note to stderr naming the new spelling.
+
+Everything here is private to ``maskkit.cli`` (command modules hold no public library code).
+"""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+from click.core import ParameterSource
+
+from maskkit.face.detect import DETECTORS
+
+_GIVEN = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+
+
+def _quiet(help: str = "No progress bar or summary table.") -> Callable:
+    return click.option("-q", "--quiet", is_flag=True, help=help)
+
+
+def _jobs(default: int = 0, min_jobs: int = 0, help: str = "Worker processes (0 = all CPU cores).") -> Callable:
+    return click.option("-j", "--jobs", default=default, show_default=True, type=click.IntRange(min_jobs, None),
+                        help=help)
+
+
+def _out(help: str, required: bool = True, file: bool = False, **kwargs: Any) -> Callable:
+    kind = click.Path(dir_okay=False, path_type=Path) if file else click.Path(file_okay=False, path_type=Path)
+    return click.option("-o", "--out", required=required, type=kwargs.pop("type", kind), help=help, **kwargs)
+
+
+def _overwrite(help: str = "Replace the outputs of a different, earlier run found in --out (otherwise refused).") \
+        -> Callable:
+    return click.option("--overwrite", is_flag=True, help=help)
+
+
+def _aligned(help: str = "Inputs are already ArcFace crops: skip detection.") -> Callable:
+    return click.option("--aligned", is_flag=True, help=help)
+
+
+def _device(help: str = "auto (CUDA when available, else CPU), cpu, cuda, cuda:N.") -> Callable:
+    return click.option("--device", default="auto", show_default=True, help=help)
+
+
+def _detector(help: str = "Face detector backend.", default: str = "hog") -> Callable:
+    return click.option("--detector", default=default, show_default=True, type=click.Choice(DETECTORS), help=help)
+
+
+def _deprecated(*decls: str, dest: str, new: str, old: str | None = None, convert: Callable | None = None,
+                argument: bool = False, **kwargs: Any) -> Callable:
+    """Accept a retired spelling for one release (a decorator; place it below ``@click.command``).
+
+    Adds a hidden option (or an optional argument, ``argument=True``) declared by ``decls``. When
+    it is given, one note goes to stderr (``OLD is deprecated; use NEW``) and its value, passed
+    through ``convert``, becomes the command's ``dest`` parameter. Giving both spellings at once
+    is a usage error.
+
+    Args:
+        decls: click declarations of the old spelling (e.g. ``"--no-progress"``).
+        dest: the command parameter the old spelling sets (e.g. ``"quiet"``).
+        new: the new spelling, as shown in the note (e.g. ``"-q/--quiet"``).
+        old: how the old spelling is named in the note (default: its first declaration).
+        convert: old value -> new value (default: unchanged).
+        argument: declare a positional argument instead of an option.
+        kwargs: more click keyword arguments for the old spelling.
+    """
+    name = ("deprecated_" + dest + "_" + "".join(c for c in decls[0] if c.isalnum())).lower()
+    shown = old or decls[0]
+
+    def deco(f: Callable) -> Callable:
+        @functools.wraps(f)
+        def wrapper(*args: Any, **kw: Any) -> Any:
+            got = kw.pop(name)
+            ctx = click.get_current_context()
+            if ctx.get_parameter_source(name) in _GIVEN:
+                if ctx.get_parameter_source(dest) in _GIVEN:
+                    raise click.UsageError(f"{shown} (deprecated) and {new} both given; use {new} only")
+                click.echo(f"maskkit {ctx.info_name}: {shown} is deprecated and will be removed in the next "
+                           f"release; use {new}", err=True)
+                kw[dest] = convert(got) if convert else got
+            return f(*args, **kw)
+
+        if argument:
+            click.argument(name, *decls[1:], required=False, **kwargs)(wrapper)
+        else:
+            click.option(*decls, name, hidden=True, **kwargs)(wrapper)
+        return wrapper
+
+    return deco

@@ -1,0 +1,99 @@
+"""One option vocabulary across the commands (issue 10): the same spelling for the same concept
+everywhere, and the retired spellings still accepted for one release with one note on stderr."""
+from __future__ import annotations
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from maskkit.cli import main
+
+#: concept -> the exact declarations every command that has it must use
+SPELLINGS = {"quiet": ["-q", "--quiet"], "jobs": ["-j", "--jobs"], "out": ["-o", "--out"],
+             "overwrite": ["--overwrite"], "aligned": ["--aligned"], "device": ["--device"],
+             "detector": ["--detector"]}
+
+
+def _visible(cmd: click.Command) -> dict[str, click.Parameter]:
+    return {p.name: p for p in cmd.params if isinstance(p, click.Option) and not p.hidden}
+
+
+@pytest.mark.parametrize("name", sorted(main.commands))
+def test_every_command_speaks_one_vocabulary(name):
+    cmd = main.commands[name]
+    opts = _visible(cmd)
+    assert "quiet" in opts, f"{name} lacks -q/--quiet"
+    for concept, decls in SPELLINGS.items():
+        if concept in opts:
+            assert opts[concept].opts + opts[concept].secondary_opts == decls, (name, concept, opts[concept].opts)
+    if "device" in opts:
+        assert opts["device"].default == "auto", name
+    if "jobs" in opts:
+        assert opts["jobs"].default == 0, name  # 0 = all cores, demo included
+    # no other spelling of an output or of progress is visible
+    flat = {o for p in cmd.params if not getattr(p, "hidden", False) for o in p.opts + p.secondary_opts}
+    assert not flat & {"--onnx", "--no-progress", "--progress"}, name
+
+
+def test_commands_that_can_honour_them_have_them():
+    have = {n: set(_visible(c)) for n, c in main.commands.items()}
+    for n in ("align", "mask", "synth", "demo"):
+        assert "jobs" in have[n], n
+    for n in ("align", "mask", "synth", "preview"):
+        assert {"aligned", "detector"} <= have[n], n
+    for n in ("align", "mask", "synth"):
+        assert "overwrite" in have[n], n
+    for n in ("train", "eval", "embed"):
+        assert "device" in have[n], n
+    for n in ("eval", "embed", "demo"):
+        assert "detector" in have[n], n
+    for n in ("align", "mask", "synth", "train", "eval", "embed", "export", "export-rec", "preview", "demo"):
+        assert "out" in have[n], n
+
+
+@pytest.mark.parametrize("args,old", [
+    (["train", "--no-progress"], "--no-progress"),
+    (["eval", "--no-progress"], "--progress/--no-progress"),
+    (["embed", "--progress"], "--progress/--no-progress"),
+    (["export", "--onnx", "{tmp}/m.onnx"], "--onnx"),
+])
+def test_old_spellings_still_parse_with_one_note(tmp_path, args, old):
+    """The old spelling parses (the command goes on to its own check of --model / --data) and
+    says once, on stderr, which spelling replaces it."""
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    cmd = args[:1] + ["--model", str(tmp_path)] * (args[0] != "train") + args[1:]
+    if args[0] == "embed":
+        cmd += ["--src", str(tmp_path), "-o", str(tmp_path / "e.npz")]
+    res = CliRunner().invoke(main, cmd)
+    assert "No such option" not in res.output, res.output
+    assert res.stderr.count("is deprecated") == 1 and old in res.stderr, res.stderr
+    assert res.exit_code in (1, 2) and "Traceback" not in res.output  # stopped by the command's own check
+
+
+def test_deprecated_alias_converts_and_refuses_both():
+    """The alias helper: the old value (converted) reaches the new parameter; both at once is a usage error."""
+    from maskkit.cli.options import _deprecated, _quiet
+
+    @click.command()
+    @_quiet()
+    @_deprecated("--progress/--no-progress", dest="quiet", new="-q/--quiet", convert=lambda p: not p, default=None)
+    def cmd(quiet):
+        click.echo(f"quiet={quiet}")
+
+    r = CliRunner()
+    assert r.invoke(cmd, []).stdout == "quiet=False\n"
+    assert r.invoke(cmd, ["-q"]).stdout == "quiet=True\n"
+    res = r.invoke(cmd, ["--no-progress"])
+    assert res.stdout == "quiet=True\n" and res.stderr.count("deprecated") == 1
+    assert r.invoke(cmd, ["--progress"]).stdout == "quiet=False\n"
+    res = r.invoke(cmd, ["--no-progress", "-q"])
+    assert res.exit_code == 2 and "both given" in res.output
+
+
+def test_help_documents_the_embed_archive_and_the_onnx_inputs():
+    """`embed --help` says mu is L2-normalised and the magnitude is stored apart; `export --help`
+    gives the dtype of the ONNX `masked` input (a bool array fed as is is refused by onnxruntime)."""
+    embed = " ".join(CliRunner().invoke(main, ["embed", "--help"]).stdout.split())
+    assert "L2-normalised" in embed and "the norm of mu before normalisation, stored apart" in embed
+    export = " ".join(CliRunner().invoke(main, ["export", "--help"]).stdout.split())
+    assert "masked float32 (N,)" in export and "1.0 = masked-face branch" in export
