@@ -9,9 +9,9 @@ Two questions every command asks before a face becomes a sample:
   (in the frame where the fit is upright) and mapped back. A fit on a real face is reproduced
   (the predictor follows the face); a fit that is not on the face is not (the refits jump to
   another solution, often the real face). When the first fit fails, an orientation search
-  fits the face from start angles ``angle + (-60..60 step 15)`` and keeps the solution most
-  of them converge to (:data:`MIN_SUPPORT` or more); when there is none the face is rejected
-  with ``bad_landmarks``.
+  fits the face from start angles ``angle + (-60..60 step 15)`` and keeps the solution they
+  converge to most tightly (:data:`MIN_SUPPORT` fits or more); when there is none the face is
+  rejected with ``bad_landmarks``.
 * :func:`check_aligned_crop` -- *is this image an ArcFace-aligned face crop?* Its size and
   aspect must be those of a crop, the predictor's landmarks in the crop must be a stable fit
   (else ``no_face``) and their 5 points must sit on the template (else ``not_aligned``).
@@ -35,9 +35,9 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["FitCheck", "CropCheck", "check_landmarks", "check_aligned_crop", "fit_at_angle", "eye_angle",
+__all__ = ["FitCheck", "CropCheck", "check_landmarks", "check_with_keypoints", "KEYPOINT_TOL", "check_aligned_crop", "fit_at_angle", "eye_angle",
            "eye_disagreement", "FIT_DELTA", "FIT_TOL", "SEARCH_ANGLES", "MIN_SUPPORT", "CROP_DELTA",
-           "CROP_TOL", "CROP_MAX_RMS", "CROP_SIDE_RANGE", "CROP_ASPECT_TOL", "PATCH_BOX"]
+           "CROP_TOL", "CROP_MAX_RMS", "CROP_FAR_RMS", "CROP_MIN_STD", "CROP_PAD", "find_face_in_crop", "crop_to_size", "crop_sized", "aligned_hint", "CROP_SIDE_RANGE", "CROP_ASPECT_TOL", "PATCH_BOX"]
 
 #: Box side (pixels) of the normalised patch the refits run in: the face is rotated and scaled
 #: so that its detection box is this wide (the predictor works in box-relative coordinates).
@@ -69,15 +69,29 @@ CROP_DELTA = 20.0
 #: Eye disagreement tolerance of the aligned-crop test (fraction of IOD).
 CROP_TOL = 0.20
 
-#: Largest RMS distance (pixels of a 112x112 crop) of the crop's 5 points from the ArcFace
-#: template for it to count as aligned.
-CROP_MAX_RMS = 10.0
+#: Largest RMS distance (pixels of a 112x112 crop) of a stable fit's 5 points from the ArcFace
+#: template for the crop to count as aligned (celeb-aligned: 10.4 at most over 1,996 stable fits).
+CROP_MAX_RMS = 11.0
+
+#: A frontal face found in the crop whose checked 5 points are further than this (pixels RMS at
+#: 112x112) from the template is not aligned (celeb-aligned: 9.7 at most over the HOG-found
+#: faces whose aligned-box fit is unstable; loose and shifted crops: 14 to 24).
+CROP_FAR_RMS = 12.0
 
 #: A crop's side must lie in ``[lo, hi]`` times the target side (a 900x916 photo is not a crop).
 CROP_SIDE_RANGE = (0.5, 4.0)
 
 #: Largest relative difference between a crop's aspect (H/W) and the target's.
 CROP_ASPECT_TOL = 0.05
+
+#: A crop whose grey levels in the face region vary less than this (std, 0-255) is flat: a
+#: blank image, not a face (celeb-aligned: 17 at the least).
+CROP_MIN_STD = 4.0
+
+#: Padding (fraction of the crop side, edge replicated) around a crop before detection in it:
+#: an aligned face fills most of the crop, larger than HOG's window at the crop's own size.
+CROP_PAD = 0.3
+
 
 
 def _eyes(lm: np.ndarray) -> np.ndarray:
@@ -159,6 +173,8 @@ class FitCheck:
         recovered: the first fit was off and the orientation search found the face.
         reason: ``None`` or ``"bad_landmarks"``.
         detail: a short explanation for logs and failure records.
+        method: ``"fixed_point"`` (:func:`check_landmarks`) or ``"keypoints"`` (the fit's eyes
+            agree with the detector's own eye keypoints, :func:`check_with_keypoints`).
     """
 
     ok: bool
@@ -169,11 +185,12 @@ class FitCheck:
     recovered: bool = False
     reason: str | None = None
     detail: str = ""
+    method: str = "fixed_point"
 
     def as_dict(self) -> dict:
         """JSON-friendly summary (no landmarks)."""
-        return {"ok": self.ok, "angle": round(self.angle, 1), "spread": round(self.spread, 3),
-                "support": self.support, "recovered": self.recovered}
+        return {"ok": self.ok, "method": self.method, "angle": round(self.angle, 1),
+                "spread": round(self.spread, 3), "support": self.support, "recovered": self.recovered}
 
 
 def check_landmarks(rgb: np.ndarray, box: Sequence[float], lm68: np.ndarray | None = None, *,
@@ -221,11 +238,13 @@ def check_landmarks(rgb: np.ndarray, box: Sequence[float], lm68: np.ndarray | No
                         detail=f"landmarks not on the face: refits {delta:g} deg apart move the eyes by "
                                f"{spread:.2f} of the eye distance (limit {tol:g})")
     fits = [first] + [fit_at_angle(rgb, box, a0 + g).astype(np.float64) for g in search]
-    best: list[np.ndarray] = []
-    for cand in fits:
-        agree = [f for f in fits if eye_disagreement(cand, f) <= tol]
-        if len(agree) > len(best):
-            best = agree
+    dis = np.array([[eye_disagreement(a, b) for b in fits] for a in fits])
+    # the solution is the fit with the largest *soft* support (each fit counts 1 - d/tol when
+    # within tol): two groups of three can agree, and the one that agrees tightly is the face
+    # (measured: the true face's group agrees within 0.01-0.02 IOD, a stuck fit's within 0.1)
+    soft = np.clip(1.0 - dis / tol, 0.0, None).sum(axis=1)
+    centre = int(np.argmax(soft))
+    best = [fits[j] for j in np.flatnonzero(dis[centre] <= tol)]
     if len(best) >= min_support:
         mean = np.mean(best, axis=0).astype(np.float32)
         return FitCheck(True, mean, eye_angle(mean), spread, len(best),
@@ -234,6 +253,33 @@ def check_landmarks(rgb: np.ndarray, box: Sequence[float], lm68: np.ndarray | No
                     detail=f"landmarks not on the face: refits {delta:g} deg apart move the eyes by {spread:.2f} "
                            f"of the eye distance and no orientation from {min(search):+g} to {max(search):+g} "
                            f"deg gives a stable fit ({len(best)} of {len(fits)} agree, {min_support} needed)")
+
+
+#: Largest disagreement (fraction of the keypoints' eye distance) between a fit's eye centres
+#: and the detector's eye keypoints (BlazeFace) for the fit to count as on the face without the
+#: fixed-point test. BlazeFace's eye keypoints and dlib's eye centres differ by 0.08 (median)
+#: to 0.18 (max) on lfw-johns; on masked faces the fixed-point test rejects fits whose eyes are
+#: right (a mask hides the lower face, the lower points wander between refits): with this
+#: rule real-masked keeps 430 of the 449 images BlazeFace finds a face in (390 with the
+#: fixed-point test alone).
+KEYPOINT_TOL = 0.30
+
+
+def check_with_keypoints(rgb: np.ndarray, box: Sequence[float], lm68: np.ndarray, keypoints: np.ndarray, *,
+                         kp_tol: float = KEYPOINT_TOL, **kwargs) -> FitCheck:
+    """Landmark check for a detector with eye keypoints (BlazeFace: 0 image-left eye, 1
+    image-right eye of an upright face): a fit whose eye centres lie within ``kp_tol`` of them
+    (fraction of their distance) is accepted as it is; otherwise :func:`check_landmarks`
+    decides (``kwargs`` go to it).
+    """
+    ke = np.asarray(keypoints, np.float64)[:2]
+    iod = float(np.linalg.norm(ke[1] - ke[0]))
+    lm = np.asarray(lm68, np.float64)
+    if lm.shape == (68, 2) and np.all(np.isfinite(lm)) and iod > 0:
+        d = float(np.linalg.norm(_eyes(lm) - ke, axis=1).max() / iod)
+        if d <= kp_tol:
+            return FitCheck(True, lm.astype(np.float32), eye_angle(lm), d, 1, method="keypoints")
+    return check_landmarks(rgb, box, lm68, **kwargs)
 
 
 # --------------------------------------------------------------------------------------------
@@ -254,6 +300,9 @@ class CropCheck:
         rms: RMS distance (pixels of a 112-wide crop) of the crop's 5 points from the template.
         spread: eye disagreement of the rotated refits (fraction of IOD).
         image: the crop resized to the target size (what the landmarks refer to), or ``None``.
+        how: what decided: ``"template"`` (a stable fit in the aligned box), ``"detected"`` (a
+            detected face's checked fit), ``"unverified"`` (a face is there, its points cannot
+            be checked: kept as given).
     """
 
     ok: bool
@@ -263,9 +312,10 @@ class CropCheck:
     rms: float | None = None
     spread: float | None = None
     image: np.ndarray | None = field(default=None, repr=False)
+    how: str | None = None
 
     def as_dict(self) -> dict:
-        return {"ok": self.ok, "reason": self.reason,
+        return {"ok": self.ok, "reason": self.reason, "how": self.how,
                 "rms": None if self.rms is None else round(self.rms, 2),
                 "spread": None if self.spread is None else round(self.spread, 3)}
 
@@ -298,47 +348,162 @@ def _size_problem(shape: tuple[int, ...], size: tuple[int, int]) -> str | None:
     return None
 
 
-def check_aligned_crop(rgb: np.ndarray, size: tuple[int, int] = (112, 112), *,
-                       delta: float = CROP_DELTA, tol: float = CROP_TOL, max_rms: float = CROP_MAX_RMS) -> CropCheck:
+def _template_rms(lm68: np.ndarray, size: tuple[int, int]) -> float:
+    from .align import arcface_template, five_points
+
+    return float(np.sqrt(((five_points(lm68) - arcface_template(size)) ** 2).sum(1).mean()) * 112.0 / size[0])
+
+
+def _five_point_spread(crop: np.ndarray, box, lm: np.ndarray, delta: float) -> float:
+    """Largest 5-point displacement (fraction of the template's eye distance) between the fit in
+    ``box`` and its refits on copies rotated by ``+-delta``."""
+    from .align import arcface_template, five_points
+
+    t = arcface_template(crop.shape[:2])
+    iod = float(np.linalg.norm(t[1] - t[0]))
+    p5 = five_points(lm)
+    return max(float(np.linalg.norm(five_points(fit_at_angle(crop, box, d)) - p5, axis=1).max()) / iod
+               for d in (delta, -delta))
+
+
+def find_face_in_crop(crop: np.ndarray, cnn: bool = True) -> tuple[tuple[float, float, float, float], str] | None:
+    """Detect the largest face in a small crop: HOG (upsample 1, with its second look) on the
+    crop padded by :data:`CROP_PAD` of its side (edge replicated, so a face filling the crop
+    still fits the detector's window), then dlib's CNN (upsample 0, then 1) when HOG finds
+    nothing and ``cnn``. Returns ``(box, "hog"|"cnn")`` in crop pixels, or ``None``."""
+    import cv2
+
+    from .detect import DetectorUnavailable, get_detector
+
+    h, w = crop.shape[:2]
+    pad = int(round(CROP_PAD * max(h, w)))
+    padded = cv2.copyMakeBorder(np.ascontiguousarray(crop), pad, pad, pad, pad, cv2.BORDER_REPLICATE)
+
+    def largest(boxes):
+        if not boxes:
+            return None
+        b = max(boxes, key=lambda x: (x[2] - x[0]) * (x[3] - x[1]))
+        return (b[0] - pad, b[1] - pad, b[2] - pad, b[3] - pad)
+
+    box = largest([b for b, _, _ in get_detector("hog", upsample=1, max_side=0).detect_boxes(padded)])
+    if box is not None:
+        return box, "hog"
+    if cnn:
+        try:
+            det = get_detector("cnn", upsample=0, max_side=0)
+        except DetectorUnavailable:
+            return None
+        for up in (0, 1):
+            det.upsample = up
+            box = largest([b for b, _, _ in det.detect_boxes(padded)])
+            if box is not None:
+                return box, "cnn"
+    return None
+
+
+def check_aligned_crop(rgb: np.ndarray, size: tuple[int, int] = (112, 112), *, cnn: bool = True,
+                       delta: float = CROP_DELTA, tol: float = CROP_TOL, max_rms: float = CROP_MAX_RMS,
+                       far_rms: float = CROP_FAR_RMS) -> CropCheck:
     """Check that an image is an ArcFace-aligned face crop for ``size``.
 
-    1. Size and aspect (:data:`CROP_SIDE_RANGE`, :data:`CROP_ASPECT_TOL`), else ``not_aligned``.
-    2. The crop is brought to ``size`` (:func:`crop_to_size`); dlib's 68 points are fitted in the
-       box an aligned crop's face occupies (``maskkit.detect.ALIGNED_BOX_FRACTION``) and refitted
-       on copies rotated by ``+-delta``; a fit that does not follow (eye disagreement above
-       ``tol``) is not on a face: ``no_face``.
-    3. The fit's 5 points (``maskkit.align.five_points``) must lie within ``max_rms`` pixels
-       RMS (112-pixel units) of the template (``maskkit.align.arcface_template``), else
-       ``not_aligned``.
+    A crop is rejected only on clear evidence, so that real aligned faces whose landmarks
+    cannot be fitted (profiles, occlusion: about 10% of celeb-aligned) are kept:
+
+    1. size and aspect (:data:`CROP_SIDE_RANGE`, :data:`CROP_ASPECT_TOL`), else ``not_aligned``;
+    2. a flat image (grey-level std below :data:`CROP_MIN_STD` in the face region): ``no_face``;
+    3. the crop is brought to ``size`` (:func:`crop_to_size`) and dlib's 68 points are fitted in
+       the box an aligned crop's face occupies (``maskkit.face.detect.ALIGNED_BOX_FRACTION``).
+       A *stable* fit (refits on copies rotated by ``+-delta`` move the 5 points by at most
+       ``tol`` of the template's eye distance) is on a face: its 5 points within ``max_rms``
+       pixels RMS (112-pixel units) of the template make the crop aligned (``how="template"``),
+       further off ``not_aligned``;
+    4. otherwise the face is looked for (:func:`find_face_in_crop`); none is ``no_face``. A
+       frontal face (found by HOG) whose 68 points pass :func:`check_landmarks`' fast test and
+       lie more than ``far_rms`` from the template is ``not_aligned`` (``landmarks68`` are its
+       checked points: a caller may re-align with them); any other face is kept
+       (``how="detected"`` when its checked points are on the template, else
+       ``how="unverified"``).
+
+    Measured (``benchmarks/crop_check.py``): celeb-aligned 2,223 of 2,223 kept (1,995 by the
+    template fit); blank, noise and dog crops ``no_face``; loose, shifted, half-scale and
+    30/45-degree rotated crops of astronaut, grace_hopper and celeb faces ``not_aligned``.
 
     Args:
         rgb: ``(H, W, 3)`` uint8 image claimed to be an aligned crop.
         size: target ``(H, W)``.
+        cnn: let dlib's CNN look for faces HOG misses (about 0.3 s a crop, only for crops
+            whose landmarks are unstable and where HOG finds nothing).
 
     Returns:
         :class:`CropCheck` (``image`` is the crop at ``size``, ``landmarks68`` its landmarks).
     """
-    from .align import arcface_template, five_points
-    from .detect import ALIGNED_BOX_FRACTION, landmarks_in_box
-
     size = (int(size[0]), int(size[1]))
     problem = _size_problem(rgb.shape, size)
     if problem:
         return CropCheck(False, "not_aligned", problem)
+    import cv2
+
+    from .detect import ALIGNED_BOX_FRACTION, landmarks_in_box
+
     crop = crop_to_size(rgb, size)
     h, w = crop.shape[:2]
+    gray = cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY)
+    std = float(gray[int(0.18 * h):int(0.9 * h), int(0.13 * w):int(0.87 * w)].std())
+    if std < CROP_MIN_STD:
+        return CropCheck(False, "no_face", f"a flat image (grey-level std {std:.1f}), not a face", image=crop)
     fx0, fy0, fx1, fy1 = ALIGNED_BOX_FRACTION
     box = (fx0 * w, fy0 * h, fx1 * w, fy1 * h)
     lm = landmarks_in_box(crop, box)
-    if not np.all(np.isfinite(lm)):
-        return CropCheck(False, "no_face", "no finite landmark fit", image=crop)
-    spread = max(eye_disagreement(fit_at_angle(crop, box, d), lm) for d in (delta, -delta))
-    rms = float(np.sqrt(((five_points(lm) - arcface_template(size)) ** 2).sum(1).mean()) * 112.0 / h)
-    if spread > tol:
-        return CropCheck(False, "no_face", f"no face on the aligned-crop template: landmarks refitted {delta:g} deg "
-                         f"apart move the eyes by {spread:.2f} of the eye distance (limit {tol:g})",
-                         lm, rms, spread, crop)
-    if rms > max_rms:
-        return CropCheck(False, "not_aligned", f"face not on the ArcFace template: 5 points {rms:.1f} px RMS "
-                         f"from it (limit {max_rms:g} px at 112x112)", lm, rms, spread, crop)
-    return CropCheck(True, None, "", lm, rms, spread, crop)
+    spread = _five_point_spread(crop, box, lm, delta)
+    rms = _template_rms(lm, size)
+    if spread <= tol:
+        if rms <= max_rms:
+            return CropCheck(True, None, "", lm, rms, spread, crop, how="template")
+        return CropCheck(False, "not_aligned", f"face not on the ArcFace template: its 5 points are {rms:.1f} px "
+                         f"RMS from it (limit {max_rms:g} px at 112x112)", lm, rms, spread, crop, how="template")
+    found = find_face_in_crop(crop, cnn=cnn)
+    if found is None:
+        return CropCheck(False, "no_face", f"no face found in the crop (its landmarks are unstable: refits "
+                         f"{delta:g} deg apart move them by {spread:.2f} of the eye distance)", lm, rms, spread, crop)
+    fbox, how = found
+    # fast test only: a crop claimed aligned is upright, and the orientation search's weaker
+    # evidence is not enough to call a crop misaligned
+    fit = check_landmarks(crop, fbox, search=())
+    if fit.ok:
+        frms = _template_rms(fit.landmarks68, size)
+        if frms <= max_rms:
+            return CropCheck(True, None, "", fit.landmarks68, frms, spread, crop, how="detected")
+        if how == "hog" and frms > far_rms:
+            return CropCheck(False, "not_aligned", f"face not on the ArcFace template: its 5 points are {frms:.1f} "
+                             f"px RMS from it (limit {far_rms:g} px at 112x112)", fit.landmarks68, frms, spread, crop,
+                             how="detected")
+    return CropCheck(True, None, "", lm, rms, spread, crop, how="unverified")
+
+
+# --------------------------------------------------------------------------------------------
+# a forgotten --aligned
+# --------------------------------------------------------------------------------------------
+
+#: An input at most this many pixels a side, about square, has the size of an aligned crop.
+CROP_SIZED_MAX = 128
+
+
+def crop_sized(shape: tuple[int, ...]) -> bool:
+    """The image has the size of an aligned face crop (at most :data:`CROP_SIZED_MAX` a side,
+    aspect 0.8..1.25, e.g. 112x112 or 112x96)."""
+    h, w = int(shape[0]), int(shape[1])
+    return max(h, w) <= CROP_SIZED_MAX and 0.8 <= h / max(w, 1) <= 1.25
+
+
+def aligned_hint(files: int, crop_sized_files: int, crop_sized_no_face: int) -> str | None:
+    """A hint for a run without ``--aligned`` over aligned crops, or ``None``.
+
+    Detectors miss faces that fill the whole image: on celeb-aligned, HOG finds no face in 8%
+    of the 112x112 crops. When most inputs have a crop's size (:func:`crop_sized`) and at least
+    2% of those (and 2 or more) had no face, the inputs are most likely aligned crops.
+    """
+    if files <= 0 or crop_sized_files < max(1, files // 2) or crop_sized_no_face < max(2, 0.02 * crop_sized_files):
+        return None
+    return (f"{crop_sized_files:,} of {files:,} inputs have the size of aligned face crops and "
+            f"{crop_sized_no_face:,} of them had no face found: these look like aligned crops: "
+            "add --aligned (the crops are then checked against the ArcFace template instead)")
