@@ -173,9 +173,18 @@ def _dlib():
     return dlib
 
 
+_PREDICTOR_BY_ENV: dict[str | None, object] = {}
+
+
 def _shape_predictor():
-    path = model_file("shape_predictor_68_face_landmarks.dat")
-    return _cached("shape68", str(path), lambda: _dlib().shape_predictor(str(path)))
+    # locating the model file walks the import path (about 1 ms, more than the predictor
+    # itself): remember the predictor per MASKKIT_MODEL_DIR value, the only input of the lookup
+    env = os.environ.get("MASKKIT_MODEL_DIR")
+    sp = _PREDICTOR_BY_ENV.get(env)
+    if sp is None:
+        path = model_file("shape_predictor_68_face_landmarks.dat")
+        sp = _PREDICTOR_BY_ENV[env] = _cached("shape68", str(path), lambda: _dlib().shape_predictor(str(path)))
+    return sp
 
 
 def _rect(dlib, box) -> object:
