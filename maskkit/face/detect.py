@@ -735,6 +735,23 @@ def aligned_face(rgb: np.ndarray) -> Face:
     return Face(box=(0.0, 0.0, float(w), float(h)), score=None, landmarks68=landmarks_in_box(rgb))
 
 
+#: With ``--faces largest``/``central``, a detection scoring below this whose landmarks fail the
+#: check is passed over for the next candidate (a strong detection that fails is the subject:
+#: it is returned and recorded as ``bad_landmarks``). HOG's scores of real faces in photos/ and
+#: lfw-johns are 0.4 to 3; BlazeFace's 0.5 to 1.
+WEAK_DETECTION = 0.5
+
+
+def _policy_order(faces: list[Face], policy: str, shape) -> list[Face]:
+    """All candidates in the order ``policy`` prefers them (its first is :func:`select_faces`'s)."""
+    rest, out = list(faces), []
+    while rest:
+        pick = select_faces(rest, policy, shape)[0]
+        out.append(pick)
+        rest = [f for f in rest if f is not pick]
+    return out
+
+
 #: BlazeFace keypoints tilted more than this (degrees) put the first 68-point fit in the
 #: de-rotated frame (the predictor's capture range is about +-30 degrees).
 KEYPOINT_DEROTATE = 15.0
@@ -783,9 +800,10 @@ def find_faces(detector: Detector, rgb: np.ndarray, policy: str = "largest",
             cands = [Face(box=tuple(float(v) for v in b), score=None if s is None else float(s),
                           landmarks68=None, keypoints=k) for b, s, k in detector.detect_boxes(rgb)]
         tm["detect"] = time.perf_counter() - t0
-        faces = select_faces(cands, policy, rgb.shape)
+        order = select_faces(cands, policy, rgb.shape) if policy == "all" else _policy_order(cands, policy, rgb.shape)
         t0 = time.perf_counter()
-        for f in faces:
+        faces = []
+        for f in order:
             hint = keypoint_angle(f.keypoints)
             derotated = hint is not None and abs(hint) > KEYPOINT_DEROTATE
             if derotated:
@@ -801,6 +819,16 @@ def find_faces(detector: Detector, rgb: np.ndarray, policy: str = "largest",
                          check_landmarks(rgb, f.box, f.landmarks68, angle_range=f.angle_range))
                 if f.fit.ok:
                     f.landmarks68 = f.fit.landmarks68
+            faces.append(f)
+            if policy == "all":
+                continue
+            # one face for largest/central: a weak detection whose landmarks are not on a face is
+            # a false positive (measured: an emblem on the astronaut's suit, score 0.06, larger
+            # than her face at half size): the next candidate is taken instead
+            if f.fit is not None and not f.fit.ok and (f.score is None or f.score < WEAK_DETECTION):
+                faces.pop()
+                continue
+            break
         tm["landmarks"] = time.perf_counter() - t0
         return faces
     # backends that produce landmarks together with boxes (fan)
