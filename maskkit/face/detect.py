@@ -805,17 +805,13 @@ def find_faces(detector: Detector, rgb: np.ndarray, policy: str = "largest",
         faces = []
         for f in order:
             hint = keypoint_angle(f.keypoints)
-            derotated = hint is not None and abs(hint) > KEYPOINT_DEROTATE
-            if derotated:
+            if hint is not None and abs(hint) > KEYPOINT_DEROTATE:
                 f.landmarks68 = fit_at_angle(rgb, f.box, hint)
             else:
                 f.landmarks68 = detector.landmarks(rgb, f.box)
             if check:
-                # keypoints are independent evidence only for a fit made without them: a fit made
-                # in the frame they define agrees with them by construction (measured: upside-down
-                # faces, whose keypoints BlazeFace places as if upright)
                 f.fit = (check_with_keypoints(rgb, f.box, f.landmarks68, f.keypoints) if f.keypoints is not None
-                         and len(f.keypoints) >= 2 and not derotated else
+                         and len(f.keypoints) >= 2 else
                          check_landmarks(rgb, f.box, f.landmarks68, angle_range=f.angle_range))
                 if f.fit.ok:
                     f.landmarks68 = f.fit.landmarks68
