@@ -4,7 +4,7 @@ Runs ``maskkit.pipeline.align.process_file`` + JPEG encoding in ONE process over
 
 * ``lfw-johns`` (55 150x150 face crops, HOG detection),
 * ``celeb-aligned`` (2,223 112x112 ArcFace crops, ``--aligned``: no detection),
-* ``photos`` (21 full photographs, HOG detection, all faces),
+* ``photos`` (21 full photographs, HOG detection, the default ``--faces largest`` and all faces),
 
 and prints img/s and the mean milliseconds per image in decode / detect / landmarks / warp /
 encode. Anchor (same images, 1 core): MaskTheFace ~18 img/s on 112x112 crops, ~1 photo/s on
@@ -62,6 +62,7 @@ def main() -> None:
     runs = [
         ("lfw-johns", args.data / "lfw-johns", AlignConfig(src=None, out=None, faces="largest")),
         ("celeb-aligned --aligned", args.data / "celeb-aligned", AlignConfig(src=None, out=None, aligned=True)),
+        ("photos (largest: default)", args.data / "photos", AlignConfig(src=None, out=None, faces="largest")),
         ("photos (all faces)", args.data / "photos", AlignConfig(src=None, out=None, faces="all")),
     ]
     print(f"detector={args.detector} ({det!r}), 1 process\n")

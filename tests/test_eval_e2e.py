@@ -443,7 +443,8 @@ def test_contact_sheet_captions_stay_identifiable():
 
 def test_photo_without_a_face_fails_with_no_face(photos_dir, celeb_aligned, tmp_path):
     """No detected face is a ``no_face`` failure (never a whole-image guess that gets embedded
-    and scored); 112x112 crops still pass through as aligned."""
+    and scored); a 112x112 crop on the ArcFace template passes through as it is (with the
+    landmarks the template check fitted), trusted or not."""
     from maskkit.io.image_io import load_image
     from maskkit.training.eval.evalsets import FaceAligner, load_image_folder, load_pairs
 
@@ -457,6 +458,8 @@ def test_photo_without_a_face_fails_with_no_face(photos_dir, celeb_aligned, tmp_
     crop = load_image(crop_path)
     assert crop.shape[:2] == (112, 112)
     out, lm, note = aligner(crop)
+    assert out is crop and lm.shape == (68, 2) and note is None
+    out, lm, note = FaceAligner(trust_aligned=True)(crop)
     assert out is crop and lm is None and note is None
 
     src = tmp_path / "src"

@@ -84,6 +84,9 @@ def _check_model(model) -> None:
 @click.option("--batch-size", type=int, default=64, show_default=True)
 @_device()
 @_detector("Face detector for images not already 112x112.")
+@click.option("--aligned", is_flag=True,
+              help="Trust 112x112 images as ArcFace-aligned crops (default: check each against the template "
+                   "and re-align it when off).")
 @click.option("--probes-masked", is_flag=True, help="Probes already wear real masks: no synthetic mask, masked branch.")
 @click.option("--gallery-per-id", type=int, default=1, show_default=True,
               help="When --gallery and --probes are the same folder: first K images per identity form the gallery.")
@@ -94,7 +97,7 @@ def _check_model(model) -> None:
 @click.argument("runs", nargs=-1, type=click.Path(exists=True))
 @_deprecated("--progress/--no-progress", **_NO_PROGRESS)
 def eval_cmd(model, bin_path, pairs, root, gallery, probes, mask_side, mask_style, seed, flip, out, name, batch_size,
-             device, detector, probes_masked, gallery_per_id, worst_k, compare, quiet, runs):
+             device, detector, aligned, probes_masked, gallery_per_id, worst_k, compare, quiet, runs):
     """Masked face verification / identification of a trained model, with a report.
 
     \b
@@ -140,7 +143,8 @@ def eval_cmd(model, bin_path, pairs, root, gallery, probes, mask_side, mask_styl
             for r in runs:
                 _check_model(r)
                 cfg = _config(r, bin_path, pairs, root, gallery, probes, mask_side, mask_style, seed, flip,
-                              None, name, batch_size, device, detector, probes_masked, gallery_per_id, worst_k, progress)
+                              None, name, batch_size, device, detector, probes_masked, gallery_per_id, worst_k, progress,
+                              aligned)
                 try:
                     records[str(r)] = [run_eval(cfg, console=console)]
                 except EvalInputError as exc:
@@ -158,7 +162,7 @@ def eval_cmd(model, bin_path, pairs, root, gallery, probes, mask_side, mask_styl
     if out is not None:
         _check_writable(out, "--out", is_dir=True)
     cfg = _config(model, bin_path, pairs, root, gallery, probes, mask_side, mask_style, seed, flip, out, name,
-                  batch_size, device, detector, probes_masked, gallery_per_id, worst_k, progress)
+                  batch_size, device, detector, probes_masked, gallery_per_id, worst_k, progress, aligned)
     try:
         run_eval(cfg, console=console)
     except EvalInputError as exc:
@@ -166,14 +170,14 @@ def eval_cmd(model, bin_path, pairs, root, gallery, probes, mask_side, mask_styl
 
 
 def _config(model, bin_path, pairs, root, gallery, probes, mask_side, mask_style, seed, flip, out, name, batch_size,
-            device, detector, probes_masked, gallery_per_id, worst_k, progress):
+            device, detector, probes_masked, gallery_per_id, worst_k, progress, aligned=False):
     from maskkit.training.eval.report import EvalConfig
 
     try:
         return EvalConfig(model=str(model), bin=bin_path, pairs=pairs, root=root, gallery=gallery, probes=probes,
                           mask_side=mask_side, mask_style=mask_style, seed=seed, flip=flip, out=out, name=name,
                           batch_size=batch_size, device=device, detector=detector, probes_masked=probes_masked,
-                          gallery_per_id=gallery_per_id, worst_k=worst_k, progress=progress)
+                          gallery_per_id=gallery_per_id, worst_k=worst_k, progress=progress, aligned=aligned)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
 
@@ -191,7 +195,10 @@ def _config(model, bin_path, pairs, root, gallery, probes, mask_side, mask_style
 @_quiet("No progress bars (the summary table is still printed).")
 @_deprecated("--progress/--no-progress", **_NO_PROGRESS)
 @_overwrite("Replace --out when it exists (otherwise refused).")
-def embed(model, src, out, masked, flip, batch_size, device, detector, quiet, overwrite):
+@click.option("--aligned", is_flag=True,
+              help="Trust 112x112 images as ArcFace-aligned crops (default: check each against the template "
+                   "and re-align it when off).")
+def embed(model, src, out, masked, flip, batch_size, device, detector, quiet, overwrite, aligned):
     """Embed every face under SRC into an .npz (mu, sigma, magnitude, paths).
 
     \b
@@ -202,8 +209,10 @@ def embed(model, src, out, masked, flip, batch_size, device, detector, quiet, ov
     sigma       (N, D) float32 uncertainty (shape (0,) for models without sigma)
     masked, paths, identities (N,); failures (one JSON string per input left out)
 
-    Identity = first sub-folder. Images not already 112x112 are aligned first; files that
-    cannot be read or aligned are listed in the archive's ``failures``. Exit status 0 when done,
+    Identity = first sub-folder. Images not already 112x112 are aligned first; 112x112 images
+    are checked against the ArcFace template and re-aligned when off (--aligned trusts them);
+    what was done is in the archive's ``notes``. Files that cannot be read or aligned are
+    listed in the archive's ``failures``. Exit status 0 when done,
     1 when every image failed, 2 when SRC holds no image file; an existing OUT needs --overwrite.
     """
     from maskkit.training.eval.embed import run_embed
@@ -218,7 +227,7 @@ def embed(model, src, out, masked, flip, batch_size, device, detector, quiet, ov
     _check_writable(out, "--out", is_dir=False)
     try:
         s = run_embed(model, src, out, masked=masked, flip=flip, batch_size=batch_size, device=device,
-                      detector=detector, progress=not quiet)
+                      detector=detector, progress=not quiet, aligned=aligned)
     except NoInputError as exc:
         raise _no_input(exc) from exc
     print_summary("maskkit embed", s, file=sys.stdout)

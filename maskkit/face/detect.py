@@ -5,7 +5,9 @@ Backends (``make_detector(name, **opts)``):
 * ``hog`` (default) -- dlib's frontal HOG detector. Options: ``upsample`` (default 1),
   ``max_side`` (images larger than this are downscaled *for detection only*; boxes are mapped
   back and landmarks are taken at full resolution; default 1024, ``0`` disables),
-  ``threshold`` (dlib ``adjust_threshold``, default 0).
+  ``threshold`` (dlib ``adjust_threshold``, default 0), ``second_look`` (detections down to this
+  much below the threshold get a second look at a normalised scale and are kept when that
+  scores at or above the threshold, default 0.5; ``0`` disables; see :data:`SECOND_LOOK_BOX`).
 * ``cnn`` -- dlib's MMOD CNN (``mmod_human_face_detector.dat``). Options: ``upsample``
   (default 1), ``max_side`` (default 800), ``threshold`` (minimum confidence, default 0).
 * ``blazeface`` -- mask-robust: MediaPipe BlazeFace *full-range* (the ``.tflite`` file shipped in
@@ -13,7 +15,8 @@ Backends (``make_detector(name, **opts)``):
   dlib's box convention and dlib's 68-point predictor places the landmarks. The short-range
   model runs too, for close-up faces that full-range scores low. Options: ``min_score``
   (full-range, default 0.5), ``short_min_score`` (default 0.65), ``tiles`` (also scan 2x2 overlapping tiles of large images for
-  small faces, default True), ``num_threads`` (default 1).
+  small faces, default True), ``num_threads`` (default 1), ``pad_retry`` (search a small image
+  without a face again on a padded canvas, default True; see :data:`PAD_RETRY_BELOW`).
 * ``fan`` -- face-alignment's SFD + FAN (optional extra ``maskkit[fan]``). Fails fast with a
   clear message when the package or its cached weights are absent; it never downloads.
 
@@ -57,7 +60,7 @@ from typing import Sequence
 import numpy as np
 
 __all__ = ["Face", "Detector", "DetectorUnavailable", "make_detector", "get_detector", "select_faces",
-           "find_faces", "aligned_face", "landmarks_in_box", "model_file", "DETECTORS", "ALIGNED_BOX_FRACTION"]
+           "find_faces", "aligned_face", "keypoint_angle", "landmarks_in_box", "model_file", "DETECTORS", "ALIGNED_BOX_FRACTION"]
 
 #: Names accepted by :func:`make_detector`.
 DETECTORS = ("hog", "cnn", "blazeface", "fan")
@@ -83,12 +86,19 @@ class Face:
         score: detector confidence (backend-specific scale) or ``None``.
         landmarks68: ``(68, 2)`` float32, iBUG order, 0-based image pixels.
         keypoints: optional backend keypoints (BlazeFace: 6 points), image pixels.
+        fit: the landmark check (:class:`maskkit.face.quality.FitCheck`) when
+            :func:`find_faces` ran it; ``fit.ok`` False means the 68 points are not on the face
+            (``bad_landmarks``).
+        angle_range: eye-line angles (degrees) the detector's evidence allows (HOG: from the
+            sub-detector that fired), or ``None``.
     """
 
     box: tuple[float, float, float, float]
     score: float | None
     landmarks68: np.ndarray
     keypoints: np.ndarray | None = field(default=None, repr=False)
+    fit: object | None = field(default=None, repr=False)
+    angle_range: tuple[float, float] | None = field(default=None, repr=False)
 
     @property
     def area(self) -> float:
@@ -166,9 +176,18 @@ def _dlib():
     return dlib
 
 
+_PREDICTOR_BY_ENV: dict[str | None, object] = {}
+
+
 def _shape_predictor():
-    path = model_file("shape_predictor_68_face_landmarks.dat")
-    return _cached("shape68", str(path), lambda: _dlib().shape_predictor(str(path)))
+    # locating the model file walks the import path (about 1 ms, more than the predictor
+    # itself): remember the predictor per MASKKIT_MODEL_DIR value, the only input of the lookup
+    env = os.environ.get("MASKKIT_MODEL_DIR")
+    sp = _PREDICTOR_BY_ENV.get(env)
+    if sp is None:
+        path = model_file("shape_predictor_68_face_landmarks.dat")
+        sp = _PREDICTOR_BY_ENV[env] = _cached("shape68", str(path), lambda: _dlib().shape_predictor(str(path)))
+    return sp
 
 
 def _rect(dlib, box) -> object:
@@ -252,22 +271,82 @@ class _DlibDetector(Detector):
         raise NotImplementedError
 
 
+#: HOG second look: detections scoring within ``second_look`` below the threshold are looked at
+#: again on a patch rescaled so that their box is this many pixels wide (context
+#: :data:`SECOND_LOOK_CONTEXT` times the box, no upsampling), and kept when that scores at or
+#: above the threshold. Measured on every HOG detection from -0.6 to 0 in photos/, lfw-johns and
+#: dlib's VOC scenes: Einstein in ``einstein.jpg`` (full-image score -0.22) scores +0.16 at 120 px;
+#: the 16 non-faces and partial faces there (dogs, clothing, background, a mouth) all stay below
+#: -0.24. The full-image pyramid samples scales 5/6 apart, the patch puts the face at the
+#: scale the 80x80 HOG window was trained for.
+SECOND_LOOK_BOX = 120
+SECOND_LOOK_CONTEXT = 2.5
+
+
 class HogDetector(_DlibDetector):
-    """dlib frontal HOG + linear SVM detector."""
+    """dlib frontal HOG + linear SVM detector, with a second look at near-threshold detections."""
 
     name = "hog"
 
-    def __init__(self, upsample: int = 1, max_side: int = 1024, threshold: float = 0.0) -> None:
+    def __init__(self, upsample: int = 1, max_side: int = 1024, threshold: float = 0.0,
+                 second_look: float = 0.5) -> None:
         super().__init__(upsample, max_side, threshold)
+        self.second_look = float(second_look)
 
     def _load(self):
         return _cached("hog", "frontal", lambda: _dlib().get_frontal_face_detector())
 
-    def detect_boxes(self, rgb):
+    def second_look_score(self, rgb: np.ndarray, box) -> float | None:
+        """HOG score of the face in ``box`` on a patch where the box is :data:`SECOND_LOOK_BOX`
+        pixels wide (``None`` when no detection there is centred near the box's centre)."""
+        import cv2
+
+        x0, y0, x1, y1 = (float(v) for v in box)
+        cx, cy, side = (x0 + x1) / 2, (y0 + y1) / 2, max(1.0, ((x1 - x0) + (y1 - y0)) / 2)
+        k = SECOND_LOOK_BOX / side
+        size = int(SECOND_LOOK_CONTEXT * SECOND_LOOK_BOX)
+        m = np.array([[k, 0, size / 2 - k * cx], [0, k, size / 2 - k * cy]], np.float64)
+        patch = cv2.warpAffine(np.ascontiguousarray(rgb), m, (size, size),
+                               flags=cv2.INTER_AREA if k < 1 else cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        rects, scores, _ = self._det.run(patch, 0, self.threshold - 1.0)
+        near = [sc for r, sc in zip(rects, scores)
+                if abs((r.left() + r.right()) / 2 - size / 2) < 0.35 * SECOND_LOOK_BOX
+                and abs((r.top() + r.bottom()) / 2 - size / 2) < 0.35 * SECOND_LOOK_BOX]
+        return float(max(near)) if near else None
+
+    def detect_oriented(self, rgb) -> list[tuple[tuple[float, float, float, float], float, int]]:
+        """Like :meth:`detect_boxes`, with the index of dlib's sub-detector that fired instead of
+        keypoints (see :data:`HOG_SUBDETECTOR_ANGLES`)."""
         small, s = _downscale(rgb, self.max_side)
-        rects, scores, _ = self._det.run(np.ascontiguousarray(small), self.upsample, self.threshold)
-        return [((r.left() / s, r.top() / s, (r.right() + 1) / s, (r.bottom() + 1) / s), sc, None)
-                for r, sc in zip(rects, scores)]
+        floor = self.threshold - max(0.0, self.second_look)
+        rects, scores, subs = self._det.run(np.ascontiguousarray(small), self.upsample, floor)
+        out = []
+        for r, sc, sub in zip(rects, scores, subs):
+            box = (r.left() / s, r.top() / s, (r.right() + 1) / s, (r.bottom() + 1) / s)
+            if sc < self.threshold:
+                sc = self.second_look_score(rgb, box)
+                if sc is None or sc < self.threshold:
+                    continue
+            out.append((box, sc, int(sub)))
+        return out
+
+    def detect_boxes(self, rgb):
+        return [(box, sc, None) for box, sc, _ in self.detect_oriented(rgb)]
+
+    @staticmethod
+    def angle_range(sub: int) -> tuple[float, float] | None:
+        """Eye-line angles (:func:`maskkit.face.quality.eye_angle`) a face found by sub-detector
+        ``sub`` can have."""
+        return HOG_SUBDETECTOR_ANGLES.get(int(sub))
+
+
+#: dlib's frontal detector is five HOG filters; the one that fired says how the face is turned
+#: in-plane. Measured on lfw-johns + 5 portraits turned 0, +-15, +-30, +-45 degrees: unturned
+#: faces fire 0 (front) or 2; faces turned counter-clockwise on screen (eye angle -15..-45) fire
+#: 3 (60 of 60 at 30 and 45, 43 of 60 at 15), clockwise ones 4. The ranges below (degrees,
+#: :func:`maskkit.face.quality.eye_angle`) are the eye angles a fit may have for each; a
+#: solution outside is not the face the detector saw (a stuck fit, upright in a turned face).
+HOG_SUBDETECTOR_ANGLES = {0: (-40.0, 40.0), 1: (-40.0, 40.0), 2: (-40.0, 40.0), 3: (-75.0, 5.0), 4: (-5.0, 75.0)}
 
 
 #: MMOD boxes sit a little higher than the HOG boxes dlib's 68-point predictor was trained on;
@@ -451,16 +530,26 @@ def _weighted_nms(boxes, scores, kps, thr):
     return out
 
 
+#: BlazeFace's padded retry: an image smaller than this (longest side, pixels) in which neither
+#: model finds a face is searched again on a canvas with a black border of
+#: :data:`PAD_RETRY_FRACTION` of its longest side all round. Measured on real-masked: the 10
+#: 256x256 close-ups it missed (e.g. batch 0001, files 0015, 0016, 0077) are found, see
+#: ``benchmarks/detect_rate.py``.
+PAD_RETRY_BELOW = 480
+PAD_RETRY_FRACTION = 0.5
+
+
 class BlazeFaceDetector(Detector):
     """Mask-robust detector: BlazeFace full-range boxes + dlib 68 landmarks."""
 
     name = "blazeface"
 
     def __init__(self, min_score: float = 0.5, short_min_score: float = 0.65, tiles: bool = True,
-                 num_threads: int = 1) -> None:
+                 num_threads: int = 1, pad_retry: bool = True) -> None:
         self.min_score = float(min_score)
         self.short_min_score = float(short_min_score)
         self.tiles = bool(tiles)
+        self.pad_retry = bool(pad_retry)
         self.num_threads = int(num_threads)
         self._full = _cached("blazeface", f"full:{self.num_threads}", lambda: _BlazeFace("full", self.num_threads))
         self._short = _cached("blazeface", f"short:{self.num_threads}", lambda: _BlazeFace("short", self.num_threads))
@@ -469,6 +558,16 @@ class BlazeFaceDetector(Detector):
     def _raw(self, rgb):
         dets = list(self._full(rgb, self.min_score)) + list(self._short(rgb, self.short_min_score))
         h, w = rgb.shape[:2]
+        if not dets and self.pad_retry and max(h, w) < PAD_RETRY_BELOW:
+            # a close-up filling a small image (often cut by the frame) is scored low by both
+            # models; on a canvas twice the size (black border) it is a face in the frame
+            import cv2
+
+            pad = int(round(PAD_RETRY_FRACTION * max(h, w)))
+            canvas = cv2.copyMakeBorder(np.ascontiguousarray(rgb), pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=0)
+            off = np.array([pad, pad, pad, pad], np.float32)
+            for b, sc, k in list(self._full(canvas, self.min_score)) + list(self._short(canvas, self.short_min_score)):
+                dets.append((b - off, sc, k - off[:2]))
         if self.tiles and max(h, w) >= 480:
             # faces smaller than ~1/12 of the frame are below BlazeFace's reach at 192 px:
             # also scan 2x2 overlapping tiles (each 60% of the side) and merge by NMS
@@ -636,31 +735,96 @@ def aligned_face(rgb: np.ndarray) -> Face:
     return Face(box=(0.0, 0.0, float(w), float(h)), score=None, landmarks68=landmarks_in_box(rgb))
 
 
+#: With ``--faces largest``/``central``, a detection scoring below this whose landmarks fail the
+#: check is passed over for the next candidate (a strong detection that fails is the subject:
+#: it is returned and recorded as ``bad_landmarks``). HOG's scores of real faces in photos/ and
+#: lfw-johns are 0.4 to 3; BlazeFace's 0.5 to 1.
+WEAK_DETECTION = 0.5
+
+
+def _policy_order(faces: list[Face], policy: str, shape) -> list[Face]:
+    """All candidates in the order ``policy`` prefers them (its first is :func:`select_faces`'s)."""
+    rest, out = list(faces), []
+    while rest:
+        pick = select_faces(rest, policy, shape)[0]
+        out.append(pick)
+        rest = [f for f in rest if f is not pick]
+    return out
+
+
+#: BlazeFace keypoints tilted more than this (degrees) put the first 68-point fit in the
+#: de-rotated frame (the predictor's capture range is about +-30 degrees).
+KEYPOINT_DEROTATE = 15.0
+
+
+def keypoint_angle(keypoints: np.ndarray | None) -> float | None:
+    """In-plane angle (degrees, :func:`maskkit.face.quality.eye_angle` convention) of BlazeFace's
+    eye keypoints (0: image-left eye of an upright face, 1: image-right eye), or ``None``."""
+    if keypoints is None or len(keypoints) < 2:
+        return None
+    d = np.asarray(keypoints[1], np.float64) - np.asarray(keypoints[0], np.float64)
+    return float(np.degrees(np.arctan2(d[1], d[0])))
+
+
 def find_faces(detector: Detector, rgb: np.ndarray, policy: str = "largest",
-               timings: dict | None = None) -> list[Face]:
-    """Detect, select by ``policy`` (see :func:`select_faces`), and landmark the selected faces.
+               timings: dict | None = None, check: bool = True) -> list[Face]:
+    """Detect, select by ``policy`` (see :func:`select_faces`), landmark and check the selected faces.
 
     Backends whose landmarks come from dlib's predictor (those that keep
     :meth:`Detector.detect`) are landmarked only for the faces ``policy`` keeps; the others
-    (``fan``) produce landmarks with their boxes.
+    (``fan``) produce landmarks with their boxes (and are not checked). With ``check`` each
+    dlib fit goes through :func:`maskkit.face.quality.check_landmarks`: ``face.fit`` holds the
+    outcome and, when it passed, ``face.landmarks68`` the checked (or recovered) landmarks.
+    Faces whose fit failed are returned too (``face.fit.ok`` False): the caller records them
+    as ``bad_landmarks``, never as samples. For BlazeFace the fit is first compared with its
+    eye keypoints (:func:`maskkit.face.quality.check_with_keypoints`), and keypoints tilted by
+    more than :data:`KEYPOINT_DEROTATE` degrees put the first fit in the de-rotated frame.
 
     Args:
         detector: a :class:`Detector`.
         rgb: ``(H, W, 3)`` uint8 RGB image.
         policy: ``largest`` | ``all`` | ``central``.
-        timings: if given, receives seconds spent in ``detect`` (and ``landmarks``).
+        timings: if given, receives seconds spent in ``detect`` (and ``landmarks``, which
+            includes the check).
+        check: run the landmark check.
     """
+    from .quality import check_landmarks, check_with_keypoints, fit_at_angle
+
     tm = timings if timings is not None else {}
     if type(detector).detect is Detector.detect:
         t0 = time.perf_counter()
-        boxes = detector.detect_boxes(rgb)
+        if isinstance(detector, HogDetector):
+            cands = [Face(box=tuple(float(v) for v in b), score=float(s), landmarks68=None,
+                          angle_range=detector.angle_range(sub)) for b, s, sub in detector.detect_oriented(rgb)]
+        else:
+            cands = [Face(box=tuple(float(v) for v in b), score=None if s is None else float(s),
+                          landmarks68=None, keypoints=k) for b, s, k in detector.detect_boxes(rgb)]
         tm["detect"] = time.perf_counter() - t0
-        cands = [Face(box=tuple(float(v) for v in b), score=None if s is None else float(s),
-                      landmarks68=None, keypoints=k) for b, s, k in boxes]
-        faces = select_faces(cands, policy, rgb.shape)
+        order = select_faces(cands, policy, rgb.shape) if policy == "all" else _policy_order(cands, policy, rgb.shape)
         t0 = time.perf_counter()
-        for f in faces:
-            f.landmarks68 = detector.landmarks(rgb, f.box)
+        faces = []
+        for f in order:
+            hint = keypoint_angle(f.keypoints)
+            if hint is not None and abs(hint) > KEYPOINT_DEROTATE:
+                f.landmarks68 = fit_at_angle(rgb, f.box, hint)
+            else:
+                f.landmarks68 = detector.landmarks(rgb, f.box)
+            if check:
+                f.fit = (check_with_keypoints(rgb, f.box, f.landmarks68, f.keypoints) if f.keypoints is not None
+                         and len(f.keypoints) >= 2 else
+                         check_landmarks(rgb, f.box, f.landmarks68, angle_range=f.angle_range))
+                if f.fit.ok:
+                    f.landmarks68 = f.fit.landmarks68
+            faces.append(f)
+            if policy == "all":
+                continue
+            # one face for largest/central: a weak detection whose landmarks are not on a face is
+            # a false positive (measured: an emblem on the astronaut's suit, score 0.06, larger
+            # than her face at half size): the next candidate is taken instead
+            if f.fit is not None and not f.fit.ok and (f.score is None or f.score < WEAK_DETECTION):
+                faces.pop()
+                continue
+            break
         tm["landmarks"] = time.perf_counter() - t0
         return faces
     # backends that produce landmarks together with boxes (fan)

@@ -125,6 +125,7 @@ def process_file(item: SourceItem, detector, cfg) -> FileResult:
     """
     from maskkit.face.align import align_face
     from maskkit.face.detect import aligned_face, find_faces
+    from maskkit.face.quality import check_aligned_crop
     from maskkit.io.image_io import ImageError, load_image
 
     size = tuple(getattr(cfg, "size", (112, 112)))
@@ -146,6 +147,11 @@ def process_file(item: SourceItem, detector, cfg) -> FileResult:
         res.shape = rgb.shape
         if getattr(cfg, "aligned", False):
             t0 = time.perf_counter()
+            crop = check_aligned_crop(rgb, size)  # size/aspect, a face, on the template
+            if not crop.ok:
+                tm["landmarks"] = time.perf_counter() - t0
+                res.reason, res.detail = crop.reason, crop.detail
+                return res
             faces = [aligned_face(rgb)]
             tm["landmarks"] = time.perf_counter() - t0
         else:
@@ -156,6 +162,9 @@ def process_file(item: SourceItem, detector, cfg) -> FileResult:
         t0 = time.perf_counter()
         bad = []
         for k, f in enumerate(faces):
+            if f.fit is not None and not f.fit.ok:
+                bad.append(f"face {k}: {f.fit.detail}")
+                continue
             if not np.all(np.isfinite(f.landmarks68)):
                 bad.append(f"face {k}: non-finite landmarks")
                 continue
@@ -226,6 +235,7 @@ def _align_chunk(items: list[SourceItem], cfg: AlignConfig, names: dict[str, str
                         "box": _r(face.box, 2), "score": None if face.score is None else round(float(face.score), 4),
                         "landmarks5": _r(al.landmarks5), "landmarks68": _r(al.landmarks68),
                         "matrix": _r(al.matrix, 6),
+                        **({"landmark_check": face.fit.as_dict()} if face.fit is not None else {}),
                     })
             except (OSError, ValueError) as exc:
                 rec["records"] = []

@@ -128,6 +128,7 @@ def mask_file(item, detector, renderer, cfg: MaskConfig, out_rel: str | None = N
         ``{"src", "records": [...], "failure": None | {"src", "reason", "detail"}, "faces": int}``.
     """
     from maskkit.face.detect import aligned_face, find_faces
+    from maskkit.face.quality import check_aligned_crop
     from maskkit.io.image_io import ImageError, load_image
     from maskkit.pipeline.runner import coverage_rel, safe_target
     from maskkit.pipeline.runner import rounded as _r
@@ -152,8 +153,14 @@ def mask_file(item, detector, renderer, cfg: MaskConfig, out_rel: str | None = N
         except ImageError as exc:
             return fail(exc.reason, exc.detail)
         h, w = rgb.shape[:2]
-        # only the faces the policy keeps are landmarked
-        faces = [aligned_face(rgb)] if cfg.aligned else find_faces(detector, rgb, cfg.faces)
+        # only the faces the policy keeps are landmarked (and their landmarks checked)
+        if cfg.aligned:
+            crop = check_aligned_crop(rgb)
+            if not crop.ok:
+                return fail(crop.reason, crop.detail)
+            faces = [aligned_face(rgb)]
+        else:
+            faces = find_faces(detector, rgb, cfg.faces)
         if not faces:
             return fail("no_face", f"no face found ({cfg.detector} detector)")
         cov = np.zeros((h, w), np.float32)
@@ -163,6 +170,13 @@ def mask_file(item, detector, renderer, cfg: MaskConfig, out_rel: str | None = N
             r = {**src_fields, **name_fields(out_rel, "out"), "face": k, "box": _r(f.box, 2),
                  "score": None if f.score is None else round(float(f.score), 4),
                  "landmarks68": _r(f.landmarks68, 2)}
+            if f.fit is not None:
+                r["landmark_check"] = f.fit.as_dict()
+                if not f.fit.ok:  # a mask on points that are not on the face is a wrong sample
+                    r.update(masked=False, style=None, params=None, reason="bad_landmarks", detail=f.fit.detail)
+                    reasons.append(f"face {k}: bad_landmarks ({f.fit.detail})")
+                    rec["records"].append(r)
+                    continue
             try:
                 res = renderer.render(img, f.landmarks68, cfg.style, face_rng(cfg.seed, item.rel, k))
             except CannotFit as exc:
@@ -176,7 +190,8 @@ def mask_file(item, detector, renderer, cfg: MaskConfig, out_rel: str | None = N
                          coverage=round(float(res.alpha.sum()), 1))
             rec["records"].append(r)
         if not any(r["masked"] for r in rec["records"]):
-            return fail("cannot_fit", "; ".join(reasons))
+            why = {r.get("reason") for r in rec["records"]}
+            return fail("bad_landmarks" if why == {"bad_landmarks"} else "cannot_fit", "; ".join(reasons))
         _write(safe_target(Path(cfg.out), out_rel), img, cfg.quality)
         if cfg.coverage:
             _write(safe_target(Path(cfg.out), coverage_rel(out_rel)),

@@ -10,7 +10,8 @@ from maskkit.training.eval.verification import extract_embeddings
 
 
 def run_embed(model_path: str, src: str, out: str, masked: bool = False, flip: bool = True, batch_size: int = 64,
-              device: str = "cpu", detector: str = "hog", progress: bool = True, model=None) -> dict:
+              device: str = "cpu", detector: str = "hog", progress: bool = True, model=None,
+              aligned: bool = False) -> dict:
     """``maskkit embed``: embed every face under ``src`` into ``out`` (.npz).
 
     The archive holds ``mu`` (N, D float32, L2-normalised, flip-summed with ``flip``), ``sigma``
@@ -18,7 +19,9 @@ def run_embed(model_path: str, src: str, out: str, masked: bool = False, flip: b
     ``masked`` (N,) branch used, ``paths`` and ``identities`` (N,) strings (valid UTF-8 text:
     a name that is not UTF-8 is shown with U+FFFD and its exact bytes are in ``paths_bytes``,
     (N,) base64 strings, ``""`` for the others), and ``failures`` (JSON strings, one per input
-    left out, with the reason; ``src_bytes`` likewise).
+    left out, with the reason; ``src_bytes`` likewise) and ``notes`` (JSON strings, one per image
+    whose alignment was not the default: a 112x112 crop ``realigned`` because it was off the
+    template, or kept ``unverified``). ``aligned`` trusts 112x112 images as aligned crops.
 
     Returns:
         A summary dict (counts, output path).
@@ -33,7 +36,7 @@ def run_embed(model_path: str, src: str, out: str, masked: bool = False, flip: b
         from maskkit.training.api import load_model
 
         model = load_model(model_path, device=device)
-    images = load_image_folder(src, FaceAligner(detector), progress, desc="images")
+    images = load_image_folder(src, FaceAligner(detector, trust_aligned=aligned), progress, desc="images")
     flags = np.full(len(images), bool(masked))
     emb = extract_embeddings(model, images.images, flags, batch_size, flip, progress)
     outp = Path(out)

@@ -8,7 +8,8 @@ Three sources, one in-memory shape:
 * :class:`ImageSet` -- an identity-labelled image folder (gallery, probes, ``maskkit embed``).
 
 All images are 112x112 RGB uint8 aligned to the ArcFace template. Sources that are not already
-112x112 go through maskkit's own detector and aligner (:class:`FaceAligner`).
+112x112 go through maskkit's own detector and aligner (:class:`FaceAligner`); 112x112 sources are
+checked against the template and re-aligned when off (unless trusted with ``--aligned``).
 
 The insightface ``.bin`` format is ``pickle.dump((bins, issame_list))`` where ``bins`` is a list
 of ``2 * P`` encoded images (JPEG/PNG bytes) and ``issame_list`` a list of ``P`` bools;
@@ -187,19 +188,28 @@ class AlignFailure(ValueError):
 class FaceAligner:
     """Bring any face photo to a 112x112 ArcFace-template crop with maskkit's aligner.
 
-    Images already at ``size`` are taken as aligned (returned unchanged, landmarks None).
-    Others go through ``maskkit.face.detect`` (HOG detector by default, the largest face) and
-    ``maskkit.face.align.align_face``. When the detector finds no face the image fails with
-    :class:`AlignFailure` reason ``no_face`` (the caller lists it in ``failures``): guessing the
-    whole image as the face box would embed and score photos without a face.
+    * Images already at ``size`` are checked against the template
+      (``maskkit.face.quality.check_aligned_crop``): a crop on the template is used as it is; a
+      crop whose face is off the template is re-aligned from its checked landmarks (note
+      ``realigned: ...``); a crop with a face whose landmarks cannot be verified (profiles) is
+      kept as given (note ``unverified: ...``); a crop without a face fails ``no_face``, one of
+      the wrong size ``not_aligned``. ``trust_aligned`` (the commands' ``--aligned``) skips the
+      check and takes every ``size`` crop as it is (insightface ``.bin`` sets never come here:
+      they are aligned by construction).
+    * Others go through ``maskkit.face.detect.find_faces`` (HOG detector by default, the
+      largest face, landmarks checked) and ``maskkit.face.align.align_face``. No face fails
+      ``no_face``, landmarks that are not on the face ``bad_landmarks``: guessing would embed and
+      score photos without a usable face.
 
     Models load once, on first use.
     """
 
-    def __init__(self, detector: str = "hog", size: tuple[int, int] = IMAGE_SIZE, policy: str = "largest"):
+    def __init__(self, detector: str = "hog", size: tuple[int, int] = IMAGE_SIZE, policy: str = "largest",
+                 trust_aligned: bool = False):
         self.detector_name = detector
         self.size = tuple(size)
         self.policy = policy
+        self.trust_aligned = bool(trust_aligned)
         self._detector = None
 
     def _get_detector(self):
@@ -209,32 +219,54 @@ class FaceAligner:
             self._detector = get_detector(self.detector_name)
         return self._detector
 
+    def _crop(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, str | None]:
+        from maskkit.face.align import align_face
+        from maskkit.face.quality import check_aligned_crop
+
+        chk = check_aligned_crop(rgb, self.size)
+        if chk.ok:
+            lm = None if chk.landmarks68 is None else np.asarray(chk.landmarks68, np.float32)
+            if chk.how == "unverified":
+                return rgb, None, ("unverified: a face whose landmarks cannot be checked against the template "
+                                   "(profile or occlusion); used as given")
+            return rgb, lm, None
+        if chk.reason == "not_aligned" and chk.landmarks68 is not None:
+            aligned = align_face(rgb, chk.landmarks68, size=self.size)
+            return aligned.image, np.asarray(aligned.landmarks68, np.float32), f"realigned: {chk.detail}"
+        raise AlignFailure(chk.reason or "not_aligned", chk.detail)
+
     def __call__(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, str | None]:
         """Align one RGB image.
 
         Returns:
-            ``(aligned_rgb, landmarks68_in_aligned_pixels_or_None, note_or_None)``.
+            ``(aligned_rgb, landmarks68_in_aligned_pixels_or_None, note_or_None)``; the note says
+            what was done when it was not the default for the image's kind (``realigned: ...``,
+            ``unverified: ...``).
 
         Raises:
-            AlignFailure: (a ``ValueError``) reason ``no_face`` when the detector finds no face,
-                ``bad_landmarks`` when its landmarks are unusable.
+            AlignFailure: (a ``ValueError``) reason ``no_face`` when there is no face,
+                ``bad_landmarks`` when its landmarks are not on the face, ``not_aligned`` for a
+                crop-sized image that is not a crop.
         """
         if rgb.shape[:2] == self.size:
-            return rgb, None, None
+            if self.trust_aligned:
+                return rgb, None, None
+            return self._crop(rgb)
         from maskkit.face.align import align_face
-        from maskkit.face.detect import select_faces
+        from maskkit.face.detect import find_faces
 
-        note = None
-        faces = self._get_detector().detect(rgb)
+        faces = find_faces(self._get_detector(), rgb, self.policy)
         if not faces:
             raise AlignFailure("no_face", f"no face found ({self.detector_name} detector) in a "
                                f"{rgb.shape[1]}x{rgb.shape[0]} image")
-        face = select_faces(faces, self.policy, rgb.shape)[0]
+        face = faces[0]
+        if face.fit is not None and not face.fit.ok:
+            raise AlignFailure("bad_landmarks", face.fit.detail)
         lm = None if face.landmarks68 is None else np.asarray(face.landmarks68, np.float32)
         if lm is None or not np.all(np.isfinite(lm)):
             raise AlignFailure("bad_landmarks", "no finite landmarks for the detected face")
         aligned = align_face(rgb, lm, size=self.size)
-        return aligned.image, np.asarray(aligned.landmarks68, np.float32), note
+        return aligned.image, np.asarray(aligned.landmarks68, np.float32), None
 
 
 def _load_and_align(path: Path, aligner: FaceAligner) -> tuple[np.ndarray, np.ndarray | None, str | None]:

@@ -86,6 +86,9 @@ class EvalConfig:
             (sorted) of each identity form the gallery and the rest are probes.
         scores: ``cosine`` and, for models with σ, ``mls`` as well.
         worst_k: entries per contact-sheet panel.
+        aligned: trust 112x112 images under ``root``/``gallery``/``probes`` as aligned crops
+            (default: each is checked against the ArcFace template and re-aligned when off;
+            ``.bin`` sets are always trusted).
     """
 
     model: str
@@ -103,6 +106,7 @@ class EvalConfig:
     batch_size: int = 64
     device: str = "cpu"
     detector: str = "hog"
+    aligned: bool = False
     probes_masked: bool = False
     gallery_per_id: int = 1
     worst_k: int = 8
@@ -507,7 +511,7 @@ def run_eval(cfg: EvalConfig, model=None, console=None) -> dict:
         from maskkit.training.api import load_model
 
         model = load_model(cfg.model, device=cfg.device)
-    aligner = FaceAligner(cfg.detector)
+    aligner = FaceAligner(cfg.detector, trust_aligned=cfg.aligned)
     out = cfg.out_dir
     if cfg.task == "verification":
         pairs = load_bin(cfg.bin) if cfg.bin else load_pairs(cfg.pairs, cfg.root, aligner, cfg.progress)

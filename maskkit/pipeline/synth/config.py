@@ -19,7 +19,11 @@ from maskkit import __version__
 #: 4 = leftover styles (the m % K beyond m // K of each identity) go to the next styles in class
 #:     order from a running offset kept in the journal, not to random ones: over the whole set the
 #:     styles' counts differ by at most 1 (issue 10).
-ALGORITHM_VERSION = 4
+#: 5 = faces (issue 12 §5-§7): HOG's second look at near-threshold detections, the landmark
+#:     check and its recovery (checked landmarks are the mean of agreeing fits), ``--aligned``
+#:     crops checked (size/aspect, a face, on the template) and failed as ``not_aligned`` /
+#:     ``no_face``.
+ALGORITHM_VERSION = 5
 
 #: The five mask styles (same as ``maskkit.render.STYLES``; repeated so importing this module
 #: stays light).

@@ -54,7 +54,7 @@ class SynthResult:
 
 
 def _merge(total: dict, st: dict) -> None:
-    for k in ("files", "ok", "failed", "faces", "samples", "masked", "mask_skips"):
+    for k in ("files", "ok", "failed", "faces", "samples", "masked", "mask_skips", "crop_sized", "crop_sized_no_face"):
         total[k] = total.get(k, 0) + st.get(k, 0)
     for k in ("failed_by_reason", "styles", "seconds"):
         d = total.setdefault(k, {})
@@ -232,6 +232,14 @@ def _run_locked(cfg: SynthConfig, t_start: float, listing: tuple) -> SynthResult
     class_bytes = {d: b for c, d in zip(classes, shown) if (b := name_b64(c)) is not None}
     if class_bytes:  # class names that are not UTF-8: their exact bytes (docs/FORMAT.md)
         man["classes_bytes"] = class_bytes
+    if not cfg.aligned:
+        from maskkit.face.quality import aligned_hint
+
+        hint = aligned_hint(int(total.get("files", 0)), int(total.get("crop_sized", 0)),
+                            int(total.get("crop_sized_no_face", 0)))
+        if hint:
+            man["hints"] = [hint]
+            print(f"hint: {hint}", file=sys.stderr)
     write_json_atomic(out / "manifest.json", man)
     (out / JOURNAL).unlink(missing_ok=True)
     stage = {k: round(float(v), 4) for k, v in total.get("seconds", {}).items()}

@@ -117,12 +117,14 @@ def _read_input(item: InputItem, cfg: SynthConfig, rec_fh: dict) -> np.ndarray:
     return decode_image(payload, max_pixels=cfg.max_pixels, name=item.rel)
 
 
-def _phase1(chunk: Chunk, cfg: SynthConfig, det, tm: Counter) -> tuple[list[_Face], list[dict], dict]:
-    """Decode, find one face per file (or all), fit the alignment. Returns faces, failures, file->nfaces."""
-    import cv2
+def _phase1(chunk: Chunk, cfg: SynthConfig, det, tm: Counter) -> tuple[list[_Face], list[dict], dict, dict]:
+    """Decode, find one face per file (or all), fit the alignment.
 
+    Returns faces, failures, file->nfaces and counts of crop-sized inputs (``crop_sized``) and
+    of those without a face (``crop_sized_no_face``, for the forgotten ``--aligned`` hint)."""
     from maskkit.face.align import Aligned, align_face, five_points
-    from maskkit.face.detect import landmarks_in_box, select_faces
+    from maskkit.face.detect import find_faces
+    from maskkit.face.quality import check_aligned_crop, crop_sized
     from maskkit.io.image_io import ImageError
 
     faces: list[_Face] = []
@@ -130,6 +132,7 @@ def _phase1(chunk: Chunk, cfg: SynthConfig, det, tm: Counter) -> tuple[list[_Fac
     nfaces: dict[str, int] = {}
     rec_fh: dict = {}
     seen_keys: set[str] = set()
+    n_crop_sized = n_crop_no_face = 0
     H, W = cfg.size
     try:
         for item in chunk.items:
@@ -147,18 +150,26 @@ def _phase1(chunk: Chunk, cfg: SynthConfig, det, tm: Counter) -> tuple[list[_Fac
                 continue
             finally:
                 tm["decode"] += time.perf_counter() - t0
+            small = crop_sized(rgb.shape)
+            n_crop_sized += small
             t0 = time.perf_counter()
             try:
                 if cfg.aligned:
-                    if rgb.shape[:2] == (112, 112) and (H, W) == (112, 96):
-                        rgb = np.ascontiguousarray(rgb[:, 8:104])  # insightface's 112x96 = x shifted by -8
-                    elif rgb.shape[:2] != (H, W):
-                        rgb = cv2.resize(rgb, (W, H), interpolation=cv2.INTER_AREA)
-                    sel = [(0, None, landmarks_in_box(rgb, None))]
+                    # size/aspect, a face, on the template; the crop comes back at (H, W)
+                    # (insightface's 112x96 = the 112x112 crop's columns 8..104)
+                    check = check_aligned_crop(rgb, (H, W))
+                    if not check.ok:
+                        failures.append({**name_fields(item.rel), "reason": check.reason, "detail": check.detail})
+                        continue
+                    rgb = check.image
+                    sel = [(0, None, check.landmarks68)]
                 else:
-                    found = det.detect(rgb)
-                    chosen = select_faces(found, cfg.faces, rgb.shape)
-                    sel = [(i, f.score, f.landmarks68) for i, f in enumerate(chosen)]
+                    chosen = find_faces(det, rgb, cfg.faces)  # landmarks checked (maskkit.face.quality)
+                    bad = [f"face {i}: {f.fit.detail}" for i, f in enumerate(chosen) if f.fit is not None and not f.fit.ok]
+                    sel = [(i, f.score, f.landmarks68) for i, f in enumerate(chosen) if f.fit is None or f.fit.ok]
+                    if chosen and not sel:
+                        failures.append({**name_fields(item.rel), "reason": "bad_landmarks", "detail": "; ".join(bad)[:500]})
+                        continue
             except Exception as exc:  # noqa: BLE001
                 failures.append({**name_fields(item.rel), "reason": "detect_error", "detail": f"{type(exc).__name__}: {exc}"})
                 continue
@@ -166,6 +177,7 @@ def _phase1(chunk: Chunk, cfg: SynthConfig, det, tm: Counter) -> tuple[list[_Fac
                 tm["landmarks" if cfg.aligned else "detect"] += time.perf_counter() - t0  # no detection with --aligned
             if not sel:
                 failures.append({**name_fields(item.rel), "reason": "no_face", "detail": f"detector {cfg.detector} found no face"})
+                n_crop_no_face += small
                 continue
             t0 = time.perf_counter()
             errs = []
@@ -201,7 +213,7 @@ def _phase1(chunk: Chunk, cfg: SynthConfig, det, tm: Counter) -> tuple[list[_Fac
     finally:
         for f in rec_fh.values():
             f.close()
-    return faces, failures, nfaces
+    return faces, failures, nfaces, {"crop_sized": n_crop_sized, "crop_sized_no_face": n_crop_no_face}
 
 
 def _walk(perm: list[int], start: int, queue: list[str], try_render, assign: dict[int, str],
@@ -244,7 +256,7 @@ def process_chunk(chunk: Chunk, cfg: SynthConfig, style_offset: int | None = Non
 
     det, ren = _models(cfg)
     tm: Counter = Counter()
-    faces, failures, nfaces = _phase1(chunk, cfg, det, tm)
+    faces, failures, nfaces, crops = _phase1(chunk, cfg, det, tm)
 
     # ---- phase 2: which faces get which style (seeded by identity), render until m succeed:
     # m // K of each style (shuffled), then the m % K leftovers from the run's style offset
@@ -344,6 +356,7 @@ def process_chunk(chunk: Chunk, cfg: SynthConfig, style_offset: int | None = Non
         samples = [s for i in range(n) for s in per_face[(i, assign.get(i))]]
         mask_skips = [dict(skip_records[key]) for key in skips]
         stats = {
+            **crops,
             "files": len(chunk.items), "ok": len(nfaces), "failed": len(failures),
             "failed_by_reason": dict(by_reason), "faces": n, "samples": len(samples),
             "masked": len(assign), "styles": dict(Counter(assign[i] for i in sorted(assign))),

@@ -1,0 +1,237 @@
+"""Face quality (issue 12 §5-§7): landmarks that are not on the face are recovered or rejected,
+crops that are not aligned faces never become samples, and the defaults keep the subject.
+
+Always-on tests use the dependency-shipped faces (astronaut, grace_hopper): rotated copies, a
+blank and a non-face crop under ``--aligned``, a loose 112x112 crop. Shared-data tests (skipped
+when ``../shared/data`` is absent) cover einstein.jpg's subject and BlazeFace's close-ups.
+
+Eye errors are measured as the larger eye-centre distance over the reference inter-ocular
+distance (IOD), the unit of the issue's 10% criterion; the reference is the upright image's fit
+rotated with the image (these two faces are frontal and upright, their upright fit is right).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from maskkit.face.detect import find_faces, landmarks_in_box, make_detector
+from maskkit.io.image_io import load_image
+
+TOL = 0.10  # eye error allowed, fraction of the IOD (issue 12 §6)
+
+
+@pytest.fixture(scope="module")
+def hog():
+    return make_detector("hog")
+
+
+def _eyes(lm) -> np.ndarray:
+    lm = np.asarray(lm, float)
+    return np.stack([lm[36:42].mean(0), lm[42:48].mean(0)])
+
+
+def _eye_angle(lm) -> float:
+    e = _eyes(lm)
+    return float(np.degrees(np.arctan2(e[1, 1] - e[0, 1], e[1, 0] - e[0, 0])))
+
+
+def _eye_error(lm, ref) -> float:
+    e, r = _eyes(lm), _eyes(ref)
+    return float(np.linalg.norm(e - r, axis=1).max() / np.linalg.norm(r[1] - r[0]))
+
+
+def _rotate(rgb: np.ndarray, deg: float, pts: np.ndarray):
+    """Rotate counter-clockwise by ``deg`` on a canvas that keeps the whole image."""
+    h, w = rgb.shape[:2]
+    m = cv2.getRotationMatrix2D((w / 2, h / 2), deg, 1.0)
+    c, s = abs(m[0, 0]), abs(m[0, 1])
+    nw, nh = int(h * s + w * c + 0.5), int(h * c + w * s + 0.5)
+    m[0, 2] += nw / 2 - w / 2
+    m[1, 2] += nh / 2 - h / 2
+    return cv2.warpAffine(rgb, m, (nw, nh)), np.asarray(pts, float) @ m[:, :2].T + m[:, 2]
+
+
+def _subject(faces, ref):
+    """The detection whose box holds the reference eyes' midpoint, or None."""
+    c = _eyes(ref).mean(0)
+    for f in faces:
+        x0, y0, x1, y1 = f.box
+        if x0 <= c[0] <= x1 and y0 <= c[1] <= y1:
+            return f
+    return None
+
+
+def _accepted(face) -> bool:
+    fit = getattr(face, "fit", None)  # faces without a check count as accepted
+    return fit is None or fit.ok
+
+
+def test_rotated_faces_accepted_on_the_eyes_or_rejected(hog, astronaut, grace_hopper):
+    """Both faces turned +-15/+-30: found and accepted with both eyes within 10% IOD. Turned
+    +-45/+-90: recovered within 10% IOD, or rejected / not found -- never accepted off the eyes
+    (before the check grace_hopper at -45 was accepted with an eye 0.15 IOD off)."""
+    wrong = []
+    for which, rgb in (("astronaut", astronaut), ("grace_hopper", grace_hopper)):
+        upright = max(hog.detect_boxes(rgb), key=lambda b: b[0][2] - b[0][0])[0]
+        ref = landmarks_in_box(rgb, upright)
+        for deg in (15, -15, 30, -30, 45, -45, 90, -90):
+            img, g = _rotate(rgb, deg, ref)
+            f = _subject(find_faces(hog, img, "all"), g)
+            if abs(deg) <= 30:
+                assert f is not None and _accepted(f), f"{which} at {deg:+d}: the face must be found and accepted"
+            if f is not None and _accepted(f) and _eye_error(f.landmarks68, g) > TOL:
+                wrong.append(f"{which} {deg:+d}: {_eye_error(f.landmarks68, g):.2f}")
+    assert not wrong, f"accepted fits off the eyes (IOD): {wrong}"
+
+
+def test_recovery_finds_the_45_degree_face(hog, grace_hopper):
+    """grace_hopper turned -45 degrees: HOG boxes the face, the first fit is off (the old path
+    accepted it with an eye 0.15 IOD away) and the orientation search recovers it: eyes within
+    10% IOD (0.02 measured), eye line turned by about the 45 degrees."""
+    upright = max(hog.detect_boxes(grace_hopper), key=lambda b: b[0][2] - b[0][0])[0]
+    ref = landmarks_in_box(grace_hopper, upright)
+    img, g = _rotate(grace_hopper, -45, ref)
+    f = _subject(find_faces(hog, img, "largest"), g)
+    assert f is not None and _accepted(f) and getattr(f.fit, "recovered", False)
+    assert _eye_error(f.landmarks68, g) <= TOL
+    # rotating the image by +deg (counter-clockwise on screen) turns the eye line by -deg in
+    # image coordinates (y down); 15 degrees is a loose bound
+    assert abs(_eye_angle(f.landmarks68) - (_eye_angle(ref) + 45)) < 15
+
+
+def _aligned(rgb, hog) -> np.ndarray:
+    from maskkit.face.align import align_face
+
+    face = max(hog.detect(rgb), key=lambda f: f.area)
+    return align_face(rgb, face.landmarks68, (112, 112)).image
+
+
+def _write(path: Path, rgb: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR))
+
+
+def _jsonl(p: Path) -> list[dict]:
+    return [json.loads(x) for x in p.read_text(encoding="utf-8").splitlines() if x.strip()]
+
+
+def test_synth_aligned_rejects_blank_and_non_face(tmp_path, hog, astronaut, grace_hopper):
+    """``synth --aligned`` takes the two ArcFace crops and rejects a blank white image and a
+    photo without a face (scikit-image's coffee, 400x600: not a crop's aspect) -- before, all
+    four became samples of the identity, the blank one masked."""
+    from skimage import data
+
+    from maskkit.pipeline.synth import SynthConfig, run_synth
+
+    src = tmp_path / "src"
+    _write(src / "id0" / "astronaut.png", _aligned(astronaut, hog))
+    _write(src / "id0" / "grace.png", _aligned(grace_hopper, hog))
+    _write(src / "id0" / "blank.png", np.full((112, 112, 3), 255, np.uint8))
+    _write(src / "id0" / "coffee.png", data.coffee())
+    res = run_synth(SynthConfig(src=src, out=tmp_path / "out", aligned=True, ratio=0.5, progress=False))
+    failed = {f["src"]: f["reason"] for f in _jsonl(tmp_path / "out" / "failures.jsonl")}
+    assert failed == {"id0/blank.png": "no_face", "id0/coffee.png": "not_aligned"}
+    assert res.manifest["num_samples"] == 2
+
+
+def test_align_aligned_rejects_non_face_crop(tmp_path, hog, astronaut):
+    """``align --aligned``: a 112x112 crop of a face-free photo is ``no_face``, a 112x112
+    crop of the astronaut taken loosely (the face at about half size, off the template) is
+    ``not_aligned``; the astronaut's ArcFace crop is kept. Before, all three were written."""
+    from skimage import data
+
+    from maskkit.pipeline.align import AlignConfig, run_align
+
+    src = tmp_path / "src"
+    _write(src / "face.png", _aligned(astronaut, hog))
+    _write(src / "coffee.png", cv2.resize(data.coffee()[100:400, 150:450], (112, 112), interpolation=cv2.INTER_AREA))
+    x0, y0, x1, y1 = max(hog.detect_boxes(astronaut), key=lambda b: b[0][2] - b[0][0])[0]
+    cx, cy, h = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0)
+    loose = astronaut[int(cy - h):int(cy + h), int(cx - h):int(cx + h)]  # 2x the face box
+    _write(src / "loose.png", cv2.resize(loose, (112, 112), interpolation=cv2.INTER_AREA))
+    summary = run_align(AlignConfig(src=src, out=tmp_path / "out", aligned=True, progress=False))
+    failed = {f["src"]: f["reason"] for f in _jsonl(tmp_path / "out" / "failures.jsonl")}
+    assert failed == {"coffee.png": "no_face", "loose.png": "not_aligned"}
+    assert summary["ok"] == 1
+
+
+def test_loose_112_crop_is_realigned_for_evaluation(hog, astronaut):
+    """A loose 112x112 crop (the face box with 60% margin) given to the evaluation loader is
+    found off the template and re-aligned: in the central 80x80 (the re-aligned crop has a black
+    border where the loose crop had no pixels) it matches the astronaut's ArcFace crop
+    (correlation 0.99 measured; > 0.9 asserted) where the crop as given does not (0.39);
+    ``trust_aligned`` keeps it as is."""
+    from maskkit.training.eval.evalsets import FaceAligner
+
+    x0, y0, x1, y1 = max(hog.detect_boxes(astronaut), key=lambda b: b[0][2] - b[0][0])[0]
+    cx, cy, h = (x0 + x1) / 2, (y0 + y1) / 2, 0.8 * (x1 - x0)
+    loose = cv2.resize(astronaut[int(cy - h):int(cy + h), int(cx - h):int(cx + h)], (112, 112),
+                       interpolation=cv2.INTER_AREA)
+    target = _aligned(astronaut, hog).astype(float)
+
+    def corr(a):
+        c = slice(16, 96)
+        return float(np.corrcoef(np.asarray(a, float)[c, c].ravel(), target[c, c].ravel())[0, 1])
+
+    out, lm, note = FaceAligner()(loose)
+    assert note is not None and note.startswith("realigned")
+    assert corr(out) > 0.9 > corr(loose)
+    kept, _, note2 = FaceAligner(trust_aligned=True)(loose)
+    assert note2 is None and np.array_equal(kept, loose)
+
+
+# --------------------------------------------------------------------------------------------
+# shared data
+# --------------------------------------------------------------------------------------------
+
+def _pts(path: Path) -> np.ndarray:
+    return np.array(path.read_text().split("{")[1].split("}")[0].split(), float).reshape(-1, 2) - 1.0
+
+
+def test_einstein_is_the_subject_with_default_options(hog, photos_dir):
+    """Defaults (HOG, upsample 1): ``--faces largest`` keeps Einstein (not the small seated
+    bystander the old path kept) and ``--faces all`` includes him, with accepted landmarks."""
+    rgb = load_image(photos_dir / "einstein.jpg")
+    gt = _pts(photos_dir / "einstein.pts")
+    largest = find_faces(hog, rgb, "largest")
+    assert len(largest) == 1 and _subject(largest, gt) is not None and _accepted(largest[0])
+    every = find_faces(hog, rgb, "all")
+    assert _subject(every, gt) is not None
+
+
+def test_blazeface_finds_the_close_ups(real_masked):
+    """BlazeFace's padded retry finds the 256x256 close-ups it missed (real-masked batch 0001,
+    files 0015, 0016, 0077: no face before). 0015 and 0077 pass the landmark check; 0016's
+    box sits low (the cap's brim hides the eyes) and its fit is off the eyes: rejected, as it
+    must be, rather than masked."""
+    from maskkit.face.detect import DetectorUnavailable
+
+    try:
+        bz = make_detector("blazeface")
+    except DetectorUnavailable as exc:
+        pytest.skip(str(exc))
+    for name in ("0015", "0016", "0077"):
+        faces = find_faces(bz, load_image(real_masked / "0001" / f"{name}.jpg"), "largest")
+        assert faces, f"0001/{name}.jpg: no face"
+        x0, y0, x1, y1 = faces[0].box
+        assert x1 - x0 > 60, "a close-up: the face is large"
+        assert _accepted(faces[0]) == (name != "0016"), f"0001/{name}.jpg: {faces[0].fit.as_dict()}"
+
+
+def test_forgotten_aligned_gives_a_hint(celeb_aligned, tmp_path):
+    """synth without ``--aligned`` on 112x112 aligned crops: HOG misses some of them, and the
+    summary says what to do (manifest ``hints``)."""
+    from maskkit.pipeline.synth import SynthConfig, run_synth
+
+    ident = sorted(p for p in celeb_aligned.iterdir() if p.is_dir())[0]
+    src = tmp_path / "src" / ident.name
+    src.mkdir(parents=True)
+    for p in sorted(ident.glob("*.jpg"))[:60]:
+        (src / p.name).write_bytes(p.read_bytes())
+    res = run_synth(SynthConfig(src=tmp_path / "src", out=tmp_path / "out", ratio=0.0, progress=False))
+    assert res.manifest["inputs"]["failed_by_reason"].get("no_face", 0) >= 2
+    assert any("add --aligned" in h for h in res.manifest.get("hints", []))
