@@ -434,6 +434,12 @@ def test_init_freeze_then_resume_across_the_unfreeze_step_is_exact(tmp_path, sma
     assert a["config"]["init_sha256"] == stored["init_sha256"] and stored["freeze_steps"] == 2
     groups = a["optimizer"]["param_groups"]
     assert [g["name"] for g in groups] == ["pretrained", "new"] and groups[0]["lr"] == pytest.approx(0.1 * groups[1]["lr"])
+    assert groups[0]["weight_decay"] == groups[1]["weight_decay"] == base.weight_decay > 0
+    # the last step of c was frozen: lr 0 and weight decay 0 for the pretrained group only (with
+    # lr 0 a weight decay would not move the weights but would enter the momentum buffer)
+    frozen = c["optimizer"]["param_groups"]
+    assert (frozen[0]["lr"], frozen[0]["weight_decay"]) == (0.0, 0.0) and frozen[1]["lr"] > 0
+    assert frozen[1]["weight_decay"] == base.weight_decay
 
 
 def test_old_config_without_the_new_keys_still_loads(tmp_path, faces):
