@@ -43,6 +43,10 @@ arcface_torch   RGB    (x / 255 - 0.5) / 0.5 = (x - 127.5) / 127.5  1e-5
 MagFace         BGR    x / 255 (``ToTensor``, mean 0, std 1)  2e-5
 ==============  =====  =====================================  ========
 
+Length: one concern, the layout, in its three directions (read and check foreign files, map keys
+to and from maskkit's modules for ``--init``, write arcface_torch files); the key map is shared by
+all three, and each public function documents the reference it follows.
+
 References (read through the project's search tool; no code copied):
 
 * insightface ``recognition/arcface_torch/backbones/iresnet.py`` (commit 04a433f154de): module
@@ -82,7 +86,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .iresnet import LAYERS, stage_channels
+from maskkit.training.iresnet import LAYERS, stage_channels
 
 log = logging.getLogger(__name__)
 
@@ -262,8 +266,8 @@ def facemodel_to_arcface_key(key: str, depth: str, split_index: int) -> tuple[st
 
 def split_index_of(config: Any) -> int:
     """The last branch-specific unit of a maskkit config (0 for single-stream models)."""
-    from .config import TrainConfig
-    from .model import resolve_split
+    from maskkit.training.config import TrainConfig
+    from maskkit.training.model import resolve_split
 
     cfg = TrainConfig.from_dict(config) if isinstance(config, dict) else config
     return resolve_split(unit_names(cfg.backbone), cfg.split_point) if cfg.uses_two_stream else 0
@@ -430,7 +434,7 @@ class SourceWeights:
 
     def inference_config(self) -> dict[str, Any]:
         """A single-stream, mu-only TrainConfig dict for evaluating these weights as they are."""
-        from .config import TrainConfig
+        from maskkit.training.config import TrainConfig
 
         method = "magface" if self.layout == "magface" else "arcface"
         if self.layout == "maskkit" and self.config:
@@ -442,7 +446,7 @@ class SourceWeights:
     def build_model(self):
         """A single-stream, mu-only :class:`~maskkit.training.model.FaceModel` of this shape
         (random weights; load :meth:`facemodel_state` into it)."""
-        from .model import build_model
+        from maskkit.training.model import build_model
 
         return build_model(self.inference_config())
 
@@ -456,7 +460,7 @@ class SourceWeights:
         Raises:
             WeightsError: the model's shape differs from the weights'.
         """
-        from .model import FaceModel
+        from maskkit.training.model import FaceModel
 
         if not isinstance(model, FaceModel):
             raise TypeError("facemodel_state needs a FaceModel")
@@ -526,7 +530,7 @@ def read_weights(path: str | Path, obj: Any = None) -> SourceWeights:
         WeightsError: one line: unreadable with ``weights_only=True``, not an IResNet, or its
             keys/shapes differ from the layout of the inferred architecture.
     """
-    from .api import find_checkpoint
+    from maskkit.training.api import find_checkpoint
 
     path = find_checkpoint(path)
     if obj is None:
@@ -558,7 +562,7 @@ def read_weights(path: str | Path, obj: Any = None) -> SourceWeights:
 
 
 def _from_maskkit(ck: dict, path: Path) -> SourceWeights:
-    from .config import TrainConfig
+    from maskkit.training.config import TrainConfig
 
     try:
         cfg = TrainConfig.from_dict(dict(ck["config"]))
@@ -736,6 +740,6 @@ def preprocess_note(model) -> str | None:
         return None
     if all(_norm(config.get(k, v)) == _norm(v) for k, v in ARCFACE_TORCH_PREPROCESS.items()):
         return None
-    from .api import Preprocess
+    from maskkit.training.api import Preprocess
 
     return f"{Preprocess.from_config(config).describe()}, BN eps {config.get('bn_eps', 1e-5):g}"

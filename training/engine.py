@@ -287,7 +287,7 @@ def build_optimizer(tm: TrainModule, cfg: TrainConfig, base_lr: float) -> tuple[
     momentum buffer still accumulates the frozen parameters' gradients, so at the unfreeze step
     it holds their steady-state velocity at the pretrained weights.
     """
-    from .checkpoints import pretrained_names
+    from maskkit.training.checkpoints import pretrained_names
 
     pre = {f"model.{n}" for n in pretrained_names(tm.model, cfg)}
     named = [(n, p) for n, p in tm.named_parameters() if p.requires_grad]
@@ -411,7 +411,7 @@ def train(cfg: TrainConfig, resume: bool = False, source: Any = None) -> dict:
     model = build_model(cfg)
     init_report = None
     if cfg.init and ckpt is None:  # --init: read once at the start; a resumed run takes its checkpoint
-        from .checkpoints import WeightsError, init_model
+        from maskkit.training.checkpoints import WeightsError, init_model
 
         try:
             init_report = init_model(model, cfg)
