@@ -459,3 +459,127 @@ def test_old_config_without_the_new_keys_still_loads(tmp_path, faces):
     assert m.meta["step"] == 3 and m.preprocess == Preprocess()
     mu, _ = m.embed(faces)
     assert np.isfinite(mu).all()
+
+
+# ------------------------------------------------------------------------------------------------
+# the commands: train --init, eval / embed / export --model FILE, export --format arcface-torch
+# ------------------------------------------------------------------------------------------------
+def _run(args: list[str]):
+    from click.testing import CliRunner
+
+    from maskkit.cli import main
+
+    return CliRunner().invoke(main, args)
+
+
+def test_cli_train_init_records_the_file_and_starts_from_its_mu(tmp_path, small_shards, faces):
+    sd = random_state(scaled_layout("r18", 0.25), seed=7)
+    wpath = tmp_path / "backbone.pth"
+    torch.save(sd, wpath)
+    run = tmp_path / "run"
+    common = ["train", "--data", str(small_shards), "--method", "maskdul", "--batch-size", "4", "--num-workers", "1",
+              "--steps-per-epoch", "3", "--no-progress", "--set", "tensorboard=false", "--set", "shuffle_buffer=16"]
+    res = _run(common + ["--out", str(run), "--init", str(wpath), "--freeze-steps", "1", "--max-steps", "1"])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    cfg = json.loads((run / "config.json").read_text())
+    assert (cfg["backbone"], cfg["width"], cfg["init"]) == ("r18", 0.25, str(wpath.resolve()))
+    assert cfg["init_sha256"] == hashlib.sha256(wpath.read_bytes()).hexdigest()
+    assert cfg["init_layout"] == "arcface_torch r18 w0.25" and cfg["finetune_lr_mult"] == 0.1
+    # one frozen step: the run's mu is the source network's, on the same faces, both branches
+    m = load_model(run)
+    with torch.no_grad():
+        ref = ref_forward(sd, arc_input(faces))
+    for flags in (np.zeros(2, bool), np.ones(2, bool)):
+        assert _rel(m.embed(faces, flags)[0], ref) < 1e-5
+    # an explicit architecture the file does not have: one line, nothing trained
+    res = _run(common + ["--out", str(tmp_path / "bad"), "--init", str(wpath), "--backbone", "r50"])
+    assert res.exit_code == 2 and "backbone 'r50' (the weights have 'r18')" in res.output
+    assert not (tmp_path / "bad").exists()
+    # --resume with another --init: the checkpoint wins, with a note
+    torch.save(random_state(scaled_layout("r18", 0.25), seed=8), tmp_path / "other.pth")
+    res = _run(["train", "--out", str(run), "--resume", "--init", str(tmp_path / "other.pth"), "--max-steps", "2",
+                "--no-progress"])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    assert "the checkpoint wins" in res.output
+    assert json.loads((run / "config.json").read_text())["init"] == str(wpath.resolve())
+
+
+def test_cli_eval_embed_export_take_a_weights_file(tmp_path, faces):
+    from maskkit.training.eval.evalsets import write_bin
+
+    # a MagFace checkpoint: BGR [0, 1] input, BN eps 2e-5, its classifier dropped
+    sd = random_state(scaled_layout("r18", 0.25), seed=9, features_scale_one=False)
+    wpath = tmp_path / "magface_epoch_00025.pth"
+    torch.save({"epoch": 25, "state_dict": {"module.features." + k: v for k, v in sd.items()}
+                | {"module.fc.weight": torch.randn(512, 3)}}, wpath)
+    rng = np.random.default_rng(0)
+    views = [np.roll(faces[i % 2], int(rng.integers(-6, 7)), axis=1) for i in range(40)]
+    write_bin(tmp_path / "pairs.bin", views, [i % 2 == 0 for i in range(20)])
+    res = _run(["eval", "--model", str(wpath), "--bin", str(tmp_path / "pairs.bin"), "--mask-side", "none",
+                "--no-progress"])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    home = tmp_path / "magface_epoch_00025-eval"
+    metrics = json.loads((home / "pairs-verification-masknone" / "metrics.json").read_text())
+    assert metrics["label"] == "magface_epoch_00025 (magface r18 w0.25)" and metrics["method"] == "magface"
+    assert (home / "pairs-verification-masknone.json").is_file()
+    res = _run(["eval", "--compare", str(wpath)])
+    assert res.exit_code == 0 and "magface_epoch_00025 (magface" in res.output, res.output
+
+    # embed: the file's own preprocessing (BGR [0, 1], eps 2e-5), as MagFace's gen_feat.py
+    src = tmp_path / "faces" / "someone"
+    src.mkdir(parents=True)
+    for i, f in enumerate(faces):
+        cv2.imwrite(str(src / f"{i}.png"), f[:, :, ::-1])
+    res = _run(["embed", "--model", str(wpath), "--src", str(tmp_path / "faces"), "--out", str(tmp_path / "e.npz"),
+                "--no-flip", "--no-progress"])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    z = np.load(tmp_path / "e.npz")
+    with torch.no_grad():
+        ref = ref_forward(sd, magface_input(faces), eps=2e-5).numpy()
+    ref_unit = ref / np.linalg.norm(ref, axis=1, keepdims=True)
+    order = np.argsort([str(p) for p in z["paths"]])
+    assert np.abs(z["mu"][order] - ref_unit).max() < 1e-5  # unit vectors: absolute = relative
+
+    # export ONNX: the metadata carries the preprocessing, and onnx_embed applies it
+    import onnxruntime as ort
+
+    from maskkit.training.eval.export import onnx_embed
+
+    res = _run(["export", "--model", str(wpath), "-o", str(tmp_path / "m.onnx")])
+    assert res.exit_code == 0 and "BGR" in res.output, res.output
+    sess = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    meta = sess.get_modelmeta().custom_metadata_map
+    assert (meta["color"], meta["mean"], meta["std"], meta["bn_eps"]) == ("BGR", "0.0", "1.0", "2e-05")
+    mu_onnx, _ = onnx_embed(sess, faces, np.zeros(2, bool))
+    assert _rel(torch.from_numpy(mu_onnx), torch.from_numpy(ref)) < 1e-4  # onnxruntime vs torch kernels
+    # the deprecated spelling still works, with a note
+    res = _run(["export", "--model", str(wpath), "--onnx", str(tmp_path / "old.onnx"), "--no-verify"])
+    assert res.exit_code == 0 and "deprecated" in res.output and (tmp_path / "old.onnx").is_file()
+    # arcface-torch from a MagFace file: arcface_torch keys, the MagFace preprocessing named
+    res = _run(["export", "--model", str(wpath), "--format", "arcface-torch", "-o", str(tmp_path / "b.pth")])
+    assert res.exit_code == 0 and "BGR" in res.output, res.output
+    assert [(k, tuple(v.shape)) for k, v in torch.load(tmp_path / "b.pth", weights_only=True).items()] == \
+        scaled_layout("r18", 0.25)
+    # a file that is no IResNet: one line, no traceback
+    torch.save({"weight": torch.zeros(3)}, tmp_path / "nope.pth")
+    res = _run(["export", "--model", str(tmp_path / "nope.pth"), "-o", str(tmp_path / "n.onnx")])
+    assert res.exit_code == 1 and "not an arcface_torch or MagFace IResNet" in res.output
+    assert res.output.strip().count("\n") == 0, res.output
+
+
+def test_cli_export_arcface_torch_branch_of_a_run(tmp_path, faces):
+    torch.manual_seed(2)
+    cfg = TrainConfig(method="maskdul", backbone="r18", width=0.25, embedding_size=64, dropout=0.0)
+    model = _with_stats(build_model(cfg), np.concatenate([faces, faces]), np.array([False, False, True, True]))
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.json").write_text(cfg.to_json())
+    torch.save({"config": cfg.to_dict(), "model": model.state_dict(), "step": 0}, run / "checkpoints" / "last.pt")
+    res = _run(["export", "--model", str(run), "--format", "arcface-torch", "--branch", "masked",
+                "-o", str(tmp_path / "masked.pth")])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    assert "sigma head dropped" in res.output and "width 0.25" in res.output
+    xf = torch.from_numpy(faces).permute(0, 3, 1, 2).float().contiguous()
+    mu_file, _ = load_model(tmp_path / "masked.pth").embed(xf)
+    mu_run, _ = load_model(run).embed(xf, torch.ones(2, dtype=torch.bool))
+    assert torch.equal(mu_file, mu_run)

@@ -183,6 +183,10 @@ class InferenceModel:
             m = torch.as_tensor(np.asarray(masked) if not torch.is_tensor(masked) else masked).to(torch.bool).reshape(-1)
             if m.shape[0] != n:
                 raise ValueError(f"masked has {m.shape[0]} flags for {n} images")
+        size = tuple((self.config or {}).get("image_size") or (112, 112))
+        hw = tuple(x.shape[1:3]) if x.dtype == torch.uint8 else tuple(x.shape[2:4])
+        if n and hw != size:
+            raise ValueError(f"the model takes {size[0]}x{size[1]} faces, got {hw[0]}x{hw[1]}")
         mus, sigmas = [], []
         for i in range(0, n, batch_size):
             xb = self.preprocess(x[i:i + batch_size].to(self.device))

@@ -583,6 +583,27 @@ def _from_maskkit(ck: dict, path: Path) -> SourceWeights:
                          masked=masked, sigma=sigma or None, preprocess=pre, config=cfg.to_dict())
 
 
+def maskkit_run_of(path: str | Path) -> Path | None:
+    """The maskkit run folder of ``path`` (``RUN/`` itself, or ``RUN/checkpoints/X.pt`` beside a
+    ``RUN/config.json``), or None for any other file (a foreign weights file, a stray checkpoint)."""
+    p = Path(path)
+    if p.is_dir():
+        return p
+    if p.parent.name == "checkpoints" and (p.parent.parent / "config.json").is_file():
+        return p.parent.parent
+    return None
+
+
+def eval_home(path: str | Path) -> Path:
+    """Where ``maskkit eval`` keeps a model's reports and saved metrics: ``RUN/eval`` for a maskkit
+    run, else ``<stem>-eval/`` beside the file (``backbone.pth`` -> ``backbone-eval/``)."""
+    run = maskkit_run_of(path)
+    if run is not None:
+        return run / "eval"
+    p = Path(path)
+    return p.parent / f"{p.stem}-eval"
+
+
 # ------------------------------------------------------------------------------------------------
 # fine-tuning: --init
 # ------------------------------------------------------------------------------------------------

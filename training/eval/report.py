@@ -73,13 +73,15 @@ class EvalConfig:
     Exactly one source: ``bin``, or ``pairs`` + ``root``, or ``gallery`` + ``probes``.
 
     Attributes:
-        model: run folder (``RUN/``) or checkpoint file.
+        model: run folder (``RUN/``), checkpoint file, or a foreign weights file
+            (arcface_torch, MagFace: evaluated single-stream, mu only).
         mask_side: ``none`` | ``one`` (second image of each pair / the probes; M-LFW
             protocol) | ``both`` (both images / gallery too).
         mask_style: renderer style or ``random``.
         seed: mask seed (image ``i`` uses ``default_rng([seed, i])``).
         flip: add the horizontal mirror's embedding (insightface protocol).
-        out: report folder (default ``RUN/eval/<name>-<mask_side>``).
+        out: report folder (default ``RUN/eval/<set>-<task>-mask<side>``; for a foreign file
+            ``<stem>-eval/<set>-<task>-mask<side>`` beside it).
         name: set name in reports (default from the file/folder names).
         probes_masked: the probes are real masked photos: no synthetic mask, masked branch.
         gallery_per_id: when ``gallery`` and ``probes`` are the same folder, the first K images
@@ -155,8 +157,16 @@ class EvalConfig:
         return f"{self.set_name}-{self.task}-mask{self.mask_side}"
 
     @property
+    def home(self) -> Path:
+        """Where reports and saved metrics go: ``RUN/eval`` for a maskkit run, ``<stem>-eval/``
+        beside a foreign weights file (:func:`~maskkit.training.checkpoints.eval_home`)."""
+        from maskkit.training.checkpoints import eval_home
+
+        return eval_home(self.model)
+
+    @property
     def out_dir(self) -> Path:
-        return Path(self.out) if self.out else self.run_dir / "eval" / f"{self.set_name}-{self.task}-mask{self.mask_side}"
+        return Path(self.out) if self.out else self.home / self.key
 
 
 def _stats(x: np.ndarray | None) -> dict | None:
@@ -190,6 +200,8 @@ def _model_info(model) -> dict:
         "two_stream": cfg.get("two_stream"),
         "step": meta.get("step"),
         "checkpoint": meta.get("checkpoint"),
+        "layout": meta.get("layout"),
+        "label": meta.get("label"),
     }
 
 
@@ -539,9 +551,9 @@ def run_eval(cfg: EvalConfig, model=None, console=None) -> dict:
     write_json(out / "metrics.json", m)
     if cfg.save_to_run:
         try:
-            write_json(cfg.run_dir / "eval" / f"{cfg.key}.json", m)
+            write_json(cfg.home / f"{cfg.key}.json", m)
         except OSError as exc:
-            log.warning("could not save metrics into the run folder %s: %s", cfg.run_dir, exc)
+            log.warning("could not save metrics into %s: %s", cfg.home, exc)
     if console is not None:
         console.print(metrics_table(m))
         console.print(f"report: {out}")
