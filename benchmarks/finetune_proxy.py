@@ -68,8 +68,8 @@ def prepare(args) -> dict:
         return {k: z[k] for k in z.files}
     import celeb_eval
 
-    from maskkit.image_io import load_image
-    from maskkit.training.evalsets import apply_masks, load_bin, mask_side_flags
+    from maskkit.io.image_io import load_image
+    from maskkit.training.eval.evalsets import apply_masks, load_bin, mask_side_flags
 
     if not (out / "train.npz").exists() or not (out / "heldout.bin").exists():
         celeb_eval.prepare(SimpleNamespace(data=args.data, out=str(out), holdout=4, same=75, seed=0,
@@ -82,6 +82,8 @@ def prepare(args) -> dict:
          "ft_images": _resize(tr["images"], args.size), "ft_masked": tr["masked"], "classes": tr["classes"],
          "held_images": _resize(pairs.images, args.size), "held_masked_images": _resize(mo.images, args.size),
          "held_masked": mo.masked, "issame": pairs.issame, "mask_failures": np.array(len(mo.failures))}
+    d["folds"], rule = pairs.folds(10)  # maskkit eval's folds (from the file's pair order)
+    d["fold_rule"] = np.array(rule)
     np.savez(cache, **d)
     return d
 
@@ -124,15 +126,16 @@ class ArraySource:
 # ------------------------------------------------------------------------------------------------
 def evaluate_model(model, d: dict, batch: int = 128) -> dict:
     """Held-out 10-fold accuracy at mask side none and one; mean ||sigma|| masked / unmasked."""
-    from maskkit.training.verification import evaluate, extract_embeddings
+    from maskkit.training.eval.verification import evaluate, extract_embeddings
 
     t = time.perf_counter()
     n = len(d["held_images"])
     e_none = extract_embeddings(model, d["held_images"], np.zeros(n, bool), batch, True, False)
     # side one: the first images are the unmasked ones already embedded; embed the masked seconds
     e_two = extract_embeddings(model, d["held_masked_images"][1::2], d["held_masked"][1::2], batch, True, False)
-    acc_none = evaluate(e_none.mu[0::2], e_none.mu[1::2], d["issame"]).summary()["accuracy"]
-    acc_one = evaluate(e_none.mu[0::2], e_two.mu, d["issame"]).summary()["accuracy"]
+    kw = {"folds": d["folds"], "fold_rule": str(d["fold_rule"])}
+    acc_none = evaluate(e_none.mu[0::2], e_none.mu[1::2], d["issame"], **kw).summary()["accuracy"]
+    acc_one = evaluate(e_none.mu[0::2], e_two.mu, d["issame"], **kw).summary()["accuracy"]
     rec = {"acc_none": acc_none, "acc_one": acc_one, "eval_s": time.perf_counter() - t}
     if e_none.sigma is not None:
         rec["sigma_unmasked"] = float(e_none.sigma_norm.mean())
@@ -253,10 +256,10 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(REPO / "runs" / "finetune_proxy"))
     ap.add_argument("--size", type=int, default=64, help="face side in px after masking (multiple of 16)")
     ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--pre-steps", type=int, default=300)
+    ap.add_argument("--pre-steps", type=int, default=500)
     ap.add_argument("--pre-lr", type=float, default=0.1)
-    ap.add_argument("--steps", type=int, default=60, help="fine-tuning steps per run")
-    ap.add_argument("--freeze", type=int, default=15, help="steps with the pretrained parameters frozen")
+    ap.add_argument("--steps", type=int, default=120, help="fine-tuning steps per run")
+    ap.add_argument("--freeze", type=int, default=20, help="steps with the pretrained parameters frozen")
     ap.add_argument("--lr", type=float, default=0.05)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
