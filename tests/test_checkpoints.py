@@ -359,6 +359,31 @@ def test_init_gives_the_source_mu_at_step_0_in_both_branches(tmp_path, faces, ki
         assert sigma is not None and _rel(mu, ref) < 1e-5, _rel(mu, ref)
 
 
+def test_init_from_a_maskkit_run_keeps_both_branches_and_its_sigma_head(tmp_path, faces):
+    torch.manual_seed(3)
+    src_cfg = TrainConfig(method="maskdul", backbone="r18", width=0.25, embedding_size=64, dropout=0.0,
+                          split_point="layer1.0")
+    x = np.concatenate([faces, faces[:, :, ::-1]])
+    src_model = _with_stats(build_model(src_cfg), x, np.array([False, True, False, True]))
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.json").write_text(src_cfg.to_json())
+    torch.save({"config": src_cfg.to_dict(), "model": src_model.state_dict(), "step": 9}, run / "checkpoints" / "last.pt")
+    src = read_weights(run)
+    assert src.layout == "maskkit" and src.sigma is not None and src.label == "maskkit maskdul r18 w0.25 d64"
+    # a target with a longer start block: its extra masked unit comes from the source's trunk
+    cfg = apply_init_config(TrainConfig(method="maskdul", init=str(run), split_point="layer1.1", dropout=0.0), src)
+    model = build_model(cfg)
+    report = init_model(model, cfg, src)
+    assert report.fresh == [] and report.sigma_head
+    xf = torch.from_numpy(x).permute(0, 3, 1, 2).float().contiguous()
+    a, b = InferenceModel(model, cfg.to_dict()), InferenceModel(src_model, src_cfg.to_dict())
+    for flags in (torch.zeros(4, dtype=torch.bool), torch.ones(4, dtype=torch.bool)):
+        mu_a, sig_a = a.embed(xf, flags)
+        mu_b, sig_b = b.embed(xf, flags)
+        assert torch.equal(mu_a, mu_b) and torch.equal(sig_a, sig_b)
+
+
 def test_fresh_sigma_head_starts_at_the_documented_norm():
     # model.py: in train mode ||sigma|| ~ sqrt(D) e^{1/4} = 29.05 for D = 512
     torch.manual_seed(0)
