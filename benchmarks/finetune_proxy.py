@@ -290,7 +290,7 @@ def main(argv=None) -> int:
     pm = load_model(weights)
     pre = evaluate_model(pm, d)
     pre["train_s"] = pre_train_s
-    print(f"pretrained ({pm.meta['label']}): acc none {100 * pre['acc_none']:.1f} %, one {100 * pre['acc_one']:.1f} % "
+    print(f"pretrained model, {pm.meta['label']}: acc none {100 * pre['acc_none']:.1f} %, one {100 * pre['acc_one']:.1f} % "
           f"(eval {pre['eval_s']:.0f} s)", flush=True)
     if 100 * pre["acc_none"] < 50 + args.min_margin:
         print(f"the pretrained model does not beat chance by {args.min_margin} points: stopping", file=sys.stderr)

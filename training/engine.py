@@ -25,6 +25,13 @@ same epoch and sample count (``batches x old global batch // new global batch``)
 optimizer and schedule state are restored exactly, the RNGs are re-seeded from
 ``(seed, rank, step)`` and the sample order of the rest of that epoch differs.
 
+**Fine-tuning** (``cfg.init``, ``maskkit train --init``): the weights are read once, when the run
+starts (:func:`~maskkit.training.checkpoints.init_model`; their sha256 and layout go into the
+config); the optimizer then has two groups, the loaded parameters (``lr x finetune_lr_mult``,
+frozen for the first ``freeze_steps`` steps: lr 0, weight decay 0, their BatchNorm layers in eval
+mode) and the new ones (:func:`build_optimizer`). A resumed run rebuilds the same groups from the
+config alone and never reads the file again.
+
 **Guard.** A non-finite loss on any rank stops every rank with :class:`NonFiniteLoss`, naming
 the step, and leaves the last good checkpoint in place: nothing is written after a bad step. On
 CPU the flag is checked before the optimizer step; on CUDA it is read one step later (so the
