@@ -503,7 +503,7 @@ def test_cli_train_init_records_the_file_and_starts_from_its_mu(tmp_path, small_
     torch.save(sd, wpath)
     run = tmp_path / "run"
     common = ["train", "--data", str(small_shards), "--method", "maskdul", "--batch-size", "4", "--num-workers", "1",
-              "--steps-per-epoch", "3", "--no-progress", "--set", "tensorboard=false", "--set", "shuffle_buffer=16"]
+              "--steps-per-epoch", "3", "-q", "--set", "tensorboard=false", "--set", "shuffle_buffer=16"]
     res = _run(common + ["--out", str(run), "--init", str(wpath), "--freeze-steps", "1", "--max-steps", "1"])
     assert res.exit_code == 0, res.output + repr(res.exception)
     cfg = json.loads((run / "config.json").read_text())
@@ -523,7 +523,7 @@ def test_cli_train_init_records_the_file_and_starts_from_its_mu(tmp_path, small_
     # --resume with another --init: the checkpoint wins, with a note
     torch.save(random_state(scaled_layout("r18", 0.25), seed=8), tmp_path / "other.pth")
     res = _run(["train", "--out", str(run), "--resume", "--init", str(tmp_path / "other.pth"), "--max-steps", "2",
-                "--no-progress"])
+                "-q"])
     assert res.exit_code == 0, res.output + repr(res.exception)
     assert "the checkpoint wins" in res.output
     assert json.loads((run / "config.json").read_text())["init"] == str(wpath.resolve())
@@ -541,7 +541,7 @@ def test_cli_eval_embed_export_take_a_weights_file(tmp_path, faces):
     views = [np.roll(faces[i % 2], int(rng.integers(-6, 7)), axis=1) for i in range(40)]
     write_bin(tmp_path / "pairs.bin", views, [i % 2 == 0 for i in range(20)])
     res = _run(["eval", "--model", str(wpath), "--bin", str(tmp_path / "pairs.bin"), "--mask-side", "none",
-                "--no-progress"])
+                "-q"])
     assert res.exit_code == 0, res.output + repr(res.exception)
     home = tmp_path / "magface_epoch_00025-eval"
     metrics = json.loads((home / "pairs-verification-masknone" / "metrics.json").read_text())
@@ -556,7 +556,7 @@ def test_cli_eval_embed_export_take_a_weights_file(tmp_path, faces):
     for i, f in enumerate(faces):
         cv2.imwrite(str(src / f"{i}.png"), f[:, :, ::-1])
     res = _run(["embed", "--model", str(wpath), "--src", str(tmp_path / "faces"), "--out", str(tmp_path / "e.npz"),
-                "--no-flip", "--no-progress"])
+                "--no-flip", "-q"])
     assert res.exit_code == 0, res.output + repr(res.exception)
     z = np.load(tmp_path / "e.npz")
     with torch.no_grad():

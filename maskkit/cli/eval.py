@@ -297,7 +297,7 @@ def export(model, fmt, out, branch, opset, verify, quiet, overwrite):
         raise click.UsageError("Missing option '-o' / '--out'.")
     _claim(out, overwrite, "an exported model")
     _check_model(model)
-    _check_writable(out, "--onnx" if onnx_path is not None else "--out", is_dir=False)
+    _check_writable(out, "--out", is_dir=False)
     m = _load(model)
     say = (lambda *a, **k: None) if quiet else click.echo
     if fmt == "arcface-torch":

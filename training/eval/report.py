@@ -148,18 +148,12 @@ class EvalConfig:
         return Path(self.probes).name
 
     @property
-    def run_dir(self) -> Path:
-        p = Path(self.model)
-        return p if p.is_dir() else p.parent.parent
-
-    @property
     def key(self) -> str:
         return f"{self.set_name}-{self.task}-mask{self.mask_side}"
 
     @property
     def home(self) -> Path:
-        """Where reports and saved metrics go: ``RUN/eval`` for a maskkit run, ``<stem>-eval/``
-        beside a foreign weights file (:func:`~maskkit.training.checkpoints.eval_home`)."""
+        """``RUN/eval``, or ``<stem>-eval/`` beside a weights file (:func:`~maskkit.training.checkpoints.eval_home`)."""
         from maskkit.training.checkpoints import eval_home
 
         return eval_home(self.model)
