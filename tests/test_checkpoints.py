@@ -556,7 +556,7 @@ def test_cli_eval_embed_export_take_a_weights_file(tmp_path, faces):
     for i, f in enumerate(faces):
         cv2.imwrite(str(src / f"{i}.png"), f[:, :, ::-1])
     res = _run(["embed", "--model", str(wpath), "--src", str(tmp_path / "faces"), "--out", str(tmp_path / "e.npz"),
-                "--no-flip", "-q"])
+                "--no-flip", "--aligned", "-q"])  # the crops as they are (they are not on the template)
     assert res.exit_code == 0, res.output + repr(res.exception)
     z = np.load(tmp_path / "e.npz")
     with torch.no_grad():

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from maskkit.training.checkpoints import eval_home
 from maskkit.training.eval.compare import metrics_table
 from maskkit.training.eval.evalsets import (
     FaceAligner,
@@ -73,15 +74,13 @@ class EvalConfig:
     Exactly one source: ``bin``, or ``pairs`` + ``root``, or ``gallery`` + ``probes``.
 
     Attributes:
-        model: run folder (``RUN/``), checkpoint file, or a foreign weights file
-            (arcface_torch, MagFace: evaluated single-stream, mu only).
+        model: run folder (``RUN/``), checkpoint, or a weights file (arcface_torch, MagFace).
         mask_side: ``none`` | ``one`` (second image of each pair / the probes; M-LFW
             protocol) | ``both`` (both images / gallery too).
         mask_style: renderer style or ``random``.
         seed: mask seed (image ``i`` uses ``default_rng([seed, i])``).
         flip: add the horizontal mirror's embedding (insightface protocol).
-        out: report folder (default ``RUN/eval/<set>-<task>-mask<side>``; for a foreign file
-            ``<stem>-eval/<set>-<task>-mask<side>`` beside it).
+        out: report folder (default :attr:`home` ``/ <set>-<task>-mask<side>``).
         name: set name in reports (default from the file/folder names).
         probes_masked: the probes are real masked photos: no synthetic mask, masked branch.
         gallery_per_id: when ``gallery`` and ``probes`` are the same folder, the first K images
@@ -154,8 +153,6 @@ class EvalConfig:
     @property
     def home(self) -> Path:
         """``RUN/eval``, or ``<stem>-eval/`` beside a weights file (:func:`~maskkit.training.checkpoints.eval_home`)."""
-        from maskkit.training.checkpoints import eval_home
-
         return eval_home(self.model)
 
     @property
@@ -194,8 +191,7 @@ def _model_info(model) -> dict:
         "two_stream": cfg.get("two_stream"),
         "step": meta.get("step"),
         "checkpoint": meta.get("checkpoint"),
-        "layout": meta.get("layout"),
-        "label": meta.get("label"),
+        "layout": meta.get("layout"), "label": meta.get("label"),  # foreign files: "<stem> (<layout>)"
     }
 
 
