@@ -131,6 +131,39 @@ class TrainConfig:
     hflip: bool = True
     image_size: tuple[int, int] = (112, 112)
 
+    # -- input preprocessing / BatchNorm (travel with the model: embed, eval, export apply them) --
+    input_color: str = "RGB"
+    """Channel order the network takes: ``RGB`` (maskkit, arcface_torch) or ``BGR`` (MagFace's
+    inference feeds ``cv2.imread`` output). Images are always given to maskkit as RGB."""
+    input_scale: float = 1.0
+    """Input ``x`` (uint8 values 0..255) -> ``(x * input_scale - input_mean) / input_std``."""
+    input_mean: tuple[float, float, float] = (127.5, 127.5, 127.5)
+    """Per channel, in the network's channel order, after ``input_scale``."""
+    input_std: tuple[float, float, float] = (127.5, 127.5, 127.5)
+    bn_eps: float = 1e-5
+    """Epsilon of every BatchNorm (arcface_torch 1e-5; MagFace 2e-5)."""
+
+    # -- fine-tuning (maskkit train --init) ------------------------------------------------------
+    init: str | None = None
+    """Weights the run starts from (``--init``): arcface_torch ``backbone.pth`` / ``model.pt`` /
+    ``checkpoint_gpu_N.pt``, a MagFace checkpoint, or a maskkit run (see
+    :mod:`~maskkit.training.checkpoints`). Read once, when the run starts; ``--resume`` never
+    reads it again (the checkpoint wins)."""
+    init_sha256: str | None = None
+    """SHA-256 of the ``init`` file, recorded when the run starts."""
+    init_layout: str | None = None
+    """What ``init`` was read as, e.g. ``arcface_torch r50`` (recorded when the run starts)."""
+    init_sigma_head: bool = False
+    """The ``init`` file carried a sigma head (a maskkit DUL run) and it was copied; False: the
+    sigma head started fresh and trains at the full lr as a new part."""
+    finetune_lr_mult: float = 0.1
+    """lr multiplier of the parameters loaded from ``init`` (the new ones, a fresh sigma head and
+    the class centres, use 1.0). Ignored without ``init``."""
+    freeze_steps: int = 0
+    """Freeze the parameters loaded from ``init`` for the first N optimiser steps: lr 0 and weight
+    decay 0 for their parameter groups and their BatchNorm layers in eval mode (``requires_grad``
+    is never toggled). Ignored without ``init``."""
+
     # -- data loading --------------------------------------------------------------------------
     num_workers: int | None = None
     """DataLoader worker processes per rank. ``None`` (default): :func:`default_num_workers`,
@@ -188,6 +221,14 @@ class TrainConfig:
             raise ValueError(f"compile_mode must be one of {COMPILE_MODES}, got {self.compile_mode!r}")
         if self.kl_reduction not in ("sum", "mean"):
             raise ValueError(f"kl_reduction must be 'sum' or 'mean', got {self.kl_reduction!r}")
+        if self.input_color not in ("RGB", "BGR"):
+            raise ValueError(f"input_color must be 'RGB' or 'BGR', got {self.input_color!r}")
+        self.input_mean = _three(self.input_mean, "input_mean")  # type: ignore[assignment]
+        self.input_std = _three(self.input_std, "input_std")  # type: ignore[assignment]
+        if min(self.input_std) <= 0 or self.input_scale <= 0 or self.bn_eps <= 0:
+            raise ValueError("input_std, input_scale and bn_eps must be > 0")
+        if self.finetune_lr_mult < 0 or self.freeze_steps < 0:
+            raise ValueError("finetune_lr_mult and freeze_steps must be >= 0")
         self.milestones = tuple(int(m) for m in self.milestones)
         self.image_size = tuple(int(s) for s in self.image_size)  # type: ignore[assignment]
         if self.batch_size < 1:
@@ -208,6 +249,8 @@ class TrainConfig:
         d = dataclasses.asdict(self)
         d["milestones"] = list(self.milestones)
         d["image_size"] = list(self.image_size)
+        d["input_mean"] = list(self.input_mean)
+        d["input_std"] = list(self.input_std)
         return d
 
     def to_json(self) -> str:
@@ -287,3 +330,11 @@ def claim_run_dir(out: str | Path, resume: bool, overwrite: bool, remove: bool =
     run = Path(out)
     return claim_outputs([run / n for n in RUN_FILES], overwrite, "a training run", remove=remove,
                          alternatives="--resume to continue it", where=run)
+
+
+def _three(v: Any, name: str) -> tuple[float, float, float]:
+    """A per-channel value: one number (all channels) or three."""
+    vals = [float(v)] * 3 if isinstance(v, (int, float)) else [float(x) for x in v]
+    if len(vals) != 3:
+        raise ValueError(f"{name} needs 1 or 3 values, got {len(vals)}")
+    return tuple(vals)  # type: ignore[return-value]

@@ -25,6 +25,13 @@ same epoch and sample count (``batches x old global batch // new global batch``)
 optimizer and schedule state are restored exactly, the RNGs are re-seeded from
 ``(seed, rank, step)`` and the sample order of the rest of that epoch differs.
 
+**Fine-tuning** (``cfg.init``, ``maskkit train --init``): the weights are read once, when the run
+starts (:func:`~maskkit.training.checkpoints.init_model`; their sha256 and layout go into the
+config); the optimizer then has two groups, the loaded parameters (``lr x finetune_lr_mult``,
+frozen for the first ``freeze_steps`` steps: lr 0, weight decay 0, their BatchNorm layers in eval
+mode) and the new ones (:func:`build_optimizer`). A resumed run rebuilds the same groups from the
+config alone and never reads the file again.
+
 **Guard.** A non-finite loss on any rank stops every rank with :class:`NonFiniteLoss`, naming
 the step, and leaves the last good checkpoint in place: nothing is written after a bad step. On
 CPU the flag is checked before the optimizer step; on CUDA it is read one step later (so the
@@ -59,7 +66,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from maskkit.training.api import check_device, normalize
+from maskkit.training.api import Preprocess, check_device, normalize
 from maskkit.training.config import TrainConfig, default_num_workers, usable_cores
 from maskkit.training.losses import build_criterion
 from maskkit.training.model import FaceModel, Route, build_model
@@ -138,14 +145,17 @@ class TrainModule(nn.Module):
     ``images`` are uint8 NHWC (as the loader yields them) or already-normalised float NCHW.
     """
 
-    def __init__(self, model: FaceModel, criterion: nn.Module, channels_last: bool = False):
+    def __init__(self, model: FaceModel, criterion: nn.Module, channels_last: bool = False,
+                 preprocess: Preprocess | None = None):
         super().__init__()
         self.model, self.criterion, self.channels_last = model, criterion, channels_last
+        self.preprocess = preprocess
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor, masked: torch.Tensor, route: Route | None = None):
         """``route`` (optional): the two-stream route, precomputed from the loader's CPU flags by
-        :meth:`FaceModel.route` so the forward never syncs the device."""
-        x = normalize(images) if images.dtype == torch.uint8 else images
+        :meth:`FaceModel.route` so the forward never syncs the device. uint8 images get the run's
+        :class:`~maskkit.training.api.Preprocess` (default ``(x - 127.5) / 127.5`` on RGB)."""
+        x = normalize(images, self.preprocess) if images.dtype == torch.uint8 else images
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         mu, logvar = self.model.encode(x, masked, route)
@@ -169,10 +179,19 @@ class StepSchedule:
             lr *= max(epoch / self.warmup, 1e-3)
         return lr
 
-    def set(self, optimizer: torch.optim.Optimizer, epoch: float) -> float:
+    def set(self, optimizer: torch.optim.Optimizer, epoch: float, step: int = 0) -> float:
+        """Set every group's lr for the step ``step`` (0-based) at fractional epoch ``epoch``.
+
+        A group's ``lr_mult`` (default 1) scales the schedule's lr; a group with
+        ``freeze_steps`` N is frozen while ``step < N``: lr 0 and weight decay 0 (its
+        ``base_weight_decay`` afterwards). Returns the schedule's lr.
+        """
         self.last_epoch, self.last_lr = float(epoch), self.lr_at(epoch)
         for g in optimizer.param_groups:
-            g["lr"] = self.last_lr
+            frozen = step < g.get("freeze_steps", 0)
+            g["lr"] = 0.0 if frozen else self.last_lr * g.get("lr_mult", 1.0)
+            if "base_weight_decay" in g:
+                g["weight_decay"] = 0.0 if frozen else g["base_weight_decay"]
         return self.last_lr
 
     def state_dict(self) -> dict:
@@ -260,6 +279,37 @@ class SyntheticSource:
                    # grouped as the shard loader delivers them: unmasked first
                    "masked": self._pin(torch.arange(b) >= b - n_masked),
                    "worker": 0, "stream_pos": i}
+
+
+def build_optimizer(tm: TrainModule, cfg: TrainConfig, base_lr: float) -> tuple[torch.optim.SGD, list[nn.Module]]:
+    """SGD over the trainable parameters, and the BatchNorm layers to hold in eval mode while frozen.
+
+    Without ``cfg.init``: one group (as every run before fine-tuning existed, so their optimizer
+    states still load). With it: group 0 holds the parameters loaded from the file
+    (:func:`~maskkit.training.checkpoints.pretrained_names`), ``lr_mult = cfg.finetune_lr_mult``,
+    ``freeze_steps = cfg.freeze_steps``; group 1 the new ones (a fresh sigma head, the class
+    centres), ``lr_mult = 1``. Freezing is lr 0 and weight decay 0 for group 0
+    (:meth:`StepSchedule.set`) with its BatchNorm layers in eval mode; ``requires_grad`` is never
+    toggled (the optimizer state and DDP's buckets stay the same across the unfreeze step). SGD's
+    momentum buffer still accumulates the frozen parameters' gradients, so at the unfreeze step
+    it holds their steady-state velocity at the pretrained weights.
+    """
+    from maskkit.training.checkpoints import pretrained_names
+
+    pre = {f"model.{n}" for n in pretrained_names(tm.model, cfg)}
+    named = [(n, p) for n, p in tm.named_parameters() if p.requires_grad]
+    if not pre:
+        return torch.optim.SGD([p for _, p in named], lr=base_lr, momentum=cfg.momentum,
+                               weight_decay=cfg.weight_decay), []
+    groups = [
+        {"params": [p for n, p in named if n in pre], "name": "pretrained", "lr_mult": cfg.finetune_lr_mult,
+         "freeze_steps": cfg.freeze_steps, "base_weight_decay": cfg.weight_decay},
+        {"params": [p for n, p in named if n not in pre], "name": "new", "lr_mult": 1.0, "freeze_steps": 0,
+         "base_weight_decay": cfg.weight_decay},
+    ]
+    bns = [m for n, m in tm.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+           and any(f"{n}.{pn}" in pre for pn, _ in m.named_parameters())] if cfg.freeze_steps else []
+    return torch.optim.SGD(groups, lr=base_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay), bns
 
 
 # ----------------------------------------------------------------------------------------------
@@ -366,13 +416,24 @@ def train(cfg: TrainConfig, resume: bool = False, source: Any = None) -> dict:
     # identical init on every rank, then a per-rank RNG stream for dropout / eps
     seed_everything(cfg.seed)
     model = build_model(cfg)
+    init_report = None
+    if cfg.init and ckpt is None:  # --init: read once at the start; a resumed run takes its checkpoint
+        from maskkit.training.checkpoints import WeightsError, init_model
+
+        try:
+            init_report = init_model(model, cfg)
+        except (WeightsError, FileNotFoundError) as exc:
+            raise TrainError(str(exc)) from exc
+        cfg = cfg.replace(init_sha256=init_report.sha256, init_layout=init_report.label,
+                          init_sigma_head=init_report.sigma_head)
     criterion = build_criterion(cfg, num_classes)
-    tm = TrainModule(model, criterion, channels_last).to(info.device)
+    tm = TrainModule(model, criterion, channels_last, Preprocess.from_config(cfg)).to(info.device)
     if channels_last:
         tm = tm.to(memory_format=torch.channels_last)
     base_lr = cfg.lr * gb / cfg.lr_base_batch
     params = [p for p in tm.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=base_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    optimizer, frozen_bns = build_optimizer(tm, cfg, base_lr)
+    new_params = [p for g in optimizer.param_groups if not g.get("freeze_steps") for p in g["params"]]
     sched = StepSchedule(base_lr, cfg.milestones, cfg.gamma, cfg.warmup_epochs)
     scaler = torch.amp.GradScaler("cuda", enabled=(use_cuda and cfg.amp == "fp16"))
     seed_everything(cfg.seed * 1_000_003 + info.rank + 1)
@@ -505,6 +566,14 @@ def train(cfg: TrainConfig, resume: bool = False, source: Any = None) -> dict:
         for feature, reason in skipped:
             emit(f"note: {reason}")
             write_log({"event": "skipped", "step": global_step, "feature": feature, "reason": reason})
+        if init_report is not None:
+            pre = Preprocess.from_config(cfg).describe()
+            emit(f"init: {cfg.init} ({init_report.label}, sha256 {init_report.sha256[:12]}), input {pre}, "
+                 f"BN eps {cfg.bn_eps:g}; pretrained lr x{cfg.finetune_lr_mult:g}"
+                 + (f", frozen for the first {cfg.freeze_steps} steps" if cfg.freeze_steps else "")
+                 + "".join(f"; {n}" for n in init_report.notes))
+            write_log({"event": "init", "step": global_step, "path": cfg.init, "sha256": init_report.sha256,
+                       "layout": init_report.label, "fresh": init_report.fresh, "notes": init_report.notes})
         if inexact:
             emit(inexact)
             write_log({"event": "resume_inexact", "step": global_step, "message": inexact})
@@ -531,7 +600,10 @@ def train(cfg: TrainConfig, resume: bool = False, source: Any = None) -> dict:
             for b in range(b0, spe):
                 batch = next(it)
                 pos[batch["worker"]] = batch["stream_pos"]
-                lr = sched.set(optimizer, epoch + b / spe)
+                lr = sched.set(optimizer, epoch + b / spe, global_step)
+                frozen = bool(cfg.init) and global_step < cfg.freeze_steps
+                for m in frozen_bns:  # the pretrained BatchNorms: running statistics kept while frozen
+                    m.train(not frozen)
                 images = batch["images"].to(info.device, non_blocking=True)
                 labels = batch["labels"].to(info.device, non_blocking=True)
                 route = FaceModel.route(batch["masked"], info.device)  # on the CPU flags: no sync
@@ -548,7 +620,8 @@ def train(cfg: TrainConfig, resume: bool = False, source: Any = None) -> dict:
                 scaler.scale(loss).backward()
                 if cfg.grad_clip:
                     scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                    # while the pretrained groups are frozen, their gradients do not count
+                    torch.nn.utils.clip_grad_norm_(new_params if frozen else params, cfg.grad_clip)
                 scaler.step(optimizer)
                 scaler.update()
                 global_step += 1

@@ -27,6 +27,15 @@ from torch import nn
 LAYERS = {"r18": (2, 2, 2, 2), "r34": (3, 4, 6, 3), "r50": (3, 4, 14, 3), "r100": (3, 13, 30, 3)}
 
 
+BASE_CHANNELS = (64, 128, 256, 512)
+"""Channels of the stem/stage 1, 2, 3, 4 at ``width=1`` (arcface_torch)."""
+
+
+def stage_channels(width: float) -> list[int]:
+    """Channels of the four stages at channel multiplier ``width`` (``round(c * width)``, at least 1)."""
+    return [max(1, int(round(c * width))) for c in BASE_CHANNELS]
+
+
 def conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, kernel_size=3, stride=stride, padding=1, bias=False)
 
@@ -38,21 +47,22 @@ def conv1x1(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
 class Stem(nn.Sequential):
     """conv3x3(3 -> c) -> BN -> PReLU, stride 1."""
 
-    def __init__(self, channels: int = 64) -> None:
-        super().__init__(conv3x3(3, channels), nn.BatchNorm2d(channels, eps=1e-5), nn.PReLU(channels))
+    def __init__(self, channels: int = 64, bn_eps: float = 1e-5) -> None:
+        super().__init__(conv3x3(3, channels), nn.BatchNorm2d(channels, eps=bn_eps), nn.PReLU(channels))
 
 
 class IBasicBlock(nn.Module):
     """Improved residual block: BN-conv3x3-BN-PReLU-conv3x3(stride)-BN + shortcut."""
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None):
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None,
+                 bn_eps: float = 1e-5):
         super().__init__()
-        self.bn1 = nn.BatchNorm2d(inplanes, eps=1e-5)
+        self.bn1 = nn.BatchNorm2d(inplanes, eps=bn_eps)
         self.conv1 = conv3x3(inplanes, planes)
-        self.bn2 = nn.BatchNorm2d(planes, eps=1e-5)
+        self.bn2 = nn.BatchNorm2d(planes, eps=bn_eps)
         self.prelu = nn.PReLU(planes)
         self.conv2 = conv3x3(planes, planes, stride)
-        self.bn3 = nn.BatchNorm2d(planes, eps=1e-5)
+        self.bn3 = nn.BatchNorm2d(planes, eps=bn_eps)
         self.downsample = downsample
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -69,12 +79,12 @@ class EmbeddingHead(nn.Module):
     """
 
     def __init__(self, channels: int, embedding_size: int = 512, dropout: float = 0.0, spatial: int = 49,
-                 freeze_bn_scale: bool = True):
+                 freeze_bn_scale: bool = True, bn_eps: float = 1e-5):
         super().__init__()
-        self.bn2 = nn.BatchNorm2d(channels, eps=1e-5)
+        self.bn2 = nn.BatchNorm2d(channels, eps=bn_eps)
         self.dropout = nn.Dropout(p=dropout)
         self.fc = nn.Linear(channels * spatial, embedding_size)
-        self.features = nn.BatchNorm1d(embedding_size, eps=1e-5)
+        self.features = nn.BatchNorm1d(embedding_size, eps=bn_eps)
         nn.init.constant_(self.features.weight, 1.0)
         if freeze_bn_scale:
             self.features.weight.requires_grad = False
@@ -97,27 +107,29 @@ class IResNet(nn.Module):
     """
 
     def __init__(self, layers: tuple[int, ...], width: float = 1.0, embedding_size: int = 512,
-                 dropout: float = 0.0, input_size: int = 112):
+                 dropout: float = 0.0, input_size: int = 112, bn_eps: float = 1e-5):
         super().__init__()
-        chans = [max(1, int(round(c * width))) for c in (64, 128, 256, 512)]
+        chans = stage_channels(width)
         self.channels = chans
         self.inplanes = chans[0]
-        self.stem = Stem(chans[0])
+        self.bn_eps = bn_eps
+        self.stem = Stem(chans[0], bn_eps)
         self.layer1 = self._make_layer(chans[0], layers[0], stride=2)
         self.layer2 = self._make_layer(chans[1], layers[1], stride=2)
         self.layer3 = self._make_layer(chans[2], layers[2], stride=2)
         self.layer4 = self._make_layer(chans[3], layers[3], stride=2)
         side = input_size // 16
-        self.head = EmbeddingHead(chans[3], embedding_size, dropout, spatial=side * side)
+        self.head = EmbeddingHead(chans[3], embedding_size, dropout, spatial=side * side, bn_eps=bn_eps)
         init_weights(self)
 
     def _make_layer(self, planes: int, blocks: int, stride: int) -> nn.Sequential:
         downsample = None
         if stride != 1 or self.inplanes != planes:
-            downsample = nn.Sequential(conv1x1(self.inplanes, planes, stride), nn.BatchNorm2d(planes, eps=1e-5))
-        mods = [IBasicBlock(self.inplanes, planes, stride, downsample)]
+            downsample = nn.Sequential(conv1x1(self.inplanes, planes, stride),
+                                       nn.BatchNorm2d(planes, eps=self.bn_eps))
+        mods = [IBasicBlock(self.inplanes, planes, stride, downsample, bn_eps=self.bn_eps)]
         self.inplanes = planes
-        mods += [IBasicBlock(planes, planes) for _ in range(1, blocks)]
+        mods += [IBasicBlock(planes, planes, bn_eps=self.bn_eps) for _ in range(1, blocks)]
         return nn.Sequential(*mods)
 
     def units(self) -> list[tuple[str, nn.Module]]:
@@ -147,12 +159,15 @@ def init_weights(module: nn.Module) -> None:
 
 
 def iresnet(name: str = "r50", width: float = 1.0, embedding_size: int = 512, dropout: float = 0.0,
-            input_size: int = 112) -> IResNet:
-    """Build ``r18``/``r34``/``r50``/``r100`` (``iresnet("r50")`` = 43.59 M parameters)."""
+            input_size: int = 112, bn_eps: float = 1e-5) -> IResNet:
+    """Build ``r18``/``r34``/``r50``/``r100`` (``iresnet("r50")`` = 43.59 M parameters).
+
+    ``bn_eps``: the epsilon of every BatchNorm (1e-5 as arcface_torch; MagFace's IResNet uses 2e-5).
+    """
     if name not in LAYERS:
         raise ValueError(f"unknown IResNet {name!r}; choose from {sorted(LAYERS)}")
     return IResNet(LAYERS[name], width=width, embedding_size=embedding_size, dropout=dropout,
-                   input_size=input_size)
+                   input_size=input_size, bn_eps=bn_eps)
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -50,7 +50,8 @@ def _check_device(device: str) -> None:
 
 def _check_model(model) -> None:
     """A one-line error when ``model`` is neither a run folder with ``checkpoints/last.pt`` nor a
-    PyTorch checkpoint file (``torch.save`` writes a zip archive)."""
+    PyTorch file (``torch.save`` writes a zip archive; files from torch < 1.6 start with a pickle
+    opcode). What is inside is checked when it is loaded (:func:`_load`)."""
     import zipfile
 
     from maskkit.training.api import find_checkpoint
@@ -59,13 +60,29 @@ def _check_model(model) -> None:
         ck = find_checkpoint(model)
     except FileNotFoundError as exc:
         raise click.ClickException(f"--model: {exc}") from exc
-    if not zipfile.is_zipfile(ck):
-        raise click.ClickException(f"--model: {ck} is not a PyTorch checkpoint (maskkit train writes "
-                                   "RUN/checkpoints/last.pt)")
+    with open(ck, "rb") as f:
+        legacy = f.read(1) == b"\x80"
+    if not zipfile.is_zipfile(ck) and not legacy:
+        raise click.ClickException(f"--model: {ck} is not a PyTorch checkpoint or weights file (maskkit train "
+                                   "writes RUN/checkpoints/last.pt; arcface_torch backbone.pth and MagFace "
+                                   "checkpoints are read too)")
+
+
+def _load(model, device: str = "cpu"):
+    """``load_model`` with its errors (a file that is no model we can read) as one line."""
+    from maskkit.training.api import load_model
+    from maskkit.training.checkpoints import WeightsError
+
+    try:
+        return load_model(model, device=device)
+    except WeightsError as exc:
+        raise click.ClickException(f"--model: {exc}") from exc
 
 
 @click.command("eval")
-@click.option("--model", "model", type=click.Path(exists=True), help="Run folder (RUN/) or checkpoint file.")
+@click.option("--model", "model", type=click.Path(exists=True),
+              help="Run folder (RUN/), checkpoint, or a foreign weights file (arcface_torch backbone.pth / "
+                   "model.pt / checkpoint_gpu_N.pt, MagFace checkpoint: single-stream, mu only).")
 @click.option("--bin", "bin_path", type=click.Path(exists=True, dir_okay=False), help="insightface verification .bin.")
 @click.option("--pairs", type=click.Path(exists=True, dir_okay=False),
               help="Pairs file (with --root), one pair per line: 'path_a path_b 1|0' (paths under --root; "
@@ -79,7 +96,8 @@ def _check_model(model) -> None:
               help="surgical|n95|kn95|cloth|gas or random.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Mask seed (reproducible masks).")
 @click.option("--flip/--no-flip", default=True, show_default=True, help="Sum the embeddings of image and mirror.")
-@_out("Report folder (default RUN/eval/<set>-<task>-mask<side>).", required=False, type=click.Path(file_okay=False))
+@_out("Report folder (default RUN/eval/<set>-<task>-mask<side>; <stem>-eval/<set>-<task>-mask<side> beside "
+      "a weights file).", required=False, type=click.Path(file_okay=False))
 @click.option("--name", help="Set name in reports (default from the file names).")
 @click.option("--batch-size", type=int, default=64, show_default=True)
 @_device()
@@ -146,7 +164,7 @@ def eval_cmd(model, bin_path, pairs, root, gallery, probes, mask_side, mask_styl
                               None, name, batch_size, device, detector, probes_masked, gallery_per_id, worst_k, progress,
                               aligned)
                 try:
-                    records[str(r)] = [run_eval(cfg, console=console)]
+                    records[str(r)] = [run_eval(cfg, model=_load(r, device), console=console)]
                 except EvalInputError as exc:
                     raise click.ClickException(str(exc)) from exc
         console.print(compare_table(list(runs), records))
@@ -164,7 +182,7 @@ def eval_cmd(model, bin_path, pairs, root, gallery, probes, mask_side, mask_styl
     cfg = _config(model, bin_path, pairs, root, gallery, probes, mask_side, mask_style, seed, flip, out, name,
                   batch_size, device, detector, probes_masked, gallery_per_id, worst_k, progress, aligned)
     try:
-        run_eval(cfg, console=console)
+        run_eval(cfg, model=_load(model, device), console=console)
     except EvalInputError as exc:
         raise click.ClickException(str(exc)) from exc
 
@@ -183,7 +201,9 @@ def _config(model, bin_path, pairs, root, gallery, probes, mask_side, mask_style
 
 
 @click.command("embed")
-@click.option("--model", required=True, type=click.Path(exists=True), help="Run folder (RUN/) or checkpoint file.")
+@click.option("--model", required=True, type=click.Path(exists=True),
+              help="Run folder (RUN/), checkpoint, or a foreign weights file (arcface_torch backbone.pth / "
+                   "model.pt / checkpoint_gpu_N.pt, MagFace checkpoint: single-stream, mu only).")
 @click.option("--src", required=True, type=click.Path(exists=True, file_okay=False), help="Image folder.")
 @_out("Output .npz (mu, sigma, magnitude, masked, paths, identities, failures).", file=True,
       type=click.Path(dir_okay=False))
@@ -227,7 +247,7 @@ def embed(model, src, out, masked, flip, batch_size, device, detector, quiet, ov
     _check_writable(out, "--out", is_dir=False)
     try:
         s = run_embed(model, src, out, masked=masked, flip=flip, batch_size=batch_size, device=device,
-                      detector=detector, progress=not quiet, aligned=aligned)
+                      detector=detector, progress=not quiet, aligned=aligned, model=_load(model, device))
     except NoInputError as exc:
         raise _no_input(exc) from exc
     print_summary("maskkit embed", s, file=sys.stdout)
@@ -235,50 +255,82 @@ def embed(model, src, out, masked, flip, batch_size, device, detector, quiet, ov
 
 
 @click.command("export")
-@click.option("--model", required=True, type=click.Path(exists=True), help="Run folder (RUN/) or checkpoint file.")
-@_out("Output .onnx file.", required=False, file=True, type=click.Path(dir_okay=False))
+@click.option("--model", required=True, type=click.Path(exists=True),
+              help="Run folder (RUN/), checkpoint, or a foreign weights file (arcface_torch, MagFace).")
+@click.option("--format", "fmt", type=click.Choice(["onnx", "arcface-torch"]), default="onnx", show_default=True,
+              help="onnx: one graph, inputs image + masked, outputs mu (+ sigma); arcface-torch: a plain fp32 "
+                   "state_dict in arcface_torch's key layout (mu network only).")
+@_out("Output file (.onnx, or .pth with --format arcface-torch).", required=False, file=True,
+      type=click.Path(dir_okay=False))
+@click.option("--branch", type=click.Choice(["face", "masked"]), default="face", show_default=True,
+              help="arcface-torch: which start block of a two-stream model goes into the file.")
 @click.option("--opset", type=int, default=17, show_default=True)
 @click.option("--verify/--no-verify", default=True, show_default=True,
-              help="Check onnxruntime against PyTorch at batch sizes 1 and 7.")
+              help="onnx: check onnxruntime against PyTorch at batch sizes 1 and 7.")
 @_quiet("Print nothing but errors.")
 @_deprecated("--onnx", dest="out", new="-o/--out", type=click.Path(dir_okay=False))
 @_overwrite("Replace the output file when it exists (otherwise refused).")
-def export(model, out, opset, verify, quiet, overwrite):
-    """Export a trained model to ONNX (one graph, dynamic batch axis).
+def export(model, fmt, out, branch, opset, verify, quiet, overwrite):
+    """Export a model to ONNX (one graph, dynamic batch axis) or to arcface_torch's backbone.pth.
 
     \b
-    inputs   image   float32 (N, 3, 112, 112), RGB, (x - 127.5) / 127.5
-             masked  float32 (N,): 1.0 = masked-face branch, 0.0 = face
-                     branch (> 0.5 selects; cast a bool array to float32)
-    outputs  mu      float32 (N, D), not normalised (D: embedding size, 512)
-             sigma   float32 (N, D) (DUL methods only)
+    onnx inputs   image   float32 (N, 3, H, W), preprocessed as the file's metadata
+                          says (maskkit / arcface_torch: RGB, (x - 127.5) / 127.5;
+                          a MagFace model: BGR, x / 255; keys color/scale/mean/std)
+                  masked  float32 (N,): 1.0 = masked-face branch, 0.0 = face
+                          branch (> 0.5 selects; cast a bool array to float32)
+    onnx outputs  mu      float32 (N, D), not normalised (D: embedding size, 512)
+                  sigma   float32 (N, D) (DUL methods only)
+    arcface-torch         plain fp32 state_dict in arcface_torch's key layout; sigma is
+                          dropped; a two-stream model gives its --branch start block
+
+    \b
+    maskkit export --model runs/maskdul -o maskdul.onnx
+    maskkit export --model runs/maskdul --format arcface-torch --branch masked -o backbone.pth
+    maskkit export --model backbone.pth -o backbone.onnx     # an arcface_torch / MagFace file
     """
     import numpy as np
 
-    from maskkit.training.api import load_model
-    from maskkit.training.eval.export import export_onnx, verify_onnx
+    from maskkit.training.checkpoints import WeightsError
 
     if out is None:
         raise click.UsageError("Missing option '-o' / '--out'.")
     _claim(out, overwrite, "an exported model")
     _check_model(model)
     _check_writable(out, "--out", is_dir=False)
-    m = load_model(model)
-    path = export_onnx(m, out, opset=opset)
+    m = _load(model)
     say = (lambda *a, **k: None) if quiet else click.echo
-    say(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    if fmt == "arcface-torch":
+        from maskkit.training.checkpoints import write_arcface_torch
+
+        try:
+            path, notes = write_arcface_torch(m, out, branch=branch)
+        except WeightsError as exc:
+            raise click.ClickException(str(exc)) from exc
+        say(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, arcface_torch key layout, fp32)")
+        for n in notes:
+            if n.startswith("warning"):
+                click.echo(f"maskkit export: {n}", err=True)
+            else:
+                say(f"note: {n}")
+        return
+    from maskkit.training.eval.export import export_onnx, verify_onnx
+
+    path = export_onnx(m, out, opset=opset)
+    say(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB; input {m.preprocess.describe()})")
     if verify:
         # a smooth random image stands in for faces here; tests check real faces
         rng = np.random.default_rng(0)
         import cv2
 
-        imgs = np.stack([cv2.resize(rng.integers(0, 256, size=(8, 8, 3), dtype=np.uint8), (112, 112))
+        h, w = (m.config or {}).get("image_size") or (112, 112)
+        imgs = np.stack([cv2.resize(rng.integers(0, 256, size=(8, 8, 3), dtype=np.uint8), (w, h))
                          for _ in range(7)])
         flags = np.arange(7) % 2 == 1
         for c in verify_onnx(m, path, imgs, flags):
             sig = "-" if c.max_abs_diff_sigma is None else f"{c.max_abs_diff_sigma:.2e}"
             say(f"batch {c.batch_size}: max |mu diff| {c.max_abs_diff_mu:.2e}, max |sigma diff| {sig}, "
-                       f"relative to output scale {c.relative():.2e}")
+                f"relative to output scale {c.relative():.2e}")
             if c.relative() > 1e-4:
                 raise click.ClickException("onnxruntime disagrees with PyTorch (relative difference > 1e-4)")
 

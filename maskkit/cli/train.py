@@ -55,6 +55,14 @@ _SHAPE_KEYS = ("method", "backbone", "width", "embedding_size", "two_stream", "s
 @click.option("--ckpt-every", type=int, default=1000, show_default=True, help="Checkpoint every N steps.")
 @click.option("--log-every", type=int, default=50, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue the run in --out from checkpoints/last.pt (exactly).")
+@click.option("--init", "init", type=click.Path(exists=True),
+              help="Start from weights: arcface_torch backbone.pth / model.pt / checkpoint_gpu_N.pt, a MagFace "
+                   "checkpoint, or a maskkit run. Architecture and input preprocessing come from the file.")
+@click.option("--finetune-lr-mult", type=float, default=0.1, show_default=True,
+              help="With --init: lr multiplier of the loaded parameters (new ones: 1.0).")
+@click.option("--freeze-steps", type=int, default=0, show_default=True,
+              help="With --init: the loaded parameters get lr 0, weight decay 0 and eval-mode BatchNorm "
+                   "for this many steps.")
 @click.option("--overwrite", is_flag=True,
               help="--out holds a run: replace it (its checkpoints, log and eval/ records are removed). "
                    "Without --resume or --overwrite such a folder is refused.")
@@ -69,7 +77,7 @@ _SHAPE_KEYS = ("method", "backbone", "width", "embedding_size", "two_stream", "s
 @click.pass_context
 def train_cmd(ctx: click.Context, data, out, method, backbone, width, two_stream, split_point, batch_size, lr, epochs,
               milestones, num_workers, amp, compile_, device, seed, max_steps, steps_per_epoch, ckpt_every, log_every,
-              resume, overwrite, nproc, config_path, sets, quiet) -> None:
+              resume, init, finetune_lr_mult, freeze_steps, overwrite, nproc, config_path, sets, quiet) -> None:
     """Train MaskDUL (two-stream IResNet + DUL head + MagFace + H-KLD) or a baseline on shards.
 
     \b
@@ -77,6 +85,7 @@ def train_cmd(ctx: click.Context, data, out, method, backbone, width, two_stream
       maskkit train --data shards/ --out runs/maskdul --method maskdul
       maskkit train --data shards/ --out runs/arc --method arcface --nproc 8
       maskkit train --out runs/maskdul --resume
+      maskkit train --data shards/ --out runs/ft --method maskdul --init backbone.pth --freeze-steps 2000
       torchrun --nproc_per_node 8 -m maskkit.cli train --data shards/ --out runs/maskdul
     """
     from pathlib import Path
@@ -99,7 +108,8 @@ def train_cmd(ctx: click.Context, data, out, method, backbone, width, two_stream
               "epochs": epochs, "milestones": [int(m) for m in str(milestones).split(",") if m.strip()],
               "num_workers": num_workers, "amp": amp, "compile": compile_, "device": device, "seed": seed,
               "max_steps": max_steps, "steps_per_epoch": steps_per_epoch, "ckpt_every": ckpt_every,
-              "log_every": log_every}
+              "log_every": log_every, "init": str(Path(init).resolve()) if init else None,
+              "finetune_lr_mult": finetune_lr_mult, "freeze_steps": freeze_steps}
     renamed = {"compile_": "compile"}
     explicit = {renamed.get(k, k): values[renamed.get(k, k)] for k in given if renamed.get(k, k) in values}
     explicit.update(_parse_set(sets))
@@ -119,11 +129,23 @@ def train_cmd(ctx: click.Context, data, out, method, backbone, width, two_stream
             base = TrainConfig.load(config_path).to_dict()
         else:
             base = dict(values)
+        if resume and "init" in explicit:
+            if explicit["init"] != base.get("init"):
+                click.echo(f"note: --resume: the checkpoint wins; --init {explicit['init']} is ignored "
+                           f"(the run started from {base.get('init') or 'scratch'})", err=True)
+            explicit.pop("init")
         base.update(explicit)
         base["out"] = out
         base.setdefault("extra", {})
         base["extra"] = dict(base["extra"] or {}, command=" ".join(["maskkit"] + sys.argv[1:]))
         cfg = TrainConfig.from_dict(base)
+        if cfg.init and not resume:
+            from maskkit.training.checkpoints import apply_init_config, read_weights
+
+            # architecture and preprocessing from the weights; an explicit different value is an error
+            cfg = apply_init_config(cfg, read_weights(cfg.init), explicit=set(explicit))
+    except FileNotFoundError as exc:
+        raise click.ClickException(f"--init: {exc}") from exc
     except (ValueError, TypeError) as exc:
         raise click.UsageError(str(exc)) from exc
     if not cfg.data:

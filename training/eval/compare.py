@@ -67,8 +67,11 @@ def _auc_cell(r: dict) -> str:
 
 
 def load_run_metrics(run_dir: str | Path) -> list[dict]:
-    """All saved eval metrics of a run (``RUN/eval/*.json``), sorted by key."""
-    d = Path(run_dir) / "eval"
+    """All saved eval metrics of a run (``RUN/eval/*.json``) or of a foreign weights file
+    (``<stem>-eval/*.json`` beside it), sorted by key."""
+    from maskkit.training.checkpoints import eval_home
+
+    d = eval_home(run_dir)
     out = []
     for p in sorted(d.glob("*.json")):
         try:
@@ -82,9 +85,13 @@ def load_run_metrics(run_dir: str | Path) -> list[dict]:
 
 
 def _config_method(run: str | Path) -> str | None:
-    """The ``method`` in ``RUN/config.json`` (or next to a checkpoint file), or None."""
-    p = Path(run)
-    for cand in (p / "config.json", p.parent / "config.json", p.parent.parent / "config.json"):
+    """The ``method`` in ``RUN/config.json`` (of a run folder or ``RUN/checkpoints/X.pt``), or None."""
+    from maskkit.training.checkpoints import maskkit_run_of
+
+    p = maskkit_run_of(run)
+    if p is None:
+        return None
+    for cand in (p / "config.json",):
         if cand.is_file():
             try:
                 method = json.loads(cand.read_text(encoding="utf-8")).get("method")
@@ -109,6 +116,8 @@ def compare_rows(runs: list[str | Path], records: dict[str, list[dict]] | None =
         recs = recs if recs is not None else load_run_metrics(run)
         row = {"run": Path(run).name, "method": _config_method(run) or "-"}
         for m in recs:
+            if m.get("label"):  # a foreign weights file: "<stem> (<layout>)", e.g. backbone (arcface_torch r50)
+                row["run"] = m["label"]
             col = f"{m['set']} {'MFV' if m['task'] == 'verification' else 'MFI'} mask={m['protocol']['mask_side']}"
             if col not in cols:
                 cols.append(col)

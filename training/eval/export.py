@@ -2,7 +2,9 @@
 
 Graph (one graph for both streams)::
 
-    inputs:  image   float32 (N, 3, 112, 112)  RGB, normalised (x - 127.5) / 127.5
+    inputs:  image   float32 (N, 3, 112, 112)  normalised by the model's preprocessing (maskkit
+                                               and arcface_torch: RGB (x - 127.5) / 127.5; a
+                                               MagFace-initialised model: BGR x / 255)
              masked  float32 (N,)              1.0 = masked-face branch, 0.0 = face branch
     outputs: mu      float32 (N, 512)          embedding (not normalised)
              sigma   float32 (N, 512)          σ = exp(logvar / 2)   (DUL methods only)
@@ -16,7 +18,11 @@ The extra cost is one start block (the stem plus one residual block, a few perce
 network). ``masked > 0.5`` picks the masked branch.
 
 Preprocessing stays outside the graph and is recorded in the model's metadata
-(``metadata_props``: ``mean``, ``std``, ``layout``, ``color``, ``method``, ``outputs``).
+(``metadata_props``: ``color``, ``scale``, ``mean``, ``std`` with the formula
+``(x[color] * scale - mean) / std`` on 0..255 values, ``layout``, ``bn_eps``, ``method``,
+``outputs``); :func:`onnx_embed` reads it back, so a MagFace model's file is never fed
+arcface_torch's input. ``mean``/``std`` are one number when equal over the channels, else a JSON
+list of three (files written before these keys have no ``scale``: it is 1).
 
 Uses the TorchScript-based exporter (``dynamo=False``): the dynamo exporter needs the extra
 ``onnxscript`` package, which maskkit does not depend on.
@@ -72,7 +78,7 @@ def _wrapper(module):
     return _Export(module)
 
 
-def export_onnx(model, path: str | Path, opset: int = 17, image_size: tuple[int, int] = (112, 112)) -> Path:
+def export_onnx(model, path: str | Path, opset: int = 17, image_size: tuple[int, int] | None = None) -> Path:
     """Export an ``InferenceModel`` (or its ``torch_module``) to ONNX.
 
     Args:
@@ -80,7 +86,7 @@ def export_onnx(model, path: str | Path, opset: int = 17, image_size: tuple[int,
             ``forward(x, masked) -> (mu, sigma | None)``.
         path: output ``.onnx`` file (weights embedded, no external data file).
         opset: ONNX opset.
-        image_size: (H, W) of the input.
+        image_size: (H, W) of the input (default: the config's ``image_size``, else 112x112).
 
     Returns:
         The written path.
@@ -90,6 +96,7 @@ def export_onnx(model, path: str | Path, opset: int = 17, image_size: tuple[int,
 
     module = getattr(model, "torch_module", model)
     config = getattr(model, "config", {}) or {}
+    image_size = tuple(image_size or config.get("image_size") or (112, 112))
     module = copy.deepcopy(module).cpu().eval()
     if hasattr(module, "routing"):
         module.routing = "where"
@@ -116,13 +123,19 @@ def export_onnx(model, path: str | Path, opset: int = 17, image_size: tuple[int,
             opset_version=opset,
             do_constant_folding=True,
         )
+    from maskkit.training.api import Preprocess
+
+    pre = Preprocess.from_config(config)
     proto = onnx.load(str(path))
     meta = {
         "producer": "maskkit",
-        "mean": "127.5",
-        "std": "127.5",
+        "mean": _channels(pre.mean),
+        "std": _channels(pre.std),
+        "scale": repr(float(pre.scale)),
         "layout": "NCHW",
-        "color": "RGB",
+        "color": pre.color,
+        "input_formula": "(x[color] * scale - mean) / std, x = uint8 0..255",
+        "bn_eps": repr(float(config.get("bn_eps", 1e-5))),
         "image_size": json.dumps(list(image_size)),
         "method": str(config.get("method", "")),
         "backbone": str(config.get("backbone", "")),
@@ -138,9 +151,34 @@ def export_onnx(model, path: str | Path, opset: int = 17, image_size: tuple[int,
     return path
 
 
+def _channels(v) -> str:
+    v = [float(x) for x in v]
+    return repr(v[0]) if len(set(v)) == 1 else json.dumps(v)
+
+
+def onnx_preprocess(session) -> dict:
+    """``{"color", "scale", "mean", "std"}`` from an exported model's metadata (older files: RGB,
+    1, 127.5, 127.5 unless they say otherwise)."""
+    meta = session.get_modelmeta().custom_metadata_map
+
+    def three(text: str) -> np.ndarray:
+        v = json.loads(text)
+        return np.asarray([v] * 3 if isinstance(v, (int, float)) else v, np.float32).reshape(1, 3, 1, 1)
+
+    return {"color": meta.get("color", "RGB"), "scale": float(meta.get("scale", "1.0")),
+            "mean": three(meta.get("mean", "127.5")), "std": three(meta.get("std", "127.5"))}
+
+
 def onnx_embed(session, images_uint8: np.ndarray, masked) -> tuple[np.ndarray, np.ndarray | None]:
-    """Run an exported model in onnxruntime on uint8 NHWC faces (normalised here)."""
-    x = (np.asarray(images_uint8, np.float32).transpose(0, 3, 1, 2) - 127.5) / 127.5
+    """Run an exported model in onnxruntime on uint8 NHWC RGB faces, preprocessed as the file's
+    metadata says (:func:`onnx_preprocess`)."""
+    pre = onnx_preprocess(session)
+    x = np.asarray(images_uint8, np.float32).transpose(0, 3, 1, 2)
+    if pre["color"] == "BGR":
+        x = x[:, ::-1]
+    if pre["scale"] != 1.0:
+        x = x * np.float32(pre["scale"])
+    x = (x - pre["mean"]) / pre["std"]
     m = np.asarray(masked, np.float32).reshape(-1)
     outs = session.run(None, {"image": np.ascontiguousarray(x), "masked": m})
     return outs[0], (outs[1] if len(outs) > 1 else None)
@@ -156,9 +194,10 @@ def verify_onnx(model, path: str | Path, images_uint8: np.ndarray, masked, batch
     """
     import onnxruntime as ort
     import torch
-    from maskkit.training.api import normalize
+    from maskkit.training.api import Preprocess
 
     module = getattr(model, "torch_module", model).cpu().eval()
+    pre = getattr(model, "preprocess", None) or Preprocess()
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     images_uint8 = np.asarray(images_uint8)
     masked = np.asarray(masked, bool)
@@ -166,7 +205,7 @@ def verify_onnx(model, path: str | Path, images_uint8: np.ndarray, masked, batch
     for b in batch_sizes:
         idx = np.arange(b) % len(images_uint8)
         imgs, msk = images_uint8[idx], masked[idx]
-        x = normalize(torch.from_numpy(imgs))
+        x = pre(torch.from_numpy(imgs))
         with torch.no_grad():
             mu_t, sig_t = module(x, torch.from_numpy(msk))
         mu_o, sig_o = onnx_embed(sess, imgs, msk)

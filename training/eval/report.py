@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from maskkit.training.checkpoints import eval_home
 from maskkit.training.eval.compare import metrics_table
 from maskkit.training.eval.evalsets import (
     FaceAligner,
@@ -73,13 +74,13 @@ class EvalConfig:
     Exactly one source: ``bin``, or ``pairs`` + ``root``, or ``gallery`` + ``probes``.
 
     Attributes:
-        model: run folder (``RUN/``) or checkpoint file.
+        model: run folder (``RUN/``), checkpoint, or a weights file (arcface_torch, MagFace).
         mask_side: ``none`` | ``one`` (second image of each pair / the probes; M-LFW
             protocol) | ``both`` (both images / gallery too).
         mask_style: renderer style or ``random``.
         seed: mask seed (image ``i`` uses ``default_rng([seed, i])``).
         flip: add the horizontal mirror's embedding (insightface protocol).
-        out: report folder (default ``RUN/eval/<name>-<mask_side>``).
+        out: report folder (default :attr:`home` ``/ <set>-<task>-mask<side>``).
         name: set name in reports (default from the file/folder names).
         probes_masked: the probes are real masked photos: no synthetic mask, masked branch.
         gallery_per_id: when ``gallery`` and ``probes`` are the same folder, the first K images
@@ -146,17 +147,17 @@ class EvalConfig:
         return Path(self.probes).name
 
     @property
-    def run_dir(self) -> Path:
-        p = Path(self.model)
-        return p if p.is_dir() else p.parent.parent
-
-    @property
     def key(self) -> str:
         return f"{self.set_name}-{self.task}-mask{self.mask_side}"
 
     @property
+    def home(self) -> Path:
+        """``RUN/eval``, or ``<stem>-eval/`` beside a weights file (:func:`~maskkit.training.checkpoints.eval_home`)."""
+        return eval_home(self.model)
+
+    @property
     def out_dir(self) -> Path:
-        return Path(self.out) if self.out else self.run_dir / "eval" / f"{self.set_name}-{self.task}-mask{self.mask_side}"
+        return Path(self.out) if self.out else self.home / self.key
 
 
 def _stats(x: np.ndarray | None) -> dict | None:
@@ -190,6 +191,7 @@ def _model_info(model) -> dict:
         "two_stream": cfg.get("two_stream"),
         "step": meta.get("step"),
         "checkpoint": meta.get("checkpoint"),
+        "layout": meta.get("layout"), "label": meta.get("label"),  # foreign files: "<stem> (<layout>)"
     }
 
 
@@ -539,9 +541,9 @@ def run_eval(cfg: EvalConfig, model=None, console=None) -> dict:
     write_json(out / "metrics.json", m)
     if cfg.save_to_run:
         try:
-            write_json(cfg.run_dir / "eval" / f"{cfg.key}.json", m)
+            write_json(cfg.home / f"{cfg.key}.json", m)
         except OSError as exc:
-            log.warning("could not save metrics into the run folder %s: %s", cfg.run_dir, exc)
+            log.warning("could not save metrics into %s: %s", cfg.home, exc)
     if console is not None:
         console.print(metrics_table(m))
         console.print(f"report: {out}")
