@@ -259,7 +259,8 @@ def _closed_form(method: str, easy: bool, feats, centres, labels, mu, logvar, ma
 def _probe(crit, d: int = 32, seed: int = 0):
     """8 features at chosen angles to their class centre (0.2 .. 3.0 rad: both sides of cos = 0 and
     of theta + m = pi) and norms 5 .. 130 (both MagFace clamps); sigma norms 14 and 22 (inside the
-    H-KLD band, and 22 outside a band ending at 20) for two masked samples, ~0.3 elsewhere."""
+    H-KLD band, and 22 outside a band ending at 20) for two masked samples, 18 for an unmasked one
+    (its xi must stay 1), ~0.3 elsewhere."""
     g = torch.Generator().manual_seed(seed)
     w = crit.margin_loss.weight.detach()
     labels = torch.tensor([0, 1, 2, 3, 4, 0, 1, 2])
@@ -270,7 +271,7 @@ def _probe(crit, d: int = 32, seed: int = 0):
     v = F.normalize(v - (v * u).sum(1, keepdim=True) * u, dim=1)
     mu = norms[:, None] * (torch.cos(angles)[:, None] * u + torch.sin(angles)[:, None] * v)
     sig = torch.full((8, d), 0.05, dtype=torch.float64)
-    sig[0], sig[2] = 14 / math.sqrt(d), 22 / math.sqrt(d)
+    sig[0], sig[2], sig[1] = 14 / math.sqrt(d), 22 / math.sqrt(d), 18 / math.sqrt(d)  # 1: unmasked, xi stays 1
     logvar = 2 * torch.log(sig) + 0.1 * torch.randn(8, d, generator=g, dtype=torch.float64)
     masked = torch.tensor([True, False, True, False, True, False, True, False])
     return mu, logvar, labels, masked
