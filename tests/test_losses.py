@@ -209,6 +209,7 @@ def test_train_config_holds_the_papers_constants():
     assert (c.hkl_l_xi, c.hkl_u_xi, c.hkl_l_sigma, c.hkl_u_sigma, c.kl_lambda) == (0.5, 1, 10, 25, 0.01)
     assert (c.lr, c.momentum, c.weight_decay, c.dropout, c.batch_size) == (0.05, 0.9, 5e-4, 0.4, 128)
     assert (c.milestones, c.gamma, c.epochs, c.lr_base_batch, c.warmup_epochs) == ((10, 18, 25), 0.1, 30, 128, 0)
+    assert c.grad_clip == 5.0  # not in the paper: maskkit's documented guard
     assert (c.arc_margin, c.mag_easy_margin, c.arc_easy_margin) == (0.5, True, False)
     assert (c.kl_reduction, c.xi_detach, c.crop_pad, c.hflip, c.image_size) == ("sum", True, 4, True, (112, 112))
 

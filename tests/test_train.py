@@ -350,7 +350,7 @@ def _same_state(a, b, where: str = "") -> None:
 def test_cli_nproc_2_then_resume_on_one_process(shards, tmp_path, monkeypatch):
     """``--nproc 2`` (torch.distributed.run, gloo) then ``--resume`` with world size 1: the
     restored model, criterion, optimizer (momentum buffers, param groups), schedule and scaler
-    state equal the world-2 checkpoint's, before the first step of the new world."""
+    state equal the world-2 checkpoint's when the first step of the new world begins."""
     import copy
 
     from maskkit.cli import main
@@ -369,10 +369,20 @@ def test_cli_nproc_2_then_resume_on_one_process(shards, tmp_path, monkeypatch):
     real_restore = engine.restore_state
 
     def spy(ckpt, model, criterion, optimizer, sched, scaler):
+        """Let the engine restore, then snapshot everything when the first step sets its lr (after
+        whatever the engine does between the restore and training)."""
         real_restore(ckpt, model, criterion, optimizer, sched, scaler)
-        restored.append(copy.deepcopy({
-            "model": model.state_dict(), "criterion": criterion.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": sched.state_dict(), "scaler": scaler.state_dict() if scaler.is_enabled() else None}))
+        real_set = sched.set
+
+        def first_set(opt, epoch):
+            if not restored:
+                restored.append(copy.deepcopy({
+                    "model": model.state_dict(), "criterion": criterion.state_dict(),
+                    "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                    "scaler": scaler.state_dict() if scaler.is_enabled() else None}))
+            return real_set(opt, epoch)
+
+        sched.set = first_set
 
     monkeypatch.setattr(engine, "restore_state", spy)
     # same global batch on one process: continues at the same sample count (16 of the epoch)
