@@ -215,7 +215,7 @@ def test_default_loader_workers_fit_the_cores(shards, tmp_path, recwarn, caplog)
 def test_config_json_keeps_requests_and_records_what_the_run_resolved(shards, tmp_path, monkeypatch, capfd):
     """A CPU run asked for bf16 and TensorBoard (absent): config.json keeps amp bf16, tensorboard
     true and num_workers null, and adds resolved {device cpu, amp none, tensorboard false,
-    num_workers}; each skipped feature is said once (stderr and log.jsonl). It loads back."""
+    num_workers, threads per rank}; each skipped feature is said once (stderr and log.jsonl). It loads back."""
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # absent on any machine
     cfg = TrainConfig(data=str(shards), out=str(tmp_path / "r"), method="arcface", batch_size=4, steps_per_epoch=2,
                       epochs=2, log_every=1, num_workers=None, device="cpu", amp="bf16",
@@ -224,7 +224,8 @@ def test_config_json_keeps_requests_and_records_what_the_run_resolved(shards, tm
     stored = json.loads((tmp_path / "r" / "config.json").read_text())
     assert (stored["amp"], stored["tensorboard"], stored["num_workers"], stored["device"]) == ("bf16", True, None, "cpu")
     assert stored["resolved"] == {"device": "cpu", "amp": "none", "tensorboard": False,
-                                  "num_workers": _state(tmp_path / "r")["data"]["loader_workers"]}
+                                  "num_workers": _state(tmp_path / "r")["data"]["loader_workers"],
+                                  "threads": [torch.get_num_threads()]}  # threads None: the caller's count
     err = capfd.readouterr().err
     assert err.count("tensorboard requested but unavailable") == 1 and err.count("amp bf16 requested") == 1, err
     logs = [json.loads(x) for x in (tmp_path / "r" / "log.jsonl").read_text().splitlines()]
@@ -590,9 +591,10 @@ def test_two_node_torchrun_equals_one_node_two_processes(shards, tmp_path):
     assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-3000:] for o in outs)
     a, b = _state(one), _state(two)
     assert a["step"] == b["step"] == 3 and b["data"]["world"] == 2 and len(b["rng"]) == 2
-    for run in (one, two):  # every rank ran the configured count, and the log says so
+    for run in (one, two):  # every rank ran the configured count, and the records say so
         starts = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines() if '"start"' in x]
         assert [s_["threads"] for s_ in starts] == [[1, 1]], run
+        assert json.loads((run / "config.json").read_text())["resolved"]["threads"] == [1, 1]
     for part in ("model", "criterion"):
         for k in a[part]:
             assert torch.equal(a[part][k], b[part][k]), f"{part}.{k} differs between 1x2 and 2x1"
