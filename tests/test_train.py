@@ -375,13 +375,13 @@ def test_cli_nproc_2_then_resume_on_one_process(shards, tmp_path, monkeypatch):
         real_restore(ckpt, model, criterion, optimizer, sched, scaler)
         real_set = sched.set
 
-        def first_set(opt, epoch):
+        def first_set(opt, epoch, *rest):
             if not restored:
                 restored.append(copy.deepcopy({
                     "model": model.state_dict(), "criterion": criterion.state_dict(),
                     "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                     "scaler": scaler.state_dict() if scaler.is_enabled() else None}))
-            return real_set(opt, epoch)
+            return real_set(opt, epoch, *rest)
 
         sched.set = first_set
 
