@@ -3,6 +3,8 @@ dependency-shipped faces (always available)."""
 from __future__ import annotations
 
 import os
+import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -60,3 +62,51 @@ def grace_hopper() -> np.ndarray:
 
     with cbook.get_sample_data("grace_hopper.jpg") as f:
         return np.asarray(Image.open(f).convert("RGB"))
+
+
+# -- thread hygiene: no test or fixture may leave torch at another CPU thread count --------------
+@contextmanager
+def torch_threads(n: int):
+    """Run a block with torch at ``n`` CPU threads, then give the previous count back."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def _torch_threads_now() -> int | None:
+    torch = sys.modules.get("torch")
+    return None if torch is None else torch.get_num_threads()
+
+
+def _restore_torch_threads(before: int | None, where: str) -> None:
+    after = _torch_threads_now()
+    if before is None or after is None or after == before:
+        return
+    sys.modules["torch"].set_num_threads(before)
+    pytest.fail(f"{where} changed torch's CPU threads {before} -> {after} and did not restore them "
+                "(use conftest.torch_threads)", pytrace=False)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _module_keeps_torch_threads(request):
+    """Module fixtures (set up before any test's own check) are checked when the module ends;
+    torch is imported here so the count before the module is known."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:  # pragma: no cover - the suite needs torch, but keep non-torch modules runnable
+        pass
+    before = _torch_threads_now()
+    yield
+    _restore_torch_threads(before, f"a fixture of {request.module.__name__}")
+
+
+@pytest.fixture(autouse=True)
+def _test_keeps_torch_threads(request):
+    before = _torch_threads_now()
+    yield
+    _restore_torch_threads(before, request.node.nodeid)

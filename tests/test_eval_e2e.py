@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from conftest import torch_threads
+
 SEED = 3
 
 
@@ -36,15 +38,17 @@ def _pairs(identities: list[str]) -> tuple[list[tuple[int, int]], list[bool]]:
 @pytest.fixture(scope="module")
 def johns(lfw_johns, tmp_path_factory):
     """Aligned lfw-johns faces, a .bin in insightface's layout, and a tiny trained run."""
-    import torch
+    with torch_threads(2):  # the faster count for this fixture only; later modules keep theirs
+        return _make_johns(lfw_johns, tmp_path_factory)
 
+
+def _make_johns(lfw_johns, tmp_path_factory) -> dict:
     from maskkit.render import MaskRenderer
     from maskkit.training.config import TrainConfig
     from maskkit.training.data import write_shards
     from maskkit.training.engine import train
     from maskkit.training.eval.evalsets import FaceAligner, apply_masks, load_image_folder, write_bin
 
-    torch.set_num_threads(2)
     tmp = tmp_path_factory.mktemp("johns")
     faces = load_image_folder(lfw_johns, FaceAligner(), progress=False)
     # every one of the 55 photos is accounted: aligned or listed as a failure

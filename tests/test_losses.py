@@ -196,3 +196,206 @@ def test_criterion_per_method(method):
     else:
         # no sampling: arcface / magface classify mu itself, deterministically
         assert torch.allclose(crit(mu, None, labels, masked)[0], loss)
+
+
+# ----------------------------------------------------------------------------------------------
+# the paper's constants and every method's criterion against a closed form (issue 13)
+# ----------------------------------------------------------------------------------------------
+def test_train_config_holds_the_papers_constants():
+    """MaskDUL (ICASSP 2023) and MagFace's values (MagFace: IrvingMeng/MagFace run/run.sh:
+    la 10, ua 110, lm 0.45, um 0.8, lg 35, arc-scale 64; its MagLinear defaults to easy_margin)."""
+    c = TrainConfig()
+    assert (c.mag_la, c.mag_ua, c.mag_lm, c.mag_um, c.arc_scale, c.mag_lambda_g) == (10, 110, 0.45, 0.8, 64, 35)
+    assert (c.hkl_l_xi, c.hkl_u_xi, c.hkl_l_sigma, c.hkl_u_sigma, c.kl_lambda) == (0.5, 1, 10, 25, 0.01)
+    assert (c.lr, c.momentum, c.weight_decay, c.dropout, c.batch_size) == (0.05, 0.9, 5e-4, 0.4, 128)
+    assert (c.milestones, c.gamma, c.epochs, c.lr_base_batch, c.warmup_epochs) == ((10, 18, 25), 0.1, 30, 128, 0)
+    assert c.grad_clip == 5.0  # not in the paper: maskkit's documented guard
+    assert (c.arc_margin, c.mag_easy_margin, c.arc_easy_margin) == (0.5, True, False)
+    assert (c.kl_reduction, c.xi_detach, c.crop_pad, c.hflip, c.image_size) == ("sum", True, 4, True, (112, 112))
+
+
+_MAG = ("magface", "dul-mag", "maskdul")
+
+
+def _closed_form(method: str, easy: bool, feats, centres, labels, mu, logvar, masked) -> tuple[float, float, float]:
+    """(loss, cls, kl) of one method written from the papers' formulas in float64 numpy, with the
+    paper's constants as literals: ArcFace s 64, m 0.5; MagFace l_a 10, u_a 110, l_m 0.45,
+    u_m 0.8, lambda_g 35; KL summed over dimensions, averaged over the batch, lambda 0.01; H-KLD
+    xi = h(||sigma||) with l_xi 0.5, u_xi 1, l_sigma 10, u_sigma 25 for masked samples."""
+    f = np.asarray(feats, np.float64)
+    w = np.asarray(centres, np.float64)
+    y = np.asarray(labels)
+    cos = np.clip((f / np.linalg.norm(f, axis=1, keepdims=True)) @ (w / np.linalg.norm(w, axis=1, keepdims=True)).T,
+                  -1, 1)
+    if method in _MAG:
+        a = np.clip(np.linalg.norm(f, axis=1), 10, 110)
+        m = (0.8 - 0.45) / (110 - 10) * (a - 10) + 0.45
+        g = float(np.mean(a / 110 ** 2 + 1 / a))
+    else:
+        m, g = np.full(len(f), 0.5), 0.0
+    logits = 64 * cos.copy()
+    for i in range(len(f)):
+        c = cos[i, y[i]]
+        theta = math.acos(c)
+        if easy:
+            t = math.cos(theta + m[i]) if c > 0 else c
+        else:
+            t = math.cos(theta + m[i]) if theta + m[i] < math.pi else c - m[i] * math.sin(m[i])
+        logits[i, y[i]] = 64 * t
+    mx = logits.max(1)
+    ce = float(np.mean(mx + np.log(np.exp(logits - mx[:, None]).sum(1)) - logits[np.arange(len(f)), y]))
+    loss = ce + (35 * g if method in _MAG else 0.0)
+    kl = 0.0
+    if method in ("dul", "dul-mag", "maskdul"):
+        mu_, sig = np.asarray(mu, np.float64), np.exp(0.5 * np.asarray(logvar, np.float64))
+        n = np.linalg.norm(sig, axis=1)
+        h = np.where((n >= 10) & (n <= 25), 0.5 + (1 - 0.5) * (25 - n) / (25 - 10), 1.0)
+        xi = np.where(np.asarray(masked), h, 1.0) if method == "maskdul" else np.ones(len(f))
+        per = (np.log(xi[:, None] / sig) + (sig ** 2 + mu_ ** 2) / (2 * xi[:, None] ** 2) - 0.5).sum(1)
+        kl = float(per.mean())
+        loss += 0.01 * kl
+    return loss, ce, kl
+
+
+def _probe(crit, d: int = 32, seed: int = 0):
+    """8 features at chosen angles to their class centre (0.2 .. 3.0 rad: both sides of cos = 0 and
+    of theta + m = pi) and norms 5 .. 130 (both MagFace clamps); sigma norms 14 and 22 (inside the
+    H-KLD band, and 22 outside a band ending at 20) for two masked samples, 18 for an unmasked one
+    (its xi must stay 1), ~0.3 elsewhere."""
+    g = torch.Generator().manual_seed(seed)
+    w = crit.margin_loss.weight.detach()
+    labels = torch.tensor([0, 1, 2, 3, 4, 0, 1, 2])
+    angles = torch.tensor([0.2, 0.9, 1.4, 1.75, 2.3, 2.8, 3.0, 0.5], dtype=torch.float64)
+    norms = torch.tensor([5.0, 20, 40, 60, 80, 100, 120, 130], dtype=torch.float64)
+    u = F.normalize(w[labels], dim=1)
+    v = torch.randn(8, d, generator=g, dtype=torch.float64)
+    v = F.normalize(v - (v * u).sum(1, keepdim=True) * u, dim=1)
+    mu = norms[:, None] * (torch.cos(angles)[:, None] * u + torch.sin(angles)[:, None] * v)
+    sig = torch.full((8, d), 0.05, dtype=torch.float64)
+    sig[0], sig[2], sig[1] = 14 / math.sqrt(d), 22 / math.sqrt(d), 18 / math.sqrt(d)  # 1: unmasked, xi stays 1
+    logvar = 2 * torch.log(sig) + 0.1 * torch.randn(8, d, generator=g, dtype=torch.float64)
+    masked = torch.tensor([True, False, True, False, True, False, True, False])
+    return mu, logvar, labels, masked
+
+
+def _cfg_for(method: str, mode: str) -> tuple[TrainConfig, bool]:
+    """The config of ``method`` in margin ``mode`` ("default", "easy", "hard") and the mode its
+    criterion must use. The other family's key is set to the opposite value, so a criterion
+    that reads the wrong key fails."""
+    mag = method in _MAG
+    if mode == "default":
+        return TrainConfig(method=method, embedding_size=32), mag
+    easy = mode == "easy"
+    own, other = ("mag_easy_margin", "arc_easy_margin") if mag else ("arc_easy_margin", "mag_easy_margin")
+    return TrainConfig(method=method, embedding_size=32, **{own: easy, other: not easy}), easy
+
+
+@pytest.mark.parametrize("mode", ["default", "easy", "hard"])
+@pytest.mark.parametrize("method", ["arcface", "magface", "dul", "dul-mag", "maskdul"])
+def test_build_criterion_equals_the_closed_form(method, mode):
+    """In eval mode (no sampling) the whole loss of ``build_criterion(TrainConfig(...))`` is the
+    closed form of the method on mu; the probe hits every margin branch (checked)."""
+    cfg, easy = _cfg_for(method, mode)
+    torch.manual_seed(1)
+    crit = build_criterion(cfg, num_classes=5).double().eval()
+    mu, logvar, labels, masked = _probe(crit)
+    lv = logvar if cfg.uses_dul else None
+    loss, parts = crit(mu, lv, labels, masked)
+    w = crit.margin_loss.weight.detach()
+    ref, ref_cls, ref_kl = _closed_form(method, easy, mu, w, labels, mu, logvar, masked)
+    # every branch is hit: cos > 0; cos <= 0 with theta + m < pi; theta + m > pi
+    theta = torch.acos((F.normalize(mu) * F.normalize(w[labels])).sum(1))
+    m = 0.45 + 0.35 / 100 * (mu.norm(dim=1).clamp(10, 110) - 10) if method in _MAG else torch.full_like(theta, 0.5)
+    assert (theta < math.pi / 2).any() and ((theta > math.pi / 2) & (theta + m < math.pi)).any()
+    assert (theta + m > math.pi).any()
+    # float64 throughout except xi (h of ||sigma|| is computed in fp32): ~1e-7 relative
+    assert float(loss.detach()) == pytest.approx(ref, rel=1e-6)
+    assert float(parts["cls"]) == pytest.approx(ref_cls, rel=1e-9)
+    if cfg.uses_dul:
+        assert float(parts["kl"]) == pytest.approx(ref_kl, rel=1e-6)
+    # the probe separates the modes: the other mode's closed form is far off
+    other = _closed_form(method, not easy, mu, w, labels, mu, logvar, masked)[1]
+    assert abs(other - ref_cls) > 1e-3 * abs(ref_cls)
+
+
+@pytest.mark.parametrize("method", ["dul", "dul-mag", "maskdul"])
+def test_dul_methods_classify_the_sample_in_training_and_mu_in_eval(method):
+    """Training: the classification term is the margin loss of s = mu + eps * sigma, eps drawn from
+    the seeded global generator (one ``randn`` of mu's shape); two calls differ. Eval: mu,
+    deterministic."""
+    cfg = TrainConfig(method=method, embedding_size=32)
+    torch.manual_seed(2)
+    crit = build_criterion(cfg, num_classes=5).double()
+    mu, logvar, labels, masked = _probe(crit)
+    w = crit.margin_loss.weight.detach()
+    easy = method in _MAG
+    torch.manual_seed(123)
+    loss, parts = crit(mu, logvar, labels, masked)
+    torch.manual_seed(123)
+    s = mu + torch.randn(mu.shape, dtype=mu.dtype) * torch.exp(0.5 * logvar)
+    ref, ref_cls, ref_kl = _closed_form(method, easy, s, w, labels, mu, logvar, masked)
+    assert float(parts["cls"]) == pytest.approx(ref_cls, rel=1e-9)
+    assert float(loss.detach()) == pytest.approx(ref, rel=1e-6)
+    on_mu = _closed_form(method, easy, mu, w, labels, mu, logvar, masked)[1]
+    assert abs(on_mu - ref_cls) > 1e-3 * abs(on_mu)  # classifying mu would be told apart
+    again, _ = crit(mu, logvar, labels, masked)
+    assert float(again.detach()) != float(loss.detach())  # a fresh eps each call
+    crit.eval()
+    e1, p1 = crit(mu, logvar, labels, masked)
+    e2, _ = crit(mu, logvar, labels, masked)
+    assert float(e1.detach()) == float(e2.detach()) and float(p1["cls"]) == pytest.approx(on_mu, rel=1e-9)
+
+
+@pytest.mark.parametrize("method", ["arcface", "magface"])
+def test_mu_only_methods_are_deterministic_in_training(method):
+    crit = build_criterion(TrainConfig(method=method, embedding_size=32), num_classes=5).double()
+    mu, _, labels, masked = _probe(crit)
+    a, b = crit(mu, None, labels, masked)[0], crit(mu, None, labels, masked)[0]
+    assert float(a.detach()) == float(b.detach())
+
+
+# an old run's config.json, exactly as maskkit wrote it before the margin keys were split
+_OLD_CONFIG = """{"amp": "bf16", "arc_margin": 0.5, "arc_scale": 64.0, "backbone": "r50", "batch_size": 128,
+ "channels_last": true, "ckpt_every": 1000, "compile": false, "compile_mode": "default", "crop_pad": 4,
+ "data": "shards/", "deterministic": false, "device": "auto", "dropout": 0.4, "easy_margin": false,
+ "embedding_size": 512, "epochs": 30, "extra": {}, "gamma": 0.1, "grad_clip": 5.0, "hflip": true,
+ "hkl_l_sigma": 10.0, "hkl_l_xi": 0.5, "hkl_u_sigma": 25.0, "hkl_u_xi": 1.0, "image_size": [112, 112],
+ "kl_lambda": 0.01, "kl_reduction": "sum", "log_every": 50, "lr": 0.05, "lr_base_batch": 128, "mag_la": 10.0,
+ "mag_lambda_g": 35.0, "mag_lm": 0.45, "mag_ua": 110.0, "mag_um": 0.8, "max_steps": null, "method": "maskdul",
+ "milestones": [10, 18, 25], "momentum": 0.9, "num_workers": 4, "out": "runs/maskdul", "progress": true,
+ "seed": 0, "shuffle_buffer": 2000, "split": "train", "split_point": "layer1.0", "steps_per_epoch": null,
+ "tensorboard": true, "two_stream": null, "warmup_epochs": 0.0, "weight_decay": 0.0005, "width": 1.0,
+ "xi_detach": true}"""
+
+
+@pytest.mark.parametrize("old_easy", [False, True])
+def test_old_config_keeps_its_loss(tmp_path, old_easy):
+    """An old config.json's ``easy_margin`` sets both new keys: the old run keeps the loss it was
+    trained with (old default False: the hard margin, although new magface runs default to easy);
+    keys it lacks get their defaults."""
+    path = tmp_path / "config.json"
+    path.write_text(_OLD_CONFIG.replace('"easy_margin": false', f'"easy_margin": {str(old_easy).lower()}'))
+    cfg = TrainConfig.load(path)
+    assert (cfg.mag_easy_margin, cfg.arc_easy_margin) == (old_easy, old_easy)
+    assert cfg.threads is None and cfg.method == "maskdul"
+    for method in ("arcface", "maskdul"):
+        c = cfg.replace(method=method, embedding_size=32)
+        torch.manual_seed(1)
+        crit = build_criterion(c, num_classes=5).double().eval()
+        mu, logvar, labels, masked = _probe(crit)
+        _, parts = crit(mu, logvar if c.uses_dul else None, labels, masked)
+        ref_cls = _closed_form(method, old_easy, mu, crit.margin_loss.weight.detach(), labels, mu, logvar, masked)[1]
+        assert float(parts["cls"]) == pytest.approx(ref_cls, rel=1e-9)
+    # the round trip writes the new keys only
+    assert "easy_margin" not in cfg.to_dict() and TrainConfig.from_json(cfg.to_json()) == cfg
+
+
+def test_legacy_key_conflict_and_unknown_keys_are_errors():
+    d = TrainConfig().to_dict()
+    d["easy_margin"] = False  # the old name beside a new key that says otherwise (mag default True)
+    with pytest.raises(ValueError, match="easy_margin=False .*conflicts with mag_easy_margin=True"):
+        TrainConfig.from_dict(d)
+    d["mag_easy_margin"] = False
+    assert TrainConfig.from_dict(d).mag_easy_margin is False
+    with pytest.raises(ValueError, match="unknown TrainConfig keys: \\['mag_easy_marign'\\]"):
+        TrainConfig.from_dict({"mag_easy_marign": True})

@@ -26,7 +26,7 @@ from maskkit.training.engine import NonFiniteLoss, TrainModule, train
 from maskkit.training.losses import Criterion, build_criterion
 from maskkit.training.model import build_model
 
-from conftest import SHARED_DATA
+from conftest import SHARED_DATA, torch_threads
 
 NARROW = dict(backbone="r18", width=0.25, progress=False, tensorboard=False, shuffle_buffer=16)
 
@@ -215,7 +215,7 @@ def test_default_loader_workers_fit_the_cores(shards, tmp_path, recwarn, caplog)
 def test_config_json_keeps_requests_and_records_what_the_run_resolved(shards, tmp_path, monkeypatch, capfd):
     """A CPU run asked for bf16 and TensorBoard (absent): config.json keeps amp bf16, tensorboard
     true and num_workers null, and adds resolved {device cpu, amp none, tensorboard false,
-    num_workers}; each skipped feature is said once (stderr and log.jsonl). It loads back."""
+    num_workers, threads per rank}; each skipped feature is said once (stderr and log.jsonl). It loads back."""
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # absent on any machine
     cfg = TrainConfig(data=str(shards), out=str(tmp_path / "r"), method="arcface", batch_size=4, steps_per_epoch=2,
                       epochs=2, log_every=1, num_workers=None, device="cpu", amp="bf16",
@@ -224,7 +224,8 @@ def test_config_json_keeps_requests_and_records_what_the_run_resolved(shards, tm
     stored = json.loads((tmp_path / "r" / "config.json").read_text())
     assert (stored["amp"], stored["tensorboard"], stored["num_workers"], stored["device"]) == ("bf16", True, None, "cpu")
     assert stored["resolved"] == {"device": "cpu", "amp": "none", "tensorboard": False,
-                                  "num_workers": _state(tmp_path / "r")["data"]["loader_workers"]}
+                                  "num_workers": _state(tmp_path / "r")["data"]["loader_workers"],
+                                  "threads": [torch.get_num_threads()]}  # threads None: the caller's count
     err = capfd.readouterr().err
     assert err.count("tensorboard requested but unavailable") == 1 and err.count("amp bf16 requested") == 1, err
     logs = [json.loads(x) for x in (tmp_path / "r" / "log.jsonl").read_text().splitlines()]
@@ -282,7 +283,7 @@ def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str, cfg_json: s
                 y: torch.Tensor, m: torch.Tensor) -> None:
     import torch.distributed as dist
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(1)  # a forked rank (its own process): nothing to restore in the parent
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     cfg = TrainConfig.from_json(cfg_json)
     torch.manual_seed(0)
@@ -310,9 +311,7 @@ def test_ddp_gloo_matches_single_process_gradients(tmp_path):
     ddp = torch.load(tmp_path / "ddp.pt")
     torch.manual_seed(0)
     tm = TrainModule(build_model(cfg), build_criterion(cfg, 4))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as the ranks: same kernels, same summation order
-    try:
+    with torch_threads(1):  # as the ranks: same kernels, same summation order
         grads = []
         for r in (0, 1):  # DDP = mean over ranks of each rank's gradient
             tm.zero_grad(set_to_none=True)
@@ -320,8 +319,6 @@ def test_ddp_gloo_matches_single_process_gradients(tmp_path):
             loss, _ = tm(x[r * 4:r * 4 + 4], y[r * 4:r * 4 + 4], m[r * 4:r * 4 + 4])
             loss.backward()
             grads.append({k: p.grad.clone() for k, p in tm.named_parameters() if p.grad is not None})
-    finally:
-        torch.set_num_threads(threads)
     single = {k: (grads[0][k] + grads[1][k]) / 2 for k in grads[0]}
     assert set(single) == set(ddp)
     assert any(k.startswith("model.branch_masked") for k in single)
@@ -335,9 +332,30 @@ def test_ddp_gloo_matches_single_process_gradients(tmp_path):
         assert torch.allclose(single[k], ddp[k], rtol=1e-4, atol=1e-5 * scale), k
 
 
-def test_cli_nproc_2_then_resume_on_one_process(shards, tmp_path):
-    """``--nproc 2`` (torch.distributed.run, gloo) then ``--resume`` with world size 1."""
+def _same_state(a, b, where: str = "") -> None:
+    """Nested state dicts equal: tensors bit for bit, everything else by ``==``."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and set(a) == set(b), (where, sorted(map(str, set(a) ^ set(b))))
+        for k in a:
+            _same_state(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert isinstance(b, (list, tuple)) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _same_state(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, (where, a, b)
+
+
+def test_cli_nproc_2_then_resume_on_one_process(shards, tmp_path, monkeypatch):
+    """``--nproc 2`` (torch.distributed.run, gloo) then ``--resume`` with world size 1: the
+    restored model, criterion, optimizer (momentum buffers, param groups), schedule and scaler
+    state equal the world-2 checkpoint's when the first step of the new world begins."""
+    import copy
+
     from maskkit.cli import main
+    from maskkit.training import engine
 
     run = tmp_path / "ddp"
     common = ["-q", "--set", "tensorboard=false", "--set", "shuffle_buffer=8"]
@@ -348,10 +366,35 @@ def test_cli_nproc_2_then_resume_on_one_process(shards, tmp_path):
     st = _state(run)
     assert st["step"] == 2 and st["data"]["world"] == 2 and len(st["rng"]) == 2
     assert st["data"]["global_batch"] == 8 and st["data"]["batches_in_epoch"] == 2
+    restored = []
+    real_restore = engine.restore_state
+
+    def spy(ckpt, model, criterion, optimizer, sched, scaler):
+        """Let the engine restore, then snapshot everything when the first step sets its lr (after
+        whatever the engine does between the restore and training)."""
+        real_restore(ckpt, model, criterion, optimizer, sched, scaler)
+        real_set = sched.set
+
+        def first_set(opt, epoch, *rest):
+            if not restored:
+                restored.append(copy.deepcopy({
+                    "model": model.state_dict(), "criterion": criterion.state_dict(),
+                    "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                    "scaler": scaler.state_dict() if scaler.is_enabled() else None}))
+            return real_set(opt, epoch, *rest)
+
+        sched.set = first_set
+
+    monkeypatch.setattr(engine, "restore_state", spy)
     # same global batch on one process: continues at the same sample count (16 of the epoch)
     res = CliRunner().invoke(main, ["train", "--out", str(run), "--resume", "--max-steps", "4", "--batch-size", "8",
                                     "--num-workers", "0"] + common)
     assert res.exit_code == 0, res.output + repr(res.exception)
+    assert len(restored) == 1
+    assert st["optimizer"]["state"] and all(v["momentum_buffer"].abs().sum() > 0
+                                            for v in st["optimizer"]["state"].values())
+    for part in ("model", "criterion", "optimizer", "scheduler", "scaler"):
+        _same_state(st[part], restored[0][part], part)
     st = _state(run)
     assert st["step"] == 4 and st["data"]["world"] == 1 and st["data"]["epoch"] == 1
     recs = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
@@ -523,20 +566,22 @@ def _free_port() -> int:
 def test_two_node_torchrun_equals_one_node_two_processes(shards, tmp_path):
     """Multi-node: two torchrun "nodes" (``--nnodes 2 --node-rank 0/1``, one process each, static
     rendezvous on localhost, gloo) running ``maskkit train`` end with exactly the weights of
-    ``--nproc 2`` on one node: ranks, data shards, RNG streams and checkpoints agree."""
+    ``--nproc 2`` on one node: ranks, data shards, RNG streams and checkpoints agree. Both sides
+    run ``threads=1`` per process, set by the engine and logged per rank, so the result does not
+    depend on the caller's OMP_NUM_THREADS (CPU kernels sum in a thread-count-dependent order)."""
     import subprocess
 
     from maskkit.cli import main
 
     args = ["--data", str(shards), "--method", "maskdul", "--backbone", "r18", "--width", "0.25",
             "--batch-size", "4", "--max-steps", "3", "--steps-per-epoch", "3", "--num-workers", "1", "--seed", "2",
-            "-q", "--set", "tensorboard=false", "--set", "shuffle_buffer=8"]
+            "-q", "--set", "tensorboard=false", "--set", "shuffle_buffer=8", "--set", "threads=1"]
     one = tmp_path / "one"
     res = CliRunner().invoke(main, ["train", "--out", str(one), "--nproc", "2"] + args)
     assert res.exit_code == 0, res.output + repr(res.exception)
     two = tmp_path / "two"
     port = _free_port()
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = dict(os.environ)  # whatever OMP_NUM_THREADS says: the engine sets the config's count
     procs = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", str(n),
                                "--nproc-per-node", "1", "--master-addr", "127.0.0.1", "--master-port", str(port),
                                "-m", "maskkit.cli", "train", "--out", str(two)] + args,
@@ -546,6 +591,77 @@ def test_two_node_torchrun_equals_one_node_two_processes(shards, tmp_path):
     assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-3000:] for o in outs)
     a, b = _state(one), _state(two)
     assert a["step"] == b["step"] == 3 and b["data"]["world"] == 2 and len(b["rng"]) == 2
+    for run in (one, two):  # every rank ran the configured count, and the records say so
+        starts = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines() if '"start"' in x]
+        assert [s_["threads"] for s_ in starts] == [[1, 1]], run
+        assert json.loads((run / "config.json").read_text())["resolved"]["threads"] == [1, 1]
     for part in ("model", "criterion"):
         for k in a[part]:
             assert torch.equal(a[part][k], b[part][k]), f"{part}.{k} differs between 1x2 and 2x1"
+
+
+
+# -- the recipe as the engine runs it ---------------------------------------------------------------
+def test_lr_follows_the_fractional_epoch_and_threads_are_restored(shards, tmp_path):
+    """The lr of every step is set from ``epoch + batch / steps_per_epoch``: warm-up over 1.5
+    epochs, x0.1 at epoch 1, the base scaled by global batch / 128. The run uses the configured
+    thread count (logged) and the caller gets its own count back."""
+    cfg = TrainConfig(data=str(shards), out=str(tmp_path / "r"), method="arcface", batch_size=4, num_workers=0,
+                      steps_per_epoch=4, max_steps=7, log_every=1, ckpt_every=100, warmup_epochs=1.5,
+                      milestones=(1,), threads=1, **NARROW)
+    with torch_threads(2):
+        train(cfg)
+        assert torch.get_num_threads() == 2
+    recs = [json.loads(x) for x in (tmp_path / "r" / "log.jsonl").read_text().splitlines()]
+    assert [r["threads"] for r in recs if r.get("event") == "start"] == [[1]]
+    base = 0.05 * 4 / 128
+    expected = []
+    for k in range(7):  # step k + 1 trains at epoch k / 4
+        e = k / 4
+        expected.append(base * (0.1 if e >= 1 else 1.0) * (max(e / 1.5, 1e-3) if e < 1.5 else 1.0))
+    assert [r["lr"] for r in recs if "loss" in r] == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("factor", [0.0, 1e6])
+def test_clipping_at_5_and_weight_decay(shards, tmp_path, monkeypatch, factor):
+    """One SGD step from the known initialisation, the loss scaled by ``factor``. The momentum
+    buffer after the first step is ``clip(g) + wd * p0`` and the weights ``p0 - lr * buffer``:
+
+    * factor 1e6 (a huge gradient): ``||buffer - wd p0||`` over all trained parameters is exactly
+      the clipping norm 5;
+    * factor 0 (no gradient): the buffer is ``wd * p0`` -- weight decay 5e-4 on every parameter
+      (class centres and BatchNorm included, as in the paper's plain SGD)."""
+    from maskkit.training.engine import seed_everything
+
+    orig = Criterion.forward
+
+    def scaled(self, *a, **kw):
+        loss, parts = orig(self, *a, **kw)
+        return loss * factor, parts
+
+    monkeypatch.setattr(Criterion, "forward", scaled)
+    cfg = TrainConfig(data=str(shards), out=str(tmp_path / "r"), method="dul-mag", batch_size=4, num_workers=0,
+                      max_steps=1, **NARROW)
+    train(cfg)
+    st = _state(tmp_path / "r")
+    seed_everything(cfg.seed)  # the engine's initialisation, rebuilt here
+    tm = TrainModule(build_model(cfg), build_criterion(cfg, len(st["classes"])))
+    named = [(k, p.detach()) for k, p in tm.named_parameters() if p.requires_grad]
+    lr, wd = 0.05 * 4 / 128, 5e-4
+    assert st["optimizer"]["param_groups"][0]["weight_decay"] == wd
+    grads, steps = [], []
+    for i, (name, p0) in enumerate(named):
+        part, key = name.split(".", 1)
+        p1 = st[part][key]
+        buf = st["optimizer"]["state"][i]["momentum_buffer"]
+        grads.append((buf.double() - wd * p0.double()).flatten())
+        # p1 = p0 - lr * buf; fp32 rounding of p0 (|p0| <= ~1): 1e-6 absolute
+        steps.append(float((p1 - (p0 - lr * buf)).abs().max()))
+    assert max(steps) < 1e-6
+    g = torch.cat(grads)
+    if factor == 0:
+        # the buffer is wd * p0 to fp32 rounding of the product (|wd p0| <= ~1e-3)
+        assert float(g.abs().max()) < 1e-9
+    else:
+        # clip_grad_norm_ sums ~1e6 squares in fp32 for the norm it divides by: measured 1e-4 off
+        assert float(g.norm()) == pytest.approx(5.0, rel=1e-3)

@@ -26,6 +26,9 @@ METHODS = ("arcface", "magface", "dul", "dul-mag", "maskdul")
 BACKBONES = ("r18", "r34", "r50", "r100")
 AMP_MODES = ("bf16", "fp16", "none")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+#: keys of older ``config.json`` files -> the keys that replaced them (each gets the old value,
+#: so an old run keeps the loss it was trained with).
+LEGACY_KEYS = {"easy_margin": ("mag_easy_margin", "arc_easy_margin")}
 
 
 def usable_cores() -> int:
@@ -112,8 +115,14 @@ class TrainConfig:
     mag_lm: float = 0.45
     mag_um: float = 0.8
     mag_lambda_g: float = 35.0
-    easy_margin: bool = False
-    """ArcFace/MagFace easy margin (``cos > 0`` test instead of the ``cos(pi - m)`` threshold)."""
+    mag_easy_margin: bool = True
+    """Margin mode of ``magface``, ``dul-mag`` and ``maskdul``: easy (default, as MagFace's code:
+    ``MagLinear(easy_margin=True)`` in IrvingMeng/MagFace ``models/magface.py``, never overridden
+    by ``run/trainer.py``) applies ``cos(theta + m)`` only where ``cos theta > 0``. False: the
+    ``cos(pi - m)`` threshold of :func:`~maskkit.training.losses.margin_logits`."""
+    arc_easy_margin: bool = False
+    """Margin mode of ``arcface`` and ``dul``: False (default, insightface's original ArcFace) or
+    easy. Old ``config.json`` files carry one ``easy_margin`` key: it sets both (``LEGACY_KEYS``)."""
     kl_lambda: float = 0.01
     kl_reduction: str = "sum"
     """``"sum"`` over the 512 dimensions (default, as DUL's reference code) or ``"mean"``. With
@@ -191,6 +200,11 @@ class TrainConfig:
     CUDA graphs record one graph per distinct two-stream split of a batch (up to batch + 1 of
     them, each with its own memory pool), so ``max-autotune-no-cudagraphs`` is the one to try
     for the two-stream methods. None of the non-default modes has been measured on a GPU yet."""
+    threads: int | None = None
+    """CPU threads of each training process (``torch.set_num_threads``). None: the process's
+    current count (``OMP_NUM_THREADS``; ``--nproc N`` sets it to cores // N when unset). The
+    engine sets it, records it per rank (``config.json`` ``resolved.threads``, the log's ``start``
+    record) and restores the caller's count."""
     seed: int = 0
     deterministic: bool = False
     """Deterministic cuDNN/algorithms (slower); CPU runs are deterministic anyway."""
@@ -233,6 +247,8 @@ class TrainConfig:
         self.image_size = tuple(int(s) for s in self.image_size)  # type: ignore[assignment]
         if self.batch_size < 1:
             raise ValueError("batch_size must be >= 1")
+        if self.threads is not None and int(self.threads) < 1:
+            raise ValueError(f"threads must be >= 1 or None, got {self.threads!r}")
 
     # -- derived -------------------------------------------------------------------------------
     @property
@@ -259,12 +275,23 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any], strict: bool = True) -> "TrainConfig":
         """A config from a dict; missing keys take their defaults and ``resolved`` (the run
-        record :meth:`save` adds) is dropped.
+        record :meth:`save` adds) is dropped. An old key of :data:`LEGACY_KEYS` sets its new keys
+        (``easy_margin`` -> ``mag_easy_margin`` and ``arc_easy_margin``).
 
         Raises:
             ValueError: ``strict`` and a key that is not a field (with ``strict=False`` such
-                keys, from an older or newer maskkit, are ignored with a logged warning).
+                keys, from an older or newer maskkit, are ignored with a logged warning); an old
+                key beside a new one that says otherwise.
         """
+        d = dict(d)
+        for old, new in LEGACY_KEYS.items():
+            if old in d:
+                value = d.pop(old)
+                clash = [k for k in new if k in d and d[k] != value]
+                if clash:
+                    raise ValueError(f"{old}={value!r} (the old name of {', '.join(new)}) conflicts with "
+                                     + ", ".join(f"{k}={d[k]!r}" for k in clash))
+                d.update({k: value for k in new})
         names = {f.name for f in dataclasses.fields(cls)}
         d = {k: v for k, v in d.items() if k != "resolved"}
         unknown = set(d) - names

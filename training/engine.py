@@ -32,6 +32,10 @@ frozen for the first ``freeze_steps`` steps: lr 0, weight decay 0, their BatchNo
 mode) and the new ones (:func:`build_optimizer`). A resumed run rebuilds the same groups from the
 config alone and never reads the file again.
 
+**Threads.** Each process runs ``cfg.threads`` CPU threads (None: its current count); the
+count of every rank is in ``config.json``'s ``resolved`` record and the log's ``start`` record;
+:func:`train` gives the caller its own count back when it returns.
+
 **Guard.** A non-finite loss on any rank stops every rank with :class:`NonFiniteLoss`, naming
 the step, and leaves the last good checkpoint in place: nothing is written after a bad step. On
 CPU the flag is checked before the optimizer step; on CUDA it is read one step later (so the
@@ -330,6 +334,18 @@ def set_rng_state(st: dict, device: torch.device) -> None:
         torch.cuda.set_rng_state(st["cuda"], device)
 
 
+def restore_state(ckpt: dict, model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer,
+                  sched: "StepSchedule", scaler: Any) -> None:
+    """Load a checkpoint's model, criterion (class centres), optimizer, schedule and GradScaler
+    state into the objects of a new run (any world size: none of them depends on it)."""
+    model.load_state_dict(ckpt["model"])
+    criterion.load_state_dict(ckpt["criterion"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    sched.load_state_dict(ckpt["scheduler"])
+    if ckpt.get("scaler"):
+        scaler.load_state_dict(ckpt["scaler"])
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2 ** 32))
@@ -385,6 +401,18 @@ def train(cfg: TrainConfig, resume: bool = False, source: Any = None) -> dict:
     Raises:
         NonFiniteLoss: the loss became NaN/Inf (the last good checkpoint is kept).
     """
+    caller_threads = torch.get_num_threads()
+    try:
+        return _train(cfg, resume, source)
+    finally:  # cfg.threads changes this process's count: give the caller its own back
+        torch.set_num_threads(caller_threads)
+
+
+def _train(cfg: TrainConfig, resume: bool, source: Any) -> dict:
+    threads = int(cfg.threads) if cfg.threads else torch.get_num_threads()
+    # CPU kernels sum in a thread-count-dependent order: the count is set and logged per rank, so two
+    # launches (e.g. --nproc 2 and two one-process nodes) compute the same thing when they agree on it
+    torch.set_num_threads(threads)
     info = setup_distributed(cfg)
     run = Path(cfg.out)
     ck_path = run / "checkpoints" / "last.pt"
@@ -444,12 +472,7 @@ def train(cfg: TrainConfig, resume: bool = False, source: Any = None) -> dict:
         if ckpt.get("num_classes") != num_classes:
             raise TrainError(f"--resume: the checkpoint was trained on {ckpt.get('num_classes')} classes, "
                              f"{cfg.data} has {num_classes}")
-        model.load_state_dict(ckpt["model"])
-        criterion.load_state_dict(ckpt["criterion"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        sched.load_state_dict(ckpt["scheduler"])
-        if ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
+        restore_state(ckpt, model, criterion, optimizer, sched, scaler)
         d = ckpt["data"]
         global_step = int(ckpt["step"])
         same = d["world"] == world and d["num_workers"] == nw and d["batch_size"] == cfg.batch_size
@@ -500,9 +523,11 @@ def train(cfg: TrainConfig, resume: bool = False, source: Any = None) -> dict:
         except Exception as exc:  # tensorboard not installed: the JSONL log is the record
             skipped.append(("tensorboard", f"tensorboard requested but unavailable ({type(exc).__name__}: {exc}); "
                                            "log.jsonl is the record"))
+    rank_threads = _all_gather_object(threads, info)  # every rank's CPU threads (a collective: all ranks)
     if info.is_main:  # what was asked, and what this run does (config.json "resolved")
         cfg.save(run / "config.json", resolved={"device": str(info.device), "amp": cfg.amp if amp_dtype else "none",
-                                                "tensorboard": tb is not None, "num_workers": src.num_workers})
+                                                "tensorboard": tb is not None, "num_workers": src.num_workers,
+                                                "threads": rank_threads})
     bar = _progress(total_steps, global_step, cfg.progress and info.is_main)
 
     def emit(line: str) -> None:
@@ -560,9 +585,11 @@ def train(cfg: TrainConfig, resume: bool = False, source: Any = None) -> dict:
     if info.is_main:
         emit(f"maskkit train: {cfg.method} {cfg.backbone} (width {cfg.width}) on {info.device}, world {world}, "
              f"global batch {gb}, {spe} steps/epoch x {cfg.epochs} epochs, {num_classes} classes, lr {base_lr:g}, "
-             f"amp {cfg.amp if amp_dtype else 'none'}" + (f", resumed at step {global_step}" if ckpt else ""))
+             f"amp {cfg.amp if amp_dtype else 'none'}, threads/process {'/'.join(map(str, rank_threads))}"
+             + (f", resumed at step {global_step}" if ckpt else ""))
         write_log({"event": "start", "step": global_step, "world": world, "global_batch": gb,
-                   "steps_per_epoch": spe, "device": str(info.device), "resumed": ckpt is not None})
+                   "steps_per_epoch": spe, "device": str(info.device), "resumed": ckpt is not None,
+                   "threads": rank_threads})
         for feature, reason in skipped:
             emit(f"note: {reason}")
             write_log({"event": "skipped", "step": global_step, "feature": feature, "reason": reason})
@@ -697,7 +724,9 @@ def launch(cfg: TrainConfig, nproc: int, resume: bool = False) -> int:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            "-m", "maskkit.training.engine", str(cfg_path)] + (["--resume"] if resume else [])
     env = dict(os.environ)
-    if torch.cuda.is_available() is False:
+    if cfg.threads:
+        env["OMP_NUM_THREADS"] = str(int(cfg.threads))
+    elif torch.cuda.is_available() is False:
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     return subprocess.call(cmd, env=env)
 

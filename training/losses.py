@@ -3,12 +3,16 @@
 Margin losses own their class centres, as in pytorch-metric-learning
 (``loss_fn(embeddings, labels)``), so they can be swapped without touching the model:
 
-* :class:`ArcFaceLoss` -- additive angular margin, ``s = 64``, ``m = 0.5``.
+* :class:`ArcFaceLoss` -- additive angular margin, ``s = 64``, ``m = 0.5``; the target logit is
+  ``s * cos(theta + m)``, falling back to ``s * (cos theta - m sin m)`` when ``theta + m > pi``
+  (insightface's original ArcFace, deepinsight/insightface ``src/train_softmax.py``, loss_type 4,
+  commit 02cbf7bd: ``threshold = cos(pi - m)``, ``mm = sin(pi - m) * m``).
 * :class:`MagFaceLoss` -- magnitude-aware margin ``m(a)`` and regulariser ``g(a)``:
   ``a = clamp(||f||, l_a, u_a)`` with ``[l_a, u_a] = [10, 110]``;
   ``m(a) = (u_m - l_m) / (u_a - l_a) * (a - l_a) + l_m`` with ``l_m = 0.45``, ``u_m = 0.8``;
   ``g(a) = a / u_a^2 + 1 / a``; ``L = CE(s * cos(theta + m(a))) + lambda_g * mean g(a)``,
-  ``lambda_g = 35``, ``s = 64`` (the formulas of the MagFace reference code).
+  ``lambda_g = 35``, ``s = 64`` (the formulas of the MagFace reference code), with MagFace's easy
+  margin by default (see :func:`margin_logits`).
 * :class:`DULKL` -- DUL's ``KL(N(mu, sigma^2) || N(0, I)) = -1/2 sum(1 + log sigma^2 - mu^2 - sigma^2)``.
 * :class:`HKLD` -- MaskDUL's H-KLD: ``KL(N(mu, sigma^2) || N(0, (xi I)^2))`` with
   ``xi = h(||sigma||)`` (:func:`h_xi`) for masked samples and ``xi = 1`` for unmasked ones.
@@ -62,9 +66,20 @@ def margin_logits(cos: torch.Tensor, labels: torch.Tensor, margin: torch.Tensor 
                   easy_margin: bool = False) -> torch.Tensor:
     """ArcFace's ``s * cos(theta_y + m)`` on the target logit, ``s * cos(theta_j)`` elsewhere.
 
-    ``margin`` is a float or a per-sample (N,) tensor (MagFace). Without ``easy_margin`` the
-    target logit falls back to ``cos - sin(pi - m) * m`` when ``theta + m > pi``
-    (insightface / MagFace reference); with it, to ``cos`` when ``cos <= 0``.
+    Args:
+        cos: (N, C) cosines; labels: (N,) class indices; margin: a float (radians) or a
+            per-sample (N,) tensor (MagFace's ``m(a)``); scale: ``s``.
+        easy_margin: the target logit's rule where the margin does not apply.
+
+            * False (insightface's original ArcFace, ``src/train_softmax.py`` loss_type 4; MagFace's
+              ``easy_margin=False`` branch): ``cos(theta + m)`` while ``theta + m <= pi``
+              (``cos theta > cos(pi - m)``), else ``cos theta - m sin m`` (written there as
+              ``sin(pi - m) * m``), so the logit keeps decreasing in ``theta``.
+            * True (MagFace's default, ``models/magface.py`` ``MagLinear``): ``cos(theta + m)``
+              where ``cos theta > 0``, else ``cos theta`` unchanged.
+
+    Returns:
+        (N, C) logits, in the dtype of ``cos``.
     """
     labels = labels.long().view(-1, 1)
     target = cos.gather(1, labels)
@@ -89,7 +104,10 @@ class _CentersMixin(nn.Module):
 class ArcFaceLoss(_CentersMixin):
     """ArcFace (additive angular margin). ``forward(emb, labels) -> (loss, parts)``.
 
-    ``parts = {"cls": CE}``; ``loss = CE(s * [cos(theta_y + m), cos(theta_j)])``.
+    ``parts = {"cls": CE}``; ``loss = CE(s * [cos(theta_y + m), cos(theta_j)])``, the target
+    logit falling back to ``cos theta - m sin m`` when ``theta + m > pi`` (``easy_margin=False``,
+    the default, as insightface's original ArcFace) or to ``cos theta`` when ``cos theta <= 0``
+    (``easy_margin=True``); see :func:`margin_logits`.
     """
 
     def __init__(self, num_classes: int, embedding_size: int = 512, scale: float = 64.0, margin: float = 0.5,
@@ -108,12 +126,14 @@ class ArcFaceLoss(_CentersMixin):
 class MagFaceLoss(_CentersMixin):
     """MagFace. ``forward(emb, labels) -> (loss, parts)`` with ``loss = CE + lambda_g * g``.
 
-    ``parts = {"cls": CE, "g": mean g(a), "mag": mean ||f||}``.
+    ``parts = {"cls": CE, "g": mean g(a), "mag": mean ||f||}``. ``easy_margin`` defaults to True,
+    as MagFace's code (``MagLinear(easy_margin=True)``, IrvingMeng/MagFace ``models/magface.py``,
+    commit 719001a0; its trainer never passes another value).
     """
 
     def __init__(self, num_classes: int, embedding_size: int = 512, scale: float = 64.0, l_a: float = 10.0,
                  u_a: float = 110.0, l_m: float = 0.45, u_m: float = 0.8, lambda_g: float = 35.0,
-                 easy_margin: bool = False):
+                 easy_margin: bool = True):
         super().__init__(num_classes, embedding_size)
         self.scale, self.l_a, self.u_a, self.l_m, self.u_m = scale, l_a, u_a, l_m, u_m
         self.lambda_g, self.easy_margin = lambda_g, easy_margin
@@ -212,6 +232,10 @@ class HKLD(nn.Module):
 class Criterion(nn.Module):
     """Loss of one ``--method``: margin loss on ``mu`` (or on ``s = mu + eps sigma``) + lambda * KL.
 
+    In training mode a method with a sigma head classifies ``s = mu + eps * sigma``, ``eps ~ N(0, I)``
+    drawn from torch's global generator (``torch.randn_like(mu)``, one draw per call); in eval
+    mode (``.eval()``) it classifies ``mu``, deterministically, as at test time.
+
     ``forward(mu, logvar, labels, masked) -> (loss, parts)``; ``parts`` holds detached scalars:
     ``cls``, ``g`` (MagFace), ``kl``, ``mag`` (mean ||f|| of the classified feature) and the mean
     ``||sigma||`` of masked / unmasked samples as ``sigma_m`` / ``sigma_u`` (sums and counts, so
@@ -225,7 +249,7 @@ class Criterion(nn.Module):
     def forward(self, mu: torch.Tensor, logvar: torch.Tensor | None, labels: torch.Tensor,
                 masked: torch.Tensor) -> tuple[torch.Tensor, dict]:
         masked = masked.to(mu.device, torch.bool).view(-1)
-        if logvar is not None:
+        if logvar is not None and self.training:
             feats = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
         else:
             feats = mu
@@ -245,13 +269,15 @@ class Criterion(nn.Module):
 
 
 def build_criterion(cfg, num_classes: int) -> Criterion:
-    """The :class:`Criterion` of a :class:`~maskkit.training.config.TrainConfig`."""
+    """The :class:`Criterion` of a :class:`~maskkit.training.config.TrainConfig`: ArcFace with
+    ``arc_easy_margin`` (arcface, dul) or MagFace with ``mag_easy_margin`` (magface, dul-mag,
+    maskdul); DUL's KL (dul, dul-mag) or H-KLD (maskdul) weighted by ``kl_lambda``."""
     if cfg.method in ("arcface", "dul"):
         margin: nn.Module = ArcFaceLoss(num_classes, cfg.embedding_size, cfg.arc_scale, cfg.arc_margin,
-                                        cfg.easy_margin)
+                                        cfg.arc_easy_margin)
     else:
         margin = MagFaceLoss(num_classes, cfg.embedding_size, cfg.arc_scale, cfg.mag_la, cfg.mag_ua, cfg.mag_lm,
-                             cfg.mag_um, cfg.mag_lambda_g, cfg.easy_margin)
+                             cfg.mag_um, cfg.mag_lambda_g, cfg.mag_easy_margin)
     kl: nn.Module | None = None
     if cfg.method in ("dul", "dul-mag"):
         kl = DULKL(cfg.kl_reduction)

@@ -31,10 +31,17 @@ def arcface_template(size: tuple[int, int] | int = (112, 112)) -> np.ndarray:
     """The 5-point ArcFace template for an output size.
 
     Args:
-        size: ``(H, W)`` or a single int for a square. Rules (as insightface):
-            ``(112, 112)``: ``arcface_dst``; ``(112, 96)``: x shifted by -8;
-            ``(S, S)`` with ``S % 128 == 0``: scaled by ``S/128`` plus ``8*S/128`` in x;
-            any other square ``S``: ``arcface_dst`` scaled by ``S/112``.
+        size: ``(H, W)`` or a single int for a square. Rules:
+
+            * insightface's ``estimate_norm`` (deepinsight/insightface
+              ``python-package/insightface/utils/face_align.py``, e.g. commit 01a34cd9), for a
+              square ``S``: ``S % 112 == 0`` -> ``arcface_dst * S/112``, tested first, so a size
+              divisible by both 112 and 128 (896, 1792, ...) takes the 112-based template;
+              else ``S % 128 == 0`` -> ``arcface_dst * S/128`` plus ``8*S/128`` in x.
+            * extensions beyond ``estimate_norm`` (which asserts on these sizes): ``(112, 96)``:
+              x shifted by -8 (the 96-wide template of insightface's older
+              ``src/common/face_preprocess.py``, commit 2199039b, of which ``arcface_dst`` is
+              the +8 shift); any other square ``S``: ``arcface_dst * S/112`` (maskkit's choice).
 
     Returns:
         ``(5, 2)`` float32 template points (x, y).
@@ -51,6 +58,8 @@ def arcface_template(size: tuple[int, int] | int = (112, 112)) -> np.ndarray:
         return dst
     if h != w or h <= 0:
         raise ValueError(f"unsupported aligned size {h}x{w}: use 112x112, 112x96 or a square (e.g. 128, 256)")
+    if h % 112 == 0:  # before the 128 rule, as estimate_norm: 896 = 8 x 112 = 7 x 128 is 112-based
+        return (dst * (h / 112.0)).astype(np.float32)
     if h % 128 == 0:
         ratio = h / 128.0
         dst = dst * ratio

@@ -23,7 +23,9 @@ from maskkit import __version__
 #:     check and its recovery (checked landmarks are the mean of agreeing fits), ``--aligned``
 #:     crops checked (size/aspect, a face, on the template) and failed as ``not_aligned`` /
 #:     ``no_face``.
-ALGORITHM_VERSION = 5
+#: 6 = sizes divisible by both 112 and 128 (896, 1792, ...) take insightface's 112-based template
+#:     (``estimate_norm``; was the 128-based one, up to 92 px away) (issue 11).
+ALGORITHM_VERSION = 6
 
 #: The five mask styles (same as ``maskkit.render.STYLES``; repeated so importing this module
 #: stays light).
