@@ -14,6 +14,19 @@ def _no_input(exc: Exception) -> click.ClickException:
     return err
 
 
+def _run_stage(fn, arg, errors: type[Exception] | tuple[type[Exception], ...] = ()):
+    """``fn(arg)`` for a command: no input exits 2 (one line), the stage's own errors are one-line
+    click errors; anything else propagates."""
+    from maskkit.util.outcome import NoInputError
+
+    try:
+        return fn(arg)
+    except NoInputError as exc:
+        raise _no_input(exc) from exc
+    except errors as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
 def _finish(out, ok: int, failed: int, already_complete: bool = False) -> None:
     """After the summary: say ``already complete``, or exit 1 when every input failed."""
     from maskkit.util.names import safe_text

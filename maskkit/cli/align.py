@@ -65,15 +65,9 @@ def align(src, out, size, detector, upsample, max_side, faces, jobs, fmt, aligne
     cfg = AlignConfig(src=src, out=out, size=size, detector=detector, detector_opts=opts, faces=faces, jobs=jobs,
                       format=fmt, aligned=aligned, max_pixels=max_pixels, quality=quality, progress=not quiet,
                       overwrite=overwrite)
-    from maskkit.cli._exit import _finish, _no_input
-    from maskkit.util.outcome import NoInputError
+    from maskkit.cli._exit import _finish, _run_stage
 
-    try:
-        summary = run_align(cfg)
-    except NoInputError as exc:
-        raise _no_input(exc) from exc
-    except AlignError as exc:
-        raise click.ClickException(str(exc)) from exc
+    summary = _run_stage(run_align, cfg, AlignError)
     if quiet:
         click.echo(json.dumps({k: summary.get(k) for k in ("seen", "files", "ok", "failed", "skipped", "faces",
                                                            "no_face", "errors")}))

@@ -37,15 +37,9 @@ def mask(src, out, style, seed, detector, faces, aligned, jobs, quality, coverag
     """
     cfg = MaskConfig(src=src, out=out, style=style, seed=seed, detector=detector, faces=faces, aligned=aligned,
                      jobs=jobs, quality=quality, coverage=coverage, progress=not quiet, overwrite=overwrite)
-    from maskkit.cli._exit import _finish, _no_input
-    from maskkit.util.outcome import NoInputError
+    from maskkit.cli._exit import _finish, _run_stage
 
-    try:
-        summary = run_mask(cfg)
-    except NoInputError as exc:
-        raise _no_input(exc) from exc
-    except MaskError as exc:
-        raise click.ClickException(str(exc)) from exc
+    summary = _run_stage(run_mask, cfg, MaskError)
     if quiet:
         click.echo(json.dumps({k: summary[k] for k in ("seen", "files", "ok", "failed", "skipped", "faces", "errors",
                                                        "styles")}))

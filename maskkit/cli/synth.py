@@ -116,15 +116,9 @@ def synth(src, out, ratio, paired, styles, seed, jobs, aligned, size, shard_samp
             ["--src", str(src), "--out", str(out), "--ratio", str(ratio)] + (["--paired"] if paired else [])
             + ["--styles", ",".join(cfg.styles), "--seed", str(seed)] + (["--aligned"] if aligned else [])
             + ["--size", size, "--shard-samples", str(shard_samples)])
-    from maskkit.cli._exit import _finish, _no_input
-    from maskkit.util.outcome import NoInputError
+    from maskkit.cli._exit import _finish, _run_stage
 
-    try:
-        res = run_synth(cfg)
-    except NoInputError as exc:
-        raise _no_input(exc) from exc
-    except SynthError as exc:
-        raise click.ClickException(str(exc)) from exc
+    res = _run_stage(run_synth, cfg, SynthError)
     if res.resumed and not res.already_complete:
         click.echo(f"resumed: {res.resumed:,} samples were already in complete shards", err=True)
     if not quiet:
