@@ -445,6 +445,65 @@ def test_aligned_run_names_the_landmarks_stage_not_detect(celeb_aligned, tmp_pat
     assert "landmarks" in stages and "detect" not in stages
 
 
+def test_exact_ratio_half_up_with_the_real_renderer(celeb_aligned, tmp_path):
+    """The real renderer on a 157-face identity (Victoria_Beckham, all of it) and a 7-face one:
+    each gets exactly floor(0.5 * n + 0.5) masked faces -- 79 and 4, where banker's rounding
+    gives 78 and 4 and flooring 78 and 3 -- and ``mask_shortfall`` is empty, or at most that
+    identity's logged mask skips. The rule is written here from the README, not imported."""
+    import math
+
+    src = tmp_path / "sub"
+    (src / "Victoria_Beckham").mkdir(parents=True)
+    vb = sorted((celeb_aligned / "Victoria_Beckham").iterdir())
+    assert len(vb) == 157
+    for f in vb:
+        (src / "Victoria_Beckham" / f.name).symlink_to(f)
+    (src / "Jessica_Alba").mkdir()
+    for f in sorted((celeb_aligned / "Jessica_Alba").iterdir())[:7]:
+        (src / "Jessica_Alba" / f.name).symlink_to(f)
+    out = tmp_path / "s"
+    run_synth(SynthConfig(src=src, out=out, aligned=True, ratio=0.5, shard_samples=200, progress=False))
+    man = check_dataset(out, 0.5, 164)
+    faces, masked = Counter(), Counter()
+    for s in read_samples(out, members={"json"}):
+        faces[s["json"]["identity"]] += 1
+        masked[s["json"]["identity"]] += bool(s["json"]["masked"])
+    assert dict(faces) == {"Victoria_Beckham": 157, "Jessica_Alba": 7}  # every aligned crop is a sample
+    skips = Counter()
+    if (out / "mask_skips.jsonl").exists():
+        for x in (out / "mask_skips.jsonl").read_text().splitlines():
+            skips[man["classes"][int(json.loads(x)["key"][:6])]] += 1
+    for c, n in faces.items():
+        short = man["mask_shortfall"].get(c, 0)
+        assert short <= skips[c], (c, short, dict(skips))
+        assert masked[c] == math.floor(0.5 * n + 0.5) - short, (c, masked[c], n)
+    assert masked["Victoria_Beckham"] == 79 and masked["Jessica_Alba"] == 4  # measured: no skip, no shortfall
+    assert man["mask_shortfall"] == {}
+
+
+def test_stats_fails_on_a_shortfall_no_skip_explains(celeb_aligned, tmp_path, monkeypatch):
+    """The bug of issue 13's audit: synth masks one face fewer than the rule and books it as a
+    "shortfall" without any mask skip. ``verify`` and ``maskkit stats`` refuse that set (exit 1,
+    a MISMATCH line naming the class)."""
+    from click.testing import CliRunner
+
+    import maskkit.pipeline.synth.worker as worker
+    from maskkit.cli import main
+
+    real = worker.balanced_styles
+    monkeypatch.setattr(worker, "balanced_styles", lambda m, styles, rng: real(m, styles, rng)[:-1])
+    sub = subset_tree(celeb_aligned, tmp_path / "sub", per_identity=5, identities=2)
+    out = tmp_path / "short"
+    man = run_synth(SynthConfig(src=sub, out=out, aligned=True, ratio=0.5, shard_samples=50, progress=False)).manifest
+    assert man["num_masked"] == 4 and sum(man["mask_shortfall"].values()) == 2 and man["mask_skips"] == 0
+    rep = verify(out)
+    assert not rep.ok and len([p for p in rep.problems if "not explained" in p]) == 2, rep.problems
+    r = CliRunner().invoke(main, ["stats", str(out)])
+    assert r.exit_code == 1
+    assert any(line.startswith("MISMATCH: class ") and "shortfall 1 not explained" in line
+               for line in r.output.splitlines()), r.output
+
+
 def test_ratio_zero_no_styles_and_ratio_one(celeb_aligned, tmp_path):
     """ratio 0 with no styles (what `maskkit align --format shards` runs) and ratio 1."""
     sub = subset_tree(celeb_aligned, tmp_path / "sub", per_identity=5, identities=2)
