@@ -7,12 +7,9 @@ symlink trees in ``tmp_path`` (nothing is copied).
 from __future__ import annotations
 
 import json
-import os
-import random
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -284,46 +281,68 @@ def _synth_cmd(src: Path, out: Path) -> list[str]:
             "--ratio", "0.5", "--seed", "1", "--shard-samples", "7", "--jobs", "2", "-q"]
 
 
-def _done_shards(out: Path) -> int:
-    return len(list(out.glob("train-*.tar")))
+#: Runs synth in a child process that SIGKILLs its whole process group (itself and its pool
+#: workers: a kill -9 of the job, with no cleanup) when it reaches one write boundary.
+_KILL_AT = r"""
+import os, signal, sys
+from pathlib import Path
+from maskkit.pipeline.synth import SynthConfig, run_synth
+src, out, jobs, event, index = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
+def hook(ev, i):
+    if (ev, i) == (event, index):
+        os.killpg(0, signal.SIGKILL)
+run_synth(SynthConfig(src=Path(src), out=Path(out), aligned=True, ratio=0.5, seed=1, shard_samples=7,
+                      jobs=jobs, progress=False, on_boundary=hook))
+"""
 
 
 def test_kill_and_resume_equals_clean_run(celeb_aligned, tmp_path):
-    """SIGKILL a running synth (its whole process group: driver and pool workers) at random points
-    -- once during start-up, then at random moments after 3, 8, 13 and 18 of 26 shards were
-    complete -- then rerun the same command to completion: exactly the clean run's shards and
-    sample set (no duplicates, no losses)."""
-    sub = subset_tree(celeb_aligned, tmp_path / "sub", per_identity=15, identities=12)  # 180 crops
+    """SIGKILL synth (driver and pool workers) at every kind of write boundary -- a shard complete
+    under its .tmp name, a shard renamed but not journaled, an identity journaled, the last (partial)
+    shard, before the manifest, after the manifest -- each time resuming the previous kill's leftovers,
+    then rerun to completion: exactly the clean run's shards and samples (no duplicates, no losses).
+    180 crops = 12 identities x 15, 7 samples per shard -> 26 shards (the last holds 5)."""
+    sub = subset_tree(celeb_aligned, tmp_path / "sub", per_identity=15, identities=12)
     clean = tmp_path / "clean"
-    r = subprocess.run(_synth_cmd(sub, clean), capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr[-3000:]
+    run_synth(SynthConfig(src=sub, out=clean, aligned=True, ratio=0.5, seed=1, shard_samples=7, progress=False))
+    assert len(shard_hashes(clean)) == 26
     out = tmp_path / "killed"
-    rnd = random.Random(1234)
-    interrupted = []
-    for target in (0, 3, 8, 13, 18):
-        p = subprocess.Popen(_synth_cmd(sub, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                             start_new_session=True)
-        deadline = time.monotonic() + 120
-        while p.poll() is None and time.monotonic() < deadline:
-            if target == 0 or _done_shards(out) >= target:
-                break
-            time.sleep(0.005)
-        time.sleep(rnd.uniform(0.0, 0.1) if target else rnd.uniform(0.2, 1.0))
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGKILL)
-            interrupted.append(_done_shards(out))
-        p.wait()
-        if (out / "manifest.json").exists():
-            break
-    assert len(interrupted) >= 3, f"too few runs were killed before finishing: {interrupted}"
-    r = subprocess.run(_synth_cmd(sub, out), capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
+    journal = out / ".synth-journal.jsonl"
+
+    def journaled(key: str) -> list:
+        return [e[key] for e in map(json.loads, journal.read_text().splitlines()) if key in e]
+
+    plan = [  # (event, index, jobs, what the kill must leave behind)
+        ("before_rename", 0, 2, lambda: (out / "train-000000.tar.tmp").exists()
+         and not (out / "train-000000.tar").exists()),
+        ("after_rename", 3, 1, lambda: (out / "train-000003.tar").exists()
+         and [r["name"] for r in journaled("shard")][-1] == "train-000002.tar"),
+        ("chunk_logged", 5, 2, lambda: journaled("chunk")[-1] == 5 and not (out / "train-000013.tar").exists()),
+        ("before_rename", 25, 1, lambda: (out / "train-000025.tar.tmp").exists()
+         and (out / "train-000024.tar").exists() and not (out / "train-000025.tar").exists()),
+        ("after_rename", 25, 2, lambda: (out / "train-000025.tar").exists() and len(journaled("shard")) == 25),
+        ("before_manifest", -1, 1, lambda: len(journaled("shard")) == 26 and (out / "failures.jsonl").exists()
+         and not (out / "manifest.json").exists()),
+        ("after_manifest", -1, 2, lambda: (out / "manifest.json").exists() and journal.exists()),
+    ]
+    for event, index, jobs, left in plan:
+        p = subprocess.run([sys.executable, "-c", _KILL_AT, str(sub), str(out), str(jobs), event, str(index)],
+                           capture_output=True, text=True, start_new_session=True, timeout=300)
+        assert p.returncode == -signal.SIGKILL, (event, index, p.returncode, p.stderr[-2000:])
+        assert left(), f"the kill at {event} {index} left an unexpected state: {sorted(x.name for x in out.iterdir())}"
+        if event != "after_manifest":
+            assert not (out / "manifest.json").exists()
+    res = run_synth(SynthConfig(src=sub, out=out, aligned=True, ratio=0.5, seed=1, shard_samples=7, progress=False))
+    assert res.already_complete  # the last kill came after the manifest: nothing to redo
     assert shard_hashes(out) == shard_hashes(clean)
-    keys_clean = [s["key"] for s in read_samples(clean)]
-    keys = [s["key"] for s in read_samples(out)]
+    keys_clean = [s["key"] for s in read_samples(clean, members={"json"})]
+    keys = [s["key"] for s in read_samples(out, members={"json"})]
     assert keys == keys_clean and len(set(keys)) == len(keys) == 180
     check_dataset(out, 0.5, 180)
-    assert not list(out.glob("*.tmp")) and not (out / ".synth-journal.jsonl").exists()
+    assert not list(out.glob("*.tmp")) and not journal.exists()
+    r = subprocess.run(_synth_cmd(sub, tmp_path / "cli"), capture_output=True, text=True)  # the CLI: same bytes
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert shard_hashes(tmp_path / "cli") == shard_hashes(clean)
 
 
 def test_resume_in_process_keeps_complete_shards(celeb_aligned, tmp_path, monkeypatch):
@@ -487,7 +506,7 @@ def test_stats_fails_on_a_shortfall_no_skip_explains(celeb_aligned, tmp_path, mo
     a MISMATCH line naming the class)."""
     from click.testing import CliRunner
 
-    import maskkit.pipeline.synth.worker as worker
+    from maskkit.pipeline.synth import worker
     from maskkit.cli import main
 
     real = worker.balanced_styles

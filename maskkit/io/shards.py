@@ -13,6 +13,10 @@ atomically) and ``failures.jsonl``. This module writes and reads that layout:
 * :func:`read_manifest` / :func:`read_samples` / :func:`iter_shard`.
 * :func:`verify` checks a finished dataset against its manifest (what ``maskkit stats`` runs).
 
+Length: the writer, the reader and the verifier of one on-disk format; ``verify`` restates the
+writer's every promise (sizes, hashes, counts, the exact ratio and its logged exceptions), and keeping
+it beside the code that makes those promises is what keeps the two in step.
+
 Example:
     >>> with ShardSink("shards/", shard_samples=1000) as sink:      # doctest: +SKIP
     ...     sink.add(Sample("c00000_ab12_0", jpg_bytes, {"label": 0, ...}))
@@ -172,10 +176,14 @@ class ShardSink:
         start_index: index of the first shard to write (resume keeps earlier shards).
         on_shard: called with the shard record ``{"name", "samples", "bytes", "sha256"}`` after
             each shard is renamed into place.
+        on_event: called as ``on_event("before_rename", index)`` once a shard is complete and
+            fsynced under its ``.tmp`` name, and ``on_event("after_rename", index)`` right after the
+            rename (before ``on_shard``): the write boundaries a kill test injects at.
     """
 
     def __init__(self, out_dir: str | os.PathLike, shard_samples: int = 10000, split: str = "train",
-                 start_index: int = 0, on_shard: Callable[[dict], None] | None = None) -> None:
+                 start_index: int = 0, on_shard: Callable[[dict], None] | None = None,
+                 on_event: Callable[[str, int], None] | None = None) -> None:
         if shard_samples < 1:
             raise ValueError("shard_samples must be >= 1")
         self.out_dir = Path(out_dir)
@@ -184,6 +192,7 @@ class ShardSink:
         self.split = split
         self.index = int(start_index)
         self.on_shard = on_shard
+        self.on_event = on_event
         self.shards: list[dict] = []
         self._fh = None
         self._hw: _HashingWriter | None = None
@@ -232,8 +241,12 @@ class ShardSink:
         self._fh.flush()
         os.fsync(self._fh.fileno())
         self._fh.close()
+        if self.on_event is not None:
+            self.on_event("before_rename", self.index)
         os.replace(self._tmp_path, self._final_path)
         _fsync_dir(self.out_dir)
+        if self.on_event is not None:
+            self.on_event("after_rename", self.index)
         rec = {"name": self._final_path.name, "samples": self._count, "bytes": self._hw.nbytes,
                "sha256": self._hw.sha.hexdigest()}
         self.shards.append(rec)
