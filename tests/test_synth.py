@@ -523,6 +523,20 @@ def test_stats_fails_on_a_shortfall_no_skip_explains(celeb_aligned, tmp_path, mo
                for line in r.output.splitlines()), r.output
 
 
+def test_global_seed_changes_every_render(celeb_aligned, tmp_path):
+    """--seed reaches each face's render generator: at ratio 1 (every face masked under both seeds)
+    seeds 0 and 1 give each sample another recorded render seed and other render parameters."""
+    sub = subset_tree(celeb_aligned, tmp_path / "sub", per_identity=4, identities=2)
+    params = {}
+    for seed in (0, 1):
+        run_synth(SynthConfig(src=sub, out=tmp_path / f"s{seed}", aligned=True, ratio=1.0, seed=seed,
+                              shard_samples=50, progress=False))
+        params[seed] = {s["key"]: s["json"]["mask"] for s in read_samples(tmp_path / f"s{seed}", members={"json"})}
+    assert params[0].keys() == params[1].keys() and len(params[0]) == 8
+    assert all(params[0][k]["seed"] != params[1][k]["seed"] for k in params[0])
+    assert all(params[0][k]["offsets"] != params[1][k]["offsets"] for k in params[0])
+
+
 def test_ratio_zero_no_styles_and_ratio_one(celeb_aligned, tmp_path):
     """ratio 0 with no styles (what `maskkit align --format shards` runs) and ratio 1."""
     sub = subset_tree(celeb_aligned, tmp_path / "sub", per_identity=5, identities=2)
