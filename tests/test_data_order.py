@@ -1,4 +1,4 @@
-"""Training data order (training/data.py module docstring), checked in-process without loader workers:
+"""Training data order (maskkit.training.data module docstring), checked in-process without loader workers:
 
 * in epoch ``e`` (cycle ``c``) all slots share one shard permutation drawn from ``(seed, e, c)``:
   with as many shards as slots, the slots read disjoint shards that together are the whole set,
@@ -12,8 +12,8 @@ import cv2
 import numpy as np
 import pytest
 
-import training.data as D
-from training.data import ShardStream, write_shards
+import maskkit.training.data as D
+from maskkit.training.data import ShardStream, write_shards
 
 
 @pytest.fixture(scope="module")
