@@ -8,7 +8,9 @@ from maskkit.training.eval.uncertainty import cosine_similarity, mutual_likeliho
 from maskkit.training.eval.verification import (
     DEFAULT_THRESHOLDS,
     auc_trapezoid,
+    calculate_accuracy,
     calculate_roc,
+    calculate_val_far,
     evaluate,
     evaluate_distances,
     evaluate_scores,
@@ -166,3 +168,14 @@ def test_val_at_far_note_when_negatives_are_too_few():
     assert val_far_note(1000, 1e-3) is None and val_far_note(50_000, 1e-3) is None
     assert val_far_note(50, 1e-2) and val_far_note(100, 1e-2) is None
     assert "not resolvable" in val_far_note(0, 1e-3)
+
+
+def test_a_distance_equal_to_the_threshold_is_not_a_match():
+    """insightface's rule ``dist < threshold`` (verification.py calculate_accuracy /
+    calculate_val_far): a pair exactly at the threshold is predicted "different". Hand-worked:
+    d = [0.5, 0.2, 0.5, 0.9], same = [T, T, F, F], t = 0.5 -> predicted same only for d = 0.2:
+    TP 1, FN 1, FP 0, TN 2."""
+    d = np.array([0.5, 0.2, 0.5, 0.9])
+    same = np.array([True, True, False, False])
+    assert calculate_accuracy(0.5, d, same) == (0.5, 0.0, 0.75)
+    assert calculate_val_far(0.5, d, same) == (0.5, 0.0)
