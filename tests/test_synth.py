@@ -509,8 +509,12 @@ def test_stats_fails_on_a_shortfall_no_skip_explains(celeb_aligned, tmp_path, mo
     from maskkit.pipeline.synth import worker
     from maskkit.cli import main
 
-    real = worker.balanced_styles
-    monkeypatch.setattr(worker, "balanced_styles", lambda m, styles, rng: real(m, styles, rng)[:-1])
+    real = worker._walk  # hands out the styles of a queue to faces; this one forgets the last style
+
+    def short_walk(perm, start, queue, try_render, assign, skips):
+        return real(perm, start, queue[:-1], try_render, assign, skips)
+
+    monkeypatch.setattr(worker, "_walk", short_walk)
     sub = subset_tree(celeb_aligned, tmp_path / "sub", per_identity=5, identities=2)
     out = tmp_path / "short"
     man = run_synth(SynthConfig(src=sub, out=out, aligned=True, ratio=0.5, shard_samples=50, progress=False)).manifest
