@@ -67,3 +67,24 @@ def test_each_sample_gets_its_own_augmentation_draw(four_shards, monkeypatch):
     want = [np.random.default_rng([3, 2, 0, idx]).bit_generator.state["state"]["state"] for idx in range(16)]
     assert seen == want
     assert len(set(seen)) == 16
+
+
+def test_resume_skip_without_positions_lands_on_the_next_batch_of_every_worker(four_shards):
+    """Resuming from a checkpoint that has no stream positions (older runs): each of 2 loader
+    workers skips its own share of the consumed batches (worker_skip), so after 2 of an epoch's
+    batches the stream continues with batches 3 and 4 -- one from each worker -- not a repeat."""
+    from maskkit.training.data import make_loader
+
+    st = ShardStream(four_shards, batch_size=4, world=1, seed=11, shuffle_buffer=8)
+
+    def keys(skip: int, n: int) -> list[list[str]]:
+        st.set_epoch(0, skip)
+        it = iter(make_loader(st, 2))
+        got = [next(it)["keys"] for _ in range(n)]
+        del it
+        return got
+
+    full = keys(0, 4)
+    assert len({k for b in full for k in b}) == 16  # 4 distinct batches
+    assert keys(2, 2) == full[2:4]
+    assert keys(1, 3) == full[1:4]

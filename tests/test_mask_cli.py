@@ -341,3 +341,23 @@ def test_mask_on_the_bad_input_zoo(tmp_path):
     assert table["failed"] == (len(failed), dict(sorted(Counter(failed.values()).items())))
     assert table["styles"] == (len(masked), {s: sum(r["style"] == s for r in masked) for s in STYLES})
     assert table["workers"] == 1
+
+
+def test_each_face_draws_from_its_own_generator(mask_out):
+    """maskkit.pipeline.mask: randomness is seeded per file AND face. Every masked face's recorded
+    style, template, colour and fit offsets are redrawn by ``face_rng(seed, src, face)`` (the
+    derivation the manifest names), and the faces of one group photo get different draws."""
+    from maskkit.pipeline.mask import face_rng
+    from maskkit.render import MaskRenderer
+
+    out, _ = mask_out
+    rows = [r for r in _jsonl(out / "manifest.jsonl") if r["masked"]]
+    ren = MaskRenderer()
+    keys = ("style", "template", "colour", "offsets")
+    for r in rows:
+        assert r["params"]["seed"] == {"base": 3, "face": r["face"], "derivation": "maskkit.pipeline.mask.face_rng"}
+        want = ren.sample_params("random", face_rng(3, r["src"], r["face"]))
+        assert {k: want[k] for k in keys} == {k: r["params"][k] for k in keys}, (r["src"], r["face"])
+    group = [r for r in rows if r["src"] == "friends_t1.jpg"]
+    assert len(group) >= 5
+    assert len({json.dumps(r["params"]["offsets"], sort_keys=True) for r in group}) == len(group)

@@ -606,6 +606,35 @@ def test_cli_synth_and_stats_detects_tampering(celeb_aligned, tmp_path):
     assert r.exit_code == 2
 
 
+def test_stats_catches_a_style_count_or_skip_log_that_disagrees(celeb_aligned, tmp_path):
+    """Each manifest figure stats checks is compared with the shards: a style count moved from one
+    style to another (totals unchanged) is a MISMATCH; so is a mask_skips count that
+    mask_skips.jsonl does not hold."""
+    from click.testing import CliRunner
+
+    from maskkit.cli import main
+
+    sub = subset_tree(celeb_aligned, tmp_path / "sub", per_identity=6, identities=2)
+    out = tmp_path / "s"
+    run_synth(SynthConfig(src=sub, out=out, aligned=True, ratio=0.5, shard_samples=50, progress=False))
+    good = (out / "manifest.json").read_text()
+    man = json.loads(good)
+    used = [s for s, v in man["styles"].items() if v > 0]
+    other = next(s for s in man["styles"] if s != used[0])
+    man["styles"][used[0]] -= 1
+    man["styles"][other] += 1
+    (out / "manifest.json").write_text(json.dumps(man))
+    r = CliRunner().invoke(main, ["stats", str(out)])
+    assert r.exit_code == 1 and any(x.startswith("MISMATCH: styles: counted") for x in r.output.splitlines()), r.output
+    man = json.loads(good)
+    man["mask_skips"] = 1
+    (out / "manifest.json").write_text(json.dumps(man))
+    r = CliRunner().invoke(main, ["stats", str(out)])
+    assert r.exit_code == 1 and "MISMATCH: mask_skips.jsonl has 0 lines, manifest mask_skips is 1" in r.output, r.output
+    (out / "manifest.json").write_text(good)
+    assert CliRunner().invoke(main, ["stats", str(out)]).exit_code == 0
+
+
 def test_mask_redraws_from_recorded_params(celeb_aligned, tmp_path):
     """KEY.json keeps what is needed to redraw the mask: style + mask.seed reproduce the coverage
     map bit for bit from the source crop."""
