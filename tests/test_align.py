@@ -32,8 +32,17 @@ def hog():
     return make_detector("hog")
 
 
+#: insightface's 112x112 ArcFace destination points (x, y), written here as data from
+#: deepinsight/insightface python-package/insightface/utils/face_align.py (``arcface_dst``;
+#: ``arcface_src`` at commit 0b2958ea), so the module's constant is checked against the source.
+INSIGHTFACE_ARCFACE_DST = [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
+                           [41.5493, 92.3655], [70.7299, 92.2041]]
+
+
 def test_templates():
-    np.testing.assert_allclose(arcface_template(), ARCFACE_DST)
+    # float32 storage: 1e-5 px relative is the constant's own rounding
+    np.testing.assert_allclose(ARCFACE_DST, INSIGHTFACE_ARCFACE_DST, rtol=1e-6, atol=0)
+    np.testing.assert_allclose(arcface_template(), INSIGHTFACE_ARCFACE_DST, rtol=1e-6, atol=0)
     np.testing.assert_allclose(arcface_template((112, 96)), ARCFACE_DST - [8, 0])
     np.testing.assert_allclose(arcface_template(128), ARCFACE_DST + [8, 0], rtol=0, atol=1e-5)
     np.testing.assert_allclose(arcface_template(256), ARCFACE_DST * 2 + [16, 0], rtol=0, atol=1e-4)

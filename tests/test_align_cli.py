@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from maskkit.pipeline.align import AlignConfig, output_names, run_align
 from maskkit.io.image_io import load_image
 from maskkit.pipeline.runner import safe_target
 from maskkit.io.sources import SourceItem, iter_sources
-from zoo import FORTY_FACES, ZOO_FACE_COUNTS, make_zoo
+from zoo import FORTY_FACES, ZOO_FACE_COUNTS, make_zoo, parse_summary
 
 
 def _jsonl(p: Path) -> list[dict]:
@@ -52,8 +53,14 @@ def test_zoo_accounting(zoo_run):
         else:
             assert failed.get(rel) == outcome, f"{rel}: expected {outcome}, got {failed.get(rel)}"
     assert all(r["detail"] for r in failures)
-    # the summary table reports the same numbers
-    assert "files" in res.output and str(files) in res.output
+    # the summary table reports exactly the same numbers, row by row
+    table = parse_summary(res.output)
+    reasons = Counter(failed.values())
+    no_face = reasons.pop("no_face", 0)
+    assert table["files"] == files and table["ok"] == len(ok_src) == sum(v == "ok" for v in expected.values())
+    assert table["faces written"] == len(manifest) and table["no face"] == no_face == 1
+    assert table["errors"] == (sum(reasons.values()), dict(sorted(reasons.items())))
+    assert table["workers"] == 1
 
 
 def test_zoo_outputs(zoo_run):

@@ -85,3 +85,16 @@ def test_random_embeddings_identify_at_chance():
     assert 0.0 <= res.rank1 <= 0.05  # chance is 1/50
     assert 0.05 <= res.rank5 <= 0.16  # chance is 5/50
     assert res.cmc[-1] == 1.0
+
+
+
+def test_ties_count_in_the_probes_favour():
+    """Module docstring: rank = 1 + the templates scoring strictly higher. A probe halfway between
+    its own template and another one (the same cosine, to the bit) is rank 1, not 2."""
+    gallery = np.stack([_u(1, 0), _u(0, 1), _u(-1, 0)])
+    probes = np.stack([_u(1, 1), _u(1, 1), _u(0, -1)])  # A|B tie, A|B tie, A|C tie (cos 0; B is -1)
+    sims = probes @ gallery.T
+    assert sims[0, 0] == sims[0, 1] and sims[2, 0] == sims[2, 2]  # exact ties, not near ones
+    res = identify(gallery, ["A", "B", "C"], probes, ["A", "B", "C"])
+    assert res.ranks == [1, 1, 1]
+    assert res.rank1 == 1.0

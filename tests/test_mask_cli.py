@@ -294,3 +294,70 @@ def test_preview_of_a_shard_set_samples_across_identities(celeb_aligned, tmp_pat
         shown = [cells[sheet[_LABEL_H + i * (CELL + 2):_LABEL_H + i * (CELL + 2) + CELL, 2:2 + CELL].tobytes()]
                  for i in range(n)]
         assert len(set(shown)) == distinct, shown
+
+
+def test_mask_on_the_bad_input_zoo(tmp_path):
+    """``maskkit mask`` on the bad-input zoo (tests/zoo.py): every input is a written image or a
+    failures.jsonl line with the expected reason; inputs whose names would clash (face.webp,
+    face.tif, face.bmp -> face.png) each get their own output; the summary table's numbers equal
+    the counts from manifest.jsonl / failures.jsonl exactly."""
+    from collections import Counter
+
+    from maskkit.io.image_io import load_image
+    from zoo import FORTY_FACES, ZOO_FACE_COUNTS, make_zoo, parse_summary
+
+    expected = make_zoo(tmp_path / "zoo")
+    out = tmp_path / "m"
+    res = CliRunner().invoke(main, ["mask", "--src", str(tmp_path / "zoo"), "--out", str(out), "--jobs", "1",
+                                    "--seed", "2"])
+    assert res.exit_code == 0, res.output
+    man, fails = _jsonl(out / "manifest.jsonl"), _jsonl(out / "failures.jsonl")
+    failed = {f["src"]: f["reason"] for f in fails}
+    written = {r["src"] for r in man}
+    assert len(failed) == len(fails) and not written & set(failed)
+    assert len(expected) == len(written) + len(failed)
+    for rel, outcome in expected.items():
+        if outcome == "ok":
+            assert rel in written, f"{rel}: expected a masked image, got {failed.get(rel)}"
+        else:
+            assert failed.get(rel) == outcome, f"{rel}: expected {outcome}, got {failed.get(rel)}"
+    assert all(f["detail"] for f in fails)
+    assert sum(r["src"] == FORTY_FACES and r["masked"] for r in man) == ZOO_FACE_COUNTS[FORTY_FACES]
+    # one output file per written input, each decodable and different from its input
+    outs = {r["src"]: r["out"] for r in man}
+    assert len(set(outs.values())) == len(outs), "two inputs were written to the same output"
+    assert {outs[f"modes/face.{e}"] for e in ("webp", "tif", "bmp")} == {
+        "modes/face_webp.png", "modes/face_tif.png", "modes/face_bmp.png"}
+    assert outs["people/astronaut.png"] == "people/astronaut.png"  # no clash: the plain name
+    for src, o in outs.items():
+        img, before = load_image(out / o), load_image(tmp_path / "zoo" / src)
+        assert img.shape == before.shape, o
+        changed = (np.abs(img.astype(np.int16) - before).max(axis=2) > 40).mean()
+        assert changed > 0.01, (o, changed)  # a mask was drawn, not just re-encoded (measured 0.025-0.15)
+    table = parse_summary(res.output)
+    masked = [r for r in man if r["masked"]]
+    assert table["files"] == len(expected) and table["ok"] == len(written)
+    assert table["faces masked"] == len(masked) and table["faces not fitted"] == len(man) - len(masked)
+    assert table["failed"] == (len(failed), dict(sorted(Counter(failed.values()).items())))
+    assert table["styles"] == (len(masked), {s: sum(r["style"] == s for r in masked) for s in STYLES})
+    assert table["workers"] == 1
+
+
+def test_each_face_draws_from_its_own_generator(mask_out):
+    """maskkit.pipeline.mask: randomness is seeded per file AND face. Every masked face's recorded
+    style, template, colour and fit offsets are redrawn by ``face_rng(seed, src, face)`` (the
+    derivation the manifest names), and the faces of one group photo get different draws."""
+    from maskkit.pipeline.mask import face_rng
+    from maskkit.render import MaskRenderer
+
+    out, _ = mask_out
+    rows = [r for r in _jsonl(out / "manifest.jsonl") if r["masked"]]
+    ren = MaskRenderer()
+    keys = ("style", "template", "colour", "offsets")
+    for r in rows:
+        assert r["params"]["seed"] == {"base": 3, "face": r["face"], "derivation": "maskkit.pipeline.mask.face_rng"}
+        want = ren.sample_params("random", face_rng(3, r["src"], r["face"]))
+        assert {k: want[k] for k in keys} == {k: r["params"][k] for k in keys}, (r["src"], r["face"])
+    group = [r for r in rows if r["src"] == "friends_t1.jpg"]
+    assert len(group) >= 5
+    assert len({json.dumps(r["params"]["offsets"], sort_keys=True) for r in group}) == len(group)

@@ -94,11 +94,16 @@ def _pass_rates(renderer, faces, seed=0):
 # coverage on real faces
 # ------------------------------------------------------------------------------------------
 def test_coverage_on_real_faces_all_styles(renderer, lfw_faces, photo_faces, celeb_faces):
-    faces = lfw_faces + photo_faces + celeb_faces
-    assert len(faces) == 55 + 7 + 240
-    rates, fails = _pass_rates(renderer, faces)
-    for st in STYLES:
-        assert rates[st] >= 0.99, f"{st}: coverage pass rate {rates[st]:.3%} < 99%; e.g. {fails[st]}"
+    """README "Coverage on real faces", asserted per set and per style: 100 % of the 55 lfw-johns
+    faces and of the 7 single-face photos (no miss allowed); celeb-aligned (README: 99.7-99.8 % of
+    all 2223, here the 240-crop subset) >= 99 %, i.e. at most 2 misses of 240 per style."""
+    sets = {"lfw-johns": (lfw_faces, 55, 1.0), "single-face photos": (photo_faces, 7, 1.0),
+            "celeb-aligned subset": (celeb_faces, 240, 0.99)}
+    for name, (faces, n, floor) in sets.items():
+        assert len(faces) == n, name
+        rates, fails = _pass_rates(renderer, faces)
+        for st in STYLES:
+            assert rates[st] >= floor, f"{name}, {st}: coverage pass rate {rates[st]:.3%} < {floor:.0%}; e.g. {fails[st]}"
 
 
 def test_coverage_on_side_views(renderer, lfw_faces, photo_faces, celeb_faces):

@@ -531,6 +531,17 @@ def test_cli_resume_nothing_to_do_and_inexact_resume(shards, tmp_path):
     assert res.exit_code == 0 and "not exact" not in res.output, res.output
 
 
+#: Largest relative difference between a compiled and an eager CPU run's per-step losses that the
+#: README promises ("Training speed", torch.compile bullet; test_readme_states_the_compile_tolerance).
+COMPILE_LOSS_RTOL = 1e-4
+
+
+def test_readme_states_the_compile_tolerance():
+    """The README's compiled-vs-eager sentence names the tolerance this file tests."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    assert f"losses to a relative {COMPILE_LOSS_RTOL:.0e}".replace("e-0", "e-") in readme.replace("\n  ", " ")
+
+
 def test_compiled_training_matches_eager(shards, tmp_path, monkeypatch):
     """`compile=True` (torch.compile with the inductor backend) trains the same model: each
     step's loss equals the eager run's, through batches with different two-stream splits."""
@@ -552,8 +563,10 @@ def test_compiled_training_matches_eager(shards, tmp_path, monkeypatch):
             for k in ("eager", "compiled")}
     eager, comp = ([r for r in logs[k] if "loss" in r] for k in ("eager", "compiled"))
     assert [r["step"] for r in comp] == [1, 2, 3, 4]
-    for a, b in zip(eager, comp):
-        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4)  # measured: ~1e-5
+    rel = max(abs(b["loss"] - a["loss"]) / abs(a["loss"]) for a, b in zip(eager, comp, strict=True))
+    print(f"compiled vs eager: max relative loss difference {rel:.2e}")
+    # relative: the losses are O(10) (MagFace at s=64); fusion reorders float32 sums
+    assert rel <= COMPILE_LOSS_RTOL, rel
     with pytest.raises(ValueError, match="compile_mode"):
         base.replace(compile_mode="fastest")
 

@@ -8,7 +8,10 @@ from maskkit.training.eval.uncertainty import cosine_similarity, mutual_likeliho
 from maskkit.training.eval.verification import (
     DEFAULT_THRESHOLDS,
     auc_trapezoid,
+    calculate_accuracy,
     calculate_roc,
+    calculate_val,
+    calculate_val_far,
     evaluate,
     evaluate_distances,
     evaluate_scores,
@@ -166,3 +169,27 @@ def test_val_at_far_note_when_negatives_are_too_few():
     assert val_far_note(1000, 1e-3) is None and val_far_note(50_000, 1e-3) is None
     assert val_far_note(50, 1e-2) and val_far_note(100, 1e-2) is None
     assert "not resolvable" in val_far_note(0, 1e-3)
+
+
+def test_a_distance_equal_to_the_threshold_is_not_a_match():
+    """insightface's rule ``dist < threshold`` (verification.py calculate_accuracy /
+    calculate_val_far): a pair exactly at the threshold is predicted "different". Hand-worked:
+    d = [0.5, 0.2, 0.5, 0.9], same = [T, T, F, F], t = 0.5 -> predicted same only for d = 0.2:
+    TP 1, FN 1, FP 0, TN 2."""
+    d = np.array([0.5, 0.2, 0.5, 0.9])
+    same = np.array([True, True, False, False])
+    assert calculate_accuracy(0.5, d, same) == (0.5, 0.0, 0.75)
+    assert calculate_val_far(0.5, d, same) == (0.5, 0.0)
+
+
+def test_val_at_far_counts_training_negatives_strictly_below_the_threshold():
+    """VAL@FAR's training-fold FAR uses the same ``d < t`` rule as calculate_val_far. Hand-worked,
+    2 contiguous folds, thresholds 0, 0.5, 1, 1.5, target FAR 0.5:
+    fold A = same 0.2, 0.7; diff 0.5, 1.2.  fold B = same 0.3, 1.1; diff 0.5, 1.4.
+    Training on B: FAR(t) = 0, 0, 0.5, 1 (0.5 is not < 0.5) -> t = 1.0; on A: VAL 2/2, FAR 1/2.
+    Training on A: FAR(t) = 0, 0, 0.5, 1 -> t = 1.0; on B: VAL 1/2, FAR 1/2.
+    Mean VAL 0.75 (std 0.25), mean FAR 0.5. Counting d <= t would pick t = 0.5: VAL 0.5, FAR 0."""
+    d = np.array([0.2, 0.7, 0.5, 1.2, 0.3, 1.1, 0.5, 1.4])
+    same = np.array([True, True, False, False, True, True, False, False])
+    val, std, far = calculate_val(np.array([0.0, 0.5, 1.0, 1.5]), d, same, far_target=0.5, nrof_folds=2)
+    assert (val, std, far) == (0.75, 0.25, 0.5)

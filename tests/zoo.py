@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-__all__ = ["make_zoo", "astronaut", "grace_hopper", "FORTY_FACES", "ZOO_FACE_COUNTS", "HUGE"]
+__all__ = ["make_zoo", "astronaut", "grace_hopper", "FORTY_FACES", "ZOO_FACE_COUNTS", "HUGE", "parse_summary"]
 
 #: rel path of the 40-face image and of the 20000x20000 image.
 FORTY_FACES = "crowd/forty_faces.jpg"
@@ -186,3 +186,41 @@ def _bmp(arr: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format="BMP")
     return buf.getvalue()
+
+
+def parse_summary(text: str) -> dict:
+    """The summary table a command prints (``maskkit.util.progress.print_summary``), parsed exactly.
+
+    Returns ``{metric: value}`` for the top-level rows; a row with indented sub-rows maps to
+    ``(value, {sub-metric: value})``. Values that are integers (``1,234``) become ``int``, others
+    stay strings. Raises ``AssertionError`` when no table is found or a metric repeats.
+    """
+    rows: list[tuple[int, str, str]] = []
+    for line in text.splitlines():
+        if not line.startswith("\u2502"):  # the table body's vertical bar
+            continue
+        cells = line.split("\u2502")
+        assert len(cells) == 4, line
+        key, val = cells[1].rstrip(), cells[2].strip()
+        indent = len(key) - len(key.lstrip(" ")) - 1
+        rows.append((indent, key.strip(), val))
+    assert rows, f"no summary table in: {text[-500:]}"
+
+    def num(v: str):
+        return int(v.replace(",", "")) if v.replace(",", "").lstrip("-").isdigit() else v
+
+    out: dict = {}
+    parent = None
+    for indent, key, val in rows:
+        if indent == 0:
+            assert key not in out, f"metric {key!r} printed twice"
+            out[key] = num(val)
+            parent = key
+        else:
+            assert parent is not None, key
+            head = out[parent]
+            if not isinstance(head, tuple):
+                head = out[parent] = (head, {})
+            assert key not in head[1], f"metric {parent}/{key} printed twice"
+            head[1][key] = num(val)
+    return out

@@ -13,6 +13,10 @@ atomically) and ``failures.jsonl``. This module writes and reads that layout:
 * :func:`read_manifest` / :func:`read_samples` / :func:`iter_shard`.
 * :func:`verify` checks a finished dataset against its manifest (what ``maskkit stats`` runs).
 
+Length: the writer, the reader and the verifier of one on-disk format; ``verify`` restates the
+writer's every promise (sizes, hashes, counts, the exact ratio and its logged exceptions), and keeping
+it beside the code that makes those promises is what keeps the two in step.
+
 Example:
     >>> with ShardSink("shards/", shard_samples=1000) as sink:      # doctest: +SKIP
     ...     sink.add(Sample("c00000_ab12_0", jpg_bytes, {"label": 0, ...}))
@@ -172,10 +176,14 @@ class ShardSink:
         start_index: index of the first shard to write (resume keeps earlier shards).
         on_shard: called with the shard record ``{"name", "samples", "bytes", "sha256"}`` after
             each shard is renamed into place.
+        on_event: called as ``on_event("before_rename", index)`` once a shard is complete and
+            fsynced under its ``.tmp`` name, and ``on_event("after_rename", index)`` right after the
+            rename (before ``on_shard``): the write boundaries a kill test injects at.
     """
 
     def __init__(self, out_dir: str | os.PathLike, shard_samples: int = 10000, split: str = "train",
-                 start_index: int = 0, on_shard: Callable[[dict], None] | None = None) -> None:
+                 start_index: int = 0, on_shard: Callable[[dict], None] | None = None,
+                 on_event: Callable[[str, int], None] | None = None) -> None:
         if shard_samples < 1:
             raise ValueError("shard_samples must be >= 1")
         self.out_dir = Path(out_dir)
@@ -184,6 +192,7 @@ class ShardSink:
         self.split = split
         self.index = int(start_index)
         self.on_shard = on_shard
+        self.on_event = on_event
         self.shards: list[dict] = []
         self._fh = None
         self._hw: _HashingWriter | None = None
@@ -232,8 +241,12 @@ class ShardSink:
         self._fh.flush()
         os.fsync(self._fh.fileno())
         self._fh.close()
+        if self.on_event is not None:
+            self.on_event("before_rename", self.index)
         os.replace(self._tmp_path, self._final_path)
         _fsync_dir(self.out_dir)
+        if self.on_event is not None:
+            self.on_event("after_rename", self.index)
         rec = {"name": self._final_path.name, "samples": self._count, "bytes": self._hw.nbytes,
                "sha256": self._hw.sha.hexdigest()}
         self.shards.append(rec)
@@ -372,7 +385,9 @@ def verify(data_dir: str | os.PathLike, decode: bool = False, max_problems: int 
     sample count; no unlisted shard; keys unique and well-formed; every sample has ``jpg`` and
     ``json``; labels/identities agree with ``classes``; totals (samples, masked, per style, per
     class) equal the manifest; per class, masked faces equal ``round_half_up(ratio * faces)``
-    minus any recorded mask shortfall; ``twin`` links are mutual; ``inputs.files == ok + failed``
+    minus any recorded mask shortfall, and a shortfall only where every face of the class was
+    tried (``masked + logged mask skips == faces``); ``mask_skips.jsonl`` holds ``mask_skips``
+    lines; ``twin`` links are mutual; ``inputs.files == ok + failed``
     and ``failures.jsonl`` holds ``failed`` lines. With ``decode=True`` every JPEG (and mask PNG)
     is also decoded and its size checked against ``image_size`` (a colour JPEG, a single-channel
     PNG); ``counted["decoded"]`` then says how many of each were decoded.
@@ -491,6 +506,7 @@ def verify(data_dir: str | os.PathLike, decode: bool = False, max_problems: int 
         faces, exp = class_expected_masked(man, c, got)
         if got["masked"] != exp:
             bad(f"class {c}: {got['masked']} masked of {faces} faces, ratio {ratio} requires {exp}")
+    _check_shortfall(d, man, classes, per_class, bad)
     for k, t in twins.items():
         if t is not None and twins.get(t, "<missing>") != k:
             bad(f"{k}: twin {t} missing or not linked back")
@@ -528,6 +544,58 @@ def verify(data_dir: str | os.PathLike, decode: bool = False, max_problems: int 
     if decode:
         counted["decoded"] = decoded
     return VerifyReport(not problems, problems, counted, man)
+
+
+def _skips_per_class(d: Path, classes: list[str], bad: Callable[[str], None]) -> tuple[dict[str, int], int]:
+    """Lines of ``mask_skips.jsonl`` per class (the class is the key's ``<label:06d>`` prefix, see
+    ``maskkit.pipeline.synth.seeding.sample_key``) and the total line count."""
+    per: dict[str, int] = {}
+    total = 0
+    p = d / "mask_skips.jsonl"
+    if not p.exists():
+        return per, 0
+    with open(p, encoding="utf-8") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            total += 1
+            try:
+                key = str(json.loads(line)["key"])
+                cls = classes[int(key.split("_", 1)[0])]
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError, IndexError):
+                bad(f"mask_skips.jsonl: line without a sample key of a listed class: {line.strip()[:80]}")
+                continue
+            per[cls] = per.get(cls, 0) + 1
+    return per, total
+
+
+def _check_shortfall(d: Path, man: dict, classes: list[str], per_class: dict, bad: Callable[[str], None]) -> None:
+    """A recorded mask shortfall must be explained by logged mask skips.
+
+    Synth masks an identity's faces in a seeded order until ``round_half_up(ratio * faces)``
+    succeed; a face the renderer refuses is logged in ``mask_skips.jsonl`` and the next one takes
+    its place. So an identity falls short only after every one of its faces was tried: its
+    shortfall is at most its skips, and then ``masked + skips == faces``. A shortfall without
+    those skips means faces were left unmasked for no logged reason.
+    """
+    shortfall = man.get("mask_shortfall") or {}
+    skips, total = _skips_per_class(d, classes, bad)
+    if "mask_skips" in man and total != int(man.get("mask_skips") or 0):
+        bad(f"mask_skips.jsonl has {total} lines, manifest mask_skips is {man.get('mask_skips')}")
+    for c, k in sorted(shortfall.items()):
+        k = int(k)
+        if c not in per_class:
+            bad(f"mask_shortfall names {c!r}, which is not a listed class")
+            continue
+        if k <= 0:
+            bad(f"class {c}: mask_shortfall {k} is not a positive count")
+            continue
+        got = per_class[c]
+        faces = got["samples"] - got["masked"] if man.get("paired") else got["samples"]
+        n_skip = skips.get(c, 0)
+        if n_skip < k or got["masked"] + n_skip != faces:
+            bad(f"class {c}: mask shortfall {k} not explained by its {n_skip} logged mask skips "
+                f"({got['masked']} masked + {n_skip} skipped != {faces} faces)")
 
 
 def style_share_deviation(styles: dict[str, int]) -> float:

@@ -1,8 +1,9 @@
 """Synth configuration (:class:`SynthConfig`), its error type and the style/stage names."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from maskkit import __version__
 
@@ -80,6 +81,14 @@ class SynthConfig:
         progress_desc: the progress bar's label (``align`` for ``maskkit align --format shards``).
         command: the command line recorded in the manifest.
         preview: also write a contact sheet PNG here.
+        on_boundary: called by the driver as ``on_boundary(event, index)`` at each write boundary:
+            ``("before_rename", k)`` when shard ``k`` is complete under its ``.tmp`` name,
+            ``("after_rename", k)`` once it has its final name (not yet in the journal),
+            ``("chunk_logged", i)`` after identity chunk ``i`` is in the journal,
+            ``("before_manifest", -1)`` after the failure logs, before ``manifest.json``, and
+            ``("after_manifest", -1)`` before the journal is removed. For tests that kill a run at
+            each boundary (``tests/test_synth.py``); never sent to workers, not part of the
+            fingerprint, no cost when ``None``.
     """
 
     src: Path
@@ -106,6 +115,7 @@ class SynthConfig:
     progress_desc: str = "synth"
     command: str | None = None
     preview: Path | None = None
+    on_boundary: Callable[[str, int], None] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.src = Path(self.src)

@@ -5,7 +5,7 @@ import sys
 import time
 from collections import Counter
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from maskkit import __version__
@@ -160,10 +160,12 @@ def _run_locked(cfg: SynthConfig, t_start: float, listing: tuple) -> SynthResult
     skip = state.skip
     style_offset = state.style_offset  # leftover styles continue in class order (seeding.leftover_styles)
     todo = chunks[state.start_chunk:]
-    sink = ShardSink(out, cfg.shard_samples, cfg.split, start_index=len(shards), on_shard=on_shard)
+    hook = cfg.on_boundary
+    sink = ShardSink(out, cfg.shard_samples, cfg.split, start_index=len(shards), on_shard=on_shard, on_event=hook)
+    wcfg = cfg if hook is None else replace(cfg, on_boundary=None)  # the hook stays in the driver
     try:
         with _backend(cfg) as n_jobs, _progress(len(items), done_files, cfg.progress, cfg.progress_desc) as bar:
-            for res in _results(todo, cfg, n_jobs):
+            for res in _results(todo, wcfg, n_jobs):
                 res = res.pick(style_offset)
                 style_offset = next_style_offset(style_offset, res.stats.get("extra_styles", 0), len(cfg.styles))
                 chunk = chunks[res.index]
@@ -178,6 +180,8 @@ def _run_locked(cfg: SynthConfig, t_start: float, listing: tuple) -> SynthResult
                          "style_offset": style_offset, "stats": res.stats, "failures": res.failures,
                          "mask_skips": res.mask_skips}
                 jr.append(entry)
+                if hook is not None:
+                    hook("chunk_logged", res.index)
                 absorb(entry)
                 t_write += time.perf_counter() - t0
                 if bar is not None:
@@ -240,7 +244,11 @@ def _run_locked(cfg: SynthConfig, t_start: float, listing: tuple) -> SynthResult
         if hint:
             man["hints"] = [hint]
             print(f"hint: {hint}", file=sys.stderr)
+    if hook is not None:
+        hook("before_manifest", -1)
     write_json_atomic(out / "manifest.json", man)
+    if hook is not None:
+        hook("after_manifest", -1)
     (out / JOURNAL).unlink(missing_ok=True)
     stage = {k: round(float(v), 4) for k, v in total.get("seconds", {}).items()}
     stage["write"] = round(t_write, 4)
