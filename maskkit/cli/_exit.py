@@ -27,6 +27,17 @@ def _run_stage(fn, arg, errors: type[Exception] | tuple[type[Exception], ...] = 
         raise click.ClickException(str(exc)) from exc
 
 
+def _claim(paths, overwrite: bool, what: str, **kwargs) -> None:
+    """A one-line error when an output exists and ``--overwrite`` was not given
+    (:func:`maskkit.util.files.claim_outputs`; ``kwargs`` go to it)."""
+    from maskkit.util.files import OutputExistsError, claim_outputs
+
+    try:
+        claim_outputs(paths, overwrite, what, **kwargs)
+    except OutputExistsError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
 def _finish(out, ok: int, failed: int, already_complete: bool = False) -> None:
     """After the summary: say ``already complete``, or exit 1 when every input failed."""
     from maskkit.util.names import safe_text

@@ -8,6 +8,7 @@ import sys
 
 import click
 
+from maskkit.cli._exit import _claim
 from maskkit.cli.options import _deprecated, _detector, _device, _out, _overwrite, _quiet
 
 _SIDES = click.Choice(["none", "one", "both"])
@@ -26,16 +27,6 @@ def _check_writable(path, what: str, is_dir: bool) -> None:
         check_writable(target if is_dir else target.parent)
     except OSError as exc:
         raise click.ClickException(f"{what} {path} is not writable: {exc.strerror or exc}") from exc
-
-
-def _claim(path, overwrite: bool, what: str) -> None:
-    """A one-line error when ``path`` exists and ``--overwrite`` was not given (:func:`maskkit.util.files.claim_outputs`)."""
-    from maskkit.util.files import OutputExistsError, claim_outputs
-
-    try:
-        claim_outputs([path], overwrite, what)
-    except OutputExistsError as exc:
-        raise click.ClickException(str(exc)) from exc
 
 
 def _check_device(device: str) -> None:
@@ -241,7 +232,7 @@ def embed(model, src, out, masked, flip, batch_size, device, detector, quiet, ov
     from maskkit.cli._exit import _finish, _no_input
     from maskkit.util.outcome import NoInputError
 
-    _claim(out, overwrite, "an embeddings file")
+    _claim([out], overwrite, "an embeddings file")
     _check_model(model)
     _check_device(device)
     _check_writable(out, "--out", is_dir=False)
@@ -295,7 +286,7 @@ def export(model, fmt, out, branch, opset, verify, quiet, overwrite):
 
     if out is None:
         raise click.UsageError("Missing option '-o' / '--out'.")
-    _claim(out, overwrite, "an exported model")
+    _claim([out], overwrite, "an exported model")
     _check_model(model)
     _check_writable(out, "--out", is_dir=False)
     m = _load(model)

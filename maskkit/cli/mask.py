@@ -62,12 +62,9 @@ def preview_cmd(src, out, styles, n, seed, aligned, detector, quiet, overwrite):
     from maskkit.pipeline.preview import preview as _preview
     from maskkit.render import STYLES
 
-    from maskkit.util.files import OutputExistsError, claim_outputs
+    from maskkit.cli._exit import _claim
 
-    try:
-        claim_outputs([out], overwrite, "a contact sheet")
-    except OutputExistsError as exc:
-        raise click.ClickException(str(exc)) from exc
+    _claim([out], overwrite, "a contact sheet")
     chosen = [s.strip() for s in styles.split(",") if s.strip()]
     bad = [s for s in chosen if s not in STYLES]
     if bad or not chosen:

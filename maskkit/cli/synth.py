@@ -203,16 +203,13 @@ def export_rec_cmd(shards, out, prefix, only, quiet, overwrite):
     OUT as a second argument is deprecated: use -o/--out.
     """
     from maskkit.io.recordio import export_rec, sidecar_path
-    from maskkit.util.files import OutputExistsError, claim_outputs
+    from maskkit.cli._exit import _claim
 
     if out is None:
         raise click.UsageError("Missing option '-o' / '--out'.")
     rec = out / f"{prefix}.rec"
-    try:
-        claim_outputs([rec, rec.with_suffix(".idx"), out / "property", sidecar_path(rec)], overwrite,
-                      "an insightface export", where=out)
-    except OutputExistsError as exc:
-        raise click.ClickException(str(exc)) from exc
+    _claim([rec, rec.with_suffix(".idx"), out / "property", sidecar_path(rec)], overwrite,
+           "an insightface export", where=out)
     try:
         info = export_rec(shards, out, prefix=prefix, only=only)
     except FileNotFoundError as exc:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 __all__ = ["write_atomic", "write_bytes_atomic", "write_json_atomic", "OutputExistsError", "claim_outputs"]
 
+
 def write_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a per-process temporary file and a rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -32,7 +33,6 @@ def _fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
-
 
 
 def write_json_atomic(path: str | os.PathLike, obj, indent: int | None = 2) -> None:
