@@ -480,3 +480,59 @@ def test_pairs_format_in_help_and_readme():
     assert "path_a path_b 1|0" in out and "10 300" in out
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
     assert "`path_a path_b 1|0`" in readme
+
+
+# ---- no report replaced silently (issue 12 §9) ----------------------------------------------
+def test_eval_never_replaces_a_report_or_record_silently(coded_root, tmp_path, monkeypatch):
+    """An earlier report (default --out RUN/eval/<key>/, or any --out) and its saved record
+    RUN/eval/<key>.json are refused without --overwrite, before anything is evaluated; --overwrite
+    removes the old report's files, so none of another task's figures stays beside the new ones.
+    Before the fix: silently replaced (and another task's cmc.png stayed in the folder)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    pf = tmp_path / "pairs.txt"
+    pf.write_text("".join("base.png same.png 1\n" if k % 2 == 0 else "base.png diff.png 0\n" for k in range(20)))
+    args = ["--pairs", str(pf), "--root", str(coded_root)]
+    model = _CodeModel()
+    home = run / "eval"
+    key = f"{Path(coded_root).name}-verification-masknone"  # a file named pairs.txt: the set is named after --root
+    record, report = home / f"{key}.json", home / key
+    res = _cli_eval(monkeypatch, model, ["--model", str(run)] + args)
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    stamp = {p: p.stat().st_mtime_ns for p in home.rglob("*")}
+    # the same command again: refused, naming the file and the flag; nothing touched
+    res = _cli_eval(monkeypatch, model, ["--model", str(run)] + args)
+    assert res.exit_code == 1 and "Traceback" not in res.output, res.output
+    flat = " ".join(res.output.split())
+    assert f"{report / 'metrics.json'} already exists" in flat and "--overwrite" in flat, res.output
+    # another --out: the saved record --compare reads would still be replaced
+    res = _cli_eval(monkeypatch, model, ["--model", str(run), "--out", str(tmp_path / "other")] + args)
+    assert res.exit_code == 1 and f"{record} already exists" in " ".join(res.output.split()), res.output
+    # --compare on a set claims every run's outputs before evaluating any
+    run_b = tmp_path / "run_b"
+    run_b.mkdir()
+    res = _cli_eval(monkeypatch, model, ["--compare", str(run_b), str(run)] + args)
+    assert res.exit_code == 1 and "--overwrite" in res.output, res.output
+    assert not (run_b / "eval").exists()
+    assert {p: p.stat().st_mtime_ns for p in home.rglob("*")} == stamp
+    # --overwrite into a folder holding another task's report: its files go, the new ones come
+    for f in ("metrics.json", "cmc.png", "worst_probes.png"):
+        (report / f).write_bytes(b"old")
+    (report / "mine.txt").write_text("kept")  # not a report file: left alone
+    res = _cli_eval(monkeypatch, model, ["--model", str(run), "--overwrite"] + args)
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    assert sorted(p.name for p in report.iterdir()) == sorted([
+        "metrics.json", "roc.png", "sigma_hist.png", "magnitude_hist.png", "worst_pairs.png", "embeddings.npz",
+        "mine.txt"])
+    assert json.loads((report / "metrics.json").read_text())["task"] == "verification"
+    assert json.loads(record.read_text())["counts"]["pairs"] == 20
+
+
+def test_eval_help_names_overwrite():
+    from click.testing import CliRunner
+
+    from maskkit.cli import main
+
+    out = " ".join(CliRunner().invoke(main, ["eval", "--help"]).output.split())
+    assert "--overwrite" in out and "never replaced without --overwrite" in out
+    assert "not finite" in out
