@@ -536,3 +536,6 @@ def test_eval_help_names_overwrite():
     out = " ".join(CliRunner().invoke(main, ["eval", "--help"]).output.split())
     assert "--overwrite" in out and "never replaced without --overwrite" in out
     assert "not finite" in out
+    readme = " ".join((Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8").split())
+    assert "`synth --preview`" in readme and "`eval` refuses a report already in `--out`" in readme
+    assert "`counts.non_finite_pairs`" in readme
