@@ -379,6 +379,16 @@ def test_too_few_finite_scores_is_a_one_line_error_with_counts(coded_root, tmp_p
     assert "failed" in rows[0].values()
 
 
+def test_fewer_than_ten_pairs_is_a_one_line_error(coded_root, tmp_path, monkeypatch):
+    """Before: ``ValueError: 5 pairs: the 10-fold protocol needs at least 10`` as a traceback."""
+    pf = tmp_path / "pairs.txt"
+    pf.write_text("base.png same.png 1\nbase.png diff.png 0\n" * 2 + "base.png missing.png 1\n" + "base.png same.png 1\n")
+    res = _cli_eval(monkeypatch, _CodeModel(), ["--model", str(tmp_path), "--pairs", str(pf), "--root", str(coded_root)])
+    assert res.exit_code == 1 and isinstance(res.exception, SystemExit), res.output + repr(res.exception)
+    errors = [x for x in res.output.splitlines() if x.startswith("Error:")]
+    assert len(errors) == 1 and "5 usable pair(s)" in errors[0] and "missing 1" in errors[0], res.output
+
+
 # ---- identification caveats -----------------------------------------------------------------
 def test_identification_flags_no_known_probe_and_trivial_ranks():
     from maskkit.training.eval.identification import identify
