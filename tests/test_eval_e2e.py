@@ -496,7 +496,8 @@ def test_empty_gallery_or_probes_is_a_one_line_error(johns, lfw_johns, photos_di
                        (["--gallery", str(lfw_johns), "--probes", str(empty)], "probe set is empty"),
                        (["--gallery", str(gal), "--probes", str(gal)], "is empty")):
         for cmd in (["eval", "--model", str(johns["run"])], ["eval", "--compare", str(johns["run"])]):
-            res = runner.invoke(main, cmd + args + ["-q", "--out", str(tmp_path / "rep")])
+            # --name: test_identification_and_embed_cli saved this run's record for lfw-johns
+            res = runner.invoke(main, cmd + args + ["-q", "--out", str(tmp_path / "rep"), "--name", "empty-check"])
             assert res.exit_code == 1 and isinstance(res.exception, SystemExit), (args, res.output, repr(res.exception))
             lines = [x for x in res.output.splitlines() if x.startswith("Error:")]
             assert len(lines) == 1 and what in lines[0] and "Traceback" not in res.output, res.output

@@ -123,24 +123,26 @@ def test_threshold_at_far_hand_worked_and_as_interp1d_ran():
 
 
 # ---- folds are the file's, before any pair is dropped ----------------------------------------
-CODES = {"base": 10, "same": 60, "diff": 120, "hard": 180}
-COS = {10: 1.0, 60: 0.875, 120: 0.1, 180: 0.95}  # cosine to "base": d = 2 - 2 cos = 0, .25, 1.8, .1
+CODES = {"base": 10, "same": 60, "diff": 120, "hard": 180, "nan": 240}
+COS = {10: 1.0, 60: 0.875, 120: 0.1, 180: 0.95, 240: 1.0}  # cosine to "base": d = 2 - 2 cos = 0, .25, 1.8, .1
 
 
 class _CodeModel:
     """A stand-in model: the embedding is set by a code written in both top corners of the image
     (so the mirror embeds the same), at the angle whose cosine to the base image is COS[code];
-    σ is 1, or inf for the code in ``inf_codes``."""
+    σ is 1, or inf for the code in ``inf_codes``; μ is (inf, NaN, 0) -- a diverged checkpoint's
+    -- for the codes in ``nan_codes``."""
 
     config = {"method": "stand-in"}
 
-    def __init__(self, inf_codes=()):
-        self.inf_codes = set(inf_codes)
+    def __init__(self, inf_codes=(), nan_codes=()):
+        self.inf_codes, self.nan_codes = set(inf_codes), set(nan_codes)
 
     def embed(self, images, masked):
         code = np.asarray(images)[:, 0, 0, 0].astype(int)
         theta = np.arccos([COS[int(c)] for c in code])
         mu = np.stack([np.cos(theta), np.sin(theta), np.zeros_like(theta)], 1)
+        mu[np.isin(code, list(self.nan_codes)), :2] = (np.inf, np.nan)
         sigma = np.ones_like(mu)
         sigma[np.isin(code, list(self.inf_codes))] = np.inf
         return mu, sigma
@@ -221,6 +223,170 @@ def test_non_finite_mls_is_reported_and_the_report_written(coded_root, tmp_path)
     for f in ("metrics.json", "roc.png", "sigma_hist.png", "magnitude_hist.png", "worst_pairs.png", "embeddings.npz"):
         assert (tmp_path / "report" / f).stat().st_size > 0, f
     assert "MLS scores are not finite" in console.export_text()
+
+
+# ---- non-finite μ: entries left out, counted and named ---------------------------------------
+D_OF = {"same": 2 - 2 * 0.875, "diff": 2 - 2 * 0.1, "hard": 2 - 2 * 0.95}  # squared L2 to base
+
+
+def _nan_pairs() -> tuple[list[tuple[str, str, bool]], np.ndarray]:
+    """20 pairs S D S D ...; pair 0 (same) and pair 7 (different) use the NaN image, pair 1 is a
+    different pair closer than every same pair. Returns the pairs and which have finite scores."""
+    pairs = [("base", "same" if k % 2 == 0 else "diff", k % 2 == 0) for k in range(20)]
+    pairs[0], pairs[1], pairs[7] = ("base", "nan", True), ("base", "hard", False), ("nan", "diff", False)
+    return pairs, np.array(["nan" not in p[:2] for p in pairs])
+
+
+@pytest.mark.parametrize("source", ["pairs", "bin"])
+def test_non_finite_pairs_are_left_out_keeping_their_folds(coded_root, tmp_path, source, caplog):
+    """μ = (inf, NaN, 0) for one image: the 2 pairs that use it are left out, counted and named,
+    and every other pair keeps the fold of its position in the file. With those folds (2 pairs
+    each) pair 1 is alone in fold 0 and misjudged: fold accuracies [0, 1 x 9]; re-splitting the
+    18 finite pairs would put pair 2 beside it (0.5). Before the fix: a one-line error, no report."""
+    from PIL import Image
+    from rich.console import Console
+
+    from maskkit.training.eval.evalsets import write_bin
+    from maskkit.training.eval.report import EvalConfig, run_eval
+
+    pairs, keep = _nan_pairs()
+    if source == "pairs":
+        pf = tmp_path / "pairs.txt"
+        pf.write_text("".join(f"{a}.png {b}.png {int(s)}\n" for a, b, s in pairs))
+        src = {"pairs": str(pf), "root": str(coded_root)}
+        names = {0: ("base.png", "nan.png"), 7: ("nan.png", "diff.png")}
+    else:
+        img = {n: np.asarray(Image.open(coded_root / f"{n}.png")) for n in CODES}
+        bp = write_bin(tmp_path / "coded.bin", [img[n] for a, b, _ in pairs for n in (a, b)],
+                       [s for *_, s in pairs], ext=".png")  # lossless: the codes survive
+        src = {"bin": str(bp)}
+        names = {0: ("coded.bin:0", "coded.bin:1"), 7: ("coded.bin:14", "coded.bin:15")}
+    console = Console(record=True, width=250)
+    cfg = EvalConfig(model=str(tmp_path), mask_side="none", out=str(tmp_path / "report"), save_to_run=False,
+                     progress=False, **src)
+    with caplog.at_level("WARNING"):
+        m = run_eval(cfg, model=_CodeModel(nan_codes=[CODES["nan"]]), console=console)
+    c = m["counts"]
+    assert (c["loaded_pairs"], c["pairs"], c["non_finite_pairs"]) == (20, 18, 2)
+    assert [(r["pair"], r["a"], r["b"]) for r in m["failures"]["non_finite"]] == [(p, *names[p]) for p in (0, 7)]
+    # the figures are those of the 18 finite pairs under the file's folds, computed here by hand
+    issame = np.array([s for *_, s in pairs])
+    dist = np.array([D_OF[b] for a, b, s in pairs if "nan" not in (a, b)])
+    folds, rule = V.assign_folds(issame)
+    ref = evaluate_distances(dist, issame[keep], folds=folds[keep], fold_rule=rule)
+    assert m["cosine"]["fold_accuracy"] == ref.fold_accuracy == [0.0] + [1.0] * 9
+    assert m["cosine"]["accuracy"] == pytest.approx(0.9, abs=1e-12)
+    assert (m["cosine"]["auc"], m["cosine"]["val"]) == (ref.auc, ref.val)
+    # MLS is scored on the same 18 pairs (σ = 1 everywhere: finite)
+    assert m["mls"] is not None and m["mls"]["n_pairs"] == 18
+    # one note, one warning line, one table row; ‖μ‖ counts the two non-finite images
+    assert len(m["notes"]) == 1 and m["notes"][0].startswith("2 of 20 pairs left out of the figures")
+    assert f"pair 0 ({names[0][0]} | {names[0][1]})" in m["notes"][0] and "pair 7" in m["notes"][0]
+    assert len([r for r in caplog.records if "left out of the figures" in r.getMessage()]) == 1
+    text = " ".join(console.export_text().split())
+    assert "left out: non-finite scores" in text and "2 pairs" in text and "pair 7" in text
+    assert m["magnitude"]["unmasked"]["non_finite"] == 2 and m["magnitude"]["unmasked"]["n"] == 40
+    saved = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert saved["counts"]["non_finite_pairs"] == 2
+    z = np.load(tmp_path / "report" / "embeddings.npz")
+    assert z["pair_index"].tolist() == [k for k in range(20) if k not in (0, 7)]
+    assert z["pair_fold"].tolist() == [k // 2 for k in range(20) if k not in (0, 7)]
+    assert np.isfinite(z["mu"]).all() and (tmp_path / "report" / "worst_pairs.png").stat().st_size > 0
+
+
+def _id_folders(tmp_path, coded_root, gallery, probes):
+    for d, spec in (("gallery", gallery), ("probes", probes)):
+        for ident, n in spec:
+            (tmp_path / d / ident).mkdir(parents=True, exist_ok=True)
+            os.symlink(coded_root / f"{n}.png", tmp_path / d / ident / f"{n}.png")
+
+
+def test_non_finite_gallery_images_and_probes_are_left_out(coded_root, tmp_path):
+    """A NaN μ in the gallery would make its identity's template NaN, and every probe with it;
+    a NaN probe would rank 1 (NaN compares false). Both are left out, counted and named: the 2
+    finite probes give Rank-1 1/2 ("same" finds base; "hard", filed under diff, is closer to base).
+    Before the fix: a one-line error and no report."""
+    from maskkit.training.eval.identification import identify
+    from maskkit.training.eval.report import EvalConfig, run_eval
+
+    _id_folders(tmp_path, coded_root, [("base", "base"), ("base", "nan"), ("diff", "diff")],
+                [("base", "same"), ("diff", "hard"), ("diff", "nan")])
+    cfg = EvalConfig(model=str(tmp_path), gallery=str(tmp_path / "gallery"), probes=str(tmp_path / "probes"),
+                     mask_side="none", out=str(tmp_path / "report"), save_to_run=False, progress=False)
+    m = run_eval(cfg, model=_CodeModel(nan_codes=[CODES["nan"]]))
+    c = m["counts"]
+    assert (c["gallery_images"], c["non_finite_gallery_images"], c["probes"], c["non_finite_probes"]) == (2, 1, 2, 1)
+    assert [(r["path"], r["identity"]) for r in m["failures"]["non_finite"]] == [("base/nan.png", "base"),
+                                                                                ("diff/nan.png", "diff")]
+    assert len(m["notes"]) == 1 and m["notes"][0].startswith("1 of 3 gallery images and 1 of 3 probes left out")
+    # by hand on the finite images: unit μ at the coded angles
+    mu = {n: np.array([np.cos(np.arccos(COS[CODES[n]])), np.sin(np.arccos(COS[CODES[n]])), 0.0]) for n in CODES}
+    ref = identify(np.stack([mu["base"], mu["diff"]]), ["base", "diff"], np.stack([mu["same"], mu["hard"]]),
+                   ["base", "diff"])
+    assert m["cosine"]["rank1"] == ref.rank1 == 0.5 and m["cosine"]["cmc"] == ref.cmc == [0.5, 1.0]
+    assert m["mls"] is not None and m["mls"]["n_probes"] == 2
+    assert (tmp_path / "report" / "worst_probes.png").stat().st_size > 0
+
+
+def _cli_eval(monkeypatch, model, args):
+    """``maskkit eval`` through click with ``model`` in place of a loaded checkpoint."""
+    from click.testing import CliRunner
+
+    import maskkit.cli.eval as cli_eval
+    from maskkit.cli import main
+
+    monkeypatch.setattr(cli_eval, "_check_model", lambda m: None)
+    monkeypatch.setattr(cli_eval, "_load", lambda m, device="cpu": model)
+    return CliRunner().invoke(main, ["eval", "--mask-side", "none", "-q", "--device", "cpu"] + args)
+
+
+@pytest.mark.parametrize("case", ["all_pairs", "nine_finite_pairs", "all_probes"])
+def test_too_few_finite_scores_is_a_one_line_error_with_counts(coded_root, tmp_path, monkeypatch, case):
+    """Too few finite entries for the protocol: exit 1, one error line, and metrics.json with the
+    counts, the reason and the σ statistics (here ‖σ‖ = ‖(1, 1, 1)‖ = √3 exactly); the record
+    shows as "failed" in --compare. Before the fix: a one-line error and nothing written."""
+    run = tmp_path / "run"
+    run.mkdir()
+    out = tmp_path / "report"
+    if case == "all_probes":
+        _id_folders(tmp_path, coded_root, [("base", "base"), ("diff", "diff")], [("base", "same"), ("diff", "hard")])
+        args = ["--gallery", str(tmp_path / "gallery"), "--probes", str(tmp_path / "probes")]
+        model = _CodeModel(nan_codes=[CODES["same"], CODES["hard"]])
+        want = {"non_finite_probes": 2, "probes": 0, "gallery_images": 2}
+    else:
+        n_nan = 20 if case == "all_pairs" else 11
+        lines = [("base.png nan.png 1" if k < n_nan else "base.png same.png 1") if k % 2 == 0 else
+                 ("nan.png diff.png 0" if k < n_nan else "base.png diff.png 0") for k in range(20)]
+        pf = tmp_path / "pairs.txt"
+        pf.write_text("\n".join(lines) + "\n")
+        args = ["--pairs", str(pf), "--root", str(coded_root)]
+        model = _CodeModel(nan_codes=[CODES["nan"]])
+        want = {"non_finite_pairs": n_nan, "pairs": 20 - n_nan}
+    res = _cli_eval(monkeypatch, model, ["--model", str(run), "--out", str(out)] + args)
+    assert res.exit_code == 1 and isinstance(res.exception, SystemExit), res.output + repr(res.exception)
+    errors = [x for x in res.output.splitlines() if x.startswith("Error:")]
+    assert len(errors) == 1 and "Traceback" not in res.output, res.output
+    assert "non-finite" in errors[0] or "finite score" in errors[0], errors[0]
+    m = json.loads((out / "metrics.json").read_text())
+    assert {k: m["counts"][k] for k in want} == want
+    assert m["cosine"] is None and m["error"] and m["error"] in errors[0]
+    assert m["sigma_norm"]["unmasked"]["mean"] == pytest.approx(np.sqrt(3), rel=1e-12)
+    assert m["files"] == ["metrics.json", "sigma_hist.png", "magnitude_hist.png"]
+    assert all((out / f).stat().st_size > 0 for f in m["files"])
+    from maskkit.training.eval.compare import compare_rows
+
+    _, rows = compare_rows([run])
+    assert "failed" in rows[0].values()
+
+
+def test_fewer_than_ten_pairs_is_a_one_line_error(coded_root, tmp_path, monkeypatch):
+    """Before: ``ValueError: 5 pairs: the 10-fold protocol needs at least 10`` as a traceback."""
+    pf = tmp_path / "pairs.txt"
+    pf.write_text("base.png same.png 1\nbase.png diff.png 0\n" * 2 + "base.png missing.png 1\n" + "base.png same.png 1\n")
+    res = _cli_eval(monkeypatch, _CodeModel(), ["--model", str(tmp_path), "--pairs", str(pf), "--root", str(coded_root)])
+    assert res.exit_code == 1 and isinstance(res.exception, SystemExit), res.output + repr(res.exception)
+    errors = [x for x in res.output.splitlines() if x.startswith("Error:")]
+    assert len(errors) == 1 and "5 usable pair(s)" in errors[0] and "missing 1" in errors[0], res.output
 
 
 # ---- identification caveats -----------------------------------------------------------------
@@ -324,3 +490,62 @@ def test_pairs_format_in_help_and_readme():
     assert "path_a path_b 1|0" in out and "10 300" in out
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
     assert "`path_a path_b 1|0`" in readme
+
+
+# ---- no report replaced silently (issue 12 §9) ----------------------------------------------
+def test_eval_never_replaces_a_report_or_record_silently(coded_root, tmp_path, monkeypatch):
+    """An earlier report (default --out RUN/eval/<key>/, or any --out) and its saved record
+    RUN/eval/<key>.json are refused without --overwrite, before anything is evaluated; --overwrite
+    removes the old report's files, so none of another task's figures stays beside the new ones.
+    Before the fix: silently replaced (and another task's cmc.png stayed in the folder)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    pf = tmp_path / "pairs.txt"
+    pf.write_text("".join("base.png same.png 1\n" if k % 2 == 0 else "base.png diff.png 0\n" for k in range(20)))
+    args = ["--pairs", str(pf), "--root", str(coded_root)]
+    model = _CodeModel()
+    home = run / "eval"
+    key = f"{Path(coded_root).name}-verification-masknone"  # a file named pairs.txt: the set is named after --root
+    record, report = home / f"{key}.json", home / key
+    res = _cli_eval(monkeypatch, model, ["--model", str(run)] + args)
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    stamp = {p: p.stat().st_mtime_ns for p in home.rglob("*")}
+    # the same command again: refused, naming the file and the flag; nothing touched
+    res = _cli_eval(monkeypatch, model, ["--model", str(run)] + args)
+    assert res.exit_code == 1 and "Traceback" not in res.output, res.output
+    flat = " ".join(res.output.split())
+    assert f"{report / 'metrics.json'} already exists" in flat and "--overwrite" in flat, res.output
+    # another --out: the saved record --compare reads would still be replaced
+    res = _cli_eval(monkeypatch, model, ["--model", str(run), "--out", str(tmp_path / "other")] + args)
+    assert res.exit_code == 1 and f"{record} already exists" in " ".join(res.output.split()), res.output
+    # --compare on a set claims every run's outputs before evaluating any
+    run_b = tmp_path / "run_b"
+    run_b.mkdir()
+    res = _cli_eval(monkeypatch, model, ["--compare", str(run_b), str(run)] + args)
+    assert res.exit_code == 1 and "--overwrite" in res.output, res.output
+    assert not (run_b / "eval").exists()
+    assert {p: p.stat().st_mtime_ns for p in home.rglob("*")} == stamp
+    # --overwrite into a folder holding another task's report: its files go, the new ones come
+    for f in ("metrics.json", "cmc.png", "worst_probes.png"):
+        (report / f).write_bytes(b"old")
+    (report / "mine.txt").write_text("kept")  # not a report file: left alone
+    res = _cli_eval(monkeypatch, model, ["--model", str(run), "--overwrite"] + args)
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    assert sorted(p.name for p in report.iterdir()) == sorted([
+        "metrics.json", "roc.png", "sigma_hist.png", "magnitude_hist.png", "worst_pairs.png", "embeddings.npz",
+        "mine.txt"])
+    assert json.loads((report / "metrics.json").read_text())["task"] == "verification"
+    assert json.loads(record.read_text())["counts"]["pairs"] == 20
+
+
+def test_eval_help_names_overwrite():
+    from click.testing import CliRunner
+
+    from maskkit.cli import main
+
+    out = " ".join(CliRunner().invoke(main, ["eval", "--help"]).output.split())
+    assert "--overwrite" in out and "never replaced without --overwrite" in out
+    assert "not finite" in out
+    readme = " ".join((Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8").split())
+    assert "`synth --preview`" in readme and "`eval` refuses a report already in `--out`" in readme
+    assert "`counts.non_finite_pairs`" in readme

@@ -466,3 +466,30 @@ def test_file_outputs_are_never_replaced_silently(tmp_path, two_faces_and_shards
     assert (rec / "train.rec").read_bytes() == before
     assert _run(["export-rec", shards, rec, "--only", "plain", "--overwrite"]).exit_code == 0
     assert (rec / "train.rec").read_bytes() != before
+
+
+def test_synth_preview_is_never_replaced_silently(tmp_path, two_faces_and_shards, monkeypatch):
+    """synth --preview FILE refuses an existing FILE without --overwrite, before any face is
+    decoded (no shard, no manifest); a finished run found again stays "already complete" (exit 0)
+    and leaves the preview alone. Before the fix the file was replaced at the end of the run."""
+    import maskkit.pipeline.synth.run as synth_run
+
+    src, _ = two_faces_and_shards
+    sheet = tmp_path / "sheet.png"
+    sheet.write_bytes(b"precious")
+    out = tmp_path / "shards"
+    started = []
+    real = synth_run._results
+    monkeypatch.setattr(synth_run, "_results", lambda *a, **k: started.append(1) or real(*a, **k))
+    res = _run(["synth", "--src", src, "--out", out, "-j", "1", "-q", "--preview", sheet])
+    assert res.exit_code == 1 and f"{sheet} already exists" in " ".join(res.output.split()), res.output
+    assert "--overwrite" in res.output and "Traceback" not in res.output
+    assert sheet.read_bytes() == b"precious" and started == []
+    assert not (out / "manifest.json").exists() and not list(out.glob("*.tar"))
+    res = _run(["synth", "--src", src, "--out", out, "-j", "1", "-q", "--preview", sheet, "--overwrite"])
+    assert res.exit_code == 0, res.output
+    assert sheet.read_bytes()[:4] == b"\x89PNG" and started == [1]
+    stamp = sheet.stat().st_mtime_ns
+    res = _run(["synth", "--src", src, "--out", out, "-j", "1", "-q", "--preview", sheet])
+    assert res.exit_code == 0 and "already complete" in res.output, res.output
+    assert sheet.stat().st_mtime_ns == stamp

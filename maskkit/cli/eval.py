@@ -103,10 +103,12 @@ def _load(model, device: str = "cpu"):
 @click.option("--compare", "compare", is_flag=True,
               help="Compare the runs given as arguments (from their saved metrics, or on the given set).")
 @_quiet("No progress bars.")
+@_overwrite("Replace an earlier report in --out and its saved record RUN/eval/<set>-<task>-mask<side>.json "
+            "(their files are removed first; otherwise refused).")
 @click.argument("runs", nargs=-1, type=click.Path(exists=True))
 @_deprecated("--progress/--no-progress", **_NO_PROGRESS)
 def eval_cmd(model, bin_path, pairs, root, gallery, probes, mask_side, mask_style, seed, flip, out, name, batch_size,
-             device, detector, aligned, probes_masked, gallery_per_id, worst_k, compare, quiet, runs):
+             device, detector, aligned, probes_masked, gallery_per_id, worst_k, compare, quiet, overwrite, runs):
     """Masked face verification / identification of a trained model, with a report.
 
     \b
@@ -131,6 +133,14 @@ def eval_cmd(model, bin_path, pairs, root, gallery, probes, mask_side, mask_styl
     Folds follow the file's order (insightface's contiguous folds when each holds same and
     different pairs, else stratified runs; metrics.json says which). AUC is over all pairs,
     insightface's fold-averaged AUC beside it.
+
+    Pairs, gallery images and probes whose scores are not finite (a diverged model's NaN/inf
+    embeddings) are left out of the figures, counted and named in the table and metrics.json;
+    when too few remain, metrics.json holds the counts and the reason, and eval exits 1.
+
+    A report already in --out (default RUN/eval/<set>-<task>-mask<side>/, so also a second
+    run on the same set and mask side), or its saved record RUN/eval/<set>-<task>-mask<side>.json
+    that --compare reads, is never replaced without --overwrite, which removes them first.
     """
     from rich.console import Console
 
@@ -149,11 +159,14 @@ def eval_cmd(model, bin_path, pairs, root, gallery, probes, mask_side, mask_styl
         if has_set:
             _check_device(device)
             records = {}
-            for r in runs:
+            cfgs = {}
+            for r in runs:  # every run's outputs are claimed before any is evaluated
                 _check_model(r)
-                cfg = _config(r, bin_path, pairs, root, gallery, probes, mask_side, mask_style, seed, flip,
-                              None, name, batch_size, device, detector, probes_masked, gallery_per_id, worst_k, progress,
-                              aligned)
+                cfgs[r] = _config(r, bin_path, pairs, root, gallery, probes, mask_side, mask_style, seed, flip,
+                                  None, name, batch_size, device, detector, probes_masked, gallery_per_id, worst_k,
+                                  progress, aligned)
+                _claim_report(cfgs[r], overwrite)
+            for r, cfg in cfgs.items():
                 try:
                     records[str(r)] = [run_eval(cfg, model=_load(r, device), console=console)]
                 except EvalInputError as exc:
@@ -172,10 +185,18 @@ def eval_cmd(model, bin_path, pairs, root, gallery, probes, mask_side, mask_styl
         _check_writable(out, "--out", is_dir=True)
     cfg = _config(model, bin_path, pairs, root, gallery, probes, mask_side, mask_style, seed, flip, out, name,
                   batch_size, device, detector, probes_masked, gallery_per_id, worst_k, progress, aligned)
+    _claim_report(cfg, overwrite)
     try:
         run_eval(cfg, model=_load(model, device), console=console)
     except EvalInputError as exc:
         raise click.ClickException(str(exc)) from exc
+
+
+def _claim_report(cfg, overwrite: bool) -> None:
+    """Refuse to replace an earlier eval's report or saved record (``--overwrite`` removes them first)."""
+    from maskkit.training.eval.report import report_paths
+
+    _claim(report_paths(cfg), overwrite, "an eval report", remove=True)
 
 
 def _config(model, bin_path, pairs, root, gallery, probes, mask_side, mask_style, seed, flip, out, name, batch_size,

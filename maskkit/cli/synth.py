@@ -82,7 +82,8 @@ def _print_summary(title: str, rows: list[tuple[str, str]]) -> None:
               help="Refuse larger input images (logged as too_large).")
 @click.option("--no-mask-png", is_flag=True, help="Do not write KEY.mask.png coverage maps.")
 @_overwrite("Replace a different, earlier run found in --out.")
-@click.option("--preview", default=None, type=click.Path(path_type=Path), help="Also write a contact sheet PNG.")
+@click.option("--preview", default=None, type=click.Path(path_type=Path),
+              help="Also write a contact sheet PNG (an existing file is refused unless --overwrite).")
 @_quiet()
 def synth(src, out, ratio, paired, styles, seed, jobs, aligned, size, shard_samples, backend, address, detector,
           upsample, max_side, faces, quality, max_pixels, no_mask_png, overwrite, preview, quiet):

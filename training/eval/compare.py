@@ -43,6 +43,9 @@ def metrics_table(m: dict):
     t.add_row("faces masked / requested", f"{c['masked']} / {c['mask_requested']}", "")
     t.add_row("mask failures (kept unmasked)", str(c["mask_failures"]), "")
     t.add_row("input failures / align fallbacks", f"{c['input_failures']} / {c['alignment_fallbacks']}", "")
+    left = {k[len("non_finite_"):].replace("_", " "): v for k, v in c.items() if k.startswith("non_finite_") and v}
+    if left:  # entries whose scores are NaN / inf (maskkit.training.eval.finite): named in the caption
+        t.add_row("left out: non-finite scores", ", ".join(f"{v} {k}" for k, v in left.items()), "")
     for key, label in (("sigma_norm", "‖σ‖ mean unmasked / masked"), ("magnitude", "‖μ‖ mean unmasked / masked")):
         v = m.get(key)
         if v:
@@ -123,7 +126,9 @@ def compare_rows(runs: list[str | Path], records: dict[str, list[dict]] | None =
                 cols.append(col)
             row["method"] = m.get("method") or row["method"]
             cos, mls = m["cosine"], m.get("mls")
-            if m["task"] == "verification":
+            if cos is None:  # a run that could not be scored (metrics.json's "error" says why)
+                cell = "failed"
+            elif m["task"] == "verification":
                 cell = f"{_pct(cos['accuracy'])}"
                 if mls:
                     cell += f" ({_pct(mls['accuracy'])})"

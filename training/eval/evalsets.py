@@ -111,6 +111,21 @@ class PairSet:
         folds, rule = assign_folds(self.listed_issame, n_folds)
         return folds[self.pair_index], rule
 
+    def subset(self, keep) -> "PairSet":
+        """The pairs where ``keep`` (a (P,) bool mask) is True, each still at its position in the
+        source (``pair_index``, ``listed_issame`` kept), so :meth:`folds` gives every kept pair
+        the fold it had; ``failures`` carried, ``notes`` re-indexed."""
+        keep = np.asarray(keep, dtype=bool)
+        if keep.shape != self.issame.shape:
+            raise ValueError(f"{keep.shape} keep flags for {self.n_pairs} pairs")
+        img = np.repeat(keep, 2)
+        new_index = np.cumsum(img) - 1  # old image index -> new one (where kept)
+        pick = lambda xs: [x for x, k in zip(xs, img) if k]  # noqa: E731
+        return PairSet(self.images[img], self.issame[keep], pick(self.names), pick(self.landmarks68),
+                       list(self.failures), {int(new_index[i]): n for i, n in self.notes.items() if img[i]},
+                       self.source, self.pair_index[keep], self.listed_issame,
+                       pick(self.names_bytes) if self.names_bytes else [])
+
 
 @dataclass
 class ImageSet:

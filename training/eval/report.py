@@ -17,7 +17,18 @@ Report folder (``--out``, default ``RUN/eval/<set>-<mask side>/``):
 
 A copy of ``metrics.json`` goes to ``RUN/eval/<set>-<task>-<mask side>.json`` so that
 ``maskkit eval --compare RUN_A RUN_B`` can put runs side by side without re-evaluating
-(:func:`compare_runs`).
+(:func:`compare_runs`). ``maskkit eval`` refuses to replace any of these files (an earlier run's
+report or record, :func:`report_paths`) unless told ``--overwrite``, which removes them first so
+that no stale figure stays beside the new ones.
+
+Entries whose scores are not finite (a diverged checkpoint's NaN / inf μ) are left out of the
+figures, counted and named (:mod:`maskkit.training.eval.finite`); when too few remain,
+``metrics.json`` holds the counts, the reason (``error``) and the σ / ‖μ‖ statistics, and
+:func:`run_eval` raises :class:`EvalInputError`.
+
+Length: the two tasks share :class:`EvalConfig`, the metrics' head (model, protocol, counts,
+failures, σ / ‖μ‖ statistics) and the writing of the record; each task's ``evaluate_*`` and
+``write_*`` sit beside each other so that the whole ``metrics.json`` schema is read in one file.
 """
 from __future__ import annotations
 
@@ -40,6 +51,15 @@ from maskkit.training.eval.evalsets import (
     load_image_folder,
     load_pairs,
     mask_side_flags,
+)
+from maskkit.training.eval.finite import (
+    MIN_PAIRS,
+    NotScorable,
+    finite_rows,
+    joint_note,
+    left_out_images,
+    left_out_pairs,
+    take_embeddings,
 )
 from maskkit.training.eval.identification import IdentificationResult, identify
 from maskkit.training.eval.plots import (
@@ -65,6 +85,11 @@ log = logging.getLogger(__name__)
 
 
 MASK_SIDES = ("none", "one", "both")
+#: The files of a report folder, per task (``metrics.json`` first).
+VERIFICATION_FILES = ("metrics.json", "roc.png", "sigma_hist.png", "magnitude_hist.png", "worst_pairs.png",
+                      "embeddings.npz")
+IDENTIFICATION_FILES = ("metrics.json", "cmc.png", "sigma_hist.png", "magnitude_hist.png", "worst_probes.png",
+                        "embeddings.npz")
 
 
 @dataclass
@@ -227,26 +252,70 @@ class VerificationRun:
     emb: Embeddings = field(repr=False)
     dist: np.ndarray = field(repr=False)
     mls: np.ndarray | None = field(repr=False, default=None)
+    all_emb: Embeddings | None = field(repr=False, default=None)  # every embedded image (None: emb)
 
 
 def evaluate_pairset(model, pairs: PairSet, cfg: EvalConfig, renderer=None) -> VerificationRun:
-    """Mask (per ``cfg.mask_side``), embed and score a :class:`PairSet`; no files written."""
-    if pairs.n_pairs < 10:
-        raise ValueError(f"{pairs.n_pairs} pairs: the 10-fold protocol needs at least 10")
+    """Mask (per ``cfg.mask_side``), embed and score a :class:`PairSet`; no files written.
+
+    Pairs whose score is not finite (the model's μ is NaN or inf for one of their images) are
+    left out of the figures, each keeping the fold of its position in the source, and are counted
+    (``counts.non_finite_pairs``), named (``failures.non_finite``) and noted
+    (:mod:`maskkit.training.eval.finite`).
+
+    Raises:
+        EvalInputError: fewer than :data:`~maskkit.training.eval.finite.MIN_PAIRS` pairs loaded.
+        NotScorable: fewer than that many pairs with finite scores; it carries the partial metrics.
+    """
+    if pairs.n_pairs < MIN_PAIRS:
+        raise EvalInputError(f"{pairs.n_pairs} usable pair(s): the 10-fold protocol needs at least {MIN_PAIRS}"
+                             f"{_failure_summary(pairs.failures)}")
     requested = mask_side_flags(len(pairs.images), cfg.mask_side)
     mo = apply_masks(pairs.images, requested, cfg.seed, cfg.mask_style, pairs.landmarks68, pairs.names,
                      renderer=renderer, progress=cfg.progress)
-    emb = extract_embeddings(model, mo.images, mo.masked, cfg.batch_size, cfg.flip, cfg.progress)
+    emb_all = extract_embeddings(model, mo.images, mo.masked, cfg.batch_size, cfg.flip, cfg.progress)
+    fin = finite_rows(emb_all.mu)
+    keep = fin[0::2] & fin[1::2]  # a pair's distance is finite iff both its μ are
+    left = left_out_pairs(~keep, pairs.pair_index, pairs.names)
+    loaded = pairs
+    notes: list[str] = []
+    counts = {"listed_pairs": loaded.n_listed, "loaded_pairs": loaded.n_pairs, left.count_key: left.count,
+              "images": int(len(loaded.images)), "input_failures": len(loaded.failures),
+              "pairs_skipped": sum(1 for f in loaded.failures if f.get("reason") == "pair_skipped"),
+              "alignment_fallbacks": len(loaded.notes),
+              "mask_requested": mo.n_requested, "masked": mo.n_masked, "mask_failures": len(mo.failures)}
+    head = {
+        "task": "verification", "set": cfg.set_name, "source": loaded.source, "model": str(cfg.model),
+        **_model_info(model),
+        "protocol": {"mask_side": cfg.mask_side, "mask_style": cfg.mask_style, "seed": cfg.seed, "flip": cfg.flip,
+                     "folds": 10, "distance": "squared L2 of L2-normalised flip-summed mu",
+                     "thresholds": "arange(0, 4, 0.01)", "listed_pairs": loaded.n_listed},
+        "mask_styles": {s: mo.styles.count(s) for s in sorted({s for s in mo.styles if s})},
+        "sigma_norm": _by_branch(emb_all.sigma_norm, emb_all.masked),  # every embedded image
+        "magnitude": _by_branch(emb_all.magnitude, emb_all.masked),
+    }
+    failures = {"inputs": loaded.failures, "masking": mo.failures, "non_finite": left.records,
+                "alignment_notes": {loaded.names[i]: n for i, n in sorted(loaded.notes.items())}}
+    if left.count:
+        notes.append(left.note())
+        log.warning("%s", notes[-1])
+        n_finite = left.total - left.count
+        if n_finite < MIN_PAIRS:
+            reason = (f"{left.count} of {left.total} pairs have non-finite scores (the model's μ is NaN or inf: a "
+                      f"diverged or broken checkpoint?); {n_finite} finite pair(s) left, the 10-fold protocol "
+                      f"needs at least {MIN_PAIRS}")
+            m = {**head, "counts": {**counts, "pairs": n_finite}, "error": reason, "cosine": None, "mls": None,
+                 "notes": notes, "failures": failures}
+            raise NotScorable(reason, m, emb_all.sigma_norm, emb_all.magnitude, emb_all.masked)
+    pairs = loaded.subset(keep)  # each kept pair stays at its position in the source: same folds
+    images = mo.images[np.repeat(keep, 2)]
+    emb = take_embeddings(emb_all, np.repeat(keep, 2))
     e1, e2 = emb.mu[0::2], emb.mu[1::2]
-    # folds from the source's full pair list, so a pair that failed to load moves no other pair
+    # folds from the source's full pair list, so a pair that failed to load (or scored NaN) moves no other pair
     folds, fold_rule = pairs.folds(10)
-    try:
-        res = evaluate(e1, e2, pairs.issame, folds=folds, fold_rule=fold_rule)
-    except NonFiniteScores as exc:
-        raise EvalInputError(f"the model gives non-finite embeddings: {exc} (a diverged or broken checkpoint?)") from exc
+    res = evaluate(e1, e2, pairs.issame, folds=folds, fold_rule=fold_rule)
     dist = pair_distances(e1, e2)
     mls = res_mls = None
-    notes: list[str] = []
     if emb.sigma_unit is not None:
         mls = mutual_likelihood_score(e1, emb.sigma_unit[0::2], e2, emb.sigma_unit[1::2])
         try:
@@ -263,7 +332,7 @@ def evaluate_pairset(model, pairs: PairSet, cfg: EvalConfig, renderer=None) -> V
 
     def _pair_rec(p):
         rec = {"pair": int(p), "a": pairs.names[2 * p], "b": pairs.names[2 * p + 1], "dist": float(dist[p]),
-               "cosine": float(1.0 - dist[p] / 2.0), "masked": [bool(mo.masked[2 * p]), bool(mo.masked[2 * p + 1])],
+               "cosine": float(1.0 - dist[p] / 2.0), "masked": [bool(emb.masked[2 * p]), bool(emb.masked[2 * p + 1])],
                "mls": None if mls is None else float(mls[p])}
         for side, i in (("a", 2 * p), ("b", 2 * p + 1)):  # a file name that is not UTF-8: its bytes too
             if pairs.names_bytes and pairs.names_bytes[i]:
@@ -271,29 +340,17 @@ def evaluate_pairset(model, pairs: PairSet, cfg: EvalConfig, renderer=None) -> V
         return rec
 
     metrics = {
-        "task": "verification",
-        "set": cfg.set_name,
-        "source": pairs.source,
-        "model": str(cfg.model),
-        **_model_info(model),
+        **head,
         "protocol": {
-            "mask_side": cfg.mask_side, "mask_style": cfg.mask_style, "seed": cfg.seed, "flip": cfg.flip,
-            "folds": 10, "distance": "squared L2 of L2-normalised flip-summed mu",
-            "thresholds": "arange(0, 4, 0.01)", "far_target": res.far_target,
-            "fold_rule": res.fold_rule, "fold_sizes_same_diff": res.fold_sizes, "listed_pairs": pairs.n_listed,
+            **head["protocol"], "far_target": res.far_target, "fold_rule": res.fold_rule,
+            "fold_sizes_same_diff": res.fold_sizes,
             "auc": "auc: over all pairs (rank statistic); auc_folds: insightface's, under the fold-averaged ROC",
         },
         "counts": {
-            "pairs": pairs.n_pairs, "same": int(pairs.issame.sum()), "diff": int((~pairs.issame).sum()),
-            "images": int(len(pairs.images)),
-            "input_failures": len(pairs.failures),
-            "pairs_skipped": sum(1 for f in pairs.failures if f.get("reason") == "pair_skipped"),
-            "alignment_fallbacks": len(pairs.notes),
-            "mask_requested": mo.n_requested, "masked": mo.n_masked, "mask_failures": len(mo.failures),
+            **counts, "pairs": pairs.n_pairs, "same": int(pairs.issame.sum()), "diff": int((~pairs.issame).sum()),
             "false_matches_at_threshold": int(np.sum(dist[diff] < threshold)),
             "false_non_matches_at_threshold": int(np.sum(dist[same] >= threshold)),
         },
-        "mask_styles": {s: mo.styles.count(s) for s in sorted({s for s in mo.styles if s})},
         "cosine": res.summary(),
         "mls": None if res_mls is None else res_mls.summary(),
         "val_note": val_far_note(int((~pairs.issame).sum()), res.far_target),
@@ -302,14 +359,11 @@ def evaluate_pairset(model, pairs: PairSet, cfg: EvalConfig, renderer=None) -> V
             "cosine": {"fpr": res.fpr, "tpr": res.tpr, "thresholds": res.thresholds},
             "mls": None if res_mls is None else {"fpr": res_mls.fpr, "tpr": res_mls.tpr},
         },
-        "sigma_norm": _by_branch(emb.sigma_norm, emb.masked),
-        "magnitude": _by_branch(emb.magnitude, emb.masked),
         "mean_threshold": threshold,
         "worst": {"false_matches": [_pair_rec(p) for p in fm], "false_non_matches": [_pair_rec(p) for p in fnm]},
-        "failures": {"inputs": pairs.failures, "masking": mo.failures,
-                     "alignment_notes": {pairs.names[i]: n for i, n in sorted(pairs.notes.items())}},
+        "failures": failures,
     }
-    return VerificationRun(metrics, pairs, mo.images, emb, dist, mls)
+    return VerificationRun(metrics, pairs, images, emb, dist, mls, all_emb=emb_all)
 
 
 def write_verification_report(run: VerificationRun, out: Path, worst_k: int = 8) -> list[str]:
@@ -322,7 +376,8 @@ def write_verification_report(run: VerificationRun, out: Path, worst_k: int = 8)
     if m["mls"] is not None:
         curves["MLS"] = (m["roc"]["mls"]["fpr"], m["roc"]["mls"]["tpr"], m["mls"]["auc_folds"])
     plot_roc(out / "roc.png", curves, title)
-    _branch_hists(out, run.emb.sigma_norm, run.emb.magnitude, run.emb.masked, title)
+    every = run.all_emb or run.emb  # pairs left out for non-finite scores too (their values counted, not drawn)
+    _branch_hists(out, every.sigma_norm, every.magnitude, every.masked, title)
     imgs = run.images
 
     def _entries(recs):
@@ -341,7 +396,7 @@ def write_verification_report(run: VerificationRun, out: Path, worst_k: int = 8)
         pair_dist=run.dist, pair_mls=run.mls if run.mls is not None else none,
         pair_fold=run.pairs.folds(10)[0], pair_index=run.pairs.pair_index,
     )
-    files = ["metrics.json", "roc.png", "sigma_hist.png", "magnitude_hist.png", "worst_pairs.png", "embeddings.npz"]
+    files = list(VERIFICATION_FILES)
     m["files"] = files
     write_json(out / "metrics.json", m)
     return files
@@ -358,6 +413,8 @@ class IdentificationRun:
     probe_emb: Embeddings = field(repr=False)
     result: IdentificationResult = field(repr=False)
     result_mls: IdentificationResult | None = field(repr=False, default=None)
+    gallery_all: Embeddings | None = field(repr=False, default=None)  # every embedded image (None: *_emb)
+    probe_all: Embeddings | None = field(repr=False, default=None)
 
 
 def split_gallery_probes(images: ImageSet, per_id: int) -> tuple[ImageSet, ImageSet]:
@@ -394,26 +451,30 @@ def evaluate_identification(model, gallery: ImageSet, probes: ImageSet, cfg: Eva
     pm = apply_masks(probes.images, p_req, cfg.seed + 1_000_003, cfg.mask_style, probes.landmarks68, probes.paths,
                      renderer=renderer, progress=cfg.progress)
     p_branch = pm.masked | (np.ones(len(probes), bool) if cfg.probes_masked else False)
-    ge = extract_embeddings(model, gm.images, gm.masked, cfg.batch_size, cfg.flip, cfg.progress, desc="gallery")
-    pe = extract_embeddings(model, pm.images, p_branch, cfg.batch_size, cfg.flip, cfg.progress, desc="probes")
-    try:
-        res = identify(ge.mu, gallery.identities, pe.mu, probes.identities, probes.paths)
-    except NonFiniteScores as exc:
-        raise EvalInputError(f"the model gives non-finite embeddings: {exc} (a diverged or broken checkpoint?)") from exc
-    res_mls = None
+    ge_all = extract_embeddings(model, gm.images, gm.masked, cfg.batch_size, cfg.flip, cfg.progress, desc="gallery")
+    pe_all = extract_embeddings(model, pm.images, p_branch, cfg.batch_size, cfg.flip, cfg.progress, desc="probes")
+    # an image whose μ is not finite scores NaN against everything (a gallery one poisons its
+    # identity's template): left out, counted and named (maskkit.training.eval.finite)
+    g_keep, p_keep = finite_rows(ge_all.mu), finite_rows(pe_all.mu)
+    left_g = left_out_images("gallery images", ~g_keep, gallery.paths, gallery.identities)
+    left_p = left_out_images("probes", ~p_keep, probes.paths, probes.identities)
     notes: list[str] = []
-    if ge.sigma_unit is not None and pe.sigma_unit is not None:
-        try:
-            res_mls = identify(ge.mu, gallery.identities, pe.mu, probes.identities, probes.paths, score="mls",
-                               gallery_sigma_unit=ge.sigma_unit, probe_sigma_unit=pe.sigma_unit)
-        except NonFiniteScores as exc:
-            notes.append(f"MLS figures left out: {exc} (σ of a barely trained model overflows); cosine figures "
-                         "are unaffected")
-            log.warning("%s", notes[-1])
-    all_sigma = None if ge.sigma_norm is None else np.concatenate([ge.sigma_norm, pe.sigma_norm])
-    all_mag = np.concatenate([ge.magnitude, pe.magnitude])
-    all_masked = np.concatenate([ge.masked, pe.masked])
-    metrics = {
+    note = joint_note([left_g, left_p])
+    if note:
+        notes.append(note)
+        log.warning("%s", note)
+    all_sigma = None if ge_all.sigma_norm is None else np.concatenate([ge_all.sigma_norm, pe_all.sigma_norm])
+    all_mag = np.concatenate([ge_all.magnitude, pe_all.magnitude])
+    all_masked = np.concatenate([ge_all.masked, pe_all.masked])
+    counts = {
+        "input_failures": len(gallery.failures) + len(probes.failures),
+        "alignment_fallbacks": len(gallery.notes) + len(probes.notes),
+        left_g.count_key: left_g.count, left_p.count_key: left_p.count,
+        "mask_requested": gm.n_requested + pm.n_requested, "masked": gm.n_masked + pm.n_masked,
+        "mask_failures": len(gm.failures) + len(pm.failures),
+        "probes_masked_branch": int(p_branch.sum()),
+    }
+    head = {
         "task": "identification",
         "set": cfg.set_name,
         "source": {"gallery": cfg.gallery, "probes": cfg.probes},
@@ -426,25 +487,44 @@ def evaluate_identification(model, gallery: ImageSet, probes: ImageSet, cfg: Eva
                         "MLS: PFE precision-weighted fusion of the gallery Gaussians",
             "score": "cosine (and MLS with σ)",
         },
-        "counts": {
-            "gallery_images": len(gallery), "identities": res.n_identities, "probes": len(probes),
-            "probes_unknown_identity": res.n_probes_unknown,
-            "input_failures": len(gallery.failures) + len(probes.failures),
-            "alignment_fallbacks": len(gallery.notes) + len(probes.notes),
-            "mask_requested": gm.n_requested + pm.n_requested, "masked": gm.n_masked + pm.n_masked,
-            "mask_failures": len(gm.failures) + len(pm.failures),
-            "probes_masked_branch": int(p_branch.sum()),
-        },
+        "sigma_norm": _by_branch(all_sigma, all_masked),  # every embedded image
+        "magnitude": _by_branch(all_mag, all_masked),
+    }
+    failures = {"inputs": gallery.failures + probes.failures, "masking": gm.failures + pm.failures,
+                "non_finite": left_g.records + left_p.records}
+    if not g_keep.any() or not p_keep.any():
+        reason = (f"no {'gallery image' if not g_keep.any() else 'probe'} has a finite score ({left_g.count} of "
+                  f"{left_g.total} gallery images and {left_p.count} of {left_p.total} probes have a μ that is NaN "
+                  "or inf: a diverged or broken checkpoint?)")
+        m = {**head, "counts": {**counts, "gallery_images": int(g_keep.sum()), "probes": int(p_keep.sum())},
+             "error": reason, "cosine": None, "mls": None, "flags": {}, "notes": notes, "failures": failures}
+        raise NotScorable(reason, m, all_sigma, all_mag, all_masked)
+    loaded_g, loaded_p = gallery, probes
+    gallery, probes = loaded_g.subset(np.flatnonzero(g_keep)), loaded_p.subset(np.flatnonzero(p_keep))
+    g_images, p_images = gm.images[g_keep], pm.images[p_keep]
+    ge, pe = take_embeddings(ge_all, g_keep), take_embeddings(pe_all, p_keep)
+    res = identify(ge.mu, gallery.identities, pe.mu, probes.identities, probes.paths)
+    res_mls = None
+    if ge.sigma_unit is not None and pe.sigma_unit is not None:
+        try:
+            res_mls = identify(ge.mu, gallery.identities, pe.mu, probes.identities, probes.paths, score="mls",
+                               gallery_sigma_unit=ge.sigma_unit, probe_sigma_unit=pe.sigma_unit)
+        except NonFiniteScores as exc:
+            notes.append(f"MLS figures left out: {exc} (σ of a barely trained model overflows); cosine figures "
+                         "are unaffected")
+            log.warning("%s", notes[-1])
+    metrics = {
+        **head,
+        "counts": {"gallery_images": len(gallery), "identities": res.n_identities, "probes": len(probes),
+                   "probes_unknown_identity": res.n_probes_unknown, **counts},
         "cosine": res.summary(),
         "mls": None if res_mls is None else res_mls.summary(),
         "flags": res.flags,
         "notes": notes,
         "per_identity": res.per_identity,
-        "sigma_norm": _by_branch(all_sigma, all_masked),
-        "magnitude": _by_branch(all_mag, all_masked),
-        "failures": {"inputs": gallery.failures + probes.failures, "masking": gm.failures + pm.failures},
+        "failures": failures,
     }
-    return IdentificationRun(metrics, gallery, probes, gm.images, pm.images, ge, pe, res, res_mls)
+    return IdentificationRun(metrics, gallery, probes, g_images, p_images, ge, pe, res, res_mls, ge_all, pe_all)
 
 
 def write_identification_report(run: IdentificationRun, out: Path, worst_k: int = 8) -> list[str]:
@@ -456,9 +536,9 @@ def write_identification_report(run: IdentificationRun, out: Path, worst_k: int 
     if m["mls"] is not None:
         curves["MLS"] = m["mls"]["cmc"]
     plot_cmc(out / "cmc.png", curves, title)
-    masked = np.concatenate([run.gallery_emb.masked, run.probe_emb.masked])
-    sig = None if run.gallery_emb.sigma_norm is None else np.concatenate([run.gallery_emb.sigma_norm, run.probe_emb.sigma_norm])
-    _branch_hists(out, sig, np.concatenate([run.gallery_emb.magnitude, run.probe_emb.magnitude]), masked, title)
+    g, p = run.gallery_all or run.gallery_emb, run.probe_all or run.probe_emb  # images left out too
+    sig = None if g.sigma_norm is None else np.concatenate([g.sigma_norm, p.sigma_norm])
+    _branch_hists(out, sig, np.concatenate([g.magnitude, p.magnitude]), np.concatenate([g.masked, p.masked]), title)
     # worst probes: rank > 1, largest margin of the wrong top-1 over the true template
     first = {}
     for i, ident in enumerate(run.gallery.identities):
@@ -480,7 +560,7 @@ def write_identification_report(run: IdentificationRun, out: Path, worst_k: int 
         gallery_sigma=run.gallery_emb.sigma if run.gallery_emb.sigma is not None else np.zeros((0,)),
         probe_sigma=run.probe_emb.sigma if run.probe_emb.sigma is not None else np.zeros((0,)),
     )
-    files = ["metrics.json", "cmc.png", "sigma_hist.png", "magnitude_hist.png", "worst_probes.png", "embeddings.npz"]
+    files = list(IDENTIFICATION_FILES)
     m["files"] = files
     write_json(out / "metrics.json", m)
     return files
@@ -498,6 +578,16 @@ def _failure_summary(failures: list[dict]) -> str:
     return f" ({len(failures)} image(s) failed: " + ", ".join(f"{r} {n}" for r, n in sorted(by.items())) + ")"
 
 
+def report_paths(cfg: EvalConfig) -> list[Path]:
+    """Every file a run of ``cfg`` writes or would leave stale: the report files of either task in
+    :attr:`EvalConfig.out_dir` and, with ``save_to_run``, the record ``home/<key>.json`` that
+    ``maskkit eval --compare`` reads. The command refuses to replace any of them without
+    ``--overwrite``, which removes them first (:func:`maskkit.util.files.claim_outputs`)."""
+    names = dict.fromkeys(VERIFICATION_FILES + IDENTIFICATION_FILES)  # ordered union
+    paths = [cfg.out_dir / n for n in names]
+    return paths + ([cfg.home / f"{cfg.key}.json"] if cfg.save_to_run else [])
+
+
 def run_eval(cfg: EvalConfig, model=None, console=None) -> dict:
     """Run ``maskkit eval`` for one model and one set; write the report; return metrics.
 
@@ -507,7 +597,10 @@ def run_eval(cfg: EvalConfig, model=None, console=None) -> dict:
         console: a ``rich.console.Console`` for the summary table (None: no table).
 
     Raises:
-        EvalInputError: the gallery or the probe set holds no usable face.
+        EvalInputError: the gallery or the probe set holds no usable face, fewer than 10 pairs
+            loaded, or too few entries have finite scores (:class:`~maskkit.training.eval.finite.NotScorable`);
+            in the last case ``metrics.json`` (counts, the reason, σ / ‖μ‖ statistics) and the
+            branch histograms are written first.
     """
     if model is None:
         from maskkit.training.api import load_model
@@ -515,27 +608,35 @@ def run_eval(cfg: EvalConfig, model=None, console=None) -> dict:
         model = load_model(cfg.model, device=cfg.device)
     aligner = FaceAligner(cfg.detector, trust_aligned=cfg.aligned)
     out = cfg.out_dir
-    if cfg.task == "verification":
-        pairs = load_bin(cfg.bin) if cfg.bin else load_pairs(cfg.pairs, cfg.root, aligner, cfg.progress)
-        if pairs.n_pairs == 0:
-            src = cfg.bin or cfg.pairs
-            raise EvalInputError(f"no usable pair in {src}{_failure_summary(pairs.failures)}")
-        run = evaluate_pairset(model, pairs, cfg)
-        write_verification_report(run, out, cfg.worst_k)
-    else:
-        if Path(cfg.gallery).resolve() == Path(cfg.probes).resolve():
-            both = load_image_folder(cfg.gallery, aligner, cfg.progress, desc="gallery+probes")
-            gallery, probes = split_gallery_probes(both, cfg.gallery_per_id)
-            gallery.failures = both.failures
+    failed = None
+    try:
+        if cfg.task == "verification":
+            pairs = load_bin(cfg.bin) if cfg.bin else load_pairs(cfg.pairs, cfg.root, aligner, cfg.progress)
+            if pairs.n_pairs == 0:
+                src = cfg.bin or cfg.pairs
+                raise EvalInputError(f"no usable pair in {src}{_failure_summary(pairs.failures)}")
+            run = evaluate_pairset(model, pairs, cfg)
+            write_verification_report(run, out, cfg.worst_k)
         else:
-            gallery = load_image_folder(cfg.gallery, aligner, cfg.progress, desc="gallery")
-            probes = load_image_folder(cfg.probes, aligner, cfg.progress, desc="probes")
-        for what, s, src in (("gallery", gallery, cfg.gallery), ("probe set", probes, cfg.probes)):
-            if len(s) == 0:
-                raise EvalInputError(f"the {what} is empty: no usable face under {src}{_failure_summary(s.failures)}")
-        run = evaluate_identification(model, gallery, probes, cfg)
-        write_identification_report(run, out, cfg.worst_k)
-    m = run.metrics
+            if Path(cfg.gallery).resolve() == Path(cfg.probes).resolve():
+                both = load_image_folder(cfg.gallery, aligner, cfg.progress, desc="gallery+probes")
+                gallery, probes = split_gallery_probes(both, cfg.gallery_per_id)
+                gallery.failures = both.failures
+            else:
+                gallery = load_image_folder(cfg.gallery, aligner, cfg.progress, desc="gallery")
+                probes = load_image_folder(cfg.probes, aligner, cfg.progress, desc="probes")
+            for what, s, src in (("gallery", gallery, cfg.gallery), ("probe set", probes, cfg.probes)):
+                if len(s) == 0:
+                    raise EvalInputError(f"the {what} is empty: no usable face under {src}{_failure_summary(s.failures)}")
+            run = evaluate_identification(model, gallery, probes, cfg)
+            write_identification_report(run, out, cfg.worst_k)
+        m = run.metrics
+    except NotScorable as exc:  # write what can be written, then a one-line error
+        failed, m = exc, exc.metrics
+        out.mkdir(parents=True, exist_ok=True)
+        _branch_hists(out, exc.sigma_norm, exc.magnitude, exc.masked,
+                      f"{m['set']} | {m.get('method')} | mask side {m['protocol']['mask_side']}")
+        m["files"] = ["metrics.json", "sigma_hist.png", "magnitude_hist.png"]
     m["config"] = asdict(cfg)
     m["report_dir"] = str(out)
     write_json(out / "metrics.json", m)
@@ -544,6 +645,8 @@ def run_eval(cfg: EvalConfig, model=None, console=None) -> dict:
             write_json(cfg.home / f"{cfg.key}.json", m)
         except OSError as exc:
             log.warning("could not save metrics into %s: %s", cfg.home, exc)
+    if failed is not None:
+        raise EvalInputError(f"{failed}; counts and σ statistics in {out / 'metrics.json'}") from failed
     if console is not None:
         console.print(metrics_table(m))
         console.print(f"report: {out}")

@@ -80,7 +80,8 @@ class SynthConfig:
         progress: show a progress bar.
         progress_desc: the progress bar's label (``align`` for ``maskkit align --format shards``).
         command: the command line recorded in the manifest.
-        preview: also write a contact sheet PNG here.
+        preview: also write a contact sheet PNG here; an existing file is refused (before any input
+            is read) unless ``overwrite``; a finished run found again draws none.
         on_boundary: called by the driver as ``on_boundary(event, index)`` at each write boundary:
             ``("before_rename", k)`` when shard ``k`` is complete under its ``.tmp`` name,
             ``("after_rename", k)`` once it has its final name (not yet in the journal),

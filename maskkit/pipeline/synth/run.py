@@ -123,8 +123,15 @@ def _run_locked(cfg: SynthConfig, t_start: float, listing: tuple) -> SynthResult
     shown = class_display_names(classes)  # the class names as text (= classes when all are UTF-8)
     fp = _fingerprint(cfg, items)
     state = _prepare_out(cfg, fp, len(chunks))
-    if isinstance(state, dict):
+    if isinstance(state, dict):  # a finished run: nothing is written, the preview neither
         return SynthResult(cfg.out, state, time.perf_counter() - t_start, already_complete=True)
+    if cfg.preview is not None:  # claimed before any face is decoded, not found taken at the end
+        from maskkit.util.files import OutputExistsError, claim_outputs
+
+        try:
+            claim_outputs([cfg.preview], cfg.overwrite, "a contact sheet")
+        except OutputExistsError as exc:
+            raise SynthError(str(exc)) from exc
 
     out = cfg.out
     jr = _Journal(out / JOURNAL)
