@@ -43,6 +43,8 @@ def metrics_table(m: dict):
     t.add_row("faces masked / requested", f"{c['masked']} / {c['mask_requested']}", "")
     t.add_row("mask failures (kept unmasked)", str(c["mask_failures"]), "")
     t.add_row("input failures / align fallbacks", f"{c['input_failures']} / {c['alignment_fallbacks']}", "")
+    if c.get("pairs_skipped"):  # pairs left out because one of their images failed (counted above, once)
+        t.add_row("pairs left out (an image failed)", str(c["pairs_skipped"]), "")
     left = {k[len("non_finite_"):].replace("_", " "): v for k, v in c.items() if k.startswith("non_finite_") and v}
     if left:  # entries whose scores are NaN / inf (maskkit.training.eval.finite): named in the caption
         t.add_row("left out: non-finite scores", ", ".join(f"{v} {k}" for k, v in left.items()), "")

@@ -103,7 +103,10 @@ class EvalConfig:
         mask_side: ``none`` | ``one`` (second image of each pair / the probes; M-LFW
             protocol) | ``both`` (both images / gallery too).
         mask_style: renderer style or ``random``.
-        seed: mask seed (image ``i`` uses ``default_rng([seed, i])``).
+        seed: mask seed: each image's mask is drawn from ``(seed, key)``, the key being its
+            file name (a pairs file, a gallery or probe folder) or its index in a ``.bin``
+            (:func:`~maskkit.training.eval.evalsets.image_rng`), so the order of a pairs file
+            never changes a mask and an image named in several pairs gets the same one.
         flip: add the horizontal mirror's embedding (insightface protocol).
         out: report folder (default :attr:`home` ``/ <set>-<task>-mask<side>``).
         name: set name in reports (default from the file/folder names).
@@ -269,10 +272,11 @@ def evaluate_pairset(model, pairs: PairSet, cfg: EvalConfig, renderer=None) -> V
     """
     if pairs.n_pairs < MIN_PAIRS:
         raise EvalInputError(f"{pairs.n_pairs} usable pair(s): the 10-fold protocol needs at least {MIN_PAIRS}"
-                             f"{_failure_summary(pairs.failures)}")
+                             f"{_failure_summary(pairs.failures, len(pairs.skipped_pairs))}")
     requested = mask_side_flags(len(pairs.images), cfg.mask_side)
+    # each image's mask is drawn from its own key (file name / .bin index), never its position
     mo = apply_masks(pairs.images, requested, cfg.seed, cfg.mask_style, pairs.landmarks68, pairs.names,
-                     renderer=renderer, progress=cfg.progress)
+                     renderer=renderer, progress=cfg.progress, keys=pairs.mask_keys)
     emb_all = extract_embeddings(model, mo.images, mo.masked, cfg.batch_size, cfg.flip, cfg.progress)
     fin = finite_rows(emb_all.mu)
     keep = fin[0::2] & fin[1::2]  # a pair's distance is finite iff both its μ are
@@ -280,8 +284,8 @@ def evaluate_pairset(model, pairs: PairSet, cfg: EvalConfig, renderer=None) -> V
     loaded = pairs
     notes: list[str] = []
     counts = {"listed_pairs": loaded.n_listed, "loaded_pairs": loaded.n_pairs, left.count_key: left.count,
-              "images": int(len(loaded.images)), "input_failures": len(loaded.failures),
-              "pairs_skipped": sum(1 for f in loaded.failures if f.get("reason") == "pair_skipped"),
+              "images": int(len(loaded.images)), "input_failures": len(loaded.failures),  # images, once each
+              "pairs_skipped": len(loaded.skipped_pairs),  # pairs left out for a failed image
               "alignment_fallbacks": len(loaded.notes),
               "mask_requested": mo.n_requested, "masked": mo.n_masked, "mask_failures": len(mo.failures)}
     head = {
@@ -294,7 +298,8 @@ def evaluate_pairset(model, pairs: PairSet, cfg: EvalConfig, renderer=None) -> V
         "sigma_norm": _by_branch(emb_all.sigma_norm, emb_all.masked),  # every embedded image
         "magnitude": _by_branch(emb_all.magnitude, emb_all.masked),
     }
-    failures = {"inputs": loaded.failures, "masking": mo.failures, "non_finite": left.records,
+    failures = {"inputs": loaded.failures, "pairs_skipped": loaded.skipped_pairs, "masking": mo.failures,
+                "non_finite": left.records,
                 "alignment_notes": {loaded.names[i]: n for i, n in sorted(loaded.notes.items())}}
     if left.count:
         notes.append(left.note())
@@ -445,11 +450,12 @@ def evaluate_identification(model, gallery: ImageSet, probes: ImageSet, cfg: Eva
         raise ValueError(f"identification needs a non-empty gallery and probe set (got {len(gallery)} and {len(probes)})")
     g_req = np.full(len(gallery), cfg.mask_side == "both")
     p_req = np.full(len(probes), cfg.mask_side in ("one", "both") and not cfg.probes_masked)
+    # masks keyed by each image's path (never its position); probes use another seed stream than
+    # the gallery so that a/1.jpg in each folder does not share a mask
     gm = apply_masks(gallery.images, g_req, cfg.seed, cfg.mask_style, gallery.landmarks68, gallery.paths,
-                     renderer=renderer, progress=cfg.progress)
-    # probes use a different seed stream than the gallery so image i of each does not share masks
+                     renderer=renderer, progress=cfg.progress, keys=gallery.mask_keys)
     pm = apply_masks(probes.images, p_req, cfg.seed + 1_000_003, cfg.mask_style, probes.landmarks68, probes.paths,
-                     renderer=renderer, progress=cfg.progress)
+                     renderer=renderer, progress=cfg.progress, keys=probes.mask_keys)
     p_branch = pm.masked | (np.ones(len(probes), bool) if cfg.probes_masked else False)
     ge_all = extract_embeddings(model, gm.images, gm.masked, cfg.batch_size, cfg.flip, cfg.progress, desc="gallery")
     pe_all = extract_embeddings(model, pm.images, p_branch, cfg.batch_size, cfg.flip, cfg.progress, desc="probes")
@@ -566,16 +572,29 @@ def write_identification_report(run: IdentificationRun, out: Path, worst_k: int 
     return files
 
 
+def _flag_mls(flags: dict[str, str]) -> dict[str, str]:
+    """``metrics["mls_flags"]``: MLS figures that are no uncertainty-aware result
+    (:func:`~maskkit.training.eval.uncertainty.mls_flags`), each logged once."""
+    for code, msg in flags.items():
+        log.warning("%s (mls_flags.%s)", msg, code)
+    return flags
+
+
 class EvalInputError(ValueError):
     """The evaluation set cannot be scored (an empty gallery or probe set); the CLI shows the
     message as a one-line error."""
 
 
-def _failure_summary(failures: list[dict]) -> str:
-    if not failures:
+def _failure_summary(failures: list[dict], skipped_pairs: int = 0) -> str:
+    """`` (N image(s) failed: reason n, ...; P pair(s) left out)`` -- each image counted once."""
+    if not failures and not skipped_pairs:
         return ""
     by = Counter(f.get("reason", "?") for f in failures)
-    return f" ({len(failures)} image(s) failed: " + ", ".join(f"{r} {n}" for r, n in sorted(by.items())) + ")"
+    parts = [f"{len(failures)} image(s) failed: " + ", ".join(f"{r} {n}" for r, n in sorted(by.items()))] \
+        if failures else []
+    if skipped_pairs:
+        parts.append(f"{skipped_pairs} pair(s) left out")
+    return " (" + "; ".join(parts) + ")"
 
 
 def report_paths(cfg: EvalConfig) -> list[Path]:
