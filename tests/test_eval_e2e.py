@@ -333,7 +333,7 @@ def test_parse_lfw_pairs_format(tmp_path):
         ("Abdel_Madi_Shabneh/Abdel_Madi_Shabneh_0001", "Dean_Barker/Dean_Barker_0001", False),
     ]
     p.write_text("a b c d e\n")
-    with pytest.raises(ValueError, match="cannot parse"):
+    with pytest.raises(ValueError, match=r"pairs.txt:1: cannot parse pairs line 'a b c d e'; expected 'path_a"):
         parse_pairs_txt(p)
 
 

@@ -549,3 +549,41 @@ def test_eval_help_names_overwrite():
     readme = " ".join((Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8").split())
     assert "`synth --preview`" in readme and "`eval` refuses a report already in `--out`" in readme
     assert "`counts.non_finite_pairs`" in readme
+
+
+# ---- a pairs line that is no pair; a failed image counted once ------------------------------
+@pytest.mark.parametrize("bad, n_line", [("a.png b.png c.png d.png e.png", 24), ("base.png same.png 2", 3)])
+def test_malformed_pairs_line_is_one_line_error_naming_file_line_and_forms(coded_root, tmp_path, monkeypatch,
+                                                                           bad, n_line):
+    """Five fields, or a label that is not 0/1: exit 1 with one error line naming file:line and
+    the accepted forms, before any model loads. Before: a ``ValueError`` traceback
+    (``pairs_bad.txt:24: cannot parse pairs line ...``) after the model had loaded."""
+    lines = ["base.png same.png 1" if k % 2 == 0 else "base.png diff.png 0" for k in range(30)]
+    lines[n_line - 1] = bad
+    pf = tmp_path / "pairs_bad.txt"
+    pf.write_text("\n".join(lines) + "\n")
+
+    from click.testing import CliRunner
+
+    import maskkit.cli.eval as cli_eval
+    from maskkit.cli import main
+
+    def no_model(*a, **k):
+        raise AssertionError("the model was looked at before the pairs file was checked")
+
+    monkeypatch.setattr(cli_eval, "_check_model", no_model)
+    monkeypatch.setattr(cli_eval, "_load", no_model)
+    res = CliRunner().invoke(main, ["eval", "-q", "--device", "cpu", "--model", str(tmp_path), "--pairs", str(pf),
+                                    "--root", str(coded_root)])
+    assert res.exit_code == 1 and isinstance(res.exception, SystemExit), res.output + repr(res.exception)
+    assert "Traceback" not in res.output
+    errors = [x for x in res.output.splitlines() if x.startswith("Error:")]
+    assert len(errors) == 1 and len(res.output.strip().splitlines()) == 1, res.output
+    assert f"pairs_bad.txt:{n_line}: cannot parse pairs line '{bad}'" in errors[0]
+    assert "'path_a path_b 0|1'" in errors[0] and "'name n1 n2'" in errors[0] and "'name1 n1 name2 n2'" in errors[0]
+    assert not (tmp_path / "eval").exists()  # nothing claimed or written
+    # the library says the same, as an EvalInputError
+    from maskkit.training.eval.report import EvalInputError
+
+    with pytest.raises(EvalInputError, match=f"pairs_bad.txt:{n_line}: cannot parse"):
+        _eval(tmp_path, pf, coded_root, _CodeModel())

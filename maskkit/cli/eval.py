@@ -59,6 +59,19 @@ def _check_model(model) -> None:
                                    "checkpoints are read too)")
 
 
+def _check_pairs(pairs) -> None:
+    """A pairs-file line that is none of the accepted forms: a one-line error naming file:line and
+    the forms, before a model loads or an output is claimed."""
+    if pairs is None:
+        return
+    from maskkit.training.eval.evalsets import PairsFormatError, parse_pairs_txt
+
+    try:
+        parse_pairs_txt(pairs)
+    except PairsFormatError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
 def _load(model, device: str = "cpu"):
     """``load_model`` with its errors (a file that is no model we can read) as one line."""
     from maskkit.training.api import load_model
@@ -157,6 +170,7 @@ def eval_cmd(model, bin_path, pairs, root, gallery, probes, mask_side, mask_styl
             raise click.UsageError("--compare needs at least one run folder")
         records = None
         if has_set:
+            _check_pairs(pairs)
             _check_device(device)
             records = {}
             cfgs = {}
@@ -179,6 +193,7 @@ def eval_cmd(model, bin_path, pairs, root, gallery, probes, mask_side, mask_styl
         raise click.UsageError("--model is required (or use --compare RUN_A RUN_B ...)")
     if not has_set:
         raise click.UsageError("give a set: --bin, or --pairs with --root, or --gallery with --probes")
+    _check_pairs(pairs)
     _check_model(model)
     _check_device(device)
     if out is not None:

@@ -420,6 +420,16 @@ def write_bin(path: str | Path, images, issame, quality: int = 95, ext: str = ".
 # --------------------------------------------------------------------------------------------
 
 
+#: The line forms a pairs file may hold, as named in its parse errors.
+PAIRS_FORMS = ("'path_a path_b 0|1' (two paths under --root; 1 same, 0 different)",
+               "insightface/LFW 'name n1 n2' (same) or 'name1 n1 name2 n2' (different)")
+
+
+class PairsFormatError(ValueError):
+    """A pairs-file line that is none of the accepted forms: the message is one line,
+    ``<file>:<line>: cannot parse pairs line '...'; expected ...`` (:data:`PAIRS_FORMS`)."""
+
+
 def parse_pairs_txt(path: str | Path) -> list[tuple[str, str, bool]]:
     """Parse a pairs file into ``(rel_path_a, rel_path_b, issame)`` triples, in file order.
 
@@ -436,7 +446,8 @@ def parse_pairs_txt(path: str | Path) -> list[tuple[str, str, bool]]:
     maps back to the same bytes on disk when opened.
 
     Raises:
-        ValueError: a line that is none of the forms above (``path:line: ...``).
+        PairsFormatError: (a ``ValueError``) a line that is none of the forms above, or a line of
+            numbers after the first pair (``path:line: ...``, one line naming the forms).
     """
     import os
 
@@ -450,7 +461,7 @@ def parse_pairs_txt(path: str | Path) -> list[tuple[str, str, bool]]:
         if all(re.fullmatch(r"\d+", p) for p in parts):
             if not out:
                 continue  # header
-            raise ValueError(f"{path}:{lineno}: unexpected line of numbers {raw!r}")
+            raise PairsFormatError(_bad_line(path, lineno, raw, "unexpected line of numbers"))
         if len(parts) == 3 and re.fullmatch(r"\d+", parts[1]) and re.fullmatch(r"\d+", parts[2]):
             name, n1, n2 = parts
             out.append((f"{name}/{name}_{int(n1):04d}", f"{name}/{name}_{int(n2):04d}", True))
@@ -460,8 +471,14 @@ def parse_pairs_txt(path: str | Path) -> list[tuple[str, str, bool]]:
         elif len(parts) == 3 and parts[2] in ("0", "1"):
             out.append((parts[0], parts[1], parts[2] == "1"))
         else:
-            raise ValueError(f"{path}:{lineno}: cannot parse pairs line {raw!r}")
+            raise PairsFormatError(_bad_line(path, lineno, raw, "cannot parse pairs line"))
     return out
+
+
+def _bad_line(path, lineno: int, raw: str, what: str) -> str:
+    from maskkit.util.names import safe_text
+
+    return safe_text(f"{path}:{lineno}: {what} {raw.strip()!r}; expected {PAIRS_FORMS[0]}, or {PAIRS_FORMS[1]}")
 
 
 def _resolve(root: Path, rel: str) -> Path | None:

@@ -46,6 +46,7 @@ from maskkit.training.eval.evalsets import (
     FaceAligner,
     ImageSet,
     PairSet,
+    PairsFormatError,
     apply_masks,
     load_bin,
     load_image_folder,
@@ -616,9 +617,9 @@ def run_eval(cfg: EvalConfig, model=None, console=None) -> dict:
         console: a ``rich.console.Console`` for the summary table (None: no table).
 
     Raises:
-        EvalInputError: the gallery or the probe set holds no usable face, fewer than 10 pairs
-            loaded, or too few entries have finite scores (:class:`~maskkit.training.eval.finite.NotScorable`);
-            in the last case ``metrics.json`` (counts, the reason, σ / ‖μ‖ statistics) and the
+        EvalInputError: a pairs-file line is none of the accepted forms, the gallery or the
+            probe set holds no usable face, fewer than 10 pairs loaded, or too few entries have
+            finite scores (:class:`~maskkit.training.eval.finite.NotScorable`); in the last case ``metrics.json`` (counts, the reason, σ / ‖μ‖ statistics) and the
             branch histograms are written first.
     """
     if model is None:
@@ -630,10 +631,14 @@ def run_eval(cfg: EvalConfig, model=None, console=None) -> dict:
     failed = None
     try:
         if cfg.task == "verification":
-            pairs = load_bin(cfg.bin) if cfg.bin else load_pairs(cfg.pairs, cfg.root, aligner, cfg.progress)
+            try:
+                pairs = load_bin(cfg.bin) if cfg.bin else load_pairs(cfg.pairs, cfg.root, aligner, cfg.progress)
+            except PairsFormatError as exc:  # a line that is no pair: one line naming file:line and the forms
+                raise EvalInputError(str(exc)) from exc
             if pairs.n_pairs == 0:
                 src = cfg.bin or cfg.pairs
-                raise EvalInputError(f"no usable pair in {src}{_failure_summary(pairs.failures)}")
+                raise EvalInputError(f"no usable pair in {src}"
+                                     f"{_failure_summary(pairs.failures, len(pairs.skipped_pairs))}")
             run = evaluate_pairset(model, pairs, cfg)
             write_verification_report(run, out, cfg.worst_k)
         else:
