@@ -62,7 +62,7 @@ from maskkit.training.eval.finite import (
     left_out_pairs,
     take_embeddings,
 )
-from maskkit.training.eval.identification import IdentificationResult, identify
+from maskkit.training.eval.identification import IdentificationResult, build_templates, identify
 from maskkit.training.eval.plots import (
     _branch_hists,
     contact_sheet,
@@ -71,7 +71,7 @@ from maskkit.training.eval.plots import (
     plot_roc,
     probe_caption,
 )
-from maskkit.training.eval.uncertainty import mutual_likelihood_score
+from maskkit.training.eval.uncertainty import mls_flags, mutual_likelihood_score
 from maskkit.training.eval.verification import (
     Embeddings,
     NonFiniteScores,
@@ -322,6 +322,7 @@ def evaluate_pairset(model, pairs: PairSet, cfg: EvalConfig, renderer=None) -> V
     res = evaluate(e1, e2, pairs.issame, folds=folds, fold_rule=fold_rule)
     dist = pair_distances(e1, e2)
     mls = res_mls = None
+    mls_flag: dict[str, str] = {}
     if emb.sigma_unit is not None:
         mls = mutual_likelihood_score(e1, emb.sigma_unit[0::2], e2, emb.sigma_unit[1::2])
         try:
@@ -330,6 +331,8 @@ def evaluate_pairset(model, pairs: PairSet, cfg: EvalConfig, renderer=None) -> V
             notes.append(f"MLS figures left out: {exc} (σ of a barely trained model overflows); cosine figures "
                          "are unaffected")
             log.warning("%s", notes[-1])
+        else:  # σ = 0 (MLS undefined) or one σ for all (MLS = the distance): flagged, not read as a result
+            mls_flag = _flag_mls(mls_flags(emb.sigma_unit[0::2], emb.sigma_unit[1::2]))
     threshold = float(np.mean(res.best_thresholds))
     same, diff = np.flatnonzero(pairs.issame), np.flatnonzero(~pairs.issame)
     k = cfg.worst_k
@@ -359,6 +362,7 @@ def evaluate_pairset(model, pairs: PairSet, cfg: EvalConfig, renderer=None) -> V
         },
         "cosine": res.summary(),
         "mls": None if res_mls is None else res_mls.summary(),
+        "mls_flags": mls_flag,
         "val_note": val_far_note(int((~pairs.issame).sum()), res.far_target),
         "notes": notes,
         "roc": {
@@ -512,6 +516,7 @@ def evaluate_identification(model, gallery: ImageSet, probes: ImageSet, cfg: Eva
     ge, pe = take_embeddings(ge_all, g_keep), take_embeddings(pe_all, p_keep)
     res = identify(ge.mu, gallery.identities, pe.mu, probes.identities, probes.paths)
     res_mls = None
+    mls_flag: dict[str, str] = {}
     if ge.sigma_unit is not None and pe.sigma_unit is not None:
         try:
             res_mls = identify(ge.mu, gallery.identities, pe.mu, probes.identities, probes.paths, score="mls",
@@ -520,12 +525,16 @@ def evaluate_identification(model, gallery: ImageSet, probes: ImageSet, cfg: Eva
             notes.append(f"MLS figures left out: {exc} (σ of a barely trained model overflows); cosine figures "
                          "are unaffected")
             log.warning("%s", notes[-1])
+        else:  # the probes meet the templates' fused σ (PFE fusion), as MLS scores them
+            templ = build_templates(ge.mu, gallery.identities, ge.sigma_unit)
+            mls_flag = _flag_mls(mls_flags(templ.sigma, pe.sigma_unit, paired=False))
     metrics = {
         **head,
         "counts": {"gallery_images": len(gallery), "identities": res.n_identities, "probes": len(probes),
                    "probes_unknown_identity": res.n_probes_unknown, **counts},
         "cosine": res.summary(),
         "mls": None if res_mls is None else res_mls.summary(),
+        "mls_flags": mls_flag,
         "flags": res.flags,
         "notes": notes,
         "per_identity": res.per_identity,
