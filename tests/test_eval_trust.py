@@ -699,3 +699,36 @@ def test_sigma_zero_flags_mls_and_sigma_inf_draws_no_empty_legend(coded_root, tm
     legend = [w for w in recwarn.list if "legend" in str(w.message)]
     assert legend == [], [str(w.message) for w in legend]
     assert (tmp_path / "rinf" / "sigma_hist.png").stat().st_size > 0
+
+
+# ---- embed: -q is quiet; an all-failed run points at where the failures are ------------------
+def test_embed_quiet_and_all_failed_message(coded_root, tmp_path, monkeypatch):
+    """``embed -q`` prints nothing on success (before: the summary table); when every input
+    fails it exits 1 naming the 'failures' array of the .npz, where they are (before: "see
+    emb3.npz/failures.jsonl", a path that does not exist)."""
+    from click.testing import CliRunner
+
+    import maskkit.cli.eval as cli_eval
+    from maskkit.cli import main
+
+    monkeypatch.setattr(cli_eval, "_check_model", lambda m: None)
+    monkeypatch.setattr(cli_eval, "_load", lambda m, device="cpu": _CodeModel())
+    (tmp_path / "src" / "base").mkdir(parents=True)
+    os.symlink(coded_root / "base.png", tmp_path / "src" / "base" / "base.png")
+    args = ["embed", "--model", str(tmp_path), "--src", str(tmp_path / "src"), "--aligned", "--device", "cpu"]
+    res = CliRunner().invoke(main, args + ["--out", str(tmp_path / "e1.npz"), "-q"])
+    assert res.exit_code == 0 and res.output == "", res.output + repr(res.exception)
+    assert len(np.load(tmp_path / "e1.npz")["mu"]) == 1
+    res = CliRunner().invoke(main, args + ["--out", str(tmp_path / "e2.npz")])
+    assert res.exit_code == 0 and "maskkit embed" in res.output  # the table without -q
+
+    (tmp_path / "bad" / "x").mkdir(parents=True)
+    (tmp_path / "bad" / "x" / "broken.png").write_bytes(b"not an image")
+    out = tmp_path / "emb3.npz"
+    res = CliRunner().invoke(main, ["embed", "--model", str(tmp_path), "--src", str(tmp_path / "bad"), "--aligned",
+                                    "--device", "cpu", "--out", str(out), "-q"])
+    assert res.exit_code == 1, res.output + repr(res.exception)
+    assert "failures.jsonl" not in res.output and res.output.count("\n") == 1, res.output
+    assert f"every input failed (1); see the 'failures' array in {out}" in res.output
+    failures = [json.loads(f) for f in np.load(out)["failures"]]
+    assert len(failures) == 1 and failures[0]["src"] == "x/broken.png" and failures[0]["reason"]

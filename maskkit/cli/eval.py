@@ -239,7 +239,7 @@ def _config(model, bin_path, pairs, root, gallery, probes, mask_side, mask_style
 @click.option("--batch-size", type=int, default=64, show_default=True)
 @_device()
 @_detector("Face detector for images not already 112x112.")
-@_quiet("No progress bars (the summary table is still printed).")
+@_quiet("No progress bars or summary table (errors and warnings still go to stderr).")
 @_deprecated("--progress/--no-progress", **_NO_PROGRESS)
 @_overwrite("Replace --out when it exists (otherwise refused).")
 @click.option("--aligned", is_flag=True,
@@ -277,8 +277,10 @@ def embed(model, src, out, masked, flip, batch_size, device, detector, quiet, ov
                       detector=detector, progress=not quiet, aligned=aligned, model=_load(model, device))
     except NoInputError as exc:
         raise _no_input(exc) from exc
-    print_summary("maskkit embed", s, file=sys.stdout)
-    _finish(out, s["embedded"], s["failed"])
+    if not quiet:
+        print_summary("maskkit embed", s, file=sys.stdout)
+    # the failure records are inside the archive, not in a failures.jsonl beside it
+    _finish(out, s["embedded"], s["failed"], failures_at=f"the 'failures' array in {out} (one JSON record per input)")
 
 
 @click.command("export")
