@@ -95,10 +95,12 @@ def _load(model, device: str = "cpu"):
 @click.option("--gallery", type=click.Path(exists=True, file_okay=False), help="Gallery folder (identity sub-folders).")
 @click.option("--probes", type=click.Path(exists=True, file_okay=False), help="Probe folder (identity sub-folders).")
 @click.option("--mask-side", type=_SIDES, default="one", show_default=True,
-              help="Synthetic masks: none; one = 2nd image of each pair / the probes (M-LFW); both.")
+              help="Synthetic masks: none; one = 2nd image of each pair as written / the probes (M-LFW); both.")
 @click.option("--mask-style", default="random", show_default=True,
               help="surgical|n95|kn95|cloth|gas or random.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Mask seed (reproducible masks).")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Mask seed: each image's mask comes from the seed and the image's own name (a .bin: its "
+                   "index), never its position, so reordering a pairs file changes no mask.")
 @click.option("--flip/--no-flip", default=True, show_default=True, help="Sum the embeddings of image and mirror.")
 @_out("Report folder (default RUN/eval/<set>-<task>-mask<side>; <stem>-eval/<set>-<task>-mask<side> beside "
       "a weights file).", required=False, type=click.Path(file_okay=False))
@@ -141,7 +143,8 @@ def eval_cmd(model, bin_path, pairs, root, gallery, probes, mask_side, mask_styl
       name n1 n2            LFW same pair: name/name_000n1.* vs name/name_000n2.*
       name1 n1 name2 n2     LFW different pair
     Blank lines and # comments are skipped, and so is a first line of integers (LFW's
-    '10 300'). Paths may not hold spaces; names need not be UTF-8.
+    '10 300'). Paths may not hold spaces; names need not be UTF-8. Any other line is an error
+    naming file:line. A failed image counts once; its pairs are counted as left out.
 
     Folds follow the file's order (insightface's contiguous folds when each holds same and
     different pairs, else stratified runs; metrics.json says which). AUC is over all pairs,
