@@ -628,8 +628,9 @@ def run_eval(cfg: EvalConfig, model=None, console=None) -> dict:
     Raises:
         EvalInputError: a pairs-file line is none of the accepted forms, the gallery or the
             probe set holds no usable face, fewer than 10 pairs loaded, or too few entries have
-            finite scores (:class:`~maskkit.training.eval.finite.NotScorable`); in the last case ``metrics.json`` (counts, the reason, σ / ‖μ‖ statistics) and the
-            branch histograms are written first.
+            finite scores (:class:`~maskkit.training.eval.finite.NotScorable`); in the last
+            case ``metrics.json`` (counts, the reason, σ / ‖μ‖ statistics) and the branch
+            histograms are written first.
     """
     if model is None:
         from maskkit.training.api import load_model

@@ -94,9 +94,9 @@ def mls_flags(sigma_a: np.ndarray, sigma_b: np.ndarray, paired: bool = True, eps
         top = float(np.max(np.abs(both)))
         if float(np.max(both) - np.min(both)) <= rtol * top:
             return {"sigma_constant": (
-                f"MLS adds nothing to the distance: σ is {top:.4g} for every image and dimension, so MLS = "
-                "−‖μ₁ − μ₂‖²/(4σ²) + const ranks exactly as the squared L2 distance; its figures are not a "
-                "second, uncertainty-aware result")}
+                f"MLS adds nothing to the distance: σ is {top:.4g} for every image and dimension, so "
+                "MLS = −‖μ₁ − μ₂‖²/(4σ²) + const ranks exactly as the squared L2 distance; its figures "
+                "are not a second, uncertainty-aware result")}
     return {}
 
 
