@@ -41,7 +41,7 @@ def test_commands_that_can_honour_them_have_them():
         assert "jobs" in have[n], n
     for n in ("align", "mask", "synth", "preview"):
         assert {"aligned", "detector"} <= have[n], n
-    for n in ("align", "mask", "synth", "eval"):
+    for n in ("align", "mask", "synth", "eval", "demo"):
         assert "overwrite" in have[n], n
     for n in ("train", "eval", "embed"):
         assert "device" in have[n], n

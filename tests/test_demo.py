@@ -9,9 +9,23 @@ from maskkit.cli import main
 from maskkit.io.shards import read_samples, verify
 
 
+def _stamp(out):
+    return {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+
+
 def test_demo_end_to_end(tmp_path):
+    """The whole demo, claimed as every command claims its outputs: a folder holding a file at
+    the demo's names is refused without --overwrite; this finished demo run again is "already
+    complete" (nothing rewritten); a demo with other options is refused. Before: preview.png and
+    everything else overwritten silently, no --overwrite, and a rerun redid all the work."""
     out = tmp_path / "demo"
+    out.mkdir()
+    (out / "preview.png").write_bytes(b"someone's picture")
     r = CliRunner().invoke(main, ["demo", "--out", str(out), "-q"])
+    assert r.exit_code == 1 and "Traceback" not in r.output, r.output
+    assert "already holds files that maskkit demo writes (preview.png)" in r.output and "--overwrite" in r.output
+    assert (out / "preview.png").read_bytes() == b"someone's picture" and sorted(out.iterdir()) == [out / "preview.png"]
+    r = CliRunner().invoke(main, ["demo", "--out", str(out), "-q", "--overwrite"])
     assert r.exit_code == 0, r.output
     photos = sorted(p.relative_to(out / "src").as_posix() for p in (out / "src").rglob("*.jpg"))
     assert len(photos) == 20 and {p.split("/")[0] for p in photos} == {"astronaut", "grace_hopper"}
@@ -36,3 +50,12 @@ def test_demo_end_to_end(tmp_path):
     sheet = np.asarray(Image.open(out / "preview.png"))
     assert sheet.shape[0] >= 10 * 160 and sheet.shape[1] >= 4 * 160 and sheet.std() > 30
     assert "preview.png" in r.output or "preview.png" in (r.stderr if r.stderr_bytes else "")
+    # the same demo again: "already complete", exit 0, not one file rewritten
+    stamp = _stamp(out)
+    r = CliRunner().invoke(main, ["demo", "--out", str(out), "-q"])
+    assert r.exit_code == 0 and f"already complete: {out} holds this finished run" in r.output, r.output
+    assert _stamp(out) == stamp
+    # a demo with other options: refused, nothing touched
+    r = CliRunner().invoke(main, ["demo", "--out", str(out), "-q", "--detector", "cnn"])
+    assert r.exit_code == 1 and "a maskkit demo with other options" in r.output and "--overwrite" in r.output
+    assert _stamp(out) == stamp

@@ -549,3 +549,186 @@ def test_eval_help_names_overwrite():
     readme = " ".join((Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8").split())
     assert "`synth --preview`" in readme and "`eval` refuses a report already in `--out`" in readme
     assert "`counts.non_finite_pairs`" in readme
+
+
+# ---- a pairs line that is no pair; a failed image counted once ------------------------------
+@pytest.mark.parametrize("bad, n_line", [("a.png b.png c.png d.png e.png", 24), ("base.png same.png 2", 3)])
+def test_malformed_pairs_line_is_one_line_error_naming_file_line_and_forms(coded_root, tmp_path, monkeypatch,
+                                                                           bad, n_line):
+    """Five fields, or a label that is not 0/1: exit 1 with one error line naming file:line and
+    the accepted forms, before any model loads. Before: a ``ValueError`` traceback
+    (``pairs_bad.txt:24: cannot parse pairs line ...``) after the model had loaded."""
+    lines = ["base.png same.png 1" if k % 2 == 0 else "base.png diff.png 0" for k in range(30)]
+    lines[n_line - 1] = bad
+    pf = tmp_path / "pairs_bad.txt"
+    pf.write_text("\n".join(lines) + "\n")
+
+    from click.testing import CliRunner
+
+    import maskkit.cli.eval as cli_eval
+    from maskkit.cli import main
+
+    def no_model(*a, **k):
+        raise AssertionError("the model was looked at before the pairs file was checked")
+
+    monkeypatch.setattr(cli_eval, "_check_model", no_model)
+    monkeypatch.setattr(cli_eval, "_load", no_model)
+    res = CliRunner().invoke(main, ["eval", "-q", "--device", "cpu", "--model", str(tmp_path), "--pairs", str(pf),
+                                    "--root", str(coded_root)])
+    assert res.exit_code == 1 and isinstance(res.exception, SystemExit), res.output + repr(res.exception)
+    assert "Traceback" not in res.output
+    errors = [x for x in res.output.splitlines() if x.startswith("Error:")]
+    assert len(errors) == 1 and len(res.output.strip().splitlines()) == 1, res.output
+    assert f"pairs_bad.txt:{n_line}: cannot parse pairs line '{bad}'" in errors[0]
+    assert "'path_a path_b 0|1'" in errors[0] and "'name n1 n2'" in errors[0] and "'name1 n1 name2 n2'" in errors[0]
+    assert not (tmp_path / "eval").exists()  # nothing claimed or written
+    # the library says the same, as an EvalInputError
+    from maskkit.training.eval.report import EvalInputError
+
+    with pytest.raises(EvalInputError, match=f"pairs_bad.txt:{n_line}: cannot parse"):
+        _eval(tmp_path, pf, coded_root, _CodeModel())
+
+
+def test_a_failed_image_is_one_input_failure_and_its_pairs_are_counted_apart(coded_root, tmp_path):
+    """missing.png is named by pairs 0 and 5: one input failure (the image) and 2 pairs left out,
+    in separate counts, records and table rows. Before: "input failures 2" for one missing
+    image named once (the image plus a ``pair_skipped`` record counted as another input)."""
+    from rich.console import Console
+
+    from maskkit.training.eval.report import EvalConfig, run_eval
+
+    lines = ["base.png same.png 1" if k % 2 == 0 else "base.png diff.png 0" for k in range(22)]
+    lines[0], lines[5] = "base.png missing.png 1", "missing.png diff.png 0"
+    pf = tmp_path / "pairs.txt"
+    pf.write_text("\n".join(lines) + "\n")
+    console = Console(record=True, width=200)
+    cfg = EvalConfig(model=str(tmp_path), pairs=str(pf), root=str(coded_root), mask_side="none",
+                     out=str(tmp_path / "report"), save_to_run=False, progress=False)
+    m = run_eval(cfg, model=_CodeModel(), console=console)
+    c = m["counts"]
+    assert (c["input_failures"], c["pairs_skipped"], c["pairs"], c["listed_pairs"]) == (1, 2, 20, 22)
+    assert [(f["src"], f["reason"]) for f in m["failures"]["inputs"]] == [("missing.png", "missing")]
+    assert [(r["pair"], r["a"], r["b"], r["reason"]) for r in m["failures"]["pairs_skipped"]] == [
+        (0, "base.png", "missing.png", "pair_skipped"), (5, "missing.png", "diff.png", "pair_skipped")]
+    text = " ".join(console.export_text().split())
+    assert "input failures / align fallbacks │ 1 / 0" in text and "pairs left out (an image failed) │ 2" in text
+
+    # a .bin whose image 3 does not decode: that image is the failure, pair 1 is left out
+    import pickle
+
+    from maskkit.training.eval.evalsets import load_bin, write_bin
+
+    img = np.zeros((112, 112, 3), np.uint8)
+    bp = write_bin(tmp_path / "x.bin", [img] * 24, [k % 2 == 0 for k in range(12)], ext=".png")
+    bins, issame = pickle.loads(bp.read_bytes())
+    bins[3] = b"not an image"
+    bp.write_bytes(pickle.dumps((bins, issame)))
+    ps = load_bin(bp)
+    assert [(f["src"], f["reason"]) for f in ps.failures] == [("x.bin:3", "decode_error")]
+    assert [r["pair"] for r in ps.skipped_pairs] == [1] and ps.n_pairs == 11
+    assert ps.mask_keys == [k for k in range(24) if k not in (2, 3)]  # .bin indices: unmoved by the drop
+
+
+# ---- MLS that is no σ-aware result; no empty legend -----------------------------------------
+def test_mls_flags_closed_forms():
+    """σ = 0: PFE's MLS is undefined (−∞ for different μ): ``sigma_zero``. One σ for all:
+    MLS = −‖Δμ‖²/(4σ²) + const, the distance's ranking: ``sigma_constant``. Varying σ: none."""
+    from maskkit.training.eval.uncertainty import mls_flags, mutual_likelihood_score
+
+    rng = np.random.default_rng(0)
+    mu1, mu2 = rng.normal(size=(50, 8)), rng.normal(size=(50, 8))
+    zero = np.zeros((50, 8))
+    f = mls_flags(zero, zero)
+    assert set(f) == {"sigma_zero"} and "50 of 50 pairs" in f["sigma_zero"]
+    half = np.ones((50, 8))
+    half[:7, 3] = 0.0
+    assert set(mls_flags(half, half)) == {"sigma_zero"} and "7 of 50 pairs" in mls_flags(half, half)["sigma_zero"]
+    # σ = 0 on one side only: σ₁² + σ₂² > 0, MLS is defined
+    assert mls_flags(zero, np.full((50, 8), 0.3)) == {}
+    const = np.full((50, 8), 0.3)
+    assert set(mls_flags(const, const)) == {"sigma_constant"}
+    # the closed form behind the flag: MLS is a decreasing affine function of ‖Δμ‖²
+    d2 = np.sum((mu1 - mu2) ** 2, axis=1)
+    mls = mutual_likelihood_score(mu1, const, mu2, const)
+    np.testing.assert_allclose(mls, -d2 / (4 * 0.09) - 4 * np.log(2 * 0.09) - 4 * np.log(2 * np.pi), rtol=1e-12)
+    varied = 0.2 + rng.random((50, 8))
+    assert mls_flags(varied, varied[::-1]) == {}
+    # gallery templates against probes: a probe meets the floor where its σ and a template's are 0
+    g, p = np.ones((3, 8)), np.ones((4, 8))
+    g[1, 2], p[[0, 2], 2] = 0.0, 0.0
+    assert "2 of 4 probes" in mls_flags(g, p, paired=False)["sigma_zero"]
+
+
+def test_sigma_zero_flags_mls_and_sigma_inf_draws_no_empty_legend(coded_root, tmp_path, recwarn):
+    """σ = 0 everywhere: MLS comes with ``mls_flags.sigma_zero`` in metrics.json and a (†) note
+    in the table (before: a normal-looking MLS column, no word). σ = inf everywhere: the ‖σ‖
+    histogram has nothing to draw and no legend (before: matplotlib's "No artists with labels
+    found to put in legend" UserWarning on stderr)."""
+    import warnings
+
+    from rich.console import Console
+
+    from maskkit.training.eval.report import EvalConfig, run_eval
+
+    class _Sigma(_CodeModel):
+        def __init__(self, value):
+            super().__init__()
+            self.value = value
+
+        def embed(self, images, masked):
+            mu, sigma = super().embed(images, masked)
+            return mu, np.full_like(sigma, self.value)
+
+    pf = tmp_path / "pairs.txt"
+    pf.write_text("".join("base.png same.png 1\n" if k % 2 == 0 else "base.png diff.png 0\n" for k in range(20)))
+    console = Console(record=True, width=300)
+    cfg = EvalConfig(model=str(tmp_path), pairs=str(pf), root=str(coded_root), mask_side="none",
+                     out=str(tmp_path / "r0"), save_to_run=False, progress=False)
+    m = run_eval(cfg, model=_Sigma(0.0), console=console)
+    assert set(m["mls_flags"]) == {"sigma_zero"} and "20 of 20 pairs" in m["mls_flags"]["sigma_zero"]
+    assert json.loads((tmp_path / "r0" / "metrics.json").read_text())["mls_flags"] == m["mls_flags"]
+    text = " ".join(console.export_text().split())
+    assert "MLS (σ-aware) (†)" in text and "(†) sigma_zero: MLS is degenerate" in text
+    m = run_eval(EvalConfig(**{**cfg.__dict__, "out": str(tmp_path / "r1")}), model=_Sigma(0.7))
+    assert set(m["mls_flags"]) == {"sigma_constant"}
+
+    warnings.simplefilter("always")
+    recwarn.clear()
+    m = run_eval(EvalConfig(**{**cfg.__dict__, "out": str(tmp_path / "rinf")}), model=_Sigma(np.inf))
+    assert m["mls"] is None and m["mls_flags"] == {}  # the non-finite MLS is left out with its note
+    legend = [w for w in recwarn.list if "legend" in str(w.message)]
+    assert legend == [], [str(w.message) for w in legend]
+    assert (tmp_path / "rinf" / "sigma_hist.png").stat().st_size > 0
+
+
+# ---- embed: -q is quiet; an all-failed run points at where the failures are ------------------
+def test_embed_quiet_and_all_failed_message(coded_root, tmp_path, monkeypatch):
+    """``embed -q`` prints nothing on success (before: the summary table); when every input
+    fails it exits 1 naming the 'failures' array of the .npz, where they are (before: "see
+    emb3.npz/failures.jsonl", a path that does not exist)."""
+    from click.testing import CliRunner
+
+    import maskkit.cli.eval as cli_eval
+    from maskkit.cli import main
+
+    monkeypatch.setattr(cli_eval, "_check_model", lambda m: None)
+    monkeypatch.setattr(cli_eval, "_load", lambda m, device="cpu": _CodeModel())
+    (tmp_path / "src" / "base").mkdir(parents=True)
+    os.symlink(coded_root / "base.png", tmp_path / "src" / "base" / "base.png")
+    args = ["embed", "--model", str(tmp_path), "--src", str(tmp_path / "src"), "--aligned", "--device", "cpu"]
+    res = CliRunner().invoke(main, args + ["--out", str(tmp_path / "e1.npz"), "-q"])
+    assert res.exit_code == 0 and res.output == "", res.output + repr(res.exception)
+    assert len(np.load(tmp_path / "e1.npz")["mu"]) == 1
+    res = CliRunner().invoke(main, args + ["--out", str(tmp_path / "e2.npz")])
+    assert res.exit_code == 0 and "maskkit embed" in res.output  # the table without -q
+
+    (tmp_path / "bad" / "x").mkdir(parents=True)
+    (tmp_path / "bad" / "x" / "broken.png").write_bytes(b"not an image")
+    out = tmp_path / "emb3.npz"
+    res = CliRunner().invoke(main, ["embed", "--model", str(tmp_path), "--src", str(tmp_path / "bad"), "--aligned",
+                                    "--device", "cpu", "--out", str(out), "-q"])
+    assert res.exit_code == 1, res.output + repr(res.exception)
+    assert "failures.jsonl" not in res.output and res.output.count("\n") == 1, res.output
+    assert f"every input failed (1); see the 'failures' array in {out}" in res.output
+    failures = [json.loads(f) for f in np.load(out)["failures"]]
+    assert len(failures) == 1 and failures[0]["src"] == "x/broken.png" and failures[0]["reason"]

@@ -38,8 +38,11 @@ def _claim(paths, overwrite: bool, what: str, **kwargs) -> None:
         raise click.ClickException(str(exc)) from exc
 
 
-def _finish(out, ok: int, failed: int, already_complete: bool = False) -> None:
-    """After the summary: say ``already complete``, or exit 1 when every input failed."""
+def _finish(out, ok: int, failed: int, already_complete: bool = False, failures_at: str | None = None) -> None:
+    """After the summary: say ``already complete``, or exit 1 when every input failed.
+
+    ``failures_at`` says where the failure records are (default ``OUT/failures.jsonl``, the
+    per-file commands' folder; ``embed`` keeps them inside its ``.npz``)."""
     from maskkit.util.names import safe_text
     from maskkit.util.outcome import already_complete_message, exit_code
 
@@ -48,5 +51,6 @@ def _finish(out, ok: int, failed: int, already_complete: bool = False) -> None:
         return
     code = exit_code(ok, failed)
     if code:
-        click.echo(f"error: every input failed ({failed:,}); see {safe_text(str(out))}/failures.jsonl", err=True)
+        where = failures_at if failures_at is not None else f"{out}/failures.jsonl"
+        click.echo(f"error: every input failed ({failed:,}); see {safe_text(str(where))}", err=True)
         raise SystemExit(code)

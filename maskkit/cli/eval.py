@@ -59,6 +59,19 @@ def _check_model(model) -> None:
                                    "checkpoints are read too)")
 
 
+def _check_pairs(pairs) -> None:
+    """A pairs-file line that is none of the accepted forms: a one-line error naming file:line and
+    the forms, before a model loads or an output is claimed."""
+    if pairs is None:
+        return
+    from maskkit.training.eval.evalsets import PairsFormatError, parse_pairs_txt
+
+    try:
+        parse_pairs_txt(pairs)
+    except PairsFormatError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
 def _load(model, device: str = "cpu"):
     """``load_model`` with its errors (a file that is no model we can read) as one line."""
     from maskkit.training.api import load_model
@@ -82,10 +95,12 @@ def _load(model, device: str = "cpu"):
 @click.option("--gallery", type=click.Path(exists=True, file_okay=False), help="Gallery folder (identity sub-folders).")
 @click.option("--probes", type=click.Path(exists=True, file_okay=False), help="Probe folder (identity sub-folders).")
 @click.option("--mask-side", type=_SIDES, default="one", show_default=True,
-              help="Synthetic masks: none; one = 2nd image of each pair / the probes (M-LFW); both.")
+              help="Synthetic masks: none; one = 2nd image of each pair as written / the probes (M-LFW); both.")
 @click.option("--mask-style", default="random", show_default=True,
               help="surgical|n95|kn95|cloth|gas or random.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Mask seed (reproducible masks).")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Mask seed: each image's mask comes from the seed and the image's own name (a .bin: its "
+                   "index), never its position, so reordering a pairs file changes no mask.")
 @click.option("--flip/--no-flip", default=True, show_default=True, help="Sum the embeddings of image and mirror.")
 @_out("Report folder (default RUN/eval/<set>-<task>-mask<side>; <stem>-eval/<set>-<task>-mask<side> beside "
       "a weights file).", required=False, type=click.Path(file_okay=False))
@@ -128,7 +143,8 @@ def eval_cmd(model, bin_path, pairs, root, gallery, probes, mask_side, mask_styl
       name n1 n2            LFW same pair: name/name_000n1.* vs name/name_000n2.*
       name1 n1 name2 n2     LFW different pair
     Blank lines and # comments are skipped, and so is a first line of integers (LFW's
-    '10 300'). Paths may not hold spaces; names need not be UTF-8.
+    '10 300'). Paths may not hold spaces; names need not be UTF-8. Any other line is an error
+    naming file:line. A failed image counts once; its pairs are counted as left out.
 
     Folds follow the file's order (insightface's contiguous folds when each holds same and
     different pairs, else stratified runs; metrics.json says which). AUC is over all pairs,
@@ -157,6 +173,7 @@ def eval_cmd(model, bin_path, pairs, root, gallery, probes, mask_side, mask_styl
             raise click.UsageError("--compare needs at least one run folder")
         records = None
         if has_set:
+            _check_pairs(pairs)
             _check_device(device)
             records = {}
             cfgs = {}
@@ -179,6 +196,7 @@ def eval_cmd(model, bin_path, pairs, root, gallery, probes, mask_side, mask_styl
         raise click.UsageError("--model is required (or use --compare RUN_A RUN_B ...)")
     if not has_set:
         raise click.UsageError("give a set: --bin, or --pairs with --root, or --gallery with --probes")
+    _check_pairs(pairs)
     _check_model(model)
     _check_device(device)
     if out is not None:
@@ -224,7 +242,7 @@ def _config(model, bin_path, pairs, root, gallery, probes, mask_side, mask_style
 @click.option("--batch-size", type=int, default=64, show_default=True)
 @_device()
 @_detector("Face detector for images not already 112x112.")
-@_quiet("No progress bars (the summary table is still printed).")
+@_quiet("No progress bars or summary table (errors and warnings still go to stderr).")
 @_deprecated("--progress/--no-progress", **_NO_PROGRESS)
 @_overwrite("Replace --out when it exists (otherwise refused).")
 @click.option("--aligned", is_flag=True,
@@ -262,8 +280,10 @@ def embed(model, src, out, masked, flip, batch_size, device, detector, quiet, ov
                       detector=detector, progress=not quiet, aligned=aligned, model=_load(model, device))
     except NoInputError as exc:
         raise _no_input(exc) from exc
-    print_summary("maskkit embed", s, file=sys.stdout)
-    _finish(out, s["embedded"], s["failed"])
+    if not quiet:
+        print_summary("maskkit embed", s, file=sys.stdout)
+    # the failure records are inside the archive, not in a failures.jsonl beside it
+    _finish(out, s["embedded"], s["failed"], failures_at=f"the 'failures' array in {out} (one JSON record per input)")
 
 
 @click.command("export")

@@ -11,6 +11,12 @@ Layout written::
     demo/aligned/<identity>/<variant>.jpg  maskkit align output (+ manifest.jsonl, failures.jsonl)
     demo/shards/                          maskkit synth output (train-*.tar, manifest.json, ...)
     demo/preview.png                      styles x faces contact sheet
+    demo/demo.json                        this demo's options, and "finished" once done
+
+Outputs are claimed as every command claims them (:func:`claim_demo`): a folder that holds this
+demo, finished, is "already complete" (nothing is redone); this demo, unfinished, is continued
+(align and synth resume); anything else a demo would write -- another demo's output, or any
+file at these names -- is refused unless ``--overwrite``, which removes it first.
 """
 from __future__ import annotations
 
@@ -54,8 +60,87 @@ def _variants(rgb: np.ndarray, box: tuple[float, float, float, float]) -> dict[s
     return {k: np.ascontiguousarray(np.clip(v, 0, 255).astype(np.uint8)) for k, v in out.items()}
 
 
+#: The demo's record in its output folder (:func:`claim_demo`).
+DEMO_RECORD = "demo.json"
+#: What a demo writes in its output folder (besides :data:`DEMO_RECORD`).
+DEMO_OUTPUTS = ("src", "aligned", "shards", "preview.png")
+
+
+class DemoError(RuntimeError):
+    """The demo's output folder holds something it would replace (the CLI shows one line)."""
+
+
+def demo_info(detector: str) -> dict:
+    """What makes two demos the same run: the options that change their outputs."""
+    from maskkit.pipeline.synth.config import ALGORITHM_VERSION
+
+    return {"command": "maskkit demo", "detector": detector, "variants": list(VARIANTS),
+            "synth_algorithm": ALGORITHM_VERSION}
+
+
+def _complete(out: Path) -> bool:
+    src = out / "src"
+    n_src = len(list(src.rglob("*.jpg"))) if src.is_dir() else 0
+    return (n_src == 2 * len(VARIANTS) and (out / "aligned" / "manifest.jsonl").is_file()
+            and (out / "shards" / "manifest.json").is_file() and (out / "preview.png").is_file())
+
+
+def claim_demo(out: Path, info: dict, overwrite: bool) -> bool:
+    """Claim ``out`` for the demo ``info`` (:func:`demo_info`), as every command claims its outputs.
+
+    Returns:
+        True when ``out`` already holds this demo, finished, with all its outputs (the caller
+        says "already complete" and does nothing). Otherwise False, after recording ``info``
+        (unfinished) in :data:`DEMO_RECORD`: ``out`` is free, or holds this demo unfinished (it
+        is continued), or held another demo's or anyone's files at the demo's names and
+        ``overwrite`` removed them.
+
+    Raises:
+        DemoError: ``out`` holds files at the demo's names (:data:`DEMO_OUTPUTS`) that are not
+            this demo's, and ``overwrite`` is false.
+    """
+    import json
+
+    from maskkit.util.files import OutputExistsError, claim_outputs, write_atomic
+
+    rec = out / DEMO_RECORD
+    previous = None
+    if rec.is_file():
+        try:
+            previous = json.loads(rec.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            previous = {"unreadable": True}
+    finished = previous.pop("finished", False) if isinstance(previous, dict) else False
+    ours = previous == info
+    if ours and not overwrite and finished and _complete(out):
+        return True
+    if not ours or overwrite:
+        present = [out / n for n in (*DEMO_OUTPUTS, DEMO_RECORD) if (out / n).exists() or (out / n).is_symlink()]
+        what = "the output of a maskkit demo with other options" if previous is not None \
+            else "files that maskkit demo writes"
+        try:
+            claim_outputs(present, overwrite, what, remove=True, where=out)
+        except OutputExistsError as exc:
+            raise DemoError(str(exc)) from exc
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(rec, (json.dumps({**info, "finished": False}, indent=1) + "\n").encode("utf-8"))
+    return False
+
+
+def finish_demo(out: Path, info: dict) -> None:
+    """Mark the demo recorded in ``out`` as finished (a rerun is then "already complete")."""
+    import json
+
+    from maskkit.util.files import write_atomic
+
+    write_atomic(out / DEMO_RECORD, (json.dumps({**info, "finished": True}, indent=1) + "\n").encode("utf-8"))
+
+
 def build_demo_tree(src: Path) -> int:
-    """Write ``src/<identity>/<variant>.jpg`` for both shipped faces; returns the file count."""
+    """Write ``src/<identity>/<variant>.jpg`` for both shipped faces; returns the file count.
+
+    A file that already holds the same bytes is left as it is (a continued demo keeps its
+    inputs, so align and synth find their own finished work)."""
     from maskkit.face.detect import make_detector, select_faces
     from maskkit.io.image_io import encode_jpeg
     from maskkit.pipeline.preview import demo_images
@@ -69,7 +154,9 @@ def build_demo_tree(src: Path) -> int:
         d = src / ident
         d.mkdir(parents=True, exist_ok=True)
         for name, img in _variants(rgb, faces[0].box).items():
-            (d / f"{name}.jpg").write_bytes(encode_jpeg(img, quality=92))
+            data, path = encode_jpeg(img, quality=92), d / f"{name}.jpg"
+            if not (path.is_file() and path.read_bytes() == data):
+                path.write_bytes(data)
             n += 1
     return n
 

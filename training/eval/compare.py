@@ -20,8 +20,9 @@ def metrics_table(m: dict):
     t = Table(title=f"maskkit eval: {m['set']} ({m['task']}, mask side {m['protocol']['mask_side']}, {m.get('method')})")
     t.add_column("metric")
     t.add_column("cosine", justify="right")
-    t.add_column("MLS (σ-aware)", justify="right")
     cos, mls = m["cosine"], m.get("mls") or {}
+    mls_flags = m.get("mls_flags") or {}  # σ = 0 or one σ for all: MLS is no σ-aware result (older records: none)
+    t.add_column("MLS (σ-aware)" + (" (†)" if mls and mls_flags else ""), justify="right")
     if m["task"] == "verification":
         t.add_row("accuracy % (10-fold)", f"{_pct(cos['accuracy'])} ± {_pct(cos['accuracy_std'])}",
                   f"{_pct(mls['accuracy'])} ± {_pct(mls['accuracy_std'])}" if mls else "-")
@@ -43,6 +44,8 @@ def metrics_table(m: dict):
     t.add_row("faces masked / requested", f"{c['masked']} / {c['mask_requested']}", "")
     t.add_row("mask failures (kept unmasked)", str(c["mask_failures"]), "")
     t.add_row("input failures / align fallbacks", f"{c['input_failures']} / {c['alignment_fallbacks']}", "")
+    if c.get("pairs_skipped"):  # pairs left out because one of their images failed (counted above, once)
+        t.add_row("pairs left out (an image failed)", str(c["pairs_skipped"]), "")
     left = {k[len("non_finite_"):].replace("_", " "): v for k, v in c.items() if k.startswith("non_finite_") and v}
     if left:  # entries whose scores are NaN / inf (maskkit.training.eval.finite): named in the caption
         t.add_row("left out: non-finite scores", ", ".join(f"{v} {k}" for k, v in left.items()), "")
@@ -56,6 +59,8 @@ def metrics_table(m: dict):
     if m["task"] == "verification" and m.get("val_note"):
         caption.append(f"(*) {m['val_note']}")
     caption += [f"{code}: {msg}" for code, msg in (m.get("flags") or {}).items()]
+    if mls:
+        caption += [f"(†) {code}: {msg}" for code, msg in mls_flags.items()]
     caption += list(m.get("notes") or [])
     if caption:
         t.caption = "\n".join(caption)

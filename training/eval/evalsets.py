@@ -64,6 +64,14 @@ class PairSet:
             (``""`` otherwise); empty when no name needs it.
         listed_issame: the is-same flag of *every* pair the source lists, kept or dropped; the
             folds are made from it (:meth:`folds`). Default: ``issame``.
+        mask_keys: per image, what its synthetic mask is drawn from (:func:`image_rng`): the
+            image's index in a ``.bin`` (an ``int``), or its exact file name under the root for
+            a pairs file (a ``str``, surrogate-escaped where not UTF-8). So a mask depends on the
+            image alone, never on where its pair line sits in the file, and an image named in
+            several pairs gets the same mask in each. Default: ``0..2P-1``.
+        skipped_pairs: one record per listed pair left out because an image of it failed
+            (``{"pair", "a", "b", "reason": "pair_skipped", "detail"}``); the image failures
+            themselves are in ``failures``, once per image.
     """
 
     images: np.ndarray
@@ -76,6 +84,8 @@ class PairSet:
     pair_index: np.ndarray | None = None
     listed_issame: np.ndarray | None = None
     names_bytes: list[str] = field(default_factory=list)
+    mask_keys: list = field(default_factory=list)
+    skipped_pairs: list[dict] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.issame = np.asarray(self.issame, dtype=bool)
@@ -83,6 +93,10 @@ class PairSet:
             raise ValueError(f"{len(self.images)} images for {len(self.issame)} pairs (need 2 per pair)")
         if not self.landmarks68:
             self.landmarks68 = [None] * len(self.images)
+        if not self.mask_keys:
+            self.mask_keys = list(range(len(self.images)))
+        if len(self.mask_keys) != len(self.images):
+            raise ValueError(f"{len(self.mask_keys)} mask keys for {len(self.images)} images")
         if self.pair_index is None:
             self.pair_index = np.arange(len(self.issame))
         self.pair_index = np.asarray(self.pair_index, dtype=int)
@@ -124,7 +138,8 @@ class PairSet:
         return PairSet(self.images[img], self.issame[keep], pick(self.names), pick(self.landmarks68),
                        list(self.failures), {int(new_index[i]): n for i, n in self.notes.items() if img[i]},
                        self.source, self.pair_index[keep], self.listed_issame,
-                       pick(self.names_bytes) if self.names_bytes else [])
+                       pick(self.names_bytes) if self.names_bytes else [], pick(self.mask_keys),
+                       list(self.skipped_pairs))
 
 
 @dataclass
@@ -158,6 +173,18 @@ class ImageSet:
 
     def __len__(self) -> int:
         return len(self.images)
+
+    @property
+    def mask_keys(self) -> list[str]:
+        """Per image, its exact path relative to the folder (surrogate-escaped where not
+        UTF-8): what its synthetic mask is drawn from (:func:`image_rng`), so a mask depends on
+        the image's name, not on its position in the set."""
+        import base64
+        import os
+
+        if not self.paths_bytes:
+            return list(self.paths)
+        return [os.fsdecode(base64.b64decode(b)) if b else p for p, b in zip(self.paths, self.paths_bytes)]
 
     def subset(self, idx) -> "ImageSet":
         """The images at ``idx`` (failures and notes are not carried)."""
@@ -321,8 +348,9 @@ def _exc_reason(exc: Exception) -> tuple[str, str]:
 def load_bin(path: str | Path, size: tuple[int, int] = IMAGE_SIZE) -> PairSet:
     """Read an insightface verification ``.bin`` (``pickle`` of ``(bins, issame_list)``).
 
-    Images that cannot be decoded take their pair out of the set; each such pair is listed in
-    ``failures`` (reason ``decode_error``).
+    An image that cannot be decoded is one ``failures`` record (reason ``decode_error``, named
+    ``<file>:<image index>``); its pair is left out and recorded in ``skipped_pairs``. Each
+    image's mask key is its index in the file (:attr:`PairSet.mask_keys`).
     """
     path = Path(path)
     with open(path, "rb") as f:
@@ -335,21 +363,36 @@ def load_bin(path: str | Path, size: tuple[int, int] = IMAGE_SIZE) -> PairSet:
         raise ValueError(f"{path}: {len(bins)} images for {len(issame_list)} pairs (need exactly 2 per pair)")
     from maskkit.io.image_io import decode_crop
 
-    images, keep, failures, names, index = [], [], [], [], []
+    images, keep, failures, names, index, keys, skipped = [], [], [], [], [], [], []
     for p, same in enumerate(issame_list):
-        try:
-            a = decode_crop(bins[2 * p], size)
-            b = decode_crop(bins[2 * p + 1], size)
-        except ValueError as exc:
-            failures.append(_failure(f"{path.name}:pair{p}", "decode_error", str(exc)))
+        got = []
+        for j in (2 * p, 2 * p + 1):
+            try:
+                got.append(decode_crop(bins[j], size))
+            except ValueError as exc:
+                failures.append(_failure(f"{path.name}:{j}", "decode_error", str(exc)))
+                got.append(None)
+        if any(g is None for g in got):
+            skipped.append(_skipped_pair(p, f"{path.name}:{2 * p}", f"{path.name}:{2 * p + 1}"))
             continue
-        images += [a, b]
+        images += got
         names += [f"{path.name}:{2 * p}", f"{path.name}:{2 * p + 1}"]
+        keys += [2 * p, 2 * p + 1]
         keep.append(bool(same))
         index.append(p)
     arr = np.stack(images) if images else np.zeros((0, *size, 3), np.uint8)
     return PairSet(images=arr, issame=np.array(keep, bool), names=names, failures=failures, source=str(path),
-                   pair_index=np.array(index, int), listed_issame=np.array([bool(x) for x in issame_list], bool))
+                   pair_index=np.array(index, int), listed_issame=np.array([bool(x) for x in issame_list], bool),
+                   mask_keys=keys, skipped_pairs=skipped)
+
+
+def _skipped_pair(p: int, a: str, b: str) -> dict:
+    """The record of listed pair ``p`` left out because an image of it failed (the image's own
+    failure is recorded once, in ``failures``)."""
+    from maskkit.util.names import name_fields
+
+    return {"pair": int(p), **name_fields(a, "a"), **name_fields(b, "b"), "reason": "pair_skipped",
+            "detail": "an image of the pair could not be loaded (see the image failures)"}
 
 
 def write_bin(path: str | Path, images, issame, quality: int = 95, ext: str = ".jpg") -> Path:
@@ -377,6 +420,16 @@ def write_bin(path: str | Path, images, issame, quality: int = 95, ext: str = ".
 # --------------------------------------------------------------------------------------------
 
 
+#: The line forms a pairs file may hold, as named in its parse errors.
+PAIRS_FORMS = ("'path_a path_b 0|1' (two paths under --root; 1 same, 0 different)",
+               "insightface/LFW 'name n1 n2' (same) or 'name1 n1 name2 n2' (different)")
+
+
+class PairsFormatError(ValueError):
+    """A pairs-file line that is none of the accepted forms: the message is one line,
+    ``<file>:<line>: cannot parse pairs line '...'; expected ...`` (:data:`PAIRS_FORMS`)."""
+
+
 def parse_pairs_txt(path: str | Path) -> list[tuple[str, str, bool]]:
     """Parse a pairs file into ``(rel_path_a, rel_path_b, issame)`` triples, in file order.
 
@@ -393,7 +446,8 @@ def parse_pairs_txt(path: str | Path) -> list[tuple[str, str, bool]]:
     maps back to the same bytes on disk when opened.
 
     Raises:
-        ValueError: a line that is none of the forms above (``path:line: ...``).
+        PairsFormatError: (a ``ValueError``) a line that is none of the forms above, or a line of
+            numbers after the first pair (``path:line: ...``, one line naming the forms).
     """
     import os
 
@@ -407,7 +461,7 @@ def parse_pairs_txt(path: str | Path) -> list[tuple[str, str, bool]]:
         if all(re.fullmatch(r"\d+", p) for p in parts):
             if not out:
                 continue  # header
-            raise ValueError(f"{path}:{lineno}: unexpected line of numbers {raw!r}")
+            raise PairsFormatError(_bad_line(path, lineno, raw, "unexpected line of numbers"))
         if len(parts) == 3 and re.fullmatch(r"\d+", parts[1]) and re.fullmatch(r"\d+", parts[2]):
             name, n1, n2 = parts
             out.append((f"{name}/{name}_{int(n1):04d}", f"{name}/{name}_{int(n2):04d}", True))
@@ -417,8 +471,14 @@ def parse_pairs_txt(path: str | Path) -> list[tuple[str, str, bool]]:
         elif len(parts) == 3 and parts[2] in ("0", "1"):
             out.append((parts[0], parts[1], parts[2] == "1"))
         else:
-            raise ValueError(f"{path}:{lineno}: cannot parse pairs line {raw!r}")
+            raise PairsFormatError(_bad_line(path, lineno, raw, "cannot parse pairs line"))
     return out
+
+
+def _bad_line(path, lineno: int, raw: str, what: str) -> str:
+    from maskkit.util.names import safe_text
+
+    return safe_text(f"{path}:{lineno}: {what} {raw.strip()!r}; expected {PAIRS_FORMS[0]}, or {PAIRS_FORMS[1]}")
 
 
 def _resolve(root: Path, rel: str) -> Path | None:
@@ -438,9 +498,11 @@ def load_pairs(
     """Load the pairs of an LFW-style ``pairs.txt`` from the images under ``root``.
 
     Each distinct image is read and aligned once (via ``aligner`` when not already 112x112).
-    A pair whose image is missing, unreadable or un-alignable is left out and recorded in
-    ``failures`` with the reason; the image failure is recorded too. The set keeps each pair's
-    position in the file (``pair_index``) and every listed flag, so the folds stay the file's.
+    An image that is missing, unreadable or un-alignable is one ``failures`` record with the
+    reason, however many pairs name it; each pair it belongs to is left out and recorded in
+    ``skipped_pairs``. The set keeps each pair's position in the file (``pair_index``) and every
+    listed flag, so the folds stay the file's. Each image's mask key is its exact file name
+    under ``root`` (:attr:`PairSet.mask_keys`).
     """
     from maskkit.util.progress import track
 
@@ -451,7 +513,7 @@ def load_pairs(
     failures: list[dict] = []
     from maskkit.util.names import display_name, name_b64
 
-    images, names, lms, keep, notes, index, names_b64 = [], [], [], [], {}, [], []
+    images, names, lms, keep, notes, index, names_b64, keys, skipped = [], [], [], [], {}, [], [], [], []
     for p_idx, (a, b, same) in enumerate(track(triples, desc="pairs", unit="pair", disable=not progress)):
         got = []
         for rel in (a, b):
@@ -466,7 +528,7 @@ def load_pairs(
                     failures.append(cache[rel][1])
             got.append(cache[rel])
         if any(g[0] is None for g in got):
-            failures.append(_failure(f"{a} | {b}", "pair_skipped", "an image of the pair could not be loaded"))
+            skipped.append(_skipped_pair(p_idx, a, b))
             continue
         for (img, lm, note), name in got:
             if note:
@@ -475,12 +537,13 @@ def load_pairs(
             lms.append(lm)
             names.append(display_name(name))  # text; the bytes of a name that is not UTF-8 beside it
             names_b64.append(name_b64(name) or "")
+            keys.append(name)  # the exact file name: the image's mask never depends on the line order
         keep.append(same)
         index.append(p_idx)
     arr = np.stack(images) if images else np.zeros((0, *IMAGE_SIZE, 3), np.uint8)
     return PairSet(arr, np.array(keep, bool), names, lms, failures, notes, source=str(pairs_txt),
                    pair_index=np.array(index, int), listed_issame=np.array([t[2] for t in triples], bool),
-                   names_bytes=names_b64 if any(names_b64) else [])
+                   names_bytes=names_b64 if any(names_b64) else [], mask_keys=keys, skipped_pairs=skipped)
 
 
 # --------------------------------------------------------------------------------------------
@@ -564,10 +627,27 @@ class MaskOutcome:
         return int(self.masked.sum())
 
 
-def image_rng(seed: int, index: int) -> np.random.Generator:
-    """The generator for image ``index``: independent of batching and order, so a run with the
-    same ``seed`` draws the same masks."""
-    return np.random.default_rng([int(seed), int(index)])
+def image_rng(seed: int, key: int | str) -> np.random.Generator:
+    """The generator of one image's synthetic mask (its style and every random draw).
+
+    Args:
+        seed: the run's mask seed.
+        key: what identifies the image: an ``int`` -- its index in a ``.bin`` (or in an
+            array) -- seeds ``default_rng([seed, key])``; a ``str`` -- its file name -- seeds
+            from ``sha256("<seed>\\x1f" + os.fsencode(key))`` (eight 32-bit words; the UTF-8
+            bytes of a valid name, the file system's bytes of one that is not).
+
+    The same ``(seed, key)`` always draws the same mask, whatever the batching, the order of
+    the images or the other images in the set.
+    """
+    if isinstance(key, (int, np.integer)):
+        return np.random.default_rng([int(seed), int(key)])
+    import hashlib
+
+    from maskkit.util.names import name_bytes
+
+    h = hashlib.sha256(str(int(seed)).encode("ascii") + b"\x1f" + name_bytes(key)).digest()
+    return np.random.default_rng([int.from_bytes(h[i:i + 4], "little") for i in range(0, 32, 4)])
 
 
 def aligned_landmarks(rgb: np.ndarray) -> np.ndarray:
@@ -587,18 +667,26 @@ def apply_masks(
     names: list[str] | None = None,
     renderer=None,
     progress: bool = True,
+    keys: list | None = None,
 ) -> MaskOutcome:
     """Draw a synthetic mask on the requested faces with maskkit's renderer, reproducibly.
 
     Args:
         images: (N, H, W, 3) uint8 aligned faces.
         requested: (N,) bool, which faces to mask.
-        seed: run seed; image ``i`` renders with :func:`image_rng` ``(seed, i)``, so the same
-            call reproduces the same masks whatever the batching.
+        seed: run seed; image ``i`` renders with :func:`image_rng` ``(seed, keys[i])``
+            (``(seed, i)`` without ``keys``), so the same call reproduces the same masks
+            whatever the batching.
         style: one of ``maskkit.render.STYLES`` or ``"random"`` (the renderer draws the style).
         landmarks68: per image aligned landmarks when known (from the aligner); None entries are
             found on the crop with :func:`aligned_landmarks`.
         renderer: a ``MaskRenderer`` (one is made if None; templates load once).
+        keys: per image, what its mask is drawn from (:attr:`PairSet.mask_keys`,
+            :attr:`ImageSet.mask_keys`: a ``.bin`` index or the file name); with keys, an image
+            gets the same mask wherever it sits in ``images`` and however often it appears.
+
+    Raises:
+        ValueError: flags, keys and images differ in number, or an unknown style.
 
     A face that cannot be masked (no landmarks, or the renderer raises ``CannotFit``) is kept
     unmasked, reported in ``failures``, and goes through the face branch.
@@ -609,6 +697,8 @@ def apply_masks(
     requested = np.asarray(requested, dtype=bool)
     if len(requested) != len(images):
         raise ValueError(f"{len(requested)} mask flags for {len(images)} images")
+    if keys is not None and len(keys) != len(images):
+        raise ValueError(f"{len(keys)} mask keys for {len(images)} images")
     if style != "random" and style not in STYLES:
         raise ValueError(f"unknown mask style {style!r}; expected 'random' or one of {STYLES}")
     renderer = renderer or MaskRenderer()
@@ -618,7 +708,7 @@ def apply_masks(
     failures = []
     idx = np.flatnonzero(requested)
     for i in track(idx, desc="masking", unit="face", disable=not progress or len(idx) == 0):
-        rng = image_rng(seed, i)
+        rng = image_rng(seed, i if keys is None else keys[i])
         name = names[i] if names else str(i)
         lm = landmarks68[i] if landmarks68 is not None and landmarks68[i] is not None else None
         if lm is None:
@@ -643,7 +733,11 @@ def apply_masks(
 
 def mask_side_flags(n_images: int, side: str) -> np.ndarray:
     """Which images of an interleaved pair list to mask: ``none``, ``one`` (the second image of
-    every pair, the M-LFW protocol) or ``both``."""
+    every pair as written, the M-LFW protocol) or ``both``.
+
+    The rule looks at each pair alone (its second image), never at the pair's position, so
+    moving a pair's line in the file changes neither which of its images is masked nor (with
+    :attr:`PairSet.mask_keys`) the mask drawn; swapping the two names within a line does."""
     flags = np.zeros(n_images, bool)
     if side == "one":
         flags[1::2] = True

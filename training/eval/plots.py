@@ -29,6 +29,13 @@ def _save(fig, ax, path: Path, title: str, grid: bool) -> None:
     _plt().close(fig)
 
 
+def _legend(ax, **kwargs) -> None:
+    """A legend only when something is labelled (matplotlib warns on an empty one, e.g. a
+    histogram whose values are all non-finite)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(**kwargs)
+
+
 def plot_roc(path: Path, curves: dict[str, tuple[list, list, float]], title: str) -> None:
     """ROC curves ``{label: (fpr, tpr, auc)}``, FAR on a log axis."""
     plt = _plt()
@@ -43,7 +50,7 @@ def plot_roc(path: Path, curves: dict[str, tuple[list, list, float]], title: str
     ax.set_ylim(0, 1.01)
     ax.set_xlabel("false accept rate (log)")
     ax.set_ylabel("true accept rate")
-    ax.legend(loc="lower right", fontsize=8)
+    _legend(ax, loc="lower right", fontsize=8)
     _save(fig, ax, path, title, grid=True)
 
 
@@ -56,7 +63,7 @@ def plot_cmc(path: Path, curves: dict[str, list[float]], title: str) -> None:
     ax.set_xlabel("rank")
     ax.set_ylabel("identification rate (%)")
     ax.set_ylim(0, 101)
-    ax.legend(loc="lower right", fontsize=8)
+    _legend(ax, loc="lower right", fontsize=8)
     _save(fig, ax, path, title, grid=True)
 
 
@@ -81,9 +88,11 @@ def plot_branch_hist(path: Path, values: np.ndarray | None, masked: np.ndarray, 
                         label=f"{label} (n={sel.sum()}, mean {v.mean():.3g})")
         if not fin.all():
             xlabel += f"  ({int((~fin).sum())} not finite, not shown)"
+        if not fin.any():
+            ax.text(0.5, 0.5, "no finite value to draw", ha="center", va="center", transform=ax.transAxes)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("density")
-        ax.legend(fontsize=8)
+        _legend(ax, fontsize=8)
     _save(fig, ax, path, title, grid=values is not None)
 
 

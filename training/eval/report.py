@@ -46,6 +46,7 @@ from maskkit.training.eval.evalsets import (
     FaceAligner,
     ImageSet,
     PairSet,
+    PairsFormatError,
     apply_masks,
     load_bin,
     load_image_folder,
@@ -61,7 +62,7 @@ from maskkit.training.eval.finite import (
     left_out_pairs,
     take_embeddings,
 )
-from maskkit.training.eval.identification import IdentificationResult, identify
+from maskkit.training.eval.identification import IdentificationResult, build_templates, identify
 from maskkit.training.eval.plots import (
     _branch_hists,
     contact_sheet,
@@ -70,7 +71,7 @@ from maskkit.training.eval.plots import (
     plot_roc,
     probe_caption,
 )
-from maskkit.training.eval.uncertainty import mutual_likelihood_score
+from maskkit.training.eval.uncertainty import mls_flags, mutual_likelihood_score
 from maskkit.training.eval.verification import (
     Embeddings,
     NonFiniteScores,
@@ -103,7 +104,10 @@ class EvalConfig:
         mask_side: ``none`` | ``one`` (second image of each pair / the probes; M-LFW
             protocol) | ``both`` (both images / gallery too).
         mask_style: renderer style or ``random``.
-        seed: mask seed (image ``i`` uses ``default_rng([seed, i])``).
+        seed: mask seed: each image's mask is drawn from ``(seed, key)``, the key being its
+            file name (a pairs file, a gallery or probe folder) or its index in a ``.bin``
+            (:func:`~maskkit.training.eval.evalsets.image_rng`), so the order of a pairs file
+            never changes a mask and an image named in several pairs gets the same one.
         flip: add the horizontal mirror's embedding (insightface protocol).
         out: report folder (default :attr:`home` ``/ <set>-<task>-mask<side>``).
         name: set name in reports (default from the file/folder names).
@@ -269,10 +273,11 @@ def evaluate_pairset(model, pairs: PairSet, cfg: EvalConfig, renderer=None) -> V
     """
     if pairs.n_pairs < MIN_PAIRS:
         raise EvalInputError(f"{pairs.n_pairs} usable pair(s): the 10-fold protocol needs at least {MIN_PAIRS}"
-                             f"{_failure_summary(pairs.failures)}")
+                             f"{_failure_summary(pairs.failures, len(pairs.skipped_pairs))}")
     requested = mask_side_flags(len(pairs.images), cfg.mask_side)
+    # each image's mask is drawn from its own key (file name / .bin index), never its position
     mo = apply_masks(pairs.images, requested, cfg.seed, cfg.mask_style, pairs.landmarks68, pairs.names,
-                     renderer=renderer, progress=cfg.progress)
+                     renderer=renderer, progress=cfg.progress, keys=pairs.mask_keys)
     emb_all = extract_embeddings(model, mo.images, mo.masked, cfg.batch_size, cfg.flip, cfg.progress)
     fin = finite_rows(emb_all.mu)
     keep = fin[0::2] & fin[1::2]  # a pair's distance is finite iff both its μ are
@@ -280,8 +285,8 @@ def evaluate_pairset(model, pairs: PairSet, cfg: EvalConfig, renderer=None) -> V
     loaded = pairs
     notes: list[str] = []
     counts = {"listed_pairs": loaded.n_listed, "loaded_pairs": loaded.n_pairs, left.count_key: left.count,
-              "images": int(len(loaded.images)), "input_failures": len(loaded.failures),
-              "pairs_skipped": sum(1 for f in loaded.failures if f.get("reason") == "pair_skipped"),
+              "images": int(len(loaded.images)), "input_failures": len(loaded.failures),  # images, once each
+              "pairs_skipped": len(loaded.skipped_pairs),  # pairs left out for a failed image
               "alignment_fallbacks": len(loaded.notes),
               "mask_requested": mo.n_requested, "masked": mo.n_masked, "mask_failures": len(mo.failures)}
     head = {
@@ -294,7 +299,8 @@ def evaluate_pairset(model, pairs: PairSet, cfg: EvalConfig, renderer=None) -> V
         "sigma_norm": _by_branch(emb_all.sigma_norm, emb_all.masked),  # every embedded image
         "magnitude": _by_branch(emb_all.magnitude, emb_all.masked),
     }
-    failures = {"inputs": loaded.failures, "masking": mo.failures, "non_finite": left.records,
+    failures = {"inputs": loaded.failures, "pairs_skipped": loaded.skipped_pairs, "masking": mo.failures,
+                "non_finite": left.records,
                 "alignment_notes": {loaded.names[i]: n for i, n in sorted(loaded.notes.items())}}
     if left.count:
         notes.append(left.note())
@@ -316,6 +322,7 @@ def evaluate_pairset(model, pairs: PairSet, cfg: EvalConfig, renderer=None) -> V
     res = evaluate(e1, e2, pairs.issame, folds=folds, fold_rule=fold_rule)
     dist = pair_distances(e1, e2)
     mls = res_mls = None
+    mls_flag: dict[str, str] = {}
     if emb.sigma_unit is not None:
         mls = mutual_likelihood_score(e1, emb.sigma_unit[0::2], e2, emb.sigma_unit[1::2])
         try:
@@ -324,6 +331,8 @@ def evaluate_pairset(model, pairs: PairSet, cfg: EvalConfig, renderer=None) -> V
             notes.append(f"MLS figures left out: {exc} (σ of a barely trained model overflows); cosine figures "
                          "are unaffected")
             log.warning("%s", notes[-1])
+        else:  # σ = 0 (MLS undefined) or one σ for all (MLS = the distance): flagged, not read as a result
+            mls_flag = _flag_mls(mls_flags(emb.sigma_unit[0::2], emb.sigma_unit[1::2]))
     threshold = float(np.mean(res.best_thresholds))
     same, diff = np.flatnonzero(pairs.issame), np.flatnonzero(~pairs.issame)
     k = cfg.worst_k
@@ -353,6 +362,7 @@ def evaluate_pairset(model, pairs: PairSet, cfg: EvalConfig, renderer=None) -> V
         },
         "cosine": res.summary(),
         "mls": None if res_mls is None else res_mls.summary(),
+        "mls_flags": mls_flag,
         "val_note": val_far_note(int((~pairs.issame).sum()), res.far_target),
         "notes": notes,
         "roc": {
@@ -445,11 +455,12 @@ def evaluate_identification(model, gallery: ImageSet, probes: ImageSet, cfg: Eva
         raise ValueError(f"identification needs a non-empty gallery and probe set (got {len(gallery)} and {len(probes)})")
     g_req = np.full(len(gallery), cfg.mask_side == "both")
     p_req = np.full(len(probes), cfg.mask_side in ("one", "both") and not cfg.probes_masked)
+    # masks keyed by each image's path (never its position); probes use another seed stream than
+    # the gallery so that a/1.jpg in each folder does not share a mask
     gm = apply_masks(gallery.images, g_req, cfg.seed, cfg.mask_style, gallery.landmarks68, gallery.paths,
-                     renderer=renderer, progress=cfg.progress)
-    # probes use a different seed stream than the gallery so image i of each does not share masks
+                     renderer=renderer, progress=cfg.progress, keys=gallery.mask_keys)
     pm = apply_masks(probes.images, p_req, cfg.seed + 1_000_003, cfg.mask_style, probes.landmarks68, probes.paths,
-                     renderer=renderer, progress=cfg.progress)
+                     renderer=renderer, progress=cfg.progress, keys=probes.mask_keys)
     p_branch = pm.masked | (np.ones(len(probes), bool) if cfg.probes_masked else False)
     ge_all = extract_embeddings(model, gm.images, gm.masked, cfg.batch_size, cfg.flip, cfg.progress, desc="gallery")
     pe_all = extract_embeddings(model, pm.images, p_branch, cfg.batch_size, cfg.flip, cfg.progress, desc="probes")
@@ -505,6 +516,7 @@ def evaluate_identification(model, gallery: ImageSet, probes: ImageSet, cfg: Eva
     ge, pe = take_embeddings(ge_all, g_keep), take_embeddings(pe_all, p_keep)
     res = identify(ge.mu, gallery.identities, pe.mu, probes.identities, probes.paths)
     res_mls = None
+    mls_flag: dict[str, str] = {}
     if ge.sigma_unit is not None and pe.sigma_unit is not None:
         try:
             res_mls = identify(ge.mu, gallery.identities, pe.mu, probes.identities, probes.paths, score="mls",
@@ -513,12 +525,16 @@ def evaluate_identification(model, gallery: ImageSet, probes: ImageSet, cfg: Eva
             notes.append(f"MLS figures left out: {exc} (σ of a barely trained model overflows); cosine figures "
                          "are unaffected")
             log.warning("%s", notes[-1])
+        else:  # the probes meet the templates' fused σ (PFE fusion), as MLS scores them
+            templ = build_templates(ge.mu, gallery.identities, ge.sigma_unit)
+            mls_flag = _flag_mls(mls_flags(templ.sigma, pe.sigma_unit, paired=False))
     metrics = {
         **head,
         "counts": {"gallery_images": len(gallery), "identities": res.n_identities, "probes": len(probes),
                    "probes_unknown_identity": res.n_probes_unknown, **counts},
         "cosine": res.summary(),
         "mls": None if res_mls is None else res_mls.summary(),
+        "mls_flags": mls_flag,
         "flags": res.flags,
         "notes": notes,
         "per_identity": res.per_identity,
@@ -566,16 +582,29 @@ def write_identification_report(run: IdentificationRun, out: Path, worst_k: int 
     return files
 
 
+def _flag_mls(flags: dict[str, str]) -> dict[str, str]:
+    """``metrics["mls_flags"]``: MLS figures that are no uncertainty-aware result
+    (:func:`~maskkit.training.eval.uncertainty.mls_flags`), each logged once."""
+    for code, msg in flags.items():
+        log.warning("%s (mls_flags.%s)", msg, code)
+    return flags
+
+
 class EvalInputError(ValueError):
     """The evaluation set cannot be scored (an empty gallery or probe set); the CLI shows the
     message as a one-line error."""
 
 
-def _failure_summary(failures: list[dict]) -> str:
-    if not failures:
+def _failure_summary(failures: list[dict], skipped_pairs: int = 0) -> str:
+    """`` (N image(s) failed: reason n, ...; P pair(s) left out)`` -- each image counted once."""
+    if not failures and not skipped_pairs:
         return ""
     by = Counter(f.get("reason", "?") for f in failures)
-    return f" ({len(failures)} image(s) failed: " + ", ".join(f"{r} {n}" for r, n in sorted(by.items())) + ")"
+    parts = [f"{len(failures)} image(s) failed: " + ", ".join(f"{r} {n}" for r, n in sorted(by.items()))] \
+        if failures else []
+    if skipped_pairs:
+        parts.append(f"{skipped_pairs} pair(s) left out")
+    return " (" + "; ".join(parts) + ")"
 
 
 def report_paths(cfg: EvalConfig) -> list[Path]:
@@ -597,10 +626,11 @@ def run_eval(cfg: EvalConfig, model=None, console=None) -> dict:
         console: a ``rich.console.Console`` for the summary table (None: no table).
 
     Raises:
-        EvalInputError: the gallery or the probe set holds no usable face, fewer than 10 pairs
-            loaded, or too few entries have finite scores (:class:`~maskkit.training.eval.finite.NotScorable`);
-            in the last case ``metrics.json`` (counts, the reason, σ / ‖μ‖ statistics) and the
-            branch histograms are written first.
+        EvalInputError: a pairs-file line is none of the accepted forms, the gallery or the
+            probe set holds no usable face, fewer than 10 pairs loaded, or too few entries have
+            finite scores (:class:`~maskkit.training.eval.finite.NotScorable`); in the last
+            case ``metrics.json`` (counts, the reason, σ / ‖μ‖ statistics) and the branch
+            histograms are written first.
     """
     if model is None:
         from maskkit.training.api import load_model
@@ -611,10 +641,14 @@ def run_eval(cfg: EvalConfig, model=None, console=None) -> dict:
     failed = None
     try:
         if cfg.task == "verification":
-            pairs = load_bin(cfg.bin) if cfg.bin else load_pairs(cfg.pairs, cfg.root, aligner, cfg.progress)
+            try:
+                pairs = load_bin(cfg.bin) if cfg.bin else load_pairs(cfg.pairs, cfg.root, aligner, cfg.progress)
+            except PairsFormatError as exc:  # a line that is no pair: one line naming file:line and the forms
+                raise EvalInputError(str(exc)) from exc
             if pairs.n_pairs == 0:
                 src = cfg.bin or cfg.pairs
-                raise EvalInputError(f"no usable pair in {src}{_failure_summary(pairs.failures)}")
+                raise EvalInputError(f"no usable pair in {src}"
+                                     f"{_failure_summary(pairs.failures, len(pairs.skipped_pairs))}")
             run = evaluate_pairset(model, pairs, cfg)
             write_verification_report(run, out, cfg.worst_k)
         else:
