@@ -125,6 +125,9 @@ def synth(src, out, ratio, paired, styles, seed, jobs, aligned, size, shard_samp
     if not quiet:
         _print_summary("maskkit synth", summary_rows(res.manifest, res.stage_seconds or None,
                                                      None if res.already_complete else res.seconds))
+        from maskkit.util.progress import print_hints
+
+        print_hints(res.manifest.get("hints", []))  # e.g. a forgotten --aligned
     if res.manifest.get("num_samples", 0) == 0:
         reasons = res.manifest.get("inputs", {}).get("failed_by_reason", {})
         top = ", ".join(f"{k} {v:,}" for k, v in sorted(reasons.items(), key=lambda kv: -kv[1])[:3])
