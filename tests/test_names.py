@@ -247,6 +247,81 @@ def test_links_and_an_output_inside_src_are_skipped_with_reasons(tmp_path, faces
     assert any("skipped.jsonl has 0 lines" in p for p in verify(shards).problems)
 
 
+def test_file_links_to_an_input_are_skipped_as_duplicates(tmp_path, faces):
+    """Was: a symlinked *file* was a second input (folder links were already de-duplicated):
+    ``A/link_x.jpg`` and ``B/stolen.jpg`` (both links to ``A/x.jpg``) were two more samples of one
+    photo. Now the real file wins (also over a link whose name sorts first), links to one file
+    outside --src keep the first in walk order, a hard link stays an input, and
+    seen = ok + failed + skipped holds."""
+    from maskkit.io.sources import list_sources
+
+    a, g = faces
+    src = tmp_path / "sl"
+    _save(src, b"A/x.jpg", a)
+    _save(src, b"B/own.jpg", g)
+    os.symlink("x.jpg", src / "A" / "link_x.jpg")
+    os.symlink("x.jpg", src / "A" / "a_first.jpg")         # sorts before the real file
+    os.symlink("../A/x.jpg", src / "B" / "stolen.jpg")     # from another identity
+    outside = tmp_path / "elsewhere"
+    _save(outside, b"g.jpg", g)
+    os.symlink(outside / "g.jpg", src / "B" / "g1.jpg")    # two links to one file outside --src
+    (src / "C").mkdir()
+    os.symlink(outside / "g.jpg", src / "C" / "g2.jpg")
+    os.link(src / "B" / "own.jpg", src / "B" / "hard.jpg")  # a hard link: a separate input
+    listing = list_sources(src)
+    assert [it.rel for it in listing.items] == ["A/x.jpg", "B/g1.jpg", "B/hard.jpg", "B/own.jpg"]
+    assert {(s.rel, s.reason) for s in listing.skipped} == {
+        ("A/a_first.jpg", "duplicate_via_link"), ("A/link_x.jpg", "duplicate_via_link"),
+        ("B/stolen.jpg", "duplicate_via_link"), ("C/g2.jpg", "duplicate_via_link")}
+    assert all("A/x.jpg" in s.detail for s in listing.skipped if s.rel.startswith(("A/", "B/")))
+    assert "B/g1.jpg" in next(s.detail for s in listing.skipped if s.rel == "C/g2.jpg")
+    for command in ("align", "synth"):
+        out = tmp_path / command
+        res = _run([command, "--src", src, "--out", out, "-j", "1", "-q"] + (["--ratio", "0"] if command == "synth" else []))
+        assert res.exit_code == 0, res.output
+        if command == "align":
+            s = json.loads(res.output.strip().splitlines()[-1])
+        else:
+            s = json.loads((out / "manifest.json").read_text(encoding="utf-8"))["inputs"]
+        assert (s["seen"], s["files"], s["skipped"]) == (8, 4, 4)
+        assert s["seen"] == s["ok"] + s["failed"] + s["skipped"]
+        assert sorted((r["src"], r["reason"]) for r in _lines(out / "skipped.jsonl")) == sorted(
+            (sk.rel, sk.reason) for sk in listing.skipped)
+
+
+def test_loose_files_never_join_a_folder_named_root(tmp_path, faces):
+    """Was: files directly in --src became class ``_root`` and merged with a real ``_root/``
+    folder (weird2: 4 samples under one label). Now they take ``_root~2``; without such a folder
+    they stay ``_root``."""
+    from maskkit.io.shards import read_samples, verify
+    from maskkit.pipeline.synth.plan import loose_class_name
+
+    assert loose_class_name(["p", "q"]) == "_root"
+    assert loose_class_name(["_ROOT", "_root~2"]) == "_root~3"  # compared casefolded, like output names
+    a, g = faces
+    src = tmp_path / "weird2"
+    _save(src, b"_root/a.jpg", a)
+    _save(src, b"_root/b.jpg", g)
+    _save(src, b"top.jpg", g)
+    _save(src, b"p/c.jpg", a)
+    out = tmp_path / "shards"
+    res = _run(["synth", "--src", src, "--out", out, "--ratio", "0", "-j", "1", "-q"])
+    assert res.exit_code == 0, res.output
+    man = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    assert man["classes"] == ["_root", "_root~2", "p"]
+    assert {c: v["samples"] for c, v in man["per_class"].items()} == {"_root": 2, "_root~2": 1, "p": 1}
+    by_src = {s["json"]["src"]: (s["json"]["label"], s["json"]["identity"]) for s in read_samples(out)}
+    assert by_src == {"_root/a.jpg": (0, "_root"), "_root/b.jpg": (0, "_root"), "top.jpg": (1, "_root~2"),
+                      "p/c.jpg": (2, "p")}
+    assert verify(out).ok
+    (src / "_root" / "a.jpg").unlink()
+    (src / "_root" / "b.jpg").unlink()
+    (src / "_root").rmdir()
+    res = _run(["synth", "--src", src, "--out", tmp_path / "plain", "--ratio", "0", "-j", "1", "-q"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "plain" / "manifest.json").read_text())["classes"] == ["_root", "p"]
+
+
 # ------------------------------------------------------------------ §3 output names
 
 def _outs(out: Path) -> list[str]:

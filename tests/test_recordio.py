@@ -236,3 +236,84 @@ def test_export_rec_only_plain_or_masked(small_shards, tmp_path):
             cnt = sum(1 for s in want if s["json"]["label"] == c)
             assert recs[n + 1 + c][1] == (starts, starts + cnt)
             starts += cnt
+
+
+# ---- a damaged shard set (always-on: two real faces from dependencies) ---------------------------
+@pytest.fixture()
+def two_shards(tmp_path, astronaut, grace_hopper):
+    """``maskkit synth`` on two identities (astronaut, grace_hopper at half size), one sample per
+    shard: ``train-000000.tar`` and ``train-000001.tar``. Returns (src, shards, synth args)."""
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from maskkit.cli import main
+
+    src = tmp_path / "src"
+    for ident, rgb in (("p", astronaut), ("q", grace_hopper)):
+        (src / ident).mkdir(parents=True)
+        Image.fromarray(np.ascontiguousarray(rgb[::2, ::2])).save(src / ident / "a.jpg")
+    args = ["synth", "--src", str(src), "--out", str(tmp_path / "shards"), "--ratio", "0.5",
+            "--shard-samples", "1", "-j", "1", "-q"]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    shards = tmp_path / "shards"
+    assert sorted(p.name for p in shards.glob("*.tar")) == ["train-000000.tar", "train-000001.tar"]
+    return src, shards, args
+
+
+def _damage(p: Path, at: int = 512 + 300) -> None:
+    """Change 4 bytes of the first member's data (the sample's JPEG; tar data starts at 512)."""
+    data = bytearray(p.read_bytes())
+    data[at:at + 4] = bytes(b ^ 0x5A for b in data[at:at + 4])
+    p.write_bytes(bytes(data))
+
+
+def test_export_rec_refuses_a_damaged_shard(two_shards, tmp_path):
+    """Was: 4 bytes changed in train-000001.tar -> `maskkit stats` said MISMATCH, but export-rec
+    exported the damaged JPEG with exit 0. Now it checks every shard's sha256 first (the check
+    stats makes) and refuses in one line naming the shard; --no-verify exports anyway."""
+    from click.testing import CliRunner
+
+    from maskkit.cli import main
+
+    _, shards, _ = two_shards
+    ok = CliRunner().invoke(main, ["export-rec", str(shards), "-o", str(tmp_path / "good"), "-q"])
+    assert ok.exit_code == 0, ok.output
+    _damage(shards / "train-000001.tar")
+    stats = CliRunner().invoke(main, ["stats", str(shards), "-q"])
+    assert stats.exit_code == 1 and "train-000001.tar: sha256" in stats.output
+    res = CliRunner().invoke(main, ["export-rec", str(shards), "-o", str(tmp_path / "rec")])
+    assert res.exit_code == 1, res.output
+    lines = [x for x in res.output.splitlines() if x.strip()]
+    assert len(lines) == 1 and "train-000001.tar: sha256" in lines[0] and "--no-verify" in lines[0], res.output
+    assert "train-000000.tar" not in lines[0] and "Traceback" not in res.output
+    assert not (tmp_path / "rec" / "train.rec").exists()  # nothing exported
+    anyway = CliRunner().invoke(main, ["export-rec", str(shards), "-o", str(tmp_path / "rec"), "--no-verify", "-q"])
+    assert anyway.exit_code == 0, anyway.output
+    assert (tmp_path / "rec" / "train.rec").read_bytes() != (tmp_path / "good" / "train.rec").read_bytes()
+    # a missing shard is named the same way
+    (shards / "train-000000.tar").unlink()
+    gone = CliRunner().invoke(main, ["export-rec", str(shards), "-o", str(tmp_path / "rec2")])
+    assert gone.exit_code == 1 and "train-000000.tar: listed shard is missing" in gone.output, gone.output
+
+
+def test_synth_rerun_checks_the_shard_sizes_before_already_complete(two_shards):
+    """A finished run found again is "already complete" only when its shards are all there at
+    their listed sizes (a stat each, no hashing): a truncated or missing shard is a one-line
+    error naming it (exit 1), and --overwrite rebuilds the set."""
+    from click.testing import CliRunner
+
+    from maskkit.cli import main
+    from maskkit.io.shards import verify
+
+    _, shards, args = two_shards
+    again = CliRunner().invoke(main, args)
+    assert again.exit_code == 0 and "already complete" in again.output, again.output
+    p = shards / "train-000001.tar"
+    p.write_bytes(p.read_bytes()[:-512])
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 1 and "train-000001.tar" in res.output and "--overwrite" in res.output, res.output
+    assert "already complete" not in res.output
+    rebuilt = CliRunner().invoke(main, args + ["--overwrite"])
+    assert rebuilt.exit_code == 0, rebuilt.output
+    assert verify(shards).ok

@@ -70,7 +70,7 @@ def align(src, out, size, detector, upsample, max_side, faces, jobs, fmt, aligne
     summary = _run_stage(run_align, cfg, AlignError)
     if quiet:
         click.echo(json.dumps({k: summary.get(k) for k in ("seen", "files", "ok", "failed", "skipped", "faces",
-                                                           "no_face", "errors")}))
+                                                           "no_face", "errors", "hints")}))
     _finish(out, summary["ok"], summary["failed"], summary.get("already_complete", False))
 
 

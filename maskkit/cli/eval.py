@@ -9,7 +9,7 @@ import sys
 import click
 
 from maskkit.cli._exit import _claim
-from maskkit.cli.options import _deprecated, _detector, _device, _out, _overwrite, _quiet
+from maskkit.cli.options import _deprecated, _detector, _device, _out, _overwrite, _quiet, _verify
 
 _SIDES = click.Choice(["none", "one", "both"])
 _NO_PROGRESS = dict(dest="quiet", new="-q/--quiet", convert=lambda progress: not progress, default=None)
@@ -297,8 +297,7 @@ def embed(model, src, out, masked, flip, batch_size, device, detector, quiet, ov
 @click.option("--branch", type=click.Choice(["face", "masked"]), default="face", show_default=True,
               help="arcface-torch: which start block of a two-stream model goes into the file.")
 @click.option("--opset", type=int, default=17, show_default=True)
-@click.option("--verify/--no-verify", default=True, show_default=True,
-              help="onnx: check onnxruntime against PyTorch at batch sizes 1 and 7.")
+@_verify("onnx: check onnxruntime against PyTorch at batch sizes 1 and 7.")
 @_quiet("Print nothing but errors.")
 @_deprecated("--onnx", dest="out", new="-o/--out", type=click.Path(dir_okay=False))
 @_overwrite("Replace the output file when it exists (otherwise refused).")

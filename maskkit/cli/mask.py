@@ -41,8 +41,8 @@ def mask(src, out, style, seed, detector, faces, aligned, jobs, quality, coverag
 
     summary = _run_stage(run_mask, cfg, MaskError)
     if quiet:
-        click.echo(json.dumps({k: summary[k] for k in ("seen", "files", "ok", "failed", "skipped", "faces", "errors",
-                                                       "styles")}))
+        click.echo(json.dumps({k: summary.get(k) for k in ("seen", "files", "ok", "failed", "skipped", "faces", "errors",
+                                                       "styles", "hints")}))
     _finish(out, summary["ok"], summary["failed"], summary.get("already_complete", False))
 
 

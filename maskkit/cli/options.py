@@ -10,6 +10,9 @@ One concept, one spelling, in every command that can honour it:
 ``--aligned``       the inputs are already ArcFace crops: no detection
 ``--device``        ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda``, ``cuda:N``
 ``--detector``      ``hog``, ``cnn``, ``blazeface``, ``fan``
+``--no-verify``     skip the check of what was read or written (``export``: onnxruntime against
+                    PyTorch; ``export-rec``: each shard's sha256 against the manifest); checked by
+                    default
 ==================  ===========================================================================
 
 A retired spelling keeps working for one release through :func:`_deprecated`: it is hidden from
@@ -52,6 +55,10 @@ def _overwrite(help: str = "Replace the outputs of a different, earlier run foun
 
 def _aligned(help: str = "Inputs are already ArcFace crops: skip detection.") -> Callable:
     return click.option("--aligned", is_flag=True, help=help)
+
+
+def _verify(help: str) -> Callable:
+    return click.option("--verify/--no-verify", default=True, show_default=True, help=help)
 
 
 def _device(help: str = "auto (CUDA when available, else CPU), cpu, cuda, cuda:N.") -> Callable:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from maskkit.cli.options import _aligned, _deprecated, _detector, _jobs, _out, _overwrite, _quiet
+from maskkit.cli.options import _aligned, _deprecated, _detector, _jobs, _out, _overwrite, _quiet, _verify
 
 __all__ = ["COMMANDS", "synth", "stats", "export_rec_cmd"]
 
@@ -125,6 +125,9 @@ def synth(src, out, ratio, paired, styles, seed, jobs, aligned, size, shard_samp
     if not quiet:
         _print_summary("maskkit synth", summary_rows(res.manifest, res.stage_seconds or None,
                                                      None if res.already_complete else res.seconds))
+        from maskkit.util.progress import print_hints
+
+        print_hints(res.manifest.get("hints", []))  # e.g. a forgotten --aligned
     if res.manifest.get("num_samples", 0) == 0:
         reasons = res.manifest.get("inputs", {}).get("failed_by_reason", {})
         top = ", ".join(f"{k} {v:,}" for k, v in sorted(reasons.items(), key=lambda kv: -kv[1])[:3])
@@ -196,14 +199,19 @@ def stats(shards, deep, as_json, quiet):
 @_deprecated("OUT", dest="out", new="-o/--out OUT", old="the positional OUT", argument=True, metavar="[OUT]",
              type=click.Path(file_okay=False, path_type=Path))
 @_overwrite("Replace an export with this prefix in --out (otherwise refused).")
-def export_rec_cmd(shards, out, prefix, only, quiet, overwrite):
+@_verify("Check every shard's size and sha256 against the manifest first (as `maskkit stats` does) "
+         "and refuse a damaged set.")
+def export_rec_cmd(shards, out, prefix, only, quiet, overwrite, verify):
     """Write a shard folder as insightface train.rec / train.idx / property (no mxnet needed).
 
     The result loads in arcface_torch's MXFaceDataset; record id2 is 1 for masked faces, and
     PREFIX.maskkit.json says so (synth on this .rec then never masks a masked face again).
+    Each shard is first checked against the manifest's size and sha256: a damaged shard is a
+    one-line error naming it (exit 1), nothing written, unless --no-verify.
     OUT as a second argument is deprecated: use -o/--out.
     """
     from maskkit.io.recordio import export_rec, sidecar_path
+    from maskkit.io.shards import ShardMismatchError
     from maskkit.cli._exit import _claim
 
     if out is None:
@@ -212,9 +220,12 @@ def export_rec_cmd(shards, out, prefix, only, quiet, overwrite):
     _claim([rec, rec.with_suffix(".idx"), out / "property", sidecar_path(rec)], overwrite,
            "an insightface export", where=out)
     try:
-        info = export_rec(shards, out, prefix=prefix, only=only)
+        info = export_rec(shards, out, prefix=prefix, only=only, verify=verify)
     except FileNotFoundError as exc:
         raise click.ClickException(str(exc)) from exc
+    except ShardMismatchError as exc:
+        raise click.ClickException(f"{exc}; nothing exported (`maskkit stats {shards}` lists every mismatch; "
+                                   "--no-verify exports it anyway)") from exc
     if quiet:
         return
     _print_summary("maskkit export-rec", [("images", f"{info['images']:,}"), ("classes", f"{info['classes']:,}"),

@@ -458,7 +458,7 @@ def _read_idx(idx: Path) -> dict[int, int]:
 
 
 def export_rec(shards_dir: str | os.PathLike, out_dir: str | os.PathLike, prefix: str = "train",
-               only: str = "all") -> dict:
+               only: str = "all", verify: bool = True) -> dict:
     """Write a shard dataset as insightface ``train.rec``, ``train.idx`` and ``property``.
 
     Images are records ``1..N`` in class order (``maskkit synth`` writes shards in class order,
@@ -473,14 +473,24 @@ def export_rec(shards_dir: str | os.PathLike, out_dir: str | os.PathLike, prefix
         only: ``"all"`` samples, only the ``"plain"`` ones (e.g. to mask the set again with
             ``maskkit synth --src train.rec --aligned`` without drawing a second mask on a masked
             face), or only the ``"masked"`` ones.
+        verify: first check every shard's size and sha256 against the manifest
+            (:func:`maskkit.io.shards.check_shard_files`, the check ``maskkit stats`` makes; one
+            extra sequential read of the shards); nothing is written when one differs.
 
     Returns:
         ``{"images", "classes", "rec", "idx", "property", "bytes"}``.
+
+    Raises:
+        FileNotFoundError: no ``manifest.json``.
+        maskkit.io.shards.ShardMismatchError: ``verify`` and a shard is missing, or its size or
+            sha256 differs from the manifest's.
     """
-    from maskkit.io.shards import read_manifest, read_samples
+    from maskkit.io.shards import ShardMismatchError, check_shard_files, read_manifest, read_samples
 
     if only not in ("all", "plain", "masked"):
         raise ValueError(f"only must be 'all', 'plain' or 'masked', not {only!r}")
+    if verify and (problems := check_shard_files(shards_dir)):
+        raise ShardMismatchError(shards_dir, problems)
 
     def keep(sample: dict) -> bool:
         return only == "all" or bool(sample["json"].get("masked")) == (only == "masked")

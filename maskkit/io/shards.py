@@ -40,7 +40,7 @@ from maskkit.util.files import _fsync_dir
 __all__ = [
     "FORMAT_NAME", "FORMAT_VERSION", "KEY_RE", "Sample", "ShardSink", "shard_name",
     "read_manifest", "iter_shard", "read_samples", "sha256_file", "round_half_up", "expected_masked",
-    "VerifyReport", "verify", "class_expected_masked", "encode_json", "style_share_deviation",
+    "VerifyReport", "verify", "check_shard_files", "ShardMismatchError", "class_expected_masked", "encode_json", "style_share_deviation",
 ]
 
 FORMAT_NAME = "maskkit-shards"
@@ -361,6 +361,62 @@ def read_samples(data_dir: str | os.PathLike, members: Collection[str] | None = 
 # ---------------------------------------------------------------------------------------------
 # verification
 # ---------------------------------------------------------------------------------------------
+def _missing(rec: dict) -> str:
+    return f"{rec['name']}: listed shard is missing"
+
+
+def _size_mismatch(rec: dict, size_b: int) -> str | None:
+    return None if size_b == rec.get("bytes") else f"{rec['name']}: {size_b} bytes, manifest says {rec.get('bytes')}"
+
+
+def _sha_mismatch(rec: dict, sha: str) -> str | None:
+    return None if sha == rec.get("sha256") else \
+        f"{rec['name']}: sha256 {sha[:16]}..., manifest says {str(rec.get('sha256'))[:16]}..."
+
+
+class ShardMismatchError(ValueError):
+    """Shards that do not match their manifest (:func:`check_shard_files`); ``problems`` lists them."""
+
+    def __init__(self, data_dir: str | os.PathLike, problems: list[str]):
+        self.data_dir = Path(data_dir)
+        self.problems = list(problems)
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        super().__init__(f"{self.data_dir}: {problems[0]}{more}: the shards do not match their manifest "
+                         "(damaged or changed after they were written)")
+
+
+def check_shard_files(data_dir: str | os.PathLike, manifest: dict | None = None, hash: bool = True) -> list[str]:
+    """The file checks of :func:`verify` (what ``maskkit stats`` reports first), alone: every shard
+    the manifest lists exists with its listed byte size and -- with ``hash`` -- sha256.
+
+    ``maskkit export-rec`` runs it before exporting (one sequential read of every shard); a
+    finished ``maskkit synth`` found again runs it without ``hash`` (sizes only: a stat each).
+
+    Args:
+        data_dir: the dataset folder.
+        manifest: its manifest, when already read (else ``manifest.json`` is read).
+        hash: also compare each shard's sha256 (a shard whose size differs is not hashed).
+
+    Returns:
+        One line per problem, in shard order, worded as :func:`verify` words them (empty: all match).
+
+    Raises:
+        FileNotFoundError: no ``manifest.json`` (:func:`read_manifest`).
+    """
+    d = Path(data_dir)
+    man = read_manifest(d) if manifest is None else manifest
+    problems: list[str] = []
+    for rec in man.get("shards", []):
+        p = d / rec["name"]
+        if not p.is_file():
+            problems.append(_missing(rec))
+            continue
+        bad = _size_mismatch(rec, p.stat().st_size) or (_sha_mismatch(rec, sha256_file(p)) if hash else None)
+        if bad:
+            problems.append(bad)
+    return problems
+
+
 @dataclass
 class VerifyReport:
     """Result of :func:`verify`.
@@ -430,11 +486,10 @@ def verify(data_dir: str | os.PathLike, decode: bool = False, max_problems: int 
     for rec in man.get("shards", []):
         p = d / rec["name"]
         if not p.exists():
-            bad(f"{rec['name']}: listed shard is missing")
+            bad(_missing(rec))
             continue
-        size_b = p.stat().st_size
-        if size_b != rec.get("bytes"):
-            bad(f"{rec['name']}: {size_b} bytes, manifest says {rec.get('bytes')}")
+        if msg := _size_mismatch(rec, p.stat().st_size):
+            bad(msg)
         mark = len(problems)  # the sha256 line goes here, before this shard's sample problems
         count = 0
         fh = open(p, "rb")
@@ -485,8 +540,8 @@ def verify(data_dir: str | os.PathLike, decode: bool = False, max_problems: int 
             bad(f"{rec['name']}: unreadable ({exc})")
         with fh:
             sha = hr.drain()
-        if sha != rec.get("sha256") and mark < max_problems:
-            problems.insert(mark, f"{rec['name']}: sha256 {sha[:16]}..., manifest says {str(rec.get('sha256'))[:16]}...")
+        if (msg := _sha_mismatch(rec, sha)) and mark < max_problems:
+            problems.insert(mark, msg)
             del problems[max_problems:]
         if count != rec.get("samples"):
             bad(f"{rec['name']}: {count} samples, manifest says {rec.get('samples')}")

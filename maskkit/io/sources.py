@@ -9,9 +9,12 @@ for every other file under it.
   endless walk. Unreadable folders and dangling links become failed items too.
 * Every other file under ``src`` is a :class:`Skipped` entry with a reason
   (:data:`SKIP_REASONS`): ``not_an_image`` (no image extension), ``duplicate_via_link`` (under a
-  second link to a folder already walked), ``inside_out`` (under the output folder, when it lies
-  inside ``src``). So ``seen == len(items) + len(skipped)`` and, after a run,
-  ``seen == ok + failed + skipped``.
+  second link to a folder already walked, or a symbolic link to a file that is an input already:
+  same ``os.path.realpath``; the file that is not a link wins, else the first link in walk
+  order), ``inside_out`` (under the output folder, when it lies inside ``src``). So
+  ``seen == len(items) + len(skipped)`` and, after a run, ``seen == ok + failed + skipped``.
+  Hard links are distinct paths of one file: each is an input (the walker cannot tell a hard
+  link made on purpose from a copy, and neither is a link a user can see).
 * Names are taken as the file system gives them: ``rel`` may hold lone surrogates for bytes that
   are not UTF-8 (see :mod:`maskkit.util.names`); :meth:`SourceItem.fields` gives their text form.
 * ``identity`` is the first path component under ``src`` (``""`` for files directly in it).
@@ -127,6 +130,35 @@ def _files_under(d: Path, rel: PurePosixPath) -> list[str]:
     return out
 
 
+def _linked_file_duplicates(files: list[tuple[bool, int, str, str]]) -> dict[str, str]:
+    """``{rel: detail}`` of the inputs that are a symbolic link to a file another input already is.
+
+    Inputs are grouped by their target (the real path: every link resolved, so hard links, which
+    are distinct paths, stay distinct inputs); a group that holds a symbolic link keeps one input
+    -- a file that is not a link first (the real file wins over links to it), else the first
+    link in walk order (real folders before linked ones, names sorted) -- and the others are
+    duplicates.
+
+    Args:
+        files: ``(is a symlink, walk order, real path, rel)`` of every readable input.
+    """
+    if not any(f[0] for f in files):
+        return {}
+    groups: dict[str, list[tuple[bool, int, str, str]]] = {}
+    for f in files:
+        groups.setdefault(f[2], []).append(f)
+    dups: dict[str, str] = {}
+    for group in groups.values():
+        if len(group) < 2 or not any(f[0] for f in group):
+            continue
+        keep = min(group)  # (False, ...) first: a file that is not a link; then walk order
+        for f in group:
+            if f is not keep:
+                dups[f[3]] = (f"{'a link to ' if f[0] else ''}the same file as {display_name(keep[3])}, "
+                              "which is an input already")
+    return dups
+
+
 def list_sources(src_dir: str | os.PathLike, exclude: Iterable[str | os.PathLike] = ()) -> SourceListing:
     """List the image inputs under ``src_dir`` and every file that is not one.
 
@@ -150,6 +182,7 @@ def list_sources(src_dir: str | os.PathLike, exclude: Iterable[str | os.PathLike
             pass
     items: list[SourceItem] = []
     skipped: list[Skipped] = []
+    files: list[tuple[bool, int, str, str]] = []  # (a file symlink?, walk order, real path, rel): readable inputs
     first_rel: dict[tuple[int, int], str] = {}
     # symlinked folders wait until every real folder is walked, so a folder's files are named by
     # their real place and a link to it is the duplicate, whatever the names sort like
@@ -172,6 +205,7 @@ def list_sources(src_dir: str | os.PathLike, exclude: Iterable[str | os.PathLike
             skipped.extend(Skipped(r, "duplicate_via_link", why) for r in _files_under(d, rel))
             return
         first_rel[key] = rel.as_posix() if rel.parts else ""
+        real_d = os.path.realpath(d)
         try:
             entries = sorted(os.scandir(d), key=lambda e: e.name)
         except OSError as exc:
@@ -206,10 +240,18 @@ def list_sources(src_dir: str | os.PathLike, exclude: Iterable[str | os.PathLike
                 items.append(SourceItem(p, rs, _identity(rs), "broken_link", "symbolic link to a missing file"))
             else:
                 items.append(SourceItem(p, rs, _identity(rs)))
+                link = e.is_symlink()
+                # the real path: a link's resolved target; a file's, its folder's real path + its name
+                # (one realpath per folder, not per file)
+                files.append((link, len(files), os.path.realpath(p) if link else os.path.join(real_d, e.name), rs))
 
     walk(root, PurePosixPath(""), frozenset())
     while pending:
         walk(*pending.popleft())
+    dups = _linked_file_duplicates(files)
+    if dups:
+        items = [it for it in items if it.rel not in dups]
+        skipped.extend(Skipped(r, "duplicate_via_link", why) for r, why in dups.items())
     items.sort(key=lambda it: it.rel)
     skipped.sort(key=lambda s: s.rel)
     return SourceListing(items, skipped)

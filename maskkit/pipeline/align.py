@@ -207,6 +207,7 @@ def _align_chunk(items: list[SourceItem], cfg: AlignConfig, names: dict[str, str
     """Worker task: process and write a chunk of files; returns one small record per file."""
     from maskkit.face.detect import get_detector
     from maskkit.io.image_io import encode_jpeg
+    from maskkit.pipeline.hints import crop_evidence
     from maskkit.pipeline.runner import rounded as _r
     from maskkit.pipeline.runner import safe_target
     from maskkit.util.files import write_atomic
@@ -220,6 +221,9 @@ def _align_chunk(items: list[SourceItem], cfg: AlignConfig, names: dict[str, str
         res = process_file(item, detector, cfg)
         rec = {"src": item.rel, "identity": item.identity, "records": [], "failure": None,
                "timings": dict(res.timings), "faces_found": len(res.faces)}
+        if not cfg.aligned and res.shape is not None:  # for the forgotten --aligned hint
+            rec["evidence"] = crop_evidence(res.shape, [f.landmarks68 for _, f, _ in res.faces],
+                                            no_face=res.reason == "no_face")
         src_fields = item.fields()  # display name (+ src_bytes when the name is not UTF-8)
         if res.ok:
             t0 = time.perf_counter()
@@ -273,13 +277,14 @@ def _run_shards(cfg: AlignConfig) -> dict:
                "faces": int(manifest.get("num_samples") or 0), "no_face": int(reasons.get("no_face", 0)),
                "errors": errors, "seconds": round(seconds, 3),
                "img_per_s": round(files / seconds, 2) if seconds > 0 else 0.0,
-               "format": "shards", "out": str(cfg.out)}
+               "format": "shards", "out": str(cfg.out), "hints": list(manifest.get("hints", []))}
     if result.already_complete:
         summary["already_complete"] = True
     elif cfg.progress:
-        from maskkit.util.progress import print_summary
+        from maskkit.util.progress import print_hints, print_summary
 
         print_summary(f"maskkit align -> {cfg.out}", _summary_rows(summary, shards=len(manifest.get("shards", []))))
+        print_hints(summary["hints"])
     return summary
 
 
@@ -289,7 +294,8 @@ def run_align(cfg: AlignConfig) -> dict:
     Returns:
         Summary dict: ``seen`` (= ``files + skipped``), ``files``, ``ok``, ``failed``, ``skipped``,
         ``faces``, ``no_face``, ``errors`` (reason -> count, excluding ``no_face``), ``seconds``,
-        ``img_per_s``, ``timings`` (total seconds per stage); ``already_complete: True`` when
+        ``img_per_s``, ``timings`` (total seconds per stage), ``hints`` (lines printed after the
+        summary: a forgotten ``--aligned``, :mod:`maskkit.pipeline.hints`); ``already_complete: True`` when
         ``out`` already held this finished run (the summary is that run's).
 
     Raises:
@@ -307,7 +313,8 @@ def run_align(cfg: AlignConfig) -> dict:
         run_chunks,
         write_accounting,
     )
-    from maskkit.util.progress import print_summary
+    from maskkit.pipeline.hints import forgotten_aligned_hint
+    from maskkit.util.progress import print_hints, print_summary
 
     src, out = Path(cfg.src), Path(cfg.out)
     if not src.exists():
@@ -344,9 +351,11 @@ def run_align(cfg: AlignConfig) -> dict:
     gen, jobs = run_chunks(_align_chunk, items, cfg.jobs, max_chunk=32, args=(cfg, names), local=(detector,),
                            chunk=cfg.chunk)
     timings: Counter = Counter()
+    evidence: Counter = Counter()
 
     def count(rec: dict, stats: Counter) -> None:
         timings.update(rec["timings"])
+        evidence.update(rec.get("evidence", {}))
         stats["faces"] += len(rec["records"])  # empty for a failure
 
     stats, reasons = write_accounting(out, gen, len(items), "align", cfg.progress, count,
@@ -359,12 +368,17 @@ def run_align(cfg: AlignConfig) -> dict:
         "no_face": reasons.get("no_face", 0), "errors": errors, "seconds": round(seconds, 3),
         "img_per_s": round(stats["files"] / seconds, 2) if seconds > 0 else 0.0,
         "jobs": jobs, "timings": {k: round(v, 3) for k, v in timings.items()},
+        "hints": [],
     }
+    hint = None if cfg.aligned else forgotten_aligned_hint({**evidence, "files": stats["files"]})
+    if hint:
+        summary["hints"].append(hint)
     assert summary["files"] == len(items) == summary["ok"] + summary["failed"], "accounting broken"
     assert summary["seen"] == listing.seen == summary["files"] + summary["skipped"], "accounting broken"
     record_complete(out, info, fp, summary)
     if cfg.progress:
         print_summary(f"maskkit align -> {out}", _summary_rows(summary, jobs=jobs))
+        print_hints(summary["hints"])
     return summary
 
 

@@ -130,6 +130,7 @@ def mask_file(item, detector, renderer, cfg: MaskConfig, out_rel: str | None = N
     from maskkit.face.detect import aligned_face, find_faces
     from maskkit.face.quality import check_aligned_crop
     from maskkit.io.image_io import ImageError, load_image
+    from maskkit.pipeline.hints import crop_evidence
     from maskkit.pipeline.runner import coverage_rel, safe_target
     from maskkit.pipeline.runner import rounded as _r
     from maskkit.render import CannotFit
@@ -161,6 +162,9 @@ def mask_file(item, detector, renderer, cfg: MaskConfig, out_rel: str | None = N
             faces = [aligned_face(rgb)]
         else:
             faces = find_faces(detector, rgb, cfg.faces)
+            # for the forgotten --aligned hint (maskkit.pipeline.hints)
+            rec["evidence"] = crop_evidence(rgb.shape, [f.landmarks68 for f in faces if f.fit is None or f.fit.ok],
+                                            no_face=not faces)
         if not faces:
             return fail("no_face", f"no face found ({cfg.detector} detector)")
         cov = np.zeros((h, w), np.float32)
@@ -217,7 +221,8 @@ def _mask_chunk(items, cfg: MaskConfig, names: dict[str, str], detector=None, re
 
 def run_mask(cfg: MaskConfig) -> dict:
     """Run ``maskkit mask``; returns the summary (``seen``, ``files``, ``ok``, ``failed``,
-    ``skipped``, ``faces``, ``errors``, ``styles``, ``seconds``, ``img_per_s``; ``already_complete:
+    ``skipped``, ``faces``, ``errors``, ``styles``, ``seconds``, ``img_per_s``, ``hints`` (a
+    forgotten ``--aligned``, printed after the table, :mod:`maskkit.pipeline.hints`); ``already_complete:
     True`` when ``out`` already held this finished run).
 
     Raises:
@@ -234,8 +239,9 @@ def run_mask(cfg: MaskConfig) -> dict:
         run_chunks,
         write_accounting,
     )
+    from maskkit.pipeline.hints import forgotten_aligned_hint
     from maskkit.render import STYLES, MaskRenderer
-    from maskkit.util.progress import print_summary
+    from maskkit.util.progress import print_hints, print_summary
 
     src, out = Path(cfg.src), Path(cfg.out)
     if not src.exists():
@@ -270,8 +276,10 @@ def run_mask(cfg: MaskConfig) -> dict:
     gen, jobs = run_chunks(_mask_chunk, items, cfg.jobs, max_chunk=16, args=(cfg, names),
                            local=(detector, renderer))
     styles: Counter = Counter()
+    evidence: Counter = Counter()
 
     def count(rec: dict, stats: Counter) -> None:
+        evidence.update(rec.get("evidence", {}))
         for r in rec["records"]:  # empty for a failure
             if r["masked"]:
                 stats["faces"] += 1
@@ -287,8 +295,11 @@ def run_mask(cfg: MaskConfig) -> dict:
         "skipped": stats["skipped"], "faces": stats["faces"],
         "faces_unfit": stats["faces_unfit"], "errors": dict(sorted(reasons.items())),
         "styles": {s: styles.get(s, 0) for s in STYLES}, "seconds": round(seconds, 3),
-        "img_per_s": round(stats["files"] / seconds, 2) if seconds > 0 else 0.0, "jobs": jobs,
+        "img_per_s": round(stats["files"] / seconds, 2) if seconds > 0 else 0.0, "jobs": jobs, "hints": [],
     }
+    hint = None if cfg.aligned else forgotten_aligned_hint({**evidence, "files": stats["files"]})
+    if hint:
+        summary["hints"].append(hint)
     assert summary["files"] == len(items) == summary["ok"] + summary["failed"], "accounting broken"
     assert summary["seen"] == listing.seen == summary["files"] + summary["skipped"], "accounting broken"
     record_complete(out, info, fp, summary)
@@ -299,4 +310,5 @@ def run_mask(cfg: MaskConfig) -> dict:
             "faces masked": summary["faces"], "faces not fitted": summary["faces_unfit"],
             "styles": summary["styles"], "seconds": seconds, "img/s": summary["img_per_s"], "workers": jobs,
         })
+        print_hints(summary["hints"])
     return summary

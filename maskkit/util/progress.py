@@ -13,7 +13,7 @@ import sys
 from contextlib import contextmanager
 from typing import Iterable, Iterator, Mapping, TypeVar
 
-__all__ = ["track", "progress_bar", "make_bar", "print_summary", "format_value"]
+__all__ = ["track", "progress_bar", "make_bar", "print_summary", "print_hints", "format_value"]
 
 T = TypeVar("T")
 
@@ -107,3 +107,12 @@ def print_summary(title: str, rows: Mapping[str, object], file=None) -> None:
         else:
             table.add_row(safe_text(str(k)), safe_text(format_value(v)))
     Console(file=file or sys.stderr, soft_wrap=True).print(table)
+
+
+def print_hints(hints: Iterable[str], file=None) -> None:
+    """Print each hint as one ``hint: ...`` line to ``file`` (stderr by default), after a summary
+    table (e.g. the forgotten ``--aligned``, :mod:`maskkit.pipeline.hints`)."""
+    from maskkit.util.names import safe_text
+
+    for h in hints:
+        print(f"hint: {safe_text(str(h))}", file=file or sys.stderr)

@@ -26,7 +26,11 @@ from maskkit import __version__
 #:     ``no_face``.
 #: 6 = sizes divisible by both 112 and 128 (896, 1792, ...) take insightface's 112-based template
 #:     (``estimate_norm``; was the 128-based one, up to 92 px away) (issue 11).
-ALGORITHM_VERSION = 6
+#: 7 = inputs (issue 12 §2): a symbolic link to a file that is an input already is skipped
+#:     ``duplicate_via_link`` (was a second sample of the same photo); files directly in ``--src``
+#:     take class ``_root~2`` (``~3``, ...) when a folder is named ``_root`` (were merged into it).
+#:     Sets with neither give the same shard bytes as version 6.
+ALGORITHM_VERSION = 7
 
 #: The five mask styles (same as ``maskkit.render.STYLES``; repeated so importing this module
 #: stays light).

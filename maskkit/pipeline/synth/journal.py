@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from maskkit.io.shards import encode_json, sha256_file, shard_name
+from maskkit.io.shards import check_shard_files, encode_json, sha256_file, shard_name
 from maskkit.pipeline.synth.config import ALGORITHM_VERSION, JOURNAL, SynthConfig, SynthError
 from maskkit.pipeline.synth.plan import InputItem
 from maskkit.util.files import write_bytes_atomic
@@ -90,6 +90,13 @@ def _prepare_out(cfg: SynthConfig, fp: str, n_chunks: int) -> _ResumeState | dic
         except (OSError, json.JSONDecodeError):
             man = {}
         if man.get("fingerprint") == fp and not cfg.overwrite:
+            # "already complete" only when its shards are all there at their listed sizes (a stat
+            # each; `maskkit stats` hashes them, export-rec checks the hashes before exporting)
+            problems = check_shard_files(out, man, hash=False)
+            if problems:
+                more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+                raise SynthError(f"{out} holds this finished run, but {problems[0]}{more}: the set is damaged; "
+                                 "pass --overwrite to rebuild it (`maskkit stats` lists every mismatch)")
             for p in _our_files(out, cfg.split):  # leftovers of a kill after the manifest
                 if p.name == JOURNAL or p.name.endswith(".tmp"):
                     p.unlink()

@@ -1,13 +1,17 @@
 """Synth planning: list the inputs (identity tree or insightface ``.rec``) and cut them into per-identity work units."""
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 from maskkit.io.shards import Sample
 from maskkit.pipeline.synth.config import SynthConfig
+from maskkit.util.names import display_name
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -17,7 +21,8 @@ class InputItem:
     Attributes:
         rel: source path relative to ``--src`` (POSIX, exactly as the file system names it: lone
             surrogates for bytes that are not UTF-8), or ``train.rec#<key>``.
-        identity: class name (the identity folder's name, as exact as ``rel``).
+        identity: class name (the identity folder's name, as exact as ``rel``; files directly in
+            ``--src`` take :func:`loose_class_name`).
         path: file path (or the ``.rec`` path).
         rec_key: record key inside the ``.rec``; ``None`` for plain files.
         rec_offset: byte offset of that record.
@@ -93,13 +98,42 @@ def _rec_inputs(rec_path: Path) -> list[InputItem]:
             for k in sorted(labels)]
 
 
+#: The class of the files directly in ``--src`` (beside the identity folders).
+LOOSE_CLASS = "_root"
+
+
+def loose_class_name(folders: Iterable[str]) -> str:
+    """The class name of the files directly in ``--src``: :data:`LOOSE_CLASS`, or -- when an
+    identity folder already has that name (compared as output names are,
+    :func:`maskkit.pipeline.naming.name_key`: NFC, casefold) -- ``_root~2`` (``~3``, ...), the
+    first that no folder has. So loose files never join a real folder's class (the ``~N``
+    suffix is the output-name rule of :mod:`maskkit.pipeline.naming`).
+
+    Args:
+        folders: the identity folder names (first path components under ``--src``).
+    """
+    from maskkit.pipeline.naming import name_key
+
+    taken = {name_key(f) for f in folders}
+    name, n = LOOSE_CLASS, 1
+    while name_key(name) in taken:
+        n += 1
+        name = f"{LOOSE_CLASS}~{n}"
+    return name
+
+
 def _dir_inputs(src: Path, out: Path) -> tuple[list[InputItem], list]:
     from maskkit.io.sources import list_sources
 
     listing = list_sources(src, exclude=[out])
+    loose = [it for it in listing.items if it.identity in ("", ".")]
+    root_class = loose_class_name({it.identity for it in listing.items} - {"", "."}) if loose else LOOSE_CLASS
+    if loose and root_class != LOOSE_CLASS:
+        log.warning("%d file(s) directly in %s form class %r: a folder is already named %r", len(loose),
+                    display_name(str(src)), root_class, LOOSE_CLASS)
     items = []
     for it in listing.items:
-        ident = it.identity if it.identity not in ("", ".") else "_root"
+        ident = it.identity if it.identity not in ("", ".") else root_class
         items.append(InputItem(str(it.rel), str(ident), str(it.path), error=getattr(it, "error", None),
                                detail=getattr(it, "detail", "")))
     return items, listing.skipped

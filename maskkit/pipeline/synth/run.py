@@ -25,6 +25,7 @@ from maskkit.pipeline.synth.journal import (
     _prepare_out,
 )
 from maskkit.io.sources import skipped_records
+from maskkit.pipeline.hints import EVIDENCE_KEYS
 from maskkit.pipeline.synth.plan import class_display_names, list_sources_for, plan_chunks
 from maskkit.util.names import name_b64
 from maskkit.pipeline.synth.seeding import next_style_offset
@@ -54,7 +55,7 @@ class SynthResult:
 
 
 def _merge(total: dict, st: dict) -> None:
-    for k in ("files", "ok", "failed", "faces", "samples", "masked", "mask_skips", "crop_sized", "crop_sized_no_face"):
+    for k in ("files", "ok", "failed", "faces", "samples", "masked", "mask_skips") + EVIDENCE_KEYS:
         total[k] = total.get(k, 0) + st.get(k, 0)
     for k in ("failed_by_reason", "styles", "seconds"):
         d = total.setdefault(k, {})
@@ -243,14 +244,12 @@ def _run_locked(cfg: SynthConfig, t_start: float, listing: tuple) -> SynthResult
     class_bytes = {d: b for c, d in zip(classes, shown) if (b := name_b64(c)) is not None}
     if class_bytes:  # class names that are not UTF-8: their exact bytes (docs/FORMAT.md)
         man["classes_bytes"] = class_bytes
-    if not cfg.aligned:
-        from maskkit.face.quality import aligned_hint
+    if not cfg.aligned:  # the forgotten --aligned (printed with the summary: maskkit.util.progress.print_hints)
+        from maskkit.pipeline.hints import forgotten_aligned_hint
 
-        hint = aligned_hint(int(total.get("files", 0)), int(total.get("crop_sized", 0)),
-                            int(total.get("crop_sized_no_face", 0)))
+        hint = forgotten_aligned_hint(total)
         if hint:
             man["hints"] = [hint]
-            print(f"hint: {hint}", file=sys.stderr)
     if hook is not None:
         hook("before_manifest", -1)
     write_json_atomic(out / "manifest.json", man)

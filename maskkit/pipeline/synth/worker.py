@@ -120,19 +120,21 @@ def _read_input(item: InputItem, cfg: SynthConfig, rec_fh: dict) -> np.ndarray:
 def _phase1(chunk: Chunk, cfg: SynthConfig, det, tm: Counter) -> tuple[list[_Face], list[dict], dict, dict]:
     """Decode, find one face per file (or all), fit the alignment.
 
-    Returns faces, failures, file->nfaces and counts of crop-sized inputs (``crop_sized``) and
-    of those without a face (``crop_sized_no_face``, for the forgotten ``--aligned`` hint)."""
+    Returns faces, failures, file->nfaces and, without ``aligned``, the summed
+    :func:`maskkit.pipeline.hints.crop_evidence` of the inputs (for the forgotten ``--aligned``
+    hint: crop-sized inputs, those without a face, faces already on the template)."""
     from maskkit.face.align import Aligned, align_face, five_points
     from maskkit.face.detect import find_faces
-    from maskkit.face.quality import check_aligned_crop, crop_sized
+    from maskkit.face.quality import check_aligned_crop
     from maskkit.io.image_io import ImageError
+    from maskkit.pipeline.hints import EVIDENCE_KEYS, crop_evidence
 
     faces: list[_Face] = []
     failures: list[dict] = []
     nfaces: dict[str, int] = {}
     rec_fh: dict = {}
     seen_keys: set[str] = set()
-    n_crop_sized = n_crop_no_face = 0
+    evidence: Counter = Counter({k: 0 for k in EVIDENCE_KEYS})
     H, W = cfg.size
     try:
         for item in chunk.items:
@@ -150,8 +152,6 @@ def _phase1(chunk: Chunk, cfg: SynthConfig, det, tm: Counter) -> tuple[list[_Fac
                 continue
             finally:
                 tm["decode"] += time.perf_counter() - t0
-            small = crop_sized(rgb.shape)
-            n_crop_sized += small
             t0 = time.perf_counter()
             try:
                 if cfg.aligned:
@@ -168,6 +168,7 @@ def _phase1(chunk: Chunk, cfg: SynthConfig, det, tm: Counter) -> tuple[list[_Fac
                     bad = [f"face {i}: {f.fit.detail}" for i, f in enumerate(chosen) if f.fit is not None and not f.fit.ok]
                     sel = [(i, f.score, f.landmarks68) for i, f in enumerate(chosen) if f.fit is None or f.fit.ok]
                     if chosen and not sel:
+                        evidence.update(crop_evidence(rgb.shape, [], no_face=False))
                         failures.append({**name_fields(item.rel), "reason": "bad_landmarks", "detail": "; ".join(bad)[:500]})
                         continue
             except Exception as exc:  # noqa: BLE001
@@ -175,9 +176,10 @@ def _phase1(chunk: Chunk, cfg: SynthConfig, det, tm: Counter) -> tuple[list[_Fac
                 continue
             finally:
                 tm["landmarks" if cfg.aligned else "detect"] += time.perf_counter() - t0  # no detection with --aligned
+            if not cfg.aligned:
+                evidence.update(crop_evidence(rgb.shape, [lm for _, _, lm in sel], no_face=not sel))
             if not sel:
                 failures.append({**name_fields(item.rel), "reason": "no_face", "detail": f"detector {cfg.detector} found no face"})
-                n_crop_no_face += small
                 continue
             t0 = time.perf_counter()
             errs = []
@@ -213,7 +215,7 @@ def _phase1(chunk: Chunk, cfg: SynthConfig, det, tm: Counter) -> tuple[list[_Fac
     finally:
         for f in rec_fh.values():
             f.close()
-    return faces, failures, nfaces, {"crop_sized": n_crop_sized, "crop_sized_no_face": n_crop_no_face}
+    return faces, failures, nfaces, dict(evidence)
 
 
 def _walk(perm: list[int], start: int, queue: list[str], try_render, assign: dict[int, str],
