@@ -909,17 +909,16 @@ WEAK_DETECTION = 0.5
 
 
 def _confirm_upright(rgb: np.ndarray, face: Face) -> None:
-    """A weak HOG detection is a face only if dlib's CNN detector sees one on the copy its fit
-    makes upright (:meth:`CnnDetector.upright_score`); otherwise its check fails
-    (``bad_landmarks``). Measured with ``benchmarks/landmark_quality.py`` (9 portraits and 55
-    lfw-johns crops at 10 angles, every face kept): the 54 weak fits of subjects (HOG below 0.5, turned 0 to 45 degrees) and 4 of
-    the second face in breakingbad.jpg are seen (confidence 0.11 to 1.06); the 4 not seen are
-    not faces, and their fits had passed the check: an emblem on the astronaut's suit (HOG
-    0.12), a patch of einstein.jpg turned 180 degrees and two eye regions of lfw-johns crops
-    turned 180 degrees. The photos of ``photos/`` have 5 weak detections in all, lfw-johns none
-    upright, so the cost (about 0.1 s a look) stays with the rare weak face.
-    (Fitting again in the CNN's box was tried: einstein's eyes 0.17 -> 0.10 IOD off, but
-    breakingbad's 0.04 -> 0.21, so the fit stays in the HOG box.)
+    """A weak HOG detection (score below :data:`WEAK_DETECTION`) whose 68 points only the
+    orientation search found (``fit.recovered``) is a face only if dlib's CNN detector sees one
+    on the copy the fit makes upright (:meth:`CnnDetector.upright_score`); otherwise its check
+    fails (``bad_landmarks``). Measured with ``benchmarks/landmark_quality.py`` (9 portraits and
+    55 lfw-johns crops at 10 angles, every face kept): all 35 weak recovered fits of subjects
+    (turned 15 to 45 degrees) are seen; an emblem on the astronaut's suit
+    (HOG 0.12, fitted turned 52 degrees, which ``mask --faces all`` used to mask) and a patch of
+    einstein.jpg turned 180 degrees are not. Not for every weak detection: the CNN misses 10 of
+    the 12 weak masked faces HOG finds in real-masked (fits on the face), and HOG's own
+    upright look cannot tell them from the 2 non-faces there either.
     """
     from dataclasses import replace
 
@@ -1023,7 +1022,7 @@ def find_faces(detector: Detector, rgb: np.ndarray, policy: str = "largest",
                     fit = check_with_keypoints(rgb, box, lm, kps)
                     if fit.ok:
                         f.box, f.keypoints, f.landmarks68, f.fit = box, kps, lm, fit
-                if f.fit.ok and isinstance(detector, HogDetector) and f.score < WEAK_DETECTION:
+                if f.fit.ok and f.fit.recovered and isinstance(detector, HogDetector) and f.score < WEAK_DETECTION:
                     _confirm_upright(rgb, f)
                 if f.fit.ok:
                     f.landmarks68 = f.fit.landmarks68

@@ -27,8 +27,9 @@ from maskkit import __version__
 #: 6 = sizes divisible by both 112 and 128 (896, 1792, ...) take insightface's 112-based template
 #:     (``estimate_norm``; was the 128-based one, up to 92 px away) (issue 11).
 #: 7 = faces (issue 12 §6): BlazeFace fits in the box of an upright look (its keypoints level,
-#:     upside-down faces turned over), weak HOG detections must be a face for dlib's CNN upright.
-#:     Default HOG runs whose detections all score 0.5 or more give the same shard bytes as 6.
+#:     upside-down faces turned over); a weak HOG detection whose fit only the orientation search
+#:     found must be a face for dlib's CNN, upright. Default HOG runs without such detections give
+#:     the same shard bytes as 6.
 ALGORITHM_VERSION = 7
 
 #: The five mask styles (same as ``maskkit.render.STYLES``; repeated so importing this module
