@@ -30,7 +30,11 @@ from maskkit import __version__
 #:     ``duplicate_via_link`` (was a second sample of the same photo); files directly in ``--src``
 #:     take class ``_root~2`` (``~3``, ...) when a folder is named ``_root`` (were merged into it).
 #:     Sets with neither give the same shard bytes as version 6.
-ALGORITHM_VERSION = 7
+#: 8 = faces (issue 12 §6): BlazeFace fits in the box of an upright look (its keypoints level,
+#:     upside-down faces turned over); a weak HOG detection whose fit only the orientation search
+#:     found must be a face for dlib's CNN, upright. Default HOG runs without such detections give
+#:     the same shard bytes as 7.
+ALGORITHM_VERSION = 8
 
 #: The five mask styles (same as ``maskkit.render.STYLES``; repeated so importing this module
 #: stays light).
