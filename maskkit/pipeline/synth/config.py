@@ -26,7 +26,11 @@ from maskkit import __version__
 #:     ``no_face``.
 #: 6 = sizes divisible by both 112 and 128 (896, 1792, ...) take insightface's 112-based template
 #:     (``estimate_norm``; was the 128-based one, up to 92 px away) (issue 11).
-ALGORITHM_VERSION = 6
+#: 7 = ``--aligned``: the template test stops after its first rotated refit when that one moves
+#:     the 5 points by at most ``CROP_SURE_TOL`` (or by more than ``CROP_TOL``); 7 of the 2,223
+#:     celeb-aligned crops are now kept by the template fit (before: by a detected face, with
+#:     other landmarks in 6 of them). No verdict changed on ``benchmarks/crop_check.py``.
+ALGORITHM_VERSION = 7
 
 #: The five mask styles (same as ``maskkit.render.STYLES``; repeated so importing this module
 #: stays light).
