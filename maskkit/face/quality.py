@@ -79,7 +79,7 @@ CROP_TOL = 0.20
 CROP_SURE_TOL = 0.05
 
 #: Largest RMS distance (pixels of a 112x112 crop) of a stable fit's 5 points from the ArcFace
-#: template for the crop to count as aligned (celeb-aligned: 10.4 at most over 1,996 stable fits).
+#: template for the crop to count as aligned (celeb-aligned: 10.4 at most over the 2,003 stable fits).
 CROP_MAX_RMS = 11.0
 
 #: A frontal face found in the crop whose checked 5 points are further than this (pixels RMS at
