@@ -8,15 +8,20 @@ on crops that are not aligned faces.
   3x the face box) of astronaut and grace_hopper, and celeb crops shifted by 20 px, shrunk to
   half or 3/4 scale, rotated by 30, 45, 90 and 180 degrees (every 100th celeb crop).
 
-Prints, per group, the counts of each outcome (``ok/how`` or the failure reason) and the seconds
-per crop.
+Prints, per group, the counts of each outcome (``ok/how`` or the failure reason), the seconds
+per crop and the CPU-seconds per crop of this process. ``--save`` writes every crop's verdict
+(outcome, sha1 of the returned landmarks' bytes) as JSON lines; ``--compare`` checks the verdicts
+against such a file and lists every crop whose outcome or landmarks differ.
 
 Usage:
     OMP_NUM_THREADS=1 python benchmarks/crop_check.py [--data ../shared/data] [--celeb-step 1]
+        [--save verdicts.jsonl] [--compare baseline.jsonl]
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -82,25 +87,50 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     ap.add_argument("--celeb-step", type=int, default=1, help="check every N-th celeb crop (1 = all)")
+    ap.add_argument("--save", type=Path, default=None, help="write every crop's verdict here (JSON lines)")
+    ap.add_argument("--compare", type=Path, default=None, help="compare every crop's verdict with this --save file")
     args = ap.parse_args()
     celeb = sorted((args.data / "celeb-aligned").rglob("*.jpg"))
     groups: dict[str, Counter] = defaultdict(Counter)
     secs: dict[str, list] = defaultdict(list)
+    cpus: dict[str, list] = defaultdict(list)
+    verdicts: list[dict] = []
 
-    def run(group, rgb):
-        t0 = time.perf_counter()
+    def run(group, rgb, name):
+        t0, c0 = time.perf_counter(), time.process_time()
         c = check_aligned_crop(rgb)
+        cpus[group].append(time.process_time() - c0)
         secs[group].append(time.perf_counter() - t0)
-        groups[group][f"ok/{c.how}" if c.ok else c.reason] += 1
+        outcome = f"ok/{c.how}" if c.ok else c.reason
+        groups[group][outcome] += 1
+        lm = None if c.landmarks68 is None else hashlib.sha1(np.ascontiguousarray(c.landmarks68).tobytes()).hexdigest()
+        verdicts.append({"group": group, "crop": name, "outcome": outcome, "landmarks_sha1": lm,
+                         "rms": c.rms, "spread": c.spread, "cpu_s": round(cpus[group][-1], 4)})
 
     for p in celeb[::args.celeb_step]:
-        run("celeb-aligned (keep)", load_image(p))
+        run("celeb-aligned (keep)", load_image(p), str(p.relative_to(args.data)))
+    seen: Counter = Counter()
     for group, rgb in negatives(args.data, celeb):
-        run(group, rgb)
-    print(f"{'group':<34}{'n':>6}{'s/crop':>8}  outcomes")
+        run(group, rgb, f"{group}#{seen[group]}")
+        seen[group] += 1
+    print(f"{'group':<34}{'n':>6}{'s/crop':>8}{'cpu-s':>8}  outcomes")
     for g, cnt in groups.items():
-        print(f"{g:<34}{sum(cnt.values()):>6}{np.mean(secs[g]):>8.3f}  "
+        print(f"{g:<34}{sum(cnt.values()):>6}{np.mean(secs[g]):>8.3f}{np.mean(cpus[g]):>8.4f}  "
               + ", ".join(f"{k} {v}" for k, v in sorted(cnt.items())))
+    total = sum(sum(v) for v in cpus.values())
+    print(f"total: {len(verdicts)} crops, {total:.1f} CPU-s")
+    if args.save:
+        args.save.write_text("".join(json.dumps(v) + "\n" for v in verdicts))
+    if args.compare:
+        keys = ("outcome", "landmarks_sha1")  # what a verdict is; rms/spread/cpu_s are figures
+        base = {v["crop"]: {k: v[k] for k in keys} for v in map(json.loads, args.compare.read_text().splitlines())}
+        now = {v["crop"]: {k: v[k] for k in keys} for v in verdicts}
+        diff = [c for c in sorted(set(base) | set(now)) if base.get(c) != now.get(c)]
+        outcome_diff = [c for c in diff if (base.get(c) or {}).get("outcome") != (now.get(c) or {}).get("outcome")]
+        print(f"compared with {args.compare}: {len(diff)} crops differ ({len(outcome_diff)} in outcome, "
+              f"{len(diff) - len(outcome_diff)} in landmarks only)")
+        for c in diff:
+            print(f"  {c}: {base.get(c)} -> {now.get(c)}")
 
 
 if __name__ == "__main__":

@@ -241,6 +241,53 @@ def test_loose_112_crop_is_realigned_for_evaluation(hog, astronaut):
     assert note2 is None and np.array_equal(kept, loose)
 
 
+def test_aligned_crop_first_refit_settles_clear_cases(monkeypatch, hog, astronaut, grace_hopper):
+    """The template test of ``check_aligned_crop`` makes the second rotated refit only when the
+    first does not settle it: the two dependency faces' ArcFace crops (first refit within 0.031
+    and 0.040 of the eye distance) are kept after one refit with the same landmarks as with both
+    refits. With refits displaced by set amounts (every point shifted by ``d`` times the
+    template's eye distance, so the 5-point spread is ``d``): +0.03 is stable after one refit
+    (whatever the second would say), +0.10 needs the second (0.50: unstable, 0.15: stable),
+    +0.30 is unstable after one."""
+    from maskkit.face import quality
+    from maskkit.face.align import arcface_template
+    from maskkit.face.detect import ALIGNED_BOX_FRACTION
+
+    real_fit = quality.fit_at_angle
+    for rgb in (astronaut, grace_hopper):
+        crop = _aligned(rgb, hog)
+        calls: list[float] = []
+        monkeypatch.setattr(quality, "fit_at_angle", lambda *a, **k: calls.append(a[2]) or real_fit(*a, **k))
+        one = quality.check_aligned_crop(crop)
+        assert one.ok and one.how == "template" and calls == [quality.CROP_DELTA]
+        both = quality.check_aligned_crop(crop, sure=0.0)
+        assert both.ok and both.how == "template" and len(calls) == 3
+        assert np.array_equal(one.landmarks68, both.landmarks68)
+
+    crop = _aligned(astronaut, hog)
+    h, w = crop.shape[:2]
+    fx0, fy0, fx1, fy1 = ALIGNED_BOX_FRACTION
+    first = landmarks_in_box(crop, (fx0 * w, fy0 * h, fx1 * w, fy1 * h))
+    t = arcface_template((h, w))
+    iod = float(np.linalg.norm(t[1] - t[0]))
+    # no face search: an unstable fit ends as no_face, so the outcome tells which way the test went
+    monkeypatch.setattr(quality, "find_face_in_crop", lambda *a, **k: None)
+    for d_plus, d_minus, stable, refits in ((0.03, 0.50, True, 1), (0.10, 0.50, False, 2), (0.10, 0.15, True, 2),
+                                            (0.30, 0.00, False, 1)):
+        calls = []
+
+        def displaced(rgb, box, angle, box_px=quality.PATCH_BOX):
+            calls.append(angle)
+            return first + np.float32([(d_plus if angle > 0 else d_minus) * iod, 0.0])
+
+        monkeypatch.setattr(quality, "fit_at_angle", displaced)
+        c = quality.check_aligned_crop(crop)
+        assert (c.ok, c.how if c.ok else c.reason) == ((True, "template") if stable else (False, "no_face")), (d_plus, d_minus)
+        assert len(calls) == refits, (d_plus, d_minus, calls)
+        # the spread reported is the largest over the refits made (float32 landmarks: 1e-5 of the IOD)
+        assert c.spread == pytest.approx(d_plus if refits == 1 else max(d_plus, d_minus), abs=1e-5)
+
+
 # --------------------------------------------------------------------------------------------
 # shared data
 # --------------------------------------------------------------------------------------------

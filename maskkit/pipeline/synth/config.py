@@ -34,7 +34,11 @@ from maskkit import __version__
 #:     upside-down faces turned over); a weak HOG detection whose fit only the orientation search
 #:     found must be a face for dlib's CNN, upright. Default HOG runs without such detections give
 #:     the same shard bytes as 7.
-ALGORITHM_VERSION = 8
+#: 9 = ``--aligned``: the template test stops after its first rotated refit when that one moves
+#:     the 5 points by at most ``CROP_SURE_TOL`` (or by more than ``CROP_TOL``); 7 of the 2,223
+#:     celeb-aligned crops are now kept by the template fit (before: by a detected face, with
+#:     other landmarks in 6 of them). No verdict changed on ``benchmarks/crop_check.py``.
+ALGORITHM_VERSION = 9
 
 #: The five mask styles (same as ``maskkit.render.STYLES``; repeated so importing this module
 #: stays light).
