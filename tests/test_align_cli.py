@@ -82,8 +82,9 @@ def test_zoo_outputs(zoo_run):
         assert r["out"] == want and p.is_file()
         assert np.array(r["landmarks5"]).shape == (5, 2) and np.array(r["landmarks68"]).shape == (68, 2)
         assert np.array(r["matrix"]).shape == (2, 3)
-    # unicode / space / dotted names are mirrored, decodable 112x112 crops
-    for rel in ("names/Zoë Ünïcode 名前_0.jpg", "names/with space_0.jpg", "names/many.dots.in.name_0.jpg",
+    # unicode / space / dotted names are mirrored, decodable 112x112 crops ("with space" is the
+    # astronaut: detection 0, left, is an emblem on her suit, rejected as bad_landmarks; 1 is her face)
+    for rel in ("names/Zoë Ünïcode 名前_0.jpg", "names/with space_1.jpg", "names/many.dots.in.name_0.jpg",
                 "modes/exif_rotated_0.jpg"):
         assert load_image(out / rel).shape == (112, 112, 3)
     # the EXIF-rotated face is upright: its eyes are on the template
@@ -304,7 +305,8 @@ def test_images_rerun_into_another_runs_out(small_src, tmp_path):
     assert res.exit_code == 0, res.output
     names = {p.name for p in out.glob("*.jpg")}
     assert names == {r["out"] for r in _jsonl(out / "manifest.jsonl")}
-    assert {"astronaut_0.jpg", "grace_0.jpg"} <= names and not {"astronaut.jpg", "grace.jpg"} & names
+    # astronaut's detection 0 (left) is an emblem on her suit, rejected as bad_landmarks; 1 is her face
+    assert {"astronaut_1.jpg", "grace_0.jpg"} <= names and not {"astronaut.jpg", "grace.jpg"} & names
     assert (out / "notes.txt").read_text() == "mine"
     # a folder with a manifest.jsonl but no run info (another tool or version) is refused too
     (out / "maskkit-run.json").unlink()
