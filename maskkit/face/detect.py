@@ -63,7 +63,7 @@ from typing import Sequence
 import numpy as np
 
 __all__ = ["Face", "Detector", "DetectorUnavailable", "make_detector", "get_detector", "select_faces",
-           "find_faces", "aligned_face", "keypoint_angle", "Upright", "landmarks_in_box", "model_file", "DETECTORS", "ALIGNED_BOX_FRACTION"]
+           "find_faces", "aligned_face", "keypoint_angle", "Upright", "turned_patch", "landmarks_in_box", "model_file", "DETECTORS", "ALIGNED_BOX_FRACTION"]
 
 #: Names accepted by :func:`make_detector`.
 DETECTORS = ("hog", "cnn", "blazeface", "fan")
@@ -230,6 +230,31 @@ def _downscale(rgb: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
     return small, s
 
 
+def turned_patch(rgb: np.ndarray, centre: Sequence[float], angle: float, scale: float, size: int
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """A ``size`` x ``size`` copy of ``rgb`` turned by ``angle`` degrees about ``centre``
+    (``cv2.getRotationMatrix2D`` convention, counter-clockwise on screen), scaled by ``scale``,
+    with ``centre`` at the copy's centre; borders replicated (the second, upright and refit
+    looks at a face all work on such copies).
+
+    Returns:
+        ``(patch, m)``: the ``(size, size, 3)`` copy and the ``(2, 3)`` float64 matrix from image
+        to copy pixels (``cv2.invertAffineTransform(m)`` maps back).
+    """
+    import cv2
+
+    cx, cy = float(centre[0]), float(centre[1])
+    if angle:
+        m = cv2.getRotationMatrix2D((cx, cy), float(angle), float(scale))
+        m[0, 2] += size / 2 - cx
+        m[1, 2] += size / 2 - cy
+    else:
+        m = np.array([[scale, 0, size / 2 - scale * cx], [0, scale, size / 2 - scale * cy]], np.float64)
+    patch = cv2.warpAffine(np.ascontiguousarray(rgb), m, (int(size), int(size)),
+                           flags=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return patch, m
+
+
 class Detector:
     """Base class: subclasses implement :meth:`detect_boxes`; landmarks come from dlib's
     68-point predictor at full resolution unless the backend provides its own."""
@@ -303,19 +328,10 @@ class HogDetector(_DlibDetector):
         """HOG score of the face in ``box`` on a patch where the box is :data:`SECOND_LOOK_BOX`
         pixels wide, turned by ``angle`` degrees about the box centre (``cv2.getRotationMatrix2D``
         convention); ``None`` when no detection there is centred near the box's centre."""
-        import cv2
-
         x0, y0, x1, y1 = (float(v) for v in box)
         cx, cy, side = (x0 + x1) / 2, (y0 + y1) / 2, max(1.0, ((x1 - x0) + (y1 - y0)) / 2)
-        k = SECOND_LOOK_BOX / side
         size = int(SECOND_LOOK_CONTEXT * SECOND_LOOK_BOX)
-        if angle:
-            m = cv2.getRotationMatrix2D((cx, cy), float(angle), k)
-            m[:, 2] += np.array([size / 2 - cx, size / 2 - cy])
-        else:
-            m = np.array([[k, 0, size / 2 - k * cx], [0, k, size / 2 - k * cy]], np.float64)
-        patch = cv2.warpAffine(np.ascontiguousarray(rgb), m, (size, size),
-                               flags=cv2.INTER_AREA if k < 1 else cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        patch, _ = turned_patch(rgb, (cx, cy), angle, SECOND_LOOK_BOX / side, size)
         rects, scores, _ = self._det.run(patch, 0, self.threshold - 1.0)
         near = [sc for r, sc in zip(rects, scores)
                 if abs((r.left() + r.right()) / 2 - size / 2) < 0.35 * SECOND_LOOK_BOX
@@ -388,17 +404,10 @@ class CnnDetector(_DlibDetector):
         (degrees, ``cv2.getRotationMatrix2D`` convention: the rotation that makes the face
         upright) and scaled so the box is :data:`CONFIRM_BOX` pixels wide; ``None`` when no
         detection there is centred within 0.35 box sides of the box centre. About 0.1 s."""
-        import cv2
-
         x0, y0, x1, y1 = (float(v) for v in box)
         cx, cy, side = (x0 + x1) / 2, (y0 + y1) / 2, max(1.0, ((x1 - x0) + (y1 - y0)) / 2)
-        k = CONFIRM_BOX / side
         size = 2 * CONFIRM_BOX
-        m = cv2.getRotationMatrix2D((cx, cy), float(angle), k)
-        m[0, 2] += size / 2 - cx
-        m[1, 2] += size / 2 - cy
-        patch = cv2.warpAffine(np.ascontiguousarray(rgb), m, (size, size),
-                               flags=cv2.INTER_AREA if k < 1 else cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        patch, _ = turned_patch(rgb, (cx, cy), angle, CONFIRM_BOX / side, size)
         near = [sc for b, sc, _ in self.detect_boxes(patch)
                 if abs((b[0] + b[2]) / 2 - size / 2) < 0.35 * CONFIRM_BOX and abs((b[1] + b[3]) / 2 - size / 2) < 0.35 * CONFIRM_BOX]
         return float(max(near)) if near else None
@@ -736,10 +745,7 @@ class BlazeFaceDetector(Detector):
         import cv2
 
         k = UPRIGHT_BOX * UPRIGHT_PATCH / max(side, 1.0)
-        m = cv2.getRotationMatrix2D((float(centre[0]), float(centre[1])), float(angle), k)
-        m[:, 2] += UPRIGHT_PATCH / 2 - centre
-        patch = cv2.warpAffine(np.ascontiguousarray(rgb), m, (UPRIGHT_PATCH, UPRIGHT_PATCH),
-                               flags=cv2.INTER_AREA if k < 1 else cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        patch, m = turned_patch(rgb, centre, angle, k, UPRIGHT_PATCH)
         best = None
         expect = UPRIGHT_BOX * UPRIGHT_PATCH
         lo, hi = UPRIGHT_SIZE_RANGE

@@ -151,16 +151,11 @@ def fit_at_angle(rgb: np.ndarray, box: Sequence[float], angle: float, box_px: in
     """
     import cv2
 
-    from .detect import landmarks_in_box
+    from .detect import landmarks_in_box, turned_patch
 
     cx, cy, side = _box_geometry(box)
-    k = box_px / side
     size = 2 * box_px
-    m = cv2.getRotationMatrix2D((cx, cy), float(angle), k)
-    m[0, 2] += size / 2 - cx
-    m[1, 2] += size / 2 - cy
-    patch = cv2.warpAffine(np.ascontiguousarray(rgb), m, (size, size),
-                           flags=cv2.INTER_AREA if k < 1 else cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    patch, m = turned_patch(rgb, (cx, cy), angle, box_px / side, size)
     half = box_px / 2
     lm = landmarks_in_box(patch, (size / 2 - half, size / 2 - half, size / 2 + half, size / 2 + half))
     inv = cv2.invertAffineTransform(m)
