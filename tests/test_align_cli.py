@@ -308,8 +308,8 @@ def test_shards_format_reports_the_images_summary(small_src, tmp_path):
         assert res.exit_code == 0, res.output
         quiet[fmt] = json.loads(res.output.strip().splitlines()[-1])
     assert quiet["shards"] == quiet["images"]
-    assert quiet["shards"] == {"seen": 4, "files": 4, "ok": 2, "failed": 2, "skipped": 0, "faces": 2, "no_face": 1,
-                               "errors": {"decode_error": 1}, "hints": []}
+    assert quiet["shards"] == {"seen": 4, "files": 4, "ok": 2, "failed": 2, "skipped": 0, "faces": 2,
+                               "faces_rejected": 0, "no_face": 1, "errors": {"decode_error": 1}, "hints": []}
     res = runner.invoke(main, ["align", "--src", str(small_src), "--out", str(tmp_path / "t"),
                                "--format", "shards", "--jobs", "1"])
     assert res.exit_code == 0, res.output
