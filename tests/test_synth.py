@@ -668,7 +668,8 @@ def test_second_concurrent_writer_is_refused(celeb_aligned, tmp_path):
         with pytest.raises(SynthError, match="another maskkit synth"):
             run_synth(SynthConfig(src=sub, out=out, aligned=True, progress=False))
     run_synth(SynthConfig(src=sub, out=out, aligned=True, progress=False))
-    assert sorted(p.name for p in out.iterdir()) == ["failures.jsonl", "manifest.json", "skipped.jsonl", "train-000000.tar"]
+    assert sorted(p.name for p in out.iterdir()) == ["failures.jsonl", "manifest.json", "rejected.jsonl", "skipped.jsonl",
+                                                     "train-000000.tar"]
 
 
 def test_out_not_a_writable_folder_is_a_clear_error(celeb_aligned, tmp_path):
