@@ -99,6 +99,12 @@ def test_faces_all_records_the_rejected_face(tmp_path, astronaut, fmt):
         assert rej["box"][1] > face["box"][3], (rej["box"], face["box"])
         finished = json.loads((out / "maskkit-run.json").read_text())["finished"]["summary"]
         assert finished["faces_rejected"] == 1 and finished["rejected_by_reason"] == {"bad_landmarks": 1}
+        # a finished run of a maskkit that wrote no rejected.jsonl is not "already complete": it is redone
+        (out / "rejected.jsonl").unlink()
+        again = CliRunner().invoke(main, ["align", "--src", str(src), "--out", str(out), "--faces", "all", "-q"])
+        assert again.exit_code == 0 and "already complete" not in again.output, again.output
+        assert json.loads(again.output.strip().splitlines()[-1])["faces_rejected"] == 1
+        assert _jsonl(out / "rejected.jsonl") == [rej]
     else:
         from maskkit.io.shards import read_samples, verify
 

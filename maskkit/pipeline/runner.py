@@ -227,7 +227,8 @@ def listing_fingerprint(listing) -> str:
 
 def _outputs_present(out: Path) -> bool:
     man = out / "manifest.jsonl"
-    if not (man.is_file() and (out / "failures.jsonl").is_file()):
+    # a run of a maskkit without rejected.jsonl did not record the faces it left out: run it again
+    if not (man.is_file() and (out / "failures.jsonl").is_file() and (out / REJECTED).is_file()):
         return False
     with open(man, encoding="utf-8") as fh:
         for line in fh:
@@ -249,7 +250,8 @@ def check_previous_run(out: Path, info: dict, overwrite: bool, error: type[Excep
     the previous run's outputs (the files its manifest lists) first. A rerun with identical
     options proceeds and rewrites the same files -- unless that run finished
     (:func:`record_complete`) on the same inputs (``listing``, :func:`listing_fingerprint`) and
-    its outputs are all there: then nothing is redone.
+    its outputs are all there (the accounting files too: a run of a maskkit that wrote no
+    :data:`REJECTED` is redone): then nothing is redone.
 
     Args:
         out: the (existing, writable) output folder.
