@@ -61,6 +61,58 @@ def test_zoo_accounting(zoo_run):
     assert table["faces written"] == len(manifest) and table["no face"] == no_face == 1
     assert table["errors"] == (sum(reasons.values()), dict(sorted(reasons.items())))
     assert table["workers"] == 1
+    # faces left out of written inputs (the astronaut's suit emblem: 6 of the zoo's images): rejected.jsonl,
+    # never an input of failures.jsonl, each line a face the manifest does not hold
+    rejected = _jsonl(out / "rejected.jsonl")
+    assert {r["src"] for r in rejected} <= ok_src
+    assert not {(r["src"], r["face"]) for r in rejected} & {(r["src"], r["face"]) for r in manifest}
+    assert table["faces rejected"] == (len(rejected), dict(Counter(r["reason"] for r in rejected)))
+    assert {("people/astronaut.png", 0, "bad_landmarks")} <= {(r["src"], r["face"], r["reason"]) for r in rejected}
+
+
+@pytest.mark.parametrize("fmt", ["images", "shards"])
+def test_faces_all_records_the_rejected_face(tmp_path, astronaut, fmt):
+    """--faces all on the astronaut: HOG finds 2 detections; 0 (an emblem on her suit, below her
+    face) fails the landmark check, 1 (her face) is written. The emblem is exactly one
+    rejected.jsonl line (face 0, bad_landmarks) counted in the summary table and dict -- not a
+    silent drop -- and failures.jsonl stays empty (the input gave a face: files == ok + failed)."""
+    from PIL import Image
+
+    src = tmp_path / "src"
+    src.mkdir()
+    Image.fromarray(astronaut).save(src / "astronaut.png")
+    out = tmp_path / "out"
+    res = CliRunner().invoke(main, ["align", "--src", str(src), "--out", str(out), "--faces", "all", "--jobs", "1",
+                                    "--format", fmt])
+    assert res.exit_code == 0, res.output
+    [rej] = _jsonl(out / "rejected.jsonl")
+    assert (rej["src"], rej["face"], rej["reason"]) == ("astronaut.png", 0, "bad_landmarks"), rej
+    assert rej["detail"] and rej["landmark_check"]["ok"] is False
+    assert _jsonl(out / "failures.jsonl") == []
+    table = parse_summary(res.output)
+    assert table["faces rejected"] == (1, {"bad_landmarks": 1})
+    assert table["ok"] == 1 and table["failed"] == 0
+    if fmt == "images":
+        [face] = _jsonl(out / "manifest.jsonl")
+        assert face["face"] == 1 and face["out"] == "astronaut_1.jpg"
+        # the rejected box is the emblem: wholly below the written face's box (image y grows downwards)
+        assert rej["box"][1] > face["box"][3], (rej["box"], face["box"])
+        finished = json.loads((out / "maskkit-run.json").read_text())["finished"]["summary"]
+        assert finished["faces_rejected"] == 1 and finished["rejected_by_reason"] == {"bad_landmarks": 1}
+        # a finished run of a maskkit that wrote no rejected.jsonl is not "already complete": it is redone
+        (out / "rejected.jsonl").unlink()
+        again = CliRunner().invoke(main, ["align", "--src", str(src), "--out", str(out), "--faces", "all", "-q"])
+        assert again.exit_code == 0 and "already complete" not in again.output, again.output
+        assert json.loads(again.output.strip().splitlines()[-1])["faces_rejected"] == 1
+        assert _jsonl(out / "rejected.jsonl") == [rej]
+    else:
+        from maskkit.io.shards import read_samples, verify
+
+        rep = verify(out)
+        assert rep.ok, rep.problems
+        assert rep.manifest["faces_rejected"] == 1 and rep.manifest["faces_rejected_by_reason"] == {"bad_landmarks": 1}
+        [face] = [s["json"] for s in read_samples(out, members={"json"})]
+        assert face["face"] == 1
 
 
 def test_zoo_outputs(zoo_run):
@@ -262,8 +314,8 @@ def test_shards_format_reports_the_images_summary(small_src, tmp_path):
         assert res.exit_code == 0, res.output
         quiet[fmt] = json.loads(res.output.strip().splitlines()[-1])
     assert quiet["shards"] == quiet["images"]
-    assert quiet["shards"] == {"seen": 4, "files": 4, "ok": 2, "failed": 2, "skipped": 0, "faces": 2, "no_face": 1,
-                               "errors": {"decode_error": 1}, "hints": []}
+    assert quiet["shards"] == {"seen": 4, "files": 4, "ok": 2, "failed": 2, "skipped": 0, "faces": 2,
+                               "faces_rejected": 0, "no_face": 1, "errors": {"decode_error": 1}, "hints": []}
     res = runner.invoke(main, ["align", "--src", str(small_src), "--out", str(tmp_path / "t"),
                                "--format", "shards", "--jobs", "1"])
     assert res.exit_code == 0, res.output

@@ -337,7 +337,15 @@ def test_mask_on_the_bad_input_zoo(tmp_path):
     table = parse_summary(res.output)
     masked = [r for r in man if r["masked"]]
     assert table["files"] == len(expected) and table["ok"] == len(written)
-    assert table["faces masked"] == len(masked) and table["faces not fitted"] == len(man) - len(masked)
+    # unmasked faces: landmarks not on the face (bad_landmarks) are also rejected.jsonl lines and
+    # "faces rejected" (the astronaut's suit emblem is one); the rest could not carry a mask
+    rejected = _jsonl(out / "rejected.jsonl")
+    unmasked = [r for r in man if not r["masked"]]
+    assert sorted((r["src"], r["face"], r["out"]) for r in rejected) == sorted(
+        (r["src"], r["face"], r["out"]) for r in unmasked if r["reason"] == "bad_landmarks")
+    assert ("people/astronaut.png", 0) in {(r["src"], r["face"]) for r in rejected}
+    assert table["faces rejected"] == (len(rejected), {"bad_landmarks": len(rejected)})
+    assert table["faces masked"] == len(masked) and table["faces not fitted"] == len(unmasked) - len(rejected)
     assert table["failed"] == (len(failed), dict(sorted(Counter(failed.values()).items())))
     assert table["styles"] == (len(masked), {s: sum(r["style"] == s for r in masked) for s in STYLES})
     assert table["workers"] == 1

@@ -22,6 +22,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from maskkit.cli import main
+from maskkit.pipeline.runner import RESERVED
 
 
 @pytest.fixture(scope="module")
@@ -357,7 +358,8 @@ def test_align_output_names_never_collide(tmp_path, faces):
         out = tmp_path / f"o-{faces_opt}"
         assert _run(["align", "--src", src, "--out", out, "--faces", faces_opt, "-j", "1", "-q"]).exit_code == 0
         names = _outs(out)
-        assert _casefold_unique(names) and len(_files(out)) == len(names) + 4  # + the 4 accounting files
+        # + the accounting files (manifest, failures, rejected, skipped, run info)
+        assert _casefold_unique(names) and len(_files(out)) == len(names) + len(RESERVED)
         assert {r["src"] for r in _lines(out / "manifest.jsonl")} == {"X.jpg", "x.jpg", "x_0.jpg"}
 
 
@@ -389,7 +391,7 @@ def test_mask_output_names_never_collide(tmp_path, faces):
         assert got.size == want and got.mode == "RGB", (rel, name)
         cov = Image.open(out / (name.rsplit(".", 1)[0] + ".mask.png"))
         assert cov.mode == "L" and cov.size == want
-    assert len(_files(out)) == 2 * 8 + 4
+    assert len(_files(out)) == 2 * 8 + len(RESERVED)
 
 
 def test_plan_output_names_property():

@@ -668,7 +668,8 @@ def test_second_concurrent_writer_is_refused(celeb_aligned, tmp_path):
         with pytest.raises(SynthError, match="another maskkit synth"):
             run_synth(SynthConfig(src=sub, out=out, aligned=True, progress=False))
     run_synth(SynthConfig(src=sub, out=out, aligned=True, progress=False))
-    assert sorted(p.name for p in out.iterdir()) == ["failures.jsonl", "manifest.json", "skipped.jsonl", "train-000000.tar"]
+    assert sorted(p.name for p in out.iterdir()) == ["failures.jsonl", "manifest.json", "rejected.jsonl", "skipped.jsonl",
+                                                     "train-000000.tar"]
 
 
 def test_out_not_a_writable_folder_is_a_clear_error(celeb_aligned, tmp_path):
@@ -698,3 +699,54 @@ def test_progress_bar_shown_when_stderr_is_not_a_terminal(celeb_aligned, tmp_pat
     assert "synth:" in err and "6/6" in err and "img/s" in err, err
     run_synth(SynthConfig(src=sub, out=tmp_path / "b", aligned=True, progress=False))
     assert "synth:" not in capfd.readouterr().err
+
+
+def test_faces_all_records_the_rejected_face_and_resumes_old_journals(tmp_path, astronaut, capfd):
+    """``--faces all`` on the astronaut: HOG finds 2 detections; 0 (an emblem on her suit) fails the
+    landmark check, 1 (her face) becomes the sample. The emblem is exactly one rejected.jsonl line
+    (face 0, bad_landmarks) counted in the manifest and the summary table, failures.jsonl stays
+    empty. The record survives a resume from the journal; a journal written before the record
+    existed (chunk entries without ``rejected``) still resumes, and the manifest names the
+    identities whose rejected faces are unknown."""
+    from PIL import Image
+
+    from maskkit.pipeline.synth import summary_rows
+
+    (tmp_path / "src" / "p").mkdir(parents=True)
+    Image.fromarray(astronaut).save(tmp_path / "src" / "p" / "astronaut.png")
+    out = tmp_path / "o"
+    cfg = dict(src=tmp_path / "src", out=out, faces="all", ratio=0.5, progress=False)
+
+    def stop(ev, i):
+        if ev == "before_manifest":
+            raise KeyboardInterrupt  # as a kill after every identity is journaled
+
+    with pytest.raises(KeyboardInterrupt):
+        run_synth(SynthConfig(**cfg, on_boundary=stop))
+    journal = out / ".synth-journal.jsonl"
+    entries = [json.loads(x) for x in journal.read_text().splitlines()]
+    res = run_synth(SynthConfig(**cfg))  # resumed: every identity comes from the journal
+    assert res.resumed == 1
+    rep = verify(out)
+    assert rep.ok, rep.problems
+    man = rep.manifest
+    [rej] = [json.loads(x) for x in (out / "rejected.jsonl").read_text().splitlines()]
+    assert (rej["src"], rej["identity"], rej["face"], rej["reason"]) == ("p/astronaut.png", "p", 0, "bad_landmarks")
+    assert rej["detail"] and rej["landmark_check"]["ok"] is False
+    assert (out / "failures.jsonl").read_text() == ""
+    assert man["faces_rejected"] == 1 and man["faces_rejected_by_reason"] == {"bad_landmarks": 1}
+    assert "rejected_unrecorded" not in man
+    assert [s["json"]["face"] for s in read_samples(out, members={"json"})] == [1]
+    rows = dict(summary_rows(man))
+    assert rows["faces rejected"] == "1" and rows["  rejected: bad_landmarks"] == "1"
+
+    # a journal from before rejected.jsonl: resumes, and says what it cannot know
+    (out / "manifest.json").unlink()
+    journal.write_text("".join(json.dumps({k: v for k, v in e.items() if k != "rejected"}) + "\n" for e in entries))
+    capfd.readouterr()
+    res = run_synth(SynthConfig(**cfg))
+    assert res.resumed == 1 and not res.already_complete
+    man = verify(out).manifest
+    assert man["rejected_unrecorded"] == ["p"] and man["faces_rejected"] == 0
+    assert (out / "rejected.jsonl").read_text() == ""
+    assert "did not record rejected faces" in capfd.readouterr().err

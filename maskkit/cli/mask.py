@@ -30,8 +30,9 @@ def mask(src, out, style, seed, detector, faces, aligned, jobs, quality, coverag
     """Draw a mask on every face of every image under SRC, writing the result to OUT.
 
     Writes the masked images (same relative paths), manifest.jsonl (one line per face with
-    the render parameters) and failures.jsonl (one line per input with no masked face, with a
-    reason) and skipped.jsonl (every other file under SRC, with a reason). Exit status 0 when
+    the render parameters), failures.jsonl (one line per input with no masked face, with a
+    reason), rejected.jsonl (one line per face left unmasked because its landmarks are not on
+    the face) and skipped.jsonl (every other file under SRC, with a reason). Exit status 0 when
     the run completes (also "already complete" when OUT holds this finished run), 1 when every
     input failed, 2 when SRC holds no input file.
     """
@@ -41,8 +42,8 @@ def mask(src, out, style, seed, detector, faces, aligned, jobs, quality, coverag
 
     summary = _run_stage(run_mask, cfg, MaskError)
     if quiet:
-        click.echo(json.dumps({k: summary.get(k) for k in ("seen", "files", "ok", "failed", "skipped", "faces", "errors",
-                                                       "styles", "hints")}))
+        click.echo(json.dumps({k: summary.get(k) for k in ("seen", "files", "ok", "failed", "skipped", "faces",
+                                                       "faces_rejected", "errors", "styles", "hints")}))
     _finish(out, summary["ok"], summary["failed"], summary.get("already_complete", False))
 
 

@@ -172,6 +172,8 @@ def stats(shards, deep, as_json, quiet):
         inp = man.get("inputs", {})
         rows.append(("inputs (files = ok + failed)", f"{inp.get('files')} = {inp.get('ok')} + {inp.get('failed')}"))
         rows.append(("failures.jsonl lines", f"{c.get('failures', 0)}"))
+        if "faces_rejected" in man:
+            rows.append(("rejected.jsonl lines", f"{c.get('rejected', 0)}"))
         rows.append(("sha256 / sizes / counts", "ok" if rep.ok else "MISMATCH"))
         dec = c.get("decoded")
         h, w = man.get("image_size", (112, 112))

@@ -444,7 +444,8 @@ def verify(data_dir: str | os.PathLike, decode: bool = False, max_problems: int 
     minus any recorded mask shortfall, and a shortfall only where every face of the class was
     tried (``masked + logged mask skips == faces``); ``mask_skips.jsonl`` holds ``mask_skips``
     lines; ``twin`` links are mutual; ``inputs.files == ok + failed``
-    and ``failures.jsonl`` holds ``failed`` lines. With ``decode=True`` every JPEG (and mask PNG)
+    and ``failures.jsonl`` holds ``failed`` lines; ``rejected.jsonl`` holds ``faces_rejected``
+    lines (when the manifest has that key). With ``decode=True`` every JPEG (and mask PNG)
     is also decoded and its size checked against ``image_size`` (a colour JPEG, a single-channel
     PNG); ``counted["decoded"]`` then says how many of each were decoded.
 
@@ -594,8 +595,26 @@ def verify(data_dir: str | os.PathLike, decode: bool = False, max_problems: int 
         nskip = sum(1 for line in sp.read_text(encoding="utf-8").splitlines() if line.strip()) if sp.exists() else 0
         if nskip != inputs.get("skipped", 0):
             bad(f"skipped.jsonl has {nskip} lines, manifest inputs.skipped is {inputs.get('skipped')}")
+    nrej = 0
+    if "faces_rejected" in man:  # maskkit's extension: faces left out of files that gave samples
+        rp = d / "rejected.jsonl"
+        if not rp.exists():
+            bad("rejected.jsonl is missing (the manifest counts faces_rejected)")
+        else:
+            with open(rp, encoding="utf-8") as f:
+                for line in f:
+                    if line.strip():
+                        nrej += 1
+                        try:
+                            r = json.loads(line)
+                            if "src" not in r or "face" not in r or "reason" not in r:
+                                bad(f"rejected.jsonl: line without src/face/reason: {line.strip()[:80]}")
+                        except json.JSONDecodeError:
+                            bad(f"rejected.jsonl: bad line {line.strip()[:80]}")
+        if nrej != man["faces_rejected"]:
+            bad(f"rejected.jsonl has {nrej} lines, manifest faces_rejected is {man['faces_rejected']}")
     counted = {"num_samples": n, "num_masked": masked, "styles": styles, "per_class": per_class,
-               "failures": nfail, "keys": len(keys)}
+               "failures": nfail, "rejected": nrej, "keys": len(keys)}
     if decode:
         counted["decoded"] = decoded
     return VerifyReport(not problems, problems, counted, man)

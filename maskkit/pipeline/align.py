@@ -12,6 +12,8 @@ Library entry points:
 Accounting invariant: ``files == ok + failed`` and ``seen == files + skipped``; every input is
 either in ``manifest.jsonl`` (one line per written face) or in ``failures.jsonl`` (one line per
 input with a reason), and every other file under ``src`` is in ``skipped.jsonl`` with a reason.
+A face of a written input that is left out (``--faces all``: its landmarks fail the check) is one
+``rejected.jsonl`` line (:data:`maskkit.pipeline.runner.REJECTED`), counted as ``faces_rejected``.
 Output names are decided for the whole run before any worker writes
 (:func:`maskkit.pipeline.naming.plan_output_names`).
 """
@@ -86,6 +88,9 @@ class FileResult:
     Attributes:
         item: the input.
         faces: ``[(Aligned, Face, index), ...]`` for every selected face (empty on failure).
+        rejected: ``[(Face, index, reason, detail), ...]`` for every selected face left out
+            (``bad_landmarks``: the landmark check failed, non-finite points, a degenerate fit,
+            or 5 points off the template); with ``faces`` empty the file fails with their details.
         reason: ``None`` on success, else a failure token (``no_face``, ``decode_error``, ...).
         detail: explanation of ``reason``.
         shape: decoded image shape (``None`` when decoding failed).
@@ -94,6 +99,7 @@ class FileResult:
 
     item: SourceItem
     faces: list = field(default_factory=list)
+    rejected: list = field(default_factory=list)
     reason: str | None = None
     detail: str = ""
     shape: tuple | None = None
@@ -160,29 +166,28 @@ def process_file(item: SourceItem, detector, cfg) -> FileResult:
             res.reason, res.detail = "no_face", f"no face found ({getattr(detector, 'name', 'aligned')} detector)"
             return res
         t0 = time.perf_counter()
-        bad = []
         for k, f in enumerate(faces):
             if f.fit is not None and not f.fit.ok:
-                bad.append(f"face {k}: {f.fit.detail}")
+                res.rejected.append((f, k, "bad_landmarks", f.fit.detail))
                 continue
             if not np.all(np.isfinite(f.landmarks68)):
-                bad.append(f"face {k}: non-finite landmarks")
+                res.rejected.append((f, k, "bad_landmarks", "non-finite landmarks"))
                 continue
             try:
                 al = align_face(rgb, f.landmarks68, size)
             except ValueError as exc:
-                bad.append(f"face {k}: {exc}")
+                res.rejected.append((f, k, "bad_landmarks", str(exc)))
                 continue
             rms = _template_rms(al, size)
             if rms > MAX_TEMPLATE_RMS:
-                bad.append(f"face {k}: 5 points {rms:.1f} px RMS from the template after fitting")
+                res.rejected.append((f, k, "bad_landmarks", f"5 points {rms:.1f} px RMS from the template after fitting"))
                 continue
             res.faces.append((al, f, k))
         tm["warp"] = time.perf_counter() - t0
         if not res.faces:
-            res.reason, res.detail = "bad_landmarks", "; ".join(bad)
+            res.reason, res.detail = "bad_landmarks", "; ".join(f"face {k}: {d}" for _, k, _, d in res.rejected)
     except Exception as exc:  # noqa: BLE001 - one bad file must never end the run
-        res.faces = []
+        res.faces, res.rejected = [], []
         res.reason = "internal_error"
         res.detail = f"{type(exc).__name__}: {exc} | {traceback.format_exc(limit=3).strip().splitlines()[-1]}"
     return res
@@ -208,8 +213,8 @@ def _align_chunk(items: list[SourceItem], cfg: AlignConfig, names: dict[str, str
     from maskkit.face.detect import get_detector
     from maskkit.io.image_io import encode_jpeg
     from maskkit.pipeline.hints import crop_evidence
+    from maskkit.pipeline.runner import rejected_line, safe_target
     from maskkit.pipeline.runner import rounded as _r
-    from maskkit.pipeline.runner import safe_target
     from maskkit.util.files import write_atomic
     from maskkit.util.names import display_name, name_fields
 
@@ -245,6 +250,9 @@ def _align_chunk(items: list[SourceItem], cfg: AlignConfig, names: dict[str, str
                 rec["records"] = []
                 rec["failure"] = {**src_fields, "reason": "write_error", "detail": str(exc)}
             rec["timings"]["encode"] = time.perf_counter() - t0
+            # faces left out of a written input: rejected.jsonl (maskkit.pipeline.runner.REJECTED)
+            rec["rejected"] = [rejected_line(src_fields, display_name(item.identity), face, k, reason, detail)
+                               for face, k, reason, detail in res.rejected]
         else:
             rec["failure"] = {**src_fields, "reason": res.reason or "no_face", "detail": res.detail}
         results.append(rec)
@@ -275,6 +283,8 @@ def _run_shards(cfg: AlignConfig) -> dict:
     summary = {"seen": int(inputs.get("seen", files)), "files": files, "ok": int(inputs.get("ok") or 0),
                "failed": int(inputs.get("failed") or 0), "skipped": int(inputs.get("skipped") or 0),
                "faces": int(manifest.get("num_samples") or 0), "no_face": int(reasons.get("no_face", 0)),
+               "faces_rejected": int(manifest.get("faces_rejected") or 0),
+               "rejected_by_reason": dict(manifest.get("faces_rejected_by_reason") or {}),
                "errors": errors, "seconds": round(seconds, 3),
                "img_per_s": round(files / seconds, 2) if seconds > 0 else 0.0,
                "format": "shards", "out": str(cfg.out), "hints": list(manifest.get("hints", []))}
@@ -293,7 +303,8 @@ def run_align(cfg: AlignConfig) -> dict:
 
     Returns:
         Summary dict: ``seen`` (= ``files + skipped``), ``files``, ``ok``, ``failed``, ``skipped``,
-        ``faces``, ``no_face``, ``errors`` (reason -> count, excluding ``no_face``), ``seconds``,
+        ``faces``, ``faces_rejected`` (``rejected.jsonl`` lines: faces left out of written inputs)
+        and ``rejected_by_reason``, ``no_face``, ``errors`` (reason -> count, excluding ``no_face``), ``seconds``,
         ``img_per_s``, ``timings`` (total seconds per stage), ``hints`` (lines printed after the
         summary: a forgotten ``--aligned``, :mod:`maskkit.pipeline.hints`); ``already_complete: True`` when
         ``out`` already held this finished run (the summary is that run's).
@@ -358,13 +369,14 @@ def run_align(cfg: AlignConfig) -> dict:
         evidence.update(rec.get("evidence", {}))
         stats["faces"] += len(rec["records"])  # empty for a failure
 
-    stats, reasons = write_accounting(out, gen, len(items), "align", cfg.progress, count,
-                                      skipped=skipped_records(listing.skipped))
+    stats, reasons, rejected = write_accounting(out, gen, len(items), "align", cfg.progress, count,
+                                                skipped=skipped_records(listing.skipped))
     seconds = time.perf_counter() - t_start
     errors = {k: v for k, v in sorted(reasons.items()) if k != "no_face"}
     summary = {
         "seen": stats["seen"], "files": stats["files"], "ok": stats["ok"], "failed": stats["failed"],
         "skipped": stats["skipped"], "faces": stats["faces"],
+        "faces_rejected": stats["faces_rejected"], "rejected_by_reason": dict(sorted(rejected.items())),
         "no_face": reasons.get("no_face", 0), "errors": errors, "seconds": round(seconds, 3),
         "img_per_s": round(stats["files"] / seconds, 2) if seconds > 0 else 0.0,
         "jobs": jobs, "timings": {k: round(v, 3) for k, v in timings.items()},
@@ -386,7 +398,10 @@ def _summary_rows(summary: dict, **extra) -> dict:
     """The end-of-run table of ``maskkit align`` (both formats)."""
     rows = {"seen": summary["seen"], "files": summary["files"], "ok": summary["ok"],
             "failed": summary["failed"], "skipped (not inputs)": summary["skipped"],
-            "faces written": summary["faces"], "no face": summary["no_face"], "errors": summary["errors"] or {},
+            "faces written": summary["faces"],
+            # faces left out of written inputs (rejected.jsonl); a finished run of an older maskkit has none
+            "faces rejected": summary.get("rejected_by_reason") or {},
+            "no face": summary["no_face"], "errors": summary["errors"] or {},
             "seconds": summary["seconds"], "img/s": summary["img_per_s"]}
     if "jobs" in extra:
         rows["workers"] = extra["jobs"]

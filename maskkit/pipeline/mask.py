@@ -6,7 +6,10 @@ same as ``maskkit align``: ``files == ok + failed``; every input is either writt
 ``manifest.jsonl`` line per face, carrying the render parameters needed to redraw the mask) or
 listed in ``failures.jsonl`` with a reason (``no_face``, ``decode_error``, ``cannot_fit``, ...).
 A face that cannot carry a mask in an image where others can is written unmasked and recorded
-in the manifest with ``masked: false`` and its reason.
+in the manifest with ``masked: false`` and its reason; when that reason is ``bad_landmarks`` (the
+68 points are not on the face, :mod:`maskkit.face.quality`) the face is also a ``rejected.jsonl``
+line (:data:`maskkit.pipeline.runner.REJECTED`, as in ``align`` and ``synth``) and counts as
+``faces_rejected``; the others (``cannot_fit``) count as ``faces_unfit``.
 
 Randomness is seeded per file and face (``--seed``, the input path's bytes, the face index), so
 a rerun -- with any number of workers -- draws the same masks.
@@ -125,7 +128,10 @@ def mask_file(item, detector, renderer, cfg: MaskConfig, out_rel: str | None = N
     default: the input's own path with :func:`out_ext`); never raises for bad input.
 
     Returns:
-        ``{"src", "records": [...], "failure": None | {"src", "reason", "detail"}, "faces": int}``.
+        ``{"src", "records": [...], "failure": None | {"src", "reason", "detail"}, "faces": int,
+        "rejected": [rejected.jsonl lines]}`` (``rejected``: the faces left unmasked because
+        their landmarks failed the check, with ``src``, ``out``, ``face``, ``reason``, ``detail``,
+        ``box``, ``score``, ``landmark_check``).
     """
     from maskkit.face.detect import aligned_face, find_faces
     from maskkit.face.quality import check_aligned_crop
@@ -136,13 +142,13 @@ def mask_file(item, detector, renderer, cfg: MaskConfig, out_rel: str | None = N
     from maskkit.render import CannotFit
     from maskkit.util.names import name_fields
 
-    rec = {"src": item.rel, "records": [], "failure": None, "faces": 0}
+    rec = {"src": item.rel, "records": [], "failure": None, "faces": 0, "rejected": []}
     src_fields = item.fields()  # display name (+ src_bytes when the name is not UTF-8)
     if out_rel is None:
         out_rel = (PurePosixPath(item.rel).parent / PurePosixPath(item.rel).stem).as_posix() + out_ext(item.rel)
 
     def fail(reason, detail=""):
-        rec["records"] = []
+        rec["records"], rec["rejected"] = [], []  # the failures.jsonl line accounts for the input
         rec["failure"] = {**src_fields, "reason": reason, "detail": detail}
         return rec
 
@@ -180,6 +186,9 @@ def mask_file(item, detector, renderer, cfg: MaskConfig, out_rel: str | None = N
                     r.update(masked=False, style=None, params=None, reason="bad_landmarks", detail=f.fit.detail)
                     reasons.append(f"face {k}: bad_landmarks ({f.fit.detail})")
                     rec["records"].append(r)
+                    rec["rejected"].append({**src_fields, **name_fields(out_rel, "out"), "face": k,
+                                            "reason": "bad_landmarks", "detail": f.fit.detail, "box": r["box"],
+                                            "score": r["score"], "landmark_check": r["landmark_check"]})
                     continue
             try:
                 res = renderer.render(img, f.landmarks68, cfg.style, face_rng(cfg.seed, item.rel, k))
@@ -221,7 +230,9 @@ def _mask_chunk(items, cfg: MaskConfig, names: dict[str, str], detector=None, re
 
 def run_mask(cfg: MaskConfig) -> dict:
     """Run ``maskkit mask``; returns the summary (``seen``, ``files``, ``ok``, ``failed``,
-    ``skipped``, ``faces``, ``errors``, ``styles``, ``seconds``, ``img_per_s``, ``hints`` (a
+    ``skipped``, ``faces`` (masked), ``faces_rejected`` (unmasked, landmarks not on the face:
+    ``rejected.jsonl``) and ``rejected_by_reason``, ``faces_unfit`` (unmasked, the mask cannot
+    fit), ``errors``, ``styles``, ``seconds``, ``img_per_s``, ``hints`` (a
     forgotten ``--aligned``, printed after the table, :mod:`maskkit.pipeline.hints`); ``already_complete:
     True`` when ``out`` already held this finished run).
 
@@ -284,16 +295,17 @@ def run_mask(cfg: MaskConfig) -> dict:
             if r["masked"]:
                 stats["faces"] += 1
                 styles[r["style"]] += 1
-            else:
+            elif r.get("reason") != "bad_landmarks":  # those are rejected.jsonl lines: faces_rejected
                 stats["faces_unfit"] += 1
 
-    stats, reasons = write_accounting(out, gen, len(items), "mask", cfg.progress, count,
-                                      skipped=skipped_records(listing.skipped))
+    stats, reasons, rejected = write_accounting(out, gen, len(items), "mask", cfg.progress, count,
+                                                skipped=skipped_records(listing.skipped))
     seconds = time.perf_counter() - t0
     summary = {
         "seen": stats["seen"], "files": stats["files"], "ok": stats["ok"], "failed": stats["failed"],
         "skipped": stats["skipped"], "faces": stats["faces"],
-        "faces_unfit": stats["faces_unfit"], "errors": dict(sorted(reasons.items())),
+        "faces_unfit": stats["faces_unfit"], "faces_rejected": stats["faces_rejected"],
+        "rejected_by_reason": dict(sorted(rejected.items())), "errors": dict(sorted(reasons.items())),
         "styles": {s: styles.get(s, 0) for s in STYLES}, "seconds": round(seconds, 3),
         "img_per_s": round(stats["files"] / seconds, 2) if seconds > 0 else 0.0, "jobs": jobs, "hints": [],
     }
@@ -307,7 +319,8 @@ def run_mask(cfg: MaskConfig) -> dict:
         print_summary(f"maskkit mask -> {out}", {
             "seen": summary["seen"], "files": summary["files"], "ok": summary["ok"],
             "failed": summary["errors"] or {}, "skipped (not inputs)": summary["skipped"],
-            "faces masked": summary["faces"], "faces not fitted": summary["faces_unfit"],
+            "faces masked": summary["faces"], "faces rejected": summary["rejected_by_reason"] or {},
+            "faces not fitted": summary["faces_unfit"],
             "styles": summary["styles"], "seconds": seconds, "img/s": summary["img_per_s"], "workers": jobs,
         })
         print_hints(summary["hints"])

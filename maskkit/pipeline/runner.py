@@ -2,7 +2,8 @@
 
 Both commands walk a source tree, process chunks of files in a joblib process pool (models
 loaded once per worker), and account for every input: one ``manifest.jsonl`` line per written
-face, one ``failures.jsonl`` line per input that gave nothing, ``files == ok + failed``. What
+face, one ``failures.jsonl`` line per input that gave nothing, ``files == ok + failed``, and one
+``rejected.jsonl`` line per face of a written input that was left out (:data:`REJECTED`). What
 differs between them is the per-chunk work and what they count per written file; this module
 holds the rest:
 
@@ -19,13 +20,13 @@ holds the rest:
 * :data:`RESERVED` -- the accounting files; output names (:mod:`maskkit.pipeline.naming`) never
   take them.
 * :func:`run_chunks` -- the chunked (optionally parallel) map over inputs, results in order.
-* :func:`write_accounting` -- the manifest/failures/skipped writer with a progress bar
+* :func:`write_accounting` -- the manifest/failures/rejected/skipped writer with a progress bar
   (``seen == ok + failed + skipped``). Every line is valid UTF-8: names that are not come as
   ``src`` (display) + ``src_bytes`` (:mod:`maskkit.util.names`).
 
 Example:
     >>> gen, jobs = run_chunks(work, items, 4, max_chunk=32, args=(cfg,), local=(detector,))  # doctest: +SKIP
-    >>> stats, reasons = write_accounting(out, gen, len(items), "align", True, count)      # doctest: +SKIP
+    >>> stats, reasons, rejected = write_accounting(out, gen, len(items), "align", True, count)  # doctest: +SKIP
 """
 from __future__ import annotations
 
@@ -40,9 +41,9 @@ import numpy as np
 from maskkit.util.files import write_atomic
 from maskkit.util.names import name_from_fields, text_safe
 
-__all__ = ["RUN_INFO", "RESERVED", "check_out_kind", "check_previous_run", "record_complete", "listing_fingerprint",
+__all__ = ["RUN_INFO", "REJECTED", "RESERVED", "check_out_kind", "check_previous_run", "record_complete", "listing_fingerprint",
            "prepare_run", "check_writable", "safe_target", "coverage_rel", "rounded", "run_chunks", "write_accounting",
-           "json_line"]
+           "json_line", "rejected_line"]
 
 
 def check_writable(out: Path) -> None:
@@ -87,8 +88,34 @@ def prepare_run(src: Path, out: Path, detector: str, detector_opts: dict, aligne
 #: that change the outputs. A later run into the same folder compares against it.
 RUN_INFO = "maskkit-run.json"
 
+#: The per-face record of faces left out of an input that was written (``--faces all``: a face
+#: whose landmarks fail the check while another face of the file is kept): one line per face,
+#: ``src`` (+ ``src_bytes``), ``face`` (the index ``k`` of ``_k`` names), ``reason``, ``detail``.
+#: An input that gave nothing is one ``failures.jsonl`` line instead (its detail names each face).
+#: ``maskkit synth`` writes the same file beside its ``failures.jsonl``.
+REJECTED = "rejected.jsonl"
+
 #: The files ``align``/``mask`` write into ``--out`` besides the outputs of the inputs.
-RESERVED = ("manifest.jsonl", "failures.jsonl", "skipped.jsonl", RUN_INFO)
+RESERVED = ("manifest.jsonl", "failures.jsonl", REJECTED, "skipped.jsonl", RUN_INFO)
+
+
+def rejected_line(src_fields: dict, identity: str, face, k: int, reason: str, detail: str) -> dict:
+    """One :data:`REJECTED` line (``align``, ``synth``): the input's name fields (``src`` +
+    ``src_bytes``, :func:`maskkit.util.names.name_fields`), its ``identity`` (display form), the
+    face index ``k`` (as in ``<stem>_<k>`` names and shard JSON ``face``), ``reason``, ``detail``
+    (at most 500 characters), the detection's ``box`` (image pixels, ``None`` without one) and
+    ``score``, and ``landmark_check`` when the check ran (:class:`maskkit.face.quality.FitCheck`).
+
+    Args:
+        face: the :class:`maskkit.face.detect.Face` (or ``None``).
+    """
+    line = {**src_fields, "identity": identity, "face": int(k), "reason": reason, "detail": str(detail)[:500],
+            "box": None if face is None else rounded(face.box, 2),
+            "score": None if face is None or face.score is None else round(float(face.score), 4)}
+    fit = getattr(face, "fit", None)
+    if fit is not None:
+        line["landmark_check"] = fit.as_dict()
+    return line
 
 
 def json_line(obj) -> str:
@@ -200,7 +227,8 @@ def listing_fingerprint(listing) -> str:
 
 def _outputs_present(out: Path) -> bool:
     man = out / "manifest.jsonl"
-    if not (man.is_file() and (out / "failures.jsonl").is_file()):
+    # a run of a maskkit without rejected.jsonl did not record the faces it left out: run it again
+    if not (man.is_file() and (out / "failures.jsonl").is_file() and (out / REJECTED).is_file()):
         return False
     with open(man, encoding="utf-8") as fh:
         for line in fh:
@@ -222,7 +250,8 @@ def check_previous_run(out: Path, info: dict, overwrite: bool, error: type[Excep
     the previous run's outputs (the files its manifest lists) first. A rerun with identical
     options proceeds and rewrites the same files -- unless that run finished
     (:func:`record_complete`) on the same inputs (``listing``, :func:`listing_fingerprint`) and
-    its outputs are all there: then nothing is redone.
+    its outputs are all there (the accounting files too: a run of a maskkit that wrote no
+    :data:`REJECTED` is redone): then nothing is redone.
 
     Args:
         out: the (existing, writable) output folder.
@@ -330,12 +359,15 @@ def run_chunks(work: Callable[..., list], items: Sequence, jobs: int, max_chunk:
 
 def write_accounting(out: Path, results: Iterator[list], total: int, desc: str, progress: bool,
                      count: Callable[[dict, Counter], None] | None = None,
-                     skipped: Sequence[dict] = ()) -> tuple[Counter, Counter]:
-    """Write ``manifest.jsonl``, ``failures.jsonl`` and ``skipped.jsonl`` from per-file results,
-    with a progress bar.
+                     skipped: Sequence[dict] = ()) -> tuple[Counter, Counter, Counter]:
+    """Write ``manifest.jsonl``, ``failures.jsonl``, ``rejected.jsonl`` (:data:`REJECTED`) and
+    ``skipped.jsonl`` from per-file results, with a progress bar.
 
-    Each result is ``{"records": [manifest lines], "failure": None | {"src", "reason", "detail"}}``
-    (names already in their text form, :meth:`maskkit.io.sources.SourceItem.fields`).
+    Each result is ``{"records": [manifest lines], "failure": None | {"src", "reason", "detail"},
+    "rejected": [{"src", "face", "reason", "detail", ...}]}`` (names already in their text form,
+    :meth:`maskkit.io.sources.SourceItem.fields`; ``rejected`` optional). The ``rejected`` lines
+    of a written input (``failure`` None) go to ``rejected.jsonl``; those of a failed input are
+    dropped here because its ``failures.jsonl`` line already accounts for it (``files == ok + failed``).
 
     Args:
         out: output folder.
@@ -349,19 +381,22 @@ def write_accounting(out: Path, results: Iterator[list], total: int, desc: str, 
             :func:`maskkit.io.sources.skipped_records`).
 
     Returns:
-        ``(stats, reasons)``: ``stats`` has ``files``, ``ok``, ``failed``, ``skipped``, ``seen``
-        (``= files + skipped``) and whatever ``count`` added (``faces`` is shown on the bar);
-        ``reasons`` counts failures by reason.
+        ``(stats, reasons, rejected)``: ``stats`` has ``files``, ``ok``, ``failed``, ``skipped``,
+        ``seen`` (``= files + skipped``), ``faces_rejected`` (``rejected.jsonl`` lines) and
+        whatever ``count`` added (``faces`` is shown on the bar); ``reasons`` counts failures by
+        reason, ``rejected`` the rejected faces by reason.
     """
     from maskkit.util.progress import progress_bar
 
     stats: Counter = Counter()
     reasons: Counter = Counter()
+    rejected: Counter = Counter()
     with open(out / "skipped.jsonl", "w", encoding="utf-8") as sk:
         for r in skipped:
             sk.write(json_line(r) + "\n")
     with open(out / "manifest.jsonl", "w", encoding="utf-8") as man, \
             open(out / "failures.jsonl", "w", encoding="utf-8") as fail, \
+            open(out / REJECTED, "w", encoding="utf-8") as rej, \
             progress_bar(total, desc=desc, disable=not progress) as bar:
         for recs in results:
             for rec in recs:
@@ -372,6 +407,9 @@ def write_accounting(out: Path, results: Iterator[list], total: int, desc: str, 
                     stats["ok"] += 1
                     for r in rec["records"]:
                         man.write(json_line(r) + "\n")
+                    for r in rec.get("rejected", ()):
+                        rejected[r["reason"]] += 1
+                        rej.write(json_line(r) + "\n")
                 else:
                     stats["failed"] += 1
                     reasons[rec["failure"]["reason"]] += 1
@@ -380,4 +418,5 @@ def write_accounting(out: Path, results: Iterator[list], total: int, desc: str, 
             bar.set_postfix(faces=stats["faces"], failed=stats["failed"], refresh=False)
     stats["skipped"] = len(skipped)
     stats["seen"] = stats["files"] + stats["skipped"]
-    return stats, reasons
+    stats["faces_rejected"] = sum(rejected.values())
+    return stats, reasons, rejected

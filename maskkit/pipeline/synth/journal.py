@@ -11,13 +11,14 @@ from typing import Sequence
 
 from maskkit.io.shards import check_shard_files, encode_json, sha256_file, shard_name
 from maskkit.pipeline.synth.config import ALGORITHM_VERSION, JOURNAL, SynthConfig, SynthError
+from maskkit.pipeline.runner import REJECTED
 from maskkit.pipeline.synth.plan import InputItem
 from maskkit.util.files import write_bytes_atomic
 from maskkit.util.names import name_bytes
 
 
 def _jsonl(entries: Sequence[dict]) -> bytes:
-    """Canonical JSON lines (the journal, ``failures.jsonl``, ``mask_skips.jsonl``)."""
+    """Canonical JSON lines (the journal, ``failures.jsonl``, ``rejected.jsonl``, ``mask_skips.jsonl``)."""
     return b"".join(encode_json(e) + b"\n" for e in entries)
 
 
@@ -57,7 +58,7 @@ class _Journal:
 def _our_files(out: Path, split: str) -> list[Path]:
     pats = [f"{split}-*.tar", f"{split}-*.tar.tmp", "manifest.json", "manifest.json.tmp", "failures.jsonl",
             "failures.jsonl.tmp", "mask_skips.jsonl", "mask_skips.jsonl.tmp", "skipped.jsonl", "skipped.jsonl.tmp",
-            JOURNAL, JOURNAL + ".tmp"]
+            REJECTED, REJECTED + ".tmp", JOURNAL, JOURNAL + ".tmp"]
     return [p for pat in pats for p in out.glob(pat)]
 
 

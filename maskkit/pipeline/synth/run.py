@@ -26,6 +26,7 @@ from maskkit.pipeline.synth.journal import (
 )
 from maskkit.io.sources import skipped_records
 from maskkit.pipeline.hints import EVIDENCE_KEYS
+from maskkit.pipeline.runner import REJECTED
 from maskkit.pipeline.synth.plan import class_display_names, list_sources_for, plan_chunks
 from maskkit.util.names import name_b64
 from maskkit.pipeline.synth.seeding import next_style_offset
@@ -55,9 +56,9 @@ class SynthResult:
 
 
 def _merge(total: dict, st: dict) -> None:
-    for k in ("files", "ok", "failed", "faces", "samples", "masked", "mask_skips") + EVIDENCE_KEYS:
+    for k in ("files", "ok", "failed", "faces", "samples", "masked", "mask_skips", "faces_rejected") + EVIDENCE_KEYS:
         total[k] = total.get(k, 0) + st.get(k, 0)
-    for k in ("failed_by_reason", "styles", "seconds"):
+    for k in ("failed_by_reason", "rejected_by_reason", "styles", "seconds"):
         d = total.setdefault(k, {})
         for kk, v in st.get(k, {}).items():
             d[kk] = d.get(kk, 0) + v
@@ -139,6 +140,8 @@ def _run_locked(cfg: SynthConfig, t_start: float, listing: tuple) -> SynthResult
     total: dict = {}
     per_class = {c: {"samples": 0, "masked": 0, "faces": 0} for c in shown}
     failures: list[dict] = []
+    rejected: list[dict] = []  # rejected.jsonl: faces left out of files that gave samples
+    unrecorded: list[str] = []  # identities resumed from a journal older than rejected.jsonl
     skips: list[dict] = []
     shortfall: dict[str, int] = {}
 
@@ -152,6 +155,10 @@ def _run_locked(cfg: SynthConfig, t_start: float, listing: tuple) -> SynthResult
         if st.get("shortfall"):
             shortfall[entry["identity"]] = shortfall.get(entry["identity"], 0) + st["shortfall"]
         failures.extend(entry.get("failures", []))
+        if "rejected" in entry:
+            rejected.extend(entry["rejected"])
+        else:  # journaled by a maskkit that did not record rejected faces: resumed, counted as unknown
+            unrecorded.append(entry["identity"])
         skips.extend(entry.get("mask_skips", []))
 
     for e in state.chunk_entries:
@@ -186,7 +193,7 @@ def _run_locked(cfg: SynthConfig, t_start: float, listing: tuple) -> SynthResult
                 end += len(res.samples)
                 entry = {"chunk": res.index, "identity": chunk.display or chunk.identity, "end": end,
                          "style_offset": style_offset, "stats": res.stats, "failures": res.failures,
-                         "mask_skips": res.mask_skips}
+                         "rejected": res.rejected, "mask_skips": res.mask_skips}
                 jr.append(entry)
                 if hook is not None:
                     hook("chunk_logged", res.index)
@@ -205,6 +212,7 @@ def _run_locked(cfg: SynthConfig, t_start: float, listing: tuple) -> SynthResult
 
     # ---- finish: failure logs, then the manifest (last, atomically), then drop the journal
     write_bytes_atomic(out / "failures.jsonl", _jsonl(failures))
+    write_bytes_atomic(out / REJECTED, _jsonl(rejected))
     write_bytes_atomic(out / "skipped.jsonl", _jsonl(skipped_records(skipped)))
     if skips:
         write_bytes_atomic(out / "mask_skips.jsonl", _jsonl(skips))
@@ -234,6 +242,8 @@ def _run_locked(cfg: SynthConfig, t_start: float, listing: tuple) -> SynthResult
         "num_faces": int(total.get("faces", 0)),
         "rounding": "half_up",
         "mask_skips": int(total.get("mask_skips", 0)),
+        "faces_rejected": len(rejected),  # rejected.jsonl lines
+        "faces_rejected_by_reason": dict(sorted(Counter(r["reason"] for r in rejected).items())),
         "mask_shortfall": shortfall,
         "style_share_max_dev": round(style_share_deviation(styles), 6),
         "aligned_input": cfg.aligned, "detector": None if cfg.aligned else cfg.detector,
@@ -242,6 +252,10 @@ def _run_locked(cfg: SynthConfig, t_start: float, listing: tuple) -> SynthResult
         "fingerprint": fp, "algorithm_version": ALGORITHM_VERSION,
     }
     class_bytes = {d: b for c, d in zip(classes, shown) if (b := name_b64(c)) is not None}
+    if unrecorded and cfg.faces == "all" and not cfg.aligned:  # (only --faces all keeps a file and leaves a face out)
+        man["rejected_unrecorded"] = unrecorded
+        print(f"warning: {len(unrecorded)} identities were finished by a maskkit that did not record rejected "
+              f"faces; {REJECTED} may miss some of theirs (rerun with --overwrite for a full record)", file=sys.stderr)
     if class_bytes:  # class names that are not UTF-8: their exact bytes (docs/FORMAT.md)
         man["classes_bytes"] = class_bytes
     if not cfg.aligned:  # the forgotten --aligned (printed with the summary: maskkit.util.progress.print_hints)

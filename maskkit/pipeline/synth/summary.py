@@ -15,6 +15,10 @@ def summary_rows(man: dict, stage_seconds: dict | None = None, seconds: float | 
     for r, v in sorted(inp.get("skipped_by_reason", {}).items()):
         rows.append((f"  skipped: {r}", f"{v:,}"))
     rows.append(("faces", f"{man.get('num_faces', man['num_samples']):,}"))
+    # faces left out of files that gave samples (rejected.jsonl); a set from an older maskkit has none
+    rows.append(("faces rejected", f"{man.get('faces_rejected', 0):,}"))
+    for r, v in sorted(man.get("faces_rejected_by_reason", {}).items()):
+        rows.append((f"  rejected: {r}", f"{v:,}"))
     rows.append(("samples", f"{man['num_samples']:,}"))
     nm = man["num_masked"]
     rows.append(("masked", f"{nm:,} ({100.0 * nm / max(1, man['num_samples']):.1f}% of samples)"))

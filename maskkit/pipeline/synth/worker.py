@@ -117,20 +117,24 @@ def _read_input(item: InputItem, cfg: SynthConfig, rec_fh: dict) -> np.ndarray:
     return decode_image(payload, max_pixels=cfg.max_pixels, name=item.rel)
 
 
-def _phase1(chunk: Chunk, cfg: SynthConfig, det, tm: Counter) -> tuple[list[_Face], list[dict], dict, dict]:
+def _phase1(chunk: Chunk, cfg: SynthConfig, det, tm: Counter) -> tuple[list[_Face], list[dict], dict, dict, list[dict]]:
     """Decode, find one face per file (or all), fit the alignment.
 
-    Returns faces, failures, file->nfaces and, without ``aligned``, the summed
+    Returns faces, failures, file->nfaces, without ``aligned`` the summed
     :func:`maskkit.pipeline.hints.crop_evidence` of the inputs (for the forgotten ``--aligned``
-    hint: crop-sized inputs, those without a face, faces already on the template)."""
+    hint: crop-sized inputs, those without a face, faces already on the template), and the
+    ``rejected.jsonl`` lines (:func:`maskkit.pipeline.runner.rejected_line`): the faces left out
+    of a file that gives samples (``--faces all``: ``bad_landmarks``, ``align_error``)."""
     from maskkit.face.align import Aligned, align_face, five_points
     from maskkit.face.detect import find_faces
     from maskkit.face.quality import check_aligned_crop
     from maskkit.io.image_io import ImageError
     from maskkit.pipeline.hints import EVIDENCE_KEYS, crop_evidence
+    from maskkit.pipeline.runner import rejected_line
 
     faces: list[_Face] = []
     failures: list[dict] = []
+    rejected: list[dict] = []
     nfaces: dict[str, int] = {}
     rec_fh: dict = {}
     seen_keys: set[str] = set()
@@ -153,6 +157,8 @@ def _phase1(chunk: Chunk, cfg: SynthConfig, det, tm: Counter) -> tuple[list[_Fac
             finally:
                 tm["decode"] += time.perf_counter() - t0
             t0 = time.perf_counter()
+            chosen: list = []  # the detections, in policy order (their index is the sample's face)
+            bad: list = []  # (index, reason, detail) of the faces left out
             try:
                 if cfg.aligned:
                     # size/aspect, a face, on the template; the crop comes back at (H, W)
@@ -165,11 +171,13 @@ def _phase1(chunk: Chunk, cfg: SynthConfig, det, tm: Counter) -> tuple[list[_Fac
                     sel = [(0, None, check.landmarks68)]
                 else:
                     chosen = find_faces(det, rgb, cfg.faces)  # landmarks checked (maskkit.face.quality)
-                    bad = [f"face {i}: {f.fit.detail}" for i, f in enumerate(chosen) if f.fit is not None and not f.fit.ok]
+                    bad = [(i, "bad_landmarks", f.fit.detail) for i, f in enumerate(chosen)
+                           if f.fit is not None and not f.fit.ok]
                     sel = [(i, f.score, f.landmarks68) for i, f in enumerate(chosen) if f.fit is None or f.fit.ok]
                     if chosen and not sel:
                         evidence.update(crop_evidence(rgb.shape, [], no_face=False))
-                        failures.append({**name_fields(item.rel), "reason": "bad_landmarks", "detail": "; ".join(bad)[:500]})
+                        failures.append({**name_fields(item.rel), "reason": "bad_landmarks",
+                                         "detail": "; ".join(f"face {i}: {d}" for i, _, d in bad)[:500]})
                         continue
             except Exception as exc:  # noqa: BLE001
                 failures.append({**name_fields(item.rel), "reason": "detect_error", "detail": f"{type(exc).__name__}: {exc}"})
@@ -199,7 +207,7 @@ def _phase1(chunk: Chunk, cfg: SynthConfig, det, tm: Counter) -> tuple[list[_Fac
                         lmc = lm - np.array([x0, y0], np.float32)
                         plain = None  # aligned in phase 3 from the crop
                 except Exception as exc:  # noqa: BLE001
-                    errs.append(f"face {fi}: {type(exc).__name__}: {exc}")
+                    errs.append((fi, "align_error", f"{type(exc).__name__}: {exc}"))
                     continue
                 key = sample_key(chunk.label, item.rel, fi)
                 if key in seen_keys:  # a sha1 prefix clash inside one identity: stay unique, stay stable
@@ -209,13 +217,18 @@ def _phase1(chunk: Chunk, cfg: SynthConfig, det, tm: Counter) -> tuple[list[_Fac
                 got += 1
             tm["align"] += time.perf_counter() - t0
             if got == 0:
-                failures.append({**name_fields(item.rel), "reason": "align_error", "detail": "; ".join(errs)[:500]})
+                failures.append({**name_fields(item.rel), "reason": "align_error",
+                                 "detail": "; ".join(f"face {i}: {d}" for i, _, d in sorted(bad + errs))[:500]})
             else:
                 nfaces[item.rel] = got
+                # the faces left out of a file that gives samples: rejected.jsonl, never dropped silently
+                rejected += [rejected_line(name_fields(item.rel), chunk.display or chunk.identity,
+                                           chosen[i] if i < len(chosen) else None, i, why, d)
+                             for i, why, d in sorted(bad + errs)]
     finally:
         for f in rec_fh.values():
             f.close()
-    return faces, failures, nfaces, dict(evidence)
+    return faces, failures, nfaces, dict(evidence), rejected
 
 
 def _walk(perm: list[int], start: int, queue: list[str], try_render, assign: dict[int, str],
@@ -258,7 +271,7 @@ def process_chunk(chunk: Chunk, cfg: SynthConfig, style_offset: int | None = Non
 
     det, ren = _models(cfg)
     tm: Counter = Counter()
-    faces, failures, nfaces, crops = _phase1(chunk, cfg, det, tm)
+    faces, failures, nfaces, crops, rejected = _phase1(chunk, cfg, det, tm)
 
     # ---- phase 2: which faces get which style (seeded by identity), render until m succeed:
     # m // K of each style (shuffled), then the m % K leftovers from the run's style offset
@@ -361,11 +374,12 @@ def process_chunk(chunk: Chunk, cfg: SynthConfig, style_offset: int | None = Non
             **crops,
             "files": len(chunk.items), "ok": len(nfaces), "failed": len(failures),
             "failed_by_reason": dict(by_reason), "faces": n, "samples": len(samples),
+            "faces_rejected": len(rejected), "rejected_by_reason": dict(Counter(r["reason"] for r in rejected)),
             "masked": len(assign), "styles": dict(Counter(assign[i] for i in sorted(assign))),
             "shortfall": m - len(assign), "extra_styles": r, "mask_skips": len(mask_skips),
             "seconds": {kk: round(v, 6) for kk, v in tm.items()},
         }
-        results[o] = ChunkResult(chunk.index, samples, failures, mask_skips, stats)
+        results[o] = ChunkResult(chunk.index, samples, failures, mask_skips, stats, rejected=rejected)
     first = results[min(results)]
     if len(results) > 1:
         first.variants = results
