@@ -336,7 +336,7 @@ class _HashingReader(io.RawIOBase):
 
     def drain(self, bufsize: int = 1 << 20) -> str:
         """Hash the rest of the file; returns the hex sha256 of the whole file."""
-        while b := self.read(bufsize):
+        while self.read(bufsize):
             pass
         return self.sha.hexdigest()
 
