@@ -594,6 +594,11 @@ def verify(data_dir: str | os.PathLike, decode: bool = False, max_problems: int 
         nskip = sum(1 for line in sp.read_text(encoding="utf-8").splitlines() if line.strip()) if sp.exists() else 0
         if nskip != inputs.get("skipped", 0):
             bad(f"skipped.jsonl has {nskip} lines, manifest inputs.skipped is {inputs.get('skipped')}")
+    if "unverified" in man:  # maskkit's extension: --aligned crops kept without a checked fit, one line each
+        up = d / "unverified.jsonl"
+        nunv = sum(1 for line in up.read_text(encoding="utf-8").splitlines() if line.strip()) if up.exists() else 0
+        if nunv != man["unverified"]:
+            bad(f"unverified.jsonl has {nunv} lines, manifest unverified is {man['unverified']}")
     counted = {"num_samples": n, "num_masked": masked, "styles": styles, "per_class": per_class,
                "failures": nfail, "keys": len(keys)}
     if decode:

@@ -34,7 +34,12 @@ from maskkit import __version__
 #:     upside-down faces turned over); a weak HOG detection whose fit only the orientation search
 #:     found must be a face for dlib's CNN, upright. Default HOG runs without such detections give
 #:     the same shard bytes as 7.
-ALGORITHM_VERSION = 8
+#: 9 = ``--aligned`` (issue 12 §5): each sample's JSON records how the crop check kept it
+#:     (``crop_check``: ``how`` template / detected / unverified, ``rms``, ``spread``); an
+#:     unverified crop whose face is turned more than 25 degrees in-plane is ``not_aligned``
+#:     (was a sample) (``maskkit.pipeline.unverified``). Runs without ``--aligned`` give the same
+#:     shard bytes as 8.
+ALGORITHM_VERSION = 9
 
 #: The five mask styles (same as ``maskkit.render.STYLES``; repeated so importing this module
 #: stays light).

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -64,6 +64,8 @@ class ChunkResult:
     processed without knowing the run's style offset, the result for every offset (this object
     is offset 0's); the driver keeps the one for its offset (:meth:`pick`). Variants share their
     unchanged :class:`Sample` objects, so they travel between processes at little cost.
+    ``unverified``: the identity's ``--aligned`` crops kept without a checked fit
+    (``unverified.jsonl`` lines, :mod:`maskkit.pipeline.unverified`).
     """
 
     index: int
@@ -72,6 +74,7 @@ class ChunkResult:
     mask_skips: list[dict]
     stats: dict
     variants: dict[int, "ChunkResult"] | None = None
+    unverified: list[dict] = field(default_factory=list)  # --aligned crops kept unverified (unverified.jsonl)
 
     def pick(self, style_offset: int) -> "ChunkResult":
         """The result for the run's leftover-style offset when this identity comes up."""

@@ -27,8 +27,9 @@ from maskkit.pipeline.synth.journal import (
 from maskkit.io.sources import skipped_records
 from maskkit.pipeline.hints import EVIDENCE_KEYS
 from maskkit.pipeline.synth.plan import class_display_names, list_sources_for, plan_chunks
-from maskkit.util.names import name_b64
+from maskkit.util.names import display_name, name_b64
 from maskkit.pipeline.synth.seeding import next_style_offset
+from maskkit.pipeline.unverified import UNVERIFIED_FILE, unverified_hint
 from maskkit.util.files import write_bytes_atomic, write_json_atomic
 
 
@@ -55,9 +56,10 @@ class SynthResult:
 
 
 def _merge(total: dict, st: dict) -> None:
-    for k in ("files", "ok", "failed", "faces", "samples", "masked", "mask_skips") + EVIDENCE_KEYS:
+    for k in ("files", "ok", "failed", "faces", "samples", "masked", "mask_skips", "unverified",
+              "unverified_masked") + EVIDENCE_KEYS:
         total[k] = total.get(k, 0) + st.get(k, 0)
-    for k in ("failed_by_reason", "styles", "seconds"):
+    for k in ("failed_by_reason", "styles", "seconds", "crop_check"):
         d = total.setdefault(k, {})
         for kk, v in st.get(k, {}).items():
             d[kk] = d.get(kk, 0) + v
@@ -140,6 +142,7 @@ def _run_locked(cfg: SynthConfig, t_start: float, listing: tuple) -> SynthResult
     per_class = {c: {"samples": 0, "masked": 0, "faces": 0} for c in shown}
     failures: list[dict] = []
     skips: list[dict] = []
+    unverified: list[dict] = []
     shortfall: dict[str, int] = {}
 
     def absorb(entry: dict) -> None:
@@ -153,6 +156,7 @@ def _run_locked(cfg: SynthConfig, t_start: float, listing: tuple) -> SynthResult
             shortfall[entry["identity"]] = shortfall.get(entry["identity"], 0) + st["shortfall"]
         failures.extend(entry.get("failures", []))
         skips.extend(entry.get("mask_skips", []))
+        unverified.extend(entry.get("unverified", []))
 
     for e in state.chunk_entries:
         absorb(e)
@@ -187,6 +191,8 @@ def _run_locked(cfg: SynthConfig, t_start: float, listing: tuple) -> SynthResult
                 entry = {"chunk": res.index, "identity": chunk.display or chunk.identity, "end": end,
                          "style_offset": style_offset, "stats": res.stats, "failures": res.failures,
                          "mask_skips": res.mask_skips}
+                if res.unverified:
+                    entry["unverified"] = res.unverified
                 jr.append(entry)
                 if hook is not None:
                     hook("chunk_logged", res.index)
@@ -210,6 +216,10 @@ def _run_locked(cfg: SynthConfig, t_start: float, listing: tuple) -> SynthResult
         write_bytes_atomic(out / "mask_skips.jsonl", _jsonl(skips))
     else:
         (out / "mask_skips.jsonl").unlink(missing_ok=True)
+    if unverified:  # --aligned crops kept without a checked fit (maskkit.pipeline.unverified)
+        write_bytes_atomic(out / UNVERIFIED_FILE, _jsonl(unverified))
+    else:
+        (out / UNVERIFIED_FILE).unlink(missing_ok=True)
     styles = {s: int(total.get("styles", {}).get(s, 0)) for s in cfg.styles}
     for s, v in total.get("styles", {}).items():
         styles.setdefault(s, int(v))
@@ -240,7 +250,11 @@ def _run_locked(cfg: SynthConfig, t_start: float, listing: tuple) -> SynthResult
         "faces": cfg.faces, "jpeg_quality": cfg.quality, "shard_samples": cfg.shard_samples,
         "split": cfg.split, "bytes": int(sum(r["bytes"] for r in shards)),
         "fingerprint": fp, "algorithm_version": ALGORITHM_VERSION,
+        # --aligned crops kept without a checked fit, listed in unverified.jsonl (maskkit.pipeline.unverified)
+        "unverified": int(total.get("unverified", 0)), "unverified_masked": int(total.get("unverified_masked", 0)),
     }
+    if cfg.aligned:  # how the crop check kept each face: template / detected / unverified
+        man["crop_check"] = {k: int(v) for k, v in sorted(total.get("crop_check", {}).items())}
     class_bytes = {d: b for c, d in zip(classes, shown) if (b := name_b64(c)) is not None}
     if class_bytes:  # class names that are not UTF-8: their exact bytes (docs/FORMAT.md)
         man["classes_bytes"] = class_bytes
@@ -248,6 +262,11 @@ def _run_locked(cfg: SynthConfig, t_start: float, listing: tuple) -> SynthResult
         from maskkit.pipeline.hints import forgotten_aligned_hint
 
         hint = forgotten_aligned_hint(total)
+        if hint:
+            man["hints"] = [hint]
+    else:
+        hint = unverified_hint(man["unverified"], man["inputs"]["files"], display_name(str(out)),
+                               man["unverified_masked"] if cfg.ratio > 0 else None)
         if hint:
             man["hints"] = [hint]
     if hook is not None:
