@@ -20,7 +20,7 @@ and ``synth`` with ``--aligned``:
 Measured (``benchmarks/unverified_crops.py``, every celeb-aligned crop): the check keeps 99 of
 the 2,223 unverified; their axis is at most 15.9 degrees off vertical, none is rejected. Every
 10th celeb crop (223) shifted by 20-25 px (8 directions) or rotated by +-35 degrees: 404 of the
-2,230 copies are kept unverified; the tilt rule rejects 87 of the 134 rotated ones (65%) and 7 of
+2,230 copies are kept unverified; the tilt rule rejects 87 of the 134 rotated ones (65%) and 6 of
 the 270 shifted ones. A horizontal shift cannot be told from a profile this way (a profile's
 detected box and fit sit 30-40 px off centre too); a vertical one can (the 5 points of the
 detected face's fit: real crops -14.9..+9.1 px from the template's centre, 65 of the 130
