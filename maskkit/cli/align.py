@@ -51,7 +51,8 @@ def align(src, out, size, detector, upsample, max_side, faces, jobs, fmt, aligne
     manifest.jsonl (one line per face), failures.jsonl (one line per input that gave
     nothing, with a reason), rejected.jsonl (one line per face left out of a written input,
     e.g. landmarks not on the face with --faces all) and skipped.jsonl (every other file under
-    SRC, with a reason).
+    SRC, with a reason); with --aligned, unverified.jsonl lists crops kept whose face could not
+    be checked.
     Exit status 0 when the run completes (also "already complete" when OUT holds this finished
     run), 1 when every input failed, 2 when SRC holds no input file.
     """
@@ -72,7 +73,8 @@ def align(src, out, size, detector, upsample, max_side, faces, jobs, fmt, aligne
     summary = _run_stage(run_align, cfg, AlignError)
     if quiet:
         click.echo(json.dumps({k: summary.get(k) for k in ("seen", "files", "ok", "failed", "skipped", "faces",
-                                                           "faces_rejected", "no_face", "errors", "hints")}))
+                                                           "faces_rejected", "no_face", "errors", "hints", "unverified")
+                                if k != "unverified" or k in summary}))  # unverified: with --aligned
     _finish(out, summary["ok"], summary["failed"], summary.get("already_complete", False))
 
 

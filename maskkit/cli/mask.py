@@ -32,7 +32,8 @@ def mask(src, out, style, seed, detector, faces, aligned, jobs, quality, coverag
     Writes the masked images (same relative paths), manifest.jsonl (one line per face with
     the render parameters), failures.jsonl (one line per input with no masked face, with a
     reason), rejected.jsonl (one line per face left unmasked because its landmarks are not on
-    the face) and skipped.jsonl (every other file under SRC, with a reason). Exit status 0 when
+    the face) and skipped.jsonl (every other file under SRC, with a reason); with --aligned,
+    unverified.jsonl lists crops kept whose face could not be checked. Exit status 0 when
     the run completes (also "already complete" when OUT holds this finished run), 1 when every
     input failed, 2 when SRC holds no input file.
     """
@@ -43,7 +44,8 @@ def mask(src, out, style, seed, detector, faces, aligned, jobs, quality, coverag
     summary = _run_stage(run_mask, cfg, MaskError)
     if quiet:
         click.echo(json.dumps({k: summary.get(k) for k in ("seen", "files", "ok", "failed", "skipped", "faces",
-                                                       "faces_rejected", "errors", "styles", "hints")}))
+                                                       "faces_rejected", "errors", "styles", "hints", "unverified")
+                                if k != "unverified" or k in summary}))  # unverified: with --aligned
     _finish(out, summary["ok"], summary["failed"], summary.get("already_complete", False))
 
 

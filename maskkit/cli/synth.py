@@ -91,7 +91,8 @@ def synth(src, out, ratio, paired, styles, seed, jobs, aligned, size, shard_samp
 
     Exactly round(ratio*n) of each identity's n faces are masked, styles balanced; the
     shards are byte-identical for any --jobs/--backend; a killed run rerun with the same
-    command resumes and ends with exactly the uninterrupted run's samples. Exit status 0 when
+    command resumes and ends with exactly the uninterrupted run's samples. With --aligned, crops
+    kept whose face could not be checked are listed in unverified.jsonl. Exit status 0 when
     the run completes (also "already complete" when OUT holds this finished run), 1 when every
     input failed, 2 when SRC holds no input file.
 

@@ -613,6 +613,11 @@ def verify(data_dir: str | os.PathLike, decode: bool = False, max_problems: int 
                             bad(f"rejected.jsonl: bad line {line.strip()[:80]}")
         if nrej != man["faces_rejected"]:
             bad(f"rejected.jsonl has {nrej} lines, manifest faces_rejected is {man['faces_rejected']}")
+    if "unverified" in man:  # maskkit's extension: --aligned crops kept without a checked fit, one line each
+        up = d / "unverified.jsonl"
+        nunv = sum(1 for line in up.read_text(encoding="utf-8").splitlines() if line.strip()) if up.exists() else 0
+        if nunv != man["unverified"]:
+            bad(f"unverified.jsonl has {nunv} lines, manifest unverified is {man['unverified']}")
     counted = {"num_samples": n, "num_masked": masked, "styles": styles, "per_class": per_class,
                "failures": nfail, "rejected": nrej, "keys": len(keys)}
     if decode:

@@ -95,6 +95,8 @@ class FileResult:
         detail: explanation of ``reason``.
         shape: decoded image shape (``None`` when decoding failed).
         timings: seconds spent in ``decode``, ``detect``, ``landmarks``, ``warp``.
+        crop_check: with ``aligned``, how the crop check kept the crop
+            (:func:`maskkit.pipeline.unverified.crop_record`: ``how``, ``rms``, ``spread``).
     """
 
     item: SourceItem
@@ -104,6 +106,7 @@ class FileResult:
     detail: str = ""
     shape: tuple | None = None
     timings: dict = field(default_factory=dict)
+    crop_check: dict | None = None
 
     @property
     def ok(self) -> bool:
@@ -133,6 +136,7 @@ def process_file(item: SourceItem, detector, cfg) -> FileResult:
     from maskkit.face.detect import aligned_face, find_faces
     from maskkit.face.quality import check_aligned_crop
     from maskkit.io.image_io import ImageError, load_image
+    from maskkit.pipeline.unverified import crop_failure, crop_record
 
     size = tuple(getattr(cfg, "size", (112, 112)))
     policy = getattr(cfg, "faces", "largest")
@@ -154,11 +158,13 @@ def process_file(item: SourceItem, detector, cfg) -> FileResult:
         if getattr(cfg, "aligned", False):
             t0 = time.perf_counter()
             crop = check_aligned_crop(rgb, size)  # size/aspect, a face, on the template
-            if not crop.ok:
+            bad = crop_failure(crop)  # the check's failure, or an unverified face turned in-plane
+            if bad is not None:
                 tm["landmarks"] = time.perf_counter() - t0
-                res.reason, res.detail = crop.reason, crop.detail
+                res.reason, res.detail = bad
                 return res
             faces = [aligned_face(rgb)]
+            res.crop_check = crop_record(crop)  # template / detected / unverified (manifest.jsonl)
             tm["landmarks"] = time.perf_counter() - t0
         else:
             faces = find_faces(detector, rgb, policy, tm)
@@ -245,6 +251,7 @@ def _align_chunk(items: list[SourceItem], cfg: AlignConfig, names: dict[str, str
                         "landmarks5": _r(al.landmarks5), "landmarks68": _r(al.landmarks68),
                         "matrix": _r(al.matrix, 6),
                         **({"landmark_check": face.fit.as_dict()} if face.fit is not None else {}),
+                        **({"crop_check": res.crop_check} if res.crop_check is not None else {}),
                     })
             except (OSError, ValueError) as exc:
                 rec["records"] = []
@@ -288,6 +295,8 @@ def _run_shards(cfg: AlignConfig) -> dict:
                "errors": errors, "seconds": round(seconds, 3),
                "img_per_s": round(files / seconds, 2) if seconds > 0 else 0.0,
                "format": "shards", "out": str(cfg.out), "hints": list(manifest.get("hints", []))}
+    if cfg.aligned:
+        summary["unverified"] = int(manifest.get("unverified") or 0)
     if result.already_complete:
         summary["already_complete"] = True
     elif cfg.progress:
@@ -306,7 +315,9 @@ def run_align(cfg: AlignConfig) -> dict:
         ``faces``, ``faces_rejected`` (``rejected.jsonl`` lines: faces left out of written inputs)
         and ``rejected_by_reason``, ``no_face``, ``errors`` (reason -> count, excluding ``no_face``), ``seconds``,
         ``img_per_s``, ``timings`` (total seconds per stage), ``hints`` (lines printed after the
-        summary: a forgotten ``--aligned``, :mod:`maskkit.pipeline.hints`); ``already_complete: True`` when
+        summary: a forgotten ``--aligned``, :mod:`maskkit.pipeline.hints`; with ``aligned``, crops
+        kept unverified, :mod:`maskkit.pipeline.unverified`), ``unverified`` (with ``aligned``:
+        crops kept without a checked fit, listed in ``unverified.jsonl``); ``already_complete: True`` when
         ``out`` already held this finished run (the summary is that run's).
 
     Raises:
@@ -325,6 +336,8 @@ def run_align(cfg: AlignConfig) -> dict:
         write_accounting,
     )
     from maskkit.pipeline.hints import forgotten_aligned_hint
+    from maskkit.pipeline.unverified import unverified_hint
+    from maskkit.util.names import display_name
     from maskkit.util.progress import print_hints, print_summary
 
     src, out = Path(cfg.src), Path(cfg.out)
@@ -382,7 +395,11 @@ def run_align(cfg: AlignConfig) -> dict:
         "jobs": jobs, "timings": {k: round(v, 3) for k, v in timings.items()},
         "hints": [],
     }
-    hint = None if cfg.aligned else forgotten_aligned_hint({**evidence, "files": stats["files"]})
+    if cfg.aligned:  # crops kept without a checked fit: counted, listed in unverified.jsonl, hinted at
+        summary["unverified"] = stats["unverified"]
+        hint = unverified_hint(stats["unverified"], stats["files"], display_name(str(out)))
+    else:
+        hint = forgotten_aligned_hint({**evidence, "files": stats["files"]})
     if hint:
         summary["hints"].append(hint)
     assert summary["files"] == len(items) == summary["ok"] + summary["failed"], "accounting broken"
@@ -403,6 +420,10 @@ def _summary_rows(summary: dict, **extra) -> dict:
             "faces rejected": summary.get("rejected_by_reason") or {},
             "no face": summary["no_face"], "errors": summary["errors"] or {},
             "seconds": summary["seconds"], "img/s": summary["img_per_s"]}
+    if "unverified" in summary:  # --aligned (maskkit.pipeline.unverified)
+        from maskkit.pipeline.unverified import summary_value
+
+        rows["kept unverified"] = summary_value(summary["unverified"])
     if "jobs" in extra:
         rows["workers"] = extra["jobs"]
     if "shards" in extra:

@@ -139,6 +139,7 @@ def mask_file(item, detector, renderer, cfg: MaskConfig, out_rel: str | None = N
     from maskkit.pipeline.hints import crop_evidence
     from maskkit.pipeline.runner import coverage_rel, safe_target
     from maskkit.pipeline.runner import rounded as _r
+    from maskkit.pipeline.unverified import crop_failure, crop_record
     from maskkit.render import CannotFit
     from maskkit.util.names import name_fields
 
@@ -160,12 +161,15 @@ def mask_file(item, detector, renderer, cfg: MaskConfig, out_rel: str | None = N
         except ImageError as exc:
             return fail(exc.reason, exc.detail)
         h, w = rgb.shape[:2]
+        cc = None
         # only the faces the policy keeps are landmarked (and their landmarks checked)
         if cfg.aligned:
             crop = check_aligned_crop(rgb)
-            if not crop.ok:
-                return fail(crop.reason, crop.detail)
+            bad = crop_failure(crop)  # the check's failure, or an unverified face turned in-plane
+            if bad is not None:
+                return fail(*bad)
             faces = [aligned_face(rgb)]
+            cc = crop_record(crop)  # template / detected / unverified (manifest.jsonl, unverified.jsonl)
         else:
             faces = find_faces(detector, rgb, cfg.faces)
             # for the forgotten --aligned hint (maskkit.pipeline.hints)
@@ -180,6 +184,8 @@ def mask_file(item, detector, renderer, cfg: MaskConfig, out_rel: str | None = N
             r = {**src_fields, **name_fields(out_rel, "out"), "face": k, "box": _r(f.box, 2),
                  "score": None if f.score is None else round(float(f.score), 4),
                  "landmarks68": _r(f.landmarks68, 2)}
+            if cc is not None:
+                r["crop_check"] = cc
             if f.fit is not None:
                 r["landmark_check"] = f.fit.as_dict()
                 if not f.fit.ok:  # a mask on points that are not on the face is a wrong sample
@@ -232,9 +238,11 @@ def run_mask(cfg: MaskConfig) -> dict:
     """Run ``maskkit mask``; returns the summary (``seen``, ``files``, ``ok``, ``failed``,
     ``skipped``, ``faces`` (masked), ``faces_rejected`` (unmasked, landmarks not on the face:
     ``rejected.jsonl``) and ``rejected_by_reason``, ``faces_unfit`` (unmasked, the mask cannot
-    fit), ``errors``, ``styles``, ``seconds``, ``img_per_s``, ``hints`` (a
-    forgotten ``--aligned``, printed after the table, :mod:`maskkit.pipeline.hints`); ``already_complete:
-    True`` when ``out`` already held this finished run).
+    fit), ``errors``, ``styles``, ``seconds``, ``img_per_s``, ``hints`` (a forgotten
+    ``--aligned``, or with ``--aligned`` crops kept unverified, printed after the table,
+    :mod:`maskkit.pipeline.hints`, :mod:`maskkit.pipeline.unverified`), ``unverified`` (with
+    ``--aligned``: crops kept without a checked fit, listed in ``unverified.jsonl``);
+    ``already_complete: True`` when ``out`` already held this finished run).
 
     Raises:
         MaskError: the run cannot proceed.
@@ -251,7 +259,9 @@ def run_mask(cfg: MaskConfig) -> dict:
         write_accounting,
     )
     from maskkit.pipeline.hints import forgotten_aligned_hint
+    from maskkit.pipeline.unverified import summary_value, unverified_hint
     from maskkit.render import STYLES, MaskRenderer
+    from maskkit.util.names import display_name
     from maskkit.util.progress import print_hints, print_summary
 
     src, out = Path(cfg.src), Path(cfg.out)
@@ -309,19 +319,26 @@ def run_mask(cfg: MaskConfig) -> dict:
         "styles": {s: styles.get(s, 0) for s in STYLES}, "seconds": round(seconds, 3),
         "img_per_s": round(stats["files"] / seconds, 2) if seconds > 0 else 0.0, "jobs": jobs, "hints": [],
     }
-    hint = None if cfg.aligned else forgotten_aligned_hint({**evidence, "files": stats["files"]})
+    if cfg.aligned:  # crops kept without a checked fit: counted, listed in unverified.jsonl, hinted at
+        summary["unverified"] = stats["unverified"]
+        hint = unverified_hint(stats["unverified"], stats["files"], display_name(str(out)))
+    else:
+        hint = forgotten_aligned_hint({**evidence, "files": stats["files"]})
     if hint:
         summary["hints"].append(hint)
     assert summary["files"] == len(items) == summary["ok"] + summary["failed"], "accounting broken"
     assert summary["seen"] == listing.seen == summary["files"] + summary["skipped"], "accounting broken"
     record_complete(out, info, fp, summary)
     if cfg.progress:
-        print_summary(f"maskkit mask -> {out}", {
+        rows = {
             "seen": summary["seen"], "files": summary["files"], "ok": summary["ok"],
             "failed": summary["errors"] or {}, "skipped (not inputs)": summary["skipped"],
             "faces masked": summary["faces"], "faces rejected": summary["rejected_by_reason"] or {},
             "faces not fitted": summary["faces_unfit"],
             "styles": summary["styles"], "seconds": seconds, "img/s": summary["img_per_s"], "workers": jobs,
-        })
+        }
+        if cfg.aligned:
+            rows["kept unverified"] = summary_value(summary["unverified"])
+        print_summary(f"maskkit mask -> {out}", rows)
         print_hints(summary["hints"])
     return summary

@@ -21,7 +21,8 @@ holds the rest:
   take them.
 * :func:`run_chunks` -- the chunked (optionally parallel) map over inputs, results in order.
 * :func:`write_accounting` -- the manifest/failures/rejected/skipped writer with a progress bar
-  (``seen == ok + failed + skipped``). Every line is valid UTF-8: names that are not come as
+  (``seen == ok + failed + skipped``), plus ``unverified.jsonl`` for ``--aligned`` crops kept
+  without a checked fit (:mod:`maskkit.pipeline.unverified`). Every line is valid UTF-8: names that are not come as
   ``src`` (display) + ``src_bytes`` (:mod:`maskkit.util.names`).
 
 Example:
@@ -95,8 +96,9 @@ RUN_INFO = "maskkit-run.json"
 #: ``maskkit synth`` writes the same file beside its ``failures.jsonl``.
 REJECTED = "rejected.jsonl"
 
-#: The files ``align``/``mask`` write into ``--out`` besides the outputs of the inputs.
-RESERVED = ("manifest.jsonl", "failures.jsonl", REJECTED, "skipped.jsonl", RUN_INFO)
+#: The files ``align``/``mask`` write into ``--out`` besides the outputs of the inputs
+#: (``unverified.jsonl``: ``maskkit.pipeline.unverified.UNVERIFIED_FILE``, only with ``--aligned``).
+RESERVED = ("manifest.jsonl", "failures.jsonl", REJECTED, "skipped.jsonl", "unverified.jsonl", RUN_INFO)
 
 
 def rejected_line(src_fields: dict, identity: str, face, k: int, reason: str, detail: str) -> dict:
@@ -361,7 +363,9 @@ def write_accounting(out: Path, results: Iterator[list], total: int, desc: str, 
                      count: Callable[[dict, Counter], None] | None = None,
                      skipped: Sequence[dict] = ()) -> tuple[Counter, Counter, Counter]:
     """Write ``manifest.jsonl``, ``failures.jsonl``, ``rejected.jsonl`` (:data:`REJECTED`) and
-    ``skipped.jsonl`` from per-file results, with a progress bar.
+    ``skipped.jsonl`` from per-file results, with a progress bar; and ``unverified.jsonl`` (one
+    line per manifest line whose ``crop_check`` is ``unverified``: ``--aligned`` crops kept
+    without a checked fit) when there is one.
 
     Each result is ``{"records": [manifest lines], "failure": None | {"src", "reason", "detail"},
     "rejected": [{"src", "face", "reason", "detail", ...}]}`` (names already in their text form,
@@ -382,15 +386,18 @@ def write_accounting(out: Path, results: Iterator[list], total: int, desc: str, 
 
     Returns:
         ``(stats, reasons, rejected)``: ``stats`` has ``files``, ``ok``, ``failed``, ``skipped``,
-        ``seen`` (``= files + skipped``), ``faces_rejected`` (``rejected.jsonl`` lines) and
-        whatever ``count`` added (``faces`` is shown on the bar); ``reasons`` counts failures by
-        reason, ``rejected`` the rejected faces by reason.
+        ``seen`` (``= files + skipped``), ``faces_rejected`` (``rejected.jsonl`` lines),
+        ``unverified`` (``unverified.jsonl`` lines) and whatever ``count`` added (``faces`` is
+        shown on the bar); ``reasons`` counts failures by reason, ``rejected`` the rejected faces
+        by reason.
     """
+    from maskkit.pipeline.unverified import UNVERIFIED_FILE, is_unverified
     from maskkit.util.progress import progress_bar
 
     stats: Counter = Counter()
     reasons: Counter = Counter()
     rejected: Counter = Counter()
+    unverified: list[str] = []
     with open(out / "skipped.jsonl", "w", encoding="utf-8") as sk:
         for r in skipped:
             sk.write(json_line(r) + "\n")
@@ -407,6 +414,8 @@ def write_accounting(out: Path, results: Iterator[list], total: int, desc: str, 
                     stats["ok"] += 1
                     for r in rec["records"]:
                         man.write(json_line(r) + "\n")
+                        if is_unverified(r.get("crop_check")):
+                            unverified.append(json_line(_unverified_line(r)) + "\n")
                     for r in rec.get("rejected", ()):
                         rejected[r["reason"]] += 1
                         rej.write(json_line(r) + "\n")
@@ -419,4 +428,16 @@ def write_accounting(out: Path, results: Iterator[list], total: int, desc: str, 
     stats["skipped"] = len(skipped)
     stats["seen"] = stats["files"] + stats["skipped"]
     stats["faces_rejected"] = sum(rejected.values())
+    stats["unverified"] = len(unverified)
+    if unverified:
+        write_atomic(out / UNVERIFIED_FILE, "".join(unverified).encode("utf-8"))
+    else:
+        (out / UNVERIFIED_FILE).unlink(missing_ok=True)
     return stats, reasons, rejected
+
+
+def _unverified_line(r: dict) -> dict:
+    """The ``unverified.jsonl`` line of a manifest line: where it came from and went, what the
+    check measured, and (``mask``) whether it was masked."""
+    keys = ("src", "src_bytes", "out", "out_bytes", "face", "masked", "style")
+    return {**{k: r[k] for k in keys if k in r}, **r["crop_check"]}

@@ -21,7 +21,8 @@ def run_embed(model_path: str, src: str, out: str, masked: bool = False, flip: b
     (N,) base64 strings, ``""`` for the others), and ``failures`` (JSON strings, one per input
     left out, with the reason; ``src_bytes`` likewise) and ``notes`` (JSON strings, one per image
     whose alignment was not the default: a 112x112 crop ``realigned`` because it was off the
-    template, or kept ``unverified``). ``aligned`` trusts 112x112 images as aligned crops.
+    template, or kept ``unverified``: a face whose points cannot be checked, with its fit's RMS).
+    ``aligned`` trusts 112x112 images as aligned crops (unchecked).
 
     Returns:
         A summary dict (counts, output path).
@@ -59,4 +60,5 @@ def run_embed(model_path: str, src: str, out: str, masked: bool = False, flip: b
     )
     tmp.replace(outp)
     return {"out": str(outp), "embedded": len(images), "failed": len(images.failures),
-            "alignment_fallbacks": len(images.notes), "has_sigma": emb.sigma is not None, "dim": int(dim)}
+            "alignment_fallbacks": len(images.notes),
+            "unverified": sum(1 for n in images.notes.values() if n.startswith("unverified")), "has_sigma": emb.sigma is not None, "dim": int(dim)}

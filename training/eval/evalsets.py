@@ -268,9 +268,10 @@ class FaceAligner:
         chk = check_aligned_crop(rgb, self.size)
         if chk.ok:
             lm = None if chk.landmarks68 is None else np.asarray(chk.landmarks68, np.float32)
-            if chk.how == "unverified":
-                return rgb, None, ("unverified: a face whose landmarks cannot be checked against the template "
-                                   "(profile or occlusion); used as given")
+            if chk.how == "unverified":  # the numbers as in maskkit.pipeline.unverified.crop_record
+                fit = "" if chk.rms is None else f"; its unstable fit {chk.rms:.1f} px RMS from the template"
+                return rgb, None, (f"unverified: a face whose landmarks cannot be checked against the template "
+                                   f"(profile or occlusion{fit}); used as given")
             return rgb, lm, None
         if chk.reason == "not_aligned" and chk.landmarks68 is not None:
             aligned = align_face(rgb, chk.landmarks68, size=self.size)

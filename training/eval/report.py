@@ -210,6 +210,12 @@ def _by_branch(values: np.ndarray | None, masked: np.ndarray) -> dict | None:
     return {"unmasked": _stats(values[~masked]), "masked": _stats(values[masked])}
 
 
+def _n_unverified(notes: dict) -> int:
+    """Images whose alignment note says ``unverified``: 112x112 crops with a face whose points
+    could not be checked against the template, used as given (``FaceAligner``)."""
+    return sum(1 for n in notes.values() if str(n).startswith("unverified"))
+
+
 def _model_info(model) -> dict:
     cfg = getattr(model, "config", {}) or {}
     meta = getattr(model, "meta", {}) or {}
@@ -288,6 +294,7 @@ def evaluate_pairset(model, pairs: PairSet, cfg: EvalConfig, renderer=None) -> V
               "images": int(len(loaded.images)), "input_failures": len(loaded.failures),  # images, once each
               "pairs_skipped": len(loaded.skipped_pairs),  # pairs left out for a failed image
               "alignment_fallbacks": len(loaded.notes),
+              "alignment_unverified": _n_unverified(loaded.notes),  # 112x112 crops kept unverified
               "mask_requested": mo.n_requested, "masked": mo.n_masked, "mask_failures": len(mo.failures)}
     head = {
         "task": "verification", "set": cfg.set_name, "source": loaded.source, "model": str(cfg.model),
@@ -480,6 +487,7 @@ def evaluate_identification(model, gallery: ImageSet, probes: ImageSet, cfg: Eva
     counts = {
         "input_failures": len(gallery.failures) + len(probes.failures),
         "alignment_fallbacks": len(gallery.notes) + len(probes.notes),
+        "alignment_unverified": _n_unverified(gallery.notes) + _n_unverified(probes.notes),
         left_g.count_key: left_g.count, left_p.count_key: left_p.count,
         "mask_requested": gm.n_requested + pm.n_requested, "masked": gm.n_masked + pm.n_masked,
         "mask_failures": len(gm.failures) + len(pm.failures),

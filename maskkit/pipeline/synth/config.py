@@ -38,7 +38,12 @@ from maskkit import __version__
 #:     the 5 points by at most ``CROP_SURE_TOL`` (or by more than ``CROP_TOL``); 7 of the 2,223
 #:     celeb-aligned crops are now kept by the template fit (before: by a detected face, with
 #:     other landmarks in 6 of them). No verdict changed on ``benchmarks/crop_check.py``.
-ALGORITHM_VERSION = 9
+#: 10 = ``--aligned`` (issue 12 §5): each sample's JSON records how the crop check kept it
+#:     (``crop_check``: ``how`` template / detected / unverified, ``rms``, ``spread``); an
+#:     unverified crop whose face is turned more than 25 degrees in-plane is ``not_aligned``
+#:     (was a sample) (``maskkit.pipeline.unverified``). Runs without ``--aligned`` give the same
+#:     shard bytes as 9.
+ALGORITHM_VERSION = 10
 
 #: The five mask styles (same as ``maskkit.render.STYLES``; repeated so importing this module
 #: stays light).

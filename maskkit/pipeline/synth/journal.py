@@ -58,7 +58,8 @@ class _Journal:
 def _our_files(out: Path, split: str) -> list[Path]:
     pats = [f"{split}-*.tar", f"{split}-*.tar.tmp", "manifest.json", "manifest.json.tmp", "failures.jsonl",
             "failures.jsonl.tmp", "mask_skips.jsonl", "mask_skips.jsonl.tmp", "skipped.jsonl", "skipped.jsonl.tmp",
-            REJECTED, REJECTED + ".tmp", JOURNAL, JOURNAL + ".tmp"]
+            REJECTED, REJECTED + ".tmp", "unverified.jsonl", "unverified.jsonl.tmp",
+            JOURNAL, JOURNAL + ".tmp"]
     return [p for pat in pats for p in out.glob(pat)]
 
 

@@ -66,6 +66,8 @@ class ChunkResult:
     unchanged :class:`Sample` objects, so they travel between processes at little cost.
     ``rejected``: the ``rejected.jsonl`` lines of the faces left out of files that give samples
     (the same in every variant).
+    ``unverified``: the identity's ``--aligned`` crops kept without a checked fit
+    (``unverified.jsonl`` lines, :mod:`maskkit.pipeline.unverified`).
     """
 
     index: int
@@ -75,6 +77,7 @@ class ChunkResult:
     stats: dict
     variants: dict[int, "ChunkResult"] | None = None
     rejected: list[dict] = field(default_factory=list)  # rejected.jsonl lines (faces left out of kept files)
+    unverified: list[dict] = field(default_factory=list)  # --aligned crops kept unverified (unverified.jsonl)
 
     def pick(self, style_offset: int) -> "ChunkResult":
         """The result for the run's leftover-style offset when this identity comes up."""

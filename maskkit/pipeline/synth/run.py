@@ -28,8 +28,9 @@ from maskkit.io.sources import skipped_records
 from maskkit.pipeline.hints import EVIDENCE_KEYS
 from maskkit.pipeline.runner import REJECTED
 from maskkit.pipeline.synth.plan import class_display_names, list_sources_for, plan_chunks
-from maskkit.util.names import name_b64
+from maskkit.util.names import display_name, name_b64
 from maskkit.pipeline.synth.seeding import next_style_offset
+from maskkit.pipeline.unverified import UNVERIFIED_FILE, unverified_hint
 from maskkit.util.files import write_bytes_atomic, write_json_atomic
 
 
@@ -56,9 +57,10 @@ class SynthResult:
 
 
 def _merge(total: dict, st: dict) -> None:
-    for k in ("files", "ok", "failed", "faces", "samples", "masked", "mask_skips", "faces_rejected") + EVIDENCE_KEYS:
+    for k in ("files", "ok", "failed", "faces", "samples", "masked", "mask_skips", "faces_rejected", "unverified",
+              "unverified_masked") + EVIDENCE_KEYS:
         total[k] = total.get(k, 0) + st.get(k, 0)
-    for k in ("failed_by_reason", "rejected_by_reason", "styles", "seconds"):
+    for k in ("failed_by_reason", "rejected_by_reason", "styles", "seconds", "crop_check"):
         d = total.setdefault(k, {})
         for kk, v in st.get(k, {}).items():
             d[kk] = d.get(kk, 0) + v
@@ -143,6 +145,7 @@ def _run_locked(cfg: SynthConfig, t_start: float, listing: tuple) -> SynthResult
     rejected: list[dict] = []  # rejected.jsonl: faces left out of files that gave samples
     unrecorded: list[str] = []  # identities resumed from a journal older than rejected.jsonl
     skips: list[dict] = []
+    unverified: list[dict] = []
     shortfall: dict[str, int] = {}
 
     def absorb(entry: dict) -> None:
@@ -160,6 +163,7 @@ def _run_locked(cfg: SynthConfig, t_start: float, listing: tuple) -> SynthResult
         else:  # journaled by a maskkit that did not record rejected faces: resumed, counted as unknown
             unrecorded.append(entry["identity"])
         skips.extend(entry.get("mask_skips", []))
+        unverified.extend(entry.get("unverified", []))
 
     for e in state.chunk_entries:
         absorb(e)
@@ -194,6 +198,8 @@ def _run_locked(cfg: SynthConfig, t_start: float, listing: tuple) -> SynthResult
                 entry = {"chunk": res.index, "identity": chunk.display or chunk.identity, "end": end,
                          "style_offset": style_offset, "stats": res.stats, "failures": res.failures,
                          "rejected": res.rejected, "mask_skips": res.mask_skips}
+                if res.unverified:
+                    entry["unverified"] = res.unverified
                 jr.append(entry)
                 if hook is not None:
                     hook("chunk_logged", res.index)
@@ -218,6 +224,10 @@ def _run_locked(cfg: SynthConfig, t_start: float, listing: tuple) -> SynthResult
         write_bytes_atomic(out / "mask_skips.jsonl", _jsonl(skips))
     else:
         (out / "mask_skips.jsonl").unlink(missing_ok=True)
+    if unverified:  # --aligned crops kept without a checked fit (maskkit.pipeline.unverified)
+        write_bytes_atomic(out / UNVERIFIED_FILE, _jsonl(unverified))
+    else:
+        (out / UNVERIFIED_FILE).unlink(missing_ok=True)
     styles = {s: int(total.get("styles", {}).get(s, 0)) for s in cfg.styles}
     for s, v in total.get("styles", {}).items():
         styles.setdefault(s, int(v))
@@ -250,7 +260,11 @@ def _run_locked(cfg: SynthConfig, t_start: float, listing: tuple) -> SynthResult
         "faces": cfg.faces, "jpeg_quality": cfg.quality, "shard_samples": cfg.shard_samples,
         "split": cfg.split, "bytes": int(sum(r["bytes"] for r in shards)),
         "fingerprint": fp, "algorithm_version": ALGORITHM_VERSION,
+        # --aligned crops kept without a checked fit, listed in unverified.jsonl (maskkit.pipeline.unverified)
+        "unverified": int(total.get("unverified", 0)), "unverified_masked": int(total.get("unverified_masked", 0)),
     }
+    if cfg.aligned:  # how the crop check kept each face: template / detected / unverified
+        man["crop_check"] = {k: int(v) for k, v in sorted(total.get("crop_check", {}).items())}
     class_bytes = {d: b for c, d in zip(classes, shown) if (b := name_b64(c)) is not None}
     if unrecorded and cfg.faces == "all" and not cfg.aligned:  # (only --faces all keeps a file and leaves a face out)
         man["rejected_unrecorded"] = unrecorded
@@ -262,6 +276,11 @@ def _run_locked(cfg: SynthConfig, t_start: float, listing: tuple) -> SynthResult
         from maskkit.pipeline.hints import forgotten_aligned_hint
 
         hint = forgotten_aligned_hint(total)
+        if hint:
+            man["hints"] = [hint]
+    else:
+        hint = unverified_hint(man["unverified"], man["inputs"]["files"], display_name(str(out)),
+                               man["unverified_masked"] if cfg.ratio > 0 else None)
         if hint:
             man["hints"] = [hint]
     if hook is not None:

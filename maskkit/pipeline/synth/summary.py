@@ -24,6 +24,15 @@ def summary_rows(man: dict, stage_seconds: dict | None = None, seconds: float | 
     rows.append(("masked", f"{nm:,} ({100.0 * nm / max(1, man['num_samples']):.1f}% of samples)"))
     for s, v in man["styles"].items():
         rows.append((f"  {s}", f"{v:,} ({100.0 * v / max(1, nm):.1f}%)"))
+    if man.get("aligned_input"):  # how the --aligned crop check kept the faces (maskkit.pipeline.unverified)
+        from maskkit.pipeline.unverified import summary_value
+
+        by = man.get("crop_check") or {}
+        rows.append(("crop check", ", ".join(f"{k} {v:,}" for k, v in by.items()) or "-"))
+        cell = summary_value(man.get("unverified", 0))
+        if man.get("unverified_masked"):
+            cell += f"; {man['unverified_masked']:,} masked"
+        rows.append(("kept unverified", cell))
     if man.get("mask_skips"):
         rows.append(("mask skips (cannot fit)", f"{man['mask_skips']:,}"))
     if man.get("mask_shortfall"):

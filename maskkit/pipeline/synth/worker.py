@@ -59,6 +59,7 @@ class _Face:
     plain: Any = None  # maskkit.face.align.Aligned (the identity transform for aligned input)
     render: Any = None  # MaskResult
     style: str | None = None
+    crop_check: dict | None = None  # --aligned: how the crop check kept it (maskkit.pipeline.unverified)
 
 
 def _jsonable(x):
@@ -131,6 +132,7 @@ def _phase1(chunk: Chunk, cfg: SynthConfig, det, tm: Counter) -> tuple[list[_Fac
     from maskkit.io.image_io import ImageError
     from maskkit.pipeline.hints import EVIDENCE_KEYS, crop_evidence
     from maskkit.pipeline.runner import rejected_line
+    from maskkit.pipeline.unverified import crop_failure, crop_record
 
     faces: list[_Face] = []
     failures: list[dict] = []
@@ -159,16 +161,19 @@ def _phase1(chunk: Chunk, cfg: SynthConfig, det, tm: Counter) -> tuple[list[_Fac
             t0 = time.perf_counter()
             chosen: list = []  # the detections, in policy order (their index is the sample's face)
             bad: list = []  # (index, reason, detail) of the faces left out
+            cc = None
             try:
                 if cfg.aligned:
                     # size/aspect, a face, on the template; the crop comes back at (H, W)
                     # (insightface's 112x96 = the 112x112 crop's columns 8..104)
                     check = check_aligned_crop(rgb, (H, W))
-                    if not check.ok:
-                        failures.append({**name_fields(item.rel), "reason": check.reason, "detail": check.detail})
+                    failed = crop_failure(check)  # the check's failure, or an unverified face turned in-plane
+                    if failed is not None:
+                        failures.append({**name_fields(item.rel), "reason": failed[0], "detail": failed[1]})
                         continue
                     rgb = check.image
                     sel = [(0, None, check.landmarks68)]
+                    cc = crop_record(check)  # template / detected / unverified, in the sample's JSON
                 else:
                     chosen = find_faces(det, rgb, cfg.faces)  # landmarks checked (maskkit.face.quality)
                     bad = [(i, "bad_landmarks", f.fit.detail) for i, f in enumerate(chosen)
@@ -213,7 +218,8 @@ def _phase1(chunk: Chunk, cfg: SynthConfig, det, tm: Counter) -> tuple[list[_Fac
                 if key in seen_keys:  # a sha1 prefix clash inside one identity: stay unique, stay stable
                     key = f"{key}_{hashlib.sha1(name_bytes(item.rel)).hexdigest()[12:20]}"
                 seen_keys.add(key)
-                faces.append(_Face(key, item.rel, fi, None if score is None else float(score), crop, lmc, plain))
+                faces.append(_Face(key, item.rel, fi, None if score is None else float(score), crop, lmc, plain,
+                                   crop_check=cc))
                 got += 1
             tm["align"] += time.perf_counter() - t0
             if got == 0:
@@ -268,6 +274,7 @@ def process_chunk(chunk: Chunk, cfg: SynthConfig, style_offset: int | None = Non
 
     from maskkit.face.align import Aligned, align_face
     from maskkit.io.image_io import encode_jpeg
+    from maskkit.pipeline.unverified import is_unverified
 
     det, ren = _models(cfg)
     tm: Counter = Counter()
@@ -339,6 +346,8 @@ def process_chunk(chunk: Chunk, cfg: SynthConfig, style_offset: int | None = Non
             # names as text: the display form (+ src_bytes for a name that is not UTF-8; docs/FORMAT.md)
             base_meta = {"label": chunk.label, "identity": chunk.display or chunk.identity, **name_fields(f.rel),
                          "face": f.face, "score": None if f.score is None else round(f.score, 5)}
+            if f.crop_check is not None:  # --aligned only (algorithm 10): other sets keep version 9's bytes
+                base_meta["crop_check"] = f.crop_check
             pkey, mkey = (f.key, f.key + "_m") if cfg.paired else (f.key, f.key)
             out: list[Sample] = []
             if cfg.paired or not is_masked:
@@ -366,10 +375,15 @@ def process_chunk(chunk: Chunk, cfg: SynthConfig, style_offset: int | None = Non
     by_reason = Counter(fl["reason"] for fl in failures)
     for fl in failures:
         fl.setdefault("identity", chunk.display or chunk.identity)
+    how = Counter(f.crop_check["how"] for f in faces if f.crop_check is not None)
     results = {}
     for o, (assign, skips) in chosen.items():
         samples = [s for i in range(n) for s in per_face[(i, assign.get(i))]]
         mask_skips = [dict(skip_records[key]) for key in skips]
+        # --aligned crops kept without a checked fit: unverified.jsonl lines (maskkit.pipeline.unverified)
+        unverified = [{**name_fields(f.rel), "identity": chunk.display or chunk.identity, "face": f.face,
+                       "key": f.key, **f.crop_check, "masked": i in assign, "style": assign.get(i)}
+                      for i, f in enumerate(faces) if is_unverified(f.crop_check)]
         stats = {
             **crops,
             "files": len(chunk.items), "ok": len(nfaces), "failed": len(failures),
@@ -377,9 +391,11 @@ def process_chunk(chunk: Chunk, cfg: SynthConfig, style_offset: int | None = Non
             "faces_rejected": len(rejected), "rejected_by_reason": dict(Counter(r["reason"] for r in rejected)),
             "masked": len(assign), "styles": dict(Counter(assign[i] for i in sorted(assign))),
             "shortfall": m - len(assign), "extra_styles": r, "mask_skips": len(mask_skips),
+            "unverified": len(unverified), "unverified_masked": sum(u["masked"] for u in unverified),
+            "crop_check": dict(sorted(how.items())),
             "seconds": {kk: round(v, 6) for kk, v in tm.items()},
         }
-        results[o] = ChunkResult(chunk.index, samples, failures, mask_skips, stats, rejected=rejected)
+        results[o] = ChunkResult(chunk.index, samples, failures, mask_skips, stats, rejected=rejected, unverified=unverified)
     first = results[min(results)]
     if len(results) > 1:
         first.variants = results
