@@ -341,6 +341,27 @@ class _HashingReader(io.RawIOBase):
         return self.sha.hexdigest()
 
 
+def _count_lines(path: Path, required: tuple[str, ...], bad) -> int:
+    """Non-empty lines of the JSON-lines file ``path`` (0 when it does not exist); ``bad`` is
+    called with a message for a line that is not JSON or lacks one of the ``required`` keys."""
+    n = 0
+    if not path.exists():
+        return 0
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            n += 1
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError:
+                bad(f"{path.name}: bad line {line.strip()[:80]}")
+                continue
+            if any(key not in r for key in required):
+                bad(f"{path.name}: line without {'/'.join(required)}: {line.strip()[:80]}")
+    return n
+
+
 def _shard_paths(data_dir: Path) -> list[Path]:
     listed = read_manifest(data_dir).get("shards") if (data_dir / "manifest.json").exists() else None
     if listed is not None:
@@ -573,49 +594,24 @@ def verify(data_dir: str | os.PathLike, decode: bool = False, max_problems: int 
     inputs = man.get("inputs", {})
     if inputs.get("files") != inputs.get("ok", 0) + inputs.get("failed", 0):
         bad(f"inputs: files {inputs.get('files')} != ok {inputs.get('ok')} + failed {inputs.get('failed')}")
-    fp = d / "failures.jsonl"
-    nfail = 0
-    if fp.exists():
-        with open(fp, encoding="utf-8") as f:
-            for line in f:
-                if line.strip():
-                    nfail += 1
-                    try:
-                        r = json.loads(line)
-                        if "src" not in r or "reason" not in r:
-                            bad(f"failures.jsonl: line without src/reason: {line.strip()[:80]}")
-                    except json.JSONDecodeError:
-                        bad(f"failures.jsonl: bad line {line.strip()[:80]}")
+    nfail = _count_lines(d / "failures.jsonl", ("src", "reason"), bad)
     if nfail != inputs.get("failed", 0):
         bad(f"failures.jsonl has {nfail} lines, manifest inputs.failed is {inputs.get('failed')}")
     if "seen" in inputs:  # maskkit's extension: every file under --src accounted for
         if inputs["seen"] != inputs.get("files", 0) + inputs.get("skipped", 0):
             bad(f"inputs: seen {inputs['seen']} != files {inputs.get('files')} + skipped {inputs.get('skipped')}")
-        sp = d / "skipped.jsonl"
-        nskip = sum(1 for line in sp.read_text(encoding="utf-8").splitlines() if line.strip()) if sp.exists() else 0
+        nskip = _count_lines(d / "skipped.jsonl", ("src", "reason"), bad)
         if nskip != inputs.get("skipped", 0):
             bad(f"skipped.jsonl has {nskip} lines, manifest inputs.skipped is {inputs.get('skipped')}")
     nrej = 0
     if "faces_rejected" in man:  # maskkit's extension: faces left out of files that gave samples
-        rp = d / "rejected.jsonl"
-        if not rp.exists():
+        if not (d / "rejected.jsonl").exists():
             bad("rejected.jsonl is missing (the manifest counts faces_rejected)")
-        else:
-            with open(rp, encoding="utf-8") as f:
-                for line in f:
-                    if line.strip():
-                        nrej += 1
-                        try:
-                            r = json.loads(line)
-                            if "src" not in r or "face" not in r or "reason" not in r:
-                                bad(f"rejected.jsonl: line without src/face/reason: {line.strip()[:80]}")
-                        except json.JSONDecodeError:
-                            bad(f"rejected.jsonl: bad line {line.strip()[:80]}")
+        nrej = _count_lines(d / "rejected.jsonl", ("src", "face", "reason"), bad)
         if nrej != man["faces_rejected"]:
             bad(f"rejected.jsonl has {nrej} lines, manifest faces_rejected is {man['faces_rejected']}")
     if "unverified" in man:  # maskkit's extension: --aligned crops kept without a checked fit, one line each
-        up = d / "unverified.jsonl"
-        nunv = sum(1 for line in up.read_text(encoding="utf-8").splitlines() if line.strip()) if up.exists() else 0
+        nunv = _count_lines(d / "unverified.jsonl", ("src",), bad)
         if nunv != man["unverified"]:
             bad(f"unverified.jsonl has {nunv} lines, manifest unverified is {man['unverified']}")
     counted = {"num_samples": n, "num_masked": masked, "styles": styles, "per_class": per_class,

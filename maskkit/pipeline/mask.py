@@ -258,8 +258,8 @@ def run_mask(cfg: MaskConfig) -> dict:
         run_chunks,
         write_accounting,
     )
-    from maskkit.pipeline.hints import forgotten_aligned_hint
-    from maskkit.pipeline.unverified import summary_value, unverified_hint
+    from maskkit.pipeline.hints import run_hint
+    from maskkit.pipeline.unverified import summary_value
     from maskkit.render import STYLES, MaskRenderer
     from maskkit.util.names import display_name
     from maskkit.util.progress import print_hints, print_summary
@@ -321,9 +321,7 @@ def run_mask(cfg: MaskConfig) -> dict:
     }
     if cfg.aligned:  # crops kept without a checked fit: counted, listed in unverified.jsonl, hinted at
         summary["unverified"] = stats["unverified"]
-        hint = unverified_hint(stats["unverified"], stats["files"], display_name(str(out)))
-    else:
-        hint = forgotten_aligned_hint({**evidence, "files": stats["files"]})
+    hint = run_hint(cfg.aligned, stats, evidence, display_name(str(out)))
     if hint:
         summary["hints"].append(hint)
     assert summary["files"] == len(items) == summary["ok"] + summary["failed"], "accounting broken"
