@@ -160,6 +160,16 @@ def test_blazeface_keeps_masked_faces_upright(blazeface_packages, real_masked):
     assert len(turned) <= 1, f"masked faces fitted upside down: {turned}"
 
 
+def test_blazeface_one_face_is_one_face(blazeface_packages, photos_dir):
+    """biden.jpg turned 180 degrees with every face kept (``mask --faces all``): BlazeFace's two
+    models find his face twice, boxes 0.3 IoU apart; their upright looks put both on the same
+    face (IoU 0.97), so it is one face, not two (before: two crops, two masks on one face)."""
+    bz = make_detector("blazeface")
+    img, _ = _rotate(load_image(photos_dir / "biden.jpg"), 180, np.zeros((68, 2)))
+    accepted = [f for f in find_faces(bz, img, "all") if _accepted(f)]
+    assert len(accepted) == 1, [[round(v) for v in f.box] for f in accepted]
+
+
 def _aligned(rgb, hog) -> np.ndarray:
     from maskkit.face.align import align_face
 

@@ -455,6 +455,12 @@ UPRIGHT_MIN_SCORE = 0.3
 #: found at a fifth of the size, turned 70 degrees).
 UPRIGHT_SIZE_RANGE = (0.6, 1.6)
 
+#: Two detections whose upright looks' boxes overlap by more than this (IoU) are one face; with
+#: ``--faces all`` the later one is dropped like a non-maximum (measured: biden.jpg turned 180
+#: degrees gave two detections, IoU 0.3 apart at first, 0.97 after their upright looks, and two
+#: masks on one face).
+UPRIGHT_SAME_FACE = 0.5
+
 #: BlazeFace score margin (turned over minus as it is) from which a face counts as upside down
 #: without HOG's word. Portraits turned 180 degrees: 0.19 to 0.54 (4 of 5 at 0.29 or more);
 #: upright real-masked faces that score higher turned over: 0.20 at the 95th percentile.
@@ -1008,6 +1014,11 @@ def find_faces(detector: Detector, rgb: np.ndarray, policy: str = "largest",
         faces = []
         for f in order:
             up = detector.upright(rgb, f.box, f.keypoints) if isinstance(detector, BlazeFaceDetector) else None
+            if up is not None and any(_iou(np.array(up.box), np.array([g.box]))[0] > UPRIGHT_SAME_FACE
+                                      for g in faces if g.fit is None or g.fit.ok):
+                # two detections the upright looks show to be one face (an upside-down face found by
+                # both models, one box turned): the second is not a face of its own
+                continue
             first_look = (f.box, f.keypoints)
             if up is not None:
                 f.box, f.keypoints = up.box, up.keypoints
