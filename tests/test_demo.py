@@ -16,7 +16,8 @@ def _stamp(out):
 def test_demo_end_to_end(tmp_path):
     """The whole demo, claimed as every command claims its outputs: a folder holding a file at
     the demo's names is refused without --overwrite; this finished demo run again is "already
-    complete" (nothing rewritten); a demo with other options is refused. Before: preview.png and
+    complete" (nothing rewritten), unless a shard is missing or truncated (an error naming it, as
+synth says); a demo with other options is refused. Before: preview.png and
     everything else overwritten silently, no --overwrite, and a rerun redid all the work."""
     out = tmp_path / "demo"
     out.mkdir()
@@ -59,3 +60,18 @@ def test_demo_end_to_end(tmp_path):
     r = CliRunner().invoke(main, ["demo", "--out", str(out), "-q", "--detector", "cnn"])
     assert r.exit_code == 1 and "a maskkit demo with other options" in r.output and "--overwrite" in r.output
     assert _stamp(out) == stamp
+    # a damaged finished demo: not "already complete" but an error naming the shard, as synth says
+    # (before: a removed or truncated shard still gave "already complete", exit 0)
+    shard1 = out / "shards" / "train-000001.tar"
+    with open(shard1, "r+b") as f:
+        f.truncate(1000)
+    r = CliRunner().invoke(main, ["demo", "--out", str(out), "-q"])
+    assert r.exit_code == 1 and "Traceback" not in r.output, r.output
+    assert "train-000001.tar: 1000 bytes, manifest says" in r.output and "--overwrite" in r.output, r.output
+    (out / "shards" / "train-000002.tar").unlink()
+    r = CliRunner().invoke(main, ["demo", "--out", str(out), "-q"])
+    assert r.exit_code == 1 and "train-000001.tar: 1000 bytes" in r.output and "(and 1 more)" in r.output, r.output
+    shard1.unlink()
+    r = CliRunner().invoke(main, ["demo", "--out", str(out), "-q"])
+    assert r.exit_code == 1 and "train-000001.tar: listed shard is missing (and 1 more)" in r.output, r.output
+    assert "already complete" not in r.output

@@ -337,6 +337,31 @@ def test_parse_lfw_pairs_format(tmp_path):
         parse_pairs_txt(p)
 
 
+def test_pairs_file_with_bom_and_crlf_lists_the_same_pairs(tmp_path):
+    """A pairs file saved by a Windows editor (UTF-8 byte-order mark, CRLF line ends) lists the
+    same pairs as the plain file, a Latin-1 name (not UTF-8) still mapping back to its bytes.
+    Before: the mark stuck to the first name ('\ufeff10' made the header a pair line, or the
+    first image 'missing')."""
+    import os
+
+    from maskkit.training.eval.evalsets import parse_pairs_txt
+
+    lines = [b"10\t300", b"Abel_Pacheco\t1\t4", b"# a comment", b"base.png caf\xe9.png 1",
+             b"Abdel_Madi_Shabneh\t1\tDean_Barker\t1", b""]
+    plain, windows = tmp_path / "plain.txt", tmp_path / "windows.txt"
+    plain.write_bytes(b"\n".join(lines))
+    windows.write_bytes(b"\xef\xbb\xbf" + b"\r\n".join(lines))
+    want = [("Abel_Pacheco/Abel_Pacheco_0001", "Abel_Pacheco/Abel_Pacheco_0004", True),
+            ("base.png", os.fsdecode(b"caf\xe9.png"), True),
+            ("Abdel_Madi_Shabneh/Abdel_Madi_Shabneh_0001", "Dean_Barker/Dean_Barker_0001", False)]
+    assert parse_pairs_txt(plain) == want
+    assert parse_pairs_txt(windows) == want
+    assert os.fsencode(parse_pairs_txt(windows)[1][1]) == b"caf\xe9.png"
+    # the mark before a path form's first name: stripped too, not part of 'base.png'
+    windows.write_bytes(b"\xef\xbb\xbfbase.png caf\xe9.png 1\r\n")
+    assert parse_pairs_txt(windows) == [want[1]]
+
+
 def test_unwritable_outputs_are_one_line_errors(tmp_path):
     """export -o, embed -o and eval --out under a regular file: a one-line error at once
     (before any model is loaded), no traceback, nothing written."""

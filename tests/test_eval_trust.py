@@ -538,6 +538,39 @@ def test_eval_never_replaces_a_report_or_record_silently(coded_root, tmp_path, m
     assert json.loads(record.read_text())["counts"]["pairs"] == 20
 
 
+def test_aligned_and_checked_evaluations_keep_two_records(coded_root, tmp_path, monkeypatch):
+    """The same pairs with and without --aligned: two reports and two saved records
+    (``<key>.json`` and ``<key>-aligned.json``), neither refused nor replaced, and --compare shows
+    both columns; a record without ``config`` (older maskkit) counts as not aligned. Before: the
+    second run was refused (or --overwrite replaced the other record)."""
+    from maskkit.training.eval.compare import compare_rows
+
+    run = tmp_path / "run"
+    run.mkdir()
+    pf = tmp_path / "pairs.txt"
+    pf.write_text("".join("base.png same.png 1\n" if k % 2 == 0 else "base.png diff.png 0\n" for k in range(20)))
+    args = ["--model", str(run), "--pairs", str(pf), "--root", str(coded_root)]
+    model = _CodeModel()
+    home, key = run / "eval", f"{Path(coded_root).name}-verification-masknone"
+    res = _cli_eval(monkeypatch, model, args)
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    plain = (home / f"{key}.json").read_bytes()
+    res = _cli_eval(monkeypatch, model, args + ["--aligned"])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    assert (home / f"{key}.json").read_bytes() == plain  # the checked record is untouched
+    rec = json.loads((home / f"{key}-aligned.json").read_text())
+    assert rec["config"]["aligned"] is True and (home / f"{key}-aligned" / "metrics.json").is_file()
+    # the same --aligned run again: refused, as any repeated evaluation
+    res = _cli_eval(monkeypatch, model, args + ["--aligned"])
+    assert res.exit_code == 1 and "--overwrite" in res.output, res.output
+    old = json.loads(plain)
+    del old["config"]  # as written before config was saved: read as not aligned
+    (home / f"{key}.json").write_text(json.dumps(old))
+    cols, rows = compare_rows([run])
+    col = f"{Path(coded_root).name} MFV mask=none"
+    assert cols == [col, col + " aligned"] and rows[0][col] == rows[0][col + " aligned"] != "-"
+
+
 def test_eval_help_names_overwrite():
     from click.testing import CliRunner
 

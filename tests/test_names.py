@@ -292,6 +292,31 @@ def test_file_links_to_an_input_are_skipped_as_duplicates(tmp_path, faces):
             (sk.rel, sk.reason) for sk in listing.skipped)
 
 
+def test_file_link_loops_are_symlink_loop_not_broken_link(tmp_path, faces):
+    """Was: ``loop1.jpg -> loop2.jpg -> loop1.jpg`` (and a link to itself) failed as
+    ``broken_link`` ("symbolic link to a missing file"); the documented reason is
+    ``symlink_loop``. A link to a missing file stays ``broken_link``; align records both."""
+    from maskkit.io.sources import list_sources
+
+    a, _ = faces
+    src = tmp_path / "loops"
+    _save(src, b"A/x.jpg", a)
+    os.symlink("loop2.jpg", src / "A" / "loop1.jpg")
+    os.symlink("loop1.jpg", src / "A" / "loop2.jpg")
+    os.symlink("self.jpg", src / "A" / "self.jpg")
+    os.symlink("gone.jpg", src / "A" / "dangling.jpg")
+    listing = list_sources(src)
+    want = {"A/dangling.jpg": "broken_link", "A/loop1.jpg": "symlink_loop", "A/loop2.jpg": "symlink_loop",
+            "A/self.jpg": "symlink_loop", "A/x.jpg": None}
+    assert {it.rel: it.error for it in listing.items} == want and not listing.skipped
+    assert "loop" in next(it.detail for it in listing.items if it.rel == "A/self.jpg")
+    out = tmp_path / "al"
+    res = _run(["align", "--src", src, "--out", out, "-j", "1", "-q"])
+    assert res.exit_code == 0, res.output
+    assert {r["src"]: r["reason"] for r in _lines(out / "failures.jsonl")} == {
+        k: v for k, v in want.items() if v}
+
+
 def test_loose_files_never_join_a_folder_named_root(tmp_path, faces):
     """Was: files directly in --src became class ``_root`` and merged with a real ``_root/``
     folder (weird2: 4 samples under one label). Now they take ``_root~2``; without such a folder

@@ -102,8 +102,8 @@ def _load(model, device: str = "cpu"):
               help="Mask seed: each image's mask comes from the seed and the image's own name (a .bin: its "
                    "index), never its position, so reordering a pairs file changes no mask.")
 @click.option("--flip/--no-flip", default=True, show_default=True, help="Sum the embeddings of image and mirror.")
-@_out("Report folder (default RUN/eval/<set>-<task>-mask<side>; <stem>-eval/<set>-<task>-mask<side> beside "
-      "a weights file).", required=False, type=click.Path(file_okay=False))
+@_out("Report folder (default RUN/eval/<set>-<task>-mask<side>[-aligned]; <stem>-eval/... beside "
+      "a weights file; -aligned with --aligned on a folder source).", required=False, type=click.Path(file_okay=False))
 @click.option("--name", help="Set name in reports (default from the file names).")
 @click.option("--batch-size", type=int, default=64, show_default=True)
 @_device()
@@ -118,7 +118,7 @@ def _load(model, device: str = "cpu"):
 @click.option("--compare", "compare", is_flag=True,
               help="Compare the runs given as arguments (from their saved metrics, or on the given set).")
 @_quiet("No progress bars.")
-@_overwrite("Replace an earlier report in --out and its saved record RUN/eval/<set>-<task>-mask<side>.json "
+@_overwrite("Replace an earlier report in --out and its saved record RUN/eval/<set>-<task>-mask<side>[-aligned].json "
             "(their files are removed first; otherwise refused).")
 @click.argument("runs", nargs=-1, type=click.Path(exists=True))
 @_deprecated("--progress/--no-progress", **_NO_PROGRESS)
@@ -154,8 +154,9 @@ def eval_cmd(model, bin_path, pairs, root, gallery, probes, mask_side, mask_styl
     embeddings) are left out of the figures, counted and named in the table and metrics.json;
     when too few remain, metrics.json holds the counts and the reason, and eval exits 1.
 
-    A report already in --out (default RUN/eval/<set>-<task>-mask<side>/, so also a second
-    run on the same set and mask side), or its saved record RUN/eval/<set>-<task>-mask<side>.json
+    A report already in --out (default RUN/eval/<set>-<task>-mask<side>/, -aligned appended
+    with --aligned on a folder source, so also a second run on the same set, mask side and
+    alignment mode), or its saved record RUN/eval/<set>-<task>-mask<side>[-aligned].json
     that --compare reads, is never replaced without --overwrite, which removes them first.
     """
     from rich.console import Console

@@ -6,7 +6,7 @@ for every other file under it.
   *considered* an input.
 * Identity sub-folders are followed, including symlinked folders, but each real directory is
   entered once: a symlink loop becomes a failed item (``error="symlink_loop"``) instead of an
-  endless walk. Unreadable folders and dangling links become failed items too.
+  endless walk; so does a file link whose chain leads back to itself (``a.jpg -> b.jpg -> a.jpg``). Unreadable folders and dangling links become failed items too.
 * Every other file under ``src`` is a :class:`Skipped` entry with a reason
   (:data:`SKIP_REASONS`): ``not_an_image`` (no image extension), ``duplicate_via_link`` (under a
   second link to a folder already walked, or a symbolic link to a file that is an input already:
@@ -21,6 +21,7 @@ for every other file under it.
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 from collections import deque
@@ -159,6 +160,21 @@ def _linked_file_duplicates(files: list[tuple[bool, int, str, str]]) -> dict[str
     return dups
 
 
+def _file_link_error(p: Path) -> tuple[str, str] | None:
+    """Why the file link ``p`` cannot be read, as ``(reason, detail)``; None when its target is
+    there. A link whose chain comes back to itself (``a.jpg -> b.jpg -> a.jpg``: ``ELOOP``) is a
+    ``symlink_loop``, a link to nothing ``broken_link``, any other failure ``read_error``."""
+    try:
+        os.stat(p)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "symlink_loop", "symbolic link loop (its chain of links leads back to itself); not followed"
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            return "broken_link", "symbolic link to a missing file"
+        return "read_error", f"cannot follow symbolic link: {exc.strerror or exc}"
+    return None
+
+
 def list_sources(src_dir: str | os.PathLike, exclude: Iterable[str | os.PathLike] = ()) -> SourceListing:
     """List the image inputs under ``src_dir`` and every file that is not one.
 
@@ -236,8 +252,9 @@ def list_sources(src_dir: str | os.PathLike, exclude: Iterable[str | os.PathLike
             if p.suffix.lower() not in IMAGE_EXTENSIONS:
                 skipped.append(Skipped(rs, "not_an_image", f"no image extension ({' '.join(sorted(IMAGE_EXTENSIONS))})"))
                 continue
-            if e.is_symlink() and not p.exists():
-                items.append(SourceItem(p, rs, _identity(rs), "broken_link", "symbolic link to a missing file"))
+            bad = _file_link_error(p) if e.is_symlink() else None
+            if bad:
+                items.append(SourceItem(p, rs, _identity(rs), *bad))
             else:
                 items.append(SourceItem(p, rs, _identity(rs)))
                 link = e.is_symlink()

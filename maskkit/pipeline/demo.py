@@ -14,7 +14,8 @@ Layout written::
     demo/demo.json                        this demo's options, and "finished" once done
 
 Outputs are claimed as every command claims them (:func:`claim_demo`): a folder that holds this
-demo, finished, is "already complete" (nothing is redone); this demo, unfinished, is continued
+demo, finished, is "already complete" (nothing is redone) -- unless a shard is missing or not at
+its listed size, an error that names it and points to ``--overwrite``, as ``maskkit synth`` says; this demo, unfinished, is continued
 (align and synth resume); anything else a demo would write -- another demo's output, or any
 file at these names -- is refused unless ``--overwrite``, which removes it first.
 """
@@ -97,7 +98,9 @@ def claim_demo(out: Path, info: dict, overwrite: bool) -> bool:
 
     Raises:
         DemoError: ``out`` holds files at the demo's names (:data:`DEMO_OUTPUTS`) that are not
-            this demo's, and ``overwrite`` is false.
+            this demo's, and ``overwrite`` is false; or it holds this demo, finished, but a shard
+            is missing or not at its listed size (the check ``maskkit synth`` makes,
+            :func:`maskkit.pipeline.synth.journal.finished_set_damage`).
     """
     import json
 
@@ -113,6 +116,16 @@ def claim_demo(out: Path, info: dict, overwrite: bool) -> bool:
     finished = previous.pop("finished", False) if isinstance(previous, dict) else False
     ours = previous == info
     if ours and not overwrite and finished and _complete(out):
+        # the shards are checked as a finished `maskkit synth` checks them (a stat each)
+        from maskkit.pipeline.synth.journal import finished_set_damage
+
+        try:
+            man = json.loads((out / "shards" / "manifest.json").read_text(encoding="utf-8"))
+            damage = finished_set_damage(out / "shards", man)
+        except (OSError, ValueError) as exc:
+            damage = f"{out / 'shards' / 'manifest.json'} cannot be read ({exc}); pass --overwrite to rebuild the demo"
+        if damage:
+            raise DemoError(damage)
         return True
     if not ours or overwrite:
         present = [out / n for n in (*DEMO_OUTPUTS, DEMO_RECORD) if (out / n).exists() or (out / n).is_symlink()]

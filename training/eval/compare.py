@@ -109,11 +109,19 @@ def _config_method(run: str | Path) -> str | None:
     return None
 
 
+def _trusted_crops(m: dict) -> bool:
+    """A record made with ``--aligned`` on a folder source (its ``config``; records written
+    before ``config`` was saved, or before the flag existed, were not aligned)."""
+    cfg = m.get("config") if isinstance(m.get("config"), dict) else {}
+    return bool(cfg.get("aligned")) and cfg.get("bin") is None
+
+
 def compare_rows(runs: list[str | Path], records: dict[str, list[dict]] | None = None) -> tuple[list[str], list[dict]]:
     """Rows for a methods-side-by-side table (the paper's Tables II-III layout).
 
     Returns:
-        ``(columns, rows)``: columns are ``"<set> <task> mask=<side>"``; each row is
+        ``(columns, rows)``: columns are ``"<set> <task> mask=<side>"`` (`` aligned`` appended
+        for a record made with ``--aligned`` on a folder source); each row is
         ``{"run", "method", <column>: "cell text"}``; verification cells hold the 10-fold
         accuracy (%, cosine; MLS in brackets when present), identification cells Rank-1/Rank-5.
     """
@@ -127,6 +135,8 @@ def compare_rows(runs: list[str | Path], records: dict[str, list[dict]] | None =
             if m.get("label"):  # a foreign weights file: "<stem> (<layout>)", e.g. backbone (arcface_torch r50)
                 row["run"] = m["label"]
             col = f"{m['set']} {'MFV' if m['task'] == 'verification' else 'MFI'} mask={m['protocol']['mask_side']}"
+            if _trusted_crops(m):  # `--aligned` on a folder source: its own column (older records: not aligned)
+                col += " aligned"
             if col not in cols:
                 cols.append(col)
             row["method"] = m.get("method") or row["method"]
@@ -142,7 +152,13 @@ def compare_rows(runs: list[str | Path], records: dict[str, list[dict]] | None =
             row[col] = cell
         rows.append(row)
     side_order = {"none": 0, "one": 1, "both": 2}
-    cols.sort(key=lambda c: (c.rsplit(" ", 2)[0], c.rsplit(" ", 2)[1], side_order.get(c.rsplit("=", 1)[1], 3)))
+
+    def order(c: str) -> tuple:
+        aligned = c.endswith(" aligned")
+        c = c.removesuffix(" aligned")
+        return c.rsplit(" ", 2)[0], c.rsplit(" ", 2)[1], side_order.get(c.rsplit("=", 1)[1], 3), aligned
+
+    cols.sort(key=order)
     return cols, rows
 
 

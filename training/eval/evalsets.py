@@ -444,16 +444,21 @@ def parse_pairs_txt(path: str | Path) -> list[tuple[str, str, bool]]:
 
     The file is read as bytes and each line decoded with :func:`os.fsdecode` (UTF-8 with
     ``surrogateescape`` on Linux), so a name that is not valid UTF-8 (a Latin-1 ``café.jpg``)
-    maps back to the same bytes on disk when opened.
+    maps back to the same bytes on disk when opened. A leading UTF-8 byte-order mark is dropped
+    and CRLF (or CR) line ends count as LF: a file saved by a Windows editor gives the same pairs.
 
     Raises:
         PairsFormatError: (a ``ValueError``) a line that is none of the forms above, or a line of
             numbers after the first pair (``path:line: ...``, one line naming the forms).
     """
+    import codecs
     import os
 
     out = []
-    lines = [os.fsdecode(ln) for ln in Path(path).read_bytes().splitlines()]
+    # a UTF-8 byte-order mark (Windows editors) is not part of the first name; CRLF / CR line
+    # ends split like LF (bytes.splitlines), so a file saved on Windows lists the same pairs
+    data = Path(path).read_bytes().removeprefix(codecs.BOM_UTF8)
+    lines = [os.fsdecode(ln) for ln in data.splitlines()]
     for lineno, raw in enumerate(lines, 1):
         line = raw.split("#", 1)[0].strip()
         if not line:

@@ -109,7 +109,8 @@ class EvalConfig:
             (:func:`~maskkit.training.eval.evalsets.image_rng`), so the order of a pairs file
             never changes a mask and an image named in several pairs gets the same one.
         flip: add the horizontal mirror's embedding (insightface protocol).
-        out: report folder (default :attr:`home` ``/ <set>-<task>-mask<side>``).
+        out: report folder (default :attr:`home` ``/ <set>-<task>-mask<side>``, and ``-aligned``
+            with ``aligned`` on a folder source: :attr:`key`).
         name: set name in reports (default from the file/folder names).
         probes_masked: the probes are real masked photos: no synthetic mask, masked branch.
         gallery_per_id: when ``gallery`` and ``probes`` are the same folder, the first K images
@@ -177,7 +178,15 @@ class EvalConfig:
 
     @property
     def key(self) -> str:
-        return f"{self.set_name}-{self.task}-mask{self.mask_side}"
+        """``<set>-<task>-mask<side>``, plus ``-aligned`` when ``aligned`` trusts the crops of a
+        folder source (a ``.bin`` is always trusted: no suffix), so the same set evaluated with and
+        without ``--aligned`` keeps two records. Older records have no suffix: not aligned."""
+        return f"{self.set_name}-{self.task}-mask{self.mask_side}" + ("-aligned" if self.trusts_crops else "")
+
+    @property
+    def trusts_crops(self) -> bool:
+        """``aligned`` changes what is read: a folder source (pairs, gallery/probes), not a ``.bin``."""
+        return bool(self.aligned) and self.bin is None
 
     @property
     def home(self) -> Path:

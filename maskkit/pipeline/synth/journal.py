@@ -80,6 +80,25 @@ class _ResumeState:
     style_offset: int = 0  # the leftover-style offset after the last kept identity
 
 
+def finished_set_damage(out: Path, man: dict) -> str | None:
+    """Why the finished set in ``out`` (its manifest ``man``) cannot be called "already complete".
+
+    A finished run found again is complete only when every shard its manifest lists is there at
+    its listed byte size (a stat each; ``maskkit stats`` hashes them, export-rec checks the hashes
+    before exporting). ``maskkit synth`` and ``maskkit demo`` both decide with this.
+
+    Returns:
+        None when all shards match; else one line naming the first damaged shard (and how many
+        more), pointing to ``--overwrite``.
+    """
+    problems = check_shard_files(out, man, hash=False)
+    if not problems:
+        return None
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    return (f"{out} holds this finished run, but {problems[0]}{more}: the set is damaged; "
+            "pass --overwrite to rebuild it (`maskkit stats` lists every mismatch)")
+
+
 def _prepare_out(cfg: SynthConfig, fp: str, n_chunks: int) -> _ResumeState | dict:
     """Check ``out``; return the completed manifest (already done) or the resume state."""
     out = cfg.out
@@ -92,13 +111,8 @@ def _prepare_out(cfg: SynthConfig, fp: str, n_chunks: int) -> _ResumeState | dic
         except (OSError, json.JSONDecodeError):
             man = {}
         if man.get("fingerprint") == fp and not cfg.overwrite:
-            # "already complete" only when its shards are all there at their listed sizes (a stat
-            # each; `maskkit stats` hashes them, export-rec checks the hashes before exporting)
-            problems = check_shard_files(out, man, hash=False)
-            if problems:
-                more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-                raise SynthError(f"{out} holds this finished run, but {problems[0]}{more}: the set is damaged; "
-                                 "pass --overwrite to rebuild it (`maskkit stats` lists every mismatch)")
+            if damage := finished_set_damage(out, man):
+                raise SynthError(damage)
             for p in _our_files(out, cfg.split):  # leftovers of a kill after the manifest
                 if p.name == JOURNAL or p.name.endswith(".tmp"):
                     p.unlink()
