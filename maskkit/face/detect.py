@@ -255,6 +255,13 @@ def turned_patch(rgb: np.ndarray, centre: Sequence[float], angle: float, scale: 
     return patch, m
 
 
+def _centred(box: Sequence[float], size: int, box_px: float) -> bool:
+    """Is the centre of ``box`` (``x0, y0, x1, y1``) within ``0.35 * box_px`` of the centre of a
+    ``size``-pixel patch in both x and y (a detection of the face the patch was made around)?"""
+    x0, y0, x1, y1 = box
+    return abs((x0 + x1) / 2 - size / 2) < 0.35 * box_px and abs((y0 + y1) / 2 - size / 2) < 0.35 * box_px
+
+
 class Detector:
     """Base class: subclasses implement :meth:`detect_boxes`; landmarks come from dlib's
     68-point predictor at full resolution unless the backend provides its own."""
@@ -334,8 +341,7 @@ class HogDetector(_DlibDetector):
         patch, _ = turned_patch(rgb, (cx, cy), angle, SECOND_LOOK_BOX / side, size)
         rects, scores, _ = self._det.run(patch, 0, self.threshold - 1.0)
         near = [sc for r, sc in zip(rects, scores)
-                if abs((r.left() + r.right()) / 2 - size / 2) < 0.35 * SECOND_LOOK_BOX
-                and abs((r.top() + r.bottom()) / 2 - size / 2) < 0.35 * SECOND_LOOK_BOX]
+                if _centred((r.left(), r.top(), r.right(), r.bottom()), size, SECOND_LOOK_BOX)]
         return float(max(near)) if near else None
 
     def detect_oriented(self, rgb) -> list[tuple[tuple[float, float, float, float], float, int]]:
@@ -408,8 +414,7 @@ class CnnDetector(_DlibDetector):
         cx, cy, side = (x0 + x1) / 2, (y0 + y1) / 2, max(1.0, ((x1 - x0) + (y1 - y0)) / 2)
         size = 2 * CONFIRM_BOX
         patch, _ = turned_patch(rgb, (cx, cy), angle, CONFIRM_BOX / side, size)
-        near = [sc for b, sc, _ in self.detect_boxes(patch)
-                if abs((b[0] + b[2]) / 2 - size / 2) < 0.35 * CONFIRM_BOX and abs((b[1] + b[3]) / 2 - size / 2) < 0.35 * CONFIRM_BOX]
+        near = [sc for b, sc, _ in self.detect_boxes(patch) if _centred(b, size, CONFIRM_BOX)]
         return float(max(near)) if near else None
 
     def detect_boxes(self, rgb):
@@ -486,22 +491,26 @@ class Upright:
     """A face seen again upright (:meth:`BlazeFaceDetector.upright`).
 
     Attributes:
-        box: ``(x0, y0, x1, y1)`` image pixels: the predictor box, axis-aligned about the face
-            centre; fit in it with ``maskkit.face.quality.fit_at_angle(rgb, box, angle)``.
         keypoints: ``(6, 2)`` float32 BlazeFace keypoints of the upright look, image pixels.
         angle: degrees (``cv2.getRotationMatrix2D`` convention, in (-180, 180]): the rotation
             that makes the face upright.
         score: BlazeFace's score of the upright look.
-        centre: ``(2,)`` box centre, image pixels.
-        side: box side, image pixels.
+        centre: ``(2,)`` centre of the predictor box, image pixels.
+        side: side of the predictor box, image pixels.
     """
 
-    box: tuple[float, float, float, float]
     keypoints: np.ndarray = field(repr=False)
     angle: float
     score: float
     centre: np.ndarray = field(repr=False)
     side: float
+
+    @property
+    def box(self) -> tuple[float, float, float, float]:
+        """``(x0, y0, x1, y1)`` image pixels: the predictor box, axis-aligned about the face
+        centre; fit in it with ``maskkit.face.quality.fit_at_angle(rgb, box, angle)``."""
+        c, h = self.centre, self.side / 2
+        return (c[0] - h, c[1] - h, c[0] + h, c[1] + h)
 
 
 def _blaze_model_file(name: str = "face_detection_full_range.tflite") -> Path:
@@ -709,8 +718,10 @@ class BlazeFaceDetector(Detector):
         the keypoints' angle and on one rotated a further 180 degrees; the copy that scores
         higher gives the orientation, and a second look in the frame of its keypoints gives
         the keypoints and the predictor box (:data:`BLAZE_TO_DLIB`, measured on upright faces)
-        the 68-point fit uses. Measured with ``benchmarks/landmark_quality.py`` (9 portraits at
-        10 angles): accepted fits with eyes within 0.10 IOD 66 -> 75, off 11 -> 5.
+        the 68-point fit uses. Which copy counts as upright is guarded for masked faces
+        (:data:`UPRIGHT_FLIP_GAP`, :data:`UPRIGHT_FLIP_HOG`). Measured with
+        ``benchmarks/landmark_quality.py`` (9 portraits at 10 angles): accepted fits with eyes
+        within 0.10 IOD 66 -> 78, off 11 -> 1.
 
         Args:
             rgb: ``(H, W, 3)`` uint8 image.
@@ -771,8 +782,8 @@ class BlazeFaceDetector(Detector):
         kp_img = (np.asarray(kp, np.float64) @ inv[:, :2].T + inv[:, 2]).astype(np.float32)
         # the keypoints' residual tilt in the patch: the frame in which they are level
         level = angle + (keypoint_angle(kp) or 0.0)
-        return Upright(box=(c[0] - s / 2, c[1] - s / 2, c[0] + s / 2, c[1] + s / 2), keypoints=kp_img,
-                       angle=float(((level + 180.0) % 360.0) - 180.0), score=float(sc), centre=c, side=float(s))
+        return Upright(keypoints=kp_img, angle=float(((level + 180.0) % 360.0) - 180.0), score=float(sc),
+                       centre=c, side=float(s))
 
 
 def _nms_keep(boxes, scores, kps, thr):
