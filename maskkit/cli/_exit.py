@@ -38,6 +38,14 @@ def _claim(paths, overwrite: bool, what: str, **kwargs) -> None:
         raise click.ClickException(str(exc)) from exc
 
 
+def _quiet_json(summary: dict, keys: tuple[str, ...]) -> None:
+    """The one JSON line ``-q`` prints: ``keys`` of ``summary`` (``unverified`` only when the run
+    had ``--aligned``, the only runs that count it)."""
+    import json
+
+    click.echo(json.dumps({k: summary.get(k) for k in keys if k != "unverified" or k in summary}))
+
+
 def _finish(out, ok: int, failed: int, already_complete: bool = False, failures_at: str | None = None) -> None:
     """After the summary: say ``already complete``, or exit 1 when every input failed.
 

@@ -1,7 +1,6 @@
 """``maskkit align``: click wiring over :mod:`maskkit.pipeline.align`."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
@@ -68,13 +67,12 @@ def align(src, out, size, detector, upsample, max_side, faces, jobs, fmt, aligne
     cfg = AlignConfig(src=src, out=out, size=size, detector=detector, detector_opts=opts, faces=faces, jobs=jobs,
                       format=fmt, aligned=aligned, max_pixels=max_pixels, quality=quality, progress=not quiet,
                       overwrite=overwrite)
-    from maskkit.cli._exit import _finish, _run_stage
+    from maskkit.cli._exit import _finish, _quiet_json, _run_stage
 
     summary = _run_stage(run_align, cfg, AlignError)
     if quiet:
-        click.echo(json.dumps({k: summary.get(k) for k in ("seen", "files", "ok", "failed", "skipped", "faces",
-                                                           "faces_rejected", "no_face", "errors", "hints", "unverified")
-                                if k != "unverified" or k in summary}))  # unverified: with --aligned
+        _quiet_json(summary, ("seen", "files", "ok", "failed", "skipped", "faces", "faces_rejected", "no_face",
+                              "errors", "hints", "unverified"))
     _finish(out, summary["ok"], summary["failed"], summary.get("already_complete", False))
 
 

@@ -39,13 +39,12 @@ def mask(src, out, style, seed, detector, faces, aligned, jobs, quality, coverag
     """
     cfg = MaskConfig(src=src, out=out, style=style, seed=seed, detector=detector, faces=faces, aligned=aligned,
                      jobs=jobs, quality=quality, coverage=coverage, progress=not quiet, overwrite=overwrite)
-    from maskkit.cli._exit import _finish, _run_stage
+    from maskkit.cli._exit import _finish, _quiet_json, _run_stage
 
     summary = _run_stage(run_mask, cfg, MaskError)
     if quiet:
-        click.echo(json.dumps({k: summary.get(k) for k in ("seen", "files", "ok", "failed", "skipped", "faces",
-                                                       "faces_rejected", "errors", "styles", "hints", "unverified")
-                                if k != "unverified" or k in summary}))  # unverified: with --aligned
+        _quiet_json(summary, ("seen", "files", "ok", "failed", "skipped", "faces", "faces_rejected", "errors",
+                              "styles", "hints", "unverified"))
     _finish(out, summary["ok"], summary["failed"], summary.get("already_complete", False))
 
 

@@ -330,13 +330,11 @@ def run_align(cfg: AlignConfig) -> dict:
     from maskkit.pipeline.runner import (
         check_previous_run,
         listing_fingerprint,
+        finish_run,
         prepare_run,
-        record_complete,
         run_chunks,
         write_accounting,
     )
-    from maskkit.pipeline.hints import run_hint
-    from maskkit.util.names import display_name
     from maskkit.util.progress import print_hints, print_summary
 
     src, out = Path(cfg.src), Path(cfg.out)
@@ -394,14 +392,8 @@ def run_align(cfg: AlignConfig) -> dict:
         "jobs": jobs, "timings": {k: round(v, 3) for k, v in timings.items()},
         "hints": [],
     }
-    if cfg.aligned:  # crops kept without a checked fit: counted, listed in unverified.jsonl, hinted at
-        summary["unverified"] = stats["unverified"]
-    hint = run_hint(cfg.aligned, stats, evidence, display_name(str(out)))
-    if hint:
-        summary["hints"].append(hint)
-    assert summary["files"] == len(items) == summary["ok"] + summary["failed"], "accounting broken"
-    assert summary["seen"] == listing.seen == summary["files"] + summary["skipped"], "accounting broken"
-    record_complete(out, info, fp, summary)
+    # unverified crops (--aligned) or a forgotten --aligned hinted at; accounting checked; recorded
+    finish_run(out, info, fp, summary, stats, evidence, cfg.aligned, listing.seen, len(items))
     if cfg.progress:
         print_summary(f"maskkit align -> {out}", _summary_rows(summary, jobs=jobs))
         print_hints(summary["hints"])

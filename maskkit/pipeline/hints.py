@@ -123,14 +123,3 @@ def forgotten_aligned_hint(counts: Mapping[str, int]) -> str | None:
             "rescaled by the landmark fit): add --aligned (the crops are then checked against the template and "
             "used as they are)")
 
-
-def run_hint(aligned: bool, stats: Mapping[str, int], evidence: Mapping[str, int], out) -> str | None:
-    """The hint ``align``/``mask`` print after their table: with ``--aligned`` the crops kept
-    unverified (:func:`maskkit.pipeline.unverified.unverified_hint`, ``stats["unverified"]``),
-    otherwise a forgotten ``--aligned`` (:func:`forgotten_aligned_hint` of the summed
-    :func:`crop_evidence`). ``out`` is the output folder's display name."""
-    if aligned:
-        from maskkit.pipeline.unverified import unverified_hint
-
-        return unverified_hint(stats["unverified"], stats["files"], out)
-    return forgotten_aligned_hint({**evidence, "files": stats["files"]})

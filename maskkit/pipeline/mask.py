@@ -253,15 +253,13 @@ def run_mask(cfg: MaskConfig) -> dict:
     from maskkit.pipeline.runner import (
         check_previous_run,
         listing_fingerprint,
+        finish_run,
         prepare_run,
-        record_complete,
         run_chunks,
         write_accounting,
     )
-    from maskkit.pipeline.hints import run_hint
     from maskkit.pipeline.unverified import summary_value
     from maskkit.render import STYLES, MaskRenderer
-    from maskkit.util.names import display_name
     from maskkit.util.progress import print_hints, print_summary
 
     src, out = Path(cfg.src), Path(cfg.out)
@@ -319,14 +317,8 @@ def run_mask(cfg: MaskConfig) -> dict:
         "styles": {s: styles.get(s, 0) for s in STYLES}, "seconds": round(seconds, 3),
         "img_per_s": round(stats["files"] / seconds, 2) if seconds > 0 else 0.0, "jobs": jobs, "hints": [],
     }
-    if cfg.aligned:  # crops kept without a checked fit: counted, listed in unverified.jsonl, hinted at
-        summary["unverified"] = stats["unverified"]
-    hint = run_hint(cfg.aligned, stats, evidence, display_name(str(out)))
-    if hint:
-        summary["hints"].append(hint)
-    assert summary["files"] == len(items) == summary["ok"] + summary["failed"], "accounting broken"
-    assert summary["seen"] == listing.seen == summary["files"] + summary["skipped"], "accounting broken"
-    record_complete(out, info, fp, summary)
+    # unverified crops (--aligned) or a forgotten --aligned hinted at; accounting checked; recorded
+    finish_run(out, info, fp, summary, stats, evidence, cfg.aligned, listing.seen, len(items))
     if cfg.progress:
         rows = {
             "seen": summary["seen"], "files": summary["files"], "ok": summary["ok"],

@@ -302,6 +302,37 @@ def record_complete(out: Path, info: dict, listing: str, summary: dict) -> None:
     write_atomic(out / RUN_INFO, (json.dumps(info, indent=1, sort_keys=True) + "\n").encode("utf-8"))
 
 
+def finish_run(out: Path, info: dict, listing_fp: str, summary: dict, stats: Counter, evidence: Counter,
+               aligned: bool, seen: int, n_items: int) -> dict:
+    """The end of an ``align``/``mask`` run on ``summary`` (which has ``files``, ``ok``,
+    ``failed``, ``seen``, ``skipped`` and an empty ``hints`` list): with ``aligned`` it gains
+    ``unverified`` (``stats["unverified"]``, the crops kept without a checked fit); the run's
+    hint goes into ``hints`` (crops kept unverified with ``aligned``,
+    :func:`maskkit.pipeline.unverified.unverified_hint`; otherwise a forgotten ``--aligned``,
+    :func:`maskkit.pipeline.hints.forgotten_aligned_hint` of the summed ``evidence``); the
+    accounting is asserted (``files == n_items == ok + failed``, ``seen == files + skipped``,
+    ``seen`` the listing's) and the run is recorded complete (:func:`record_complete`).
+
+    Returns:
+        ``summary``.
+    """
+    from maskkit.pipeline.hints import forgotten_aligned_hint
+    from maskkit.pipeline.unverified import unverified_hint
+    from maskkit.util.names import display_name
+
+    if aligned:
+        summary["unverified"] = stats["unverified"]
+        hint = unverified_hint(stats["unverified"], stats["files"], display_name(str(out)))
+    else:
+        hint = forgotten_aligned_hint({**evidence, "files": stats["files"]})
+    if hint:
+        summary["hints"].append(hint)
+    assert summary["files"] == n_items == summary["ok"] + summary["failed"], "accounting broken"
+    assert summary["seen"] == seen == summary["files"] + summary["skipped"], "accounting broken"
+    record_complete(out, info, listing_fp, summary)
+    return summary
+
+
 def safe_target(out_root: Path, rel: str) -> Path:
     """Join ``rel`` under ``out_root`` and refuse anything that would land outside it.
 
