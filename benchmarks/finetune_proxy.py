@@ -206,7 +206,7 @@ def _ms(xs: list[float], scale: float = 100.0, fmt: str = ".1f") -> str:
 
 
 def table(pre: dict, runs: list[dict], args) -> str:
-    lines = [f"| model | acc none % | acc one % | ‖σ‖ unmasked | ‖σ‖ masked | train s / run |",
+    lines = ["| model | acc none % | acc one % | ‖σ‖ unmasked | ‖σ‖ masked | train s / run |",
              "|---|---|---|---|---|---|",
              f"| pretrained arcface (unchanged) | {100 * pre['acc_none']:.1f} | {100 * pre['acc_one']:.1f} | – | – | "
              f"{pre.get('train_s', float('nan')):.0f} (pretraining) |"]

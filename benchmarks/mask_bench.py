@@ -21,7 +21,6 @@ import glob
 import os
 import sys
 import time
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np

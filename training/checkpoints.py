@@ -78,7 +78,6 @@ import hashlib
 import logging
 import math
 import re
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
