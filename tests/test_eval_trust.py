@@ -571,6 +571,37 @@ def test_aligned_and_checked_evaluations_keep_two_records(coded_root, tmp_path, 
     assert cols == [col, col + " aligned"] and rows[0][col] == rows[0][col + " aligned"] != "-"
 
 
+def test_bin_evaluation_is_one_record_with_or_without_aligned(coded_root, tmp_path, monkeypatch):
+    """A ``.bin`` is aligned by construction, so ``--aligned`` changes nothing that is read: the
+    same ``.bin`` with and without the flag is one evaluation -- one record ``<key>.json`` (no
+    ``-aligned`` twin), the second run refused without ``--overwrite``, and ``--compare`` shows one
+    column, with no `` aligned`` one, also for a record whose config says ``aligned`` (written
+    with the flag). The rule is shared by the record key and the compare columns."""
+    from PIL import Image
+
+    from maskkit.training.eval.compare import compare_rows
+    from maskkit.training.eval.evalsets import write_bin
+
+    run = tmp_path / "run"
+    run.mkdir()
+    img = {n: np.asarray(Image.open(coded_root / f"{n}.png")) for n in CODES}
+    pairs = [("base", "same", True) if k % 2 == 0 else ("base", "diff", False) for k in range(20)]
+    bp = write_bin(tmp_path / "coded.bin", [img[n] for a, b, _ in pairs for n in (a, b)],
+                   [s for *_, s in pairs], ext=".png")
+    args = ["--model", str(run), "--bin", str(bp)]
+    model, home, key = _CodeModel(), run / "eval", "coded-verification-masknone"
+    for first, second in ((["--aligned"], []), ([], ["--aligned"])):
+        res = _cli_eval(monkeypatch, model, args + first + ["--overwrite"])
+        assert res.exit_code == 0, res.output + repr(res.exception)
+        res = _cli_eval(monkeypatch, model, args + second)
+        assert res.exit_code == 1 and "--overwrite" in res.output, res.output
+        assert sorted(p.name for p in home.glob("*.json")) == [f"{key}.json"]
+        assert not (home / f"{key}-aligned").exists()
+        cols, rows = compare_rows([run])
+        assert cols == ["coded MFV mask=none"] and rows[0][cols[0]] != "-", (cols, rows)
+    assert json.loads((home / f"{key}.json").read_text())["config"]["aligned"] is False
+
+
 def test_eval_help_names_overwrite():
     from click.testing import CliRunner
 

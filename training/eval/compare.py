@@ -109,11 +109,18 @@ def _config_method(run: str | Path) -> str | None:
     return None
 
 
-def _trusted_crops(m: dict) -> bool:
-    """A record made with ``--aligned`` on a folder source (its ``config``; records written
-    before ``config`` was saved, or before the flag existed, were not aligned)."""
-    cfg = m.get("config") if isinstance(m.get("config"), dict) else {}
-    return bool(cfg.get("aligned")) and cfg.get("bin") is None
+def trusts_crops(config: dict | None) -> bool:
+    """The one rule for whether ``--aligned`` changed an evaluation, so whether it gets its own
+    record (``<key>-aligned``) and its own ``--compare`` column (`` aligned``).
+
+    ``--aligned`` changes what is read only for a folder source (pairs, gallery/probes): a
+    ``.bin`` is aligned by construction and always trusted, so with or without the flag it is one
+    evaluation, one record. ``config`` is an :class:`~maskkit.training.eval.report.EvalConfig` as
+    a dict (a saved record's ``config``); ``None`` or missing keys (records written before
+    ``config`` was saved, or before the flag existed) read as not aligned.
+    """
+    cfg = config if isinstance(config, dict) else {}
+    return bool(cfg.get("aligned")) and not cfg.get("bin")
 
 
 def compare_rows(runs: list[str | Path], records: dict[str, list[dict]] | None = None) -> tuple[list[str], list[dict]]:
@@ -135,7 +142,7 @@ def compare_rows(runs: list[str | Path], records: dict[str, list[dict]] | None =
             if m.get("label"):  # a foreign weights file: "<stem> (<layout>)", e.g. backbone (arcface_torch r50)
                 row["run"] = m["label"]
             col = f"{m['set']} {'MFV' if m['task'] == 'verification' else 'MFI'} mask={m['protocol']['mask_side']}"
-            if _trusted_crops(m):  # `--aligned` on a folder source: its own column (older records: not aligned)
+            if trusts_crops(m.get("config")):  # `--aligned` on a folder source: its own column (older records: not aligned)
                 col += " aligned"
             if col not in cols:
                 cols.append(col)

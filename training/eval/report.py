@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 from maskkit.training.checkpoints import eval_home
-from maskkit.training.eval.compare import metrics_table
+from maskkit.training.eval.compare import metrics_table, trusts_crops
 from maskkit.training.eval.evalsets import (
     FaceAligner,
     ImageSet,
@@ -185,8 +185,9 @@ class EvalConfig:
 
     @property
     def trusts_crops(self) -> bool:
-        """``aligned`` changes what is read: a folder source (pairs, gallery/probes), not a ``.bin``."""
-        return bool(self.aligned) and self.bin is None
+        """``aligned`` changes what is read: a folder source (pairs, gallery/probes), not a ``.bin``
+        (the rule is :func:`~maskkit.training.eval.compare.trusts_crops`, shared with ``--compare``)."""
+        return trusts_crops({"aligned": self.aligned, "bin": self.bin})
 
     @property
     def home(self) -> Path:
