@@ -127,15 +127,24 @@ def test_blazeface_turned_faces_on_the_eyes(blazeface_packages, astronaut, grace
 
 def test_weak_hog_detection_must_be_a_face_upright(hog, astronaut):
     """astronaut with every face kept (``mask --faces all``): HOG also boxes an emblem on her suit
-    (score 0.12) whose 68 points the orientation search fits turned 52 degrees; dlib's CNN sees
-    no face on the copy turned upright, so it is rejected (``bad_landmarks``, the reason says
-    so) and only her face is accepted. Before, both were accepted and the emblem got a mask."""
+    (score 0.12). The promise is the outcome: the emblem is rejected (``bad_landmarks``) and only
+    her face is accepted (before: both were, and the emblem got a mask). Two checks stand between
+    the emblem and a mask, and which one fires first depends on the machine (here the orientation
+    search: 2 of 10 start fits agree, 3 needed; elsewhere it found 3 and dlib's CNN rejected it), so
+    the test asserts the outcome and states each check's margin: the CNN's upright look, the
+    backstop, sees *nothing* near the emblem at any angle from -90 to +90 degrees even with its
+    threshold lowered from 0 to -5 (her face scores 1.06 at 0), so the emblem stays rejected
+    whatever basin the search finds."""
+    from maskkit.face.detect import WEAK_DETECTION
+
     faces = find_faces(hog, astronaut, "all")
     accepted = [f for f in faces if _accepted(f)]
     assert len(accepted) == 1 and accepted[0].score > 1.0, [(f.score, _accepted(f)) for f in faces]
     rejected = [f for f in faces if not _accepted(f)]
-    assert len(rejected) == 1 and rejected[0].fit.reason == "bad_landmarks"
-    assert "CNN" in rejected[0].fit.detail and rejected[0].score < 0.5
+    assert len(rejected) == 1 and rejected[0].fit.reason == "bad_landmarks" and rejected[0].score < WEAK_DETECTION
+    cnn = make_detector("cnn", upsample=0, max_side=0, threshold=-5.0)
+    assert all(cnn.upright_score(astronaut, rejected[0].box, a) is None for a in range(-90, 91, 15))
+    assert cnn.upright_score(astronaut, accepted[0].box, accepted[0].fit.angle) > 1.0
 
 
 def test_blazeface_keeps_masked_faces_upright(blazeface_packages, real_masked):
