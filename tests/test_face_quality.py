@@ -137,7 +137,7 @@ def test_weak_hog_detection_must_be_a_face_upright(hog, astronaut):
     backstop, sees *nothing* near the emblem at any angle from -90 to +90 degrees even with its
     threshold lowered from 0 to -5 (her face scores 1.06 at 0), so the emblem stays rejected
     whatever basin the search finds."""
-    from maskkit.face.detect import WEAK_DETECTION
+    from maskkit.face.selection import WEAK_DETECTION
 
     faces = find_faces(hog, astronaut, "all")
     accepted = [f for f in faces if _accepted(f)]
