@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from project_docs import docs_text
+
 from maskkit.training.eval import verification as V
 from maskkit.training.eval.verification import calculate_val, evaluate_distances
 
@@ -488,7 +490,7 @@ def test_pairs_format_in_help_and_readme():
 
     out = CliRunner().invoke(main, ["eval", "--help"]).output
     assert "path_a path_b 1|0" in out and "10 300" in out
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    readme = docs_text()
     assert "`path_a path_b 1|0`" in readme
 
 
@@ -610,7 +612,7 @@ def test_eval_help_names_overwrite():
     out = " ".join(CliRunner().invoke(main, ["eval", "--help"]).output.split())
     assert "--overwrite" in out and "never replaced without --overwrite" in out
     assert "not finite" in out
-    readme = " ".join((Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8").split())
+    readme = " ".join(docs_text().split())
     assert "`synth --preview`" in readme and "`eval` refuses a report already in `--out`" in readme
     assert "`counts.non_finite_pairs`" in readme
 
