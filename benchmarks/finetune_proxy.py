@@ -154,7 +154,7 @@ def base_config(args, **kw):
 
 def pretrain(args, d: dict) -> Path:
     from maskkit.training.api import load_model
-    from maskkit.training.checkpoints import write_arcface_torch
+    from maskkit.training.checkpoints.write import write_arcface_torch
     from maskkit.training.engine import train
 
     out = Path(args.out)
@@ -179,7 +179,8 @@ def pretrain(args, d: dict) -> Path:
 
 def finetune(args, d: dict, weights: Path, method: str, seed: int) -> dict:
     from maskkit.training.api import load_model
-    from maskkit.training.checkpoints import apply_init_config, read_weights
+    from maskkit.training.checkpoints.finetune import apply_init_config
+    from maskkit.training.checkpoints.read import read_weights
     from maskkit.training.engine import train
 
     n = len(d["labels"])

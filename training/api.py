@@ -214,7 +214,7 @@ def load_model(run_dir_or_ckpt: str | Path, device: str | torch.device = "cpu") 
         ValueError (:class:`~maskkit.training.checkpoints.WeightsError`): a one-line reason
             (not loadable with ``weights_only=True``, not an IResNet layout, missing/unexpected keys).
     """
-    from maskkit.training.checkpoints import load_file, read_weights
+    from maskkit.training.checkpoints.read import load_file, read_weights
 
     device = check_device(device)
     ck_path = find_checkpoint(run_dir_or_ckpt)

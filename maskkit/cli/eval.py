@@ -75,7 +75,7 @@ def _check_pairs(pairs) -> None:
 def _load(model, device: str = "cpu"):
     """``load_model`` with its errors (a file that is no model we can read) as one line."""
     from maskkit.training.api import load_model
-    from maskkit.training.checkpoints import WeightsError
+    from maskkit.training.checkpoints.layout import WeightsError
 
     try:
         return load_model(model, device=device)
@@ -323,7 +323,7 @@ def export(model, fmt, out, branch, opset, verify, quiet, overwrite):
     """
     import numpy as np
 
-    from maskkit.training.checkpoints import WeightsError
+    from maskkit.training.checkpoints.layout import WeightsError
 
     if out is None:
         raise click.UsageError("Missing option '-o' / '--out'.")
@@ -333,7 +333,7 @@ def export(model, fmt, out, branch, opset, verify, quiet, overwrite):
     m = _load(model)
     say = (lambda *a, **k: None) if quiet else click.echo
     if fmt == "arcface-torch":
-        from maskkit.training.checkpoints import write_arcface_torch
+        from maskkit.training.checkpoints.write import write_arcface_torch
 
         try:
             path, notes = write_arcface_torch(m, out, branch=branch)

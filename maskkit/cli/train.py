@@ -140,7 +140,8 @@ def train_cmd(ctx: click.Context, data, out, method, backbone, width, two_stream
         base["extra"] = dict(base["extra"] or {}, command=" ".join(["maskkit"] + sys.argv[1:]))
         cfg = TrainConfig.from_dict(base)
         if cfg.init and not resume:
-            from maskkit.training.checkpoints import apply_init_config, read_weights
+            from maskkit.training.checkpoints.finetune import apply_init_config
+            from maskkit.training.checkpoints.read import read_weights
 
             # architecture and preprocessing from the weights; an explicit different value is an error
             cfg = apply_init_config(cfg, read_weights(cfg.init), explicit=set(explicit))

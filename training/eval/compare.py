@@ -77,7 +77,7 @@ def _auc_cell(r: dict) -> str:
 def load_run_metrics(run_dir: str | Path) -> list[dict]:
     """All saved eval metrics of a run (``RUN/eval/*.json``) or of a foreign weights file
     (``<stem>-eval/*.json`` beside it), sorted by key."""
-    from maskkit.training.checkpoints import eval_home
+    from maskkit.training.checkpoints.read import eval_home
 
     d = eval_home(run_dir)
     out = []
@@ -94,7 +94,7 @@ def load_run_metrics(run_dir: str | Path) -> list[dict]:
 
 def _config_method(run: str | Path) -> str | None:
     """The ``method`` in ``RUN/config.json`` (of a run folder or ``RUN/checkpoints/X.pt``), or None."""
-    from maskkit.training.checkpoints import maskkit_run_of
+    from maskkit.training.checkpoints.read import maskkit_run_of
 
     p = maskkit_run_of(run)
     if p is None:

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from maskkit.training.checkpoints import eval_home
+from maskkit.training.checkpoints.read import eval_home
 from maskkit.training.eval.compare import metrics_table
 from maskkit.training.eval.evalsets import (
     FaceAligner,
