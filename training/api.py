@@ -226,9 +226,11 @@ def load_model(run_dir_or_ckpt: str | Path, device: str | torch.device = "cpu") 
         meta = {"checkpoint": str(ck_path), "layout": src.label, "label": f"{ck_path.stem} ({src.label})",
                 "dropped_keys": list(src.dropped)}
         return InferenceModel(module, src.inference_config(), device=device, meta=meta)
+    from maskkit.training.checkpoints.identify import strip_wrappers
+
     config = ck["config"]
     module = build_model(config)
-    module.load_state_dict(ck["model"])
+    module.load_state_dict(strip_wrappers(ck["model"])[0])  # a compiled / DataParallel model's keys too
     meta = {k: ck.get(k) for k in ("step", "epoch", "classes", "num_classes") if k in ck}
     meta["checkpoint"] = str(ck_path)
     meta["layout"] = "maskkit"

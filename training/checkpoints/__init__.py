@@ -10,6 +10,8 @@ maskkit's go out (``maskkit export --format arcface-torch``) through one canonic
 ``read``            reading a file (:func:`load_file`, :func:`read_weights` ->
                     :class:`SourceWeights`), the preprocessing that travels with the weights,
                     where a model's eval records go (:func:`eval_home`)
+``identify``        what a file holds: the state_dict inside its containers, the wrappers
+                    around its keys (``module.``, ``_orig_mod.``...), the layout that is left
 ``finetune``        ``--init``: the config the weights fix and loading them into a FaceModel
 ``write``           ``backbone.pth`` out (:func:`write_arcface_torch`)
 ==================  ============================================================================
@@ -25,6 +27,12 @@ from maskkit.training.checkpoints.finetune import (
     init_model,
     pretrained_names,
 )
+from maskkit.training.checkpoints.identify import (
+    CONTAINER_KEYS,
+    WRAPPER_PREFIXES,
+    identify,
+    strip_wrappers,
+)
 from maskkit.training.checkpoints.layout import (
     ARCFACE_TORCH_PREPROCESS,
     BLOCK,
@@ -32,8 +40,8 @@ from maskkit.training.checkpoints.layout import (
     DOWNSAMPLE,
     HEAD,
     LAYOUTS,
+    MAGFACE_BACKBONE,
     MAGFACE_CLASSIFIERS,
-    MAGFACE_PREFIXES,
     MAGFACE_PREPROCESS,
     PREPROCESS_KEYS,
     STEM,
@@ -67,8 +75,9 @@ from maskkit.training.checkpoints.write import (
 
 __all__ = [
     "ARCH_KEYS", "InitReport", "apply_init_config", "check_init_config", "init_model", "pretrained_names",
-    "ARCFACE_TORCH_PREPROCESS", "BLOCK", "BN_KEYS", "DOWNSAMPLE", "HEAD", "LAYOUTS", "MAGFACE_CLASSIFIERS",
-    "MAGFACE_PREFIXES", "MAGFACE_PREPROCESS", "PREPROCESS_KEYS", "STEM", "Arch", "WeightsError",
+    "CONTAINER_KEYS", "WRAPPER_PREFIXES", "identify", "strip_wrappers",
+    "ARCFACE_TORCH_PREPROCESS", "BLOCK", "BN_KEYS", "DOWNSAMPLE", "HEAD", "LAYOUTS", "MAGFACE_BACKBONE",
+    "MAGFACE_CLASSIFIERS", "MAGFACE_PREPROCESS", "PREPROCESS_KEYS", "STEM", "Arch", "WeightsError",
     "arcface_to_facemodel_key", "arcface_to_iresnet_key", "arcface_torch_layout", "check_layout",
     "facemodel_to_arcface_key", "infer_arch", "iresnet_to_arcface_key", "model_depth", "split_index_of",
     "unit_names", "SourceWeights", "eval_home", "load_file", "maskkit_run_of", "read_weights", "sha256_file",

@@ -62,8 +62,12 @@ MAGFACE_PREPROCESS = {"input_color": "BGR", "input_scale": 1.0 / 255.0, "input_m
 """MagFace ``inference/gen_feat.py``: ``cv2.imread`` (BGR), ``ToTensor`` (x / 255), mean 0, std 1; BN eps 2e-5."""
 PREPROCESS_KEYS = ("input_color", "input_scale", "input_mean", "input_std", "bn_eps")
 
-MAGFACE_PREFIXES = ("module.features.", "features.module.")
-MAGFACE_CLASSIFIERS = ("module.fc.weight", "parallel_fc.weight")
+MAGFACE_BACKBONE = "features."
+"""MagFace's builder holds the IResNet as ``features`` (``module.features.`` under ``run/trainer.py``'s
+``DataParallel``, ``features.module.`` under ``run/trainer_dist.py``'s DDP around it)."""
+MAGFACE_CLASSIFIERS = ("fc.weight", "parallel_fc.weight")
+"""MagFace's MagLinear classifier beside ``features`` (once the wrappers are stripped): not the
+backbone's ``fc``; read and dropped."""
 
 
 class WeightsError(ValueError):
@@ -227,7 +231,7 @@ def infer_arch(sd: dict[str, torch.Tensor]) -> Arch:
     need = ("conv1.weight", "fc.weight", "layer4.0.conv1.weight")
     missing = [k for k in need if k not in sd]
     if missing:
-        raise WeightsError(f"not an IResNet state_dict: no {', '.join(missing)} (first keys: {_short(list(sd)[:6], 6)})")
+        raise WeightsError(f"not an IResNet state_dict: no {', '.join(missing)}")
     blocks = []
     for s in range(1, 5):
         idx = {int(m.group(1)) for k in sd for m in [re.match(rf"layer{s}\.(\d+)\.", k)] if m}

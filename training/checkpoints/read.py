@@ -61,10 +61,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from maskkit.training.checkpoints.identify import describe_mismatch, identify, strip_wrappers
 from maskkit.training.checkpoints.layout import (
     ARCFACE_TORCH_PREPROCESS,
-    MAGFACE_CLASSIFIERS,
-    MAGFACE_PREFIXES,
     MAGFACE_PREPROCESS,
     PREPROCESS_KEYS,
     Arch,
@@ -141,8 +140,9 @@ class SourceWeights:
     Attributes:
         path: the file read.
         layout: ``arcface_torch``, ``magface`` or ``maskkit``.
-        container: how they were stored (``state_dict``, ``checkpoint_gpu (state_dict_backbone)``,
-            ``MagFace checkpoint (module.features.)``, ``maskkit checkpoint``...).
+        container: where they were stored (``state_dict``, ``checkpoint['state_dict_backbone']``,
+            ``checkpoint['state_dict'], wrapper module.features. stripped``,
+            ``maskkit checkpoint``).
         arch: the inferred :class:`Arch`.
         backbone: the face branch, trunk and mu head, fp32, arcface_torch keys.
         masked: the masked branch's start-block units (maskkit two-stream runs), else empty.
@@ -235,34 +235,24 @@ class SourceWeights:
         return out, fresh
 
 
-def _from_state_dict(sd: dict[str, Any], path: Path, container: str) -> tuple[str, dict, list[str], str]:
-    """Detect arcface_torch vs MagFace keys; return ``(layout, backbone_sd, dropped, container)``."""
-    keys = list(sd)
-    for prefix in MAGFACE_PREFIXES:
-        if any(k.startswith(prefix) for k in keys):
-            backbone = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
-            dropped = [k for k in keys if not k.startswith(prefix) and k in MAGFACE_CLASSIFIERS]
-            other = [k for k in keys if not k.startswith(prefix) and k not in MAGFACE_CLASSIFIERS]
-            if other:
-                raise WeightsError(f"{path}: MagFace checkpoint ({prefix}) with unexpected keys {_short(other)}")
-            return "magface", backbone, dropped, f"{container} ({prefix})"
-    if "conv1.weight" in sd or any(k.startswith("layer1.") for k in keys):
-        return "arcface_torch", dict(sd), [], container
-    raise WeightsError(f"{path}: not an arcface_torch or MagFace IResNet state_dict (first keys: {_short(keys[:6], 6)})")
-
-
 def read_weights(path: str | Path, obj: Any = None) -> SourceWeights:
     """Read a weights file (or a maskkit run folder) into :class:`SourceWeights`.
+
+    The state_dict is found inside its containers and its wrappers are stripped
+    (:func:`~maskkit.training.checkpoints.identify.identify`: ``module.`` from DataParallel / DDP,
+    ``_orig_mod.`` from ``torch.compile``, ``{"model": sd}``, ``{"state_dict": sd}``...), then the
+    layout left is checked key by key and shape by shape.
 
     Args:
         path: arcface_torch ``backbone.pth`` / ``model.pt`` / ``checkpoint_gpu_N.pt``, a MagFace
             checkpoint (``state_dict`` under ``module.features.`` / ``features.module.``, or such
-            a plain state_dict), a maskkit run folder or checkpoint.
+            a plain state_dict), either saved through a wrapper, a maskkit run folder or checkpoint.
         obj: the already loaded content of ``path`` (:func:`load_file`), to avoid a second read.
 
     Raises:
         FileNotFoundError: no such file / no checkpoint in the run folder.
-        WeightsError: one line: unreadable with ``weights_only=True``, not an IResNet, or its
+        WeightsError: one line: unreadable with ``weights_only=True``, no IResNet found (the
+            message names the keys found, the nearest layout and what it lacks), or its
             keys/shapes differ from the layout of the inferred architecture.
     """
     from maskkit.training.api import find_checkpoint
@@ -270,29 +260,31 @@ def read_weights(path: str | Path, obj: Any = None) -> SourceWeights:
     path = find_checkpoint(path)
     if obj is None:
         obj = load_file(path)
-    if not isinstance(obj, dict):
-        raise WeightsError(f"{path} holds a {type(obj).__name__}, not a state_dict or checkpoint dict")
-    if "config" in obj and "model" in obj:
+    if isinstance(obj, dict) and "config" in obj and "model" in obj:
         return _from_maskkit(obj, path)
-    if isinstance(obj.get("state_dict_backbone"), dict):
-        layout, sd, dropped, container = _from_state_dict(obj["state_dict_backbone"], path,
-                                                          "arcface_torch checkpoint (state_dict_backbone)")
-    elif isinstance(obj.get("state_dict"), dict):
-        layout, sd, dropped, container = _from_state_dict(obj["state_dict"], path, "checkpoint (state_dict)")
-    else:
-        layout, sd, dropped, container = _from_state_dict(obj, path, "state_dict")
-    sd = _fp32(sd)
-    arch = infer_arch(sd)
-    sd = check_layout(sd, arch, str(path))
+    try:
+        found = identify(obj)
+    except WeightsError as exc:
+        raise WeightsError(f"{path}: {exc}") from None
+    where = f"{path} ({found.where})"
+    sd = _fp32(found.backbone)
+    try:
+        arch = infer_arch(sd)
+    except WeightsError as exc:
+        raise WeightsError(f"{where}: {exc}: {describe_mismatch(sd)}") from None
+    sd = check_layout(sd, arch, where)
+    layout, dropped = found.layout, found.dropped
     pre = dict(MAGFACE_PREPROCESS if layout == "magface" else ARCFACE_TORCH_PREPROCESS)
     if layout == "arcface_torch" and not torch.all(sd["features.weight"] == 1):
         # arcface_torch freezes the BN1d scale at 1; MagFace trains it
         log.warning("%s: features.weight is not 1 (arcface_torch keeps it at 1): if this is a MagFace backbone "
                     "saved without its module.features. prefix, its input would be BGR [0, 1] and BN eps 2e-5, "
                     "not arcface_torch's", path)
+    if found.prefixes:
+        log.info("%s: read through its wrappers (%s)", path, found.where)
     if dropped:
         log.info("%s: dropped %s (MagFace's MagLinear classifier, not the backbone's fc)", path, ", ".join(dropped))
-    return SourceWeights(path=path, layout=layout, container=container, arch=arch, backbone=sd,
+    return SourceWeights(path=path, layout=layout, container=found.where, arch=arch, backbone=sd,
                          preprocess=pre, dropped=dropped)
 
 
@@ -307,7 +299,7 @@ def _from_maskkit(ck: dict, path: Path) -> SourceWeights:
     face: dict[str, torch.Tensor] = {}
     masked: dict[str, torch.Tensor] = {}
     sigma: dict[str, torch.Tensor] = {}
-    for key, v in _fp32(ck["model"]).items():
+    for key, v in _fp32(strip_wrappers(ck["model"])[0]).items():  # a compiled / DataParallel model's keys too
         arc, part = facemodel_to_arcface_key(key, cfg.backbone, k)
         {"face": face, "masked": masked, "sigma": sigma}[part][arc] = v
     arch = Arch(cfg.backbone, cfg.width, cfg.embedding_size, cfg.image_size[0])
