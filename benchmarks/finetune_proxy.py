@@ -69,7 +69,8 @@ def prepare(args) -> dict:
     import celeb_eval
 
     from maskkit.io.image_io import load_image
-    from maskkit.training.eval.evalsets import apply_masks, load_bin, mask_side_flags
+    from maskkit.training.eval.evalsets.binfile import load_bin
+    from maskkit.training.eval.evalsets.masking import apply_masks, mask_side_flags
 
     if not (out / "train.npz").exists() or not (out / "heldout.bin").exists():
         celeb_eval.prepare(SimpleNamespace(data=args.data, out=str(out), holdout=4, same=75, seed=0,

@@ -64,7 +64,7 @@ def _check_pairs(pairs) -> None:
     the forms, before a model loads or an output is claimed."""
     if pairs is None:
         return
-    from maskkit.training.eval.evalsets import PairsFormatError, parse_pairs_txt
+    from maskkit.training.eval.evalsets.pairs import PairsFormatError, parse_pairs_txt
 
     try:
         parse_pairs_txt(pairs)

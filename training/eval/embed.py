@@ -5,7 +5,8 @@ import json
 from pathlib import Path
 
 import numpy as np
-from maskkit.training.eval.evalsets import FaceAligner, load_image_folder
+from maskkit.training.eval.evalsets.aligner import FaceAligner
+from maskkit.training.eval.evalsets.folders import load_image_folder
 from maskkit.training.eval.verification import extract_embeddings
 
 

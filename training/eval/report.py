@@ -42,17 +42,12 @@ from typing import Any
 import numpy as np
 from maskkit.training.checkpoints.read import eval_home
 from maskkit.training.eval.compare import metrics_table
-from maskkit.training.eval.evalsets import (
-    FaceAligner,
-    ImageSet,
-    PairSet,
-    PairsFormatError,
-    apply_masks,
-    load_bin,
-    load_image_folder,
-    load_pairs,
-    mask_side_flags,
-)
+from maskkit.training.eval.evalsets.aligner import FaceAligner
+from maskkit.training.eval.evalsets.binfile import load_bin
+from maskkit.training.eval.evalsets.folders import load_image_folder
+from maskkit.training.eval.evalsets.masking import apply_masks, mask_side_flags
+from maskkit.training.eval.evalsets.pairs import PairsFormatError, load_pairs
+from maskkit.training.eval.evalsets.sets import ImageSet, PairSet
 from maskkit.training.eval.finite import (
     MIN_PAIRS,
     NotScorable,
@@ -106,7 +101,7 @@ class EvalConfig:
         mask_style: renderer style or ``random``.
         seed: mask seed: each image's mask is drawn from ``(seed, key)``, the key being its
             file name (a pairs file, a gallery or probe folder) or its index in a ``.bin``
-            (:func:`~maskkit.training.eval.evalsets.image_rng`), so the order of a pairs file
+            (:func:`~maskkit.training.eval.evalsets.masking.image_rng`), so the order of a pairs file
             never changes a mask and an image named in several pairs gets the same one.
         flip: add the horizontal mirror's embedding (insightface protocol).
         out: report folder (default :attr:`home` ``/ <set>-<task>-mask<side>``, and ``-aligned``
