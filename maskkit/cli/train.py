@@ -168,12 +168,15 @@ def train_cmd(ctx: click.Context, data, out, method, backbone, width, two_stream
             raise click.ClickException(f"torch.distributed.run exited with code {rc}")
         return
 
+    from maskkit.io.crop_template import TemplateRefused
     from maskkit.training.engine import NonFiniteLoss, TrainError, train
 
     try:
         summary = train(cfg, resume=resume)
     except (NonFiniteLoss, TrainError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from exc
+    except TemplateRefused as exc:  # shards whose crops cannot be brought onto image_size's template
+        raise click.ClickException(f"--data {cfg.data}: {exc.detail}") from exc
     finally:
         import torch.distributed as dist
 

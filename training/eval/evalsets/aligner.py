@@ -5,7 +5,9 @@ from pathlib import Path
 
 import numpy as np
 
-from maskkit.training.eval.evalsets.sets import IMAGE_SIZE, exc_reason, failure_record
+from maskkit.io.crop_template import TemplateRefused, says_template, to_template
+
+from maskkit.training.eval.evalsets.sets import IMAGE_SIZE, exc_reason, failure_record, template_note
 
 
 class AlignFailure(ValueError):
@@ -29,6 +31,14 @@ class FaceAligner:
       the wrong size ``not_aligned``. ``trust_aligned`` (the commands' ``--aligned``) skips the
       check and takes every ``size`` crop as it is (insightface ``.bin`` sets never come here:
       they are aligned by construction).
+    * Images whose size says another template (:func:`maskkit.io.crop_template.says_template`:
+      insightface's 128 family, 224, 256...) are brought onto the template of ``size``
+      (:func:`maskkit.io.crop_template.to_template`: a 128x128 crop keeps its columns 8..119,
+      no resampling) and used when the check finds the face on it, with the note ``template:
+      <what was done>; on the template (checked)`` -- or, with ``trust_aligned``, unchecked
+      (``...; trusted (--aligned)``). A face the check cannot confirm on the template (off it,
+      unverified, none) is aligned from the original image as any photo is: an image of such a
+      size need not be a crop.
     * Others go through ``maskkit.face.detect.find_faces`` (HOG detector by default, the
       largest face, landmarks checked) and ``maskkit.face.align.align_face``. No face fails
       ``no_face``, landmarks that are not on the face ``bad_landmarks``: guessing would embed and
@@ -69,13 +79,32 @@ class FaceAligner:
             return aligned.image, np.asarray(aligned.landmarks68, np.float32), f"realigned: {chk.detail}"
         raise AlignFailure(chk.reason or "not_aligned", chk.detail)
 
+    def _other_template(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, str] | None:
+        """A crop of another template size on the template of ``size``, with its note; None when
+        it cannot be brought there or its face is not found on the template (then it is aligned
+        as a photo)."""
+        from maskkit.face.quality import check_aligned_crop
+
+        try:
+            crop, change = to_template(rgb, self.size)
+        except TemplateRefused:
+            return None
+        if self.trust_aligned:
+            return crop, None, template_note(change.describe(), "trusted (--aligned)")
+        chk = check_aligned_crop(crop, self.size)
+        if not chk.ok or chk.how == "unverified":
+            return None
+        lm = None if chk.landmarks68 is None else np.asarray(chk.landmarks68, np.float32)
+        return crop, lm, template_note(change.describe(), "on the template (checked)")
+
     def __call__(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, str | None]:
         """Align one RGB image.
 
         Returns:
             ``(aligned_rgb, landmarks68_in_aligned_pixels_or_None, note_or_None)``; the note says
-            what was done when it was not the default for the image's kind (``realigned: ...``,
-            ``unverified: ...``).
+            what was done when it was not the default for the image's kind (``kind: detail``,
+            :data:`~maskkit.training.eval.evalsets.sets.NOTE_KINDS`: ``realigned``,
+            ``unverified``, ``template``).
 
         Raises:
             AlignFailure: (a ``ValueError``) reason ``no_face`` when there is no face,
@@ -86,6 +115,10 @@ class FaceAligner:
             if self.trust_aligned:
                 return rgb, None, None
             return self._crop(rgb)
+        if says_template(rgb.shape):
+            got = self._other_template(rgb)
+            if got is not None:
+                return got
         from maskkit.face.align import align_face
         from maskkit.face.detect import find_faces
 

@@ -34,6 +34,12 @@ def load_bin(path: str | Path, size: tuple[int, int] = IMAGE_SIZE) -> PairSet:
     An image that cannot be decoded is one ``failures`` record (reason ``decode_error``, named
     ``<file>:<image index>``); its pair is left out and recorded in ``skipped_pairs``. Each
     image's mask key is its index in the file (:attr:`PairSet.mask_keys`).
+
+    A crop of another size is on the template its size says (insightface also builds ``.bin``
+    sets of 128x128 crops on its 128 template): it is brought onto the template of ``size``
+    (:func:`maskkit.io.image_io.read_crop`) and counted in :attr:`PairSet.templates` under what
+    was done; one that cannot be (a size of no template, a crop that does not cover ``size``'s:
+    112x96) is a failure with reason ``no_template`` / ``other_template``.
     """
     path = Path(path)
     with open(path, "rb") as f:
@@ -44,17 +50,27 @@ def load_bin(path: str | Path, size: tuple[int, int] = IMAGE_SIZE) -> PairSet:
             bins, issame_list = pickle.load(f, encoding="bytes")
     if len(bins) != 2 * len(issame_list):
         raise ValueError(f"{path}: {len(bins)} images for {len(issame_list)} pairs (need exactly 2 per pair)")
-    from maskkit.io.image_io import decode_crop
+    from maskkit.io.crop_template import TemplateRefused
+    from maskkit.io.image_io import read_crop
 
     images, keep, failures, names, index, keys, skipped = [], [], [], [], [], [], []
+    templates: dict[str, int] = {}
     for p, same in enumerate(issame_list):
         got = []
         for j in (2 * p, 2 * p + 1):
             try:
-                got.append(decode_crop(bins[j], size))
+                img, change = read_crop(bins[j], size)
+            except TemplateRefused as exc:
+                failures.append(failure_record(f"{path.name}:{j}", exc.reason, exc.detail))
+                got.append(None)
+                continue
             except ValueError as exc:
                 failures.append(failure_record(f"{path.name}:{j}", "decode_error", str(exc)))
                 got.append(None)
+                continue
+            if change is not None:
+                templates[change.describe()] = templates.get(change.describe(), 0) + 1
+            got.append(img)
         if any(g is None for g in got):
             skipped.append(skipped_pair(p, f"{path.name}:{2 * p}", f"{path.name}:{2 * p + 1}"))
             continue
@@ -66,7 +82,7 @@ def load_bin(path: str | Path, size: tuple[int, int] = IMAGE_SIZE) -> PairSet:
     arr = np.stack(images) if images else np.zeros((0, *size, 3), np.uint8)
     return PairSet(images=arr, issame=np.array(keep, bool), names=names, failures=failures, source=str(path),
                    pair_index=np.array(index, int), listed_issame=np.array([bool(x) for x in issame_list], bool),
-                   mask_keys=keys, skipped_pairs=skipped)
+                   mask_keys=keys, skipped_pairs=skipped, templates=templates)
 
 
 def write_bin(path: str | Path, images, issame, quality: int = 95, ext: str = ".jpg") -> Path:

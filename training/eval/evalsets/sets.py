@@ -34,8 +34,7 @@ class PairSet:
         landmarks68: per image (68, 2) float32 landmarks in aligned pixels when the aligner
             produced them, else None (found later on the aligned crop when masking).
         failures: inputs that produced no pair, with reasons.
-        notes: per-image alignment notes keyed by index (``FaceAligner`` adds none: an image
-            without a detected face is a ``no_face`` failure instead).
+        notes: per-image alignment notes keyed by index, ``kind: detail`` (:data:`NOTE_KINDS`).
         source: a short description of where the pairs came from.
         pair_index: (P,) int, the position of each kept pair in the source's list (a ``.bin``'s
             ``issame_list``, a pairs file's pair lines); default ``0..P-1``.
@@ -51,6 +50,9 @@ class PairSet:
         skipped_pairs: one record per listed pair left out because an image of it failed
             (``{"pair", "a", "b", "reason": "pair_skipped", "detail"}``); the image failures
             themselves are in ``failures``, once per image.
+        templates: crops of another template size brought onto the 112 template without a
+            per-image note (a ``.bin``'s): ``{what was done: images}``
+            (:meth:`~maskkit.io.crop_template.TemplateChange.describe`); see :func:`templates_of`.
     """
 
     images: np.ndarray
@@ -65,6 +67,7 @@ class PairSet:
     names_bytes: list[str] = field(default_factory=list)
     mask_keys: list = field(default_factory=list)
     skipped_pairs: list[dict] = field(default_factory=list)
+    templates: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.issame = np.asarray(self.issame, dtype=bool)
@@ -118,7 +121,7 @@ class PairSet:
                        list(self.failures), {int(new_index[i]): n for i, n in self.notes.items() if img[i]},
                        self.source, self.pair_index[keep], self.listed_issame,
                        pick(self.names_bytes) if self.names_bytes else [], pick(self.mask_keys),
-                       list(self.skipped_pairs))
+                       list(self.skipped_pairs), dict(self.templates))
 
 
 @dataclass
@@ -133,7 +136,7 @@ class ImageSet:
             (:func:`maskkit.util.names.display_name`).
         landmarks68: per image (68, 2) aligned landmarks or None.
         failures: inputs that produced no image, with reasons.
-        notes: per-image alignment notes keyed by index.
+        notes: per-image alignment notes keyed by index, ``kind: detail`` (:data:`NOTE_KINDS`).
         paths_bytes: per image, the base64 of its path's bytes when the name is not UTF-8
             (``""`` otherwise); empty when no name needs it.
     """
@@ -166,16 +169,58 @@ class ImageSet:
         return [os.fsdecode(base64.b64decode(b)) if b else p for p, b in zip(self.paths, self.paths_bytes)]
 
     def subset(self, idx) -> "ImageSet":
-        """The images at ``idx`` (failures and notes are not carried)."""
+        """The images at ``idx``, their notes re-indexed (failures are not carried)."""
         idx = [int(i) for i in idx]
+        new = {old: k for k, old in enumerate(idx)}
         return ImageSet(
             images=self.images[idx] if idx else np.zeros((0, *IMAGE_SIZE, 3), np.uint8),
             identities=[self.identities[i] for i in idx],
             paths=[self.paths[i] for i in idx],
             paths_bytes=[self.paths_bytes[i] for i in idx] if self.paths_bytes else [],
             landmarks68=[self.landmarks68[i] for i in idx],
+            notes={new[i]: n for i, n in self.notes.items() if i in new},
         )
 
+
+#: The kinds of per-image alignment notes (a note is ``kind: detail``): a 112x112 crop off the
+#: template ``realigned`` from its checked landmarks; a crop whose face cannot be checked
+#: (profile, occlusion) used as given, ``unverified``; a crop of another ``template`` size
+#: brought onto the 112 template (:mod:`maskkit.io.crop_template`) and found on it.
+NOTE_KINDS = ("realigned", "unverified", "template")
+
+
+def note_kind(note: str) -> str | None:
+    """The kind of an alignment note (:data:`NOTE_KINDS`), or None."""
+    kind = str(note).split(":", 1)[0]
+    return kind if kind in NOTE_KINDS else None
+
+
+def note_counts(*notes: dict) -> dict[str, int]:
+    """``{kind: images}`` over the given per-image note dicts, every kind present (0 when none)."""
+    out = dict.fromkeys(NOTE_KINDS, 0)
+    for d in notes:
+        for n in d.values():
+            kind = note_kind(n)
+            if kind:
+                out[kind] += 1
+    return out
+
+
+def template_note(change_text: str, outcome: str) -> str:
+    """The note of an image that came from another template: ``template: <what was done>; <outcome>``."""
+    return f"template: {change_text}; {outcome}"
+
+
+def templates_of(*notes: dict, listed: dict[str, int] | None = None) -> dict[str, int]:
+    """``{what was done: images}`` for the crops brought from another template: the ``template``
+    notes of the given note dicts plus ``listed`` (a ``.bin``'s :attr:`PairSet.templates`)."""
+    out = dict(listed or {})
+    for d in notes:
+        for n in d.values():
+            if note_kind(n) == "template":
+                text = str(n)[len("template: "):].rsplit("; ", 1)[0]
+                out[text] = out.get(text, 0) + 1
+    return out
 
 
 def failure_record(src: str, reason: str, detail: str = "") -> dict:
