@@ -157,6 +157,7 @@ def test_a_bin_of_128_crops_embeds_like_the_112_bin_and_the_record_says_so(faces
     assert f"24 images: {what}" in m128["notes"]
     assert m112["counts"]["template_converted"] == 0 and m112["input_templates"] == {}
     assert "128x128 crops on insightface's 128 template" in out  # the note, under the terminal table
+    assert any("crops from another template" in ln and "24" in ln for ln in out.splitlines()), out
 
 
 def test_a_bin_with_crops_of_no_usable_template_records_each(faces, tmp_path):
