@@ -17,7 +17,7 @@ from maskkit.pipeline.align import AlignConfig, output_names, run_align
 from maskkit.io.image_io import load_image
 from maskkit.pipeline.runner import safe_target
 from maskkit.io.sources import SourceItem, iter_sources
-from zoo import FORTY_FACES, ZOO_FACE_COUNTS, make_zoo, parse_summary
+from zoo import FORTY_FACES, ZOO_FACE_COUNTS, ZOO_FACES_ACCEPTED_MIN, make_zoo, parse_summary
 
 
 def _jsonl(p: Path) -> list[dict]:
@@ -75,7 +75,11 @@ def test_faces_all_records_the_rejected_face(tmp_path, astronaut, fmt):
     """--faces all on the astronaut: HOG finds 2 detections; 0 (an emblem on her suit, below her
     face) fails the landmark check, 1 (her face) is written. The emblem is exactly one
     rejected.jsonl line (face 0, bad_landmarks) counted in the summary table and dict -- not a
-    silent drop -- and failures.jsonl stays empty (the input gave a face: files == ok + failed)."""
+    silent drop -- and failures.jsonl stays empty (the input gave a face: files == ok + failed).
+    The test needs the emblem found and rejected: HOG scores it 0.117 (limit 0; 0.098 at least
+    over copies with 1-grey-level noise, and the PNG gives every CPU the same pixels), and two
+    checks reject it, the CNN backstop seeing no face there at any angle (test_face_quality's
+    emblem test; docs/MARGINS.md)."""
     from PIL import Image
 
     src = tmp_path / "src"
@@ -121,7 +125,10 @@ def test_zoo_outputs(zoo_run):
     per_src: dict[str, list[dict]] = {}
     for r in manifest:
         per_src.setdefault(r["src"], []).append(r)
-    assert len(per_src[FORTY_FACES]) == ZOO_FACE_COUNTS[FORTY_FACES]
+    # every face of the crowd found: written, or recorded in rejected.jsonl (landmark check)
+    crowd_rejected = [r for r in _jsonl(out / "rejected.jsonl") if r["src"] == FORTY_FACES]
+    assert len(per_src[FORTY_FACES]) + len(crowd_rejected) == ZOO_FACE_COUNTS[FORTY_FACES]
+    assert len(per_src[FORTY_FACES]) >= ZOO_FACES_ACCEPTED_MIN[FORTY_FACES]
     root = out.resolve()
     for r in manifest:
         p = out / r["out"]
@@ -203,13 +210,20 @@ def test_paths_cannot_escape_out(tmp_path, astronaut):
 
 
 def test_aligned_mode_cli(celeb_aligned, tmp_path):
+    """``align --aligned`` on one celeb-aligned identity (Barack_Obama, 200 crops): every input
+    accounted in the quiet JSON summary, at least 98 % kept. Measured 2026-12-06 (docs/MARGINS.md):
+    200 of 200, but one crop, 27.jpg, is kept only because its HOG-found fit's refits move the eyes
+    0.103 (FIT_TOL 0.10); when they agree its 5 points sit 13-14 px from the template (limit 12)
+    and it is ``not_aligned``, as in 5 of 7 copies with 1-grey-level noise. The others clear their
+    limits (template fits at most 8.0 px RMS of 11, faces found at 0.54 or more). The bound was
+    99 % (198), 1 crop under that coin flip; 98 % (196) is 3 under it."""
     ident = sorted(p for p in celeb_aligned.iterdir() if p.is_dir())[0]
     n = len([it for it in iter_sources(ident) if not it.error])
     res = CliRunner().invoke(main, ["align", "--src", str(ident), "--out", str(tmp_path / "o"), "--aligned",
                                     "--jobs", "1", "--quiet"])
     assert res.exit_code == 0, res.output
     summary = json.loads(res.output.strip().splitlines()[-1])
-    assert summary["files"] == n and summary["ok"] >= 0.99 * n
+    assert summary["files"] == n and summary["ok"] >= 0.98 * n
 
 
 def test_help_and_bad_arguments(tmp_path, zoo):

@@ -3,9 +3,9 @@
 Landmark error is the normalised mean error (NME): mean point-to-point distance over the 68
 points divided by the outer-eye-corner distance (points 36 and 45) of the ground truth.
 Bounds (measured values in brackets, see the report in the PR):
-* iBUG ``.pts`` ground truth (manual): breakingbad with HOG [0.047] <= 0.08; einstein (tilted,
-  missed by HOG at upsample 1) with HOG upsample 2 [0.055] <= 0.09; BlazeFace boxes + dlib
-  landmarks on both [0.092, 0.084] <= 0.13.
+* iBUG ``.pts`` ground truth (manual): breakingbad with HOG [0.047] <= 0.08; einstein (tilted)
+  with HOG upsample 2 [0.055] <= 0.09 (HOG at threshold -0.3: the boxes of threshold 0, found
+  with margin, see the test); BlazeFace boxes + dlib landmarks on both [0.092, 0.084] <= 0.13.
 * dlib's VOC ``*_with_face_landmarks.xml`` (43 faces): every face found by HOG, mean NME
   [0.020] <= 0.035, worst face [0.082] <= 0.12.
 """
@@ -132,12 +132,21 @@ def test_no_face_in_dogs(hog, photos_dir):
     assert hog.detect(load_image(photos_dir / "dogs.jpg")) == []
 
 
-def test_landmarks_vs_ibug_pts(hog, photos_dir):
+def test_landmarks_vs_ibug_pts(photos_dir):
+    """The 68 points in HOG's box against the manual iBUG points: NME 0.047 <= 0.08 (breakingbad)
+    and 0.055 <= 0.09 (einstein, upsample 2). What is promised is the landmark error, not which
+    faces HOG reports (the detection tests above hold that), and at HOG's default threshold 0
+    breakingbad's annotated face scores 0.003 (its second look -0.11: a hair from being missed,
+    measured 2026-12-06, docs/MARGINS.md), so HOG runs here at threshold -0.3: that face clears it
+    by 0.30, einstein's (0.09 at upsample 2) by 0.39. A lower threshold only adds candidates
+    scoring below the others and moves no box (dlib keeps boxes by score), so the boxes, the
+    landmarks and the NMEs are those of the default threshold."""
     gt_bb = read_pts(photos_dir / "breakingbad.pts")
-    f = match(hog.detect(load_image(photos_dir / "breakingbad.jpg")), gt_bb)
+    f = match(make_detector("hog", threshold=-0.3).detect(load_image(photos_dir / "breakingbad.jpg")), gt_bb)
     assert f is not None and nme(f.landmarks68, gt_bb) <= 0.08
     gt_e = read_pts(photos_dir / "einstein.pts")
-    f = match(make_detector("hog", upsample=2).detect(load_image(photos_dir / "einstein.jpg")), gt_e)
+    up2 = make_detector("hog", upsample=2, threshold=-0.3)
+    f = match(up2.detect(load_image(photos_dir / "einstein.jpg")), gt_e)
     assert f is not None and nme(f.landmarks68, gt_e) <= 0.09
 
 
@@ -163,6 +172,12 @@ def test_cnn_finds_grace_hopper(grace_hopper):
 
 
 def test_blazeface_real_faces(blazeface_packages, photos_dir, lfw_johns):
+    """BlazeFace finds the 6 friends and every lfw-johns face, nothing on dogs.jpg, and dlib's points
+    in its boxes keep the iBUG error (NME 0.092, 0.084 <= 0.13). Margins (2026-12-06,
+    docs/MARGINS.md): the weakest lfw-johns face scores 0.11 above its model's limit, the weakest
+    friend 0.14 (the best other candidate 0.17 under its limit); the dog that BlazeFace likes
+    best scores 0.597 with the short-range model, 0.053 under its limit 0.65 -- about 8 % of the
+    limit, but 15 times the score's spread over copies with 1-grey-level noise (0.595-0.601)."""
     bz = make_detector("blazeface")
     assert len(bz.detect_boxes(load_image(photos_dir / "friends_t1.jpg"))) == 6
     assert bz.detect_boxes(load_image(photos_dir / "dogs.jpg")) == []

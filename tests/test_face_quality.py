@@ -91,15 +91,21 @@ def test_rotated_faces_accepted_on_the_eyes_or_rejected(hog, astronaut, grace_ho
 
 
 def test_recovery_finds_the_45_degree_face(hog, grace_hopper):
-    """grace_hopper turned -45 degrees: HOG boxes the face, the first fit is off (the old path
-    accepted it with an eye 0.15 IOD away) and the orientation search recovers it: eyes within
-    10% IOD (0.02 measured), eye line turned by about the 45 degrees."""
+    """grace_hopper turned -45 degrees: HOG boxes the face, the first fit in its box is off the eyes
+    (the old path accepted it) and the check ends on the eyes: eyes within 10% IOD, eye line
+    turned by about the 45 degrees. The outcome is asserted, not which step got there (the
+    orientation search, here). Margins (2026-12-06, docs/MARGINS.md; in brackets over copies
+    with 1-grey-level noise): the accepted eyes 0.018 IOD off [0.015-0.035], limit 0.10; the first
+    fit 0.15 off [0.16-0.24], so the test can tell the two apart. The check's own decision, that
+    the first fit is not stable, clears FIT_TOL 0.10 by less: its refits move the eyes 0.124
+    [0.13-0.22]."""
     upright = max(hog.detect_boxes(grace_hopper), key=lambda b: b[0][2] - b[0][0])[0]
     ref = landmarks_in_box(grace_hopper, upright)
     img, g = _rotate(grace_hopper, -45, ref)
     f = _subject(find_faces(hog, img, "largest"), g)
-    assert f is not None and _accepted(f) and getattr(f.fit, "recovered", False)
+    assert f is not None and _accepted(f)
     assert _eye_error(f.landmarks68, g) <= TOL
+    assert _eye_error(landmarks_in_box(img, f.box), g) > TOL  # what the old path accepted
     # rotating the image by +deg (counter-clockwise on screen) turns the eye line by -deg in
     # image coordinates (y down); 15 degrees is a loose bound
     assert abs(_eye_angle(f.landmarks68) - (_eye_angle(ref) + 45)) < 15
@@ -133,28 +139,40 @@ def test_weak_hog_detection_must_be_a_face_upright(hog, astronaut):
     her face is accepted (before: both were, and the emblem got a mask). Two checks stand between
     the emblem and a mask, and which one fires first depends on the machine (here the orientation
     search: 2 of 10 start fits agree, 3 needed; elsewhere it found 3 and dlib's CNN rejected it), so
-    the test asserts the outcome and states each check's margin: the CNN's upright look, the
-    backstop, sees *nothing* near the emblem at any angle from -90 to +90 degrees even with its
-    threshold lowered from 0 to -5 (her face scores 1.06 at 0), so the emblem stays rejected
-    whatever basin the search finds."""
+    the test asserts the outcome and states each check's margin (2026-12-06, docs/MARGINS.md).
+    The CNN's upright look, the backstop, sees *no* face near the emblem at any angle from -90 to
+    +90 degrees, at its scale and at twice it, while it sees her face (1.06; its limit is 0). How
+    far below 0 the emblem scores cannot be read: dlib's Python API returns only detections
+    scoring above 0 (a detector made with a lower ``threshold``, as this test had, sees the same).
+    The emblem's own detection, which the test needs, scores 0.117 (0.098-0.174 over 15 copies
+    with 1-grey-level noise) against HOG's limit 0; the astronaut is a lossless PNG, so HOG reads
+    the same pixels on every CPU."""
     from maskkit.face.selection import WEAK_DETECTION
 
     faces = find_faces(hog, astronaut, "all")
     accepted = [f for f in faces if _accepted(f)]
-    assert len(accepted) == 1 and accepted[0].score > 1.0, [(f.score, _accepted(f)) for f in faces]
+    assert len(accepted) == 1 and accepted[0].score > WEAK_DETECTION, [(f.score, _accepted(f)) for f in faces]
     rejected = [f for f in faces if not _accepted(f)]
     assert len(rejected) == 1 and rejected[0].fit.reason == "bad_landmarks" and rejected[0].score < WEAK_DETECTION
-    cnn = make_detector("cnn", upsample=0, max_side=0, threshold=-5.0)
+    cnn = make_detector("cnn", upsample=0, max_side=0)
     assert all(cnn.upright_score(astronaut, rejected[0].box, a) is None for a in range(-90, 91, 15))
-    assert cnn.upright_score(astronaut, accepted[0].box, accepted[0].fit.angle) > 1.0
+    cnn2 = make_detector("cnn", upsample=1, max_side=0)
+    assert all(cnn2.upright_score(astronaut, rejected[0].box, a) is None for a in range(-90, 91, 30))
+    assert cnn.upright_score(astronaut, accepted[0].box, accepted[0].fit.angle) is not None
 
 
 def test_blazeface_keeps_masked_faces_upright(blazeface_packages, real_masked):
-    """real-masked (upright photos of people in masks), every 4th image: at most one accepted fit
-    is turned over (eye line beyond +-90 degrees). BlazeFace scores many masked faces higher
-    upside down (a mask reads as hair): taking its preference alone turned 65 of the 576 faces
-    over (16 in this subset). The one measured here is not a turned-over face: a cartoon sticker
-    hides the eyes in 0001/0016.jpg and the orientation search fits it at -96 degrees."""
+    """real-masked (upright photos of people in masks), every 4th image: the accepted fits stay
+    upright. BlazeFace scores many masked faces higher upside down (a mask reads as hair): with the
+    flip rule cut down to its preference (``UPRIGHT_FLIP_GAP`` 0) 13 of this subset's 139 accepted
+    fits are turned over (eye line beyond +-90 degrees; measured 2026-12-06), the defect this
+    test catches. With the rule: 0 or 1 here and over 5 copies with 1-grey-level noise, each a
+    face 19-27 px wide (0002/0081.jpg, 0002/0093.jpg) whose 68-point fit lands anywhere from one
+    copy to the next -- not the upright look turning it. So the bound is 3: 2 above what is measured, 10 below the
+    defect (the bound was 1, met exactly, by another small face on another machine). Margins of
+    the upright look itself (docs/MARGINS.md): BlazeFace prefers a face turned over by 0.18 at
+    most (limit 0.25), HOG sees one turned over at 0.07 at most (limit 0.5). Accepted fits: 140
+    (138-140 over the copies), at least 100 asserted."""
     from maskkit.face.fit_check import eye_angle
     from maskkit.io.sources import iter_sources
 
@@ -168,7 +186,7 @@ def test_blazeface_keeps_masked_faces_upright(blazeface_packages, real_masked):
                 if abs(eye_angle(f.landmarks68)) > 90:
                     turned.append(f"{it.rel}: {eye_angle(f.landmarks68):.0f} deg")
     assert accepted >= 100, accepted
-    assert len(turned) <= 1, f"masked faces fitted upside down: {turned}"
+    assert len(turned) <= 3, f"masked faces fitted upside down: {turned}"
 
 
 def test_blazeface_one_face_is_one_face(blazeface_packages, photos_dir):
@@ -264,26 +282,41 @@ def test_loose_112_crop_is_realigned_for_evaluation(hog, astronaut):
 
 def test_aligned_crop_first_refit_settles_clear_cases(monkeypatch, hog, astronaut, grace_hopper):
     """The template test of ``check_aligned_crop`` makes the second rotated refit only when the
-    first does not settle it: the two dependency faces' ArcFace crops (first refit within 0.031
-    and 0.040 of the eye distance) are kept after one refit with the same landmarks as with both
-    refits. With refits displaced by set amounts (every point shifted by ``d`` times the
-    template's eye distance, so the 5-point spread is ``d``): +0.03 is stable after one refit
-    (whatever the second would say), +0.10 needs the second (0.50: unstable, 0.15: stable),
-    +0.30 is unstable after one."""
+    first settles nothing: a crop whose first refit moves the 5 points by at most
+    ``CROP_SURE_TOL`` (0.05 of the eye distance) is kept after one refit, with the outcome and
+    landmarks of both refits. Which way a real crop goes is its first refit's business, so the
+    rule is asserted on each dependency face's ArcFace crop; the astronaut's is the clear case
+    the optimisation is for (first refit 0.031 [0.012-0.031 over 9 copies with 1-grey-level
+    noise], 0.019 under the limit: one refit asserted), grace_hopper's sits nearer (0.040
+    [0.029-0.049]: either way). With refits displaced by set amounts (every point shifted by
+    ``d`` times the template's eye distance, so the 5-point spread is ``d``): +0.03 is stable
+    after one refit (whatever the second would say), +0.10 needs the second (0.50: unstable,
+    0.15: stable), +0.30 is unstable after one."""
     from maskkit.face import crop_check  # check_aligned_crop reads fit_at_angle and find_face_in_crop here
     from maskkit.face.align import arcface_template
     from maskkit.face.landmarks import ALIGNED_BOX_FRACTION, PATCH_BOX
 
     real_fit = crop_check.fit_at_angle
-    for rgb in (astronaut, grace_hopper):
+    for rgb, clear in ((astronaut, True), (grace_hopper, False)):
         crop = _aligned(rgb, hog)
+        h, w = crop.shape[:2]
+        fx0, fy0, fx1, fy1 = ALIGNED_BOX_FRACTION
+        box = (fx0 * w, fy0 * h, fx1 * w, fy1 * h)
+        # the first refit's 5-point displacement on its own (sure=1: stop after it)
+        lm = landmarks_in_box(crop, box)
+        first_refit = crop_check._five_point_spread(crop, box, lm, crop_check.CROP_DELTA, sure=1.0)
+        settles = first_refit <= crop_check.CROP_SURE_TOL
+        assert settles or not clear, first_refit
         calls: list[float] = []
         monkeypatch.setattr(crop_check, "fit_at_angle", lambda *a, **k: calls.append(a[2]) or real_fit(*a, **k))
         one = crop_check.check_aligned_crop(crop)
-        assert one.ok and one.how == "template" and calls == [crop_check.CROP_DELTA]
+        assert one.ok and one.how == "template"
+        assert calls == ([crop_check.CROP_DELTA] if settles else [crop_check.CROP_DELTA, -crop_check.CROP_DELTA]), first_refit
+        calls.clear()
         both = crop_check.check_aligned_crop(crop, sure=0.0)
-        assert both.ok and both.how == "template" and len(calls) == 3
+        assert both.ok and both.how == "template" and len(calls) == 2
         assert np.array_equal(one.landmarks68, both.landmarks68)
+        monkeypatch.setattr(crop_check, "fit_at_angle", real_fit)
 
     crop = _aligned(astronaut, hog)
     h, w = crop.shape[:2]
@@ -319,7 +352,15 @@ def _pts(path: Path) -> np.ndarray:
 
 def test_einstein_is_the_subject_with_default_options(hog, photos_dir):
     """Defaults (HOG, upsample 1): ``--faces largest`` keeps Einstein (not the small seated
-    bystander the old path kept) and ``--faces all`` includes him, with accepted landmarks."""
+    bystander the old path kept) and ``--faces all`` includes him, with accepted landmarks.
+
+    Margins (2026-12-06, docs/MARGINS.md): his detection clears its limit (second look +0.16
+    against 0; 0.13 to 0.22 over copies with 1-grey-level noise), his landmark check does NOT:
+    refits 10 degrees apart move the eyes 0.108 (limit 0.10), and the orientation search finds
+    3 of 10 start fits agreeing, 3 needed, the third 0.097 from their centre (limit 0.10). On 100
+    noisy copies his fit was rejected 14 times and the bystander returned instead. That is a
+    production limit, listed with a recommendation in docs/MARGINS.md; the test keeps the
+    promise (the README's "the defaults keep the subject of all 7 single-face photos")."""
     rgb = load_image(photos_dir / "einstein.jpg")
     gt = _pts(photos_dir / "einstein.pts")
     largest = find_faces(hog, rgb, "largest")

@@ -53,7 +53,9 @@ def test_mask_accounts_for_every_file(mask_out):
     man = _jsonl(out / "manifest.jsonl")
     srcs = {r["src"] for r in man}
     assert srcs == {"obama.jpg", "friends_t1.jpg", "people/biden.jpg", "people/einstein.png"}
-    assert sum(r["src"] == "friends_t1.jpg" for r in man) >= 5  # every face of a group photo
+    # every face of a group photo has a row: 6 found (measured 2026-12-06: HOG 0.57 at least, limit
+    # 0), one of which passes the landmark check by a hair (docs/MARGINS.md); at least 5
+    assert sum(r["src"] == "friends_t1.jpg" for r in man) >= 5
     assert summary["faces"] == sum(r["masked"] for r in man)
     for r in man:
         if r["masked"]:
@@ -304,7 +306,7 @@ def test_mask_on_the_bad_input_zoo(tmp_path):
     from collections import Counter
 
     from maskkit.io.image_io import load_image
-    from zoo import FORTY_FACES, ZOO_FACE_COUNTS, make_zoo, parse_summary
+    from zoo import FORTY_FACES, ZOO_FACE_COUNTS, ZOO_FACES_ACCEPTED_MIN, make_zoo, parse_summary
 
     expected = make_zoo(tmp_path / "zoo")
     out = tmp_path / "m"
@@ -322,7 +324,10 @@ def test_mask_on_the_bad_input_zoo(tmp_path):
         else:
             assert failed.get(rel) == outcome, f"{rel}: expected {outcome}, got {failed.get(rel)}"
     assert all(f["detail"] for f in fails)
-    assert sum(r["src"] == FORTY_FACES and r["masked"] for r in man) == ZOO_FACE_COUNTS[FORTY_FACES]
+    # every face of the crowd found (a manifest row each, masked or not), and masked unless its
+    # landmarks failed the check
+    assert sum(r["src"] == FORTY_FACES for r in man) == ZOO_FACE_COUNTS[FORTY_FACES]
+    assert sum(r["src"] == FORTY_FACES and r["masked"] for r in man) >= ZOO_FACES_ACCEPTED_MIN[FORTY_FACES]
     # one output file per written input, each decodable and different from its input
     outs = {r["src"]: r["out"] for r in man}
     assert len(set(outs.values())) == len(outs), "two inputs were written to the same output"
@@ -333,7 +338,11 @@ def test_mask_on_the_bad_input_zoo(tmp_path):
         img, before = load_image(out / o), load_image(tmp_path / "zoo" / src)
         assert img.shape == before.shape, o
         changed = (np.abs(img.astype(np.int16) - before).max(axis=2) > 40).mean()
-        assert changed > 0.01, (o, changed)  # a mask was drawn, not just re-encoded (measured 0.025-0.15)
+        # a mask was drawn, not just re-encoded: share of pixels more than 40 levels off, measured
+        # 2026-12-06 0.0128 (modes/gray16.png: a grey cloth mask on the grey astronaut) to 0.149;
+        # re-encoding alone moves none of them (0.0000 for every input). The bound was 0.01, 0.003
+        # under the smallest; 0.004 is 3 times under it and still clear of re-encoding
+        assert changed > 0.004, (o, changed)
     table = parse_summary(res.output)
     masked = [r for r in man if r["masked"]]
     assert table["files"] == len(expected) and table["ok"] == len(written)
@@ -367,5 +376,7 @@ def test_each_face_draws_from_its_own_generator(mask_out):
         want = ren.sample_params("random", face_rng(3, r["src"], r["face"]))
         assert {k: want[k] for k in keys} == {k: r["params"][k] for k in keys}, (r["src"], r["face"])
     group = [r for r in rows if r["src"] == "friends_t1.jpg"]
+    # 6 masked (2026-12-06); one friend's landmarks pass the check by a hair (refits 0.108 apart,
+    # limit 0.10, then 3 of 10 search fits, 3 needed), the other 5 clear it (refits within 0.023)
     assert len(group) >= 5
     assert len({json.dumps(r["params"]["offsets"], sort_keys=True) for r in group}) == len(group)

@@ -27,13 +27,22 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-__all__ = ["make_zoo", "astronaut", "grace_hopper", "FORTY_FACES", "ZOO_FACE_COUNTS", "HUGE", "parse_summary"]
+__all__ = ["make_zoo", "astronaut", "grace_hopper", "FORTY_FACES", "ZOO_FACE_COUNTS", "ZOO_FACES_ACCEPTED_MIN", "HUGE",
+           "parse_summary"]
 
 #: rel path of the 40-face image and of the 20000x20000 image.
 FORTY_FACES = "crowd/forty_faces.jpg"
 HUGE = "broken/huge_20000x20000.png"
-#: expected number of faces with ``--faces all`` for inputs with more than one face.
+#: expected number of faces with ``--faces all`` for inputs with more than one face: every face is
+#: found (the 40 copies score 0.72 to 1.6 with HOG, limit 0), and each one is written or recorded as
+#: rejected (exact accounting).
 ZOO_FACE_COUNTS = {FORTY_FACES: 40}
+#: how many of those must pass the landmark check. Measured 2026-12-06 (docs/MARGINS.md): 40 of 40,
+#: here and on 18 copies with 1-grey-level noise, but in each copy 1 to 3 faces pass only through
+#: the orientation search, where 3 to 6 of 10 start fits agree (3 needed; 3 was seen once in 29
+#: such faces), and a few pass the fast test within 0.01 of its limit: "all 40" would ride on
+#: that. At least 38: 2 under what is measured.
+ZOO_FACES_ACCEPTED_MIN = {FORTY_FACES: 38}
 
 
 def astronaut() -> np.ndarray:
