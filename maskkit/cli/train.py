@@ -50,8 +50,10 @@ _SHAPE_KEYS = ("method", "backbone", "width", "embedding_size", "two_stream", "s
 @click.option("--compile/--no-compile", "compile_", default=False, show_default=True, help="torch.compile the model.")
 @_device()
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--max-steps", type=int, default=None, help="Stop after this many optimiser steps.")
-@click.option("--steps-per-epoch", type=int, default=None, help="Override the epoch length.")
+@click.option("--max-steps", type=int, default=None, show_default="none: --epochs x steps per epoch",
+              help="Stop after this many optimiser steps.")
+@click.option("--steps-per-epoch", type=int, default=None, show_default="samples // global batch (one pass)",
+              help="Override the epoch length.")
 @click.option("--ckpt-every", type=int, default=1000, show_default=True, help="Checkpoint every N steps.")
 @click.option("--log-every", type=int, default=50, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue the run in --out from checkpoints/last.pt (exactly).")
