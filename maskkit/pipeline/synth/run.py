@@ -30,6 +30,7 @@ from maskkit.pipeline.runner import REJECTED
 from maskkit.pipeline.synth.plan import class_display_names, list_sources_for, plan_chunks
 from maskkit.util.names import display_name, name_b64
 from maskkit.pipeline.synth.seeding import next_style_offset
+from maskkit.pipeline.synth.summary import ratio_departure, ratio_hint
 from maskkit.pipeline.unverified import UNVERIFIED_FILE, unverified_hint
 from maskkit.util.files import write_bytes_atomic, write_json_atomic
 
@@ -272,17 +273,20 @@ def _run_locked(cfg: SynthConfig, t_start: float, listing: tuple) -> SynthResult
               f"faces; {REJECTED} may miss some of theirs (rerun with --overwrite for a full record)", file=sys.stderr)
     if class_bytes:  # class names that are not UTF-8: their exact bytes (docs/FORMAT.md)
         man["classes_bytes"] = class_bytes
+    hints = []
     if not cfg.aligned:  # the forgotten --aligned (printed with the summary: maskkit.util.progress.print_hints)
         from maskkit.pipeline.hints import forgotten_aligned_hint
 
-        hint = forgotten_aligned_hint(total)
-        if hint:
-            man["hints"] = [hint]
+        hints.append(forgotten_aligned_hint(total))
     else:
-        hint = unverified_hint(man["unverified"], man["inputs"]["files"], display_name(str(out)),
-                               man["unverified_masked"] if cfg.ratio > 0 else None)
-        if hint:
-            man["hints"] = [hint]
+        hints.append(unverified_hint(man["unverified"], man["inputs"]["files"], display_name(str(out)),
+                                     man["unverified_masked"] if cfg.ratio > 0 else None))
+    dep = ratio_departure(man)  # the overall masked share more than a point off --ratio: say why
+    if dep is not None:
+        man["ratio_departure"] = dep
+        hints.append(ratio_hint(dep, cfg.paired))
+    if any(hints):
+        man["hints"] = [h for h in hints if h]
     if hook is not None:
         hook("before_manifest", -1)
     write_json_atomic(out / "manifest.json", man)
