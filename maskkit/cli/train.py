@@ -24,6 +24,30 @@ def _parse_set(values: tuple[str, ...]) -> dict:
     return out
 
 
+def _interrupted(out) -> SystemExit:
+    """Ctrl-C during training: one line naming the checkpoint that is kept (its step) and how to
+    continue from it (``--resume``), or that none was written yet (exit status 130)."""
+    from pathlib import Path
+
+    from maskkit.cli._exit import _interrupted as stopped
+
+    ck = Path(out) / "checkpoints" / "last.pt"
+    step = None
+    if ck.is_file():
+        try:  # mmap: the step is read without loading the weights
+            import torch
+
+            step = torch.load(ck, map_location="cpu", mmap=True, weights_only=False).get("step")
+        except Exception:  # noqa: BLE001 - a checkpoint being replaced at the moment of the interrupt
+            step = None
+    if not ck.is_file():
+        return stopped("no checkpoint was written yet (the first comes after --ckpt-every steps or an epoch)",
+                       f"rerun the same command with --overwrite to start again (--out {out} holds its config)")
+    at = f" (step {int(step):,})" if isinstance(step, int) else ""
+    return stopped(f"the last checkpoint{at} is kept in {ck}; the steps after it are lost",
+                   f"rerun with --resume to continue from it: maskkit train --out {out} --resume")
+
+
 # options that change the model's shape: fixed once a run exists
 _SHAPE_KEYS = ("method", "backbone", "width", "embedding_size", "two_stream", "split_point")
 
@@ -164,7 +188,10 @@ def train_cmd(ctx: click.Context, data, out, method, backbone, width, two_stream
     if nproc > 1:
         from maskkit.training.engine import launch
 
-        rc = launch(cfg, nproc, resume=resume)
+        try:
+            rc = launch(cfg, nproc, resume=resume)
+        except KeyboardInterrupt:
+            raise _interrupted(out) from None
         if rc != 0:
             raise click.ClickException(f"torch.distributed.run exited with code {rc}")
         return
@@ -175,6 +202,8 @@ def train_cmd(ctx: click.Context, data, out, method, backbone, width, two_stream
         summary = train(cfg, resume=resume)
     except (NonFiniteLoss, TrainError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from exc
+    except KeyboardInterrupt:
+        raise _interrupted(out) from None
     finally:
         import torch.distributed as dist
 

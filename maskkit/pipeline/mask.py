@@ -142,6 +142,7 @@ def mask_file(item, detector, renderer, cfg: MaskConfig, out_rel: str | None = N
     from maskkit.pipeline.unverified import crop_failure, crop_record
     from maskkit.render import CannotFit
     from maskkit.util.names import name_fields
+    from maskkit.util.outcome import OutputFull, stops_run
 
     rec = {"src": item.rel, "records": [], "failure": None, "faces": 0, "rejected": []}
     src_fields = item.fields()  # display name (+ src_bytes when the name is not UTF-8)
@@ -211,13 +212,21 @@ def mask_file(item, detector, renderer, cfg: MaskConfig, out_rel: str | None = N
         if not any(r["masked"] for r in rec["records"]):
             why = {r.get("reason") for r in rec["records"]}
             return fail("bad_landmarks" if why == {"bad_landmarks"} else "cannot_fit", "; ".join(reasons))
-        _write(safe_target(Path(cfg.out), out_rel), img, cfg.quality)
-        if cfg.coverage:
-            _write(safe_target(Path(cfg.out), coverage_rel(out_rel)),
-                   np.clip(cov * 255 + 0.5, 0, 255).astype(np.uint8), cfg.quality)
+        target = Path(cfg.out) / out_rel
+        try:
+            _write(target := safe_target(Path(cfg.out), out_rel), img, cfg.quality)
+            if cfg.coverage:
+                _write(target := safe_target(Path(cfg.out), coverage_rel(out_rel)),
+                       np.clip(cov * 255 + 0.5, 0, 255).astype(np.uint8), cfg.quality)
+        except OSError as exc:
+            if stops_run(exc):  # no space, read-only, ...: the run stops (one line), not this input
+                raise OutputFull.of(exc, target) from None
+            raise
         rec["faces"] = sum(r["masked"] for r in rec["records"])
     except (OSError, ValueError) as exc:
         return fail("write_error", str(exc))
+    except OutputFull:
+        raise  # the output folder cannot take more: the run stops
     except Exception as exc:  # noqa: BLE001 - one bad file must never end the run
         return fail("internal_error", f"{type(exc).__name__}: {exc} | "
                     f"{traceback.format_exc(limit=3).strip().splitlines()[-1]}")
@@ -250,15 +259,16 @@ def run_mask(cfg: MaskConfig) -> dict:
     """
     from maskkit.face.detect import DETECTORS
     from maskkit.io.sources import list_sources, log_skipped, require_inputs, skipped_records
+    from maskkit.pipeline.accounting import Tally, resume_point, write_accounting
     from maskkit.pipeline.runner import (
         check_previous_run,
-        listing_fingerprint,
         finish_run,
+        listing_fingerprint,
         prepare_run,
         run_chunks,
-        write_accounting,
     )
     from maskkit.pipeline.unverified import summary_value
+    from maskkit.util.outcome import stop_guard
     from maskkit.render import STYLES, MaskRenderer
     from maskkit.util.progress import print_hints, print_summary
 
@@ -281,44 +291,51 @@ def run_mask(cfg: MaskConfig) -> dict:
         "aligned": cfg.aligned, "quality": cfg.quality, "coverage": cfg.coverage,
     }
     fp = listing_fingerprint(listing)
-    done = check_previous_run(out, info, cfg.overwrite, MaskError, listing=fp)
-    if done is not None:
-        return dict(done, already_complete=True)
-    try:
-        renderer = MaskRenderer()
-    except FileNotFoundError as exc:
-        raise MaskError(str(exc)) from exc
-
-    log_skipped(listing, src)
     items = listing.items
-    names = output_names([it.rel for it in items], cfg.coverage)
-    gen, jobs = run_chunks(_mask_chunk, items, cfg.jobs, max_chunk=16, args=(cfg, names),
-                           local=(detector, renderer))
-    styles: Counter = Counter()
-    evidence: Counter = Counter()
+    tally = Tally(len(items))
+    with stop_guard(tally.kept, lambda: out):  # Ctrl-C or a full disk: one line, what is kept, how to resume
+        done = check_previous_run(out, info, cfg.overwrite, MaskError, listing=fp)
+        if done is not None:
+            return dict(done, already_complete=True)
+        try:
+            renderer = MaskRenderer()
+        except FileNotFoundError as exc:
+            raise MaskError(str(exc)) from exc
 
-    def count(rec: dict, stats: Counter) -> None:
-        evidence.update(rec.get("evidence", {}))
-        for r in rec["records"]:  # empty for a failure
-            if r["masked"]:
-                stats["faces"] += 1
-                styles[r["style"]] += 1
-            elif r.get("reason") != "bad_landmarks":  # those are rejected.jsonl lines: faces_rejected
-                stats["faces_unfit"] += 1
+        log_skipped(listing, src)
+        names = output_names([it.rel for it in items], cfg.coverage)
+        resume = resume_point(out, info, fp)  # an unfinished run of this command: keep what it did
+        todo = items[resume.done:] if resume is not None else items
+        gen, jobs = run_chunks(_mask_chunk, todo, cfg.jobs, max_chunk=16, args=(cfg, names),
+                               local=(detector, renderer))
+        styles: Counter = Counter()
+        evidence: Counter = Counter()
 
-    stats, reasons, rejected = write_accounting(out, gen, len(items), "mask", cfg.progress, count,
-                                                skipped=skipped_records(listing.skipped))
-    seconds = time.perf_counter() - t0
-    summary = {
-        "seen": stats["seen"], "files": stats["files"], "ok": stats["ok"], "failed": stats["failed"],
-        "skipped": stats["skipped"], "faces": stats["faces"],
-        "faces_unfit": stats["faces_unfit"], "faces_rejected": stats["faces_rejected"],
-        "rejected_by_reason": dict(sorted(rejected.items())), "errors": dict(sorted(reasons.items())),
-        "styles": {s: styles.get(s, 0) for s in STYLES}, "seconds": round(seconds, 3),
-        "img_per_s": round(stats["files"] / seconds, 2) if seconds > 0 else 0.0, "jobs": jobs, "hints": [],
-    }
-    # unverified crops (--aligned) or a forgotten --aligned hinted at; accounting checked; recorded
-    finish_run(out, info, fp, summary, stats, evidence, cfg.aligned, listing.seen, len(items))
+        def count(rec: dict, stats: Counter) -> None:
+            evidence.update(rec.get("evidence", {}))
+            for r in rec["records"]:  # empty for a failure
+                if r["masked"]:
+                    stats["faces"] += 1
+                    styles[r["style"]] += 1
+                elif r.get("reason") != "bad_landmarks":  # those are rejected.jsonl lines: faces_rejected
+                    stats["faces_unfit"] += 1
+
+        stats, reasons, rejected = write_accounting(out, gen, len(items), "mask", cfg.progress, count,
+                                                    skipped=skipped_records(listing.skipped),
+                                                    header={"info": info, "listing": fp}, resume=resume, tally=tally)
+        seconds = time.perf_counter() - t0
+        summary = {
+            "seen": stats["seen"], "files": stats["files"], "ok": stats["ok"], "failed": stats["failed"],
+            "skipped": stats["skipped"], "faces": stats["faces"],
+            "faces_unfit": stats["faces_unfit"], "faces_rejected": stats["faces_rejected"],
+            "rejected_by_reason": dict(sorted(rejected.items())), "errors": dict(sorted(reasons.items())),
+            "styles": {s: styles.get(s, 0) for s in STYLES}, "seconds": round(seconds, 3),
+            "img_per_s": round(len(todo) / seconds, 2) if seconds > 0 else 0.0, "jobs": jobs, "hints": [],
+        }
+        if resume is not None:
+            summary["resumed"] = resume.done
+        # unverified crops (--aligned) or a forgotten --aligned hinted at; accounting checked; recorded
+        finish_run(out, info, fp, summary, stats, evidence, cfg.aligned, listing.seen, len(items))
     if cfg.progress:
         rows = {
             "seen": summary["seen"], "files": summary["files"], "ok": summary["ok"],
@@ -327,6 +344,8 @@ def run_mask(cfg: MaskConfig) -> dict:
             "faces not fitted": summary["faces_unfit"],
             "styles": summary["styles"], "seconds": seconds, "img/s": summary["img_per_s"], "workers": jobs,
         }
+        if summary.get("resumed"):  # inputs a stopped run of the same command had done (kept, not redone)
+            rows["resumed (kept)"] = summary["resumed"]
         if cfg.aligned:
             rows["kept unverified"] = summary_value(summary["unverified"])
         print_summary(f"maskkit mask -> {out}", rows)

@@ -14,12 +14,29 @@ __all__ = ["write_atomic", "write_bytes_atomic", "write_json_atomic", "OutputExi
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a per-process temporary file and a rename."""
+    """Write ``data`` to ``path`` through a per-process temporary file and a rename.
+
+    Raises:
+        OSError: the write failed (no space, read-only, ...); the temporary file is removed and
+            ``path`` is as it was.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        _discard(tmp)
+        raise
+
+
+def _discard(tmp: Path) -> None:
+    """Remove a temporary file after a failed write (never raises: the write's error is the one to report)."""
+    try:
+        tmp.unlink(missing_ok=True)
+    except OSError:  # pragma: no cover - e.g. the folder turned read-only
+        pass
 
 
 def _fsync_dir(path: Path) -> None:
@@ -41,14 +58,19 @@ def write_json_atomic(path: str | os.PathLike, obj, indent: int | None = 2) -> N
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Write bytes to ``path`` via a temporary file, fsync and rename."""
+    """Write bytes to ``path`` via a temporary file, fsync and rename (on failure the temporary
+    file is removed and ``path`` is as it was)."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        _discard(tmp)
+        raise
     _fsync_dir(path.parent)
 
 

@@ -51,7 +51,10 @@ class _Journal:
 
     def close(self) -> None:
         if self._f is not None:
-            self._f.close()
+            try:
+                self._f.close()
+            except OSError:  # a torn last line after a full disk: read() drops it
+                pass
             self._f = None
 
 

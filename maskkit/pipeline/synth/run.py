@@ -33,6 +33,7 @@ from maskkit.pipeline.synth.seeding import next_style_offset
 from maskkit.pipeline.synth.summary import ratio_departure, ratio_hint
 from maskkit.pipeline.unverified import UNVERIFIED_FILE, unverified_hint
 from maskkit.util.files import write_bytes_atomic, write_json_atomic
+from maskkit.util.outcome import stop_guard
 
 
 @dataclass
@@ -119,10 +120,35 @@ def run_synth(cfg: SynthConfig) -> SynthResult:
     except OSError as exc:
         raise SynthError(f"--out {cfg.out} is not writable: {exc.strerror or exc}") from exc
     with _out_lock(cfg.out):
-        return _run_locked(cfg, t_start, listing)
+        kept = _Kept(len(listing[0]), cfg.out)
+        # Ctrl-C or a full disk: one line saying what is kept (complete shards) and that rerunning resumes
+        with stop_guard(kept.line, kept.where):
+            return _run_locked(cfg, t_start, listing, kept)
 
 
-def _run_locked(cfg: SynthConfig, t_start: float, listing: tuple) -> SynthResult:
+class _Kept:
+    """What a stopped synth run keeps: its complete shards and the inputs they hold in full."""
+
+    def __init__(self, total: int, out: Path) -> None:
+        self.total = total
+        self.shards: list[dict] = []  # the complete shards (renamed into place)
+        self.logged: list[tuple[int, int]] = []  # (end sample, files) of each identity in the journal
+        self.writing: Path = out  # the shard being written when the run stopped, else the folder
+
+    def line(self) -> str:
+        written = sum(int(r["samples"]) for r in self.shards)
+        files = sum(n for end, n in self.logged if end <= written)
+        if not self.shards:
+            return f"no shard was complete yet (0 of {self.total:,} inputs kept)"
+        return (f"{len(self.shards):,} complete shard{'s' if len(self.shards) > 1 else ''} ({written:,} samples; "
+                f"{files:,} of {self.total:,} inputs) kept")
+
+    def where(self) -> Path:
+        """The shard being written, else the folder (an ``OSError`` on a write names no file)."""
+        return self.writing
+
+
+def _run_locked(cfg: SynthConfig, t_start: float, listing: tuple, kept: _Kept) -> SynthResult:
     items, classes, skipped = listing
     chunks = plan_chunks(items, classes)
     shown = class_display_names(classes)  # the class names as text (= classes when all are UTF-8)
@@ -169,7 +195,11 @@ def _run_locked(cfg: SynthConfig, t_start: float, listing: tuple) -> SynthResult
     for e in state.chunk_entries:
         absorb(e)
     done_files = sum(len(c.items) for c in chunks[: state.start_chunk])
-    shards = list(state.shards)
+    # the resumed shards' records in the writer's key order (the journal stores them sorted), so a
+    # resumed run's manifest.json is byte-identical to an uninterrupted run's
+    shards = kept.shards = [{**{k: r[k] for k in ("name", "samples", "bytes", "sha256") if k in r}, **r}
+                            for r in state.shards]
+    kept.logged = [(e["end"], len(chunks[e["chunk"]].items)) for e in state.chunk_entries]
 
     def on_shard(rec: dict) -> None:
         shards.append(rec)
@@ -181,7 +211,8 @@ def _run_locked(cfg: SynthConfig, t_start: float, listing: tuple) -> SynthResult
     style_offset = state.style_offset  # leftover styles continue in class order (seeding.leftover_styles)
     todo = chunks[state.start_chunk:]
     hook = cfg.on_boundary
-    sink = ShardSink(out, cfg.shard_samples, cfg.split, start_index=len(shards), on_shard=on_shard, on_event=hook)
+    sink = ShardSink(out, cfg.shard_samples, cfg.split, start_index=len(shards), on_shard=on_shard,
+                                 on_event=hook)
     wcfg = cfg if hook is None else replace(cfg, on_boundary=None)  # the hook stays in the driver
     try:
         with _backend(cfg) as n_jobs, _progress(len(items), done_files, cfg.progress, cfg.progress_desc) as bar:
@@ -202,6 +233,7 @@ def _run_locked(cfg: SynthConfig, t_start: float, listing: tuple) -> SynthResult
                 if res.unverified:
                     entry["unverified"] = res.unverified
                 jr.append(entry)
+                kept.logged.append((end, len(chunk.items)))
                 if hook is not None:
                     hook("chunk_logged", res.index)
                 absorb(entry)
@@ -212,6 +244,8 @@ def _run_locked(cfg: SynthConfig, t_start: float, listing: tuple) -> SynthResult
             sink.close()
             t_write += time.perf_counter() - t0
     except BaseException:
+        if sink.writing is not None:
+            kept.writing = sink.writing
         sink.abort()
         raise
     finally:
