@@ -25,7 +25,6 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from PIL import Image
 
 import maskkit.pipeline.accounting  # noqa: F401 - imported before a test patches the writers they bind at import
 import maskkit.pipeline.align  # noqa: F401
@@ -33,25 +32,10 @@ import maskkit.pipeline.mask  # noqa: F401
 import maskkit.pipeline.runner  # noqa: F401
 import maskkit.pipeline.synth  # noqa: F401
 from maskkit.cli import main
-from zoo import astronaut, grace_hopper
+from zoo import faces_tree
 
 #: the run record holds timings: every other file must be byte-identical after a resume
 _TIMED = {"maskkit-run.json"}
-
-
-def faces_tree(root: Path, per: int = 6) -> Path:
-    from skimage import data
-
-    for name, img in (("eileen", astronaut()), ("grace", grace_hopper())):
-        (root / name).mkdir(parents=True, exist_ok=True)
-        h, w = img.shape[:2]
-        for i in range(per):
-            s = 1.0 - 0.07 * i
-            im = Image.fromarray(img).crop((4 * i, 3 * i, w - 5 * i, h - 2 * i))
-            im = im.resize((int(im.width * s), int(im.height * s)), Image.BILINEAR)
-            im.save(root / name / f"{i:02d}.jpg", quality=92)
-    Image.fromarray(data.coffee()).save(root / "grace" / "zz_coffee.jpg")  # no face: failures.jsonl
-    return root
 
 
 def tree_hashes(out: Path) -> dict[str, str]:

@@ -339,6 +339,7 @@ def run_align(cfg: AlignConfig) -> dict:
         prepare_run,
         run_chunks,
     )
+    from maskkit.util.files import existing_names
     from maskkit.util.outcome import stop_guard
     from maskkit.util.progress import print_hints, print_summary
 
@@ -370,12 +371,14 @@ def run_align(cfg: AlignConfig) -> dict:
     items = listing.items
     tally = Tally(len(items))
     with stop_guard(tally.kept, lambda: out):  # Ctrl-C or a full disk: one line, what is kept, how to resume
-        done = check_previous_run(out, info, cfg.overwrite, AlignError, listing=fp)
+        names = output_names(items, multi=cfg.faces == "all")
+        done = check_previous_run(out, info, cfg.overwrite, AlignError, listing=fp,
+                                  taken=lambda: existing_names(out, [b + ".jpg" for b in names.values()],
+                                                               numbered=cfg.faces == "all"))
         if done is not None:
             return dict(done, already_complete=True)
 
         log_skipped(listing, src)
-        names = output_names(items, multi=cfg.faces == "all")
         resume = resume_point(out, info, fp)  # an unfinished run of this command: keep what it did
         todo = items[resume.done:] if resume is not None else items
         gen, jobs = run_chunks(_align_chunk, todo, cfg.jobs, max_chunk=32, args=(cfg, names), local=(detector,),

@@ -267,7 +267,9 @@ def run_mask(cfg: MaskConfig) -> dict:
         prepare_run,
         run_chunks,
     )
+    from maskkit.pipeline.runner import coverage_rel
     from maskkit.pipeline.unverified import summary_value
+    from maskkit.util.files import existing_names
     from maskkit.util.outcome import stop_guard
     from maskkit.render import STYLES, MaskRenderer
     from maskkit.util.progress import print_hints, print_summary
@@ -294,7 +296,10 @@ def run_mask(cfg: MaskConfig) -> dict:
     items = listing.items
     tally = Tally(len(items))
     with stop_guard(tally.kept, lambda: out):  # Ctrl-C or a full disk: one line, what is kept, how to resume
-        done = check_previous_run(out, info, cfg.overwrite, MaskError, listing=fp)
+        names = output_names([it.rel for it in items], cfg.coverage)
+        planned = list(names.values()) + ([coverage_rel(n) for n in names.values()] if cfg.coverage else [])
+        done = check_previous_run(out, info, cfg.overwrite, MaskError, listing=fp,
+                                  taken=lambda: existing_names(out, planned))
         if done is not None:
             return dict(done, already_complete=True)
         try:
@@ -303,7 +308,6 @@ def run_mask(cfg: MaskConfig) -> dict:
             raise MaskError(str(exc)) from exc
 
         log_skipped(listing, src)
-        names = output_names([it.rel for it in items], cfg.coverage)
         resume = resume_point(out, info, fp)  # an unfinished run of this command: keep what it did
         todo = items[resume.done:] if resume is not None else items
         gen, jobs = run_chunks(_mask_chunk, todo, cfg.jobs, max_chunk=16, args=(cfg, names),

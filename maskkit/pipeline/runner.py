@@ -247,10 +247,33 @@ def _outputs_present(out: Path) -> bool:
     return True
 
 
-def check_previous_run(out: Path, info: dict, overwrite: bool, error: type[Exception] = RuntimeError,
-                       listing: str | None = None) -> dict | None:
-    """Refuse to mix two different runs in one output folder; record this run's info.
+def _ours_untracked(rel: str) -> bool:
+    """What align/mask leave in a folder before their run info exists: the write probe and the
+    temporary file of a write (:func:`maskkit.util.files.write_atomic`)."""
+    name = rel.rpartition("/")[2]
+    return (rel.startswith(".maskkit-write-test-") or
+            (name.startswith(".") and name.endswith(".tmp") and name[1:-4].rpartition(".")[2].isdigit()))
 
+
+def _looks_like_our_manifest(path: Path) -> bool:
+    """A ``manifest.jsonl`` of align/mask (its first line has ``src`` and ``out``), not another tool's."""
+    try:
+        with open(path, "rb") as fh:
+            first = fh.readline()
+        return not first.strip() or {"src", "out"} <= set(json.loads(first))
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+def check_previous_run(out: Path, info: dict, overwrite: bool, error: type[Exception] = RuntimeError,
+                       listing: str | None = None, taken: Callable[[], list[str]] = lambda: []) -> dict | None:
+    """Refuse to mix two different runs in one output folder, or to write among other files;
+    record this run's info.
+
+    ``out`` holding no run of align/mask (no :data:`RUN_INFO`, no ``manifest.jsonl`` of theirs)
+    but other files (a folder of the user's) is refused unless ``overwrite``; with ``overwrite``
+    the run writes beside them, never replacing one (refused when an output would land on one,
+    ``taken``: :func:`maskkit.util.files.claim_folder`).
     ``out`` holding a ``manifest.jsonl`` (or a :data:`RUN_INFO`) from a run with another
     command, source or output-changing options is an error unless ``overwrite``, which removes
     the previous run's outputs (the files its manifest lists) first. A rerun with identical
@@ -265,14 +288,19 @@ def check_previous_run(out: Path, info: dict, overwrite: bool, error: type[Excep
         overwrite: replace a previous run (different or not) instead of refusing or reusing it.
         error: the command's exception class.
         listing: fingerprint of this run's inputs.
+        taken: the outputs of this run that exist in ``out`` already (POSIX paths relative to it,
+            :func:`maskkit.util.files.existing_names`), asked only of a folder of other files.
 
     Returns:
         The finished run's summary when ``out`` already holds this run, complete; else ``None``
         (the caller runs).
 
     Raises:
-        error: ``out`` holds another run and ``overwrite`` is false, or holds a shard set.
+        error: ``out`` holds another run and ``overwrite`` is false, or holds a shard set, or
+            holds other files (without ``overwrite``, or where this run would write).
     """
+    from maskkit.util.files import OutputExistsError, claim_folder
+
     check_out_kind(out, "images", error)
     info = json.loads(json.dumps(text_safe(info), sort_keys=True))
     info_p = out / RUN_INFO
@@ -283,7 +311,13 @@ def check_previous_run(out: Path, info: dict, overwrite: bool, error: type[Excep
         except (OSError, json.JSONDecodeError, UnicodeDecodeError):
             previous = {"unreadable": True}
     finished = previous.pop("finished", None) if isinstance(previous, dict) else None
-    held = previous is not None or (out / "manifest.jsonl").is_file()
+    held = previous is not None or ((out / "manifest.jsonl").is_file()
+                                    and _looks_like_our_manifest(out / "manifest.jsonl"))
+    if not held:  # a new folder, or one of the user's: never write among (or over) other files silently
+        try:
+            claim_folder(out, _ours_untracked, overwrite, lambda: [n for n in RESERVED if (out / n).exists()] + taken())
+        except OutputExistsError as exc:
+            raise error(str(exc)) from None
     if held and previous != info:
         if not overwrite:
             raise error(f"--out {out} holds the output of another run ({_describe_change(previous, info)}); "

@@ -18,6 +18,7 @@ from maskkit.io.shards import (
 from maskkit.pipeline.synth.backends import _backend, _results
 from maskkit.pipeline.synth.config import ALGORITHM_VERSION, ALL_STYLES, JOURNAL, SynthConfig, SynthError
 from maskkit.pipeline.synth.journal import (
+    claim_out_folder,
     _fingerprint,
     _Journal,
     _jsonl,
@@ -114,6 +115,7 @@ def run_synth(cfg: SynthConfig) -> SynthResult:
     from maskkit.io.sources import SourceListing, log_skipped
 
     log_skipped(SourceListing([], listing[2]), cfg.src)  # one warning per reason; all in skipped.jsonl
+    claim_out_folder(cfg)  # a folder of the user's: refused (or, --overwrite, written beside, never over)
     try:
         cfg.out.mkdir(parents=True, exist_ok=True)
         (cfg.out / ".synth.lock").touch()
@@ -153,7 +155,7 @@ def _run_locked(cfg: SynthConfig, t_start: float, listing: tuple, kept: _Kept) -
     chunks = plan_chunks(items, classes)
     shown = class_display_names(classes)  # the class names as text (= classes when all are UTF-8)
     fp = _fingerprint(cfg, items)
-    state = _prepare_out(cfg, fp, len(chunks))
+    state = _prepare_out(cfg, fp, len(chunks), len(items))
     if isinstance(state, dict):  # a finished run: nothing is written, the preview neither
         return SynthResult(cfg.out, state, time.perf_counter() - t_start, already_complete=True)
     if cfg.preview is not None:  # claimed before any face is decoded, not found taken at the end
@@ -295,6 +297,7 @@ def _run_locked(cfg: SynthConfig, t_start: float, listing: tuple, kept: _Kept) -
         "faces": cfg.faces, "jpeg_quality": cfg.quality, "shard_samples": cfg.shard_samples,
         "split": cfg.split, "bytes": int(sum(r["bytes"] for r in shards)),
         "fingerprint": fp, "algorithm_version": ALGORITHM_VERSION,
+        "config": cfg.fingerprint_fields(),  # the options it was made with (a refusal names those that differ)
         # --aligned crops kept without a checked fit, listed in unverified.jsonl (maskkit.pipeline.unverified)
         "unverified": int(total.get("unverified", 0)), "unverified_masked": int(total.get("unverified_masked", 0)),
     }
