@@ -46,6 +46,10 @@ class MaskConfig:
         src: input folder (walked recursively) or one image.
         out: output folder (mirrors the input tree).
         style: a style of :data:`maskkit.render.STYLES` or ``random``.
+        colour: a colour of the style's palette (:data:`maskkit.render.PALETTES`, what ``synth``
+            draws from) or ``random`` (drawn from the palette, seeded).
+        texture: one of :data:`maskkit.render.TEXTURES` (cloth masks come in all; the others are
+            plain) or ``random``.
         seed: base seed; each face's generator is derived from (seed, path, face index).
         detector: detector backend name (``hog`` default).
         detector_opts: backend options.
@@ -63,6 +67,8 @@ class MaskConfig:
     out: Path
     style: str = "random"
     seed: int = 0
+    colour: str = "random"
+    texture: str = "random"
     detector: str = "hog"
     detector_opts: dict = field(default_factory=dict)
     faces: str = "all"
@@ -197,8 +203,9 @@ def mask_file(item, detector, renderer, cfg: MaskConfig, out_rel: str | None = N
                                             "reason": "bad_landmarks", "detail": f.fit.detail, "box": r["box"],
                                             "score": r["score"], "landmark_check": r["landmark_check"]})
                     continue
-            try:
-                res = renderer.render(img, f.landmarks68, cfg.style, face_rng(cfg.seed, item.rel, k))
+            try:  # a face cut by the image edge (which align keeps) gets the visible part of its mask
+                res = renderer.render(img, f.landmarks68, cfg.style, face_rng(cfg.seed, item.rel, k),
+                                      colour=_chosen(cfg.colour), texture=_chosen(cfg.texture), edge="draw")
             except CannotFit as exc:
                 r.update(masked=False, style=None, params=None, reason=exc.reason, detail=exc.detail)
                 reasons.append(f"face {k}: {exc.reason} ({exc.detail})")
@@ -231,6 +238,10 @@ def mask_file(item, detector, renderer, cfg: MaskConfig, out_rel: str | None = N
         return fail("internal_error", f"{type(exc).__name__}: {exc} | "
                     f"{traceback.format_exc(limit=3).strip().splitlines()[-1]}")
     return rec
+
+
+def _chosen(value: str) -> str | None:
+    return None if value == "random" else value
 
 
 def _mask_chunk(items, cfg: MaskConfig, names: dict[str, str], detector=None, renderer=None) -> list:
@@ -279,6 +290,13 @@ def run_mask(cfg: MaskConfig) -> dict:
         raise MaskError(f"--src {src} does not exist")
     if cfg.style not in STYLES + ("random",):
         raise MaskError(f"--style must be one of {STYLES + ('random',)}, got {cfg.style!r}")
+    try:
+        renderer = MaskRenderer()
+    except FileNotFoundError as exc:
+        raise MaskError(str(exc)) from exc
+    why = renderer.choice_error(cfg.style, _chosen(cfg.colour), _chosen(cfg.texture))
+    if why:  # e.g. --style surgical --colour yellow: one line naming the palette, before any file is read
+        raise MaskError(why)
     if cfg.faces not in FACE_POLICIES:
         raise MaskError(f"--faces must be one of {FACE_POLICIES}")
     if cfg.detector not in DETECTORS:
@@ -291,6 +309,10 @@ def run_mask(cfg: MaskConfig) -> dict:
         "command": "maskkit mask", "src": str(src.resolve()), "style": cfg.style, "seed": int(cfg.seed),
         "detector": cfg.detector, "detector_opts": dict(cfg.detector_opts), "faces": cfg.faces,
         "aligned": cfg.aligned, "quality": cfg.quality, "coverage": cfg.coverage,
+        # chosen ones only: the run record of a run with neither matches the one of before they existed
+        **{k: v for k, v in (("colour", cfg.colour), ("texture", cfg.texture)) if v != "random"},
+        # faces cut by the image edge are masked (were refused): a run of before is another run
+        "edge_faces": "drawn",
     }
     fp = listing_fingerprint(listing)
     items = listing.items
@@ -302,10 +324,6 @@ def run_mask(cfg: MaskConfig) -> dict:
                                   taken=lambda: existing_names(out, planned))
         if done is not None:
             return dict(done, already_complete=True)
-        try:
-            renderer = MaskRenderer()
-        except FileNotFoundError as exc:
-            raise MaskError(str(exc)) from exc
 
         log_skipped(listing, src)
         resume = resume_point(out, info, fp)  # an unfinished run of this command: keep what it did
