@@ -24,7 +24,7 @@ Example:
     >>> res.image.shape, res.alpha.dtype, res.params["style"]                 # doctest: +SKIP
     ((112, 112, 3), dtype('float32'), 'surgical')
 
-Length: one renderer; template loading, anchor fitting, the per-triangle premultiplied warp, shading and coverage are steps of a single ``render`` call that share its intermediate arrays.
+Length: one renderer; template loading, anchor fitting, the per-triangle premultiplied warp, shading and coverage are steps of a single ``render`` call that share its intermediate arrays, and the choices it draws from (palettes, textures) are checked against the templates it loaded.
 """
 from __future__ import annotations
 
@@ -39,6 +39,8 @@ import numpy as np
 __all__ = [
     "STYLES",
     "PALETTES",
+    "COLOURS",
+    "TEXTURES",
     "CannotFit",
     "MaskResult",
     "Template",
@@ -89,6 +91,10 @@ PALETTES: Dict[str, Tuple[Tuple[str, float], ...]] = {
     "gas": (("black", 4), ("charcoal", 2), ("grey", 1), ("olive", 1), ("dark_green", 1), ("green", 0.3),
             ("white", 0.3)),
 }
+
+#: The textures the templates are drawn with (``meta["texture"]``): cloth masks come in all of
+#: them, the other styles are plain (``tests/test_render.py`` checks this against the templates).
+TEXTURES: Tuple[str, ...] = ("plain", "checks", "dots", "noise", "stripes")
 
 #: Default (canonical) fit parameters; templates are drawn with these, faces get jittered ones.
 DEFAULT_FIT: Dict[str, float] = {"nose": 0.42, "chin": 0.06, "inset": 0.02, "eye_margin": 0.28}
@@ -293,6 +299,13 @@ def anchor_points(lm: np.ndarray, fit: Optional[Dict[str, float]] = None) -> np.
     return np.vstack([boundary, interior, ring])
 
 
+def _edges_crossed(lm: np.ndarray, h: int, w: int) -> List[str]:
+    """The image edges (``left``, ``top``, ``right``, ``bottom``) that the 68 points cross."""
+    x, y = lm[:, 0], lm[:, 1]
+    return [e for e, out in (("left", x.min() < 0), ("top", y.min() < 0), ("right", x.max() > w - 1),
+                             ("bottom", y.max() > h - 1)) if out]
+
+
 def yaw_estimate(lm: np.ndarray) -> float:
     """Signed head-yaw proxy in [-1, 1] from the landmarks (0 frontal; sign: which side is far)."""
     p = np.asarray(lm, dtype=np.float64)
@@ -417,15 +430,64 @@ class MaskRenderer:
             raise FileNotFoundError(f"no mask templates for styles {missing} in {self.folder} (run python -m maskkit.masks.generate)")
 
     # ---------------------------------------------------------------------------------------
-    def sample_params(self, style: str, rng: np.random.Generator) -> Dict[str, Any]:
-        """Draw the render parameters (template variant, colours, fit jitter) for ``style``."""
+    def _templates(self, style: str, texture: Optional[str]) -> List[Tuple[str, float]]:
+        return [(n, w) for n, w in self.by_style[style]
+                if texture is None or self.templates[n].meta.get("texture", "plain") == texture]
+
+    def _can(self, style: str, colour: Optional[str], texture: Optional[str]) -> bool:
+        return (colour is None or colour in dict(PALETTES[style])) and bool(self._templates(style, texture))
+
+    def choice_error(self, style: str, colour: Optional[str] = None, texture: Optional[str] = None) -> Optional[str]:
+        """Why masks of ``style`` (or ``random``) cannot come in ``colour`` / ``texture`` (``None``:
+        any), in one line naming what they come in; ``None`` when they can. Colours are those of the
+        style's palette (:data:`PALETTES`, what ``maskkit synth`` draws from)."""
+        if colour is not None and colour not in COLOURS:
+            return f"unknown colour {colour!r}; choose from {', '.join(COLOURS)}"
+        if texture is not None and texture not in TEXTURES:
+            return f"unknown texture {texture!r}; choose from {', '.join(TEXTURES)}"
         if style == "random":
-            style = STYLES[int(rng.integers(len(STYLES)))]
+            if any(self._can(s, colour, texture) for s in STYLES):
+                return None
+            return (f"no mask style comes in {' '.join(x for x in (colour, texture) if x)}: "
+                    + "; ".join(f"{s} in {self._offer(s)}" for s in STYLES))
+        if style in STYLES and not self._can(style, colour, texture):
+            return f"{style} masks come in {self._offer(style)} (the palette synth draws from)"
+        return None
+
+    def _offer(self, style: str) -> str:
+        textures = sorted({self.templates[n].meta.get("texture", "plain") for n, _ in self.by_style[style]},
+                          key=TEXTURES.index)
+        return f"colours {', '.join(c for c, _ in PALETTES[style])} and textures {', '.join(textures)}"
+
+    def sample_params(self, style: str, rng: np.random.Generator, colour: Optional[str] = None,
+                      texture: Optional[str] = None) -> Dict[str, Any]:
+        """Draw the render parameters (template variant, colours, fit jitter) for ``style``.
+
+        Args:
+            style: one of :data:`STYLES` or ``random`` (then one of those that can take ``colour``
+                and ``texture``).
+            rng: the face's generator.
+            colour: a colour of the style's palette (:data:`PALETTES`), or ``None`` to draw one.
+                The draw is made either way, so a chosen colour changes nothing else of the mask.
+            texture: one of :data:`TEXTURES` (the template is drawn among those that have it), or
+                ``None`` for any.
+
+        Raises:
+            ValueError: unknown style, or a colour / texture the style does not come in
+                (:meth:`choice_error`).
+        """
+        if style == "random":
+            allowed = [s for s in STYLES if self._can(s, colour, texture)] or list(STYLES)
+            style = allowed[int(rng.integers(len(allowed)))]  # (all five without a choice: the draw of before)
         if style not in STYLES:
             raise ValueError(f"unknown mask style {style!r}; choose from {STYLES} or 'random'")
-        name = _weighted_choice(rng, self.by_style[style])
+        why = self.choice_error(style, colour, texture)
+        if why:
+            raise ValueError(why)
+        name = _weighted_choice(rng, self._templates(style, texture))
         tpl = self.templates[name]
-        colour = _weighted_choice(rng, PALETTES[style])
+        drawn = _weighted_choice(rng, PALETTES[style])
+        colour = colour or drawn
         colour2 = None
         if tpl.meta.get("texture", "plain") != "plain":
             choices = [c for c in PALETTES["cloth"] if c[0] != colour]
@@ -448,6 +510,9 @@ class MaskRenderer:
         style: str,
         rng: Optional[np.random.Generator] = None,
         params: Optional[Dict[str, Any]] = None,
+        colour: Optional[str] = None,
+        texture: Optional[str] = None,
+        edge: str = "refuse",
     ) -> MaskResult:
         """Draw one mask onto one face.
 
@@ -457,6 +522,13 @@ class MaskRenderer:
             style: one of :data:`STYLES` or ``"random"``.
             rng: random generator for the render parameters (ignored when ``params`` is given).
             params: previously returned ``MaskResult.params`` to redraw exactly that mask.
+            colour, texture: a chosen colour / texture (:meth:`sample_params`); ``None``: drawn.
+            edge: a face cut by the image edge (its eyes, nose or mouth outside the image, its jaw
+                far outside): ``"refuse"`` (``CannotFit("face_outside_image")``, what ``synth``
+                does) or ``"draw"``: the mask is fitted to all 68 points and its visible part is
+                drawn (``params["cut_by_edge"]`` names the edges the face crosses; what ``mask``
+                does, for the faces ``align`` keeps). A mask with no part inside the image is
+                refused either way.
 
         Returns:
             :class:`MaskResult` (masked image, coverage alpha, params).
@@ -467,11 +539,18 @@ class MaskRenderer:
         if not isinstance(rgb, np.ndarray) or rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
             raise CannotFit("bad_input", f"image must be HxWx3 uint8, got {getattr(rgb, 'shape', None)} {getattr(rgb, 'dtype', None)}")
         h, w = rgb.shape[:2]
-        lm = check_landmarks(landmarks68, (h, w))
+        cut = None
+        try:
+            lm = check_landmarks(landmarks68, (h, w))
+        except CannotFit as exc:
+            if edge != "draw" or exc.reason != "face_outside_image":
+                raise
+            lm = check_landmarks(landmarks68)  # every other check still applies
+            cut = _edges_crossed(lm, h, w)
         if params is None:
             if rng is None:
                 rng = np.random.default_rng()
-            params = self.sample_params(style, rng)
+            params = self.sample_params(style, rng, colour, texture)
         else:
             params = dict(params)
             if params.get("template") not in self.templates:
@@ -479,7 +558,11 @@ class MaskRenderer:
         tpl = self.templates[params["template"]]
         dst = anchor_points(lm, params["offsets"])
         params["yaw"] = round(yaw_estimate(lm), 4)
-        img, alpha = self._warp_composite(rgb, dst, lm, tpl, params)
+        if cut is not None:
+            params["cut_by_edge"] = cut
+        img, alpha = self._warp_composite(rgb, dst, lm, tpl, params)  # (the region is clipped to the image)
+        if cut is not None and float(alpha.sum()) < 1.0:
+            raise CannotFit("face_outside_image", "no part of the mask lies inside the image")
         return MaskResult(image=img, alpha=alpha, params=params)
 
     # ---------------------------------------------------------------------------------------

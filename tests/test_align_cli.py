@@ -200,7 +200,11 @@ def test_paths_cannot_escape_out(tmp_path, astronaut):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     os.symlink(elsewhere, out / "people", target_is_directory=True)  # a trap planted in --out
-    s = run_align(AlignConfig(src=src, out=out, progress=False))
+    from maskkit.pipeline.align import AlignError
+
+    with pytest.raises(AlignError, match="not empty"):  # a folder with other entries: refused (issue 20) ...
+        run_align(AlignConfig(src=src, out=out, progress=False))
+    s = run_align(AlignConfig(src=src, out=out, progress=False, overwrite=True))  # ... or written beside them
     fails = {r["src"]: r for r in _jsonl(out / "failures.jsonl")}
     assert fails["people/astronaut.png"]["reason"] == "write_error"
     assert "outside" in fails["people/astronaut.png"]["detail"]

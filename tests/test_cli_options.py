@@ -97,3 +97,41 @@ def test_help_documents_the_embed_archive_and_the_onnx_inputs():
     assert "L2-normalised" in embed and "the norm of mu before normalisation, stored apart" in embed
     export = " ".join(CliRunner().invoke(main, ["export", "--help"]).stdout.split())
     assert "masked float32 (N,)" in export and "1.0 = masked-face branch" in export
+
+
+#: Options whose absence means "not given" (an input or a file to read), not a value with a default.
+_INPUTS = {("eval", "model"), ("eval", "bin_path"), ("eval", "pairs"), ("eval", "root"), ("eval", "gallery"),
+           ("eval", "probes"), ("train", "data"), ("train", "init"), ("train", "config_path"), ("train", "sets"),
+           ("export", "out"), ("export-rec", "out")}
+
+
+@pytest.mark.parametrize("name", sorted(main.commands))
+def test_every_option_shows_its_default(name):
+    """Issue 20: `align --help` showed no default for --max-side (synth showed 640). Every visible
+    option that takes a value is required, shows its default in --help (a value, or a phrase such as
+    "(hog 1024, cnn 800)" when the default depends on another option), says it in its help, or is
+    an input whose absence means "none"."""
+    cmd = main.commands[name]
+    gaps = []
+    for p in _visible(cmd).values():
+        if p.required or (p.is_flag and not p.secondary_opts) or (name, p.name) in _INPUTS:
+            continue
+        shown = isinstance(p.show_default, str) or (p.show_default and p.default is not None)
+        if not shown and "default" not in (p.help or "").lower():
+            gaps.append(p.opts[-1])
+    assert not gaps, f"{name}: no default shown for {gaps}"
+
+
+@pytest.mark.parametrize("cmd", ["align", "synth"])
+def test_detector_defaults_shown_are_the_detectors_own(cmd):
+    """The --upsample / --max-side defaults that --help shows are the values the detectors use when
+    the option is not given (read from them, so a change to a detector changes the help)."""
+    from maskkit.face.detect import get_detector
+
+    text = " ".join(CliRunner().invoke(main, [cmd, "--help"]).stdout.split())
+    hog, cnn = get_detector("hog"), get_detector("cnn")
+    assert f"[default: ({hog.upsample});" in text.split("--upsample", 1)[1], text
+    if cmd == "align":  # synth passes its own 640 (shown as a plain value)
+        assert f"[default: (hog {hog.max_side}, cnn {cnn.max_side});" in text.split("--max-side", 1)[1]
+    else:
+        assert "[default: 640;" in text.split("--max-side", 1)[1]

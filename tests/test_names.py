@@ -21,10 +21,11 @@ from click.testing import CliRunner
 from PIL import Image
 
 from maskkit.cli import main
-from maskkit.pipeline.runner import RESERVED
+from maskkit.pipeline.runner import PROGRESS, RESERVED
 
-#: the accounting files every align/mask run writes (unverified.jsonl only when --aligned kept some)
-ALWAYS_WRITTEN = tuple(n for n in RESERVED if n != "unverified.jsonl")
+#: the accounting files every align/mask run writes (unverified.jsonl only when --aligned kept some;
+#: the progress journal only until the run finishes)
+ALWAYS_WRITTEN = tuple(n for n in RESERVED if n not in ("unverified.jsonl", PROGRESS))
 
 
 @pytest.fixture(scope="module")
@@ -218,8 +219,11 @@ def test_links_and_an_output_inside_src_are_skipped_with_reasons(tmp_path, faces
     out = src / "out"
     out.mkdir()
     (out / "old.txt").write_text("left over\n")
-    res = _run(["align", "--src", src, "--out", out, "-j", "1", "-q"])
+    # a file that is not maskkit's in --out: refused, or written beside with --overwrite (issue 20)
+    assert _run(["align", "--src", src, "--out", out, "-j", "1", "-q"]).exit_code == 1
+    res = _run(["align", "--src", src, "--out", out, "-j", "1", "-q", "--overwrite"])
     assert res.exit_code == 0, res.output
+    assert (out / "old.txt").read_text() == "left over\n"
     s = json.loads(res.output.strip().splitlines()[-1])
     assert (s["seen"], s["files"], s["ok"], s["skipped"]) == (3, 1, 1, 2)
     assert [r["src"] for r in _lines(out / "manifest.jsonl")] == ["zreal/x.jpg"]
@@ -234,7 +238,7 @@ def test_links_and_an_output_inside_src_are_skipped_with_reasons(tmp_path, faces
     shards = src2 / "shards"
     shards.mkdir()
     (shards / "old.txt").write_text("left over\n")
-    res = _run(["synth", "--src", src2, "--out", shards, "--ratio", "0", "-j", "1", "-q"])
+    res = _run(["synth", "--src", src2, "--out", shards, "--ratio", "0", "-j", "1", "-q", "--overwrite"])
     assert res.exit_code == 0, res.output
     man = json.loads((shards / "manifest.json").read_text(encoding="utf-8"))
     assert man["classes"] == ["zreal"]

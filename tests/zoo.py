@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-__all__ = ["make_zoo", "astronaut", "grace_hopper", "FORTY_FACES", "ZOO_FACE_COUNTS", "ZOO_FACES_ACCEPTED_MIN", "HUGE",
+__all__ = ["make_zoo", "faces_tree", "astronaut", "grace_hopper", "FORTY_FACES", "ZOO_FACE_COUNTS", "ZOO_FACES_ACCEPTED_MIN", "HUGE",
            "parse_summary"]
 
 #: rel path of the 40-face image and of the 20000x20000 image.
@@ -58,6 +58,23 @@ def grace_hopper() -> np.ndarray:
 
     with cbook.get_sample_data("grace_hopper.jpg") as f:
         return np.asarray(Image.open(f).convert("RGB"))
+
+
+def faces_tree(root: str | os.PathLike, per: int = 6) -> Path:
+    """An identity tree of real faces: ``eileen/`` and ``grace/`` with ``per`` distinct photos each
+    (the astronaut and grace_hopper, cropped and scaled a little more each time, JPEG), plus
+    ``grace/zz_coffee.jpg``, a photo without a face. HOG finds every face (``2 * per`` of them)."""
+    root = Path(root)
+    for name, img in (("eileen", astronaut()), ("grace", grace_hopper())):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        h, w = img.shape[:2]
+        for i in range(per):
+            s = 1.0 - 0.07 * i
+            im = Image.fromarray(img).crop((4 * i, 3 * i, w - 5 * i, h - 2 * i))
+            im = im.resize((int(im.width * s), int(im.height * s)), Image.BILINEAR)
+            im.save(root / name / f"{i:02d}.jpg", quality=92)
+    Image.fromarray(_no_face()).save(root / "grace" / "zz_coffee.jpg")
+    return root
 
 
 def _no_face() -> np.ndarray:

@@ -16,6 +16,27 @@ from maskkit import __version__
 _AREAS = ("align", "mask", "synth", "train", "eval", "demo")
 
 
+def _one_line_os_errors(callback):
+    """Every command's last resort: an ``OSError`` that the command did not turn into its own
+    message (a full disk while ``train`` saves a checkpoint, a read-only ``--out`` of ``export``,
+    ...) ends in one line naming the path and the cause (exit status 1), never a traceback."""
+    import functools
+
+    @functools.wraps(callback)
+    def run(*args, **kwargs):
+        try:
+            return callback(*args, **kwargs)
+        except OSError as exc:
+            from maskkit.util.names import safe_text
+            from maskkit.util.outcome import os_cause
+
+            where = exc.filename or "an output"
+            raise click.ClickException(safe_text(f"{where}: {os_cause(exc.errno, exc.strerror or str(exc))}")) \
+                from None
+
+    return run
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="maskkit")
 @click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
@@ -33,6 +54,7 @@ for _area in _AREAS:
             raise
         continue
     for _cmd in getattr(_mod, "COMMANDS", []):
+        _cmd.callback = _one_line_os_errors(_cmd.callback)
         main.add_command(_cmd)
 
 

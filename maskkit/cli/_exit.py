@@ -14,15 +14,38 @@ def _no_input(exc: Exception) -> click.ClickException:
     return err
 
 
+def _stopped(exc: Exception) -> SystemExit:
+    """A run stopped by Ctrl-C or an output that cannot be written
+    (:data:`maskkit.util.outcome.STOPPED`): its one line on stderr, then its exit status."""
+    from maskkit.util.names import safe_text
+    from maskkit.util.outcome import Interrupted
+
+    line = safe_text(str(exc))
+    click.echo(line if isinstance(exc, Interrupted) else f"error: {line}", err=True)
+    return SystemExit(exc.exit_code)
+
+
+def _interrupted(kept: str, resume: str) -> SystemExit:
+    """Ctrl-C in a command without its own record of progress: one line, exit status 130."""
+    from maskkit.util.outcome import Interrupted
+
+    return _stopped(Interrupted(f"interrupted: {kept}; {resume}"))
+
+
 def _run_stage(fn, arg, errors: type[Exception] | tuple[type[Exception], ...] = ()):
     """``fn(arg)`` for a command: no input exits 2 (one line), the stage's own errors are one-line
-    click errors; anything else propagates."""
-    from maskkit.util.outcome import NoInputError
+    click errors, a run stopped by Ctrl-C or a full disk is one line saying what is kept and how to
+    resume (exit 130 / 1); anything else propagates."""
+    from maskkit.util.outcome import STOPPED, NoInputError
 
     try:
         return fn(arg)
     except NoInputError as exc:
         raise _no_input(exc) from exc
+    except STOPPED as exc:
+        raise _stopped(exc) from None
+    except KeyboardInterrupt:  # before the run wrote anything (listing the inputs, loading a model)
+        raise _interrupted("nothing was written yet", "rerun the same command to start") from None
     except errors as exc:
         raise click.ClickException(str(exc)) from exc
 

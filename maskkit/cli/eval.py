@@ -190,6 +190,8 @@ def eval_cmd(model, bin_path, pairs, root, gallery, probes, mask_side, mask_styl
                     records[str(r)] = [run_eval(cfg, model=_load(r, device), console=console)]
                 except EvalInputError as exc:
                     raise click.ClickException(str(exc)) from exc
+                except KeyboardInterrupt:
+                    raise _eval_interrupted(list(cfgs.values())) from None
         console.print(compare_table(list(runs), records))
         return
     if runs:
@@ -210,6 +212,22 @@ def eval_cmd(model, bin_path, pairs, root, gallery, probes, mask_side, mask_styl
         run_eval(cfg, model=_load(model, device), console=console)
     except EvalInputError as exc:
         raise click.ClickException(str(exc)) from exc
+    except KeyboardInterrupt:
+        raise _eval_interrupted([cfg]) from None
+
+
+def _eval_interrupted(cfgs) -> SystemExit:
+    """Ctrl-C during eval: nothing part-way is kept (faces and embeddings are computed again); a
+    report whose writing was cut short is named, since the rerun then needs --overwrite."""
+    from maskkit.cli._exit import _interrupted
+    from maskkit.training.eval.report import report_paths
+
+    partial = [p for cfg in cfgs for p in report_paths(cfg) if p.exists()]
+    if partial:
+        return _interrupted(f"eval keeps nothing part-way, and {partial[0].parent} holds a report cut short",
+                            "rerun the same command with --overwrite to start again")
+    return _interrupted("eval keeps nothing part-way (its report is written when the run ends)",
+                        "rerun the same command to start again")
 
 
 def _claim_report(cfg, overwrite: bool) -> None:
@@ -272,7 +290,7 @@ def embed(model, src, out, masked, flip, batch_size, device, detector, quiet, ov
     from maskkit.training.eval.embed import run_embed
     from maskkit.util.progress import print_summary
 
-    from maskkit.cli._exit import _finish, _no_input
+    from maskkit.cli._exit import _finish, _interrupted, _no_input
     from maskkit.util.outcome import NoInputError
 
     _claim([out], overwrite, "an embeddings file")
@@ -284,6 +302,9 @@ def embed(model, src, out, masked, flip, batch_size, device, detector, quiet, ov
                       detector=detector, progress=not quiet, aligned=aligned, model=_load(model, device))
     except NoInputError as exc:
         raise _no_input(exc) from exc
+    except KeyboardInterrupt:
+        raise _interrupted(f"embed keeps nothing part-way ({out} is written when every image is embedded)",
+                           "rerun the same command to start again") from None
     if not quiet:
         print_summary("maskkit embed", s, file=sys.stdout)
     # the failure records are inside the archive, not in a failures.jsonl beside it

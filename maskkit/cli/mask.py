@@ -8,6 +8,7 @@ import click
 
 from maskkit.cli.options import _aligned, _detector, _jobs, _out, _overwrite, _quiet
 from maskkit.pipeline.mask import FACE_POLICIES, MaskConfig, MaskError, run_mask
+from maskkit.render import COLOURS, TEXTURES
 
 
 @click.command("mask")
@@ -16,6 +17,12 @@ from maskkit.pipeline.mask import FACE_POLICIES, MaskConfig, MaskError, run_mask
 @_out("Output folder (mirrors the input tree).")
 @click.option("--style", default="random", show_default=True,
               type=click.Choice(["surgical", "n95", "kn95", "cloth", "gas", "random"]), help="Mask style.")
+@click.option("--colour", "--color", "colour", default="random", show_default=True,
+              type=click.Choice(("random",) + tuple(COLOURS)),
+              help="Mask colour, one of the style's palette (the one synth draws from); random: drawn from "
+                   "it, seeded like the rest of the mask.")
+@click.option("--texture", default="random", show_default=True, type=click.Choice(("random",) + TEXTURES),
+              help="Fabric texture: cloth masks come in every one, the other styles are plain.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Base seed (per file and face).")
 @_detector()
 @click.option("--faces", default="all", show_default=True, type=click.Choice(FACE_POLICIES),
@@ -26,8 +33,12 @@ from maskkit.pipeline.mask import FACE_POLICIES, MaskConfig, MaskError, run_mask
 @click.option("--coverage", is_flag=True, help="Also write <stem>.mask.png (mask coverage, 255 = mask).")
 @_overwrite()
 @_quiet()
-def mask(src, out, style, seed, detector, faces, aligned, jobs, quality, coverage, overwrite, quiet):
+def mask(src, out, style, colour, texture, seed, detector, faces, aligned, jobs, quality, coverage, overwrite, quiet):
     """Draw a mask on every face of every image under SRC, writing the result to OUT.
+
+    Style, colour and texture are drawn per face (seeded by --seed, the file and the face) from
+    the palettes synth uses, unless chosen. A face cut by the image edge gets the part of its
+    mask that lies inside the image.
 
     Writes the masked images (same relative paths), manifest.jsonl (one line per face with
     the render parameters), failures.jsonl (one line per input with no masked face, with a
@@ -37,7 +48,7 @@ def mask(src, out, style, seed, detector, faces, aligned, jobs, quality, coverag
     the run completes (also "already complete" when OUT holds this finished run), 1 when every
     input failed, 2 when SRC holds no input file.
     """
-    cfg = MaskConfig(src=src, out=out, style=style, seed=seed, detector=detector, faces=faces, aligned=aligned,
+    cfg = MaskConfig(src=src, out=out, style=style, colour=colour, texture=texture, seed=seed, detector=detector, faces=faces, aligned=aligned,
                      jobs=jobs, quality=quality, coverage=coverage, progress=not quiet, overwrite=overwrite)
     from maskkit.cli._exit import _finish, _quiet_json, _run_stage
 

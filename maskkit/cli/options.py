@@ -69,6 +69,20 @@ def _detector(help: str = "Face detector backend.", default: str = "hog") -> Cal
     return click.option("--detector", default=default, show_default=True, type=click.Choice(DETECTORS), help=help)
 
 
+def _detector_default(name: str, detectors: tuple[str, ...] = ("hog", "cnn")) -> str:
+    """The default of a detector option as ``--help`` shows it, read from the detectors themselves
+    (``"hog 1024, cnn 800"``; one value when they agree), so the help never drifts from the code."""
+    import inspect
+
+    from maskkit.face.detect import CnnDetector, HogDetector
+
+    classes = {"hog": HogDetector, "cnn": CnnDetector}
+    vals = {d: inspect.signature(classes[d].__init__).parameters[name].default for d in detectors}
+    if len(set(vals.values())) == 1:
+        return str(next(iter(vals.values())))
+    return ", ".join(f"{d} {v}" for d, v in vals.items())
+
+
 def _deprecated(*decls: str, dest: str, new: str, old: str | None = None, convert: Callable | None = None,
                 argument: bool = False, **kwargs: Any) -> Callable:
     """Accept a retired spelling for one release (a decorator; place it below ``@click.command``).

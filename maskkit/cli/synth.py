@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from maskkit.cli.options import _aligned, _deprecated, _detector, _jobs, _out, _overwrite, _quiet, _verify
+from maskkit.cli.options import _aligned, _deprecated, _detector, _detector_default, _jobs, _out, _overwrite, _quiet, _verify
 
 __all__ = ["COMMANDS", "synth", "stats", "export_rec_cmd"]
 
@@ -58,8 +58,8 @@ def _print_summary(title: str, rows: list[tuple[str, str]]) -> None:
 @click.option("--paired", is_flag=True,
               help="Write every face plain, plus a masked twin for the chosen ones (linked by 'twin'); "
                    "--ratio 1 --paired gives the M-VGGFace2 6.6M layout.")
-@click.option("--styles", default=None, metavar="LIST",
-              help="Comma-separated mask styles, balanced (default: surgical,n95,kn95,cloth,gas).")
+@click.option("--styles", default=None, metavar="LIST", show_default="surgical,n95,kn95,cloth,gas",
+              help="Comma-separated mask styles, balanced.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Global seed.")
 @_jobs(min_jobs=-1, help="Worker processes (0 = all CPU cores; -1 is accepted too).")
 @_aligned("Inputs are already aligned 112x112 ArcFace crops (no detection).")
@@ -68,10 +68,11 @@ def _print_summary(title: str, rows: list[tuple[str, str]]) -> None:
               help="Samples per tar shard.")
 @click.option("--backend", default="local", show_default=True, type=click.Choice(["local", "dask", "ray"]),
               help="local: joblib processes; dask: a distributed cluster (--address, or a local one); ray.")
-@click.option("--address", default=None, help="Scheduler address for --backend dask (tcp://host:8786) or ray.")
+@click.option("--address", default=None, show_default="a local cluster of --jobs workers",
+              help="Scheduler address for --backend dask (tcp://host:8786) or ray.")
 @_detector()
-@click.option("--upsample", default=None, type=click.IntRange(0, 4),
-              help="Detector upsampling (hog/cnn; default: the detector's own, 1).")
+@click.option("--upsample", default=None, type=click.IntRange(0, 4), show_default=_detector_default("upsample"),
+              help="Detector upsampling (hog/cnn).")
 @click.option("--max-side", default=640, show_default=True, type=click.IntRange(0),
               help="Detect on a copy downscaled to this longest side (0: full size); landmarks, mask and "
                    "alignment stay at full resolution.")
@@ -82,7 +83,7 @@ def _print_summary(title: str, rows: list[tuple[str, str]]) -> None:
               help="Refuse larger input images (logged as too_large).")
 @click.option("--no-mask-png", is_flag=True, help="Do not write KEY.mask.png coverage maps.")
 @_overwrite("Replace a different, earlier run found in --out.")
-@click.option("--preview", default=None, type=click.Path(path_type=Path),
+@click.option("--preview", default=None, type=click.Path(path_type=Path), show_default="none",
               help="Also write a contact sheet PNG (an existing file is refused unless --overwrite).")
 @_quiet()
 def synth(src, out, ratio, paired, styles, seed, jobs, aligned, size, shard_samples, backend, address, detector,

@@ -24,6 +24,30 @@ def _parse_set(values: tuple[str, ...]) -> dict:
     return out
 
 
+def _interrupted(out) -> SystemExit:
+    """Ctrl-C during training: one line naming the checkpoint that is kept (its step) and how to
+    continue from it (``--resume``), or that none was written yet (exit status 130)."""
+    from pathlib import Path
+
+    from maskkit.cli._exit import _interrupted as stopped
+
+    ck = Path(out) / "checkpoints" / "last.pt"
+    step = None
+    if ck.is_file():
+        try:  # mmap: the step is read without loading the weights
+            import torch
+
+            step = torch.load(ck, map_location="cpu", mmap=True, weights_only=False).get("step")
+        except Exception:  # noqa: BLE001 - a checkpoint being replaced at the moment of the interrupt
+            step = None
+    if not ck.is_file():
+        return stopped("no checkpoint was written yet (the first comes after --ckpt-every steps or an epoch)",
+                       f"rerun the same command with --overwrite to start again (--out {out} holds its config)")
+    at = f" (step {int(step):,})" if isinstance(step, int) else ""
+    return stopped(f"the last checkpoint{at} is kept in {ck}; the steps after it are lost",
+                   f"rerun with --resume to continue from it: maskkit train --out {out} --resume")
+
+
 # options that change the model's shape: fixed once a run exists
 _SHAPE_KEYS = ("method", "backbone", "width", "embedding_size", "two_stream", "split_point")
 
@@ -50,8 +74,10 @@ _SHAPE_KEYS = ("method", "backbone", "width", "embedding_size", "two_stream", "s
 @click.option("--compile/--no-compile", "compile_", default=False, show_default=True, help="torch.compile the model.")
 @_device()
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--max-steps", type=int, default=None, help="Stop after this many optimiser steps.")
-@click.option("--steps-per-epoch", type=int, default=None, help="Override the epoch length.")
+@click.option("--max-steps", type=int, default=None, show_default="none: --epochs x steps per epoch",
+              help="Stop after this many optimiser steps.")
+@click.option("--steps-per-epoch", type=int, default=None, show_default="samples // global batch (one pass)",
+              help="Override the epoch length.")
 @click.option("--ckpt-every", type=int, default=1000, show_default=True, help="Checkpoint every N steps.")
 @click.option("--log-every", type=int, default=50, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue the run in --out from checkpoints/last.pt (exactly).")
@@ -163,7 +189,10 @@ def train_cmd(ctx: click.Context, data, out, method, backbone, width, two_stream
     if nproc > 1:
         from maskkit.training.engine import launch
 
-        rc = launch(cfg, nproc, resume=resume)
+        try:
+            rc = launch(cfg, nproc, resume=resume)
+        except KeyboardInterrupt:
+            raise _interrupted(out) from None
         if rc != 0:
             raise click.ClickException(f"torch.distributed.run exited with code {rc}")
         return
@@ -177,6 +206,8 @@ def train_cmd(ctx: click.Context, data, out, method, backbone, width, two_stream
         raise click.ClickException(str(exc)) from exc
     except TemplateRefused as exc:  # shards whose crops cannot be brought onto image_size's template
         raise click.ClickException(f"--data {cfg.data}: {exc.detail}") from exc
+    except KeyboardInterrupt:
+        raise _interrupted(out) from None
     finally:
         import torch.distributed as dist
 

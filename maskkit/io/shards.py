@@ -218,6 +218,11 @@ class ShardSink:
     def _tmp_path(self) -> Path:
         return self.out_dir / (shard_name(self.index, self.split) + ".tmp")
 
+    @property
+    def writing(self) -> Path | None:
+        """The temporary file of the shard in progress (``None`` between shards)."""
+        return self._tmp_path if self._tar is not None else None
+
     def _open(self) -> None:
         self._fh = open(self._tmp_path, "wb")
         self._hw = _HashingWriter(self._fh)
@@ -265,13 +270,18 @@ class ShardSink:
                 self.abort()
 
     def abort(self) -> None:
-        """Drop the shard in progress (its temporary file is removed)."""
+        """Drop the shard in progress (its temporary file is removed). Never raises: it runs while
+        another error (a full disk, Ctrl-C) stops the run, and that error is the one to report."""
         if self._tar is not None:
+            for close in (self._tar.close, self._fh.close):
+                try:
+                    close()
+                except (OSError, ValueError):  # e.g. no space for the tar's end blocks
+                    pass
             try:
-                self._tar.close()
-                self._fh.close()
-            finally:
                 self._tmp_path.unlink(missing_ok=True)
+            except OSError:  # pragma: no cover - a folder turned read-only: resume removes it
+                pass
             self._tar = self._fh = self._hw = None
 
 

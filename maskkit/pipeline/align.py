@@ -223,6 +223,7 @@ def _align_chunk(items: list[SourceItem], cfg: AlignConfig, names: dict[str, str
     from maskkit.pipeline.runner import rounded as _r
     from maskkit.util.files import write_atomic
     from maskkit.util.names import display_name, name_fields
+    from maskkit.util.outcome import OutputFull, stops_run
 
     if detector is None and not cfg.aligned:
         detector = get_detector(cfg.detector, **cfg.detector_opts)  # once per worker process
@@ -238,6 +239,7 @@ def _align_chunk(items: list[SourceItem], cfg: AlignConfig, names: dict[str, str
         src_fields = item.fields()  # display name (+ src_bytes when the name is not UTF-8)
         if res.ok:
             t0 = time.perf_counter()
+            rel_out = names[item.rel]
             try:
                 multi = cfg.faces == "all"
                 for al, face, k in res.faces:
@@ -254,6 +256,8 @@ def _align_chunk(items: list[SourceItem], cfg: AlignConfig, names: dict[str, str
                         **({"crop_check": res.crop_check} if res.crop_check is not None else {}),
                     })
             except (OSError, ValueError) as exc:
+                if stops_run(exc):  # no space, read-only, ...: the run stops (one line), not this input
+                    raise OutputFull.of(exc, out_root / rel_out) from None
                 rec["records"] = []
                 rec["failure"] = {**src_fields, "reason": "write_error", "detail": str(exc)}
             rec["timings"]["encode"] = time.perf_counter() - t0
@@ -327,14 +331,16 @@ def run_align(cfg: AlignConfig) -> dict:
     from maskkit.face.align import parse_size
     from maskkit.face.detect import DETECTORS
     from maskkit.io.sources import list_sources, log_skipped, require_inputs, skipped_records
+    from maskkit.pipeline.accounting import Tally, resume_point, write_accounting
     from maskkit.pipeline.runner import (
         check_previous_run,
-        listing_fingerprint,
         finish_run,
+        listing_fingerprint,
         prepare_run,
         run_chunks,
-        write_accounting,
     )
+    from maskkit.util.files import existing_names
+    from maskkit.util.outcome import stop_guard
     from maskkit.util.progress import print_hints, print_summary
 
     src, out = Path(cfg.src), Path(cfg.out)
@@ -362,38 +368,47 @@ def run_align(cfg: AlignConfig) -> dict:
         "aligned": cfg.aligned, "max_pixels": cfg.max_pixels, "quality": cfg.quality,
     }
     fp = listing_fingerprint(listing)
-    done = check_previous_run(out, info, cfg.overwrite, AlignError, listing=fp)
-    if done is not None:
-        return dict(done, already_complete=True)
-
-    log_skipped(listing, src)
     items = listing.items
-    names = output_names(items, multi=cfg.faces == "all")
-    gen, jobs = run_chunks(_align_chunk, items, cfg.jobs, max_chunk=32, args=(cfg, names), local=(detector,),
-                           chunk=cfg.chunk)
-    timings: Counter = Counter()
-    evidence: Counter = Counter()
+    tally = Tally(len(items))
+    with stop_guard(tally.kept, lambda: out):  # Ctrl-C or a full disk: one line, what is kept, how to resume
+        names = output_names(items, multi=cfg.faces == "all")
+        done = check_previous_run(out, info, cfg.overwrite, AlignError, listing=fp,
+                                  taken=lambda: existing_names(out, [b + ".jpg" for b in names.values()],
+                                                               numbered=cfg.faces == "all"))
+        if done is not None:
+            return dict(done, already_complete=True)
 
-    def count(rec: dict, stats: Counter) -> None:
-        timings.update(rec["timings"])
-        evidence.update(rec.get("evidence", {}))
-        stats["faces"] += len(rec["records"])  # empty for a failure
+        log_skipped(listing, src)
+        resume = resume_point(out, info, fp)  # an unfinished run of this command: keep what it did
+        todo = items[resume.done:] if resume is not None else items
+        gen, jobs = run_chunks(_align_chunk, todo, cfg.jobs, max_chunk=32, args=(cfg, names), local=(detector,),
+                               chunk=cfg.chunk)
+        timings: Counter = Counter()
+        evidence: Counter = Counter()
 
-    stats, reasons, rejected = write_accounting(out, gen, len(items), "align", cfg.progress, count,
-                                                skipped=skipped_records(listing.skipped))
-    seconds = time.perf_counter() - t_start
-    errors = {k: v for k, v in sorted(reasons.items()) if k != "no_face"}
-    summary = {
-        "seen": stats["seen"], "files": stats["files"], "ok": stats["ok"], "failed": stats["failed"],
-        "skipped": stats["skipped"], "faces": stats["faces"],
-        "faces_rejected": stats["faces_rejected"], "rejected_by_reason": dict(sorted(rejected.items())),
-        "no_face": reasons.get("no_face", 0), "errors": errors, "seconds": round(seconds, 3),
-        "img_per_s": round(stats["files"] / seconds, 2) if seconds > 0 else 0.0,
-        "jobs": jobs, "timings": {k: round(v, 3) for k, v in timings.items()},
-        "hints": [],
-    }
-    # unverified crops (--aligned) or a forgotten --aligned hinted at; accounting checked; recorded
-    finish_run(out, info, fp, summary, stats, evidence, cfg.aligned, listing.seen, len(items))
+        def count(rec: dict, stats: Counter) -> None:
+            timings.update(rec["timings"])
+            evidence.update(rec.get("evidence", {}))
+            stats["faces"] += len(rec["records"])  # empty for a failure
+
+        stats, reasons, rejected = write_accounting(out, gen, len(items), "align", cfg.progress, count,
+                                                    skipped=skipped_records(listing.skipped),
+                                                    header={"info": info, "listing": fp}, resume=resume, tally=tally)
+        seconds = time.perf_counter() - t_start
+        errors = {k: v for k, v in sorted(reasons.items()) if k != "no_face"}
+        summary = {
+            "seen": stats["seen"], "files": stats["files"], "ok": stats["ok"], "failed": stats["failed"],
+            "skipped": stats["skipped"], "faces": stats["faces"],
+            "faces_rejected": stats["faces_rejected"], "rejected_by_reason": dict(sorted(rejected.items())),
+            "no_face": reasons.get("no_face", 0), "errors": errors, "seconds": round(seconds, 3),
+            "img_per_s": round((len(todo)) / seconds, 2) if seconds > 0 else 0.0,
+            "jobs": jobs, "timings": {k: round(v, 3) for k, v in timings.items()},
+            "hints": [],
+        }
+        if resume is not None:
+            summary["resumed"] = resume.done
+        # unverified crops (--aligned) or a forgotten --aligned hinted at; accounting checked; recorded
+        finish_run(out, info, fp, summary, stats, evidence, cfg.aligned, listing.seen, len(items))
     if cfg.progress:
         print_summary(f"maskkit align -> {out}", _summary_rows(summary, jobs=jobs))
         print_hints(summary["hints"])
@@ -409,6 +424,8 @@ def _summary_rows(summary: dict, **extra) -> dict:
             "faces rejected": summary.get("rejected_by_reason") or {},
             "no face": summary["no_face"], "errors": summary["errors"] or {},
             "seconds": summary["seconds"], "img/s": summary["img_per_s"]}
+    if summary.get("resumed"):  # inputs a stopped run of the same command had done (kept, not redone)
+        rows["resumed (kept)"] = summary["resumed"]
     if "unverified" in summary:  # --aligned (maskkit.pipeline.unverified)
         from maskkit.pipeline.unverified import summary_value
 

@@ -46,6 +46,10 @@ class MaskConfig:
         src: input folder (walked recursively) or one image.
         out: output folder (mirrors the input tree).
         style: a style of :data:`maskkit.render.STYLES` or ``random``.
+        colour: a colour of the style's palette (:data:`maskkit.render.PALETTES`, what ``synth``
+            draws from) or ``random`` (drawn from the palette, seeded).
+        texture: one of :data:`maskkit.render.TEXTURES` (cloth masks come in all; the others are
+            plain) or ``random``.
         seed: base seed; each face's generator is derived from (seed, path, face index).
         detector: detector backend name (``hog`` default).
         detector_opts: backend options.
@@ -63,6 +67,8 @@ class MaskConfig:
     out: Path
     style: str = "random"
     seed: int = 0
+    colour: str = "random"
+    texture: str = "random"
     detector: str = "hog"
     detector_opts: dict = field(default_factory=dict)
     faces: str = "all"
@@ -142,6 +148,7 @@ def mask_file(item, detector, renderer, cfg: MaskConfig, out_rel: str | None = N
     from maskkit.pipeline.unverified import crop_failure, crop_record
     from maskkit.render import CannotFit
     from maskkit.util.names import name_fields
+    from maskkit.util.outcome import OutputFull, stops_run
 
     rec = {"src": item.rel, "records": [], "failure": None, "faces": 0, "rejected": []}
     src_fields = item.fields()  # display name (+ src_bytes when the name is not UTF-8)
@@ -196,8 +203,9 @@ def mask_file(item, detector, renderer, cfg: MaskConfig, out_rel: str | None = N
                                             "reason": "bad_landmarks", "detail": f.fit.detail, "box": r["box"],
                                             "score": r["score"], "landmark_check": r["landmark_check"]})
                     continue
-            try:
-                res = renderer.render(img, f.landmarks68, cfg.style, face_rng(cfg.seed, item.rel, k))
+            try:  # a face cut by the image edge (which align keeps) gets the visible part of its mask
+                res = renderer.render(img, f.landmarks68, cfg.style, face_rng(cfg.seed, item.rel, k),
+                                      colour=_chosen(cfg.colour), texture=_chosen(cfg.texture), edge="draw")
             except CannotFit as exc:
                 r.update(masked=False, style=None, params=None, reason=exc.reason, detail=exc.detail)
                 reasons.append(f"face {k}: {exc.reason} ({exc.detail})")
@@ -211,17 +219,29 @@ def mask_file(item, detector, renderer, cfg: MaskConfig, out_rel: str | None = N
         if not any(r["masked"] for r in rec["records"]):
             why = {r.get("reason") for r in rec["records"]}
             return fail("bad_landmarks" if why == {"bad_landmarks"} else "cannot_fit", "; ".join(reasons))
-        _write(safe_target(Path(cfg.out), out_rel), img, cfg.quality)
-        if cfg.coverage:
-            _write(safe_target(Path(cfg.out), coverage_rel(out_rel)),
-                   np.clip(cov * 255 + 0.5, 0, 255).astype(np.uint8), cfg.quality)
+        target = Path(cfg.out) / out_rel
+        try:
+            _write(target := safe_target(Path(cfg.out), out_rel), img, cfg.quality)
+            if cfg.coverage:
+                _write(target := safe_target(Path(cfg.out), coverage_rel(out_rel)),
+                       np.clip(cov * 255 + 0.5, 0, 255).astype(np.uint8), cfg.quality)
+        except OSError as exc:
+            if stops_run(exc):  # no space, read-only, ...: the run stops (one line), not this input
+                raise OutputFull.of(exc, target) from None
+            raise
         rec["faces"] = sum(r["masked"] for r in rec["records"])
     except (OSError, ValueError) as exc:
         return fail("write_error", str(exc))
+    except OutputFull:
+        raise  # the output folder cannot take more: the run stops
     except Exception as exc:  # noqa: BLE001 - one bad file must never end the run
         return fail("internal_error", f"{type(exc).__name__}: {exc} | "
                     f"{traceback.format_exc(limit=3).strip().splitlines()[-1]}")
     return rec
+
+
+def _chosen(value: str) -> str | None:
+    return None if value == "random" else value
 
 
 def _mask_chunk(items, cfg: MaskConfig, names: dict[str, str], detector=None, renderer=None) -> list:
@@ -250,15 +270,18 @@ def run_mask(cfg: MaskConfig) -> dict:
     """
     from maskkit.face.detect import DETECTORS
     from maskkit.io.sources import list_sources, log_skipped, require_inputs, skipped_records
+    from maskkit.pipeline.accounting import Tally, resume_point, write_accounting
     from maskkit.pipeline.runner import (
         check_previous_run,
-        listing_fingerprint,
         finish_run,
+        listing_fingerprint,
         prepare_run,
         run_chunks,
-        write_accounting,
     )
+    from maskkit.pipeline.runner import coverage_rel
     from maskkit.pipeline.unverified import summary_value
+    from maskkit.util.files import existing_names
+    from maskkit.util.outcome import stop_guard
     from maskkit.render import STYLES, MaskRenderer
     from maskkit.util.progress import print_hints, print_summary
 
@@ -267,6 +290,13 @@ def run_mask(cfg: MaskConfig) -> dict:
         raise MaskError(f"--src {src} does not exist")
     if cfg.style not in STYLES + ("random",):
         raise MaskError(f"--style must be one of {STYLES + ('random',)}, got {cfg.style!r}")
+    try:
+        renderer = MaskRenderer()
+    except FileNotFoundError as exc:
+        raise MaskError(str(exc)) from exc
+    why = renderer.choice_error(cfg.style, _chosen(cfg.colour), _chosen(cfg.texture))
+    if why:  # e.g. --style surgical --colour yellow: one line naming the palette, before any file is read
+        raise MaskError(why)
     if cfg.faces not in FACE_POLICIES:
         raise MaskError(f"--faces must be one of {FACE_POLICIES}")
     if cfg.detector not in DETECTORS:
@@ -279,46 +309,55 @@ def run_mask(cfg: MaskConfig) -> dict:
         "command": "maskkit mask", "src": str(src.resolve()), "style": cfg.style, "seed": int(cfg.seed),
         "detector": cfg.detector, "detector_opts": dict(cfg.detector_opts), "faces": cfg.faces,
         "aligned": cfg.aligned, "quality": cfg.quality, "coverage": cfg.coverage,
+        # chosen ones only: the run record of a run with neither matches the one of before they existed
+        **{k: v for k, v in (("colour", cfg.colour), ("texture", cfg.texture)) if v != "random"},
+        # faces cut by the image edge are masked (were refused): a run of before is another run
+        "edge_faces": "drawn",
     }
     fp = listing_fingerprint(listing)
-    done = check_previous_run(out, info, cfg.overwrite, MaskError, listing=fp)
-    if done is not None:
-        return dict(done, already_complete=True)
-    try:
-        renderer = MaskRenderer()
-    except FileNotFoundError as exc:
-        raise MaskError(str(exc)) from exc
-
-    log_skipped(listing, src)
     items = listing.items
-    names = output_names([it.rel for it in items], cfg.coverage)
-    gen, jobs = run_chunks(_mask_chunk, items, cfg.jobs, max_chunk=16, args=(cfg, names),
-                           local=(detector, renderer))
-    styles: Counter = Counter()
-    evidence: Counter = Counter()
+    tally = Tally(len(items))
+    with stop_guard(tally.kept, lambda: out):  # Ctrl-C or a full disk: one line, what is kept, how to resume
+        names = output_names([it.rel for it in items], cfg.coverage)
+        planned = list(names.values()) + ([coverage_rel(n) for n in names.values()] if cfg.coverage else [])
+        done = check_previous_run(out, info, cfg.overwrite, MaskError, listing=fp,
+                                  taken=lambda: existing_names(out, planned))
+        if done is not None:
+            return dict(done, already_complete=True)
 
-    def count(rec: dict, stats: Counter) -> None:
-        evidence.update(rec.get("evidence", {}))
-        for r in rec["records"]:  # empty for a failure
-            if r["masked"]:
-                stats["faces"] += 1
-                styles[r["style"]] += 1
-            elif r.get("reason") != "bad_landmarks":  # those are rejected.jsonl lines: faces_rejected
-                stats["faces_unfit"] += 1
+        log_skipped(listing, src)
+        resume = resume_point(out, info, fp)  # an unfinished run of this command: keep what it did
+        todo = items[resume.done:] if resume is not None else items
+        gen, jobs = run_chunks(_mask_chunk, todo, cfg.jobs, max_chunk=16, args=(cfg, names),
+                               local=(detector, renderer))
+        styles: Counter = Counter()
+        evidence: Counter = Counter()
 
-    stats, reasons, rejected = write_accounting(out, gen, len(items), "mask", cfg.progress, count,
-                                                skipped=skipped_records(listing.skipped))
-    seconds = time.perf_counter() - t0
-    summary = {
-        "seen": stats["seen"], "files": stats["files"], "ok": stats["ok"], "failed": stats["failed"],
-        "skipped": stats["skipped"], "faces": stats["faces"],
-        "faces_unfit": stats["faces_unfit"], "faces_rejected": stats["faces_rejected"],
-        "rejected_by_reason": dict(sorted(rejected.items())), "errors": dict(sorted(reasons.items())),
-        "styles": {s: styles.get(s, 0) for s in STYLES}, "seconds": round(seconds, 3),
-        "img_per_s": round(stats["files"] / seconds, 2) if seconds > 0 else 0.0, "jobs": jobs, "hints": [],
-    }
-    # unverified crops (--aligned) or a forgotten --aligned hinted at; accounting checked; recorded
-    finish_run(out, info, fp, summary, stats, evidence, cfg.aligned, listing.seen, len(items))
+        def count(rec: dict, stats: Counter) -> None:
+            evidence.update(rec.get("evidence", {}))
+            for r in rec["records"]:  # empty for a failure
+                if r["masked"]:
+                    stats["faces"] += 1
+                    styles[r["style"]] += 1
+                elif r.get("reason") != "bad_landmarks":  # those are rejected.jsonl lines: faces_rejected
+                    stats["faces_unfit"] += 1
+
+        stats, reasons, rejected = write_accounting(out, gen, len(items), "mask", cfg.progress, count,
+                                                    skipped=skipped_records(listing.skipped),
+                                                    header={"info": info, "listing": fp}, resume=resume, tally=tally)
+        seconds = time.perf_counter() - t0
+        summary = {
+            "seen": stats["seen"], "files": stats["files"], "ok": stats["ok"], "failed": stats["failed"],
+            "skipped": stats["skipped"], "faces": stats["faces"],
+            "faces_unfit": stats["faces_unfit"], "faces_rejected": stats["faces_rejected"],
+            "rejected_by_reason": dict(sorted(rejected.items())), "errors": dict(sorted(reasons.items())),
+            "styles": {s: styles.get(s, 0) for s in STYLES}, "seconds": round(seconds, 3),
+            "img_per_s": round(len(todo) / seconds, 2) if seconds > 0 else 0.0, "jobs": jobs, "hints": [],
+        }
+        if resume is not None:
+            summary["resumed"] = resume.done
+        # unverified crops (--aligned) or a forgotten --aligned hinted at; accounting checked; recorded
+        finish_run(out, info, fp, summary, stats, evidence, cfg.aligned, listing.seen, len(items))
     if cfg.progress:
         rows = {
             "seen": summary["seen"], "files": summary["files"], "ok": summary["ok"],
@@ -327,6 +366,8 @@ def run_mask(cfg: MaskConfig) -> dict:
             "faces not fitted": summary["faces_unfit"],
             "styles": summary["styles"], "seconds": seconds, "img/s": summary["img_per_s"], "workers": jobs,
         }
+        if summary.get("resumed"):  # inputs a stopped run of the same command had done (kept, not redone)
+            rows["resumed (kept)"] = summary["resumed"]
         if cfg.aligned:
             rows["kept unverified"] = summary_value(summary["unverified"])
         print_summary(f"maskkit mask -> {out}", rows)

@@ -20,14 +20,11 @@ holds the rest:
 * :data:`RESERVED` -- the accounting files; output names (:mod:`maskkit.pipeline.naming`) never
   take them.
 * :func:`run_chunks` -- the chunked (optionally parallel) map over inputs, results in order.
-* :func:`write_accounting` -- the manifest/failures/rejected/skipped writer with a progress bar
-  (``seen == ok + failed + skipped``), plus ``unverified.jsonl`` for ``--aligned`` crops kept
-  without a checked fit (:mod:`maskkit.pipeline.unverified`). Every line is valid UTF-8: names that are not come as
-  ``src`` (display) + ``src_bytes`` (:mod:`maskkit.util.names`).
+* :data:`PROGRESS` -- the progress journal of an unfinished run (the accounting files and resume
+  are :mod:`maskkit.pipeline.accounting`).
 
 Example:
     >>> gen, jobs = run_chunks(work, items, 4, max_chunk=32, args=(cfg,), local=(detector,))  # doctest: +SKIP
-    >>> stats, reasons, rejected = write_accounting(out, gen, len(items), "align", True, count)  # doctest: +SKIP
 """
 from __future__ import annotations
 
@@ -42,9 +39,9 @@ import numpy as np
 from maskkit.util.files import write_atomic
 from maskkit.util.names import name_from_fields, text_safe
 
-__all__ = ["RUN_INFO", "REJECTED", "RESERVED", "check_out_kind", "check_previous_run", "record_complete", "listing_fingerprint",
-           "prepare_run", "check_writable", "safe_target", "coverage_rel", "rounded", "run_chunks", "write_accounting",
-           "json_line", "rejected_line"]
+__all__ = ["RUN_INFO", "REJECTED", "RESERVED", "PROGRESS", "check_out_kind", "check_previous_run", "record_complete", "listing_fingerprint",
+           "prepare_run", "check_writable", "safe_target", "coverage_rel", "rounded", "run_chunks",
+           "json_line", "rejected_line", "finish_run"]
 
 
 def check_writable(out: Path) -> None:
@@ -97,9 +94,16 @@ RUN_INFO = "maskkit-run.json"
 #: ``maskkit synth`` writes the same file beside its ``failures.jsonl``.
 REJECTED = "rejected.jsonl"
 
+#: The progress journal of an unfinished ``align``/``mask`` run in ``--out`` (removed when the run
+#: finishes): a header (``info``, ``listing``), then one line per chunk written,
+#: ``{"done": inputs, "bytes": [manifest, failures, rejected sizes], "items": [[m, f, r, extra], ...]}``
+#: (per input: its manifest, failures and rejected line counts, and what the summary counts).
+PROGRESS = ".maskkit-progress.jsonl"
+
 #: The files ``align``/``mask`` write into ``--out`` besides the outputs of the inputs
 #: (``unverified.jsonl``: ``maskkit.pipeline.unverified.UNVERIFIED_FILE``, only with ``--aligned``).
-RESERVED = ("manifest.jsonl", "failures.jsonl", REJECTED, "skipped.jsonl", "unverified.jsonl", RUN_INFO)
+RESERVED = ("manifest.jsonl", "failures.jsonl", REJECTED, "skipped.jsonl", "unverified.jsonl", RUN_INFO, PROGRESS)
+
 
 
 def rejected_line(src_fields: dict, identity: str, face, k: int, reason: str, detail: str) -> dict:
@@ -244,14 +248,37 @@ def _outputs_present(out: Path) -> bool:
     return True
 
 
-def check_previous_run(out: Path, info: dict, overwrite: bool, error: type[Exception] = RuntimeError,
-                       listing: str | None = None) -> dict | None:
-    """Refuse to mix two different runs in one output folder; record this run's info.
+def _ours_untracked(rel: str) -> bool:
+    """What align/mask leave in a folder before their run info exists: the write probe and the
+    temporary file of a write (:func:`maskkit.util.files.write_atomic`)."""
+    name = rel.rpartition("/")[2]
+    return (rel.startswith(".maskkit-write-test-") or
+            (name.startswith(".") and name.endswith(".tmp") and name[1:-4].rpartition(".")[2].isdigit()))
 
+
+def _looks_like_our_manifest(path: Path) -> bool:
+    """A ``manifest.jsonl`` of align/mask (its first line has ``src`` and ``out``), not another tool's."""
+    try:
+        with open(path, "rb") as fh:
+            first = fh.readline()
+        return not first.strip() or {"src", "out"} <= set(json.loads(first))
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+def check_previous_run(out: Path, info: dict, overwrite: bool, error: type[Exception] = RuntimeError,
+                       listing: str | None = None, taken: Callable[[], list[str]] = lambda: []) -> dict | None:
+    """Refuse to mix two different runs in one output folder, or to write among other files;
+    record this run's info.
+
+    ``out`` holding no run of align/mask (no :data:`RUN_INFO`, no ``manifest.jsonl`` of theirs)
+    but other files (a folder of the user's) is refused unless ``overwrite``; with ``overwrite``
+    the run writes beside them, never replacing one (refused when an output would land on one,
+    ``taken``: :func:`maskkit.util.files.claim_folder`).
     ``out`` holding a ``manifest.jsonl`` (or a :data:`RUN_INFO`) from a run with another
     command, source or output-changing options is an error unless ``overwrite``, which removes
     the previous run's outputs (the files its manifest lists) first. A rerun with identical
-    options proceeds and rewrites the same files -- unless that run finished
+    options proceeds (resuming what a stopped run kept: :func:`resume_point`) -- unless that run finished
     (:func:`record_complete`) on the same inputs (``listing``, :func:`listing_fingerprint`) and
     its outputs are all there (the accounting files too: a run of a maskkit that wrote no
     :data:`REJECTED` is redone): then nothing is redone.
@@ -262,14 +289,19 @@ def check_previous_run(out: Path, info: dict, overwrite: bool, error: type[Excep
         overwrite: replace a previous run (different or not) instead of refusing or reusing it.
         error: the command's exception class.
         listing: fingerprint of this run's inputs.
+        taken: the outputs of this run that exist in ``out`` already (POSIX paths relative to it,
+            :func:`maskkit.util.files.existing_names`), asked only of a folder of other files.
 
     Returns:
         The finished run's summary when ``out`` already holds this run, complete; else ``None``
         (the caller runs).
 
     Raises:
-        error: ``out`` holds another run and ``overwrite`` is false, or holds a shard set.
+        error: ``out`` holds another run and ``overwrite`` is false, or holds a shard set, or
+            holds other files (without ``overwrite``, or where this run would write).
     """
+    from maskkit.util.files import OutputExistsError, claim_folder
+
     check_out_kind(out, "images", error)
     info = json.loads(json.dumps(text_safe(info), sort_keys=True))
     info_p = out / RUN_INFO
@@ -280,7 +312,13 @@ def check_previous_run(out: Path, info: dict, overwrite: bool, error: type[Excep
         except (OSError, json.JSONDecodeError, UnicodeDecodeError):
             previous = {"unreadable": True}
     finished = previous.pop("finished", None) if isinstance(previous, dict) else None
-    held = previous is not None or (out / "manifest.jsonl").is_file()
+    held = previous is not None or ((out / "manifest.jsonl").is_file()
+                                    and _looks_like_our_manifest(out / "manifest.jsonl"))
+    if not held:  # a new folder, or one of the user's: never write among (or over) other files silently
+        try:
+            claim_folder(out, _ours_untracked, overwrite, lambda: [n for n in RESERVED if (out / n).exists()] + taken())
+        except OutputExistsError as exc:
+            raise error(str(exc)) from None
     if held and previous != info:
         if not overwrite:
             raise error(f"--out {out} holds the output of another run ({_describe_change(previous, info)}); "
@@ -331,6 +369,7 @@ def finish_run(out: Path, info: dict, listing_fp: str, summary: dict, stats: Cou
     assert summary["files"] == n_items == summary["ok"] + summary["failed"], "accounting broken"
     assert summary["seen"] == seen == summary["files"] + summary["skipped"], "accounting broken"
     record_complete(out, info, listing_fp, summary)
+    (out / PROGRESS).unlink(missing_ok=True)  # finished: a rerun finds the run complete, not resumable
     return summary
 
 
@@ -387,89 +426,8 @@ def run_chunks(work: Callable[..., list], items: Sequence, jobs: int, max_chunk:
         return (work(c, *args, *local) for c in chunks), jobs
     from joblib import Parallel, delayed
 
-    return Parallel(n_jobs=jobs, backend="loky", return_as="generator")(
+    from maskkit.util.outcome import worker_ignores_interrupts
+
+    # Ctrl-C: the parent stops the pool and says what is kept; the workers stay silent
+    return Parallel(n_jobs=jobs, backend="loky", return_as="generator", initializer=worker_ignores_interrupts)(
         delayed(work)(c, *args) for c in chunks), jobs
-
-
-def write_accounting(out: Path, results: Iterator[list], total: int, desc: str, progress: bool,
-                     count: Callable[[dict, Counter], None] | None = None,
-                     skipped: Sequence[dict] = ()) -> tuple[Counter, Counter, Counter]:
-    """Write ``manifest.jsonl``, ``failures.jsonl``, ``rejected.jsonl`` (:data:`REJECTED`) and
-    ``skipped.jsonl`` from per-file results, with a progress bar; and ``unverified.jsonl`` (one
-    line per manifest line whose ``crop_check`` is ``unverified``: ``--aligned`` crops kept
-    without a checked fit) when there is one.
-
-    Each result is ``{"records": [manifest lines], "failure": None | {"src", "reason", "detail"},
-    "rejected": [{"src", "face", "reason", "detail", ...}]}`` (names already in their text form,
-    :meth:`maskkit.io.sources.SourceItem.fields`; ``rejected`` optional). The ``rejected`` lines
-    of a written input (``failure`` None) go to ``rejected.jsonl``; those of a failed input are
-    dropped here because its ``failures.jsonl`` line already accounts for it (``files == ok + failed``).
-
-    Args:
-        out: output folder.
-        results: per-chunk lists of results (from :func:`run_chunks`).
-        total: number of inputs (the bar's total).
-        desc: bar label.
-        progress: show the bar.
-        count: called with every result and the stats counter, to count what the command
-            counts (faces, styles, timings, ...).
-        skipped: the ``skipped.jsonl`` lines (files under ``--src`` that are not inputs,
-            :func:`maskkit.io.sources.skipped_records`).
-
-    Returns:
-        ``(stats, reasons, rejected)``: ``stats`` has ``files``, ``ok``, ``failed``, ``skipped``,
-        ``seen`` (``= files + skipped``), ``faces_rejected`` (``rejected.jsonl`` lines),
-        ``unverified`` (``unverified.jsonl`` lines) and whatever ``count`` added (``faces`` is
-        shown on the bar); ``reasons`` counts failures by reason, ``rejected`` the rejected faces
-        by reason.
-    """
-    from maskkit.pipeline.unverified import UNVERIFIED_FILE, is_unverified
-    from maskkit.util.progress import progress_bar
-
-    stats: Counter = Counter()
-    reasons: Counter = Counter()
-    rejected: Counter = Counter()
-    unverified: list[str] = []
-    with open(out / "skipped.jsonl", "w", encoding="utf-8") as sk:
-        for r in skipped:
-            sk.write(json_line(r) + "\n")
-    with open(out / "manifest.jsonl", "w", encoding="utf-8") as man, \
-            open(out / "failures.jsonl", "w", encoding="utf-8") as fail, \
-            open(out / REJECTED, "w", encoding="utf-8") as rej, \
-            progress_bar(total, desc=desc, disable=not progress) as bar:
-        for recs in results:
-            for rec in recs:
-                stats["files"] += 1
-                if count is not None:
-                    count(rec, stats)
-                if rec["failure"] is None:
-                    stats["ok"] += 1
-                    for r in rec["records"]:
-                        man.write(json_line(r) + "\n")
-                        if is_unverified(r.get("crop_check")):
-                            unverified.append(json_line(_unverified_line(r)) + "\n")
-                    for r in rec.get("rejected", ()):
-                        rejected[r["reason"]] += 1
-                        rej.write(json_line(r) + "\n")
-                else:
-                    stats["failed"] += 1
-                    reasons[rec["failure"]["reason"]] += 1
-                    fail.write(json_line(rec["failure"]) + "\n")
-            bar.update(len(recs))
-            bar.set_postfix(faces=stats["faces"], failed=stats["failed"], refresh=False)
-    stats["skipped"] = len(skipped)
-    stats["seen"] = stats["files"] + stats["skipped"]
-    stats["faces_rejected"] = sum(rejected.values())
-    stats["unverified"] = len(unverified)
-    if unverified:
-        write_atomic(out / UNVERIFIED_FILE, "".join(unverified).encode("utf-8"))
-    else:
-        (out / UNVERIFIED_FILE).unlink(missing_ok=True)
-    return stats, reasons, rejected
-
-
-def _unverified_line(r: dict) -> dict:
-    """The ``unverified.jsonl`` line of a manifest line: where it came from and went, what the
-    check measured, and (``mask``) whether it was masked."""
-    keys = ("src", "src_bytes", "out", "out_bytes", "face", "masked", "style")
-    return {**{k: r[k] for k in keys if k in r}, **r["crop_check"]}

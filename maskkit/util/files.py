@@ -1,8 +1,13 @@
-"""Atomic file writes: readers never see half a file (a temporary file, then a rename).
+"""Atomic file writes, and the rules that keep a command from replacing files it did not write.
 
 :func:`write_atomic` writes through a per-process temporary name (safe when several workers
 write beside each other); :func:`write_bytes_atomic` / :func:`write_json_atomic` also fsync the
 file and its folder, and use ``NAME.tmp`` (which ``maskkit synth`` cleans up on resume).
+
+:func:`claim_outputs` refuses to replace existing outputs without ``--overwrite``;
+:func:`claim_folder` refuses an output folder that holds other files than maskkit's own output
+(a folder of the user's) unless ``--overwrite`` -- which lets the run write *beside* those files
+and never replaces or removes any of them (a run whose output would land on one is refused).
 """
 from __future__ import annotations
 
@@ -10,16 +15,34 @@ import json
 import os
 from pathlib import Path
 
-__all__ = ["write_atomic", "write_bytes_atomic", "write_json_atomic", "OutputExistsError", "claim_outputs"]
+__all__ = ["write_atomic", "write_bytes_atomic", "write_json_atomic", "OutputExistsError", "claim_outputs",
+           "SYSTEM_FILES", "foreign_files", "existing_names", "claim_folder"]
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a per-process temporary file and a rename."""
+    """Write ``data`` to ``path`` through a per-process temporary file and a rename.
+
+    Raises:
+        OSError: the write failed (no space, read-only, ...); the temporary file is removed and
+            ``path`` is as it was.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        _discard(tmp)
+        raise
+
+
+def _discard(tmp: Path) -> None:
+    """Remove a temporary file after a failed write (never raises: the write's error is the one to report)."""
+    try:
+        tmp.unlink(missing_ok=True)
+    except OSError:  # pragma: no cover - e.g. the folder turned read-only
+        pass
 
 
 def _fsync_dir(path: Path) -> None:
@@ -41,14 +64,19 @@ def write_json_atomic(path: str | os.PathLike, obj, indent: int | None = 2) -> N
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Write bytes to ``path`` via a temporary file, fsync and rename."""
+    """Write bytes to ``path`` via a temporary file, fsync and rename (on failure the temporary
+    file is removed and ``path`` is as it was)."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        _discard(tmp)
+        raise
     _fsync_dir(path.parent)
 
 
@@ -97,3 +125,105 @@ def claim_outputs(paths, overwrite: bool, what: str, remove: bool = False, alter
             else:
                 p.unlink()
     return existing
+
+
+#: Entries an operating system leaves in any folder: never counted as somebody's files.
+SYSTEM_FILES = frozenset({".DS_Store", "Thumbs.db", "desktop.ini", ".directory", "lost+found"})
+
+
+def foreign_files(out: Path, ours, limit: int = 5) -> list[str]:
+    """Up to ``limit`` entries under ``out`` that ``ours`` does not claim (files, and links of any
+    kind; empty folders and :data:`SYSTEM_FILES` are nothing), as POSIX paths relative to ``out``
+    (display form), in walk order. Stops at ``limit``: a large folder is not walked through.
+
+    Args:
+        out: the output folder (may not exist: nothing).
+        ours: ``ours(rel) -> bool`` for a file the command may hold there as its own output.
+    """
+    from maskkit.util.names import display_name
+
+    found: list[str] = []
+    for dp, dns, fns in os.walk(out):
+        rel_dir = os.path.relpath(dp, out)
+        links = [d for d in dns if os.path.islink(os.path.join(dp, d))]  # not walked: counted as entries
+        dns[:] = sorted(d for d in dns if d not in SYSTEM_FILES and d not in links)
+        for name in sorted(fns) + sorted(links):
+            rel = name if rel_dir == "." else f"{rel_dir}/{name}".replace(os.sep, "/")
+            if name in SYSTEM_FILES or ours(rel):
+                continue
+            found.append(display_name(rel))
+            if len(found) >= limit:
+                return found
+    return found
+
+
+def existing_names(out: Path, rels, numbered: bool = False) -> list[str]:
+    """The files of ``out`` at the names among ``rels`` (POSIX paths relative to ``out``).
+
+    Args:
+        numbered: each ``BASE.EXT`` stands for ``BASE_<k>.EXT`` for any k (``--faces all`` crops).
+    """
+    import re
+
+    listed: dict[str, tuple[set, dict]] = {}
+
+    def names_in(d: str) -> tuple[set, dict]:
+        if d not in listed:
+            try:
+                names = set(os.listdir(out / d)) if d else set(os.listdir(out))
+            except OSError:
+                names = set()
+            stems: dict = {}
+            for n in sorted(names):
+                if m := re.fullmatch(r"(.*)_(\d+)(\.[^.]*)", n):
+                    stems.setdefault((m.group(1), m.group(3)), []).append(n)
+            listed[d] = (names, stems)
+        return listed[d]
+
+    hits = []
+    for rel in rels:
+        d, _, name = rel.rpartition("/")
+        names, stems = names_in(d)
+        if numbered:
+            stem, dot, ext = name.rpartition(".")
+            hits += [f"{d}/{n}" if d else n for n in stems.get((stem, dot + ext), [])]
+        elif name in names:
+            hits.append(rel)
+    return hits
+
+
+def claim_folder(out: Path, ours, overwrite: bool, taken=lambda: [], what: str = "maskkit output") -> None:
+    """Refuse an output folder that holds files other than the command's own output.
+
+    A folder that holds anything ``ours`` does not claim (:func:`foreign_files`) is refused
+    unless ``overwrite``. With ``overwrite`` the run writes beside those files and never replaces
+    or removes one: when an output would land on one (``taken()``: the run's outputs that exist
+    already) it is refused all the same, naming them.
+
+    Args:
+        out: the output folder (may not exist).
+        ours: ``ours(rel) -> bool``, a file the command may hold there as its own.
+        overwrite: ``--overwrite`` was given.
+        taken: the outputs of this run that exist in ``out`` already (called with ``overwrite`` only).
+        what: what the command writes, for the message.
+
+    Raises:
+        OutputExistsError: with the reason and the way out, in one line.
+    """
+    from maskkit.util.names import safe_text
+
+    foreign = foreign_files(out, ours)
+    if not foreign:
+        return
+    eg = ", ".join(foreign) + (", ..." if len(foreign) >= 5 else "")
+    if not overwrite:
+        raise OutputExistsError(safe_text(
+            f"--out {out} is not empty: it holds files that are not {what} ({eg}); choose a new or empty "
+            "folder, or pass --overwrite to write beside them (they are kept: never replaced or removed)"))
+    hit = taken()
+    if hit:
+        more = f" and {len(hit) - 4} more" if len(hit) > 4 else ""
+        raise OutputExistsError(safe_text(
+            f"--out {out} holds files that are not {what} where this run would write "
+            f"({', '.join(hit[:4])}{more}); --overwrite never replaces a file maskkit did not write: "
+            "move them, or choose another --out"))

@@ -5,18 +5,140 @@
 * ``1`` -- every input failed (after the summary is printed), or the run could not proceed.
 * ``2`` -- ``--src`` holds no input file (:class:`NoInputError`, message from
   :func:`no_input_message`); nothing is written.
+* ``1`` -- an output could not be written (:class:`OutputError`: no space, quota, read-only, no
+  permission): one line naming the path and the cause, what is kept, and that rerunning the same
+  command resumes.
+* ``130`` -- interrupted (Ctrl-C, :class:`Interrupted`): one line saying how much is kept and that
+  rerunning the same command resumes.
+
+A long run turns both into one line with :func:`stop_guard` (what is kept comes from the run);
+the command line prints it (``maskkit.cli._exit``), never a traceback.
 """
 from __future__ import annotations
 
+import errno
 from collections import Counter
-from typing import Iterable
+from contextlib import contextmanager
+from typing import Callable, Iterable, Iterator
 
-__all__ = ["EXIT_OK", "EXIT_ALL_FAILED", "EXIT_NO_INPUT", "NoInputError", "no_input_message", "exit_code",
-           "already_complete_message"]
+__all__ = ["EXIT_OK", "EXIT_ALL_FAILED", "EXIT_NO_INPUT", "EXIT_INTERRUPTED", "NoInputError", "no_input_message",
+           "exit_code", "already_complete_message", "RunStopped", "OutputError", "Interrupted", "OutputFull",
+           "OUTPUT_ERRNOS", "STOPPED", "worker_ignores_interrupts", "stops_run", "os_cause", "stop_guard", "RESUME"]
 
 EXIT_OK = 0
 EXIT_ALL_FAILED = 1
 EXIT_NO_INPUT = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
+
+#: ``OSError`` numbers that stop a whole run when writing an output: the output folder cannot take
+#: more files (no space, quota), is read-only, or refuses us, or the device fails. Any other
+#: ``OSError`` on one output (a name too long, ...) fails that input only (``write_error``).
+OUTPUT_ERRNOS = frozenset(n for n in (errno.ENOSPC, getattr(errno, "EDQUOT", None), errno.EROFS, errno.EACCES,
+                                      errno.EPERM, errno.EIO, errno.EFBIG) if n is not None)
+
+#: What a stopped run tells its user to do (align, mask and synth resume from what they kept).
+RESUME = "rerun the same command to resume"
+
+_REMEDY = {errno.ENOSPC: "free some space", getattr(errno, "EDQUOT", -1): "free some space or raise the quota",
+           errno.EROFS: "make the file system writable", errno.EACCES: "make the folder writable",
+           errno.EPERM: "make the folder writable", errno.EFBIG: "use a file system that takes larger files"}
+
+
+class _Stop:
+    exit_code = EXIT_ALL_FAILED
+
+    def __reduce__(self):  # one string argument: travels between processes
+        return type(self), (str(self),)
+
+
+class RunStopped(_Stop, Exception):
+    """A run stopped before its end; the message (one line) says what is kept and how to go on."""
+
+
+class OutputError(RunStopped):
+    """An output could not be written (:data:`OUTPUT_ERRNOS`). Exit status 1."""
+
+
+class Interrupted(_Stop, KeyboardInterrupt):
+    """The run was interrupted (Ctrl-C); the message says what is kept and how to go on. Still a
+    ``KeyboardInterrupt`` (no ``except Exception`` swallows it). Exit status :data:`EXIT_INTERRUPTED`."""
+
+    exit_code = EXIT_INTERRUPTED
+
+
+#: What a command catches to print a stopped run's one line (:class:`RunStopped`, :class:`Interrupted`).
+STOPPED = (RunStopped, Interrupted)
+
+
+class OutputFull(Exception):
+    """Raised by a worker when writing one output fails with an error of :data:`OUTPUT_ERRNOS`,
+    so the run stops (:func:`stop_guard` turns it into :class:`OutputError`) instead of failing
+    every later input. Picklable (a worker process sends it back).
+
+    Attributes:
+        path: the output being written.
+        errno: the ``OSError``'s number.
+        strerror: its text.
+    """
+
+    def __init__(self, path: str, errno_: int | None, strerror: str) -> None:
+        super().__init__(path, errno_, strerror)
+        self.path, self.errno, self.strerror = str(path), errno_, strerror
+
+    @classmethod
+    def of(cls, exc: OSError, path) -> "OutputFull":
+        return cls(str(exc.filename or path), exc.errno, exc.strerror or str(exc))
+
+
+def worker_ignores_interrupts() -> None:
+    """Initializer of pool worker processes: Ctrl-C (SIGINT, sent by a terminal to the whole
+    process group) is left to the parent, which stops the pool and prints one line; the workers
+    print no traceback of their own."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def stops_run(exc: BaseException) -> bool:
+    """``exc`` is an ``OSError`` that stops a run (:data:`OUTPUT_ERRNOS`), not one input's failure."""
+    return isinstance(exc, OSError) and exc.errno in OUTPUT_ERRNOS
+
+
+def os_cause(errno_: int | None, strerror: str) -> str:
+    """``'No space left on device (ENOSPC)'``: the cause as the system words it, with its code."""
+    code = errno.errorcode.get(errno_ or -1)
+    return f"{strerror} ({code})" if code else strerror
+
+
+@contextmanager
+def stop_guard(kept: Callable[[], str], where: Callable[[], object] = lambda: None,
+               resume: str = RESUME) -> Iterator[None]:
+    """Turn Ctrl-C and a failed output write inside the block into one line each.
+
+    Args:
+        kept: says what is kept when the run stops now (``"120 of 500 inputs done and kept"``).
+        where: the output being written, when the ``OSError`` does not name it (a write after an
+            open names no file).
+        resume: how to go on.
+
+    Raises:
+        Interrupted: on ``KeyboardInterrupt``: ``interrupted: KEPT; RESUME``.
+        OutputError: on an ``OSError`` or :class:`OutputFull`: ``cannot write PATH: CAUSE; KEPT;
+            REMEDY, then RESUME``.
+    """
+    try:
+        yield
+    except STOPPED:
+        raise  # an inner guard said it already
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted: {kept()}; {resume}") from None
+    except (OSError, OutputFull) as exc:
+        from maskkit.util.names import safe_text
+
+        path = getattr(exc, "path", None) or getattr(exc, "filename", None) or where() or "the output"
+        remedy = _REMEDY.get(exc.errno or -1)
+        raise OutputError(f"cannot write {safe_text(str(path))}: {os_cause(exc.errno, exc.strerror or str(exc))}; "
+                          f"{kept()}; " + (f"{remedy}, then {resume}" if remedy else resume)) from None
 
 
 class NoInputError(RuntimeError):

@@ -64,5 +64,10 @@ def _results(chunks: list[Chunk], cfg: SynthConfig, n_jobs: int) -> Iterator[Chu
         for c in chunks:
             yield process_chunk(c, cfg)
         return
-    par = Parallel(n_jobs=n_jobs, return_as="generator", pre_dispatch="2*n_jobs", batch_size=1)
+    local = {}
+    if cfg.backend == "local":  # Ctrl-C: the driver stops the pool and says what is kept; workers stay silent
+        from maskkit.util.outcome import worker_ignores_interrupts
+
+        local = {"backend": "loky", "initializer": worker_ignores_interrupts}
+    par = Parallel(n_jobs=n_jobs, return_as="generator", pre_dispatch="2*n_jobs", batch_size=1, **local)
     yield from par(delayed(process_chunk)(c, cfg) for c in chunks)

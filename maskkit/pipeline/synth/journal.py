@@ -51,7 +51,10 @@ class _Journal:
 
     def close(self) -> None:
         if self._f is not None:
-            self._f.close()
+            try:
+                self._f.close()
+            except OSError:  # a torn last line after a full disk: read() drops it
+                pass
             self._f = None
 
 
@@ -99,17 +102,98 @@ def finished_set_damage(out: Path, man: dict) -> str | None:
             "pass --overwrite to rebuild it (`maskkit stats` lists every mismatch)")
 
 
-def _prepare_out(cfg: SynthConfig, fp: str, n_chunks: int) -> _ResumeState | dict:
+#: How the options of :meth:`SynthConfig.fingerprint_fields` are named in a message.
+_OPTION = {"src": "--src", "src_bytes": "--src", "ratio": "--ratio", "paired": "--paired", "styles": "--styles",
+           "seed": "--seed", "aligned": "--aligned", "size": "--size", "shard_samples": "--shard-samples",
+           "detector": "--detector", "detector_opts": "detector options (--max-side, --upsample)",
+           "faces": "--faces", "quality": "--quality", "mask_png": "--no-mask-png", "max_pixels": "--max-pixels",
+           "split": "split", "version": "maskkit version", "algorithm": "synth algorithm version"}
+
+
+def _manifest_config(man: dict) -> dict:
+    """The options a finished set was made with: its manifest's ``config`` (maskkit writes it since
+    issue 20), else what older manifests record of them."""
+    if isinstance(man.get("config"), dict):
+        return man["config"]
+    old = {"ratio": man.get("ratio"), "paired": man.get("paired"), "seed": man.get("seed"),
+           "styles": list(man["styles"]) if isinstance(man.get("styles"), dict) else None,
+           "aligned": man.get("aligned_input"), "size": man.get("image_size"),
+           "shard_samples": man.get("shard_samples"), "faces": man.get("faces"), "quality": man.get("jpeg_quality"),
+           "split": man.get("split"), "algorithm": man.get("algorithm_version", 1),
+           "version": str(man.get("created_by", "")).removeprefix("maskkit ") or None}
+    if not man.get("aligned_input"):
+        old["detector"] = man.get("detector")
+    return {k: v for k, v in old.items() if v is not None}
+
+
+def describe_difference(old: dict, new: dict, old_files: int | None, new_files: int) -> str:
+    """Which options (and inputs) of ``new`` differ from ``old`` (both
+    :meth:`SynthConfig.fingerprint_fields`-like; only keys ``old`` has are compared), e.g.
+    ``--ratio 0.5 -> 0.3; --seed 0 -> 1``, or ``the inputs: 500 files then, 502 now``."""
+    diffs = []
+    for k in [k for k in new if k in old] + [k for k in old if k not in new]:
+        if old.get(k) != new.get(k) and k != "src_bytes":
+            diffs.append(f"{_OPTION.get(k, k)} {old.get(k)!r} -> {new.get(k)!r}")
+    if old_files is not None and old_files != new_files:
+        diffs.append(f"the inputs: {old_files:,} files then, {new_files:,} now")
+    elif not diffs:
+        diffs.append(f"the inputs: the same count ({new_files:,} files) with other names or identities")
+    return "; ".join(diffs[:5]) + ("; ..." if len(diffs) > 5 else "")
+
+
+def _is_synth_manifest(man: dict) -> bool:
+    """A ``manifest.json`` written by maskkit (not another tool's file of that name)."""
+    return str(man.get("created_by", "")).startswith("maskkit") or "fingerprint" in man
+
+
+def _ours_untracked(cfg: SynthConfig):
+    """What synth may leave in a folder before its journal exists: the lock, the journal's first
+    write, and the preview sheet."""
+    preview = cfg.preview.resolve() if cfg.preview is not None else None
+
+    def ours(rel: str) -> bool:
+        return rel in (".synth.lock", JOURNAL + ".tmp") or (preview is not None and (cfg.out / rel).resolve() == preview)
+
+    return ours
+
+
+def _read_manifest(out: Path) -> dict | None:
+    """``out``'s ``manifest.json`` when maskkit wrote it (``None``: none, or another tool's)."""
+    try:
+        man = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return man if isinstance(man, dict) and _is_synth_manifest(man) else None
+
+
+def claim_out_folder(cfg: SynthConfig) -> None:
+    """Before anything is written: ``cfg.out`` holding no synth run (no manifest of maskkit's, no
+    journal) but other files (a folder of the user's) is refused unless ``overwrite``; with it the
+    run writes beside them and never replaces one -- refused when one has a name synth writes
+    (:func:`maskkit.util.files.claim_folder`).
+
+    Raises:
+        SynthError: with the reason and the way out.
+    """
+    from maskkit.util.files import OutputExistsError, claim_folder
+
+    out = cfg.out
+    if not out.is_dir() or (out / JOURNAL).exists() or _read_manifest(out) is not None:
+        return
+    try:
+        claim_folder(out, _ours_untracked(cfg), cfg.overwrite, lambda: [p.name for p in _our_files(out, cfg.split)],
+                     what="maskkit synth output")
+    except OutputExistsError as exc:
+        raise SynthError(str(exc)) from None
+
+
+def _prepare_out(cfg: SynthConfig, fp: str, n_chunks: int, n_files: int = 0) -> _ResumeState | dict:
     """Check ``out``; return the completed manifest (already done) or the resume state."""
     out = cfg.out
     out.mkdir(parents=True, exist_ok=True)
-    man_p = out / "manifest.json"
     jr = _Journal(out / JOURNAL)
-    if man_p.exists():
-        try:
-            man = json.loads(man_p.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            man = {}
+    man = _read_manifest(out)
+    if man is not None:
         if man.get("fingerprint") == fp and not cfg.overwrite:
             if damage := finished_set_damage(out, man):
                 raise SynthError(damage)
@@ -122,7 +206,9 @@ def _prepare_out(cfg: SynthConfig, fp: str, n_chunks: int) -> _ResumeState | dic
                              f"(this maskkit writes version {ALGORITHM_VERSION}); pass --overwrite to rebuild it, "
                              "or choose another --out")
         if not cfg.overwrite:
-            raise SynthError(f"{out} holds a finished dataset made with other inputs or options; "
+            what = describe_difference(_manifest_config(man), cfg.fingerprint_fields(),
+                                       (man.get("inputs") or {}).get("files"), n_files)
+            raise SynthError(f"{out} holds a finished dataset made with other inputs or options ({what}); "
                              "pass --overwrite to replace it, or choose another --out")
         for p in _our_files(out, cfg.split):
             p.unlink()
@@ -137,16 +223,13 @@ def _prepare_out(cfg: SynthConfig, fp: str, n_chunks: int) -> _ResumeState | dic
                              f"(this maskkit writes version {ALGORITHM_VERSION}, whose shards differ); it is never "
                              "resumed under new rules: pass --overwrite to start again, or choose another --out")
         if not cfg.overwrite:
-            raise SynthError(f"{out} holds an unfinished run with other inputs or options; pass --overwrite "
-                             "to discard it, or rerun with the same options to resume it")
+            what = describe_difference(entries[0].get("config") or {}, cfg.fingerprint_fields(),
+                                       entries[0].get("files"), n_files)
+            raise SynthError(f"{out} holds an unfinished run with other inputs or options ({what}); pass "
+                             "--overwrite to discard it, or rerun with its options to resume it")
         for p in _our_files(out, cfg.split):
             p.unlink()
         entries = []
-    if not entries and not cfg.overwrite:
-        stray = [p for p in _our_files(out, cfg.split) if p.name != JOURNAL]
-        if stray:
-            raise SynthError(f"{out} holds shard files but no journal or manifest (not a maskkit synth run "
-                             "or one from another version); pass --overwrite or choose another --out")
     # ---- valid shard prefix
     shard_recs = [e["shard"] for e in entries[1:] if "shard" in e]
     chunk_entries = [e for e in entries[1:] if "chunk" in e]
@@ -182,7 +265,7 @@ def _prepare_out(cfg: SynthConfig, fp: str, n_chunks: int) -> _ResumeState | dic
     for p in list(out.glob(f"{cfg.split}-*.tar")) + list(out.glob(f"{cfg.split}-*.tar.tmp")):
         if p.name not in keep_names:
             p.unlink()
-    jr.rewrite([{"journal": 1, "fingerprint": fp, "config": cfg.fingerprint_fields()}]
+    jr.rewrite([{"journal": 1, "fingerprint": fp, "config": cfg.fingerprint_fields(), "files": n_files}]
                + [{"shard": r} for r in valid] + keep)
     return _ResumeState(valid, keep, start, skip, written, int(keep[-1].get("style_offset", 0)) if keep else 0)
 

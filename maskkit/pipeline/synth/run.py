@@ -18,6 +18,7 @@ from maskkit.io.shards import (
 from maskkit.pipeline.synth.backends import _backend, _results
 from maskkit.pipeline.synth.config import ALGORITHM_VERSION, ALL_STYLES, JOURNAL, SynthConfig, SynthError
 from maskkit.pipeline.synth.journal import (
+    claim_out_folder,
     _fingerprint,
     _Journal,
     _jsonl,
@@ -30,8 +31,10 @@ from maskkit.pipeline.runner import REJECTED
 from maskkit.pipeline.synth.plan import class_display_names, list_sources_for, plan_chunks
 from maskkit.util.names import display_name, name_b64
 from maskkit.pipeline.synth.seeding import next_style_offset
+from maskkit.pipeline.synth.summary import ratio_departure, ratio_hint
 from maskkit.pipeline.unverified import UNVERIFIED_FILE, unverified_hint
 from maskkit.util.files import write_bytes_atomic, write_json_atomic
+from maskkit.util.outcome import stop_guard
 
 
 @dataclass
@@ -112,21 +115,47 @@ def run_synth(cfg: SynthConfig) -> SynthResult:
     from maskkit.io.sources import SourceListing, log_skipped
 
     log_skipped(SourceListing([], listing[2]), cfg.src)  # one warning per reason; all in skipped.jsonl
+    claim_out_folder(cfg)  # a folder of the user's: refused (or, --overwrite, written beside, never over)
     try:
         cfg.out.mkdir(parents=True, exist_ok=True)
         (cfg.out / ".synth.lock").touch()
     except OSError as exc:
         raise SynthError(f"--out {cfg.out} is not writable: {exc.strerror or exc}") from exc
     with _out_lock(cfg.out):
-        return _run_locked(cfg, t_start, listing)
+        kept = _Kept(len(listing[0]), cfg.out)
+        # Ctrl-C or a full disk: one line saying what is kept (complete shards) and that rerunning resumes
+        with stop_guard(kept.line, kept.where):
+            return _run_locked(cfg, t_start, listing, kept)
 
 
-def _run_locked(cfg: SynthConfig, t_start: float, listing: tuple) -> SynthResult:
+class _Kept:
+    """What a stopped synth run keeps: its complete shards and the inputs they hold in full."""
+
+    def __init__(self, total: int, out: Path) -> None:
+        self.total = total
+        self.shards: list[dict] = []  # the complete shards (renamed into place)
+        self.logged: list[tuple[int, int]] = []  # (end sample, files) of each identity in the journal
+        self.writing: Path = out  # the shard being written when the run stopped, else the folder
+
+    def line(self) -> str:
+        written = sum(int(r["samples"]) for r in self.shards)
+        files = sum(n for end, n in self.logged if end <= written)
+        if not self.shards:
+            return f"no shard was complete yet (0 of {self.total:,} inputs kept)"
+        return (f"{len(self.shards):,} complete shard{'s' if len(self.shards) > 1 else ''} ({written:,} samples; "
+                f"{files:,} of {self.total:,} inputs) kept")
+
+    def where(self) -> Path:
+        """The shard being written, else the folder (an ``OSError`` on a write names no file)."""
+        return self.writing
+
+
+def _run_locked(cfg: SynthConfig, t_start: float, listing: tuple, kept: _Kept) -> SynthResult:
     items, classes, skipped = listing
     chunks = plan_chunks(items, classes)
     shown = class_display_names(classes)  # the class names as text (= classes when all are UTF-8)
     fp = _fingerprint(cfg, items)
-    state = _prepare_out(cfg, fp, len(chunks))
+    state = _prepare_out(cfg, fp, len(chunks), len(items))
     if isinstance(state, dict):  # a finished run: nothing is written, the preview neither
         return SynthResult(cfg.out, state, time.perf_counter() - t_start, already_complete=True)
     if cfg.preview is not None:  # claimed before any face is decoded, not found taken at the end
@@ -168,7 +197,11 @@ def _run_locked(cfg: SynthConfig, t_start: float, listing: tuple) -> SynthResult
     for e in state.chunk_entries:
         absorb(e)
     done_files = sum(len(c.items) for c in chunks[: state.start_chunk])
-    shards = list(state.shards)
+    # the resumed shards' records in the writer's key order (the journal stores them sorted), so a
+    # resumed run's manifest.json is byte-identical to an uninterrupted run's
+    shards = kept.shards = [{**{k: r[k] for k in ("name", "samples", "bytes", "sha256") if k in r}, **r}
+                            for r in state.shards]
+    kept.logged = [(e["end"], len(chunks[e["chunk"]].items)) for e in state.chunk_entries]
 
     def on_shard(rec: dict) -> None:
         shards.append(rec)
@@ -180,7 +213,8 @@ def _run_locked(cfg: SynthConfig, t_start: float, listing: tuple) -> SynthResult
     style_offset = state.style_offset  # leftover styles continue in class order (seeding.leftover_styles)
     todo = chunks[state.start_chunk:]
     hook = cfg.on_boundary
-    sink = ShardSink(out, cfg.shard_samples, cfg.split, start_index=len(shards), on_shard=on_shard, on_event=hook)
+    sink = ShardSink(out, cfg.shard_samples, cfg.split, start_index=len(shards), on_shard=on_shard,
+                                 on_event=hook)
     wcfg = cfg if hook is None else replace(cfg, on_boundary=None)  # the hook stays in the driver
     try:
         with _backend(cfg) as n_jobs, _progress(len(items), done_files, cfg.progress, cfg.progress_desc) as bar:
@@ -201,6 +235,7 @@ def _run_locked(cfg: SynthConfig, t_start: float, listing: tuple) -> SynthResult
                 if res.unverified:
                     entry["unverified"] = res.unverified
                 jr.append(entry)
+                kept.logged.append((end, len(chunk.items)))
                 if hook is not None:
                     hook("chunk_logged", res.index)
                 absorb(entry)
@@ -211,6 +246,8 @@ def _run_locked(cfg: SynthConfig, t_start: float, listing: tuple) -> SynthResult
             sink.close()
             t_write += time.perf_counter() - t0
     except BaseException:
+        if sink.writing is not None:
+            kept.writing = sink.writing
         sink.abort()
         raise
     finally:
@@ -260,6 +297,7 @@ def _run_locked(cfg: SynthConfig, t_start: float, listing: tuple) -> SynthResult
         "faces": cfg.faces, "jpeg_quality": cfg.quality, "shard_samples": cfg.shard_samples,
         "split": cfg.split, "bytes": int(sum(r["bytes"] for r in shards)),
         "fingerprint": fp, "algorithm_version": ALGORITHM_VERSION,
+        "config": cfg.fingerprint_fields(),  # the options it was made with (a refusal names those that differ)
         # --aligned crops kept without a checked fit, listed in unverified.jsonl (maskkit.pipeline.unverified)
         "unverified": int(total.get("unverified", 0)), "unverified_masked": int(total.get("unverified_masked", 0)),
     }
@@ -272,17 +310,20 @@ def _run_locked(cfg: SynthConfig, t_start: float, listing: tuple) -> SynthResult
               f"faces; {REJECTED} may miss some of theirs (rerun with --overwrite for a full record)", file=sys.stderr)
     if class_bytes:  # class names that are not UTF-8: their exact bytes (docs/FORMAT.md)
         man["classes_bytes"] = class_bytes
+    hints = []
     if not cfg.aligned:  # the forgotten --aligned (printed with the summary: maskkit.util.progress.print_hints)
         from maskkit.pipeline.hints import forgotten_aligned_hint
 
-        hint = forgotten_aligned_hint(total)
-        if hint:
-            man["hints"] = [hint]
+        hints.append(forgotten_aligned_hint(total))
     else:
-        hint = unverified_hint(man["unverified"], man["inputs"]["files"], display_name(str(out)),
-                               man["unverified_masked"] if cfg.ratio > 0 else None)
-        if hint:
-            man["hints"] = [hint]
+        hints.append(unverified_hint(man["unverified"], man["inputs"]["files"], display_name(str(out)),
+                                     man["unverified_masked"] if cfg.ratio > 0 else None))
+    dep = ratio_departure(man)  # the overall masked share more than a point off --ratio: say why
+    if dep is not None:
+        man["ratio_departure"] = dep
+        hints.append(ratio_hint(dep, cfg.paired))
+    if any(hints):
+        man["hints"] = [h for h in hints if h]
     if hook is not None:
         hook("before_manifest", -1)
     write_json_atomic(out / "manifest.json", man)

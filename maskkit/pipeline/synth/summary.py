@@ -1,7 +1,73 @@
-"""The synth summary table (rows for :func:`maskkit.util.progress.print_summary`)."""
+"""The synth summary table (rows for :func:`maskkit.util.progress.print_summary`), and the note
+that says why the overall masked share departs from ``--ratio`` (:func:`ratio_departure`)."""
 from __future__ import annotations
 
 import json
+
+#: The overall masked share of faces may depart from ``--ratio`` by this much (one percentage
+#: point) before the summary says so and why. The rule is exact per identity
+#: (``round_half_up(ratio * n)``), so a set of large identities stays within ``1 / (2 n)`` of the
+#: ratio (n >= 50: within a point); a departure beyond a point comes from identities too small to
+#: split (or from faces that cannot take a mask, ``mask_shortfall``).
+RATIO_TOLERANCE = 0.01
+
+
+def ratio_departure(man: dict) -> dict | None:
+    """Why the set's masked share of faces departs from ``--ratio`` by more than
+    :data:`RATIO_TOLERANCE`, or ``None`` when it does not (or the set has no face).
+
+    Returns:
+        ``{"share", "ratio", "faces", "masked", "identities", "too_small", "too_small_faces",
+        "never_plain", "never_masked", "shortfall"}``: ``share`` = masked / faces (rounded to 4
+        places); ``too_small``: identities whose own share ``round_half_up(ratio * n) / n`` departs
+        from the ratio by more than the tolerance (``too_small_faces``: the largest such n);
+        ``never_plain`` / ``never_masked``: identities with every face masked / none masked
+        (without ``--paired``, the first are never seen unmasked); ``shortfall``: masked faces
+        missing because the renderer could not fit them (``mask_shortfall``).
+    """
+    from maskkit.io.shards import expected_masked
+
+    ratio = man.get("ratio")
+    per = {c: pc for c, pc in (man.get("per_class") or {}).items() if pc.get("faces")}
+    faces = sum(int(pc["faces"]) for pc in per.values())
+    if ratio is None or not faces:
+        return None
+    masked = sum(int(pc["masked"]) for pc in per.values())
+    share = masked / faces
+    if abs(share - float(ratio)) <= RATIO_TOLERANCE:
+        return None
+    small = [int(pc["faces"]) for pc in per.values()
+             if abs(expected_masked(float(ratio), int(pc["faces"])) / int(pc["faces"]) - float(ratio)) > RATIO_TOLERANCE]
+    return {"share": round(share, 4), "ratio": float(ratio), "faces": faces, "masked": masked,
+            "identities": len(per), "too_small": len(small), "too_small_faces": max(small, default=0),
+            "never_plain": sum(int(pc["masked"]) == int(pc["faces"]) for pc in per.values()),
+            "never_masked": sum(int(pc["masked"]) == 0 for pc in per.values()),
+            "shortfall": int(sum((man.get("mask_shortfall") or {}).values()))}
+
+
+def ratio_hint(dep: dict, paired: bool = False) -> str:
+    """The line printed after the summary for a :func:`ratio_departure` record."""
+    from maskkit.io.shards import expected_masked
+
+    r = dep["ratio"]
+    why = []
+    if dep["too_small"]:
+        eg = ", ".join(f"{n} face{'s' if n > 1 else ''} -> {expected_masked(r, n)} masked"
+                       for n in range(1, min(dep["too_small_faces"], 3) + 1)
+                       if abs(expected_masked(r, n) / n - r) > RATIO_TOLERANCE)
+        why.append(f"{dep['too_small']:,} of {dep['identities']:,} identities have too few faces to split at "
+                   f"{r:g} (the rule is exact per identity, rounded half up: {eg})")
+    if dep["shortfall"]:
+        why.append(f"{dep['shortfall']:,} chosen faces could not take a mask (mask_shortfall)")
+    seen = []
+    if dep["never_plain"] and not paired:
+        seen.append(f"{dep['never_plain']:,} identities are never seen unmasked")
+    if dep["never_masked"]:
+        seen.append(f"{dep['never_masked']:,} never masked")
+    return (f"masked share {100 * dep['share']:.1f}% of {dep['faces']:,} faces departs from --ratio {r:g} by "
+            f"{100 * abs(dep['share'] - r):.1f} points: " + "; ".join(why or ["per-identity rounding"])
+            + (f" ({', '.join(seen)})" if seen else "")
+            + (". --paired also writes every masked face plain" if dep["never_plain"] and not paired else "."))
 
 
 def summary_rows(man: dict, stage_seconds: dict | None = None, seconds: float | None = None) -> list[tuple[str, str]]:
@@ -37,6 +103,11 @@ def summary_rows(man: dict, stage_seconds: dict | None = None, seconds: float | 
         rows.append(("mask skips (cannot fit)", f"{man['mask_skips']:,}"))
     if man.get("mask_shortfall"):
         rows.append(("ratio shortfall", json.dumps(man["mask_shortfall"])))
+    dep = man.get("ratio_departure")
+    if dep:  # the overall share is off --ratio by more than a point (why: printed as a hint below)
+        rows.append(("masked share vs --ratio", f"{100 * dep['share']:.1f}% of faces vs {dep['ratio']:g}: "
+                                                f"{dep['too_small']:,} of {dep['identities']:,} identities too "
+                                                f"small to split"))
     rows.append(("classes", f"{len(man['classes']):,}"))
     rows.append(("shards", f"{len(man['shards']):,}"))
     rows.append(("bytes", f"{sum(s['bytes'] for s in man['shards']):,}"))
