@@ -99,6 +99,9 @@ def test_names_that_are_not_utf8_are_processed_by_align_and_mask(latin1_tree, tm
         assert written in _files(out) and written.split(b".")[0] == exact.split(b".")[0]
     if command == "align":
         assert by_src["caf\ufffd/x.png"]["identity"] == "caf\ufffd"
+    else:  # mask's output previews, Latin-1 names included (was: read_error traceback on the U+FFFD name)
+        res = _run(["preview", out, "-o", tmp_path / "sheet.png"])
+        assert res.exit_code == 0 and (tmp_path / "sheet.png").stat().st_size > 0, res.output
 
 
 def test_names_that_are_not_utf8_in_synth_shards(latin1_tree, tmp_path):

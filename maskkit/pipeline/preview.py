@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -165,7 +166,8 @@ def load_source_faces(src: Path, n: int = 6, aligned: bool = False, detector: st
     if src.is_dir() and (src / "manifest.json").exists() and list(src.glob("*.tar")):
         return _shard_faces(src, n, styles)
     if src.is_dir() and (src / "manifest.jsonl").exists():
-        from maskkit.io.image_io import load_image
+        from maskkit.io.image_io import ImageError, load_image
+        from maskkit.util.names import name_from_fields
 
         masked = {s: [] for s in STYLES}
         with open(src / "manifest.jsonl", encoding="utf-8") as fh:
@@ -174,7 +176,12 @@ def load_source_faces(src: Path, n: int = 6, aligned: bool = False, detector: st
                 st = rec.get("style")
                 if not rec.get("masked", True) or st not in masked or len(masked[st]) >= n or "out" not in rec:
                     continue
-                rgb = load_image(src / rec["out"])
+                rel = name_from_fields(rec, "out")  # out_bytes: a name that is not UTF-8
+                try:
+                    rgb = load_image(src / rel)
+                except ImageError as exc:  # a file removed or damaged since `mask` wrote it
+                    logging.getLogger(__name__).warning("preview: %s left out: %s", rec["out"], exc)
+                    continue
                 lm = rec.get("landmarks68")
                 masked[st].append(face_crop(rgb, np.asarray(lm, np.float64)) if lm else _square(rgb))
         if any(masked.values()):
