@@ -237,6 +237,39 @@ def test_config_json_keeps_requests_and_records_what_the_run_resolved(shards, tm
     assert json.loads((tmp_path / "n" / "config.json").read_text())["resolved"]["amp"] == "none"
 
 
+def test_defaults_fit_the_device_and_say_nothing_unasked(shards, tmp_path, monkeypatch, capfd):
+    """The defaults (amp auto, tensorboard auto) on CPU: autocast off and TensorBoard written when
+    the package is installed (the train extra), without a note; with TensorBoard absent the run is
+    silent too. The CLI's defaults are the same."""
+    import importlib.util
+
+    from maskkit.cli import main
+
+    narrow = {k: v for k, v in NARROW.items() if k != "tensorboard"}
+    cfg = TrainConfig(data=str(shards), out=str(tmp_path / "d"), method="arcface", batch_size=4, steps_per_epoch=2,
+                      epochs=1, num_workers=0, device="cpu", **narrow)
+    assert (cfg.amp, cfg.tensorboard) == ("auto", None)
+    train(cfg)
+    err = capfd.readouterr().err
+    assert "note:" not in err and "requested" not in err, err
+    has_tb = importlib.util.find_spec("tensorboard") is not None
+    resolved = json.loads((tmp_path / "d" / "config.json").read_text())["resolved"]
+    assert (resolved["amp"], resolved["tensorboard"]) == ("none", has_tb)
+    assert any((tmp_path / "d" / "tb").glob("events.out.tfevents.*")) == has_tb
+    assert not [r for r in (json.loads(x) for x in (tmp_path / "d" / "log.jsonl").read_text().splitlines())
+                if r.get("event") == "skipped"]
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # not installed
+    train(cfg.replace(out=str(tmp_path / "absent")))
+    assert "note:" not in capfd.readouterr().err
+    assert json.loads((tmp_path / "absent" / "config.json").read_text())["resolved"]["tensorboard"] is False
+    monkeypatch.undo()
+    res = CliRunner().invoke(main, ["train", "--data", str(shards), "--out", str(tmp_path / "cli"), "--method", "arcface",
+                                    "--backbone", "r18", "--width", "0.25", "--batch-size", "4", "--max-steps", "1",
+                                    "--num-workers", "0", "--device", "cpu", "-q", "--set", "shuffle_buffer=8"])
+    assert res.exit_code == 0 and "note:" not in res.output, res.output
+    assert json.loads((tmp_path / "cli" / "config.json").read_text())["amp"] == "auto"
+
+
 def test_resume_reuses_the_checkpoints_worker_count(shards, tmp_path, monkeypatch):
     """A run with the default worker count, resumed on a machine with fewer cores, takes the
     checkpoint's count (the data order depends on it): bit-identical to the uninterrupted run."""
