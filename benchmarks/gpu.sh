@@ -1,25 +1,29 @@
 #!/usr/bin/env bash
-# GPU checks of maskkit train in one command (< 8 minutes on one H100/H200):
+# GPU checks of maskkit train in one command (< 8 minutes on one H100/H200 for parts 1-4):
 #   1. train_bench --gpu: r50, bf16 autocast, channels_last, batch 256: img/s, peak memory, MFU
 #      per method, and MaskDUL / ArcFace step ratio (alternated steps, on a grouped batch as the
 #      loader delivers it and on the same flags interleaved: index_select routing);
 #   2. the same for arcface + maskdul with torch.compile;
 #   3. fp16 + GradScaler path (a few steps);
 #   4. the real training loop (engine.train) on synthetic CUDA batches: maskdul r50 bf16, a few
-#      dozen steps, checkpoint, exact-resume continuation, reload with api.load_model, embeddings.
-# Needs only python3 + torch (+ numpy): training/ is made importable through a PYTHONPATH shim
-# (no pip install). Every part runs under `timeout` and its failure is reported, not fatal.
+#      dozen steps, checkpoint, exact-resume continuation, reload with api.load_model, embeddings;
+#   5. online masks (benchmarks/online_gpu.py): the loader per core with and without masks drawn
+#      in the workers, and the real loop fed by it (maskdul r50, --online-masks vs without).
+#      Needs opencv, webdataset and pillow (pip install -e ".[gpu]"); skipped, and said, without.
+# Parts 1-4 need only python3 + torch (+ numpy): the package is made importable through a
+# PYTHONPATH shim (no pip install). Every part runs under `timeout` and its failure is reported, not fatal.
 # Results: printed tables; JSON + logs under $OUT when that variable is set.
 #
 #   opt-in: PARTS="... autotune" adds arcface + maskdul with torch.compile mode max-autotune
 #   (tuned conv/GEMM kernels; several minutes of compile, so not in the default 8-minute set).
 # usage: bash benchmarks/gpu.sh            (from anywhere; env: PY=python3, BATCH=256, OUT=dir,
-#        PARTS="eager compile fp16 loop", PROFILE=1 to print the top CUDA kernels per method)
+#        PARTS="eager compile fp16 loop online", WORKERS=8 loader workers of part 5,
+#        PROFILE=1 to print the top CUDA kernels per method)
 set -u
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PY="${PY:-python3}"
 BATCH="${BATCH:-256}"
-PARTS="${PARTS:-eager compile fp16 loop}"
+PARTS="${PARTS:-eager compile fp16 loop online}"
 PROF=""; [ "${PROFILE:-0}" = "1" ] && PROF="--profile"
 has() { case " $PARTS " in *" $1 "*) return 0;; esac; return 1; }
 OUT="${OUT:-}"
@@ -27,6 +31,11 @@ SHIM="$(mktemp -d)"
 mkdir -p "$SHIM/maskkit"
 cp "$REPO/maskkit/__init__.py" "$SHIM/maskkit/__init__.py"
 ln -s "$REPO/training" "$SHIM/maskkit/training"
+# the rest of the package (io, util, render, ...) and the mask templates, for part 5
+for p in "$REPO"/maskkit/*; do
+  n=$(basename "$p"); [ "$n" = "__init__.py" ] || [ -e "$SHIM/maskkit/$n" ] || ln -s "$p" "$SHIM/maskkit/$n"
+done
+ln -s "$REPO/masks" "$SHIM/maskkit/masks"
 export PYTHONPATH="$SHIM${PYTHONPATH:+:$PYTHONPATH}"
 LOGDIR="${OUT:-$SHIM/out}"
 mkdir -p "$LOGDIR"
@@ -90,6 +99,15 @@ print("LOOP", "OK" if ok else "FAILED")
 sys.exit(0 if ok else 1)
 EOF
 has loop && part train_loop 150 $PY "$SHIM/loop.py" "$SHIM/loop" "$BATCH"
+if has online; then
+  if $PY -c "import cv2, webdataset, PIL" 2>/dev/null; then
+    part online 300 $PY "$REPO/benchmarks/online_gpu.py" --out "$SHIM/online" --batch "$BATCH" \
+      --workers "${WORKERS:-8}" --steps 40
+    [ -n "$OUT" ] && cp "$SHIM/online/online_gpu.json" "$OUT/" 2>/dev/null
+  else
+    SUMMARY+=("online: skipped (needs opencv-python-headless, webdataset, pillow: pip install -e '.[gpu]')")
+  fi
+fi
 
 echo; echo "=== summary ==="
 for s in "${SUMMARY[@]}"; do echo "  $s"; done

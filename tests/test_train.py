@@ -208,7 +208,7 @@ def test_default_loader_workers_fit_the_cores(shards, tmp_path, recwarn, caplog)
     assert not [w for w in recwarn if "DataLoader will create" in str(w.message)]
     assert _state(tmp_path / "default")["data"]["loader_workers"] == default_num_workers()
     if usable_cores() <= 4:  # over-subscribe only on a small machine
-        with caplog.at_level("WARNING", logger="maskkit.training.engine"):
+        with caplog.at_level("WARNING", logger="maskkit.training.sources"):
             train(base.replace(out=str(tmp_path / "over"), num_workers=usable_cores() + 1))
         assert not [w for w in recwarn if "DataLoader will create" in str(w.message)]
         assert sum("exceeds the" in r.getMessage() for r in caplog.records) == 1
@@ -239,18 +239,51 @@ def test_config_json_keeps_requests_and_records_what_the_run_resolved(shards, tm
     assert json.loads((tmp_path / "n" / "config.json").read_text())["resolved"]["amp"] == "none"
 
 
+def test_defaults_fit_the_device_and_say_nothing_unasked(shards, tmp_path, monkeypatch, capfd):
+    """The defaults (amp auto, tensorboard auto) on CPU: autocast off and TensorBoard written when
+    the package is installed (the train extra), without a note; with TensorBoard absent the run is
+    silent too. The CLI's defaults are the same."""
+    import importlib.util
+
+    from maskkit.cli import main
+
+    narrow = {k: v for k, v in NARROW.items() if k != "tensorboard"}
+    cfg = TrainConfig(data=str(shards), out=str(tmp_path / "d"), method="arcface", batch_size=4, steps_per_epoch=2,
+                      epochs=1, num_workers=0, device="cpu", **narrow)
+    assert (cfg.amp, cfg.tensorboard) == ("auto", None)
+    train(cfg)
+    err = capfd.readouterr().err
+    assert "note:" not in err and "requested" not in err, err
+    has_tb = importlib.util.find_spec("tensorboard") is not None
+    resolved = json.loads((tmp_path / "d" / "config.json").read_text())["resolved"]
+    assert (resolved["amp"], resolved["tensorboard"]) == ("none", has_tb)
+    assert any((tmp_path / "d" / "tb").glob("events.out.tfevents.*")) == has_tb
+    assert not [r for r in (json.loads(x) for x in (tmp_path / "d" / "log.jsonl").read_text().splitlines())
+                if r.get("event") == "skipped"]
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # not installed
+    train(cfg.replace(out=str(tmp_path / "absent")))
+    assert "note:" not in capfd.readouterr().err
+    assert json.loads((tmp_path / "absent" / "config.json").read_text())["resolved"]["tensorboard"] is False
+    monkeypatch.undo()
+    res = CliRunner().invoke(main, ["train", "--data", str(shards), "--out", str(tmp_path / "cli"), "--method", "arcface",
+                                    "--backbone", "r18", "--width", "0.25", "--batch-size", "4", "--max-steps", "1",
+                                    "--num-workers", "0", "--device", "cpu", "-q", "--set", "shuffle_buffer=8"])
+    assert res.exit_code == 0 and "note:" not in res.output, res.output
+    assert json.loads((tmp_path / "cli" / "config.json").read_text())["amp"] == "auto"
+
+
 def test_resume_reuses_the_checkpoints_worker_count(shards, tmp_path, monkeypatch):
     """A run with the default worker count, resumed on a machine with fewer cores, takes the
     checkpoint's count (the data order depends on it): bit-identical to the uninterrupted run."""
-    from maskkit.training import engine
+    from maskkit.training import sources
 
     base = TrainConfig(data=str(shards), method="maskdul", batch_size=6, steps_per_epoch=3, log_every=1,
                        ckpt_every=100, seed=3, **NARROW)
-    monkeypatch.setattr(engine, "default_num_workers", lambda: 2)
+    monkeypatch.setattr(sources, "default_num_workers", lambda: 2)
     train(base.replace(out=str(tmp_path / "a"), max_steps=5))
     train(base.replace(out=str(tmp_path / "b"), max_steps=2))
     assert _state(tmp_path / "b")["data"]["loader_workers"] == 2
-    monkeypatch.setattr(engine, "default_num_workers", lambda: 1)  # the resuming machine has one core
+    monkeypatch.setattr(sources, "default_num_workers", lambda: 1)  # the resuming machine has one core
     train(base.replace(out=str(tmp_path / "b"), max_steps=5), resume=True)
     a, b = _state(tmp_path / "a"), _state(tmp_path / "b")
     assert a["step"] == b["step"] == 5 and b["data"]["loader_workers"] == 2
@@ -360,7 +393,7 @@ def test_cli_nproc_2_then_resume_on_one_process(shards, tmp_path, monkeypatch):
     import copy
 
     from maskkit.cli import main
-    from maskkit.training import engine
+    from maskkit.training import loop
 
     run = tmp_path / "ddp"
     common = ["-q", "--set", "tensorboard=false", "--set", "shuffle_buffer=8"]
@@ -372,7 +405,7 @@ def test_cli_nproc_2_then_resume_on_one_process(shards, tmp_path, monkeypatch):
     assert st["step"] == 2 and st["data"]["world"] == 2 and len(st["rng"]) == 2
     assert st["data"]["global_batch"] == 8 and st["data"]["batches_in_epoch"] == 2
     restored = []
-    real_restore = engine.restore_state
+    real_restore = loop.restore_state
 
     def spy(ckpt, model, criterion, optimizer, sched, scaler):
         """Let the engine restore, then snapshot everything when the first step sets its lr (after
@@ -390,7 +423,7 @@ def test_cli_nproc_2_then_resume_on_one_process(shards, tmp_path, monkeypatch):
 
         sched.set = first_set
 
-    monkeypatch.setattr(engine, "restore_state", spy)
+    monkeypatch.setattr(loop, "restore_state", spy)
     # same global batch on one process: continues at the same sample count (16 of the epoch)
     res = CliRunner().invoke(main, ["train", "--out", str(run), "--resume", "--max-steps", "4", "--batch-size", "8",
                                     "--num-workers", "0"] + common)

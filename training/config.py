@@ -24,7 +24,9 @@ from typing import Any
 
 METHODS = ("arcface", "magface", "dul", "dul-mag", "maskdul")
 BACKBONES = ("r18", "r34", "r50", "r100")
-AMP_MODES = ("bf16", "fp16", "none")
+AMP_MODES = ("auto", "bf16", "fp16", "none")
+#: Mask sides a validation set can be read at (``maskkit eval --mask-side``).
+VAL_SIDES = ("none", "one", "both")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 #: keys of older ``config.json`` files -> the keys that replaced them (each gets the old value,
 #: so an old run keeps the loss it was trained with).
@@ -52,7 +54,7 @@ class TrainConfig:
 
     ``config.json`` holds the requested values plus ``resolved``: what the run actually used
     (``device``; ``amp``, ``none`` when autocast is off, e.g. on CPU; ``tensorboard``, false when
-    it is not installed; ``num_workers``). Old files load: missing keys take their defaults,
+    it is not installed; ``num_workers``; ``val_best``, the rule that keeps ``best.pt``). Old files load: missing keys take their defaults,
     unknown keys are ignored with a warning (:meth:`load`).
 
     Method table (the paper's baselines, its ablation and the full model):
@@ -180,13 +182,46 @@ class TrainConfig:
     records the count under ``resolved``); a resumed run reuses the checkpoint's count, so resume
     stays exact on a machine with another number of cores."""
     shuffle_buffer: int = 2000
+    verify_data: bool = True
+    """Check every shard's sha256 against the manifest before step 0 (``--no-verify``: sizes only).
+    A damaged set is refused either way; see :mod:`~maskkit.training.sources`."""
+    max_data_loss: float = 0.01
+    """Stop with an error once more than this share of an epoch's samples (on one rank) failed to
+    load during training (a disk error mid-run); each failure is counted and named in
+    ``log.jsonl``. 0 stops at the first."""
+
+    # -- masks drawn while training (maskkit train --online-masks) ------------------------------
+    online_masks: bool = False
+    """Draw masks in the loader workers on an unmasked set (``synth --ratio 0``), new ones every
+    epoch (:mod:`~maskkit.training.online_masks`). A set with stored masked samples is refused."""
+    mask_ratio: float = 0.5
+    """With ``online_masks``: the share of each identity's samples masked per epoch."""
+    mask_styles: tuple[str, ...] | None = None
+    """With ``online_masks``: the styles to balance (None: all five, as ``synth``)."""
+
+    # -- validation while training (maskkit train --val) ---------------------------------------
+    val: tuple[str, ...] = ()
+    """Verification sets evaluated while training, as ``maskkit eval`` reads them: a ``.bin``,
+    or ``PAIRS_FILE:ROOT`` (a pairs file and its image folder). Needs the validation callback
+    that ``maskkit train`` builds (:mod:`maskkit.training.eval.validation`)."""
+    val_every: int | None = None
+    """Validate every N optimiser steps (None: at the end of every epoch); always at the run's end."""
+    val_sides: tuple[str, ...] = ("none", "one")
+    """Mask sides of every ``val`` set (``one``: the second image of each pair masked, M-LFW)."""
+    val_best: str | None = None
+    """Which figure picks ``checkpoints/best.pt``: ``SET:SIDE[:METRIC]`` (METRIC ``accuracy``,
+    ``auc`` or ``val``; higher is better). None: the first ``val`` set at side ``one`` (or the
+    first side given), ``accuracy``. The rule in effect is recorded in the log and checkpoints."""
+    val_batch_size: int = 64
+    """Images per forward pass in validation (``maskkit eval --batch-size``)."""
 
     # -- engine --------------------------------------------------------------------------------
     device: str = "auto"
     """``auto`` (cuda if available), ``cpu``, ``cuda``, ``cuda:N``."""
-    amp: str = "bf16"
-    """``bf16`` autocast, ``fp16`` autocast + GradScaler, or ``none``. Off on CPU (the run says so
-    once, and ``config.json``'s ``resolved.amp`` is ``none``)."""
+    amp: str = "auto"
+    """``auto`` (default: bf16 autocast on a GPU that has it, else fp16 + GradScaler; off on CPU,
+    silently), ``bf16`` autocast, ``fp16`` autocast + GradScaler, or ``none``. An explicit
+    ``bf16``/``fp16`` on CPU is off, said once (``config.json``'s ``resolved.amp`` is ``none``)."""
     channels_last: bool = True
     """channels_last memory format on CUDA (CPU runs keep NCHW)."""
     compile: bool = False
@@ -216,9 +251,10 @@ class TrainConfig:
     steps_per_epoch: int | None = None
     """Override the epoch length (default: manifest num_samples // global batch)."""
     progress: bool = True
-    tensorboard: bool = True
-    """Write TensorBoard scalars to ``RUN/tb`` (needs the ``tensorboard`` package; without it the run
-    says so once, ``resolved.tensorboard`` is false and ``log.jsonl`` is the record)."""
+    tensorboard: bool | None = None
+    """Write TensorBoard scalars to ``RUN/tb`` (the ``tensorboard`` package, in the ``train``
+    extra). None (default): when the package is installed, silently off otherwise; True: asked
+    for, and a run without the package says so once; False: off. ``log.jsonl`` is always written."""
 
     extra: dict[str, Any] = field(default_factory=dict)
     """Free-form notes stored with the run (e.g. the command line)."""
@@ -249,6 +285,23 @@ class TrainConfig:
             raise ValueError("batch_size must be >= 1")
         if self.threads is not None and int(self.threads) < 1:
             raise ValueError(f"threads must be >= 1 or None, got {self.threads!r}")
+        if isinstance(self.val, str):
+            self.val = (self.val,)
+        self.val = tuple(str(v) for v in self.val)
+        self.val_sides = tuple(self.val_sides)
+        bad = [s for s in self.val_sides if s not in VAL_SIDES]
+        if bad or not self.val_sides:
+            raise ValueError(f"val_sides must be some of {VAL_SIDES}, got {list(self.val_sides)}")
+        if self.val_every is not None and int(self.val_every) < 1:
+            raise ValueError(f"val_every must be >= 1 or None, got {self.val_every!r}")
+        if self.val_batch_size < 1:
+            raise ValueError("val_batch_size must be >= 1")
+        if self.mask_styles is not None:
+            self.mask_styles = tuple(self.mask_styles)
+        if not 0.0 <= float(self.mask_ratio) <= 1.0:
+            raise ValueError(f"mask_ratio must be in 0..1, got {self.mask_ratio!r}")
+        if not 0.0 <= float(self.max_data_loss) <= 1.0:
+            raise ValueError(f"max_data_loss must be in 0..1, got {self.max_data_loss!r}")
 
     # -- derived -------------------------------------------------------------------------------
     @property
@@ -267,6 +320,9 @@ class TrainConfig:
         d["image_size"] = list(self.image_size)
         d["input_mean"] = list(self.input_mean)
         d["input_std"] = list(self.input_std)
+        d["val"] = list(self.val)
+        d["val_sides"] = list(self.val_sides)
+        d["mask_styles"] = None if self.mask_styles is None else list(self.mask_styles)
         return d
 
     def to_json(self) -> str:

@@ -30,6 +30,18 @@ the slots are partitioned differently: training continues at the same epoch and 
 number of samples into it (each new slot skips its share), which restores the position at
 sample granularity but not the identical sample order.
 
+**Failures.** A sample that cannot be read (a bad JPEG or JSON, a label outside the classes) is
+logged and skipped; a shard that cannot be read on (a disk error, a truncated tar) is logged and
+the stream goes on with the next one. Each is also recorded (``key`` or ``None``, ``shard``,
+``reason``, ``detail``, ``lost``: the samples it cost this stream, for a shard the ones its
+manifest lists beyond those read) and handed to the loop with the next batch of that worker
+(``"failed"``), which counts them per epoch.
+
+**Online masks.** With a ``masker`` (:class:`~maskkit.training.online_masks.OnlineMasks`), each
+decoded face is offered to it before augmentation; it draws the epoch's planned mask (or leaves
+the face as it is) and sets the sample's ``masked`` flag. A planned face the renderer could not
+fit is recorded in the batch's ``"mask_failed"``.
+
 **Augmentation.** RandomCrop: zero-pad by ``crop_pad`` pixels (default 4) and crop back to the
 input size at a random offset (up to +-4 px, a small shift that keeps the alignment roughly in
 place); horizontal flip with p = 0.5. Images stay uint8 NHWC in the loader; the engine
@@ -132,14 +144,15 @@ def worker_skip(skip_batches: int, worker: int, num_workers: int) -> int:
 
 class ShardStream(torch.utils.data.IterableDataset):
     """Endless per-epoch stream of batches ``{"images": uint8 (B,H,W,3), "labels": int64 (B,),
-    "masked": bool (B,), "keys": list[str], "worker": int, "stream_pos": int}`` for one rank (see module docstring).
+    "masked": bool (B,), "keys": list[str], "worker": int, "stream_pos": int, "failed": list[dict],
+    "mask_failed": list[dict]}`` for one rank (see module docstring).
 
     Call :meth:`set_epoch` before creating each epoch's DataLoader iterator.
     """
 
     def __init__(self, shards: ShardSet, batch_size: int, rank: int = 0, world: int = 1, seed: int = 0,
                  shuffle_buffer: int = 2000, crop_pad: int = 4, hflip: bool = True,
-                 image_size: tuple[int, int] = (112, 112), augment: bool = True):
+                 image_size: tuple[int, int] = (112, 112), augment: bool = True, masker: Any = None):
         super().__init__()
         self.shards, self.batch_size, self.rank, self.world = shards, batch_size, rank, world
         self.seed, self.shuffle_buffer, self.crop_pad, self.hflip = seed, shuffle_buffer, crop_pad, hflip
@@ -148,6 +161,9 @@ class ShardStream(torch.utils.data.IterableDataset):
         # the manifest's image_size says the crops' template; decode_crop brings each onto image_size's
         # (maskkit.io.crop_template), or the set is refused here; the note goes to the run's log
         self.template_note = change_note(shards.manifest.get("image_size") or self.image_size, self.image_size)
+        self.masker = masker
+        self._failed: list[dict] = []  # this worker's failures since its last batch
+        self._mask_failed: list[dict] = []
 
     def set_epoch(self, epoch: int, skip_batches: int = 0, positions: list[int] | None = None) -> None:
         """Start epoch ``epoch`` after ``skip_batches`` batches already consumed.
@@ -172,11 +188,12 @@ class ShardStream(torch.utils.data.IterableDataset):
                 mine, keep = perm[slot::nslots], None
             else:
                 mine, keep = perm, slot
+            seen: dict[str, int] = {}
             src = wds.DataPipeline(
                 wds.SimpleShardList(mine),
-                wds.tarfile_to_samples(handler=wds.warn_and_continue),
+                wds.tarfile_to_samples(handler=lambda exn: self._shard_error(exn, seen, nslots if keep is not None else 1)),
             )
-            stream: Iterator[dict] = iter(src)
+            stream: Iterator[dict] = _counted(iter(src), seen)
             if keep is not None:
                 stream = (s for i, s in enumerate(stream) if i % nslots == keep)
             stream = wds.shuffle(bufsize=self.shuffle_buffer, initial=self.shuffle_buffer,
@@ -190,10 +207,34 @@ class ShardStream(torch.utils.data.IterableDataset):
                                    f"{self.shards.root}: fewer samples than ranks x workers?")
             cycle += 1
 
+    def _shard_error(self, exn: Exception, seen: dict[str, int], share: int) -> bool:
+        """webdataset's handler for a shard that cannot be read on: log it, record what it cost
+        this stream (``share`` slots read every shard in the sample-level split), go on."""
+        url = next((a for a in reversed(exn.args) if isinstance(a, str) and a in self._expected), "?")
+        name = Path(url).name if url != "?" else "?"
+        lost = max(0, self._expected.get(url, 0) - seen.get(url, 0))
+        lost = -(-lost // share)
+        detail = f"{type(exn).__name__}: {exn.args[0] if exn.args else exn}"[:300]
+        log.warning("shard %s could not be read on (%s): about %d sample(s) lost", name, detail, lost)
+        self._failed.append({"key": None, "shard": name, "reason": "shard_read_error", "detail": detail,
+                             "lost": lost})
+        return True
+
+    @property
+    def _expected(self) -> dict[str, int]:
+        """Samples per shard URL, as the manifest lists them (0 when it does not say)."""
+        by_name = {str(r.get("name")): int(r.get("samples") or 0) for r in self.shards.manifest.get("shards", [])}
+        return {u: by_name.get(Path(u).name, 0) for u in self.shards.urls}
+
+    def _skip(self, sample: dict, reason: str, detail: str) -> None:
+        key, url = sample.get("__key__", "?"), sample.get("__url__", "?")
+        log.warning("skipping sample %s (%s): %s", key, url, detail)
+        self._failed.append({"key": key, "shard": Path(str(url)).name, "reason": reason, "detail": detail[:300],
+                             "lost": 1})
+
     def _decode(self, sample: dict, rng: np.random.Generator) -> tuple[np.ndarray, int, bool] | None:
         from maskkit.io.image_io import decode_crop
 
-        key = sample.get("__key__", "?")
         try:
             meta = json.loads(sample["json"])
             data = sample.get("jpg", sample.get("jpeg", sample.get("png")))
@@ -203,11 +244,15 @@ class ShardStream(torch.utils.data.IterableDataset):
             label = int(meta["label"])
             masked = bool(meta.get("masked", False))
         except Exception as exc:  # a bad sample is logged and skipped, never silently dropped
-            log.warning("skipping sample %s (%s): %s: %s", key, sample.get("__url__", "?"), type(exc).__name__, exc)
+            self._skip(sample, "read_error", f"{type(exc).__name__}: {exc}")
             return None
         if not 0 <= label < self.shards.num_classes:
-            log.warning("skipping sample %s: label %d outside 0..%d", key, label, self.shards.num_classes - 1)
+            self._skip(sample, "bad_label", f"label {label} outside 0..{self.shards.num_classes - 1}")
             return None
+        if self.masker is not None:
+            img, masked, failure = self.masker(img, meta, sample["__key__"])
+            if failure is not None:
+                self._mask_failed.append(failure)
         if self.do_augment:
             img = augment(img, rng, self.crop_pad, self.hflip)
         return img, label, masked
@@ -223,6 +268,7 @@ class ShardStream(torch.utils.data.IterableDataset):
         else:
             skip = worker_skip(self.skip_batches, wid, nw) * self.batch_size
         imgs, labels, masks, keys = [], [], [], []
+        self._failed, self._mask_failed = [], []
         for idx, sample in enumerate(self._slot_samples(slot, nslots)):
             if idx < skip:
                 continue
@@ -238,8 +284,18 @@ class ShardStream(torch.utils.data.IterableDataset):
                 yield {"images": torch.from_numpy(np.stack([imgs[j] for j in order])),
                        "labels": torch.tensor([labels[j] for j in order], dtype=torch.int64),
                        "masked": torch.tensor([masks[j] for j in order], dtype=torch.bool),
-                       "keys": [keys[j] for j in order], "worker": wid, "stream_pos": idx + 1}
+                       "keys": [keys[j] for j in order], "worker": wid, "stream_pos": idx + 1,
+                       "failed": self._failed, "mask_failed": self._mask_failed}
                 imgs, labels, masks, keys = [], [], [], []
+                self._failed, self._mask_failed = [], []
+
+
+def _counted(stream: Iterator[dict], seen: dict[str, int]) -> Iterator[dict]:
+    """``stream`` unchanged, counting its samples per shard URL into ``seen``."""
+    for s in stream:
+        url = s.get("__url__", "?")
+        seen[url] = seen.get(url, 0) + 1
+        yield s
 
 
 def make_loader(stream: ShardStream, num_workers: int, seed: int = 0) -> torch.utils.data.DataLoader:

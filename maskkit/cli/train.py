@@ -1,11 +1,16 @@
-"""``maskkit train``: train MaskDUL or a baseline on maskkit shards (see maskkit.training.engine)."""
+"""``maskkit train``: train MaskDUL or a baseline on maskkit shards (see maskkit.training.engine).
+
+The validation callback (:mod:`maskkit.training.eval.validation`) is built here, where commands are
+wired, and handed to the loop; ``python -m maskkit.cli._rank CONFIG.json`` (:mod:`maskkit.cli._rank`) is
+the rank entry that ``--nproc N`` launches, so every rank builds it too.
+"""
 from __future__ import annotations
 
 import sys
 
 import click
 
-from maskkit.cli.options import _deprecated, _device, _out, _quiet
+from maskkit.cli.options import _deprecated, _device, _out, _quiet, _verify
 from maskkit.training.config import AMP_MODES, BACKBONES, METHODS
 
 
@@ -70,7 +75,10 @@ _SHAPE_KEYS = ("method", "backbone", "width", "embedding_size", "two_stream", "s
 @click.option("--milestones", default="10,18,25", show_default=True, help="Epochs where lr is divided by 10.")
 @click.option("--num-workers", type=click.IntRange(0, None), default=None, show_default="min(4, usable CPU cores)",
               help="DataLoader workers per process (--resume reuses the checkpoint's count).")
-@click.option("--amp", type=click.Choice(AMP_MODES), default="bf16", show_default=True)
+@click.option("--amp", type=click.Choice(AMP_MODES), default="auto", show_default=True,
+              help="auto: bf16 autocast on a GPU (fp16 where bf16 is missing), off on CPU.")
+@click.option("--tensorboard/--no-tensorboard", "tensorboard", default=None,
+              help="TensorBoard scalars in RUN/tb (default: when the package, in the train extra, is installed).")
 @click.option("--compile/--no-compile", "compile_", default=False, show_default=True, help="torch.compile the model.")
 @_device()
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -81,6 +89,20 @@ _SHAPE_KEYS = ("method", "backbone", "width", "embedding_size", "two_stream", "s
 @click.option("--ckpt-every", type=int, default=1000, show_default=True, help="Checkpoint every N steps.")
 @click.option("--log-every", type=int, default=50, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue the run in --out from checkpoints/last.pt (exactly).")
+@click.option("--val", "val", multiple=True, metavar="SET",
+              help="Validate while training on a verification set as `maskkit eval` reads it: FILE.bin, "
+                   "PAIRS_FILE:IMAGES_DIR or a folder with pairs.txt (repeat for more sets).")
+@click.option("--val-every", type=click.IntRange(1, None), default=None,
+              help="Validate every N steps (default: at the end of every epoch); always at the end.")
+@click.option("--val-sides", default="none,one", show_default=True,
+              help="Mask sides to report (none, one = the 2nd image of each pair masked (M-LFW), both).")
+@click.option("--val-best", metavar="SET:SIDE[:METRIC]", default=None,
+              help="Keep checkpoints/best.pt by this figure (default: the first --val set, side one, accuracy).")
+@click.option("--online-masks", is_flag=True,
+              help="Draw masks in the loader workers (new ones every epoch) on an unmasked set (synth --ratio 0).")
+@click.option("--mask-ratio", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+              help="With --online-masks: the share of each identity masked per epoch.")
+@_verify("Check every shard's sha256 against the manifest before step 0 (sizes are always checked).")
 @click.option("--init", "init", type=click.Path(exists=True),
               help="Start from weights: arcface_torch backbone.pth / model.pt / checkpoint_gpu_N.pt, a MagFace "
                    "checkpoint, or a maskkit run. Architecture and input preprocessing come from the file.")
@@ -102,8 +124,9 @@ _SHAPE_KEYS = ("method", "backbone", "width", "embedding_size", "two_stream", "s
 @_deprecated("--no-progress", dest="quiet", new="-q/--quiet", is_flag=True)
 @click.pass_context
 def train_cmd(ctx: click.Context, data, out, method, backbone, width, two_stream, split_point, batch_size, lr, epochs,
-              milestones, num_workers, amp, compile_, device, seed, max_steps, steps_per_epoch, ckpt_every, log_every,
-              resume, init, finetune_lr_mult, freeze_steps, overwrite, nproc, config_path, sets, quiet) -> None:
+              milestones, num_workers, amp, tensorboard, compile_, device, seed, max_steps, steps_per_epoch,
+              ckpt_every, log_every, resume, val, val_every, val_sides, val_best, online_masks, mask_ratio, verify,
+              init, finetune_lr_mult, freeze_steps, overwrite, nproc, config_path, sets, quiet) -> None:
     """Train MaskDUL (two-stream IResNet + DUL head + MagFace + H-KLD) or a baseline on shards.
 
     \b
@@ -112,7 +135,13 @@ def train_cmd(ctx: click.Context, data, out, method, backbone, width, two_stream
       maskkit train --data shards/ --out runs/arc --method arcface --nproc 8
       maskkit train --out runs/maskdul --resume
       maskkit train --data shards/ --out runs/ft --method maskdul --init backbone.pth --freeze-steps 2000
+      maskkit train --data plain/ --out runs/online --online-masks --val lfw.bin --val cfp_fp.bin --val-every 2000
       torchrun --nproc_per_node 8 -m maskkit.cli train --data shards/ --out runs/maskdul
+
+    The set is checked against its manifest before step 0 (sizes, and sha256 unless --no-verify),
+    as export-rec does: a damaged set is refused. A sample that still fails during training is
+    counted per epoch (log.jsonl "data" records, the summary); past max_data_loss (default 1 %
+    of an epoch, --set max_data_loss=...) the run stops with an error.
     """
     from pathlib import Path
 
@@ -135,8 +164,11 @@ def train_cmd(ctx: click.Context, data, out, method, backbone, width, two_stream
               "num_workers": num_workers, "amp": amp, "compile": compile_, "device": device, "seed": seed,
               "max_steps": max_steps, "steps_per_epoch": steps_per_epoch, "ckpt_every": ckpt_every,
               "log_every": log_every, "init": str(Path(init).resolve()) if init else None,
-              "finetune_lr_mult": finetune_lr_mult, "freeze_steps": freeze_steps}
-    renamed = {"compile_": "compile"}
+              "finetune_lr_mult": finetune_lr_mult, "freeze_steps": freeze_steps, "tensorboard": tensorboard,
+              "val": list(val), "val_every": val_every, "val_best": val_best,
+              "val_sides": [x.strip() for x in str(val_sides).split(",") if x.strip()],
+              "online_masks": online_masks, "mask_ratio": mask_ratio, "verify_data": verify}
+    renamed = {"compile_": "compile", "verify": "verify_data"}
     explicit = {renamed.get(k, k): values[renamed.get(k, k)] for k in given if renamed.get(k, k) in values}
     explicit.update(_parse_set(sets))
     if quiet:
@@ -177,20 +209,16 @@ def train_cmd(ctx: click.Context, data, out, method, backbone, width, two_stream
         raise click.UsageError(str(exc)) from exc
     if not cfg.data:
         raise click.UsageError("--data is required")
+    validator = _validator(cfg)
+    _check_data(cfg, out, keep_note=overwrite)  # before an old run is removed or a process starts
     if overwrite:
-        from maskkit.training.data import open_shards
-
-        try:
-            open_shards(cfg.data, cfg.split)
-        except (OSError, ValueError) as exc:
-            raise click.ClickException(f"--data: {exc} (the run in {out} is kept)") from exc
         claim_run_dir(out, resume, overwrite)
 
     if nproc > 1:
-        from maskkit.training.engine import launch
+        from maskkit.training.distributed import launch
 
         try:
-            rc = launch(cfg, nproc, resume=resume)
+            rc = launch(cfg, nproc, resume=resume, entry="maskkit.cli._rank", extra_args=["--verified"])
         except KeyboardInterrupt:
             raise _interrupted(out) from None
         if rc != 0:
@@ -198,10 +226,11 @@ def train_cmd(ctx: click.Context, data, out, method, backbone, width, two_stream
         return
 
     from maskkit.io.crop_template import TemplateRefused
-    from maskkit.training.engine import NonFiniteLoss, TrainError, train
+    from maskkit.training.errors import NonFiniteLoss, TrainError
+    from maskkit.training.loop import train
 
     try:
-        summary = train(cfg, resume=resume)
+        summary = train(cfg, resume=resume, callbacks=[validator] if validator else [], verified=True)
     except (NonFiniteLoss, TrainError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from exc
     except TemplateRefused as exc:  # shards whose crops cannot be brought onto image_size's template
@@ -209,16 +238,66 @@ def train_cmd(ctx: click.Context, data, out, method, backbone, width, two_stream
     except KeyboardInterrupt:
         raise _interrupted(out) from None
     finally:
-        import torch.distributed as dist
+        from maskkit.training.distributed import finish_rank
 
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        finish_rank()
     if summary.get("nothing_to_do"):
         click.echo(f"nothing to do: {summary.get('reason', 'the run is already complete')}; "
                    f"checkpoint {summary['checkpoint']} unchanged (raise --max-steps or --epochs to train on)")
         return
     done = summary.get("steps_trained", summary["step"])
-    click.echo(f"trained {done} steps (now at step {summary['step']}); checkpoint {summary['checkpoint']}")
+    if not quiet:
+        _summary_table(summary, validator)
+    click.echo(f"trained {done} steps (now at step {summary['step']}); checkpoint {summary['checkpoint']}"
+               + (f"; {summary['data_failed']} sample(s) failed to load" if summary.get("data_failed") else ""))
+
+
+def _validator(cfg):
+    """The validation callback ``cfg.val`` asks for (None without sets); a bad set is a usage error."""
+    from maskkit.training.eval.validation import ValidationError, Validator
+
+    try:
+        return Validator.from_config(cfg)
+    except ValidationError as exc:
+        raise click.UsageError(str(exc)) from exc
+
+
+def _check_data(cfg, out, keep_note: bool = False) -> None:
+    """Open the set and check it against its manifest (sha256 unless --no-verify) on rank 0; with
+    --online-masks refuse a set with stored masks. One line each, before anything is written."""
+    import os
+
+    from maskkit.training.data import open_shards
+    from maskkit.training.errors import TrainError
+    from maskkit.training.sources import verify_shards
+
+    kept = f" (the run in {out} is kept)" if keep_note else ""
+    try:
+        shards = open_shards(cfg.data, cfg.split)
+        if cfg.online_masks:
+            from maskkit.training.online_masks import check_unmasked
+
+            check_unmasked(shards.root, shards.manifest)
+        if int(os.environ.get("RANK", "0") or 0) == 0:
+            verify_shards(shards.root, shards.manifest, hash=cfg.verify_data)
+    except (OSError, ValueError) as exc:  # TrainError is a ValueError
+        msg = str(exc) if isinstance(exc, TrainError) else f"--data: {exc}"
+        raise click.ClickException(msg + kept) from exc
+
+
+def _summary_table(summary: dict, validator) -> None:
+    from maskkit.util.progress import print_summary
+
+    rows = {"steps trained": summary.get("steps_trained"), "now at step": summary["step"],
+            "checkpoint": summary["checkpoint"], "last loss": summary.get("last_loss"),
+            "samples failed to load": summary.get("data_failed", 0)}
+    by_epoch = {f"epoch {e}": n for e, n in (summary.get("data_failed_by_epoch") or {}).items() if n}
+    if by_epoch:
+        rows["failed samples by epoch"] = by_epoch
+        rows["first failed samples"] = summary.get("data_failed_samples", "")
+    if validator is not None:
+        rows.update(validator.summary())
+    print_summary("maskkit train", rows)
 
 
 COMMANDS = [train_cmd]

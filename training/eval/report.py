@@ -286,8 +286,19 @@ class VerificationRun:
     all_emb: Embeddings | None = field(repr=False, default=None)  # every embedded image (None: emb)
 
 
-def evaluate_pairset(model, pairs: PairSet, cfg: EvalConfig, renderer=None) -> VerificationRun:
-    """Mask (per ``cfg.mask_side``), embed and score a :class:`PairSet`; no files written.
+def pairset_masks(pairs: PairSet, cfg: EvalConfig, renderer=None):
+    """The synthetic masks ``cfg.mask_side`` asks for on ``pairs``
+    (:class:`~maskkit.training.eval.evalsets.MaskOutcome`): each image's mask is drawn from its
+    own key (file name / ``.bin`` index), never its position. They depend on the set, the side,
+    the seed and the style only, so validation while training draws them once."""
+    requested = mask_side_flags(len(pairs.images), cfg.mask_side)
+    return apply_masks(pairs.images, requested, cfg.seed, cfg.mask_style, pairs.landmarks68, pairs.names,
+                       renderer=renderer, progress=cfg.progress, keys=pairs.mask_keys)
+
+
+def evaluate_pairset(model, pairs: PairSet, cfg: EvalConfig, renderer=None, masks=None) -> VerificationRun:
+    """Mask (per ``cfg.mask_side``; ``masks``: :func:`pairset_masks`' result, already drawn),
+    embed and score a :class:`PairSet`; no files written.
 
     Pairs whose score is not finite (the model's μ is NaN or inf for one of their images) are
     left out of the figures, each keeping the fold of its position in the source, and are counted
@@ -301,10 +312,7 @@ def evaluate_pairset(model, pairs: PairSet, cfg: EvalConfig, renderer=None) -> V
     if pairs.n_pairs < MIN_PAIRS:
         raise EvalInputError(f"{pairs.n_pairs} usable pair(s): the 10-fold protocol needs at least {MIN_PAIRS}"
                              f"{_failure_summary(pairs.failures, len(pairs.skipped_pairs))}")
-    requested = mask_side_flags(len(pairs.images), cfg.mask_side)
-    # each image's mask is drawn from its own key (file name / .bin index), never its position
-    mo = apply_masks(pairs.images, requested, cfg.seed, cfg.mask_style, pairs.landmarks68, pairs.names,
-                     renderer=renderer, progress=cfg.progress, keys=pairs.mask_keys)
+    mo = masks if masks is not None else pairset_masks(pairs, cfg, renderer)
     emb_all = extract_embeddings(model, mo.images, mo.masked, cfg.batch_size, cfg.flip, cfg.progress)
     fin = finite_rows(emb_all.mu)
     keep = fin[0::2] & fin[1::2]  # a pair's distance is finite iff both its μ are
