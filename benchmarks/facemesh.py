@@ -104,7 +104,9 @@ class FaceMesh:
 
 
 def head_pose(pts: np.ndarray) -> Tuple[float, float, float]:
-    """(yaw, pitch, roll) in degrees from the mesh's 3-D points (yaw > 0: the face turns to image-right).
+    """(yaw, pitch, roll) in degrees from the mesh's 3-D points (yaw > 0: the face points to
+    image-right, as in ``maskkit.render.pose``; pitch: the mesh's own tilt, about +13 on frontal
+    ArcFace crops).
 
     Roll from the eye line; yaw from the depth difference of the cheek edges (234, 454) in the
     roll-free frame; pitch from the forehead (10) to chin (152) direction in depth.
@@ -116,7 +118,7 @@ def head_pose(pts: np.ndarray) -> Tuple[float, float, float]:
     P = pts.copy()
     P[:, :2] = pts[:, :2] @ np.array([[c, -s], [s, c]]).T
     d = P[454] - P[234]
-    yaw = math.degrees(math.atan2(-d[2], d[0]))
+    yaw = math.degrees(math.atan2(d[2], d[0]))
     v = P[152] - P[10]
     pitch = math.degrees(math.atan2(v[2], v[1]))
     return yaw, pitch, roll
