@@ -10,7 +10,8 @@ running the generator again reproduces the committed files byte for byte::
 
 Canonical frame: a symmetric mean 68-point face (dlib landmarks averaged over ArcFace-aligned
 112x112 crops), scaled by :data:`SCALE`. The template's anchors are
-:func:`maskkit.render.anchor_points` of that face with :data:`maskkit.render.DEFAULT_FIT`; the
+:func:`maskkit.render.anchor_points` of that face with :data:`maskkit.render.DEFAULT_FIT` (and
+without the renderer's eye clearance: the canonical face's own margin); the
 renderer evaluates the same function on the target face and warps piecewise-affinely over the
 fixed triangulation stored in the JSON.
 
@@ -55,7 +56,7 @@ _R0 = N_BOUNDARY + N_INTERIOR
 def canonical() -> Tuple[np.ndarray, np.ndarray, Tuple[int, int]]:
     """(landmarks68, anchors, (H, W)) of the canonical frame in template pixels."""
     lm = MEAN_FACE_112 * SCALE
-    anc = anchor_points(lm, DEFAULT_FIT)
+    anc = anchor_points(lm, DEFAULT_FIT, clear_eyes=False)
     lo = np.floor(anc.min(0)) - MARGIN
     lm = lm - lo
     anc = anc - lo

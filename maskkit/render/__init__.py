@@ -4,7 +4,8 @@ Modules, one concern each (everything below is importable from ``maskkit.render`
 
 * :mod:`~maskkit.render.anchors` -- landmarks -> mask anchors: :func:`check_landmarks`
   (:class:`CannotFit` with a reason token), :func:`anchor_points` (the jaw contour, nose bridge
-  and chin), :func:`yaw_estimate`;
+  and chin; on turned heads the far side follows the front profile and the top edge keeps clear
+  of the eyes), :func:`yaw_estimate`;
 * :mod:`~maskkit.render.templates` -- :data:`STYLES`, colours and palettes, :class:`Template`
   (drawn RGBA + tint, premultiplied pyramid);
 * :mod:`~maskkit.render.renderer` -- :class:`MaskRenderer` (seeded parameters, per-triangle
@@ -24,8 +25,8 @@ from typing import Optional
 
 import numpy as np
 
-from .anchors import (DEFAULT_FIT, FIT_JITTER, N_ANCHORS, N_BOUNDARY, N_INTERIOR, CannotFit, anchor_points,
-                      check_landmarks, yaw_estimate)
+from .anchors import (DEFAULT_FIT, ENVELOPE_MARGIN, EYE_CLEAR, FIT_JITTER, JAW_SHORTFALL, N_ANCHORS, N_BOUNDARY,
+                      N_INTERIOR, CannotFit, anchor_points, check_landmarks, yaw_estimate)
 from .coverage import CLEAR_IDX, COVER_IDX, coverage_check
 from .renderer import MaskRenderer, MaskResult
 from .templates import COLOURS, PALETTES, STYLES, Template, templates_dir
@@ -44,6 +45,9 @@ __all__ = [
     "templates_dir",
     "DEFAULT_FIT",
     "FIT_JITTER",
+    "JAW_SHORTFALL",
+    "EYE_CLEAR",
+    "ENVELOPE_MARGIN",
     "N_ANCHORS",
     "N_BOUNDARY",
     "N_INTERIOR",
