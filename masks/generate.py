@@ -10,7 +10,8 @@ running the generator again reproduces the committed files byte for byte::
 
 Canonical frame: a symmetric mean 68-point face (dlib landmarks averaged over ArcFace-aligned
 112x112 crops), scaled by :data:`SCALE`. The template's anchors are
-:func:`maskkit.render.anchor_points` of that face with :data:`maskkit.render.DEFAULT_FIT`; the
+:func:`maskkit.render.anchor_points` of that face with :data:`maskkit.render.DEFAULT_FIT` (and
+without the renderer's eye clearance: the canonical face's own margin); the
 renderer evaluates the same function on the target face and warps piecewise-affinely over the
 fixed triangulation stored in the JSON.
 
@@ -36,26 +37,13 @@ import numpy as np
 from PIL import Image
 
 from maskkit.render import DEFAULT_FIT, N_ANCHORS, N_BOUNDARY, N_INTERIOR, anchor_points
+from maskkit.render.pose import MEAN_FACE_112  # noqa: F401 - the canonical face (re-exported here)
 
 #: Template pixels per pixel of the 112x112 canonical (ArcFace-aligned) frame.
 SCALE = 4.0
 #: Margin (template px) around the anchors' bounding box.
 MARGIN = 12
 
-#: Symmetric mean 68-point face in an ArcFace-aligned 112x112 crop (dlib shape_predictor_68
-#: averaged over 278 celeb-aligned faces and mirrored; rounded to 0.1 px).
-MEAN_FACE_112 = np.array([
-    [14.1, 52.0], [14.0, 62.7], [15.0, 73.4], [17.3, 83.9], [21.6, 93.5], [28.0, 101.9], [36.0, 108.3],
-    [45.0, 112.5], [55.5, 113.2], [66.0, 112.5], [75.0, 108.3], [83.0, 101.9], [89.4, 93.5], [93.7, 83.9],
-    [96.0, 73.4], [97.0, 62.7], [96.9, 52.0], [23.0, 42.2], [28.2, 38.5], [35.0, 37.6], [41.8, 38.6],
-    [48.5, 41.6], [62.5, 41.6], [69.2, 38.6], [76.0, 37.6], [82.8, 38.5], [88.0, 42.2], [55.5, 50.3],
-    [55.5, 57.4], [55.5, 64.3], [55.5, 71.2], [47.5, 76.5], [51.4, 77.9], [55.5, 79.1], [59.6, 77.9],
-    [63.5, 76.5], [30.7, 51.1], [35.0, 48.3], [40.5, 48.4], [45.0, 52.0], [40.0, 53.3], [34.6, 53.2],
-    [66.0, 52.0], [70.5, 48.4], [76.0, 48.3], [80.3, 51.1], [76.4, 53.2], [71.0, 53.3], [40.0, 90.2],
-    [45.6, 87.7], [51.5, 86.4], [55.5, 87.5], [59.5, 86.4], [65.4, 87.7], [71.0, 90.2], [65.7, 95.5],
-    [59.9, 98.0], [55.5, 98.4], [51.1, 98.0], [45.3, 95.5], [42.3, 90.5], [51.4, 90.2], [55.5, 90.6],
-    [59.6, 90.2], [68.7, 90.5], [59.7, 92.3], [55.5, 92.8], [51.3, 92.3],
-], dtype=np.float64)
 
 _B = slice(0, N_BOUNDARY)
 _I0 = N_BOUNDARY
@@ -68,7 +56,7 @@ _R0 = N_BOUNDARY + N_INTERIOR
 def canonical() -> Tuple[np.ndarray, np.ndarray, Tuple[int, int]]:
     """(landmarks68, anchors, (H, W)) of the canonical frame in template pixels."""
     lm = MEAN_FACE_112 * SCALE
-    anc = anchor_points(lm, DEFAULT_FIT)
+    anc = anchor_points(lm, DEFAULT_FIT, clear_eyes=False)
     lo = np.floor(anc.min(0)) - MARGIN
     lm = lm - lo
     anc = anc - lo

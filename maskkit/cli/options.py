@@ -74,7 +74,7 @@ def _detector_default(name: str, detectors: tuple[str, ...] = ("hog", "cnn")) ->
     (``"hog 1024, cnn 800"``; one value when they agree), so the help never drifts from the code."""
     import inspect
 
-    from maskkit.face.detect import CnnDetector, HogDetector
+    from maskkit.face.dlib_detectors import CnnDetector, HogDetector
 
     classes = {"hog": HogDetector, "cnn": CnnDetector}
     vals = {d: inspect.signature(classes[d].__init__).parameters[name].default for d in detectors}

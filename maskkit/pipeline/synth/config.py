@@ -43,7 +43,12 @@ from maskkit import __version__
 #:     unverified crop whose face is turned more than 25 degrees in-plane is ``not_aligned``
 #:     (was a sample) (``maskkit.pipeline.unverified``). Runs without ``--aligned`` give the same
 #:     shard bytes as 9.
-ALGORITHM_VERSION = 10
+#: 11 = masks on turned heads (issue 18): the renderer (``maskkit.render.anchors``) keeps the top
+#:     edge ``EYE_CLEAR`` below the eyes, closes the sides round the nose tip, lips and chin (a
+#:     near-profile whose far jaw meets the lip line just inside the far mouth corner is masked,
+#:     was ``jaw_misses_lip_line``), and on heads turned past 15 degrees (``maskkit.render.pose``)
+#:     keeps the far side within the mean head's silhouette. Every masked sample's pixels change.
+ALGORITHM_VERSION = 11
 
 #: The five mask styles (same as ``maskkit.render.STYLES``; repeated so importing this module
 #: stays light).
