@@ -174,7 +174,8 @@ def test_a_face_cut_by_the_edge_gets_the_visible_part_of_its_mask(cut_faces, tmp
 def test_synth_still_refuses_faces_cut_by_the_edge(cut_faces, renderer):
     """The renderer's default (what synth uses) is unchanged: such a face is a mask skip there."""
     img = np.asarray(Image.open(cut_faces / "astronaut_left.png").convert("RGB"))
-    from maskkit.face.selection import find_faces, get_detector
+    from maskkit.face.detect import get_detector
+    from maskkit.face.selection import find_faces
 
     face = find_faces(get_detector("hog"), img, "largest")[0]
     with pytest.raises(CannotFit, match="face_outside_image"):
