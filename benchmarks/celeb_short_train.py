@@ -38,7 +38,7 @@ def load_faces(root: Path) -> dict[str, list[tuple[str, np.ndarray]]]:
 
 def masker(seed: int):
     """``fn(rgb, i) -> (masked_rgb, style) | None`` using maskkit.render + dlib landmarks."""
-    from maskkit.face.detect import landmarks_in_box
+    from maskkit.face.landmarks import landmarks_in_box
     from maskkit.render import CannotFit, MaskRenderer
 
     renderer = MaskRenderer()

@@ -1,4 +1,4 @@
-"""The aligned-crop check (``maskkit.face.quality.check_aligned_crop``) on real aligned crops and
+"""The aligned-crop check (``maskkit.face.crop_check.check_aligned_crop``) on real aligned crops and
 on crops that are not aligned faces.
 
 * kept: ``celeb-aligned`` (2,223 ArcFace crops; every one must be kept), plus the ArcFace crops
@@ -31,7 +31,7 @@ import numpy as np
 
 from maskkit.face.align import align_face
 from maskkit.face.detect import make_detector
-from maskkit.face.quality import check_aligned_crop
+from maskkit.face.crop_check import check_aligned_crop
 from maskkit.io.image_io import load_image
 
 REPO = Path(__file__).resolve().parents[1]

@@ -28,7 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-from maskkit.face.detect import DetectorUnavailable, find_faces, make_detector
+from maskkit.face.detect import make_detector
+from maskkit.face.models import DetectorUnavailable
+from maskkit.face.selection import find_faces
 from maskkit.io.image_io import ImageError, load_image
 from maskkit.io.sources import iter_sources
 
@@ -72,7 +74,8 @@ def subjects(data: Path, before: bool) -> None:
         out = []
         for policy in ("largest", "all"):
             if before:
-                from maskkit.face.detect import Face, select_faces
+                from maskkit.face.base import Face
+                from maskkit.face.selection import select_faces
 
                 cands = [Face(tuple(b), s, None) for b, s, _ in det.detect_boxes(rgb)]
                 faces = [(f.box, True) for f in select_faces(cands, policy, rgb.shape)]

@@ -33,7 +33,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from maskkit.face.detect import find_faces, landmarks_in_box, make_detector
+from maskkit.face.detect import make_detector
+from maskkit.face.landmarks import landmarks_in_box
+from maskkit.face.selection import find_faces
 from maskkit.io.image_io import load_image
 
 REPO = Path(__file__).resolve().parents[1]

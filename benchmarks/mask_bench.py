@@ -37,7 +37,7 @@ def _load(path):
 
 def celeb_faces(data: Path, per_identity: int | None = None):
     """(name, rgb, lm68) for celeb-aligned crops (landmarks in the whole crop)."""
-    from maskkit.face.detect import landmarks_in_box
+    from maskkit.face.landmarks import landmarks_in_box
 
     out = []
     for ident in sorted(os.listdir(data / "celeb-aligned")):

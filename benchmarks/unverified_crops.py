@@ -1,6 +1,6 @@
 """Crops the ``--aligned`` check keeps ``unverified``: real ones against shifted and rotated copies.
 
-``maskkit.face.quality.check_aligned_crop`` keeps a crop in which a face is found but whose
+``maskkit.face.crop_check.check_aligned_crop`` keeps a crop in which a face is found but whose
 points cannot be checked. This measures, for the tilt rule of
 ``maskkit.pipeline.unverified.crop_failure`` (and a vertical-position rule left to the check):
 
@@ -28,7 +28,8 @@ import numpy as np
 
 from maskkit.face.align import align_face, arcface_template, five_points
 from maskkit.face.detect import make_detector
-from maskkit.face.quality import check_aligned_crop, check_landmarks, find_face_in_crop
+from maskkit.face.crop_check import check_aligned_crop, find_face_in_crop
+from maskkit.face.fit_check import check_landmarks
 from maskkit.io.image_io import load_image
 from maskkit.pipeline.unverified import UNVERIFIED_MAX_TILT, axis_tilt, crop_failure
 

@@ -22,7 +22,8 @@ import pytest
 from maskkit.face.align import (ARCFACE_DST, align_face, apply_transform, arcface_template, five_points, parse_size,
                            similarity_transform)
 from maskkit.pipeline.align import AlignConfig, process_file
-from maskkit.face.detect import make_detector, select_faces
+from maskkit.face.detect import make_detector
+from maskkit.face.selection import select_faces
 from maskkit.io.image_io import load_image
 from maskkit.io.sources import iter_sources
 

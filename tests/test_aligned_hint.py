@@ -21,7 +21,8 @@ from maskkit.cli import main
 
 
 def _face(rgb: np.ndarray):
-    from maskkit.face.detect import find_faces, get_detector
+    from maskkit.face.detect import get_detector
+    from maskkit.face.selection import find_faces
 
     faces = find_faces(get_detector("hog"), rgb, "largest")
     assert faces and (faces[0].fit is None or faces[0].fit.ok)
@@ -69,7 +70,7 @@ def test_on_template_separates_aligned_from_loose_crops(crops, astronaut):
 
 
 def test_hint_rule():
-    """The run's decision: the no-face rule of maskkit.face.quality.aligned_hint first, then
+    """The run's decision: the no-face rule of maskkit.face.crop_check.aligned_hint first, then
     "at least half of the inputs have a face on the template"."""
     from maskkit.pipeline.hints import forgotten_aligned_hint
 

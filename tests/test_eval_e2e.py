@@ -120,7 +120,7 @@ def bin_report(johns):
 def test_eval_bin_report_matches_recomputation(johns, bin_report):
     import cv2
 
-    from maskkit.face.detect import landmarks_in_box
+    from maskkit.face.landmarks import landmarks_in_box
     from maskkit.render import MaskRenderer
     from maskkit.training.api import load_model
 

@@ -18,7 +18,9 @@ import cv2
 import numpy as np
 import pytest
 
-from maskkit.face.detect import find_faces, landmarks_in_box, make_detector
+from maskkit.face.detect import make_detector
+from maskkit.face.landmarks import landmarks_in_box
+from maskkit.face.selection import find_faces
 from maskkit.io.image_io import load_image
 
 TOL = 0.10  # eye error allowed, fraction of the IOD (issue 12 §6)
@@ -135,7 +137,7 @@ def test_weak_hog_detection_must_be_a_face_upright(hog, astronaut):
     backstop, sees *nothing* near the emblem at any angle from -90 to +90 degrees even with its
     threshold lowered from 0 to -5 (her face scores 1.06 at 0), so the emblem stays rejected
     whatever basin the search finds."""
-    from maskkit.face.detect import WEAK_DETECTION
+    from maskkit.face.selection import WEAK_DETECTION
 
     faces = find_faces(hog, astronaut, "all")
     accepted = [f for f in faces if _accepted(f)]
@@ -153,7 +155,7 @@ def test_blazeface_keeps_masked_faces_upright(blazeface_packages, real_masked):
     upside down (a mask reads as hair): taking its preference alone turned 65 of the 576 faces
     over (16 in this subset). The one measured here is not a turned-over face: a cartoon sticker
     hides the eyes in 0001/0016.jpg and the orientation search fits it at -96 degrees."""
-    from maskkit.face.quality import eye_angle
+    from maskkit.face.fit_check import eye_angle
     from maskkit.io.sources import iter_sources
 
     bz = make_detector("blazeface")
@@ -268,18 +270,18 @@ def test_aligned_crop_first_refit_settles_clear_cases(monkeypatch, hog, astronau
     template's eye distance, so the 5-point spread is ``d``): +0.03 is stable after one refit
     (whatever the second would say), +0.10 needs the second (0.50: unstable, 0.15: stable),
     +0.30 is unstable after one."""
-    from maskkit.face import quality
+    from maskkit.face import crop_check  # check_aligned_crop reads fit_at_angle and find_face_in_crop here
     from maskkit.face.align import arcface_template
-    from maskkit.face.detect import ALIGNED_BOX_FRACTION
+    from maskkit.face.landmarks import ALIGNED_BOX_FRACTION, PATCH_BOX
 
-    real_fit = quality.fit_at_angle
+    real_fit = crop_check.fit_at_angle
     for rgb in (astronaut, grace_hopper):
         crop = _aligned(rgb, hog)
         calls: list[float] = []
-        monkeypatch.setattr(quality, "fit_at_angle", lambda *a, **k: calls.append(a[2]) or real_fit(*a, **k))
-        one = quality.check_aligned_crop(crop)
-        assert one.ok and one.how == "template" and calls == [quality.CROP_DELTA]
-        both = quality.check_aligned_crop(crop, sure=0.0)
+        monkeypatch.setattr(crop_check, "fit_at_angle", lambda *a, **k: calls.append(a[2]) or real_fit(*a, **k))
+        one = crop_check.check_aligned_crop(crop)
+        assert one.ok and one.how == "template" and calls == [crop_check.CROP_DELTA]
+        both = crop_check.check_aligned_crop(crop, sure=0.0)
         assert both.ok and both.how == "template" and len(calls) == 3
         assert np.array_equal(one.landmarks68, both.landmarks68)
 
@@ -290,17 +292,17 @@ def test_aligned_crop_first_refit_settles_clear_cases(monkeypatch, hog, astronau
     t = arcface_template((h, w))
     iod = float(np.linalg.norm(t[1] - t[0]))
     # no face search: an unstable fit ends as no_face, so the outcome tells which way the test went
-    monkeypatch.setattr(quality, "find_face_in_crop", lambda *a, **k: None)
+    monkeypatch.setattr(crop_check, "find_face_in_crop", lambda *a, **k: None)
     for d_plus, d_minus, stable, refits in ((0.03, 0.50, True, 1), (0.10, 0.50, False, 2), (0.10, 0.15, True, 2),
                                             (0.30, 0.00, False, 1)):
         calls = []
 
-        def displaced(rgb, box, angle, box_px=quality.PATCH_BOX):
+        def displaced(rgb, box, angle, box_px=PATCH_BOX):
             calls.append(angle)
             return first + np.float32([(d_plus if angle > 0 else d_minus) * iod, 0.0])
 
-        monkeypatch.setattr(quality, "fit_at_angle", displaced)
-        c = quality.check_aligned_crop(crop)
+        monkeypatch.setattr(crop_check, "fit_at_angle", displaced)
+        c = crop_check.check_aligned_crop(crop)
         assert (c.ok, c.how if c.ok else c.reason) == ((True, "template") if stable else (False, "no_face")), (d_plus, d_minus)
         assert len(calls) == refits, (d_plus, d_minus, calls)
         # the spread reported is the largest over the refits made (float32 landmarks: 1e-5 of the IOD)
@@ -331,7 +333,7 @@ def test_blazeface_finds_the_close_ups(real_masked):
     files 0015, 0016, 0077: no face before). 0015 and 0077 pass the landmark check; 0016's
     box sits low (the cap's brim hides the eyes) and its fit is off the eyes: rejected, as it
     must be, rather than masked."""
-    from maskkit.face.detect import DetectorUnavailable
+    from maskkit.face.models import DetectorUnavailable
 
     try:
         bz = make_detector("blazeface")

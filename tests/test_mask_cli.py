@@ -154,7 +154,7 @@ def test_preview_from_mask_output(mask_out, tmp_path):
 
 def test_preview_from_a_shard_set(celeb_aligned, tmp_path):
     """A FORMAT.md shard set: unmasked samples with landmarks are masked in every style."""
-    from maskkit.face.detect import landmarks_in_box
+    from maskkit.face.landmarks import landmarks_in_box
     from maskkit.io.image_io import encode_jpeg, load_image
     from maskkit.io.shards import Sample, ShardSink
 

@@ -59,7 +59,7 @@ def photo_faces(photos_dir):
 
 @pytest.fixture(scope="module")
 def celeb_faces(celeb_aligned):
-    from maskkit.face.detect import landmarks_in_box
+    from maskkit.face.landmarks import landmarks_in_box
 
     out = []
     for ident in sorted(os.listdir(celeb_aligned)):

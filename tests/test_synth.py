@@ -638,7 +638,7 @@ def test_stats_catches_a_style_count_or_skip_log_that_disagrees(celeb_aligned, t
 def test_mask_redraws_from_recorded_params(celeb_aligned, tmp_path):
     """KEY.json keeps what is needed to redraw the mask: style + mask.seed reproduce the coverage
     map bit for bit from the source crop."""
-    from maskkit.face.detect import landmarks_in_box
+    from maskkit.face.landmarks import landmarks_in_box
     from maskkit.io.image_io import decode_image, load_image
     from maskkit.render import MaskRenderer
 

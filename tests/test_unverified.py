@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import pytest
 
-from maskkit.face.quality import check_aligned_crop
+from maskkit.face.crop_check import check_aligned_crop
 from maskkit.pipeline.unverified import UNVERIFIED_MAX_TILT, axis_tilt, crop_failure
 
 
@@ -169,7 +169,7 @@ def test_axis_tilt_closed_form():
 def test_tilt_rule_only_rejects_unverified_turned_faces(crops):
     """``crop_failure`` keeps the template crops and unverified crops within the limit, rejects
     an unverified crop turned past it, and never overrides the check's own failure."""
-    from maskkit.face.quality import CropCheck
+    from maskkit.face.crop_check import CropCheck
 
     chk = check_aligned_crop(crops["grace_rot35"])
     assert chk.ok and chk.how == "unverified" and abs(axis_tilt(chk.landmarks68)) > UNVERIFIED_MAX_TILT

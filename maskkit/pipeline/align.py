@@ -125,7 +125,7 @@ def process_file(item: SourceItem, detector, cfg) -> FileResult:
 
     Args:
         item: the input (``item.error`` set means it is already known to be unreadable).
-        detector: a :class:`maskkit.face.detect.Detector` (ignored when ``cfg.aligned``; may be None then).
+        detector: a :class:`maskkit.face.base.Detector` (ignored when ``cfg.aligned``; may be None then).
         cfg: any object with attributes ``size`` ((H, W)), ``faces`` (policy), ``aligned`` (bool)
             and ``max_pixels``; missing ones default to (112, 112), ``largest``, False, 100 MP.
 
@@ -133,8 +133,8 @@ def process_file(item: SourceItem, detector, cfg) -> FileResult:
         :class:`FileResult`: aligned faces in policy order with their detection, or a reason.
     """
     from maskkit.face.align import align_face
-    from maskkit.face.detect import aligned_face, find_faces
-    from maskkit.face.quality import check_aligned_crop
+    from maskkit.face.selection import aligned_face, find_faces
+    from maskkit.face.crop_check import check_aligned_crop
     from maskkit.io.image_io import ImageError, load_image
     from maskkit.pipeline.unverified import crop_failure, crop_record
 

@@ -154,7 +154,8 @@ def build_demo_tree(src: Path) -> int:
 
     A file that already holds the same bytes is left as it is (a continued demo keeps its
     inputs, so align and synth find their own finished work)."""
-    from maskkit.face.detect import make_detector, select_faces
+    from maskkit.face.detect import make_detector
+    from maskkit.face.selection import select_faces
     from maskkit.io.image_io import encode_jpeg
     from maskkit.pipeline.preview import demo_images
 

@@ -8,18 +8,18 @@ Without ``--aligned`` each command therefore gathers, per input, what says "this
 crop" and prints one hint in its summary when most inputs look like one:
 
 * :func:`crop_evidence` -- per input: the size of an aligned crop
-  (:func:`maskkit.face.quality.crop_sized`), exactly an ArcFace crop size
+  (:func:`maskkit.face.crop_check.crop_sized`), exactly an ArcFace crop size
   (:data:`ALIGNED_SIZES`), no face found in such an input, and a found face whose 5 points
   already sit on the ArcFace template *in the input's own frame* (:func:`on_template`).
 * :func:`forgotten_aligned_hint` -- the run's decision over the summed counts:
-  :func:`maskkit.face.quality.aligned_hint` (most inputs crop-sized and some without a face)
+  :func:`maskkit.face.crop_check.aligned_hint` (most inputs crop-sized and some without a face)
   first; otherwise at least half of the inputs have a face on the template, also when every
   face was found.
 
 Measured (HOG, ``--faces largest``): 60 celeb-aligned crops (3 identities x 20, 112x112): 56
 faces found, their 5 points 1.6-7.8 px RMS from the template (median 4.0); 20 lfw-johns 150x150
 loose crops: 15.7-17.4 px; the same resized to 112x112: 15.9-17.7 px; their central 112x112
-cuts: 19.5-21.0 px. :data:`maskkit.face.quality.CROP_MAX_RMS` (11 px, the aligned-crop check's
+cuts: 19.5-21.0 px. :data:`maskkit.face.crop_check.CROP_MAX_RMS` (11 px, the aligned-crop check's
 own limit) separates the two with room on both sides.
 """
 from __future__ import annotations
@@ -40,9 +40,9 @@ EVIDENCE_KEYS = ("crop_sized", "crop_sized_no_face", "on_template", "aligned_siz
 def _template_in_frame(shape: Sequence[int]) -> np.ndarray | None:
     """The ArcFace 5 points in the pixels of an image of ``shape`` taken as an aligned crop: the
     112x112 template (or the 112x96 one for that aspect) scaled to the image; ``None`` when
-    the aspect is neither (within :data:`maskkit.face.quality.CROP_ASPECT_TOL`)."""
+    the aspect is neither (within :data:`maskkit.face.crop_check.CROP_ASPECT_TOL`)."""
     from maskkit.face.align import arcface_template
-    from maskkit.face.quality import CROP_ASPECT_TOL
+    from maskkit.face.crop_check import CROP_ASPECT_TOL
 
     h, w = int(shape[0]), int(shape[1])
     if h <= 0 or w <= 0:
@@ -60,13 +60,13 @@ def on_template(shape: Sequence[int], lm68: np.ndarray, max_rms: float | None = 
         shape: the input image's shape ``(H, W[, C])``.
         lm68: ``(68, 2)`` landmarks in that image's pixels.
         max_rms: largest RMS distance of the 5 points from the template, in pixels of a
-            112-high crop (default :data:`maskkit.face.quality.CROP_MAX_RMS`, 11 px).
+            112-high crop (default :data:`maskkit.face.crop_check.CROP_MAX_RMS`, 11 px).
 
     Returns:
         ``True`` when the image has an aligned crop's aspect and the face is within ``max_rms``.
     """
     from maskkit.face.align import five_points
-    from maskkit.face.quality import CROP_MAX_RMS
+    from maskkit.face.crop_check import CROP_MAX_RMS
 
     t = _template_in_frame(shape)
     lm = np.asarray(lm68, np.float64) if lm68 is not None else None
@@ -87,7 +87,7 @@ def crop_evidence(shape: Sequence[int], faces_lm68: Sequence[np.ndarray], no_fac
     Returns:
         ``{key: 0|1}`` for :data:`EVIDENCE_KEYS`.
     """
-    from maskkit.face.quality import crop_sized
+    from maskkit.face.crop_check import crop_sized
 
     small = bool(crop_sized(shape))
     return {"crop_sized": int(small), "crop_sized_no_face": int(small and no_face),
@@ -102,11 +102,11 @@ def forgotten_aligned_hint(counts: Mapping[str, int]) -> str | None:
         counts: ``files`` (every input, read or not) and the sums of :func:`crop_evidence`.
 
     Returns:
-        :func:`maskkit.face.quality.aligned_hint` when it speaks (faces missed in crop-sized
+        :func:`maskkit.face.crop_check.aligned_hint` when it speaks (faces missed in crop-sized
         inputs); else, when at least half of the inputs (and one or more) have a face on the
         template, a hint saying so; else ``None``.
     """
-    from maskkit.face.quality import aligned_hint
+    from maskkit.face.crop_check import aligned_hint
 
     files = int(counts.get("files", 0))
     hint = aligned_hint(files, int(counts.get("crop_sized", 0)), int(counts.get("crop_sized_no_face", 0)))

@@ -7,7 +7,7 @@ same as ``maskkit align``: ``files == ok + failed``; every input is either writt
 listed in ``failures.jsonl`` with a reason (``no_face``, ``decode_error``, ``cannot_fit``, ...).
 A face that cannot carry a mask in an image where others can is written unmasked and recorded
 in the manifest with ``masked: false`` and its reason; when that reason is ``bad_landmarks`` (the
-68 points are not on the face, :mod:`maskkit.face.quality`) the face is also a ``rejected.jsonl``
+68 points are not on the face, :mod:`maskkit.face.fit_check`) the face is also a ``rejected.jsonl``
 line (:data:`maskkit.pipeline.runner.REJECTED`, as in ``align`` and ``synth``) and counts as
 ``faces_rejected``; the others (``cannot_fit``) count as ``faces_unfit``.
 
@@ -133,8 +133,8 @@ def mask_file(item, detector, renderer, cfg: MaskConfig, out_rel: str | None = N
         their landmarks failed the check, with ``src``, ``out``, ``face``, ``reason``, ``detail``,
         ``box``, ``score``, ``landmark_check``).
     """
-    from maskkit.face.detect import aligned_face, find_faces
-    from maskkit.face.quality import check_aligned_crop
+    from maskkit.face.selection import aligned_face, find_faces
+    from maskkit.face.crop_check import check_aligned_crop
     from maskkit.io.image_io import ImageError, load_image
     from maskkit.pipeline.hints import crop_evidence
     from maskkit.pipeline.runner import coverage_rel, safe_target

@@ -180,7 +180,8 @@ def load_source_faces(src: Path, n: int = 6, aligned: bool = False, detector: st
         if any(masked.values()):
             return "masked", masked
     # a folder of images (or one image)
-    from maskkit.face.detect import landmarks_in_box, make_detector
+    from maskkit.face.detect import make_detector
+    from maskkit.face.landmarks import landmarks_in_box
     from maskkit.io.image_io import ImageError, load_image
     from maskkit.io.sources import iter_sources
 

@@ -69,7 +69,8 @@ def prepare_run(src: Path, out: Path, detector: str, detector_opts: dict, aligne
     Raises:
         error: (the command's own exception class) with the reason.
     """
-    from maskkit.face.detect import DetectorUnavailable, make_detector
+    from maskkit.face.detect import make_detector
+    from maskkit.face.models import DetectorUnavailable
 
     if out.resolve() == src.resolve():
         raise error("--out must differ from --src")
@@ -106,10 +107,10 @@ def rejected_line(src_fields: dict, identity: str, face, k: int, reason: str, de
     ``src_bytes``, :func:`maskkit.util.names.name_fields`), its ``identity`` (display form), the
     face index ``k`` (as in ``<stem>_<k>`` names and shard JSON ``face``), ``reason``, ``detail``
     (at most 500 characters), the detection's ``box`` (image pixels, ``None`` without one) and
-    ``score``, and ``landmark_check`` when the check ran (:class:`maskkit.face.quality.FitCheck`).
+    ``score``, and ``landmark_check`` when the check ran (:class:`maskkit.face.fit_check.FitCheck`).
 
     Args:
-        face: the :class:`maskkit.face.detect.Face` (or ``None``).
+        face: the :class:`maskkit.face.base.Face` (or ``None``).
     """
     line = {**src_fields, "identity": identity, "face": int(k), "reason": reason, "detail": str(detail)[:500],
             "box": None if face is None else rounded(face.box, 2),

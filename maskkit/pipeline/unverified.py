@@ -1,6 +1,6 @@
 """What the ``--aligned`` crop check decided, recorded per output and counted per run (issue 12 §5).
 
-``maskkit.face.quality.check_aligned_crop`` keeps a crop in which a face is found but whose
+``maskkit.face.crop_check.check_aligned_crop`` keeps a crop in which a face is found but whose
 points cannot be checked against the ArcFace template (``how="unverified"``): about 100 of the
 2,223 real celeb-aligned crops (profiles, occlusions) have no stable fit, and they must be kept.
 A crop shifted or rotated off the template can land there too (a tester's 20-25 px shifted and
@@ -61,7 +61,7 @@ def axis_tilt(landmarks68) -> float:
 
 
 def crop_failure(check, max_tilt: float = UNVERIFIED_MAX_TILT) -> tuple[str, str] | None:
-    """Why a checked ``--aligned`` crop (a ``maskkit.face.quality.CropCheck``) is not used, or ``None``.
+    """Why a checked ``--aligned`` crop (a ``maskkit.face.crop_check.CropCheck``) is not used, or ``None``.
 
     The check's own failure (``no_face``, ``not_aligned``); or, for a crop kept ``unverified``
     whose fitted face is turned more than ``max_tilt`` degrees in-plane (:func:`axis_tilt`),
@@ -82,7 +82,7 @@ def crop_failure(check, max_tilt: float = UNVERIFIED_MAX_TILT) -> tuple[str, str
 
 
 def crop_record(check) -> dict:
-    """The ``crop_check`` record of a kept crop (a ``maskkit.face.quality.CropCheck`` with ``ok``).
+    """The ``crop_check`` record of a kept crop (a ``maskkit.face.crop_check.CropCheck`` with ``ok``).
 
     Returns:
         ``{"how", "rms", "spread"}``: ``how`` is ``template`` (a stable fit in the aligned box on
@@ -91,7 +91,7 @@ def crop_record(check) -> dict:
         distance in pixels of a 112-wide crop of the 5 points from the ArcFace template, of the
         checked fit (for ``unverified``: of the unstable fit in the aligned box, so only a
         pointer), ``None`` when not fitted; ``spread`` the eye disagreement of the refits rotated
-        by ``+-maskkit.face.quality.CROP_DELTA`` degrees (fraction of the eye distance).
+        by ``+-maskkit.face.crop_check.CROP_DELTA`` degrees (fraction of the eye distance).
     """
     return {"how": check.how,
             "rms": None if check.rms is None else round(float(check.rms), 2),

@@ -231,14 +231,14 @@ class FaceAligner:
     """Bring any face photo to a 112x112 ArcFace-template crop with maskkit's aligner.
 
     * Images already at ``size`` are checked against the template
-      (``maskkit.face.quality.check_aligned_crop``): a crop on the template is used as it is; a
+      (``maskkit.face.crop_check.check_aligned_crop``): a crop on the template is used as it is; a
       crop whose face is off the template is re-aligned from its checked landmarks (note
       ``realigned: ...``); a crop with a face whose landmarks cannot be verified (profiles) is
       kept as given (note ``unverified: ...``); a crop without a face fails ``no_face``, one of
       the wrong size ``not_aligned``. ``trust_aligned`` (the commands' ``--aligned``) skips the
       check and takes every ``size`` crop as it is (insightface ``.bin`` sets never come here:
       they are aligned by construction).
-    * Others go through ``maskkit.face.detect.find_faces`` (HOG detector by default, the
+    * Others go through ``maskkit.face.selection.find_faces`` (HOG detector by default, the
       largest face, landmarks checked) and ``maskkit.face.align.align_face``. No face fails
       ``no_face``, landmarks that are not on the face ``bad_landmarks``: guessing would embed and
       score photos without a usable face.
@@ -263,7 +263,7 @@ class FaceAligner:
 
     def _crop(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, str | None]:
         from maskkit.face.align import align_face
-        from maskkit.face.quality import check_aligned_crop
+        from maskkit.face.crop_check import check_aligned_crop
 
         chk = check_aligned_crop(rgb, self.size)
         if chk.ok:
@@ -296,7 +296,7 @@ class FaceAligner:
                 return rgb, None, None
             return self._crop(rgb)
         from maskkit.face.align import align_face
-        from maskkit.face.detect import find_faces
+        from maskkit.face.selection import find_faces
 
         faces = find_faces(self._get_detector(), rgb, self.policy)
         if not faces:
@@ -659,7 +659,7 @@ def image_rng(seed: int, key: int | str) -> np.random.Generator:
 def aligned_landmarks(rgb: np.ndarray) -> np.ndarray:
     """68 landmarks on an already aligned ArcFace crop: dlib's predictor in the box that
     ``maskkit.face.detect`` uses for pre-aligned crops (``landmarks_in_box(rgb, None)``)."""
-    from maskkit.face.detect import landmarks_in_box
+    from maskkit.face.landmarks import landmarks_in_box
 
     return np.asarray(landmarks_in_box(rgb, None), np.float32)
 

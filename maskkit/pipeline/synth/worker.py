@@ -127,8 +127,8 @@ def _phase1(chunk: Chunk, cfg: SynthConfig, det, tm: Counter) -> tuple[list[_Fac
     ``rejected.jsonl`` lines (:func:`maskkit.pipeline.runner.rejected_line`): the faces left out
     of a file that gives samples (``--faces all``: ``bad_landmarks``, ``align_error``)."""
     from maskkit.face.align import Aligned, align_face, five_points
-    from maskkit.face.detect import find_faces
-    from maskkit.face.quality import check_aligned_crop
+    from maskkit.face.selection import find_faces
+    from maskkit.face.crop_check import check_aligned_crop
     from maskkit.io.image_io import ImageError
     from maskkit.pipeline.hints import EVIDENCE_KEYS, crop_evidence
     from maskkit.pipeline.runner import rejected_line
@@ -175,7 +175,7 @@ def _phase1(chunk: Chunk, cfg: SynthConfig, det, tm: Counter) -> tuple[list[_Fac
                     sel = [(0, None, check.landmarks68)]
                     cc = crop_record(check)  # template / detected / unverified, in the sample's JSON
                 else:
-                    chosen = find_faces(det, rgb, cfg.faces)  # landmarks checked (maskkit.face.quality)
+                    chosen = find_faces(det, rgb, cfg.faces)  # landmarks checked (maskkit.face.fit_check)
                     bad = [(i, "bad_landmarks", f.fit.detail) for i, f in enumerate(chosen)
                            if f.fit is not None and not f.fit.ok]
                     sel = [(i, f.score, f.landmarks68) for i, f in enumerate(chosen) if f.fit is None or f.fit.ok]
