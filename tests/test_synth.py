@@ -18,7 +18,7 @@ import pytest
 
 from maskkit.io.shards import expected_masked, read_samples, verify
 from maskkit.pipeline.synth import (SynthConfig, SynthError, balanced_styles, leftover_styles, next_style_offset,
-                                    run_synth)
+                                    run_synth, summary_rows)
 
 STYLES = ("surgical", "n95", "kn95", "cloth", "gas")
 
@@ -371,6 +371,10 @@ def test_resume_in_process_keeps_complete_shards(celeb_aligned, tmp_path, monkey
     monkeypatch.setattr(synth_mod.backends, "process_chunk", real)
     res = run_synth(SynthConfig(out=tmp_path / "x", **cfg))
     assert res.resumed == 18
+    # its speed is over the work it did: the two identities it computed (20 files), not all 40
+    assert res.files_done == 20
+    assert ("img/s", "10.0 (over the 20 files this run processed)") in summary_rows(res.manifest, None, 2.0,
+                                                                                     res.files_done)
     assert {p.name: p.stat().st_mtime_ns for p in done} == mtimes
     assert shard_hashes(tmp_path / "x") == shard_hashes(tmp_path / "clean")
     # a crash after the last shard, just before the manifest: the rerun recomputes nothing
@@ -385,7 +389,7 @@ def test_resume_in_process_keeps_complete_shards(celeb_aligned, tmp_path, monkey
     monkeypatch.setattr(synth_mod.backends, "process_chunk", flaky)  # would raise if any identity were redone
     calls["n"] = 2
     res = run_synth(SynthConfig(out=tmp_path / "y", **cfg))
-    assert calls["n"] == 2 and res.resumed == 40
+    assert calls["n"] == 2 and res.resumed == 40 and res.files_done == 0
     assert shard_hashes(tmp_path / "y") == shard_hashes(tmp_path / "clean")
 
 

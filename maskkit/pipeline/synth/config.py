@@ -76,7 +76,9 @@ class SynthConfig:
         styles: mask styles to balance over (default: all five). May be empty when ``ratio``
             is 0 (``maskkit align --format shards``).
         seed: global seed.
-        jobs: worker processes (local backend); ``0`` or ``-1`` = all cores.
+        jobs: worker processes (local backend); ``0`` or ``-1`` = as many as pay off: one per
+            ``maskkit.pipeline.synth.backends.FILES_PER_WORKER`` input files, up to all cores
+            (a small job runs in this process).
         aligned: input faces are already aligned crops (no detection, no re-alignment; crops of
             another size are resized to ``size``).
         size: output ``(H, W)``.

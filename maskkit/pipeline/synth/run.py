@@ -46,6 +46,9 @@ class SynthResult:
         already_complete: the folder already held this exact run (nothing was recomputed).
         stage_seconds: summed per-stage worker seconds (decode, detect -- or landmarks with
             ``aligned``, where nothing is detected --, render, align, encode) plus ``write`` (driver).
+        files_done: input files this invocation processed (a resumed run's earlier identities
+            are not counted): the files its speed is measured over.
+        workers: worker processes this invocation used (1: in this process).
     """
 
     out: Path
@@ -54,6 +57,8 @@ class SynthResult:
     resumed: int = 0
     already_complete: bool = False
     stage_seconds: dict = field(default_factory=dict)
+    files_done: int = 0
+    workers: int = 1
 
 
 def _merge(total: dict, st: dict) -> None:
@@ -183,7 +188,7 @@ def _run_locked(cfg: SynthConfig, t_start: float, listing: tuple) -> SynthResult
     sink = ShardSink(out, cfg.shard_samples, cfg.split, start_index=len(shards), on_shard=on_shard, on_event=hook)
     wcfg = cfg if hook is None else replace(cfg, on_boundary=None)  # the hook stays in the driver
     try:
-        with _backend(cfg) as n_jobs, _progress(len(items), done_files, cfg.progress, cfg.progress_desc) as bar:
+        with _backend(cfg, sum(len(c.items) for c in todo), len(todo)) as n_jobs, _progress(len(items), done_files, cfg.progress, cfg.progress_desc) as bar:
             for res in _results(todo, wcfg, n_jobs):
                 res = res.pick(style_offset)
                 style_offset = next_style_offset(style_offset, res.stats.get("extra_styles", 0), len(cfg.styles))
@@ -300,4 +305,5 @@ def _run_locked(cfg: SynthConfig, t_start: float, listing: tuple) -> SynthResult
             preview(out, cfg.preview, styles=cfg.styles or ALL_STYLES, seed=cfg.seed)
         except Exception as exc:  # noqa: BLE001 - the dataset is done; the sheet is a bonus
             print(f"warning: could not draw the preview: {exc}", file=sys.stderr)
-    return SynthResult(out, man, time.perf_counter() - t_start, resumed=state.written, stage_seconds=stage)
+    return SynthResult(out, man, time.perf_counter() - t_start, resumed=state.written, stage_seconds=stage,
+                       files_done=len(items) - done_files, workers=n_jobs)
