@@ -43,7 +43,14 @@ from maskkit import __version__
 #:     unverified crop whose face is turned more than 25 degrees in-plane is ``not_aligned``
 #:     (was a sample) (``maskkit.pipeline.unverified``). Runs without ``--aligned`` give the same
 #:     shard bytes as 9.
-ALGORITHM_VERSION = 10
+#: 11 = ``--aligned`` (issue 18, speed): a crop whose template fit is unstable and in which HOG
+#:     finds no face is looked at by BlazeFace and the face mesh before dlib's CNN (when the
+#:     ``blazeface`` extra is installed; ``maskkit.face.crop_check.BLAZE_CROP_UPRIGHT_GAP``): on
+#:     ``benchmarks/crop_check.py`` no crop changes between kept / ``no_face`` / ``not_aligned``;
+#:     a few kept crops change between ``detected`` and ``unverified`` and their landmarks (the fit
+#:     is made in BlazeFace's box, not the CNN's). Runs without ``--aligned`` give the same shard
+#:     bytes as 10.
+ALGORITHM_VERSION = 11
 
 #: The five mask styles (same as ``maskkit.render.STYLES``; repeated so importing this module
 #: stays light).

@@ -107,6 +107,12 @@ def run_synth(cfg: SynthConfig) -> SynthResult:
     from maskkit.pipeline.runner import check_out_kind
 
     check_out_kind(cfg.out, "shards", SynthError)
+    if cfg.aligned:  # a plain install takes the dlib path: say once how to get the fast one
+        from maskkit.face.detect import fast_path_note
+
+        note = fast_path_note()
+        if note:
+            print(note, file=sys.stderr)
     listing = list_sources_for(cfg)
     if not listing[0]:
         from maskkit.util.names import display_name
