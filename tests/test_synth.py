@@ -371,9 +371,10 @@ def test_resume_in_process_keeps_complete_shards(celeb_aligned, tmp_path, monkey
     monkeypatch.setattr(synth_mod.backends, "process_chunk", real)
     res = run_synth(SynthConfig(out=tmp_path / "x", **cfg))
     assert res.resumed == 18
-    # its speed is over the work it did: the two identities it computed (20 files), not all 40
-    assert res.files_done == 20
-    assert ("img/s", "10.0 (over the 20 files this run processed)") in summary_rows(res.manifest, None, 2.0,
+    # its speed is over the work it did: the three identities it computed (30 files; the first
+    # was complete in the journal, the second's samples only partly in complete shards), not all 40
+    assert res.files_done == 30
+    assert ("img/s", "15.0 (over the 30 files this run processed)") in summary_rows(res.manifest, None, 2.0,
                                                                                      res.files_done)
     assert {p.name: p.stat().st_mtime_ns for p in done} == mtimes
     assert shard_hashes(tmp_path / "x") == shard_hashes(tmp_path / "clean")
