@@ -39,7 +39,7 @@ Usage::
 
     nice python benchmarks/synth_bench.py [--data ../shared/data] [--cases aligned,loose,photos]
         [--n-aligned 400] [--n-loose 300] [--n-photos 42] [--repeat 3] [--core 0]
-        [--maskkit-args "--detector hog"] [--json out.json]
+        [--maskkit-args "--detector hog"] [--baseline OLD_CHECKOUT] [--json out.json]
 """
 from __future__ import annotations
 
@@ -162,11 +162,11 @@ def first_only(src: Path, dst: Path) -> Path:
 # running one whole process
 # ---------------------------------------------------------------------------------------------
 
-def run_pinned(cmd: list[str], cwd: Path | None, core: int) -> dict:
+def run_pinned(cmd: list[str], cwd: Path | None, core: int, extra_env: dict | None = None) -> dict:
     """Run ``cmd`` pinned to ``core``; wall seconds, CPU seconds (user+sys, children included)
     and peak resident memory (MiB) from ``wait4``."""
     env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1",
-               TF_CPP_MIN_LOG_LEVEL="3", PYTHONHASHSEED="0", COLUMNS="400")
+               TF_CPP_MIN_LOG_LEVEL="3", PYTHONHASHSEED="0", COLUMNS="400", **(extra_env or {}))
 
     def pin():
         os.sched_setaffinity(0, {core})
@@ -208,15 +208,17 @@ class Tool:
 
 
 class Maskkit(Tool):
-    def __init__(self, aligned: bool, extra: list[str]):
-        super().__init__("maskkit")
+    def __init__(self, aligned: bool, extra: list[str], checkout: Path | None = None):
+        super().__init__("maskkit" if checkout is None else f"maskkit@{checkout.name}")
         self.aligned, self.extra = aligned, extra
+        # another checkout's maskkit package: run from its folder (``-m`` puts the working folder first)
+        self.cwd = checkout
 
     def run(self, src, scratch, core):
         out = scratch / "out"
         cmd = [sys.executable, "-m", "maskkit.cli", "synth", "--src", str(src), "--out", str(out), "--ratio", "1",
                "-j", "1", "--overwrite", *(["--aligned"] if self.aligned else []), *self.extra]
-        r = run_pinned(cmd, None, core)
+        r = run_pinned(cmd, self.cwd, core)
         man = json.loads((out / "manifest.json").read_text())
         r.update(made=f"{man['num_samples']} samples, {man['inputs']['failed']} failed "
                       f"({', '.join(f'{k} {v}' for k, v in sorted(man['inputs']['failed_by_reason'].items())) or '-'})",
@@ -279,24 +281,23 @@ def bench_case(name: str, full: Path, one: Path, n: int, tools: list[Tool], repe
 
 
 def print_case(name: str, res: dict) -> None:
-    mk, mtf = res.get("maskkit"), res.get("MaskTheFace")
-    print(f"\n{name}: N = {mk['n']} distinct inputs (median of alternating runs, one core)")
-    print(f"  {'tool':<12}{'img/s wall':>11}{'img/s cpu':>11}{'start-up s':>12}{'start cpu s':>12}{'peak MiB':>10}  made of N")
-    for t in (mtf, mk):
-        if t is None:
-            continue
-        nm = "MaskTheFace" if t is mtf else "maskkit"
-        print(f"  {nm:<12}{t['rate_wall']:>11.1f}{t['rate_cpu']:>11.1f}{t['startup_wall']:>12.2f}"
+    mtf = res.get("MaskTheFace")
+    mks = [(k, v) for k, v in res.items() if k.startswith("maskkit")]
+    print(f"\n{name}: N = {mks[0][1]['n']} distinct inputs (median of alternating runs, one core)")
+    print(f"  {'tool':<22}{'img/s wall':>11}{'img/s cpu':>11}{'start-up s':>12}{'start cpu s':>12}{'peak MiB':>10}  made of N")
+    for nm, t in ([("MaskTheFace", mtf)] if mtf else []) + mks:
+        print(f"  {nm:<22}{t['rate_wall']:>11.1f}{t['rate_cpu']:>11.1f}{t['startup_wall']:>12.2f}"
               f"{t['startup_cpu']:>12.2f}{t['rss_mib']:>10.0f}  {t['made']}")
-    if mtf is not None:
-        print(f"  ratio maskkit/MaskTheFace: per-image {mk['rate_wall'] / mtf['rate_wall']:.1f}x wall, "
-              f"{mk['rate_cpu'] / mtf['rate_cpu']:.1f}x cpu; start-up {mk['startup_wall'] / mtf['startup_wall']:.2f}x "
-              f"MaskTheFace's (wall), {mk['startup_cpu'] / mtf['startup_cpu']:.2f}x (cpu)")
-    st = mk.get("stages") or {}
-    tot = sum(st.values()) or 1.0
-    if st:
-        print("  maskkit stage split: " + ", ".join(f"{k} {100 * v / tot:.0f}%"
-                                                   for k, v in sorted(st.items(), key=lambda kv: -kv[1])))
+    for nm, mk in mks:
+        if mtf is not None:
+            print(f"  ratio {nm}/MaskTheFace: per-image {mk['rate_wall'] / mtf['rate_wall']:.1f}x wall, "
+                  f"{mk['rate_cpu'] / mtf['rate_cpu']:.1f}x cpu; start-up {mk['startup_wall'] / mtf['startup_wall']:.2f}x "
+                  f"MaskTheFace's (wall), {mk['startup_cpu'] / mtf['startup_cpu']:.2f}x (cpu)")
+        st = mk.get("stages") or {}
+        tot = sum(st.values()) or 1.0
+        if st:
+            print(f"  {nm} stage split: " + ", ".join(f"{k} {100 * v / tot:.0f}%"
+                                                    for k, v in sorted(st.items(), key=lambda kv: -kv[1])))
 
 
 def main(argv=None) -> None:
@@ -309,6 +310,8 @@ def main(argv=None) -> None:
     ap.add_argument("--repeat", type=int, default=3, help="alternating rounds; medians are reported")
     ap.add_argument("--core", type=int, default=0, help="the core both tools are pinned to")
     ap.add_argument("--maskkit-args", default="", help="extra options for maskkit synth (e.g. '--detector hog')")
+    ap.add_argument("--baseline", type=Path, default=None,
+                    help="also run the maskkit package of this checkout (a folder holding maskkit/), e.g. an older commit")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures as JSON")
     args = ap.parse_args(argv)
     if not (args.data / "celeb-aligned").exists():
@@ -327,6 +330,8 @@ def main(argv=None) -> None:
             full = make(args.data, tmp / case / "full", n)
             one = first_only(full, tmp / case / "one")
             tools: list[Tool] = [Maskkit(aligned, extra)]
+            if args.baseline is not None:
+                tools.append(Maskkit(aligned, extra, args.baseline.resolve()))
             if found is not None:
                 tools.insert(0, MaskTheFace(*found))
             results[case] = bench_case(case, full, one, n, tools, args.repeat, args.core, tmp / case / "scratch")
