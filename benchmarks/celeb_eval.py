@@ -45,7 +45,8 @@ DEFAULT_DATA = REPO.parent / "shared" / "data" / "celeb-aligned"
 def prepare(args) -> None:
     from maskkit.io.image_io import load_image
     from maskkit.render import MaskRenderer
-    from maskkit.training.eval.evalsets import apply_masks, write_bin
+    from maskkit.training.eval.evalsets.binfile import write_bin
+    from maskkit.training.eval.evalsets.masking import apply_masks
 
     data, out = Path(args.data), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -159,7 +160,7 @@ def train_stage(args) -> None:
 def evaluate_stage(args) -> None:
     from rich.console import Console
 
-    from maskkit.training.eval.evalsets import load_image_folder
+    from maskkit.training.eval.evalsets.folders import load_image_folder
     from maskkit.training.eval.compare import compare_table, metrics_table
     from maskkit.training.eval.report import EvalConfig, evaluate_identification, run_eval, write_identification_report
 

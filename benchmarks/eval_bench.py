@@ -55,7 +55,7 @@ def main() -> None:
     if data.exists():
         from maskkit.io.image_io import load_image
         from maskkit.render import MaskRenderer
-        from maskkit.training.eval.evalsets import apply_masks
+        from maskkit.training.eval.evalsets.masking import apply_masks
 
         files = sorted(data.rglob("*.jpg"))[: args.faces]
         imgs = np.stack([load_image(p) for p in files])

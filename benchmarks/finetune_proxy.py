@@ -69,7 +69,8 @@ def prepare(args) -> dict:
     import celeb_eval
 
     from maskkit.io.image_io import load_image
-    from maskkit.training.eval.evalsets import apply_masks, load_bin, mask_side_flags
+    from maskkit.training.eval.evalsets.binfile import load_bin
+    from maskkit.training.eval.evalsets.masking import apply_masks, mask_side_flags
 
     if not (out / "train.npz").exists() or not (out / "heldout.bin").exists():
         celeb_eval.prepare(SimpleNamespace(data=args.data, out=str(out), holdout=4, same=75, seed=0,
@@ -154,7 +155,7 @@ def base_config(args, **kw):
 
 def pretrain(args, d: dict) -> Path:
     from maskkit.training.api import load_model
-    from maskkit.training.checkpoints import write_arcface_torch
+    from maskkit.training.checkpoints.write import write_arcface_torch
     from maskkit.training.engine import train
 
     out = Path(args.out)
@@ -179,7 +180,8 @@ def pretrain(args, d: dict) -> Path:
 
 def finetune(args, d: dict, weights: Path, method: str, seed: int) -> dict:
     from maskkit.training.api import load_model
-    from maskkit.training.checkpoints import apply_init_config, read_weights
+    from maskkit.training.checkpoints.finetune import apply_init_config
+    from maskkit.training.checkpoints.read import read_weights
     from maskkit.training.engine import train
 
     n = len(d["labels"])

@@ -30,9 +30,10 @@ ALLOWED = {
     "eval": {"root", "util", "io", "face", "render", "training", "eval"},
     "cli": set(ALL_ROOMS),
 }
-#: Import cycles that predate the cycle rule (function-level imports both ways), to be broken;
-#: no other cycle may appear.
-KNOWN_CYCLES = [["maskkit.training.api", "maskkit.training.checkpoints"]]
+#: Import cycles that predate the cycle rule, to be broken; no other cycle may appear (the last
+#: one, training.api <-> training.checkpoints, was broken by moving find_checkpoint to
+#: checkpoints/read.py).
+KNOWN_CYCLES: list[list[str]] = []
 #: Lines above which a module's docstring must say why it is long ("Length:").
 MAX_LINES = 550
 

@@ -588,7 +588,7 @@ def test_cli_eval_embed_export_take_a_weights_file(tmp_path, faces):
     # a file that is no IResNet: one line, no traceback
     torch.save({"weight": torch.zeros(3)}, tmp_path / "nope.pth")
     res = _run(["export", "--model", str(tmp_path / "nope.pth"), "-o", str(tmp_path / "n.onnx")])
-    assert res.exit_code == 1 and "not an arcface_torch or MagFace IResNet" in res.output
+    assert res.exit_code == 1 and "no arcface_torch or MagFace IResNet" in res.output and "nearest: none" in res.output
     assert res.output.strip().count("\n") == 0, res.output
 
 
@@ -608,3 +608,164 @@ def test_cli_export_arcface_torch_branch_of_a_run(tmp_path, faces):
     mu_file, _ = load_model(tmp_path / "masked.pth").embed(xf)
     mu_run, _ = load_model(run).embed(xf, torch.ones(2, dtype=torch.bool))
     assert torch.equal(mu_file, mu_run)
+
+
+# ------------------------------------------------------------------------------------------------
+# weights saved through a wrapper (issue 20): real wrappers' keys, both entry points
+# ------------------------------------------------------------------------------------------------
+def module_of(sd: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """A module tree whose state_dict is ``sd`` (floating tensors as parameters, others as
+    buffers), so real wrappers (DataParallel, torch.compile) can name its keys."""
+    root = torch.nn.Module()
+    for k, v in sd.items():
+        *path, name = k.split(".")
+        m = root
+        for p in path:
+            if not hasattr(m, p):
+                m.add_module(p, torch.nn.Module())
+            m = getattr(m, p)
+        if v.is_floating_point():
+            m.register_parameter(name, torch.nn.Parameter(v.clone(), requires_grad=False))
+        else:
+            m.register_buffer(name, v.clone())
+    return root
+
+
+def _magface_builder(sd: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """MagFace's SoftmaxBuilder shape: the IResNet as ``features``, the MagLinear as ``fc``."""
+    b = torch.nn.Module()
+    b.features = module_of(sd)
+    b.fc = torch.nn.Module()
+    b.fc.register_parameter("weight", torch.nn.Parameter(torch.randn(512, 5), requires_grad=False))
+    return b
+
+
+def _parent(**children) -> torch.nn.Module:
+    p = torch.nn.Module()
+    for name, child in children.items():
+        p.add_module(name, child)
+    return p
+
+
+DP, COMPILE = torch.nn.DataParallel, torch.compile
+#: name -> (how the file is made from the plain state_dict, layout read, wrappers the record names)
+WRAPPED = {
+    "DataParallel": (lambda sd: DP(module_of(sd)).state_dict(), "arcface_torch", "module."),
+    "torch.compile": (lambda sd: COMPILE(module_of(sd)).state_dict(), "arcface_torch", "_orig_mod."),
+    "compile(DataParallel)": (lambda sd: COMPILE(DP(module_of(sd))).state_dict(), "arcface_torch", "_orig_mod.module."),
+    "DataParallel(compile)": (lambda sd: DP(COMPILE(module_of(sd))).state_dict(), "arcface_torch", "module._orig_mod."),
+    "{'model': sd}": (lambda sd: {"model": sd, "epoch": 7}, "arcface_torch", ""),
+    "{'model_state_dict': DataParallel}": (lambda sd: {"model_state_dict": DP(module_of(sd)).state_dict(),
+                                                       "optimizer_state_dict": {}}, "arcface_torch", "module."),
+    "{'net': sd}": (lambda sd: {"net": sd}, "arcface_torch", ""),
+    "{'model': {'state_dict': DataParallel}}": (lambda sd: {"model": {"state_dict": DP(module_of(sd)).state_dict()}},
+                                                "arcface_torch", "module."),
+    "Lightning self.backbone": (lambda sd: {"state_dict": _parent(backbone=module_of(sd)).state_dict(),
+                                            "epoch": 2, "hyper_parameters": {"lr": 0.1}}, "arcface_torch", "backbone."),
+    "{'ema_weights': sd} (a key of no known name)": (lambda sd: {"ema_weights": sd, "step": 3}, "arcface_torch", ""),
+    "MagFace builder under torch.compile": (lambda sd: {"state_dict": COMPILE(_magface_builder(sd)).state_dict()},
+                                            "magface", "_orig_mod.features."),
+    "MagFace builder, DataParallel(compile)": (lambda sd: {"state_dict": DP(COMPILE(_magface_builder(sd))).state_dict()},
+                                               "magface", "module._orig_mod.features."),
+}
+
+
+@pytest.mark.parametrize("variant", list(WRAPPED))
+def test_weights_saved_through_a_wrapper_load_for_model_and_init(tmp_path, faces, variant):
+    make, layout, wrappers = WRAPPED[variant]
+    sd = random_state(scaled_layout("r18", 0.25), seed=11, features_scale_one=layout == "arcface_torch")
+    path = tmp_path / "wrapped.pth"
+    torch.save(make(sd), path)
+    with torch.no_grad():
+        ref = ref_forward(sd, magface_input(faces), eps=2e-5) if layout == "magface" else ref_forward(sd, arc_input(faces))
+    # --model (eval / embed / export): the source network's mu, with its own preprocessing
+    m = load_model(path)
+    assert m.meta["layout"] == f"{layout} r18 w0.25"
+    assert _rel(m.embed(faces)[0], ref) < 1e-5
+    # --init: both start blocks of a two-stream model start from it
+    src = read_weights(path)
+    assert (wrappers and f"wrapper {wrappers} stripped" in src.container) or (not wrappers and "stripped" not in src.container)
+    cfg = apply_init_config(TrainConfig(method="maskdul", init=str(path), dropout=0.0), src)
+    model = build_model(cfg)
+    init_model(model, cfg, src)
+    im = InferenceModel(model, cfg.to_dict())
+    for flags in (np.zeros(2, bool), np.ones(2, bool)):
+        assert _rel(im.embed(faces, flags)[0], ref) < 1e-5
+    if layout == "magface":
+        assert src.dropped == [wrappers[: -len("features.")] + "fc.weight"]  # the classifier, named as in the file
+
+
+def test_a_maskkit_checkpoint_saved_from_a_compiled_model_loads(tmp_path, faces):
+    torch.manual_seed(4)
+    cfg = TrainConfig(method="maskdul", backbone="r18", width=0.25, embedding_size=64, dropout=0.0)
+    model = _with_stats(build_model(cfg), np.concatenate([faces, faces]), np.array([False, False, True, True]))
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.json").write_text(cfg.to_json())
+    torch.save({"config": cfg.to_dict(), "model": COMPILE(model).state_dict()}, run / "checkpoints" / "last.pt")
+    want = InferenceModel(model, cfg.to_dict())
+    for flags in (np.zeros(2, bool), np.ones(2, bool)):
+        assert np.array_equal(load_model(run).embed(faces, flags)[0], want.embed(faces, flags)[0])
+    assert read_weights(run).layout == "maskkit"
+
+
+def _dp_without_fc(sd):
+    return {k: v for k, v in DP(module_of(sd)).state_dict().items() if not k.startswith("module.fc.")}
+
+
+#: name -> (file content from the plain r18 state_dict, what the one-line error must say)
+UNREADABLE = {
+    "DataParallel backbone without its fc": (
+        _dp_without_fc, ["wrapper module. stripped", "nearest: arcface_torch r18, 154 of 156 keys",
+                         "lacking fc.bias, fc.weight"]),
+    "backbone beside a head that is no wrapper": (
+        lambda sd: _parent(backbone=module_of(sd), head=module_of({"kernel": torch.zeros(64, 10)})).state_dict(),
+        ["nearest: arcface_torch r18 under 'backbone.', 156 of 156 keys", "1 other key (head.kernel)"]),
+    "MagFace builder with a stray key": (
+        lambda sd: {"state_dict": {**DP(_magface_builder(sd)).state_dict(), "module.extra.weight": torch.zeros(2)}},
+        ["nearest: MagFace r18 under 'features.', 156 of 156 keys", "other keys (extra.weight, fc.weight)"]),
+    "a torchvision-style ResNet": (
+        lambda sd: {"conv1.weight": torch.zeros(64, 3, 7, 7), "bn1.weight": torch.zeros(64),
+                    "layer1.0.conv1.weight": torch.zeros(64, 64, 1, 1), "fc.weight": torch.zeros(1000, 2048)},
+        ["4 tensors", "nearest: arcface_torch r18, 4 of 156 keys", "lacking"]),
+    "no tensors at all": (lambda sd: {"epoch": 3, "optimizer": {"state": {}}},
+                          ["no state_dict found", "keys epoch, optimizer"]),
+    "a maskkit FaceModel without its config": (
+        lambda sd: {"model": build_model(TrainConfig(method="arcface", backbone="r18", width=0.25)).state_dict()},
+        ["a maskkit FaceModel state_dict without its config", "run folder"]),
+}
+
+
+@pytest.mark.parametrize("case", list(UNREADABLE))
+def test_no_layout_is_one_line_naming_what_was_found_and_the_nearest_layout(tmp_path, case):
+    make, says = UNREADABLE[case]
+    path = tmp_path / "w.pth"
+    torch.save(make(random_state(scaled_layout("r18", 0.25), seed=12)), path)
+    with pytest.raises(WeightsError) as e:
+        read_weights(path)
+    msg = str(e.value)
+    assert "\n" not in msg and str(path) in msg
+    for s in says:
+        assert s in msg, msg
+    if "MagFace" not in case:  # the old message called any such file a "MagFace checkpoint"
+        assert "MagFace checkpoint" not in msg and "nearest: MagFace" not in msg
+
+
+def test_cli_train_init_and_eval_model_take_a_dataparallel_file(tmp_path, small_shards, faces):
+    sd = random_state(scaled_layout("r18", 0.25), seed=13)
+    wpath = tmp_path / "dp_backbone.pth"
+    torch.save(DP(module_of(sd)).state_dict(), wpath)
+    run = tmp_path / "run"
+    res = _run(["train", "--data", str(small_shards), "--method", "maskdul", "--batch-size", "4", "--num-workers", "1",
+                "--steps-per-epoch", "3", "-q", "--set", "tensorboard=false", "--set", "shuffle_buffer=16",
+                "--out", str(run), "--init", str(wpath), "--freeze-steps", "1", "--max-steps", "1"])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    assert json.loads((run / "config.json").read_text())["init_layout"] == "arcface_torch r18 w0.25"
+    with torch.no_grad():
+        ref = ref_forward(sd, arc_input(faces))
+    assert _rel(load_model(run).embed(faces)[0], ref) < 1e-5
+    # the same file without its fc: one line naming the nearest layout and what it lacks
+    torch.save(_dp_without_fc(sd), tmp_path / "nofc.pth")
+    res = _run(["export", "--model", str(tmp_path / "nofc.pth"), "-o", str(tmp_path / "n.onnx")])
+    assert res.exit_code == 1 and res.output.strip().count("\n") == 0, res.output
+    assert "lacking fc.bias, fc.weight" in res.output and "MagFace checkpoint" not in res.output

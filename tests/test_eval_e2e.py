@@ -460,12 +460,16 @@ def test_contact_sheet_captions_stay_identifiable():
 
     a, b = "lfw/Arnold_Schwarzenegger/Arnold_Schwarzenegger_0006.jpg", "x/Arnold_Schwarzenegger_0007.jpg"
     cap = pair_caption(0.41234, a, b)
-    line1, line2 = cap.split("\n")
+    line1, ids, stems = cap.split("\n")
     assert line1 == "d=0.412"
-    la, lb = (s.strip() for s in line2.split("|"))
+    la, lb = (s.strip() for s in stems.split("|"))
     assert la != lb and la.startswith("Arnold") and la.endswith("_0006") and lb.endswith("_0007")
     assert len(la) <= 20 and len(lb) <= 20
+    ia, ib = (s.strip() for s in ids.split("|"))  # each image's identity (its folder) beside its stem
+    assert ia.startswith("Arnold") and ia.endswith("gger") and len(ia) <= 20 and ib == "x"
     assert pair_caption(0.1, "John_Kerry_0001.jpg", "John_Kerry_0002.jpg").endswith("John_Kerry_0001 | John_Kerry_0002")
+    # a folder layout whose file names do not carry the identity (before: "001 | 001", no identity)
+    assert pair_caption(0.2, "id_0042/001.jpg", "id_0977/001.jpg").split("\n")[1:] == ["id_0042 | id_0977", "001 | 001"]
     cap = probe_caption(3, "Jennifer_Lopez_Anniston", "Jennifer_Lopez_Aniston_Smith")
     assert cap == "rank 3: Jennifer_Lopez_Anniston\n-> Jennifer_Lopez_Aniston_Smith"
     long_a, long_b = "Maria_Guadalupe_Fernanda_Lopez_A", "Maria_Guadalupe_Fernanda_Lopez_B"

@@ -16,6 +16,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+
+from project_docs import docs_text
 import torch
 from click.testing import CliRunner
 
@@ -538,7 +540,7 @@ COMPILE_LOSS_RTOL = 1e-4
 
 def test_readme_states_the_compile_tolerance():
     """The README's compiled-vs-eager sentence names the tolerance this file tests."""
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    readme = docs_text()
     assert f"losses to a relative {COMPILE_LOSS_RTOL:.0e}".replace("e-0", "e-") in readme.replace("\n  ", " ")
 
 

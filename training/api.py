@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from maskkit.training.model import FaceModel, build_model
+from maskkit.training.checkpoints.read import find_checkpoint  # noqa: F401  (public here too: maskkit.training.api.find_checkpoint)
 
 MEAN = 127.5
 STD = 127.5
@@ -121,19 +122,6 @@ def check_device(name: str | torch.device) -> torch.device:
     return dev
 
 
-def find_checkpoint(run_dir_or_ckpt: str | Path) -> Path:
-    """``RUN/`` -> ``RUN/checkpoints/last.pt``; a file is returned as is."""
-    p = Path(run_dir_or_ckpt)
-    if p.is_dir():
-        ck = p / "checkpoints" / "last.pt"
-        if not ck.exists():
-            raise FileNotFoundError(f"no checkpoint in run dir {p} (expected {ck})")
-        return ck
-    if not p.exists():
-        raise FileNotFoundError(f"checkpoint or run dir not found: {p}")
-    return p
-
-
 class InferenceModel:
     """A trained model in eval mode.
 
@@ -214,7 +202,7 @@ def load_model(run_dir_or_ckpt: str | Path, device: str | torch.device = "cpu") 
         ValueError (:class:`~maskkit.training.checkpoints.WeightsError`): a one-line reason
             (not loadable with ``weights_only=True``, not an IResNet layout, missing/unexpected keys).
     """
-    from maskkit.training.checkpoints import load_file, read_weights
+    from maskkit.training.checkpoints.read import load_file, read_weights
 
     device = check_device(device)
     ck_path = find_checkpoint(run_dir_or_ckpt)
@@ -226,9 +214,11 @@ def load_model(run_dir_or_ckpt: str | Path, device: str | torch.device = "cpu") 
         meta = {"checkpoint": str(ck_path), "layout": src.label, "label": f"{ck_path.stem} ({src.label})",
                 "dropped_keys": list(src.dropped)}
         return InferenceModel(module, src.inference_config(), device=device, meta=meta)
+    from maskkit.training.checkpoints.identify import strip_wrappers
+
     config = ck["config"]
     module = build_model(config)
-    module.load_state_dict(ck["model"])
+    module.load_state_dict(strip_wrappers(ck["model"])[0])  # a compiled / DataParallel model's keys too
     meta = {k: ck.get(k) for k in ("step", "epoch", "classes", "num_classes") if k in ck}
     meta["checkpoint"] = str(ck_path)
     meta["layout"] = "maskkit"

@@ -47,6 +47,8 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from maskkit.io.crop_template import change_note
+
 log = logging.getLogger(__name__)
 
 
@@ -143,6 +145,9 @@ class ShardStream(torch.utils.data.IterableDataset):
         self.seed, self.shuffle_buffer, self.crop_pad, self.hflip = seed, shuffle_buffer, crop_pad, hflip
         self.image_size, self.do_augment = tuple(image_size), augment
         self.epoch, self.skip_batches, self.positions = 0, 0, None
+        # the manifest's image_size says the crops' template; decode_crop brings each onto image_size's
+        # (maskkit.io.crop_template), or the set is refused here; the note goes to the run's log
+        self.template_note = change_note(shards.manifest.get("image_size") or self.image_size, self.image_size)
 
     def set_epoch(self, epoch: int, skip_batches: int = 0, positions: list[int] | None = None) -> None:
         """Start epoch ``epoch`` after ``skip_batches`` batches already consumed.
@@ -194,7 +199,7 @@ class ShardStream(torch.utils.data.IterableDataset):
             data = sample.get("jpg", sample.get("jpeg", sample.get("png")))
             if data is None:
                 raise KeyError("no jpg member")
-            img = decode_crop(data, self.image_size)  # resized, with a warning, when of another size
+            img = decode_crop(data, self.image_size)  # another size: brought onto this size's template
             label = int(meta["label"])
             masked = bool(meta.get("masked", False))
         except Exception as exc:  # a bad sample is logged and skipped, never silently dropped

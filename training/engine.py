@@ -601,6 +601,10 @@ def _train(cfg: TrainConfig, resume: bool, source: Any) -> dict:
                  + "".join(f"; {n}" for n in init_report.notes))
             write_log({"event": "init", "step": global_step, "path": cfg.init, "sha256": init_report.sha256,
                        "layout": init_report.label, "fresh": init_report.fresh, "notes": init_report.notes})
+        note = getattr(getattr(src, "stream", None), "template_note", None)
+        if note:  # crops of another template size, brought onto this run's (training.data.ShardStream)
+            emit(f"data: {note}")
+            write_log({"event": "data_template", "step": global_step, "note": note})
         if inexact:
             emit(inexact)
             write_log({"event": "resume_inexact", "step": global_step, "message": inexact})

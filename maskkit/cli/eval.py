@@ -64,7 +64,7 @@ def _check_pairs(pairs) -> None:
     the forms, before a model loads or an output is claimed."""
     if pairs is None:
         return
-    from maskkit.training.eval.evalsets import PairsFormatError, parse_pairs_txt
+    from maskkit.training.eval.evalsets.pairs import PairsFormatError, parse_pairs_txt
 
     try:
         parse_pairs_txt(pairs)
@@ -75,7 +75,7 @@ def _check_pairs(pairs) -> None:
 def _load(model, device: str = "cpu"):
     """``load_model`` with its errors (a file that is no model we can read) as one line."""
     from maskkit.training.api import load_model
-    from maskkit.training.checkpoints import WeightsError
+    from maskkit.training.checkpoints.layout import WeightsError
 
     try:
         return load_model(model, device=device)
@@ -110,7 +110,8 @@ def _load(model, device: str = "cpu"):
 @_detector("Face detector for images not already 112x112.")
 @click.option("--aligned", is_flag=True,
               help="Trust 112x112 images as ArcFace-aligned crops (default: check each against the template "
-                   "and re-align it when off).")
+                   "and re-align it when off); crops of another template size (insightface's 128x128) are "
+                   "brought onto the 112 template first.")
 @click.option("--probes-masked", is_flag=True, help="Probes already wear real masks: no synthetic mask, masked branch.")
 @click.option("--gallery-per-id", type=int, default=1, show_default=True,
               help="When --gallery and --probes are the same folder: first K images per identity form the gallery.")
@@ -248,7 +249,8 @@ def _config(model, bin_path, pairs, root, gallery, probes, mask_side, mask_style
 @_overwrite("Replace --out when it exists (otherwise refused).")
 @click.option("--aligned", is_flag=True,
               help="Trust 112x112 images as ArcFace-aligned crops (default: check each against the template "
-                   "and re-align it when off).")
+                   "and re-align it when off); crops of another template size (insightface's 128x128) are "
+                   "brought onto the 112 template first.")
 def embed(model, src, out, masked, flip, batch_size, device, detector, quiet, overwrite, aligned):
     """Embed every face under SRC into an .npz (mu, sigma, magnitude, paths).
 
@@ -262,7 +264,8 @@ def embed(model, src, out, masked, flip, batch_size, device, detector, quiet, ov
 
     Identity = first sub-folder. Images not already 112x112 are aligned first; 112x112 images
     are checked against the ArcFace template and re-aligned when off (--aligned trusts them);
-    what was done is in the archive's ``notes``. Files that cannot be read or aligned are
+    crops of another template size (insightface's 128x128...) are brought onto the 112 template
+    and used when the face is found on it; what was done is in the archive's ``notes``. Files that cannot be read or aligned are
     listed in the archive's ``failures``. Exit status 0 when done,
     1 when every image failed, 2 when SRC holds no image file; an existing OUT needs --overwrite.
     """
@@ -323,7 +326,7 @@ def export(model, fmt, out, branch, opset, verify, quiet, overwrite):
     """
     import numpy as np
 
-    from maskkit.training.checkpoints import WeightsError
+    from maskkit.training.checkpoints.layout import WeightsError
 
     if out is None:
         raise click.UsageError("Missing option '-o' / '--out'.")
@@ -333,7 +336,7 @@ def export(model, fmt, out, branch, opset, verify, quiet, overwrite):
     m = _load(model)
     say = (lambda *a, **k: None) if quiet else click.echo
     if fmt == "arcface-torch":
-        from maskkit.training.checkpoints import write_arcface_torch
+        from maskkit.training.checkpoints.write import write_arcface_torch
 
         try:
             path, notes = write_arcface_torch(m, out, branch=branch)

@@ -140,7 +140,8 @@ def train_cmd(ctx: click.Context, data, out, method, backbone, width, two_stream
         base["extra"] = dict(base["extra"] or {}, command=" ".join(["maskkit"] + sys.argv[1:]))
         cfg = TrainConfig.from_dict(base)
         if cfg.init and not resume:
-            from maskkit.training.checkpoints import apply_init_config, read_weights
+            from maskkit.training.checkpoints.finetune import apply_init_config
+            from maskkit.training.checkpoints.read import read_weights
 
             # architecture and preprocessing from the weights; an explicit different value is an error
             cfg = apply_init_config(cfg, read_weights(cfg.init), explicit=set(explicit))
@@ -167,12 +168,15 @@ def train_cmd(ctx: click.Context, data, out, method, backbone, width, two_stream
             raise click.ClickException(f"torch.distributed.run exited with code {rc}")
         return
 
+    from maskkit.io.crop_template import TemplateRefused
     from maskkit.training.engine import NonFiniteLoss, TrainError, train
 
     try:
         summary = train(cfg, resume=resume)
     except (NonFiniteLoss, TrainError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from exc
+    except TemplateRefused as exc:  # shards whose crops cannot be brought onto image_size's template
+        raise click.ClickException(f"--data {cfg.data}: {exc.detail}") from exc
     finally:
         import torch.distributed as dist
 

@@ -17,56 +17,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+# the templates are a property of the crop formats, shared with the readers of .bin sets and
+# shards (maskkit.io.crop_template); re-exported here, where the aligner warps onto them
+from maskkit.io.crop_template import ARCFACE_DST, arcface_template
+
 __all__ = ["ARCFACE_DST", "Aligned", "arcface_template", "five_points", "similarity_transform",
            "apply_transform", "align_face", "parse_size"]
-
-#: insightface ``arcface_dst`` for 112x112 crops (x, y).
-ARCFACE_DST = np.array(
-    [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]],
-    dtype=np.float32,
-)
-
-
-def arcface_template(size: tuple[int, int] | int = (112, 112)) -> np.ndarray:
-    """The 5-point ArcFace template for an output size.
-
-    Args:
-        size: ``(H, W)`` or a single int for a square. Rules:
-
-            * insightface's ``estimate_norm`` (deepinsight/insightface
-              ``python-package/insightface/utils/face_align.py``, e.g. commit 01a34cd9), for a
-              square ``S``: ``S % 112 == 0`` -> ``arcface_dst * S/112``, tested first, so a size
-              divisible by both 112 and 128 (896, 1792, ...) takes the 112-based template;
-              else ``S % 128 == 0`` -> ``arcface_dst * S/128`` plus ``8*S/128`` in x.
-            * extensions beyond ``estimate_norm`` (which asserts on these sizes): ``(112, 96)``:
-              x shifted by -8 (the 96-wide template of insightface's older
-              ``src/common/face_preprocess.py``, commit 2199039b, of which ``arcface_dst`` is
-              the +8 shift); any other square ``S``: ``arcface_dst * S/112`` (maskkit's choice).
-
-    Returns:
-        ``(5, 2)`` float32 template points (x, y).
-
-    Raises:
-        ValueError: for a non-square size other than 112x96.
-    """
-    h, w = (size, size) if isinstance(size, (int, np.integer)) else (int(size[0]), int(size[1]))
-    dst = ARCFACE_DST.copy()
-    if (h, w) == (112, 112):
-        return dst
-    if (h, w) == (112, 96):
-        dst[:, 0] -= 8.0
-        return dst
-    if h != w or h <= 0:
-        raise ValueError(f"unsupported aligned size {h}x{w}: use 112x112, 112x96 or a square (e.g. 128, 256)")
-    if h % 112 == 0:  # before the 128 rule, as estimate_norm: 896 = 8 x 112 = 7 x 128 is 112-based
-        return (dst * (h / 112.0)).astype(np.float32)
-    if h % 128 == 0:
-        ratio = h / 128.0
-        dst = dst * ratio
-        dst[:, 0] += 8.0 * ratio
-        return dst.astype(np.float32)
-    return (dst * (h / 112.0)).astype(np.float32)
-
 
 def parse_size(text: str | int) -> tuple[int, int]:
     """Parse ``112``, ``"112"``, ``"112x96"`` (H x W) into ``(H, W)`` and validate it."""

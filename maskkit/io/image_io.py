@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["DEFAULT_MAX_PIXELS", "ImageError", "decode_image", "decode_crop", "load_image", "encode_jpeg",
+__all__ = ["DEFAULT_MAX_PIXELS", "ImageError", "decode_image", "decode_crop", "read_crop", "load_image", "encode_jpeg",
            "to_rgb_uint8"]
 
 log = logging.getLogger(__name__)
@@ -185,22 +185,38 @@ def decode_crop(data: bytes, size: tuple[int, int] | None = None) -> np.ndarray:
 
     Args:
         data: JPEG/PNG bytes.
-        size: wanted ``(H, W)``; an image of another size is resized (``INTER_AREA``) with a
-            logged warning. ``None`` keeps the decoded size.
+        size: wanted ``(H, W)``; a crop of another size is brought onto the template of ``size``
+            (:func:`read_crop`). ``None`` keeps the decoded size.
 
     Raises:
-        ValueError: ``decode_error: ...`` when the bytes are not a decodable image.
+        ValueError: ``decode_error: ...`` when the bytes are not a decodable image;
+            :class:`~maskkit.io.crop_template.TemplateRefused` (a ``ValueError``) when the crop's
+            size is no template's, or its template's crop does not cover ``size``'s.
+    """
+    return read_crop(data, size)[0]
+
+
+def read_crop(data: bytes, size: tuple[int, int] | None = None):
+    """:func:`decode_crop` and what was done to the crop: ``(rgb, change)``.
+
+    ``change`` is None when nothing was asked (``size`` None) or the crop already has ``size``;
+    otherwise the :class:`~maskkit.io.crop_template.TemplateChange` applied: the size of a crop
+    says its template (:func:`~maskkit.io.crop_template.arcface_template`), so a 128x128 crop
+    of insightface's 128 template loses its 8-px side borders and bottom 16 rows (no
+    resampling) and a 224x224 crop of the 112 template is halved -- never a plain resize, which
+    would leave a 128 crop's face 9-11 px off the 112 template. The caller records the change.
     """
     import cv2
+
+    from maskkit.io.crop_template import to_template
 
     bgr = cv2.imdecode(np.frombuffer(bytes(data), np.uint8), cv2.IMREAD_COLOR)
     if bgr is None:
         raise ValueError("decode_error: cannot decode image bytes")
     rgb = np.ascontiguousarray(bgr[:, :, ::-1])
-    if size is not None and rgb.shape[:2] != tuple(size):
-        log.warning("image of size %s resized to %s", rgb.shape[:2], tuple(size))
-        rgb = cv2.resize(rgb, (size[1], size[0]), interpolation=cv2.INTER_AREA)
-    return rgb
+    if size is None or rgb.shape[:2] == tuple(size):
+        return rgb, None
+    return to_template(rgb, tuple(size))
 
 
 def load_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:

@@ -18,7 +18,7 @@ def metrics_table(m: dict):
 
     c = m["counts"]
     t = Table(title=f"maskkit eval: {m['set']} ({m['task']}, mask side {m['protocol']['mask_side']}, {m.get('method')})")
-    t.add_column("metric")
+    t.add_column("metric", no_wrap=True)  # a label on one line: every label fits 80 columns (<= 29 chars)
     t.add_column("cosine", justify="right")
     cos, mls = m["cosine"], m.get("mls") or {}
     mls_flags = m.get("mls_flags") or {}  # σ = 0 or one σ for all: MLS is no σ-aware result (older records: none)
@@ -43,9 +43,14 @@ def metrics_table(m: dict):
         t.add_row("probes (unknown id)", f"{c['probes']} ({c['probes_unknown_identity']})", "")
     t.add_row("faces masked / requested", f"{c['masked']} / {c['mask_requested']}", "")
     t.add_row("mask failures (kept unmasked)", str(c["mask_failures"]), "")
-    t.add_row("input failures / align fallbacks", f"{c['input_failures']} / {c['alignment_fallbacks']}", "")
+    t.add_row("input failures", str(c["input_failures"]), "")
+    given = c.get("used_as_given", c.get("alignment_unverified", 0))  # older records: the unverified count
+    t.add_row("crops re-aligned", str(c.get("realigned", c.get("alignment_fallbacks", 0) - given)), "")
+    t.add_row("crops used as given", str(given), "")  # a face that cannot be checked: profile, occlusion
+    if c.get("template_converted"):  # crops of another template size (the notes say which and how)
+        t.add_row("crops from another template", str(c["template_converted"]), "")
     if c.get("pairs_skipped"):  # pairs left out because one of their images failed (counted above, once)
-        t.add_row("pairs left out (an image failed)", str(c["pairs_skipped"]), "")
+        t.add_row("pairs left out (image failed)", str(c["pairs_skipped"]), "")
     left = {k[len("non_finite_"):].replace("_", " "): v for k, v in c.items() if k.startswith("non_finite_") and v}
     if left:  # entries whose scores are NaN / inf (maskkit.training.eval.finite): named in the caption
         t.add_row("left out: non-finite scores", ", ".join(f"{v} {k}" for k, v in left.items()), "")
@@ -77,7 +82,7 @@ def _auc_cell(r: dict) -> str:
 def load_run_metrics(run_dir: str | Path) -> list[dict]:
     """All saved eval metrics of a run (``RUN/eval/*.json``) or of a foreign weights file
     (``<stem>-eval/*.json`` beside it), sorted by key."""
-    from maskkit.training.checkpoints import eval_home
+    from maskkit.training.checkpoints.read import eval_home
 
     d = eval_home(run_dir)
     out = []
@@ -94,7 +99,7 @@ def load_run_metrics(run_dir: str | Path) -> list[dict]:
 
 def _config_method(run: str | Path) -> str | None:
     """The ``method`` in ``RUN/config.json`` (of a run folder or ``RUN/checkpoints/X.pt``), or None."""
-    from maskkit.training.checkpoints import maskkit_run_of
+    from maskkit.training.checkpoints.read import maskkit_run_of
 
     p = maskkit_run_of(run)
     if p is None:

@@ -5,7 +5,9 @@ import json
 from pathlib import Path
 
 import numpy as np
-from maskkit.training.eval.evalsets import FaceAligner, load_image_folder
+from maskkit.training.eval.evalsets.aligner import FaceAligner
+from maskkit.training.eval.evalsets.folders import load_image_folder
+from maskkit.training.eval.evalsets.sets import note_counts
 from maskkit.training.eval.verification import extract_embeddings
 
 
@@ -21,8 +23,11 @@ def run_embed(model_path: str, src: str, out: str, masked: bool = False, flip: b
     (N,) base64 strings, ``""`` for the others), and ``failures`` (JSON strings, one per input
     left out, with the reason; ``src_bytes`` likewise) and ``notes`` (JSON strings, one per image
     whose alignment was not the default: a 112x112 crop ``realigned`` because it was off the
-    template, or kept ``unverified``: a face whose points cannot be checked, with its fit's RMS).
-    ``aligned`` trusts 112x112 images as aligned crops (unchecked).
+    template, or kept ``unverified``: a face whose points cannot be checked, with its fit's RMS;
+    a crop of another template size (128x128...) brought onto the 112 template, ``template:``
+    what was done and whether the face was found on it, :mod:`maskkit.io.crop_template`).
+    ``aligned`` trusts 112x112 images (and crops of another template size, brought onto the 112
+    template) as aligned crops (unchecked).
 
     Returns:
         A summary dict (counts, output path).
@@ -59,6 +64,8 @@ def run_embed(model_path: str, src: str, out: str, masked: bool = False, flip: b
         flip=np.array(flip),
     )
     tmp.replace(outp)
+    kinds = note_counts(images.notes)
     return {"out": str(outp), "embedded": len(images), "failed": len(images.failures),
-            "alignment_fallbacks": len(images.notes),
-            "unverified": sum(1 for n in images.notes.values() if n.startswith("unverified")), "has_sigma": emb.sigma is not None, "dim": int(dim)}
+            "realigned": kinds["realigned"], "unverified": kinds["unverified"], "template_converted": kinds["template"],
+            "alignment_fallbacks": kinds["realigned"] + kinds["unverified"],  # the name older callers read
+            "has_sigma": emb.sigma is not None, "dim": int(dim)}

@@ -10,7 +10,7 @@ it without a word (NaN compares false). ``maskkit eval`` deals with it in one wa
    (a pair, a gallery image, a probe) are the ones whose scores are not finite;
 2. those entries are left out of the figures and every other entry stays where it was: a pair
    keeps the fold of its position in the source (:meth:`PairSet.folds
-   <maskkit.training.eval.evalsets.PairSet.folds>`), as a pair whose image failed to load does;
+   <maskkit.training.eval.evalsets.sets.PairSet.folds>`), as a pair whose image failed to load does;
 3. they are counted and named (:class:`LeftOut`): ``counts.non_finite_<kind>`` and
    ``failures.non_finite`` in ``metrics.json``, one note (the table's caption and the report's
    ``notes``) and one warning line;

@@ -125,9 +125,21 @@ def short_label(name: str, width: int) -> str:
     return name[:head] + "\u2026" + name[len(name) - (keep - head):]
 
 
+def identity_and_stem(name: str) -> tuple[str, str]:
+    """``(identity, file stem)`` of an image name: the identity is the folder the image sits in
+    (one folder per identity: LFW, CASIA-WebFace, VGGFace2, celeb-aligned), ``""`` for a loose
+    file or a ``.bin`` image (``lfw.bin:12``: a ``.bin`` holds no identity)."""
+    p = Path(str(name))
+    stem = p.stem if p.suffix.lower() in _IMAGE_SUFFIXES else p.name
+    return (p.parent.name if len(p.parts) > 1 else ""), stem
+
+
 def pair_caption(dist: float, a: str, b: str, width: int = 20) -> str:
-    """Caption of a worst-pair cell: the distance, then both file names (middle-ellipsised)."""
-    return f"d={dist:.3f}\n{short_label(Path(a).name, width)} | {short_label(Path(b).name, width)}"
+    """Caption of a worst-pair cell: the distance, both identities, both file stems (each
+    middle-ellipsised to ``width``; ``-`` for an image without identity)."""
+    (ia, sa), (ib, sb) = identity_and_stem(a), identity_and_stem(b)
+    return (f"d={dist:.3f}\n{short_label(ia or '-', width)} | {short_label(ib or '-', width)}\n"
+            f"{short_label(sa, width)} | {short_label(sb, width)}")
 
 
 def probe_caption(rank: int, ident: str, pred: str, width: int = 28) -> str:

@@ -40,19 +40,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from maskkit.training.checkpoints import eval_home
+from maskkit.training.checkpoints.read import eval_home
 from maskkit.training.eval.compare import metrics_table, trusts_crops
-from maskkit.training.eval.evalsets import (
-    FaceAligner,
-    ImageSet,
-    PairSet,
-    PairsFormatError,
-    apply_masks,
-    load_bin,
-    load_image_folder,
-    load_pairs,
-    mask_side_flags,
-)
+from maskkit.training.eval.evalsets.aligner import FaceAligner
+from maskkit.training.eval.evalsets.binfile import load_bin
+from maskkit.training.eval.evalsets.folders import load_image_folder
+from maskkit.training.eval.evalsets.masking import apply_masks, mask_side_flags
+from maskkit.training.eval.evalsets.pairs import PairsFormatError, load_pairs
+from maskkit.training.eval.evalsets.sets import ImageSet, PairSet, note_counts, templates_of
 from maskkit.training.eval.finite import (
     MIN_PAIRS,
     NotScorable,
@@ -106,7 +101,7 @@ class EvalConfig:
         mask_style: renderer style or ``random``.
         seed: mask seed: each image's mask is drawn from ``(seed, key)``, the key being its
             file name (a pairs file, a gallery or probe folder) or its index in a ``.bin``
-            (:func:`~maskkit.training.eval.evalsets.image_rng`), so the order of a pairs file
+            (:func:`~maskkit.training.eval.evalsets.masking.image_rng`), so the order of a pairs file
             never changes a mask and an image named in several pairs gets the same one.
         flip: add the horizontal mirror's embedding (insightface protocol).
         out: report folder (default :attr:`home` ``/ <set>-<task>-mask<side>``, and ``-aligned``
@@ -220,10 +215,26 @@ def _by_branch(values: np.ndarray | None, masked: np.ndarray) -> dict | None:
     return {"unmasked": _stats(values[~masked]), "masked": _stats(values[masked])}
 
 
-def _n_unverified(notes: dict) -> int:
-    """Images whose alignment note says ``unverified``: 112x112 crops with a face whose points
-    could not be checked against the template, used as given (``FaceAligner``)."""
-    return sum(1 for n in notes.values() if str(n).startswith("unverified"))
+def _input_counts(*notes: dict, listed: dict[str, int] | None = None) -> tuple[dict, dict[str, int], list[str]]:
+    """``(counts, templates, notes)`` of how the inputs became 112x112 template crops, from the
+    per-image alignment notes (each dict keyed by image) and a ``.bin``'s ``listed`` templates.
+
+    counts: ``realigned`` (112x112 crops off the template, re-aligned from their landmarks),
+    ``used_as_given`` (crops whose face cannot be checked: profiles, occlusion; also
+    ``alignment_unverified``), ``template_converted`` (crops of another template size brought
+    onto the 112 template, :mod:`maskkit.io.crop_template`), and ``alignment_fallbacks``
+    (= realigned + used as given, the name older records carry). templates: ``{what was done:
+    images}``; notes: one line per entry of it, for the report's notes.
+    """
+    kinds = note_counts(*notes)
+    templates = templates_of(*notes, listed=listed)
+    counts = {"realigned": kinds["realigned"], "used_as_given": kinds["unverified"],
+              "template_converted": sum(templates.values()),
+              "alignment_fallbacks": kinds["realigned"] + kinds["unverified"], "alignment_unverified": kinds["unverified"]}
+    lines = [f"{n} image{'s' if n != 1 else ''}: {what}" for what, n in templates.items()]
+    for line in lines:
+        log.info("%s", line)
+    return counts, templates, lines
 
 
 def _model_info(model) -> dict:
@@ -299,12 +310,13 @@ def evaluate_pairset(model, pairs: PairSet, cfg: EvalConfig, renderer=None) -> V
     keep = fin[0::2] & fin[1::2]  # a pair's distance is finite iff both its μ are
     left = left_out_pairs(~keep, pairs.pair_index, pairs.names)
     loaded = pairs
-    notes: list[str] = []
+    # each image once, however many pairs name it (as its input failure would be)
+    inputs, templates, notes = _input_counts({loaded.names[i]: n for i, n in loaded.notes.items()},
+                                             listed=loaded.templates)
     counts = {"listed_pairs": loaded.n_listed, "loaded_pairs": loaded.n_pairs, left.count_key: left.count,
               "images": int(len(loaded.images)), "input_failures": len(loaded.failures),  # images, once each
               "pairs_skipped": len(loaded.skipped_pairs),  # pairs left out for a failed image
-              "alignment_fallbacks": len(loaded.notes),
-              "alignment_unverified": _n_unverified(loaded.notes),  # 112x112 crops kept unverified
+              **inputs,  # realigned, used as given, brought from another template
               "mask_requested": mo.n_requested, "masked": mo.n_masked, "mask_failures": len(mo.failures)}
     head = {
         "task": "verification", "set": cfg.set_name, "source": loaded.source, "model": str(cfg.model),
@@ -312,6 +324,7 @@ def evaluate_pairset(model, pairs: PairSet, cfg: EvalConfig, renderer=None) -> V
         "protocol": {"mask_side": cfg.mask_side, "mask_style": cfg.mask_style, "seed": cfg.seed, "flip": cfg.flip,
                      "folds": 10, "distance": "squared L2 of L2-normalised flip-summed mu",
                      "thresholds": "arange(0, 4, 0.01)", "listed_pairs": loaded.n_listed},
+        "input_templates": templates,  # crops of another template size: {what was done: images}
         "mask_styles": {s: mo.styles.count(s) for s in sorted({s for s in mo.styles if s})},
         "sigma_norm": _by_branch(emb_all.sigma_norm, emb_all.masked),  # every embedded image
         "magnitude": _by_branch(emb_all.magnitude, emb_all.masked),
@@ -486,7 +499,7 @@ def evaluate_identification(model, gallery: ImageSet, probes: ImageSet, cfg: Eva
     g_keep, p_keep = finite_rows(ge_all.mu), finite_rows(pe_all.mu)
     left_g = left_out_images("gallery images", ~g_keep, gallery.paths, gallery.identities)
     left_p = left_out_images("probes", ~p_keep, probes.paths, probes.identities)
-    notes: list[str] = []
+    inputs, templates, notes = _input_counts(gallery.notes, probes.notes)
     note = joint_note([left_g, left_p])
     if note:
         notes.append(note)
@@ -496,8 +509,7 @@ def evaluate_identification(model, gallery: ImageSet, probes: ImageSet, cfg: Eva
     all_masked = np.concatenate([ge_all.masked, pe_all.masked])
     counts = {
         "input_failures": len(gallery.failures) + len(probes.failures),
-        "alignment_fallbacks": len(gallery.notes) + len(probes.notes),
-        "alignment_unverified": _n_unverified(gallery.notes) + _n_unverified(probes.notes),
+        **inputs,  # realigned, used as given, brought from another template
         left_g.count_key: left_g.count, left_p.count_key: left_p.count,
         "mask_requested": gm.n_requested + pm.n_requested, "masked": gm.n_masked + pm.n_masked,
         "mask_failures": len(gm.failures) + len(pm.failures),
@@ -516,6 +528,7 @@ def evaluate_identification(model, gallery: ImageSet, probes: ImageSet, cfg: Eva
                         "MLS: PFE precision-weighted fusion of the gallery Gaussians",
             "score": "cosine (and MLS with σ)",
         },
+        "input_templates": templates,  # crops of another template size: {what was done: images}
         "sigma_norm": _by_branch(all_sigma, all_masked),  # every embedded image
         "magnitude": _by_branch(all_mag, all_masked),
     }
