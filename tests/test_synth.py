@@ -18,7 +18,7 @@ import pytest
 
 from maskkit.io.shards import expected_masked, read_samples, verify
 from maskkit.pipeline.synth import (SynthConfig, SynthError, balanced_styles, leftover_styles, next_style_offset,
-                                    run_synth)
+                                    run_synth, summary_rows)
 
 STYLES = ("surgical", "n95", "kn95", "cloth", "gas")
 
@@ -377,6 +377,11 @@ def test_resume_in_process_keeps_complete_shards(celeb_aligned, tmp_path, monkey
     monkeypatch.setattr(synth_mod.backends, "process_chunk", real)
     res = run_synth(SynthConfig(out=tmp_path / "x", **cfg))
     assert res.resumed == 18
+    # its speed is over the work it did: the three identities it computed (30 files; the first
+    # was complete in the journal, the second's samples only partly in complete shards), not all 40
+    assert res.files_done == 30
+    assert ("img/s", "15.0 (over the 30 files this run processed)") in summary_rows(res.manifest, None, 2.0,
+                                                                                     res.files_done)
     assert {p.name: p.stat().st_mtime_ns for p in done} == mtimes
     assert shard_hashes(tmp_path / "x") == shard_hashes(tmp_path / "clean")
     # a crash after the last shard, just before the manifest: the rerun recomputes nothing
@@ -391,7 +396,7 @@ def test_resume_in_process_keeps_complete_shards(celeb_aligned, tmp_path, monkey
     monkeypatch.setattr(synth_mod.backends, "process_chunk", flaky)  # would raise if any identity were redone
     calls["n"] = 2
     res = run_synth(SynthConfig(out=tmp_path / "y", **cfg))
-    assert calls["n"] == 2 and res.resumed == 40
+    assert calls["n"] == 2 and res.resumed == 40 and res.files_done == 0
     assert shard_hashes(tmp_path / "y") == shard_hashes(tmp_path / "clean")
 
 

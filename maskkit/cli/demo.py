@@ -72,7 +72,7 @@ def demo(out: Path, jobs: int, detector: str, quiet: bool, overwrite: bool) -> N
     if not quiet:
         from maskkit.util.progress import print_summary
 
-        print_summary("maskkit synth (demo)", dict(summary_rows(man, res.stage_seconds, res.seconds)))
+        print_summary("maskkit synth (demo)", dict(summary_rows(man, res.stage_seconds, res.seconds, res.files_done)))
     click.echo(f"[3/4] maskkit synth --ratio 0.5 --paired: {man['num_samples']} samples "
                f"({man['num_masked']} masked) in {len(man['shards'])} shards -> {shards}", err=True)
 

@@ -38,7 +38,7 @@ def _quiet(help: str = "No progress bar or summary table.") -> Callable:
     return click.option("-q", "--quiet", is_flag=True, help=help)
 
 
-def _jobs(default: int = 0, min_jobs: int = 0, help: str = "Worker processes (0 = all CPU cores).") -> Callable:
+def _jobs(default: int = 0, min_jobs: int = 0, help: str = "Worker processes (0 = as many as pay off: one per 500 inputs, up to all CPU cores; a small job runs in one process).") -> Callable:
     return click.option("-j", "--jobs", default=default, show_default=True, type=click.IntRange(min_jobs, None),
                         help=help)
 

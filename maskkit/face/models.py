@@ -79,6 +79,26 @@ def cached(kind: str, key: str, factory):
         return obj
 
 
+class quiet_stderr:
+    """Silence file descriptor 2 (C/C++ logging) for the duration of a block."""
+
+    def __enter__(self):
+        try:
+            self._saved = os.dup(2)
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 2)
+            os.close(devnull)
+        except OSError:
+            self._saved = None
+        return self
+
+    def __exit__(self, *exc):
+        if self._saved is not None:
+            os.dup2(self._saved, 2)
+            os.close(self._saved)
+        return False
+
+
 def load_dlib():
     try:
         import dlib  # noqa: PLC0415

@@ -41,7 +41,7 @@ from maskkit.util.names import name_from_fields, text_safe
 
 __all__ = ["RUN_INFO", "REJECTED", "RESERVED", "PROGRESS", "check_out_kind", "check_previous_run", "record_complete", "listing_fingerprint",
            "prepare_run", "check_writable", "safe_target", "coverage_rel", "rounded", "run_chunks",
-           "json_line", "rejected_line", "finish_run"]
+           "json_line", "rejected_line", "finish_run", "auto_workers", "FILES_PER_WORKER"]
 
 
 def check_writable(out: Path) -> None:
@@ -399,6 +399,23 @@ def rounded(a, nd: int = 3) -> list:
     return np.round(np.asarray(a, dtype=np.float64), nd).tolist()
 
 
+#: ``--jobs 0`` (the default: "as many as pay off") of ``align``, ``mask`` and ``synth`` starts one
+#: worker process per this many input files, up to the cores and the identities there are; fewer files run in this process. A worker
+#: pays for its start-up (a process, the imports, the dlib model: about 1.3 CPU-seconds measured
+#: with ``benchmarks/synth_bench.py``'s one-input runs) before it saves anything: two workers beat
+#: one process only above ``2 * 1.3 s / t`` files at ``t`` seconds a file, 370 files at the
+#: fastest rate measured (``--aligned``, about 7 ms a crop); 500 a worker leaves a margin of 2.7.
+FILES_PER_WORKER = 500
+
+
+def auto_workers(files: int, chunks: int, cores: int | None = None) -> int:
+    """Worker processes for ``--jobs 0``: one per :data:`FILES_PER_WORKER` files, at most one per
+    core and per chunk of work (``synth``: per identity), at least 1 (1 = no pool: the work runs in this process, so a
+    small job is never slower than one worker)."""
+    cores = cores or os.cpu_count() or 1
+    return max(1, min(cores, chunks, files // FILES_PER_WORKER))
+
+
 def run_chunks(work: Callable[..., list], items: Sequence, jobs: int, max_chunk: int, args: tuple = (),
                local: tuple = (), chunk: int = 0) -> tuple[Iterator[list], int]:
     """Map ``work(chunk_items, *args)`` over chunks of ``items``, results in input order.
@@ -407,7 +424,8 @@ def run_chunks(work: Callable[..., list], items: Sequence, jobs: int, max_chunk:
         work: module-level function ``work(items, *args, *local) -> list`` (one result per
             item); it must load its own models when ``local`` is not given (once per worker).
         items: the inputs.
-        jobs: worker processes; ``0`` = all CPU cores. Capped at the number of inputs.
+        jobs: worker processes; ``0`` = as many as pay off (:func:`auto_workers`). Capped at the
+            number of inputs.
         max_chunk: largest chunk when ``chunk`` is 0 (the automatic size aims at 4 chunks per
             worker).
         args: arguments sent to every task (the config, ...).
@@ -418,7 +436,7 @@ def run_chunks(work: Callable[..., list], items: Sequence, jobs: int, max_chunk:
     Returns:
         ``(generator of per-chunk result lists, jobs actually used)``.
     """
-    jobs = jobs if jobs > 0 else (os.cpu_count() or 1)
+    jobs = jobs if jobs > 0 else auto_workers(len(items), len(items))
     jobs = max(1, min(jobs, len(items) or 1))
     chunk = chunk or max(1, min(max_chunk, len(items) // (jobs * 4) or 1))
     chunks = [items[i:i + chunk] for i in range(0, len(items), chunk)]

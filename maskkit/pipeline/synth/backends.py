@@ -5,18 +5,25 @@ import os
 from contextlib import contextmanager
 from typing import Iterator
 
+from maskkit.pipeline.runner import auto_workers
 from maskkit.pipeline.synth.config import SynthConfig, SynthError
 from maskkit.pipeline.synth.plan import Chunk, ChunkResult
 from maskkit.pipeline.synth.worker import process_chunk
 
 
 @contextmanager
-def _backend(cfg: SynthConfig):
-    """Yield ``n_jobs`` for joblib inside the configured backend context."""
+def _backend(cfg: SynthConfig, files: int | None = None, chunks: int | None = None):
+    """Yield ``n_jobs`` for joblib inside the configured backend context (``files``/``chunks``:
+    the work left, for ``--jobs 0``; see :func:`auto_workers`)."""
     import joblib
 
     if cfg.backend == "local":
-        yield cfg.jobs if cfg.jobs != 0 else (os.cpu_count() or 1)
+        if cfg.jobs > 0:
+            yield cfg.jobs
+        elif files is None:
+            yield os.cpu_count() or 1
+        else:
+            yield auto_workers(files, chunks if chunks is not None else files)
         return
     if cfg.backend == "dask":
         try:

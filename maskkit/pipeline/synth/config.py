@@ -48,7 +48,14 @@ from maskkit import __version__
 #:     near-profile whose far jaw meets the lip line just inside the far mouth corner is masked,
 #:     was ``jaw_misses_lip_line``), and on heads turned past 15 degrees (``maskkit.render.pose``)
 #:     keeps the far side within the mean head's silhouette. Every masked sample's pixels change.
-ALGORITHM_VERSION = 11
+#: 12 = ``--aligned`` (issue 18, speed): a crop whose template fit is unstable and in which HOG
+#:     finds no face is looked at by BlazeFace and the face mesh before dlib's CNN (when the
+#:     ``blazeface`` extra is installed; ``maskkit.face.crop_check.BLAZE_CROP_UPRIGHT_GAP``): on
+#:     ``benchmarks/crop_check.py`` no crop changes between kept / ``no_face`` / ``not_aligned``;
+#:     a few kept crops change between ``detected`` and ``unverified`` and their landmarks (the fit
+#:     is made in BlazeFace's box, not the CNN's). Runs without ``--aligned`` give the same shard
+#:     bytes as 11.
+ALGORITHM_VERSION = 12
 
 #: The five mask styles (same as ``maskkit.render.STYLES``; repeated so importing this module
 #: stays light).
@@ -81,7 +88,9 @@ class SynthConfig:
         styles: mask styles to balance over (default: all five). May be empty when ``ratio``
             is 0 (``maskkit align --format shards``).
         seed: global seed.
-        jobs: worker processes (local backend); ``0`` or ``-1`` = all cores.
+        jobs: worker processes (local backend); ``0`` or ``-1`` = as many as pay off: one per
+            ``maskkit.pipeline.synth.backends.FILES_PER_WORKER`` input files, up to all cores
+            (a small job runs in this process).
         aligned: input faces are already aligned crops (no detection, no re-alignment; crops of
             another size are resized to ``size``).
         size: output ``(H, W)``.

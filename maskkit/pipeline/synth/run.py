@@ -49,6 +49,9 @@ class SynthResult:
         already_complete: the folder already held this exact run (nothing was recomputed).
         stage_seconds: summed per-stage worker seconds (decode, detect -- or landmarks with
             ``aligned``, where nothing is detected --, render, align, encode) plus ``write`` (driver).
+        files_done: input files this invocation processed (a resumed run's earlier identities
+            are not counted): the files its speed is measured over.
+        workers: worker processes this invocation used (1: in this process).
     """
 
     out: Path
@@ -57,6 +60,8 @@ class SynthResult:
     resumed: int = 0
     already_complete: bool = False
     stage_seconds: dict = field(default_factory=dict)
+    files_done: int = 0
+    workers: int = 1
 
 
 def _merge(total: dict, st: dict) -> None:
@@ -105,6 +110,12 @@ def run_synth(cfg: SynthConfig) -> SynthResult:
     from maskkit.pipeline.runner import check_out_kind
 
     check_out_kind(cfg.out, "shards", SynthError)
+    if cfg.aligned:  # a plain install takes the dlib path: say once how to get the fast one
+        from maskkit.face.detect import fast_path_note
+
+        note = fast_path_note()
+        if note:
+            print(note, file=sys.stderr)
     listing = list_sources_for(cfg)
     if not listing[0]:
         from maskkit.util.names import display_name
@@ -217,7 +228,7 @@ def _run_locked(cfg: SynthConfig, t_start: float, listing: tuple, kept: _Kept) -
                                  on_event=hook)
     wcfg = cfg if hook is None else replace(cfg, on_boundary=None)  # the hook stays in the driver
     try:
-        with _backend(cfg) as n_jobs, _progress(len(items), done_files, cfg.progress, cfg.progress_desc) as bar:
+        with _backend(cfg, sum(len(c.items) for c in todo), len(todo)) as n_jobs, _progress(len(items), done_files, cfg.progress, cfg.progress_desc) as bar:
             for res in _results(todo, wcfg, n_jobs):
                 res = res.pick(style_offset)
                 style_offset = next_style_offset(style_offset, res.stats.get("extra_styles", 0), len(cfg.styles))
@@ -341,4 +352,5 @@ def _run_locked(cfg: SynthConfig, t_start: float, listing: tuple, kept: _Kept) -
             preview(out, cfg.preview, styles=cfg.styles or ALL_STYLES, seed=cfg.seed)
         except Exception as exc:  # noqa: BLE001 - the dataset is done; the sheet is a bonus
             print(f"warning: could not draw the preview: {exc}", file=sys.stderr)
-    return SynthResult(out, man, time.perf_counter() - t_start, resumed=state.written, stage_seconds=stage)
+    return SynthResult(out, man, time.perf_counter() - t_start, resumed=state.written, stage_seconds=stage,
+                       files_done=len(items) - done_files, workers=n_jobs)

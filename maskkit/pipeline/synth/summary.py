@@ -70,8 +70,14 @@ def ratio_hint(dep: dict, paired: bool = False) -> str:
             + (". --paired also writes every masked face plain" if dep["never_plain"] and not paired else "."))
 
 
-def summary_rows(man: dict, stage_seconds: dict | None = None, seconds: float | None = None) -> list[tuple[str, str]]:
-    """``(name, value)`` rows of the end-of-run summary table."""
+def summary_rows(man: dict, stage_seconds: dict | None = None, seconds: float | None = None,
+                 files_done: int | None = None) -> list[tuple[str, str]]:
+    """``(name, value)`` rows of the end-of-run summary table.
+
+    ``files_done``: the input files this invocation processed (``SynthResult.files_done``); the
+    speed is measured over them, so a resumed run does not count the files it skipped. ``None``:
+    every input file.
+    """
     inp = man["inputs"]
     rows = [("seen", f"{inp.get('seen', inp['files']):,}"), ("inputs", f"{inp['files']:,}"), ("ok", f"{inp['ok']:,}"),
             ("failed", f"{inp['failed']:,}")]
@@ -113,7 +119,9 @@ def summary_rows(man: dict, stage_seconds: dict | None = None, seconds: float | 
     rows.append(("bytes", f"{sum(s['bytes'] for s in man['shards']):,}"))
     if seconds:
         rows.append(("seconds", f"{seconds:.1f}"))
-        rows.append(("img/s", f"{inp['files'] / seconds:.1f}"))
+        done = inp["files"] if files_done is None else files_done
+        rows.append(("img/s", f"{done / seconds:.1f}" + ("" if done == inp["files"] else
+                                                         f" (over the {done:,} files this run processed)")))
     if stage_seconds:
         tot = sum(stage_seconds.values()) or 1.0
         rows.append(("stages (worker s)", ", ".join(f"{k} {v:.1f} ({100 * v / tot:.0f}%)"
