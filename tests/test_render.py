@@ -501,3 +501,27 @@ def test_far_side_of_a_turned_head_stays_by_its_profile(renderer, profile_faces)
             assert reach <= ENVELOPE_MARGIN + 0.04, f"{name}, {st}: the far side reaches {reach:.3f} past the profile"
         checked += 1
     assert checked >= 3
+
+
+def test_a_grey_photo_gets_a_grey_mask(renderer, astronaut, grace_hopper):
+    """A greyscale photo (R == G == B; a grey dataset, a 1-bit scan) is masked in grey: every style
+    and colour, as recorded (``params["grey"]``), so colour never marks "masked" in a grey set. The
+    mask is still drawn (it changes the mouth region by far more than a rounding), and a colour
+    photo keeps its coloured mask (no ``grey`` key). Before: light-blue and yellow masks on grey
+    faces."""
+    from maskkit.face.detect import make_detector
+
+    hog = make_detector("hog")
+    for img in (astronaut, grace_hopper):
+        grey = np.repeat(np.asarray(img, np.float64).mean(-1).round().astype(np.uint8)[..., None], 3, axis=2)
+        face = max(hog.detect(grey), key=lambda f: f.area)
+        for k, style in enumerate(STYLES):
+            res = renderer.render(grey, face.landmarks68, style, np.random.default_rng(k))
+            out = res.image.astype(int)
+            assert res.params.get("grey") is True
+            assert np.array_equal(out[..., 0], out[..., 1]) and np.array_equal(out[..., 1], out[..., 2]), style
+            assert np.abs(out - grey)[res.alpha > 0.5].mean() > 10, style
+        colour = renderer.render(img, max(hog.detect(img), key=lambda f: f.area).landmarks68, "surgical",
+                                 np.random.default_rng(0))
+        o = colour.image.astype(int)
+        assert "grey" not in colour.params and not np.array_equal(o[..., 0], o[..., 2])

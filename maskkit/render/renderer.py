@@ -28,6 +28,18 @@ from .templates import COLOURS, PALETTES, STYLES, TEXTURES, Template, _weighted_
 __all__ = ["MaskResult", "MaskRenderer"]
 
 
+def _is_grey(rgb: np.ndarray) -> bool:
+    """Every pixel has R == G == B (a greyscale photo decoded to RGB)."""
+    return bool(np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 1], rgb[..., 2]))
+
+
+def _to_grey(rgb: np.ndarray) -> np.ndarray:
+    """ITU-R 601 luma (what Pillow's ``convert("L")`` computes) in all three channels; pixels that
+    were grey keep their value."""
+    y = rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
+    return np.repeat(np.clip(np.rint(y), 0, 255).astype(np.uint8)[..., None], 3, axis=2)
+
+
 def _edges_crossed(lm: np.ndarray, h: int, w: int) -> List[str]:
     """The image edges (``left``, ``top``, ``right``, ``bottom``) that the 68 points cross."""
     x, y = lm[:, 0], lm[:, 1]
@@ -216,6 +228,9 @@ class MaskRenderer:
         img, alpha = self._warp_composite(rgb, dst, lm, tpl, params)  # (the region is clipped to the image)
         if cut is not None and float(alpha.sum()) < 1.0:
             raise CannotFit("face_outside_image", "no part of the mask lies inside the image")
+        if _is_grey(rgb):  # a grey photo gets a grey mask: colour would mark "masked" in a grey set
+            img = _to_grey(img)
+            params["grey"] = True
         return MaskResult(image=img, alpha=alpha, params=params)
 
     # ---------------------------------------------------------------------------------------

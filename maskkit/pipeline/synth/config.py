@@ -55,7 +55,9 @@ from maskkit import __version__
 #:     a few kept crops change between ``detected`` and ``unverified`` and their landmarks (the fit
 #:     is made in BlazeFace's box, not the CNN's). Runs without ``--aligned`` give the same shard
 #:     bytes as 11.
-ALGORITHM_VERSION = 12
+#: 13 = a greyscale input (R == G == B) gets a grey mask (``params["grey"]``), not a coloured one
+#:     (``maskkit.render.renderer``). Colour inputs give the same shard bytes as 12.
+ALGORITHM_VERSION = 13
 
 #: The five mask styles (same as ``maskkit.render.STYLES``; repeated so importing this module
 #: stays light).
