@@ -89,24 +89,30 @@ def print_summary(title: str, rows: Mapping[str, object], file=None) -> None:
     """Print a two-column summary table (rich) to ``file`` (stderr by default).
 
     Nested mappings (e.g. ``{"errors": {"decode_error": 2}}``) are flattened as indented rows.
+    Cells are plain text: no rich markup or emoji codes are read in them (a rule written
+    ``lfw:one:accuracy`` or a file named ``[x].jpg`` prints as written).
     """
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     from maskkit.util.names import safe_text
 
-    title = safe_text(str(title))  # a folder name that is not UTF-8 prints as its display form
-    table = Table(title=title, show_header=True, header_style="bold")
+    def cell(x: str) -> Text:
+        return Text(safe_text(x))  # a name that is not UTF-8 prints as its display form
+
+    table = Table(title=cell(str(title)), show_header=True, header_style="bold")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for k, v in rows.items():
         if isinstance(v, Mapping):
-            table.add_row(str(k), format_value(sum(x for x in v.values() if isinstance(x, (int, float)))) if v else "0")
+            table.add_row(cell(str(k)), cell(format_value(sum(x for x in v.values() if isinstance(x, (int, float))))
+                                             if v else "0"))
             for k2, v2 in v.items():
-                table.add_row(safe_text(f"  {k2}"), safe_text(format_value(v2)))
+                table.add_row(cell(f"  {k2}"), cell(format_value(v2)))
         else:
-            table.add_row(safe_text(str(k)), safe_text(format_value(v)))
-    Console(file=file or sys.stderr, soft_wrap=True).print(table)
+            table.add_row(cell(str(k)), cell(format_value(v)))
+    Console(file=file or sys.stderr, soft_wrap=True, emoji=False).print(table)
 
 
 def print_hints(hints: Iterable[str], file=None) -> None:
