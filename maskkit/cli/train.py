@@ -91,7 +91,7 @@ _SHAPE_KEYS = ("method", "backbone", "width", "embedding_size", "two_stream", "s
 @click.option("--resume", is_flag=True, help="Continue the run in --out from checkpoints/last.pt (exactly).")
 @click.option("--val", "val", multiple=True, metavar="SET",
               help="Validate while training on a verification set as `maskkit eval` reads it: FILE.bin, "
-                   "PAIRS_FILE:IMAGES_DIR or a folder with pairs.txt (repeat for more sets).")
+                   "PAIRS_FILE:IMAGES_DIR or a folder with pairs.txt (repeat for more sets; default: none, no validation).")
 @click.option("--val-every", type=click.IntRange(1, None), default=None,
               help="Validate every N steps (default: at the end of every epoch); always at the end.")
 @click.option("--val-sides", default="none,one", show_default=True,
