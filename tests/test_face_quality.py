@@ -350,23 +350,41 @@ def _pts(path: Path) -> np.ndarray:
     return np.array(path.read_text().split("{")[1].split("}")[0].split(), float).reshape(-1, 2) - 1.0
 
 
-def test_einstein_is_the_subject_with_default_options(hog, photos_dir):
-    """Defaults (HOG, upsample 1): ``--faces largest`` keeps Einstein (not the small seated
-    bystander the old path kept) and ``--faces all`` includes him, with accepted landmarks.
+def test_einstein_is_the_subject_with_default_options(hog, photos_dir, monkeypatch):
+    """Defaults (HOG, upsample 1): ``--faces largest`` returns Einstein, never the small seated
+    bystander the old path kept, and ``--faces all`` includes him.
 
     Margins (2026-12-06, docs/MARGINS.md): his detection clears its limit (second look +0.16
-    against 0; 0.13 to 0.22 over copies with 1-grey-level noise), his landmark check does NOT:
-    refits 10 degrees apart move the eyes 0.108 (limit 0.10), and the orientation search finds
-    3 of 10 start fits agreeing, 3 needed, the third 0.097 from their centre (limit 0.10). On 100
-    noisy copies his fit was rejected 14 times and the bystander returned instead. That is a
-    production limit, listed with a recommendation in docs/MARGINS.md; the test keeps the
-    promise (the README's "the defaults keep the subject of all 7 single-face photos")."""
+    against 0; 0.13 to 0.22 over copies with 1-grey-level noise); his landmark check does not
+    (refits move the eyes 0.108 against 0.10, the search's third fit 0.097 against 0.10: rejected
+    on 14 of 100 noisy copies), so whether his fit is *accepted* depends on the machine and is not
+    asserted. The promise that holds everywhere is the subject: a weak largest face whose fit fails
+    is passed over only for a candidate at least half its area (``PASS_OVER_MIN_AREA``); the
+    bystander is 0.34 of his, so Einstein is returned, accepted or recorded as ``bad_landmarks``,
+    and no bystander gets his mask. Checked here with his fit forced to fail (as on such a machine)."""
+    from maskkit.face import selection
+
     rgb = load_image(photos_dir / "einstein.jpg")
     gt = _pts(photos_dir / "einstein.pts")
     largest = find_faces(hog, rgb, "largest")
-    assert len(largest) == 1 and _subject(largest, gt) is not None and _accepted(largest[0])
+    assert len(largest) == 1 and _subject(largest, gt) is not None
     every = find_faces(hog, rgb, "all")
     assert _subject(every, gt) is not None
+    his = _subject(every, gt)
+    others = [f for f in every if f is not his]
+    assert others and max((f.box[2] - f.box[0]) * (f.box[3] - f.box[1]) for f in others) < \
+        (selection.PASS_OVER_MIN_AREA - 0.1) * (his.box[2] - his.box[0]) * (his.box[3] - his.box[1])
+    real = selection.check_landmarks
+
+    def fails_on_him(img, box, *a, **k):  # his fit rejected, as on the 14 % of machines/copies
+        fit = real(img, box, *a, **k)
+        if abs(box[0] - his.box[0]) < 30 and abs(box[1] - his.box[1]) < 30:
+            from dataclasses import replace
+            return replace(fit, ok=False, reason="bad_landmarks", detail="forced")
+        return fit
+    monkeypatch.setattr(selection, "check_landmarks", fails_on_him)
+    forced = find_faces(hog, rgb, "largest")
+    assert len(forced) == 1 and _subject(forced, gt) is not None and not _accepted(forced[0])
 
 
 def test_blazeface_finds_the_close_ups(real_masked):

@@ -57,7 +57,10 @@ from maskkit import __version__
 #:     bytes as 11.
 #: 13 = a greyscale input (R == G == B) gets a grey mask (``params["grey"]``), not a coloured one
 #:     (``maskkit.render.renderer``). Colour inputs give the same shard bytes as 12.
-ALGORITHM_VERSION = 13
+#: 14 = ``--faces largest``: a weak largest face whose landmarks fail is passed over only for a
+#:     candidate at least half its area (``maskkit.face.selection.PASS_OVER_MIN_AREA``), else it is
+#:     recorded (``bad_landmarks``) rather than a smaller bystander masked in its place.
+ALGORITHM_VERSION = 14
 
 #: The five mask styles (same as ``maskkit.render.STYLES``; repeated so importing this module
 #: stays light).
