@@ -230,6 +230,47 @@ def test_a_real_ctrl_c_with_worker_processes(src, clean, tmp_path, command, jour
     _resume_and_compare(command, src, out, clean)
 
 
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real, small file system (tmpfs) to fill up; skipped where mounting is not allowed."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4k", "tmpfs", str(disk)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("mounting a small tmpfs needs root with CAP_SYS_ADMIN; the injected ENOSPC cases cover the rest")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)
+
+
+def _resize(disk: Path, size: int) -> None:
+    subprocess.run(["mount", "-o", f"remount,size={size}", str(disk)], check=True, capture_output=True)
+
+
+@pytest.mark.parametrize("command", ["align", "mask", "synth"])
+def test_a_real_full_disk_with_worker_processes(src, clean, small_disk, command):
+    """A real file system that fills up half-way (a tmpfs of half the output's size), with 2 worker
+    processes: exit 1 and exactly one stderr line naming the cause (no traceback, no warning of the
+    pool's); once there is room again the same command resumes to the uninterrupted bytes."""
+    ref = Path(str(small_disk) + "-ref")  # the whole output, on the ordinary disk: how much room it takes
+    assert CliRunner().invoke(main, _args(command, src, ref) + ["-q"]).exit_code == 0
+    size = sum(p.stat().st_size for p in ref.rglob("*") if p.is_file())
+    _resize(small_disk, max(4096, size // 2 // 4096 * 4096))
+    out = small_disk / "out"
+    args = [sys.executable, "-m", "maskkit.cli", *_args(command, src, out)]
+    args[args.index("-j") + 1] = "2"
+    p = subprocess.run(args + ["-q"], capture_output=True, text=True, timeout=600)
+    assert p.returncode == 1, p.stderr[-3000:]
+    lines = [x for x in p.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1, p.stderr[-3000:]
+    assert lines[0].startswith(f"error: cannot write {out}") and "No space left on device (ENOSPC)" in lines[0]
+    assert lines[0].endswith("free some space, then rerun the same command to resume")
+    _no_debris(out)
+    _resize(small_disk, 4 * size + (1 << 20))  # room again
+    _resume_and_compare(command, src, out, clean)
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only folder (chmod is not enforced); "
                                                "the EROFS/EACCES cases above inject the error instead")
 def test_read_only_folder(src, clean, tmp_path):

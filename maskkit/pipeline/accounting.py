@@ -29,6 +29,7 @@ from typing import Callable, Iterator, Sequence
 from maskkit.pipeline.runner import PROGRESS, REJECTED, json_line, safe_target
 from maskkit.util.files import write_atomic
 from maskkit.util.names import name_from_fields, text_safe
+from maskkit.util.outcome import close_quietly
 
 __all__ = ["Tally", "Resume", "resume_point", "write_accounting"]
 
@@ -233,9 +234,31 @@ def write_accounting(out: Path, results: Iterator[list], total: int, desc: str, 
     if tally is not None:
         tally.done = done
     mode = "ab" if resume is not None else "wb"
+    try:
+        _write_results(out, results, total, desc, progress, mode, done, account, stats, tally,
+                       journaled=header is not None or resume is not None)
+    except BaseException:
+        close_quietly(results)  # a full disk or Ctrl-C: the pool stops here, without joblib's note
+        raise
+    stats["skipped"] = len(skipped)
+    stats["seen"] = stats["files"] + stats["skipped"]
+    stats["faces_rejected"] = sum(rejected.values())
+    stats["unverified"] = len(unverified)
+    if unverified:
+        write_atomic(out / UNVERIFIED_FILE, "".join(unverified).encode("utf-8"))
+    else:
+        (out / UNVERIFIED_FILE).unlink(missing_ok=True)
+    return stats, reasons, rejected
+
+
+def _write_results(out: Path, results, total: int, desc: str, progress: bool, mode: str, done: int, account,
+                   stats: Counter, tally: Tally | None, journaled: bool) -> None:
+    """The loop of :func:`write_accounting`: each chunk's lines, then (``journaled``) its journal line."""
+    from maskkit.util.progress import progress_bar
+
     with open(out / "manifest.jsonl", mode) as man, open(out / "failures.jsonl", mode) as fail, \
             open(out / REJECTED, mode) as rej, \
-            open(out / PROGRESS, "ab") if (header is not None or resume is not None) else _no_journal() as journal, \
+            open(out / PROGRESS, "ab") if journaled else _no_journal() as journal, \
             progress_bar(total, desc=desc, disable=not progress, initial=done) as bar:
         for recs in results:
             items = []
@@ -254,15 +277,6 @@ def write_accounting(out: Path, results: Iterator[list], total: int, desc: str, 
                 tally.done = done
             bar.update(len(recs))
             bar.set_postfix(faces=stats["faces"], failed=stats["failed"], refresh=False)
-    stats["skipped"] = len(skipped)
-    stats["seen"] = stats["files"] + stats["skipped"]
-    stats["faces_rejected"] = sum(rejected.values())
-    stats["unverified"] = len(unverified)
-    if unverified:
-        write_atomic(out / UNVERIFIED_FILE, "".join(unverified).encode("utf-8"))
-    else:
-        (out / UNVERIFIED_FILE).unlink(missing_ok=True)
-    return stats, reasons, rejected
 
 
 #: Result keys the progress journal does not repeat (they are in the accounting lines).

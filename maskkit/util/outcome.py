@@ -23,7 +23,7 @@ from typing import Callable, Iterable, Iterator
 
 __all__ = ["EXIT_OK", "EXIT_ALL_FAILED", "EXIT_NO_INPUT", "EXIT_INTERRUPTED", "NoInputError", "no_input_message",
            "exit_code", "already_complete_message", "RunStopped", "OutputError", "Interrupted", "OutputFull",
-           "OUTPUT_ERRNOS", "STOPPED", "worker_ignores_interrupts", "stops_run", "os_cause", "stop_guard", "RESUME"]
+           "OUTPUT_ERRNOS", "STOPPED", "worker_ignores_interrupts", "close_quietly", "stops_run", "os_cause", "stop_guard", "RESUME"]
 
 EXIT_OK = 0
 EXIT_ALL_FAILED = 1
@@ -97,6 +97,23 @@ def worker_ignores_interrupts() -> None:
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def close_quietly(results) -> None:
+    """Close a generator of pool results while a run stops: the pool's tasks are cancelled here,
+    and joblib's note about the results left unused (a warning on stderr) is not printed -- the
+    stopped run's one line is all the user sees."""
+    import warnings
+
+    close = getattr(results, "close", None)
+    if close is None:
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            close()
+        except Exception:  # noqa: BLE001 - the error that stopped the run is the one to report
+            pass
 
 
 def stops_run(exc: BaseException) -> bool:

@@ -34,7 +34,7 @@ from maskkit.pipeline.synth.seeding import next_style_offset
 from maskkit.pipeline.synth.summary import ratio_departure, ratio_hint
 from maskkit.pipeline.unverified import UNVERIFIED_FILE, unverified_hint
 from maskkit.util.files import write_bytes_atomic, write_json_atomic
-from maskkit.util.outcome import stop_guard
+from maskkit.util.outcome import close_quietly, stop_guard
 
 
 @dataclass
@@ -227,9 +227,11 @@ def _run_locked(cfg: SynthConfig, t_start: float, listing: tuple, kept: _Kept) -
     sink = ShardSink(out, cfg.shard_samples, cfg.split, start_index=len(shards), on_shard=on_shard,
                                  on_event=hook)
     wcfg = cfg if hook is None else replace(cfg, on_boundary=None)  # the hook stays in the driver
+    results = None
     try:
         with _backend(cfg, sum(len(c.items) for c in todo), len(todo)) as n_jobs, _progress(len(items), done_files, cfg.progress, cfg.progress_desc) as bar:
-            for res in _results(todo, wcfg, n_jobs):
+            results = _results(todo, wcfg, n_jobs)
+            for res in results:
                 res = res.pick(style_offset)
                 style_offset = next_style_offset(style_offset, res.stats.get("extra_styles", 0), len(cfg.styles))
                 chunk = chunks[res.index]
@@ -260,6 +262,7 @@ def _run_locked(cfg: SynthConfig, t_start: float, listing: tuple, kept: _Kept) -
         if sink.writing is not None:
             kept.writing = sink.writing
         sink.abort()
+        close_quietly(results)  # the pool stops here, without joblib's note on stderr
         raise
     finally:
         jr.close()
