@@ -311,12 +311,14 @@ def test_pairs_txt_with_raw_photos(johns, bin_report, lfw_johns, tmp_path):
     assert [f["reason"] for f in m["failures"]["inputs"]] == ["missing"]
     assert [(r["pair"], r["b"]) for r in m["failures"]["pairs_skipped"]] == [(100, "John_Nobody/missing.jpg")]
     ref = json.loads((bin_report[0] / "metrics.json").read_text())
-    # same faces; the masked second images wear other masks (a pairs file's masks are drawn from
-    # the file names, a .bin's from its indices), and the .bin went through a JPEG round trip
-    # (a near-chance 3-step model: 100 pairs, a few may flip)
-    assert abs(m["cosine"]["accuracy"] - ref["cosine"]["accuracy"]) <= 0.10
+    # same faces, the same images masked; the masked second images wear other masks (a pairs
+    # file's masks are drawn from the file names, a .bin's from its indices), so their scores
+    # differ by design: on a near-chance 3-step model the two accuracies moved 0.06-0.15 apart
+    # over renderer versions, which says nothing about reading the set. What must agree is what
+    # was read: the mask pattern and the unmasked first images (the .bin's JPEG round trip only).
     z_ref = np.load(bin_report[0] / "embeddings.npz")
     z = np.load(out / "embeddings.npz")
+    assert np.array_equal(z["masked"], z_ref["masked"]) and m["counts"]["pairs"] == ref["counts"]["pairs"]
     cos = np.sum(z["mu"] * z_ref["mu"], axis=1)
     plain = ~z["masked"] & ~z_ref["masked"]  # the unmasked first images: only the JPEG noise differs
     assert plain.sum() == 100 and np.median(cos[plain]) > 0.98
