@@ -88,3 +88,31 @@ def test_a_sample_failing_mid_run_is_counted_named_and_stops_past_the_limit(good
     recs = log_records(strict)
     assert [r["failed"] for r in recs if r.get("event") == "data"] == [1]
     assert max((r["step"] for r in recs if "loss" in r), default=0) < 6  # it stopped in epoch 0
+
+
+def test_a_shard_failing_mid_run_is_recorded_once_with_its_loss(tmp_path):
+    """A shard cut after the check (a disk error mid-run): the stream goes on with the next shard
+    and hands up one record naming it, with the samples its manifest lists beyond those read."""
+    from maskkit.training.data import ShardStream, open_shards, write_shards
+
+    from test_train import _real_faces
+
+    imgs, labels, ids = _real_faces(2, 8)
+    write_shards(tmp_path, [{"key": f"s{i:03d}", "image": im, "label": lb}
+                            for i, (im, lb) in enumerate(zip(imgs, labels))], ids, shard_samples=8)
+    shard = tmp_path / "train-000001.tar"
+    raw = shard.read_bytes()
+    shard.write_bytes(raw[: int(len(raw) * 0.6)])
+    stream = ShardStream(open_shards(tmp_path), 4, seed=0, shuffle_buffer=2, augment=False)
+    stream.set_epoch(0)
+    it = iter(stream)
+    keys, failed = [], []
+    for _ in range(6):  # past the cut shard at least once (12 readable samples a cycle, batches of 4)
+        b = next(it)
+        keys += b["keys"]
+        failed += b["failed"]
+    readable = {k for k in keys if k >= "s008"}  # the same complete samples in every cycle
+    assert readable and len(readable) < 8
+    assert failed and all((f["shard"], f["reason"], f["lost"], f["key"]) ==
+                          ("train-000001.tar", "shard_read_error", 8 - len(readable), None) for f in failed), failed
+    assert len(failed) <= 2  # once per pass over the cut shard (two passes in 6 batches at most)

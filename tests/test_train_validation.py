@@ -132,3 +132,20 @@ def test_the_rule_keeps_the_best_figure_not_the_latest(sets):
     for step, acc in enumerate([0.5, 0.7, 0.6], 1):
         v2._best(step, float(step), CallbackResult(records=[{"set": "heldout", "mask_side": "none", "accuracy": acc}]))
     assert v2.best["step"] == 2 and v2.state_dict()["rule"] == "heldout:none:accuracy"
+
+
+def test_under_ddp_rank_0_validates_once(sets, tmp_path):
+    """--nproc 2 (gloo): the launched ranks build the validator (maskkit.cli._rank); only rank 0
+    evaluates and writes, once per validation; the kept best.pt is that step's checkpoint."""
+    data, heldout = sets
+    run = tmp_path / "ddp"
+    args = [a for a in COMMON if a not in ("--online-masks",)]
+    _train(["--data", str(data), "--out", str(run), "--max-steps", "2", "--nproc", "2", "--val", str(heldout)]
+           + args + ["--batch-size", "3"])
+    recs = log_records(run)
+    val = [r for r in recs if r.get("event") == "val"]
+    assert [(r["step"], r["mask_side"]) for r in val] == [(2, "none"), (2, "one")]
+    assert [s["world"] for s in recs if s.get("event") == "start"] == [2]
+    kept = torch.load(run / "checkpoints" / "best.pt", map_location="cpu", weights_only=False)
+    assert kept["step"] == 2 and kept["data"]["world"] == 2
+    assert kept["callbacks"]["val"]["history"][1]["accuracy"] == val[1]["accuracy"]

@@ -52,6 +52,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -188,12 +189,15 @@ class ShardStream(torch.utils.data.IterableDataset):
                 mine, keep = perm[slot::nslots], None
             else:
                 mine, keep = perm, slot
-            seen: dict[str, int] = {}
+            seen: dict[str, int] = {}  # samples read per shard URL in this pass
+            broken: dict[str, str] = {}  # shard URL -> what failed, until its loss is known
+            share = nslots if keep is not None else 1
             src = wds.DataPipeline(
                 wds.SimpleShardList(mine),
-                wds.tarfile_to_samples(handler=lambda exn: self._shard_error(exn, seen, nslots if keep is not None else 1)),
+                wds.tarfile_to_samples(handler=lambda exn: self._shard_error(exn, broken)),
             )
-            stream: Iterator[dict] = _counted(iter(src), seen)
+            stream: Iterator[dict] = _counted(iter(src), seen,
+                                              lambda url: self._shard_lost(broken, seen, share, url))
             if keep is not None:
                 stream = (s for i, s in enumerate(stream) if i % nslots == keep)
             stream = wds.shuffle(bufsize=self.shuffle_buffer, initial=self.shuffle_buffer,
@@ -207,18 +211,30 @@ class ShardStream(torch.utils.data.IterableDataset):
                                    f"{self.shards.root}: fewer samples than ranks x workers?")
             cycle += 1
 
-    def _shard_error(self, exn: Exception, seen: dict[str, int], share: int) -> bool:
-        """webdataset's handler for a shard that cannot be read on: log it, record what it cost
-        this stream (``share`` slots read every shard in the sample-level split), go on."""
-        url = next((a for a in reversed(exn.args) if isinstance(a, str) and a in self._expected), "?")
-        name = Path(url).name if url != "?" else "?"
-        lost = max(0, self._expected.get(url, 0) - seen.get(url, 0))
-        lost = -(-lost // share)
-        detail = f"{type(exn).__name__}: {exn.args[0] if exn.args else exn}"[:300]
-        log.warning("shard %s could not be read on (%s): about %d sample(s) lost", name, detail, lost)
-        self._failed.append({"key": None, "shard": name, "reason": "shard_read_error", "detail": detail,
-                             "lost": lost})
+    def _shard_error(self, exn: Exception, broken: dict[str, str]) -> bool:
+        """webdataset's handler for a shard that cannot be read on: note it and go on with the next
+        shard. One failure is handed up through webdataset's layers (the tar reader, then the shard
+        expander): it is noted once; :meth:`_shard_lost` records it once its loss is known."""
+        expected = self._expected
+        msg = str(exn.args[0]) if exn.args else str(exn)
+        url = next((a for a in reversed(exn.args) if isinstance(a, str) and a in expected), None)
+        if url is None:  # the tar reader's call names the file only in its message: "... @ <... name='PATH'>"
+            m = re.search(r"name='([^']+)'", msg)
+            url = m.group(1) if m and m.group(1) in expected else "?"
+        broken.setdefault(url, f"{type(exn).__name__}: {msg.split(' @ <')[0]}"[:300])
         return True
+
+    def _shard_lost(self, broken: dict[str, str], seen: dict[str, int], share: int, current: str | None) -> None:
+        """Record each noted shard failure once the stream has moved past that shard (``current``:
+        the URL of the sample now read, None at the end of the pass): the samples its manifest
+        lists beyond those read (``share`` slots read every shard in the sample-level split)."""
+        for url in [u for u in broken if u != current]:
+            detail = broken.pop(url)
+            lost = -(-max(0, self._expected.get(url, 0) - seen.get(url, 0)) // share)
+            name = Path(url).name if url != "?" else "?"
+            log.warning("shard %s could not be read on (%s): %d sample(s) lost", name, detail, lost)
+            self._failed.append({"key": None, "shard": name, "reason": "shard_read_error", "detail": detail,
+                                 "lost": lost})
 
     @property
     def _expected(self) -> dict[str, int]:
@@ -290,12 +306,15 @@ class ShardStream(torch.utils.data.IterableDataset):
                 self._failed, self._mask_failed = [], []
 
 
-def _counted(stream: Iterator[dict], seen: dict[str, int]) -> Iterator[dict]:
-    """``stream`` unchanged, counting its samples per shard URL into ``seen``."""
+def _counted(stream: Iterator[dict], seen: dict[str, int], moved) -> Iterator[dict]:
+    """``stream`` unchanged, counting its samples per shard URL into ``seen`` and calling
+    ``moved(url)`` before each sample (``moved(None)`` at the end)."""
     for s in stream:
         url = s.get("__url__", "?")
         seen[url] = seen.get(url, 0) + 1
+        moved(url)
         yield s
+    moved(None)
 
 
 def make_loader(stream: ShardStream, num_workers: int, seed: int = 0) -> torch.utils.data.DataLoader:
