@@ -185,7 +185,6 @@ def write_accounting(out: Path, results: Iterator[list], total: int, desc: str, 
         by reason.
     """
     from maskkit.pipeline.unverified import UNVERIFIED_FILE, is_unverified
-    from maskkit.util.progress import progress_bar
 
     stats: Counter = Counter()
     reasons: Counter = Counter()
@@ -220,7 +219,6 @@ def write_accounting(out: Path, results: Iterator[list], total: int, desc: str, 
         for r in skipped:
             sk.write(json_line(r) + "\n")
     done = 0
-    journal = None
     if resume is not None:
         for rec in _replay(out, resume):
             account(rec)
