@@ -149,3 +149,22 @@ def test_under_ddp_rank_0_validates_once(sets, tmp_path):
     kept = torch.load(run / "checkpoints" / "best.pt", map_location="cpu", weights_only=False)
     assert kept["step"] == 2 and kept["data"]["world"] == 2
     assert kept["callbacks"]["val"]["history"][1]["accuracy"] == val[1]["accuracy"]
+
+
+@pytest.mark.parametrize("entry", ["maskkit.cli._rank", "maskkit.training.engine"])
+def test_rank_entries_answer_in_one_line(entry, tmp_path, capsys):
+    """Both rank entries (the command line's, with validation, and the engine's) share one body:
+    wrong arguments exit 2 with the usage, options that cannot train exit 1 with one line."""
+    import importlib
+
+    from maskkit.training.config import TrainConfig
+
+    run = importlib.import_module(entry)
+    run = getattr(run, "_main", None) or run.main
+    assert run([]) == 2 and capsys.readouterr().err.startswith("usage: python -m " + entry)
+    cfg = tmp_path / "config.json"
+    TrainConfig(data=str(tmp_path / "missing"), out=str(tmp_path / "run"), val=(str(tmp_path / "missing.bin"),),
+                val_best="missing:sideways").save(cfg)
+    assert run([str(cfg)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("maskkit train: error: "), err

@@ -40,26 +40,46 @@ __all__ = [
     "DistInfo", "all_gather_object", "launch", "resolve_device", "setup_distributed", "DataLossError",
     "NonFiniteLoss", "TrainError", "resolve_amp", "train", "METRIC_KEYS", "StepSchedule", "TrainModule",
     "build_optimizer", "log_line", "atomic_save", "restore_state", "rng_state", "seed_everything", "set_rng_state",
-    "ShardSource", "SyntheticSource", "resolve_num_workers", "main",
+    "ShardSource", "SyntheticSource", "resolve_num_workers", "run_rank", "main",
 ]
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry of each torchrun rank: ``python -m maskkit.training.engine CONFIG.json [--resume]``."""
-    parsed = parse_rank_args(argv, "usage: python -m maskkit.training.engine CONFIG.json [--resume]")
+def run_rank(argv: list[str] | None, usage: str, make_callbacks=None, errors: tuple = ()) -> int:
+    """One rank of a launched run: parse ``CONFIG.json [--resume] [--verified]``, train, leave the
+    process group.
+
+    Args:
+        argv: the rank's arguments (``sys.argv[1:]`` when ``None``).
+        usage: printed (exit 2) when the arguments are not that.
+        make_callbacks: ``config -> list`` of callbacks (built inside the guard, so its errors are
+            one line too); none when ``None``.
+        errors: exception types, beyond :class:`TrainError` and ``FileNotFoundError``, that mean
+            the data or options cannot train.
+
+    Returns:
+        The exit code: 0, 1 (one line ``maskkit train: error: ...`` on stderr), 2 (usage) or 3
+        (non-finite loss).
+    """
+    parsed = parse_rank_args(argv, usage)
     if isinstance(parsed, int):
         return parsed
     cfg, flags = parsed
     try:
-        train(cfg, resume=flags["resume"], verified=flags["verified"])
+        callbacks = make_callbacks(cfg) if make_callbacks is not None else []
+        train(cfg, resume=flags["resume"], callbacks=callbacks, verified=flags["verified"])
     except NonFiniteLoss:
         return 3
-    except (TrainError, FileNotFoundError) as exc:
+    except (TrainError, FileNotFoundError, *errors) as exc:
         print(f"maskkit train: error: {exc}", file=sys.stderr)
         return 1
     finally:
         finish_rank()
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry of each torchrun rank: ``python -m maskkit.training.engine CONFIG.json [--resume]``."""
+    return run_rank(argv, "usage: python -m maskkit.training.engine CONFIG.json [--resume]")
 
 
 if __name__ == "__main__":  # pragma: no cover

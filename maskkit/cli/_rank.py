@@ -11,26 +11,15 @@ import sys
 
 def _main(argv: list[str] | None = None) -> int:
     """Entry of each rank: ``python -m maskkit.cli._rank CONFIG.json [--resume] [--verified]``."""
-    from maskkit.training.distributed import finish_rank, parse_rank_args
-    from maskkit.training.errors import NonFiniteLoss, TrainError
+    from maskkit.training.engine import run_rank
     from maskkit.training.eval.validation import ValidationError, Validator
-    from maskkit.training.loop import train
 
-    parsed = parse_rank_args(argv, "usage: python -m maskkit.cli._rank CONFIG.json [--resume] [--verified]")
-    if isinstance(parsed, int):
-        return parsed
-    cfg, flags = parsed
-    try:
+    def callbacks(cfg):
         validator = Validator.from_config(cfg)
-        train(cfg, resume=flags["resume"], callbacks=[validator] if validator else [], verified=flags["verified"])
-    except NonFiniteLoss:
-        return 3
-    except (TrainError, ValidationError, FileNotFoundError) as exc:
-        print(f"maskkit train: error: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        finish_rank()
-    return 0
+        return [validator] if validator else []
+
+    return run_rank(argv, "usage: python -m maskkit.cli._rank CONFIG.json [--resume] [--verified]",
+                    make_callbacks=callbacks, errors=(ValidationError,))
 
 
 if __name__ == "__main__":  # pragma: no cover - a launched rank
