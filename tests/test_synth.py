@@ -567,6 +567,8 @@ def test_ratio_zero_no_styles_and_ratio_one(celeb_aligned, tmp_path):
         run_synth(SynthConfig(src=sub, out=tmp_path / "bad", aligned=True, styles=("bandana",), progress=False))
     with pytest.raises(SynthError, match="other inputs or options"):
         run_synth(SynthConfig(src=sub, out=tmp_path / "one", aligned=True, ratio=0.5, progress=False))
+    assert not (tmp_path / "one" / ".synth.lock").exists()  # a refusal leaves no trace
+    assert not (tmp_path / "bad").exists()
 
 
 def test_bad_input_zoo_accounted(tmp_path):

@@ -285,7 +285,11 @@ def _out_lock(out: Path):
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             raise SynthError(f"another maskkit synth is writing to {out} right now") from None
+    except BaseException:
+        fh.close()
+        raise
+    try:
         yield
-        (out / ".synth.lock").unlink(missing_ok=True)  # finished: leave no trace (kept after a failure)
-    finally:
+    finally:  # finished, refused or stopped: leave no trace (the OS releases the lock anyway)
+        (out / ".synth.lock").unlink(missing_ok=True)
         fh.close()
