@@ -87,7 +87,7 @@ def _amp_name(dtype: torch.dtype | None) -> str:
 
 
 def train(cfg: TrainConfig, resume: bool = False, source: Any = None, callbacks: Sequence[Any] = (),
-          verified: bool = False) -> dict:
+          verified: bool = False, closing_line: bool = True) -> dict:
     """Train ``cfg`` (in this process; under torchrun, as one DDP rank). Returns a summary dict.
 
     Args:
@@ -98,6 +98,8 @@ def train(cfg: TrainConfig, resume: bool = False, source: Any = None, callbacks:
         callbacks: :class:`~maskkit.training.callbacks.Callback` objects; ``cfg.val`` needs one
             named ``val`` (``maskkit train`` builds it: :mod:`maskkit.training.eval.validation`).
         verified: the caller already checked the shards' sha256 (sizes are checked again).
+        closing_line: print ``done: step N, checkpoint ...`` at the end (``maskkit train`` prints
+            its summary table and line instead).
 
     Raises:
         NonFiniteLoss: the loss became NaN/Inf (the last good checkpoint is kept).
@@ -106,12 +108,13 @@ def train(cfg: TrainConfig, resume: bool = False, source: Any = None, callbacks:
     """
     caller_threads = torch.get_num_threads()
     try:
-        return _train(cfg, resume, source, list(callbacks), verified)
+        return _train(cfg, resume, source, list(callbacks), verified, closing_line)
     finally:  # cfg.threads changes this process's count: give the caller its own back
         torch.set_num_threads(caller_threads)
 
 
-def _train(cfg: TrainConfig, resume: bool, source: Any, callbacks: list, verified: bool) -> dict:
+def _train(cfg: TrainConfig, resume: bool, source: Any, callbacks: list, verified: bool,
+           closing_line: bool) -> dict:
     threads = int(cfg.threads) if cfg.threads else torch.get_num_threads()
     # CPU kernels sum in a thread-count-dependent order: the count is set and logged per rank, so two
     # launches (e.g. --nproc 2 and two one-process nodes) compute the same thing when they agree on it
@@ -414,7 +417,7 @@ def _train(cfg: TrainConfig, resume: bool, source: Any, callbacks: list, verifie
     finally:
         rl.close()
     lost = sum(failed.values())
-    if info.is_main:
+    if info.is_main and closing_line:
         rl.emit(f"done: step {global_step}, checkpoint {ck_path}"
                 + (f"; {lost} sample(s) failed to load ({', '.join(f'epoch {e}: {n}' for e, n in failed.items() if n)})"
                    if lost else ""))

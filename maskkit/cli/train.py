@@ -230,7 +230,8 @@ def train_cmd(ctx: click.Context, data, out, method, backbone, width, two_stream
     from maskkit.training.loop import train
 
     try:
-        summary = train(cfg, resume=resume, callbacks=[validator] if validator else [], verified=True)
+        summary = train(cfg, resume=resume, callbacks=[validator] if validator else [], verified=True,
+                        closing_line=False)
     except (NonFiniteLoss, TrainError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from exc
     except TemplateRefused as exc:  # shards whose crops cannot be brought onto image_size's template
