@@ -472,6 +472,8 @@ def test_contact_sheet_captions_stay_identifiable():
     assert pair_caption(0.1, "John_Kerry_0001.jpg", "John_Kerry_0002.jpg").endswith("John_Kerry_0001 | John_Kerry_0002")
     # a folder layout whose file names do not carry the identity (before: "001 | 001", no identity)
     assert pair_caption(0.2, "id_0042/001.jpg", "id_0977/001.jpg").split("\n")[1:] == ["id_0042 | id_0977", "001 | 001"]
+    assert pair_caption(0.3, "lfw.bin:12", "lfw.bin:13") == "d=0.300\nlfw.bin:12 | lfw.bin:13"  # a .bin: no "- | -"
+    assert pair_caption(0.3, "a.jpg", "id_7/b.jpg").split("\n")[1] == "- | id_7"
     cap = probe_caption(3, "Jennifer_Lopez_Anniston", "Jennifer_Lopez_Aniston_Smith")
     assert cap == "rank 3: Jennifer_Lopez_Anniston\n-> Jennifer_Lopez_Aniston_Smith"
     long_a, long_b = "Maria_Guadalupe_Fernanda_Lopez_A", "Maria_Guadalupe_Fernanda_Lopez_B"

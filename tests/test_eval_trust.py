@@ -862,3 +862,28 @@ def test_table_names_crops_used_as_given_and_keeps_every_row_on_one_line(coded_r
         rows[cells[0]] = cells[1]
     assert (rows["input failures"], rows["crops re-aligned"], rows["crops used as given"],
             rows["pairs left out (image failed)"]) == ("1", "1", "1", "2")
+
+
+def test_table_of_a_bin_counts_its_crops_as_read_aligned(coded_root, tmp_path):
+    """A ``.bin``'s crops are aligned by construction and never checked: the table says how many
+    were read that way (it said "crops re-aligned 0" and "crops used as given 0", as if none had
+    been read)."""
+    from PIL import Image
+    from rich.console import Console
+
+    from maskkit.training.eval.evalsets import write_bin
+    from maskkit.training.eval.report import EvalConfig, run_eval
+
+    names = sorted(p.name for p in coded_root.iterdir())[:4]
+    img = {n: np.asarray(Image.open(coded_root / n).convert("RGB")) for n in names}
+    pairs = [(names[k % 4], names[(k + 1) % 4]) for k in range(20)]
+    bp = write_bin(tmp_path / "coded.bin", [img[n] for p in pairs for n in p], [k % 2 == 0 for k in range(20)],
+                   ext=".png")
+    console = Console(record=True, width=80)
+    m = run_eval(EvalConfig(model=str(tmp_path), bin=str(bp), mask_side="none", out=str(tmp_path / "report"),
+                            save_to_run=False, progress=False), model=_MeanColourModel(), console=console)
+    text = console.export_text()
+    rows = {cells[0]: cells[1] for ln in text.split("┡")[1].split("└")[0].splitlines()[1:]
+            for cells in [[x.strip() for x in ln.strip("│").split("│")]]}
+    assert m["counts"]["images"] == 40 and rows["crops read as aligned (.bin)"] == "40", text
+    assert "crops re-aligned" not in rows and "crops used as given" not in rows

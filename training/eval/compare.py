@@ -44,9 +44,12 @@ def metrics_table(m: dict):
     t.add_row("faces masked / requested", f"{c['masked']} / {c['mask_requested']}", "")
     t.add_row("mask failures (kept unmasked)", str(c["mask_failures"]), "")
     t.add_row("input failures", str(c["input_failures"]), "")
-    given = c.get("used_as_given", c.get("alignment_unverified", 0))  # older records: the unverified count
-    t.add_row("crops re-aligned", str(c.get("realigned", c.get("alignment_fallbacks", 0) - given)), "")
-    t.add_row("crops used as given", str(given), "")  # a face that cannot be checked: profile, occlusion
+    if (m.get("config") or {}).get("bin"):  # a .bin's crops are aligned by construction: none is checked
+        t.add_row("crops read as aligned (.bin)", str(c["images"] - c.get("template_converted", 0)), "")
+    else:
+        given = c.get("used_as_given", c.get("alignment_unverified", 0))  # older records: the unverified count
+        t.add_row("crops re-aligned", str(c.get("realigned", c.get("alignment_fallbacks", 0) - given)), "")
+        t.add_row("crops used as given", str(given), "")  # a face that cannot be checked: profile, occlusion
     if c.get("template_converted"):  # crops of another template size (the notes say which and how)
         t.add_row("crops from another template", str(c["template_converted"]), "")
     if c.get("pairs_skipped"):  # pairs left out because one of their images failed (counted above, once)

@@ -136,10 +136,11 @@ def identity_and_stem(name: str) -> tuple[str, str]:
 
 def pair_caption(dist: float, a: str, b: str, width: int = 20) -> str:
     """Caption of a worst-pair cell: the distance, both identities, both file stems (each
-    middle-ellipsised to ``width``; ``-`` for an image without identity)."""
+    middle-ellipsised to ``width``; ``-`` for an image without identity, and no identity line
+    when neither has one, as in a ``.bin``)."""
     (ia, sa), (ib, sb) = identity_and_stem(a), identity_and_stem(b)
-    return (f"d={dist:.3f}\n{short_label(ia or '-', width)} | {short_label(ib or '-', width)}\n"
-            f"{short_label(sa, width)} | {short_label(sb, width)}")
+    ids = f"{short_label(ia or '-', width)} | {short_label(ib or '-', width)}\n" if ia or ib else ""
+    return f"d={dist:.3f}\n{ids}{short_label(sa, width)} | {short_label(sb, width)}"
 
 
 def probe_caption(rank: int, ident: str, pred: str, width: int = 28) -> str:
