@@ -187,3 +187,21 @@ def test_synth_still_refuses_faces_cut_by_the_edge(cut_faces, renderer):
 def test_colour_names_are_the_palettes(renderer):
     """--colour offers exactly the colours some palette holds."""
     assert set(COLOURS) == {c for pal in PALETTES.values() for c, _ in pal}
+
+
+def test_faces_the_mask_cannot_fit_are_counted_in_failed_images_too(cut_faces, tmp_path, monkeypatch):
+    """An image none of whose faces takes a mask is a ``cannot_fit`` failure; its faces still count
+    as "faces the mask cannot fit" in the summary (it said "faces not fitted 0" beside
+    ``failed: cannot_fit 5``); its ``failures.jsonl`` line says how many (a resume counts them again)."""
+    from maskkit.render import MaskRenderer
+
+    def refuse(self, img, lm, *a, **k):
+        raise CannotFit("jaw_misses_lip_line", "test: a renderer that fits nothing")
+
+    monkeypatch.setattr(MaskRenderer, "render", refuse)
+    res = _mask(cut_faces, tmp_path / "m")
+    summary = json.loads(res.output.strip().splitlines()[0])  # then "error: every input failed"
+    assert res.exit_code == 1 and summary["ok"] == 0 and summary["errors"] == {"cannot_fit": len(CUTS)}, res.output
+    fails = [json.loads(x) for x in (tmp_path / "m" / "failures.jsonl").read_text().splitlines()]
+    assert [f["faces_unfit"] for f in fails] == [1] * len(CUTS)
+    assert summary["faces_unfit"] == len(CUTS) and summary["faces"] == 0

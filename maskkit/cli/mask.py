@@ -54,8 +54,8 @@ def mask(src, out, style, colour, texture, seed, detector, faces, aligned, jobs,
 
     summary = _run_stage(run_mask, cfg, MaskError)
     if quiet:
-        _quiet_json(summary, ("seen", "files", "ok", "failed", "skipped", "faces", "faces_rejected", "errors",
-                              "styles", "hints", "unverified"))
+        _quiet_json(summary, ("seen", "files", "ok", "failed", "skipped", "faces", "faces_rejected", "faces_unfit",
+                              "errors", "styles", "hints", "unverified"))
     _finish(out, summary["ok"], summary["failed"], summary.get("already_complete", False))
 
 

@@ -218,7 +218,11 @@ def mask_file(item, detector, renderer, cfg: MaskConfig, out_rel: str | None = N
             rec["records"].append(r)
         if not any(r["masked"] for r in rec["records"]):
             why = {r.get("reason") for r in rec["records"]}
-            return fail("bad_landmarks" if why == {"bad_landmarks"} else "cannot_fit", "; ".join(reasons))
+            unfit = sum(r.get("reason") != "bad_landmarks" for r in rec["records"])
+            fail("bad_landmarks" if why == {"bad_landmarks"} else "cannot_fit", "; ".join(reasons))
+            if unfit:  # the summary's "faces the mask cannot fit" counts them (also when resumed)
+                rec["failure"]["faces_unfit"] = unfit
+            return rec
         target = Path(cfg.out) / out_rel
         try:
             _write(target := safe_target(Path(cfg.out), out_rel), img, cfg.quality)
@@ -258,7 +262,7 @@ def run_mask(cfg: MaskConfig) -> dict:
     """Run ``maskkit mask``; returns the summary (``seen``, ``files``, ``ok``, ``failed``,
     ``skipped``, ``faces`` (masked), ``faces_rejected`` (unmasked, landmarks not on the face:
     ``rejected.jsonl``) and ``rejected_by_reason``, ``faces_unfit`` (unmasked, the mask cannot
-    fit), ``errors``, ``styles``, ``seconds``, ``img_per_s``, ``hints`` (a forgotten
+    fit: in written images and in failed ones, whose ``failures.jsonl`` line counts them), ``errors``, ``styles``, ``seconds``, ``img_per_s``, ``hints`` (a forgotten
     ``--aligned``, or with ``--aligned`` crops kept unverified, printed after the table,
     :mod:`maskkit.pipeline.hints`, :mod:`maskkit.pipeline.unverified`), ``unverified`` (with
     ``--aligned``: crops kept without a checked fit, listed in ``unverified.jsonl``);
@@ -335,6 +339,8 @@ def run_mask(cfg: MaskConfig) -> dict:
 
         def count(rec: dict, stats: Counter) -> None:
             evidence.update(rec.get("evidence", {}))
+            if rec["failure"] is not None:  # an image none of whose faces took a mask
+                stats["faces_unfit"] += rec["failure"].get("faces_unfit", 0)
             for r in rec["records"]:  # empty for a failure
                 if r["masked"]:
                     stats["faces"] += 1
@@ -363,7 +369,7 @@ def run_mask(cfg: MaskConfig) -> dict:
             "seen": summary["seen"], "files": summary["files"], "ok": summary["ok"],
             "failed": summary["errors"] or {}, "skipped (not inputs)": summary["skipped"],
             "faces masked": summary["faces"], "faces rejected": summary["rejected_by_reason"] or {},
-            "faces not fitted": summary["faces_unfit"],
+            "faces the mask cannot fit": summary["faces_unfit"],
             "styles": summary["styles"], "seconds": seconds, "img/s": summary["img_per_s"], "workers": jobs,
         }
         if summary.get("resumed"):  # inputs a stopped run of the same command had done (kept, not redone)
