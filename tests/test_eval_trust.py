@@ -887,3 +887,85 @@ def test_table_of_a_bin_counts_its_crops_as_read_aligned(coded_root, tmp_path):
             for cells in [[x.strip() for x in ln.strip("│").split("│")]]}
     assert m["counts"]["images"] == 40 and rows["crops read as aligned (.bin)"] == "40", text
     assert "crops re-aligned" not in rows and "crops used as given" not in rows
+
+
+# ---- a .bin is someone else's pickle: read without running anything it names ----------------
+class _Touch:
+    """A pickle that creates ``path`` when loaded (what a hostile .bin could do with os.system)."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        import pathlib
+
+        return pathlib.Path.touch, (pathlib.Path(self.path),)
+
+
+def _one_line_refusal(run, marker) -> str:
+    from maskkit.training.eval.evalsets import BinFormatError
+
+    with pytest.raises(BinFormatError) as ei:
+        run()
+    assert not marker.exists(), "the .bin ran what its pickle named"
+    assert "\n" not in str(ei.value)
+    return str(ei.value)
+
+
+def test_bin_reader_runs_nothing_and_refuses_what_is_no_bin(tmp_path):
+    """``pickle.load`` ran whatever a ``.bin`` named (a downloaded file could call ``os.system``)
+    and random bytes ended in a traceback. Now only image bytes and same/different flags are
+    built; anything else is one line. insightface's own forms still load: protocol 2 pickles of
+    bytes (``_codecs.encode``), numpy booleans, a Python 2 ``encoding="bytes"`` pickle."""
+    import pickle
+
+    from maskkit.training.eval.evalsets import load_bin, read_bin_lists, write_bin
+
+    marker = tmp_path / "ran"
+    img = np.zeros((112, 112, 3), np.uint8)
+    good = write_bin(tmp_path / "good.bin", [img] * 20, [k % 2 == 0 for k in range(10)], ext=".png")
+    bins, issame = pickle.loads(good.read_bytes())
+    variants = {
+        "hostile_image": ([_Touch(marker)] + bins[1:], issame),
+        "hostile_flags": (bins, [_Touch(marker)] + issame[1:]),
+        "not_a_pair": {"bins": bins},
+        "odd_count": (bins[:-1], issame),
+        "text_image": (["img"] * 20, issame),
+    }
+    for name, obj in variants.items():
+        p = tmp_path / f"{name}.bin"
+        p.write_bytes(pickle.dumps(obj, protocol=2))
+        msg = _one_line_refusal(lambda: load_bin(p), marker)
+        assert msg.startswith(str(p)), msg
+    (tmp_path / "random.bin").write_bytes(np.random.default_rng(0).bytes(3000))
+    assert "not an insightface .bin" in _one_line_refusal(lambda: load_bin(tmp_path / "random.bin"), marker)
+    assert "its pickle asks to build" in _one_line_refusal(lambda: read_bin_lists(tmp_path / "hostile_image.bin"), marker)
+    # insightface's forms: protocol 2 (bytes via _codecs.encode), numpy bools, numpy byte arrays
+    for k, obj in enumerate([(bins, issame), (bins, [np.bool_(s) for s in issame]),
+                             ([np.frombuffer(b, np.uint8) for b in bins], issame)]):
+        p = tmp_path / f"insightface{k}.bin"
+        p.write_bytes(pickle.dumps(obj, protocol=2))
+        ps = load_bin(p)
+        assert ps.n_pairs == 10 and list(ps.issame) == issame and not ps.failures
+
+
+def test_eval_and_train_refuse_a_hostile_bin_in_one_line(tmp_path):
+    """``eval --bin`` stops with its one-line input error; ``train --val`` refuses before its run
+    folder is made; the pickle's call never runs."""
+    import pickle
+
+    from click.testing import CliRunner
+
+    from maskkit.cli import main
+    from maskkit.training.eval.report import EvalConfig, EvalInputError, run_eval
+
+    marker = tmp_path / "ran"
+    bp = tmp_path / "lfw.bin"
+    bp.write_bytes(pickle.dumps(([_Touch(marker)] * 20, [True] * 10), protocol=2))
+    with pytest.raises(EvalInputError, match="not an insightface .bin: its pickle asks to build") as ei:
+        run_eval(EvalConfig(model=str(tmp_path), bin=str(bp), out=str(tmp_path / "r"), save_to_run=False,
+                            progress=False), model=_MeanColourModel())
+    assert not marker.exists() and "\n" not in str(ei.value)
+    res = CliRunner().invoke(main, ["train", "--data", str(tmp_path), "--out", str(tmp_path / "run"), "--val", str(bp)])
+    assert res.exit_code == 2 and not marker.exists() and not (tmp_path / "run").exists(), res.output
+    assert f"--val {bp}: not an insightface .bin" in res.output

@@ -227,12 +227,13 @@ def train_cmd(ctx: click.Context, data, out, method, backbone, width, two_stream
 
     from maskkit.io.crop_template import TemplateRefused
     from maskkit.training.errors import NonFiniteLoss, TrainError
+    from maskkit.training.eval.validation import ValidationError
     from maskkit.training.loop import train
 
     try:
         summary = train(cfg, resume=resume, callbacks=[validator] if validator else [], verified=True,
                         closing_line=False)
-    except (NonFiniteLoss, TrainError, FileNotFoundError) as exc:
+    except (NonFiniteLoss, TrainError, ValidationError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from exc
     except TemplateRefused as exc:  # shards whose crops cannot be brought onto image_size's template
         raise click.ClickException(f"--data {cfg.data}: {exc.detail}") from exc
@@ -258,7 +259,10 @@ def _validator(cfg):
     from maskkit.training.eval.validation import ValidationError, Validator
 
     try:
-        return Validator.from_config(cfg)
+        validator = Validator.from_config(cfg)
+        if validator is not None:
+            validator.check_files()
+        return validator
     except ValidationError as exc:
         raise click.UsageError(str(exc)) from exc
 

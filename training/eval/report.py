@@ -43,7 +43,7 @@ import numpy as np
 from maskkit.training.checkpoints.read import eval_home
 from maskkit.training.eval.compare import metrics_table, trusts_crops
 from maskkit.training.eval.evalsets.aligner import FaceAligner
-from maskkit.training.eval.evalsets.binfile import load_bin
+from maskkit.training.eval.evalsets.binfile import BinFormatError, load_bin
 from maskkit.training.eval.evalsets.folders import load_image_folder
 from maskkit.training.eval.evalsets.masking import apply_masks, mask_side_flags
 from maskkit.training.eval.evalsets.pairs import PairsFormatError, load_pairs
@@ -682,7 +682,7 @@ def run_eval(cfg: EvalConfig, model=None, console=None) -> dict:
         if cfg.task == "verification":
             try:
                 pairs = load_bin(cfg.bin) if cfg.bin else load_pairs(cfg.pairs, cfg.root, aligner, cfg.progress)
-            except PairsFormatError as exc:  # a line that is no pair: one line naming file:line and the forms
+            except (PairsFormatError, BinFormatError) as exc:  # one line: file:line and the forms, or what the .bin is not
                 raise EvalInputError(str(exc)) from exc
             if pairs.n_pairs == 0:
                 src = cfg.bin or cfg.pairs

@@ -169,20 +169,38 @@ class Validator:
         """What ``config.json`` records beside the requested values."""
         return {"val_best": self.rule.text}
 
+    def check_files(self) -> None:
+        """Read each set's file for its form before training starts (a ``.bin``'s pickle, a pairs
+        file's lines; no image decoded), so a set that is none is refused before anything is written.
+
+        Raises:
+            ValidationError: one line naming the set and what is wrong.
+        """
+        from maskkit.training.eval.evalsets import BinFormatError, PairsFormatError, parse_pairs_txt, read_bin_lists
+
+        for spec in self.specs:
+            try:
+                read_bin_lists(spec.bin) if spec.bin else parse_pairs_txt(spec.pairs)
+            except (BinFormatError, PairsFormatError, OSError) as exc:
+                raise ValidationError(f"--val {spec.text}: {getattr(exc, 'detail', exc)}") from exc
+
     # -- the callback protocol -------------------------------------------------------------------
     def load(self) -> list[_Loaded]:
         """Read every set and draw its masks, once (``maskkit eval``'s readers)."""
         if self._sets is None:
-            from maskkit.training.eval.evalsets import FaceAligner, load_bin, load_pairs
+            from maskkit.training.eval.evalsets import BinFormatError, FaceAligner, PairsFormatError, load_bin, load_pairs
             from maskkit.training.eval.finite import MIN_PAIRS
             from maskkit.training.eval.report import pairset_masks
 
             loaded = []
             for spec in self.specs:
                 cfg = spec.eval_config("none")
-                pairs = (load_bin(spec.bin) if spec.bin else
-                         load_pairs(spec.pairs, spec.root, FaceAligner(cfg.detector, trust_aligned=cfg.aligned),
-                                    progress=False))
+                try:
+                    pairs = (load_bin(spec.bin) if spec.bin else
+                             load_pairs(spec.pairs, spec.root, FaceAligner(cfg.detector, trust_aligned=cfg.aligned),
+                                        progress=False))
+                except (BinFormatError, PairsFormatError) as exc:
+                    raise ValidationError(f"--val {spec.text}: {getattr(exc, 'detail', exc)}") from exc
                 if pairs.n_pairs < MIN_PAIRS:
                     raise ValidationError(f"--val {spec.text}: {pairs.n_pairs} usable pair(s); the 10-fold protocol "
                                           f"needs at least {MIN_PAIRS}")

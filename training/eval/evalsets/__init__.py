@@ -23,7 +23,7 @@ Every public name is importable from here (``from maskkit.training.eval.evalsets
 load_bin``), as before the split.
 """
 from maskkit.training.eval.evalsets.aligner import AlignFailure, FaceAligner
-from maskkit.training.eval.evalsets.binfile import encode_image, load_bin, write_bin
+from maskkit.training.eval.evalsets.binfile import BinFormatError, encode_image, load_bin, read_bin_lists, write_bin
 from maskkit.training.eval.evalsets.folders import list_images, load_image_folder
 from maskkit.training.eval.evalsets.masking import (
     MaskOutcome,
@@ -36,7 +36,7 @@ from maskkit.training.eval.evalsets.pairs import PAIRS_FORMS, PairsFormatError, 
 from maskkit.training.eval.evalsets.sets import IMAGE_EXTS, IMAGE_SIZE, ImageSet, PairSet
 
 __all__ = [
-    "AlignFailure", "FaceAligner", "encode_image", "load_bin", "write_bin", "list_images", "load_image_folder",
+    "AlignFailure", "FaceAligner", "BinFormatError", "encode_image", "load_bin", "read_bin_lists", "write_bin", "list_images", "load_image_folder",
     "MaskOutcome", "aligned_landmarks", "apply_masks", "image_rng", "mask_side_flags", "PAIRS_FORMS",
     "PairsFormatError", "load_pairs", "parse_pairs_txt", "IMAGE_EXTS", "IMAGE_SIZE", "ImageSet", "PairSet",
 ]

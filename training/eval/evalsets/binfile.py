@@ -28,6 +28,73 @@ def encode_image(rgb: np.ndarray, ext: str = ".jpg", quality: int = 95) -> bytes
     return buf.tobytes()
 
 
+class BinFormatError(ValueError):
+    """The file is not an insightface verification ``.bin``: ``str()`` is one line, the path and
+    ``detail`` (what is wrong)."""
+
+    def __init__(self, path, detail: str):
+        self.path, self.detail = str(path), detail
+        super().__init__(f"{path}: {detail}")
+
+
+#: What a ``.bin``'s pickle may ask to build, beyond lists, tuples, bytes and bools: the bytes of
+#: a Python 2 pickle read under Python 3 (``_codecs.encode``), numpy booleans and byte arrays.
+#: Anything else (``os.system``, a class of some package) is refused before it is called: a
+#: pickle runs whatever it names, and a downloaded ``.bin`` is someone else's file.
+_BIN_GLOBALS = frozenset({
+    ("_codecs", "encode"), ("numpy", "dtype"), ("numpy", "ndarray"), ("numpy", "bool_"),
+    ("numpy.core.multiarray", "scalar"), ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "scalar"), ("numpy._core.multiarray", "_reconstruct"),
+})
+
+
+class _BinUnpickler(pickle.Unpickler):
+    def __init__(self, f, **kw):
+        super().__init__(f, **kw)
+        self.name = getattr(f, "name", "<.bin>")
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in _BIN_GLOBALS:
+            return super().find_class(module, name)
+        raise BinFormatError(self.name, f"its pickle asks to build {module}.{name} (refused: a .bin holds "
+                             "only encoded images and same/different flags)")
+
+
+def read_bin_lists(path: str | Path) -> tuple[list, list]:
+    """``(bins, issame_list)`` of a ``.bin``, read without running anything it names (no image
+    is decoded: a cheap check of the file's form).
+
+    Raises:
+        BinFormatError: not a pickle, not a pair of lists, a count that is not 2 images per
+            pair, an entry that is no encoded image, or a pickle naming anything else.
+        OSError: the file cannot be read.
+    """
+    path = Path(path)
+    with open(path, "rb") as f:
+        try:
+            try:
+                data = _BinUnpickler(f).load()
+            except UnicodeDecodeError:  # a Python 2 pickle
+                f.seek(0)
+                data = _BinUnpickler(f, encoding="bytes").load()
+        except BinFormatError as exc:
+            raise BinFormatError(path, f"not an insightface .bin: {exc.detail}") from None
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as exc:
+            raise BinFormatError(path, "not an insightface .bin (a pickle of (images, issame)): "
+                                 f"{type(exc).__name__}: {exc}") from None
+    if not (isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(x, (list, tuple, np.ndarray))
+                                                                       for x in data)):
+        raise BinFormatError(path, f"not an insightface .bin: it holds a {type(data).__name__}, "
+                             "not the pair (images, issame)")
+    bins, issame_list = data
+    if len(bins) != 2 * len(issame_list):
+        raise BinFormatError(path, f"{len(bins)} images for {len(issame_list)} pairs (need exactly 2 per pair)")
+    bad = next((k for k, b in enumerate(bins) if not isinstance(b, (bytes, bytearray, np.ndarray))), None)
+    if bad is not None:
+        raise BinFormatError(path, f"image {bad} is a {type(bins[bad]).__name__}, not encoded image bytes")
+    return list(bins), list(issame_list)
+
+
 def load_bin(path: str | Path, size: tuple[int, int] = IMAGE_SIZE) -> PairSet:
     """Read an insightface verification ``.bin`` (``pickle`` of ``(bins, issame_list)``).
 
@@ -40,16 +107,12 @@ def load_bin(path: str | Path, size: tuple[int, int] = IMAGE_SIZE) -> PairSet:
     (:func:`maskkit.io.image_io.read_crop`) and counted in :attr:`PairSet.templates` under what
     was done; one that cannot be (a size of no template, a crop that does not cover ``size``'s:
     112x96) is a failure with reason ``no_template`` / ``other_template``.
+
+    Raises:
+        BinFormatError: the file is no such pickle (nothing it names is run).
     """
     path = Path(path)
-    with open(path, "rb") as f:
-        try:
-            bins, issame_list = pickle.load(f)
-        except UnicodeDecodeError:  # a Python 2 pickle
-            f.seek(0)
-            bins, issame_list = pickle.load(f, encoding="bytes")
-    if len(bins) != 2 * len(issame_list):
-        raise ValueError(f"{path}: {len(bins)} images for {len(issame_list)} pairs (need exactly 2 per pair)")
+    bins, issame_list = read_bin_lists(path)
     from maskkit.io.crop_template import TemplateRefused
     from maskkit.io.image_io import read_crop
 
