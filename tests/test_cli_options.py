@@ -30,6 +30,8 @@ def test_every_command_speaks_one_vocabulary(name):
         assert opts["device"].default == "auto", name
     if "jobs" in opts:
         assert opts["jobs"].default == 0, name  # 0 = all cores, demo included
+        # -1 (joblib's "all") means 0 everywhere: synth took it, align and mask refused it
+        assert (opts["jobs"].type.min, opts["jobs"].type.max) == (-1, None), name
     # no other spelling of an output or of progress is visible
     flat = {o for p in cmd.params if not getattr(p, "hidden", False) for o in p.opts + p.secondary_opts}
     assert not flat & {"--onnx", "--no-progress", "--progress"}, name
@@ -39,6 +41,7 @@ def test_commands_that_can_honour_them_have_them():
     have = {n: set(_visible(c)) for n, c in main.commands.items()}
     for n in ("align", "mask", "synth", "demo"):
         assert "jobs" in have[n], n
+    assert len({_visible(main.commands[n])["jobs"].help for n in ("align", "mask", "synth", "demo")}) == 1
     for n in ("align", "mask", "synth", "preview"):
         assert {"aligned", "detector"} <= have[n], n
     for n in ("align", "mask", "synth", "eval", "demo"):

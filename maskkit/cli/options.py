@@ -38,9 +38,11 @@ def _quiet(help: str = "No progress bar or summary table.") -> Callable:
     return click.option("-q", "--quiet", is_flag=True, help=help)
 
 
-def _jobs(default: int = 0, min_jobs: int = 0, help: str = "Worker processes (0 = as many as pay off: one per 500 inputs, up to all CPU cores; a small job runs in one process).") -> Callable:
-    return click.option("-j", "--jobs", default=default, show_default=True, type=click.IntRange(min_jobs, None),
-                        help=help)
+def _jobs(default: int = 0) -> Callable:
+    """``-j/--jobs``, alike in every command: 0 (or joblib's -1) = as many workers as pay off."""
+    return click.option("-j", "--jobs", default=default, show_default=True, type=click.IntRange(-1, None),
+                        help="Worker processes (0 or -1 = as many as pay off: one per 500 inputs, up to all "
+                             "CPU cores; a small job runs in one process).")
 
 
 def _out(help: str, required: bool = True, file: bool = False, **kwargs: Any) -> Callable:

@@ -61,8 +61,7 @@ def _print_summary(title: str, rows: list[tuple[str, str]]) -> None:
 @click.option("--styles", default=None, metavar="LIST", show_default="surgical,n95,kn95,cloth,gas",
               help="Comma-separated mask styles, balanced.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Global seed.")
-@_jobs(min_jobs=-1, help="Worker processes (0 = as many as pay off: one per 500 inputs, up to all CPU cores; "
-                         "a small job runs in one process; -1 is accepted too).")
+@_jobs()
 @_aligned("Inputs are already aligned 112x112 ArcFace crops (no detection).")
 @click.option("--size", default="112", show_default=True, help="Output size: N or HxW (112, 112x96, 128, 256...).")
 @click.option("--shard-samples", default=10000, show_default=True, type=click.IntRange(1),
