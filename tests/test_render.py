@@ -279,7 +279,9 @@ def test_full_photo_with_several_faces(renderer, photos_dir):
     assert untouched.mean() > 0.8
 
 
-def test_templates_load_once(monkeypatch, celeb_faces):
+def test_templates_load_once(monkeypatch, celeb_faces, request):
+    from maskkit.render import default_renderer
+
     calls = []
     orig = Template.load.__func__
 
@@ -288,7 +290,8 @@ def test_templates_load_once(monkeypatch, celeb_faces):
         return orig(cls, *a, **k)
 
     monkeypatch.setattr(Template, "load", classmethod(counting))
-    monkeypatch.setattr("maskkit.render._DEFAULT", None)
+    default_renderer.cache_clear()  # built again below, once, with the counting loader
+    request.addfinalizer(default_renderer.cache_clear)
     name, rgb, lm = celeb_faces[0]
     render_mask(rgb, lm, "n95", np.random.default_rng(0))
     n = len(calls)

@@ -21,6 +21,8 @@ Example:
 """
 from __future__ import annotations
 
+import functools
+
 from typing import Optional
 
 import numpy as np
@@ -56,9 +58,13 @@ __all__ = [
     "CLEAR_IDX",
     "coverage_check",
     "yaw_estimate",
+    "default_renderer",
 ]
 
-_DEFAULT: Optional[MaskRenderer] = None
+@functools.lru_cache(maxsize=1)
+def default_renderer() -> MaskRenderer:
+    """The renderer with the shipped templates, built once per process (a worker's model)."""
+    return MaskRenderer()
 
 
 def render_mask(
@@ -68,10 +74,6 @@ def render_mask(
     rng: Optional[np.random.Generator] = None,
     renderer: Optional[MaskRenderer] = None,
 ) -> MaskResult:
-    """Convenience wrapper: render with ``renderer`` or a lazily created process-wide one."""
-    global _DEFAULT
-    if renderer is None:
-        if _DEFAULT is None:
-            _DEFAULT = MaskRenderer()
-        renderer = _DEFAULT
+    """Convenience wrapper: render with ``renderer`` or :func:`default_renderer`."""
+    renderer = renderer if renderer is not None else default_renderer()
     return renderer.render(rgb, landmarks68, style, rng)
