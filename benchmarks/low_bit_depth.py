@@ -6,9 +6,10 @@ re-saved as: 1-bit dithered (``convert('1')``) and thresholded (``dither=NONE``)
 2, 3, 4, 8, 16, 32 colours (``P<k>``, and ``P<k>dith`` Floyd-Steinberg dithered); grey posterized
 to the same numbers of levels (``L<k>``, ``L<k>dith``). Each copy goes through PNG bytes and
 :func:`maskkit.io.image_io.decode_image` (what ``align``/``mask``/``synth`` read) and
-``find_faces(..., "all")``. For every face kept the score is the mean (and largest) distance of
-its 68 points from the colour photo's fit, divided by the colour fit's inter-ocular distance
-(IOD); a kept face more than 1 IOD from the colour face is another thing (``OTHER``).
+``find_faces(..., "all")``. For every face kept the scores are the eye error (larger eye-centre
+distance from the colour photo's fit) and the mean distance of its 68 points from it, both
+divided by the colour fit's inter-ocular distance (IOD); a kept face more than 1 IOD from the
+colour face is another thing (``OTHER``).
 
 ``--raw`` reads the copies as they were read before the low-pass (``FEW_COLOURS = 0``).
 
@@ -65,6 +66,11 @@ def read(im: Image.Image) -> np.ndarray:
     return image_io.decode_image(buf.getvalue())
 
 
+def eyes(lm: np.ndarray) -> np.ndarray:
+    lm = np.asarray(lm, np.float64)
+    return np.stack([lm[36:42].mean(0), lm[42:48].mean(0)])
+
+
 def iod(lm: np.ndarray) -> float:
     return float(np.linalg.norm(lm[42:48].mean(0) - lm[36:42].mean(0)))
 
@@ -93,14 +99,16 @@ def main() -> None:
                     if d.mean() > 1.0:
                         cells.append("OTHER kept" if ok else "other rejected")
                         continue
-                    subject = f"kept {d.mean():.3f} (max {d.max():.3f})" if ok else f"REJECTED ({d.mean():.3f})"
+                    eye = float(np.linalg.norm(eyes(f.landmarks68) - eyes(ref), axis=1).max() / r_iod)
+                    subject = f"kept eye {eye:.3f} mean {d.mean():.3f}" if ok else f"REJECTED (eye {eye:.3f})"
                     if ok:
                         key = (dn, vn[:1] if vn[0] != "1" else vn, int(vn[1:].rstrip("dithr") or 0) if vn[0] != "1" else 2)
-                        worst[key] = max(worst.get(key, 0.0), d.mean())
+                        w = worst.get(key, (0.0, 0.0))
+                        worst[key] = (max(w[0], eye), max(w[1], d.mean()))
                 print(f"{dn:9s} {name:12s} {vn:8s} {subject:28s} {' '.join(cells)}", flush=True)
-    print("\nworst mean point distance / IOD of kept subjects:")
+    print("\nworst eye error / mean point distance (IOD) of kept subjects:")
     for k in sorted(worst):
-        print(" ", k, f"{worst[k]:.3f}")
+        print(" ", k, f"eye {worst[k][0]:.3f} mean {worst[k][1]:.3f}")
 
 
 if __name__ == "__main__":
