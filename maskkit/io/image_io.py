@@ -53,9 +53,9 @@ DEFAULT_MAX_PIXELS = 100_000_000
 FEW_COLOURS = 4
 
 #: Standard deviation (pixels) of the Gaussian low-pass of :func:`descreen`. A dither pattern
-#: lives at the pixel scale whatever the face size; sigma 1 brings every dithered 2-4 level copy
-#: to within 0.04 IOD (mean point distance) of its colour fit (largest 0.064, BlazeFace on
-#: biden's 4-colour palette at 2 levels... see docs/MARGINS.md), sigma 1.5 changes nothing more.
+#: lives at the pixel scale whatever the face size; at sigma 1 the kept subjects of every 1-bit
+#: copy have eyes within 0.03 IOD of the colour fit, 2-4 levels within 0.075 (HOG) and 0.104
+#: (BlazeFace, a 2-colour dithered palette); sigma 1.5 changed nothing more (docs/MARGINS.md).
 DESCREEN_SIGMA = 1.0
 
 
