@@ -16,11 +16,30 @@ from .dlib_detectors import HogDetector
 from .fit_check import check_landmarks, check_with_keypoints
 from .landmarks import fit_at_angle, landmarks_in_box
 
-__all__ = ["select_faces", "find_faces", "aligned_face", "WEAK_DETECTION", "PASS_OVER_MIN_AREA", "KEYPOINT_DEROTATE"]
+__all__ = ["select_faces", "final_box", "find_faces", "aligned_face", "WEAK_DETECTION", "PASS_OVER_MIN_AREA", "KEYPOINT_DEROTATE"]
+
+
+def final_box(face: Face, shape: tuple[int, ...] | None = None) -> tuple[float, float, float, float]:
+    """The box selection compares: the bounding box of the face's *checked* 68 landmarks when
+    its landmark check passed (``face.fit.ok``), else its detection box; clipped to the image
+    when ``shape`` ``(H, W, ...)`` is given, so a face cut by the image edge counts with its
+    visible part. Image pixels ``(x0, y0, x1, y1)``."""
+    if face.fit is not None and getattr(face.fit, "ok", False) and face.landmarks68 is not None:
+        lm = np.asarray(face.landmarks68, np.float64)
+        x0, y0 = lm.min(axis=0)
+        x1, y1 = lm.max(axis=0)
+    else:
+        x0, y0, x1, y1 = (float(v) for v in face.box)
+    if shape is not None:
+        h, w = float(shape[0]), float(shape[1])
+        x0, x1 = min(max(x0, 0.0), w), min(max(x1, 0.0), w)
+        y0, y1 = min(max(y0, 0.0), h), min(max(y1, 0.0), h)
+    return float(x0), float(y0), float(x1), float(y1)
 
 
 def select_faces(faces: Sequence[Face], policy: str = "largest", shape: tuple[int, ...] | None = None) -> list[Face]:
-    """Choose faces by policy.
+    """Choose faces by policy, comparing each face's :func:`final_box` (its checked landmarks'
+    box once :func:`find_faces` has checked it, the part inside the image when ``shape`` is given).
 
     Args:
         faces: detections.
@@ -35,19 +54,25 @@ def select_faces(faces: Sequence[Face], policy: str = "largest", shape: tuple[in
     faces = list(faces)
     if not faces:
         return []
+    boxes = {id(f): final_box(f, shape) for f in faces}
     if policy == "all":
         return sorted(faces, key=lambda f: ((f.box[0] + f.box[2]) / 2, (f.box[1] + f.box[3]) / 2))
     if policy == "largest":
         # near-ties (within 20% of the largest area) go to the more confident detection: dlib
         # boxes come in a few fixed sizes, so a false positive can match the true face's size
-        big = max(f.area for f in faces)
-        near = [f for f in faces if f.area >= 0.8 * big]
-        return [max(near, key=lambda f: (f.score if f.score is not None else 0.0, f.area))]
+        area = {k: _area(b) for k, b in boxes.items()}
+        big = max(area.values())
+        near = [f for f in faces if area[id(f)] >= 0.8 * big]
+        return [max(near, key=lambda f: (f.score if f.score is not None else 0.0, area[id(f)]))]
     if policy == "central":
         if shape is None:
             raise ValueError("policy 'central' needs the image shape")
         cy, cx = shape[0] / 2.0, shape[1] / 2.0
-        return [min(faces, key=lambda f: ((f.box[0] + f.box[2]) / 2 - cx) ** 2 + ((f.box[1] + f.box[3]) / 2 - cy) ** 2)]
+
+        def off(f):
+            b = boxes[id(f)]
+            return ((b[0] + b[2]) / 2 - cx) ** 2 + ((b[1] + b[3]) / 2 - cy) ** 2
+        return [min(faces, key=off)]
     raise ValueError(f"unknown face policy {policy!r}; choose largest, all or central")
 
 
@@ -122,12 +147,70 @@ def _first_fit(rgb: np.ndarray, detector: Detector, box, keypoints) -> np.ndarra
     return detector.landmarks(rgb, box)
 
 
+def _fit_and_check(detector: Detector, rgb: np.ndarray, f: Face, kept: list[Face], check: bool) -> bool:
+    """Fit (and with ``check`` check) the 68 points of candidate ``f`` in place; False when it is
+    a second detection of a face already in ``kept`` (it is then not a face of its own)."""
+    up = detector.upright(rgb, f.box, f.keypoints) if isinstance(detector, BlazeFaceDetector) else None
+    if up is not None and any(box_iou(np.array(up.box), np.array([g.box]))[0] > UPRIGHT_SAME_FACE
+                              for g in kept if g.fit is None or g.fit.ok):
+        # two detections the upright looks show to be one face (an upside-down face found by
+        # both models, one box turned): the second is not a face of its own
+        return False
+    first_look = (f.box, f.keypoints)
+    if up is not None:
+        f.box, f.keypoints = up.box, up.keypoints
+        f.landmarks68 = fit_at_angle(rgb, f.box, up.angle)
+    else:
+        f.landmarks68 = _first_fit(rgb, detector, f.box, f.keypoints)
+    if not check:
+        return True
+    # BlazeFace's keypoints vouch for a fit only when its upright look found the face again
+    # (of real-masked's 3 detections it did not, 2 were a wall and a window)
+    f.fit = (check_with_keypoints(rgb, f.box, f.landmarks68, f.keypoints) if up is not None else
+             check_landmarks(rgb, f.box, f.landmarks68, angle_range=f.angle_range))
+    if up is not None and not f.fit.ok:
+        # the upright look's fit failed: the first look decides, as it did before there was an
+        # upright look (measured: a masked close-up, real-masked 0001/0015.jpg, is kept so)
+        box, kps = first_look
+        lm = _first_fit(rgb, detector, box, kps)
+        fit = check_with_keypoints(rgb, box, lm, kps)
+        if fit.ok:
+            f.box, f.keypoints, f.landmarks68, f.fit = box, kps, lm, fit
+    if f.fit.ok and f.fit.recovered and isinstance(detector, HogDetector) and f.score < WEAK_DETECTION:
+        _confirm_upright(rgb, f)
+    if f.fit.ok:
+        f.landmarks68 = f.fit.landmarks68
+    return True
+
+
+def _choose(faces: list[Face], policy: str, shape) -> list[Face]:
+    """The one face of ``largest``/``central`` among checked candidates, by their final boxes
+    (:func:`final_box`: the checked landmarks' box inside the image). A weak detection
+    (:data:`WEAK_DETECTION`) whose landmarks are not on a face is a false positive and the next
+    face is taken instead (measured: an emblem on the astronaut's suit, score 0.06, larger than
+    her face at half size); with ``largest`` only a face at least :data:`PASS_OVER_MIN_AREA` of
+    its area replaces it, else the failed face is returned (recorded ``bad_landmarks``), never a
+    small bystander. A strong detection whose fit failed is the subject, returned as failed."""
+    passed_over = None
+    for f in _policy_order(faces, policy, shape):
+        if (passed_over is not None and policy == "largest"
+                and _area(final_box(f, shape)) < PASS_OVER_MIN_AREA * _area(final_box(passed_over, shape))):
+            return [passed_over]
+        if f.fit is not None and not f.fit.ok and (f.score is None or f.score < WEAK_DETECTION):
+            passed_over = f
+            continue
+        return [f]
+    return []
+
+
 def find_faces(detector: Detector, rgb: np.ndarray, policy: str = "largest",
                timings: dict | None = None, check: bool = True) -> list[Face]:
-    """Detect, select by ``policy`` (see :func:`select_faces`), landmark and check the selected faces.
+    """Detect, landmark and check every candidate, then select by ``policy`` among the checked
+    faces (:func:`select_faces` on their :func:`final_box`: the checked landmarks' box inside
+    the image, never the raw detection box; see :func:`_choose` for a failed fit).
 
     Backends whose landmarks come from dlib's predictor (those that keep
-    :meth:`Detector.detect`) are landmarked only for the faces ``policy`` keeps; the others
+    :meth:`Detector.detect`) are landmarked and checked here; the others
     (``fan``) produce landmarks with their boxes (and are not checked). With ``check`` each
     dlib fit goes through :func:`maskkit.face.fit_check.check_landmarks`: ``face.fit`` holds the
     outcome and, when it passed, ``face.landmarks68`` the checked (or recovered) landmarks.
@@ -156,51 +239,12 @@ def find_faces(detector: Detector, rgb: np.ndarray, policy: str = "largest",
         tm["detect"] = time.perf_counter() - t0
         order = select_faces(cands, policy, rgb.shape) if policy == "all" else _policy_order(cands, policy, rgb.shape)
         t0 = time.perf_counter()
-        faces, passed_over = [], None
+        faces = []
         for f in order:
-            if passed_over is not None and policy == "largest" and _area(f.box) < PASS_OVER_MIN_AREA * _area(passed_over.box):
-                faces = [passed_over]  # the largest face's fit failed: recorded, never swapped for a small bystander
-                break
-            up = detector.upright(rgb, f.box, f.keypoints) if isinstance(detector, BlazeFaceDetector) else None
-            if up is not None and any(box_iou(np.array(up.box), np.array([g.box]))[0] > UPRIGHT_SAME_FACE
-                                      for g in faces if g.fit is None or g.fit.ok):
-                # two detections the upright looks show to be one face (an upside-down face found by
-                # both models, one box turned): the second is not a face of its own
-                continue
-            first_look = (f.box, f.keypoints)
-            if up is not None:
-                f.box, f.keypoints = up.box, up.keypoints
-                f.landmarks68 = fit_at_angle(rgb, f.box, up.angle)
-            else:
-                f.landmarks68 = _first_fit(rgb, detector, f.box, f.keypoints)
-            if check:
-                # BlazeFace's keypoints vouch for a fit only when its upright look found the face
-                # again (of real-masked's 3 detections it did not, 2 were a wall and a window)
-                f.fit = (check_with_keypoints(rgb, f.box, f.landmarks68, f.keypoints) if up is not None else
-                         check_landmarks(rgb, f.box, f.landmarks68, angle_range=f.angle_range))
-                if up is not None and not f.fit.ok:
-                    # the upright look's fit failed: the first look decides, as it did before
-                    # there was an upright look (measured: a masked close-up, real-masked
-                    # 0001/0015.jpg, is kept so)
-                    box, kps = first_look
-                    lm = _first_fit(rgb, detector, box, kps)
-                    fit = check_with_keypoints(rgb, box, lm, kps)
-                    if fit.ok:
-                        f.box, f.keypoints, f.landmarks68, f.fit = box, kps, lm, fit
-                if f.fit.ok and f.fit.recovered and isinstance(detector, HogDetector) and f.score < WEAK_DETECTION:
-                    _confirm_upright(rgb, f)
-                if f.fit.ok:
-                    f.landmarks68 = f.fit.landmarks68
-            faces.append(f)
-            if policy == "all":
-                continue
-            # one face for largest/central: a weak detection whose landmarks are not on a face is
-            # a false positive (measured: an emblem on the astronaut's suit, score 0.06, larger
-            # than her face at half size): the next candidate is taken instead
-            if f.fit is not None and not f.fit.ok and (f.score is None or f.score < WEAK_DETECTION):
-                passed_over = faces.pop()
-                continue
-            break
+            if _fit_and_check(detector, rgb, f, faces, check):
+                faces.append(f)
+        if policy != "all":
+            faces = _choose(faces, policy, rgb.shape)
         tm["landmarks"] = time.perf_counter() - t0
         return faces
     # backends that produce landmarks together with boxes (fan)

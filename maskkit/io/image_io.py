@@ -12,6 +12,11 @@ What is handled:
 * EXIF orientation is applied (``ImageOps.exif_transpose``);
 * CMYK, grayscale, 1-bit, palette, RGBA/LA (composited on white), 16-bit and float images are
   converted to RGB uint8 (16-bit is *scaled* to 8 bits, not clipped);
+* an image of at most :data:`FEW_COLOURS` distinct colours (a 1-bit scan, a 2-4 colour palette,
+  grey posterized to 2-4 levels) is read through a light low-pass (:func:`descreen`): a
+  dithered bilevel face is a pattern of single pixels that dlib's and BlazeFace's models never
+  saw, and their fits on it land off the face; the low-pass gives back the grey the dither
+  stands for. The image maskkit crops and masks is that grey one (docs/DETECTION.md);
 * the pixel limit is checked from the header *before* the pixels are decoded (PIL opens lazily),
   so a 20000x20000 image is refused without allocating it.
 
@@ -30,13 +35,28 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["DEFAULT_MAX_PIXELS", "ImageError", "decode_image", "decode_crop", "read_crop", "load_image", "encode_jpeg",
+__all__ = ["DEFAULT_MAX_PIXELS", "FEW_COLOURS", "DESCREEN_SIGMA", "descreen", "ImageError", "decode_image", "decode_crop", "read_crop", "load_image", "encode_jpeg",
            "to_rgb_uint8"]
 
 log = logging.getLogger(__name__)
 
 #: Default pixel limit (width * height) above which an image is refused (100 megapixels).
 DEFAULT_MAX_PIXELS = 100_000_000
+
+#: An image with at most this many distinct colours is low-passed when read (:func:`descreen`).
+#: Measured (``benchmarks/low_bit_depth.py``: obama, biden, astronaut, grace_hopper as 1-bit
+#: dithered/thresholded, palette and grey at 2, 3, 4, 8, 16, 32 levels, dithered or not; HOG and
+#: BlazeFace): read as they are, the dithered 2-4 level copies give fits 0.2-0.4 IOD (mean
+#: point) off the colour fit (rejected as ``bad_landmarks``, or, with BlazeFace's keypoints,
+#: kept off the face: obama 1-bit, 0.41); 8 levels and more fit within 0.05 as they are, and at 8
+#: the low-pass let BlazeFace keep a sleeve on dithered biden, so only 2-4 are low-passed.
+FEW_COLOURS = 4
+
+#: Standard deviation (pixels) of the Gaussian low-pass of :func:`descreen`. A dither pattern
+#: lives at the pixel scale whatever the face size; at sigma 1 the kept subjects of every 1-bit
+#: copy have eyes within 0.03 IOD of the colour fit, 2-4 levels within 0.075 (HOG) and 0.104
+#: (BlazeFace, a 2-colour dithered palette); sigma 1.5 changed nothing more (docs/MARGINS.md).
+DESCREEN_SIGMA = 1.0
 
 
 
@@ -78,6 +98,35 @@ def _mode_to_rgb(im: Image.Image) -> np.ndarray:
         white = Image.new("RGBA", im.size, (255, 255, 255, 255))
         return np.asarray(Image.alpha_composite(white, im).convert("RGB"), dtype=np.uint8)
     return np.asarray(im.convert("RGB"), dtype=np.uint8)
+
+
+def descreen(im: Image.Image, rgb: np.ndarray) -> np.ndarray:
+    """``rgb`` (the RGB array of ``im``) low-passed when ``im`` has at most :data:`FEW_COLOURS`
+    distinct colours (mode ``1``, a small palette, grey posterized to a few levels), else
+    ``rgb`` itself.
+
+    A bilevel or few-level image -- dithered or thresholded -- is read as the grey (or colour)
+    it stands for: a Gaussian of :data:`DESCREEN_SIGMA` pixels (OpenCV). Counting colours stops
+    at the fifth (``Image.getcolors``), so a photo costs microseconds.
+
+    Args:
+        im: the decoded PIL image (any mode).
+        rgb: ``(H, W, 3)`` uint8, ``im`` converted to RGB.
+
+    Returns:
+        ``(H, W, 3)`` uint8.
+    """
+    if FEW_COLOURS <= 0 or im.mode not in ("1", "L", "P", "RGB", "LA", "PA", "RGBA"):
+        return rgb
+    try:
+        few = im.getcolors(FEW_COLOURS) is not None
+    except (OSError, ValueError):  # pragma: no cover - PIL refuses a mode it cannot count
+        return rgb
+    if not few:
+        return rgb
+    import cv2
+
+    return cv2.GaussianBlur(rgb, (0, 0), DESCREEN_SIGMA, borderType=cv2.BORDER_REFLECT)
 
 
 def to_rgb_uint8(arr: np.ndarray) -> np.ndarray:
@@ -153,7 +202,7 @@ def _decode_opened(im: Image.Image, name: str) -> np.ndarray:
         raise ImageError("unsupported", f"{name}: cannot convert mode {im.mode!r} to RGB ({exc})") from exc
     if rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ImageError("unsupported", f"{name}: mode {im.mode!r} gave shape {rgb.shape}")
-    return np.ascontiguousarray(rgb)
+    return np.ascontiguousarray(descreen(im, rgb))
 
 
 def decode_image(data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS, name: str = "<bytes>") -> np.ndarray:

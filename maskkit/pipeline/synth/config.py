@@ -60,7 +60,10 @@ from maskkit import __version__
 #: 14 = ``--faces largest``: a weak largest face whose landmarks fail is passed over only for a
 #:     candidate at least half its area (``maskkit.face.selection.PASS_OVER_MIN_AREA``), else it is
 #:     recorded (``bad_landmarks``) rather than a smaller bystander masked in its place.
-ALGORITHM_VERSION = 14
+#: 15 = images of at most 4 colours (1-bit scans, small palettes) are read low-passed
+#:     (``maskkit.io.image_io.descreen``), and ``--faces largest``/``central`` choose among the
+#:     checked faces by their landmarks' box inside the image (``maskkit.face.selection.final_box``).
+ALGORITHM_VERSION = 15
 
 #: The five mask styles (same as ``maskkit.render.STYLES``; repeated so importing this module
 #: stays light).
