@@ -4,7 +4,7 @@ its face is kept with its points where the colour photo puts them.
 
 Criterion: the eye error (larger eye-centre distance from the colour photo's fit, over its
 inter-ocular distance, IOD) within ``TOL`` = 0.10, the project's landmark tolerance. Measured
-with ``benchmarks/low_bit_depth.py`` (2026-12-07, docs/MARGINS.md): the astronaut's 1-bit
+with ``benchmarks/low_bit_depth.py`` (2026-12-06, docs/MARGINS.md): the astronaut's 1-bit
 dithered copy is missed by HOG as read before (kept at 0.008 now) and kept by BlazeFace 0.15 IOD
 (mean point) off the face (0.02 now).
 """
