@@ -53,3 +53,32 @@ def test_ear_is_not_kept_over_the_face(blazeface_packages, real_masked):
     inside = lambda p, b: b[0] <= p[0] <= b[2] and b[1] <= p[1] <= b[3]  # noqa: E731
     assert all(inside(e, face_box) for e in eyes), eyes
     assert not any(inside(e, ear_box) for e in eyes), eyes
+
+
+def test_largest_with_hog_skips_only_faces_that_cannot_win(photos_dir, astronaut, grace_hopper, monkeypatch):
+    """With HOG, ``largest`` does not fit candidates too small to be chosen whatever their fit
+    (``HOG_FINAL_OVER_RAW``): the subject is the one checking every candidate gives, on every
+    photo of photos/ and on the astronaut beside a small grace_hopper, with fewer fits."""
+    import cv2
+
+    import maskkit.face.selection as sel
+
+    small = cv2.resize(grace_hopper, None, fx=0.35, fy=0.35, interpolation=cv2.INTER_AREA)
+    pair = astronaut.copy()
+    pair[-small.shape[0]:, -small.shape[1]:] = small
+    images = [pair] + [load_image(p) for p in sorted(photos_dir.glob("*.jpg"))]
+    det = make_detector("hog")
+    fits = []
+    real_fit = sel._fit_and_check
+    monkeypatch.setattr(sel, "_fit_and_check", lambda *a, **k: fits.append(1) or real_fit(*a, **k))
+
+    def chosen(growth):
+        monkeypatch.setattr(sel, "HOG_FINAL_OVER_RAW", growth)
+        fits.clear()
+        out = [[tuple(np.round(f.landmarks68[30], 1)) for f in find_faces(det, rgb, "largest")] for rgb in images]
+        return out, len(fits)
+
+    lazy, n_lazy = chosen(sel.HOG_FINAL_OVER_RAW)
+    every, n_every = chosen(float("inf"))
+    assert lazy == every  # the same subject (its nose tip), or none, on every image
+    assert n_lazy < n_every, (n_lazy, n_every)
