@@ -60,7 +60,11 @@ from maskkit import __version__
 #: 14 = ``--faces largest``: a weak largest face whose landmarks fail is passed over only for a
 #:     candidate at least half its area (``maskkit.face.selection.PASS_OVER_MIN_AREA``), else it is
 #:     recorded (``bad_landmarks``) rather than a smaller bystander masked in its place.
-ALGORITHM_VERSION = 14
+#: 15 = ``--aligned`` (issue 20): a HOG-found face whose checked fit is far from the template makes
+#:     the crop ``not_aligned`` only when the detector confirms it (box over the crop's centre; a
+#:     tilted fit needs HOG's turned sub-detector: ``maskkit.face.crop_check.CROP_LEVEL_ANGLE``),
+#:     else it is kept ``unverified`` (re-saved occluded crops were ``not_aligned``).
+ALGORITHM_VERSION = 15
 
 #: The five mask styles (same as ``maskkit.render.STYLES``; repeated so importing this module
 #: stays light).
