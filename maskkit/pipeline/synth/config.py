@@ -63,7 +63,11 @@ from maskkit import __version__
 #: 15 = images of at most 4 colours (1-bit scans, small palettes) are read low-passed
 #:     (``maskkit.io.image_io.descreen``), and ``--faces largest``/``central`` choose among the
 #:     checked faces by their landmarks' box inside the image (``maskkit.face.selection.final_box``).
-ALGORITHM_VERSION = 15
+#: 16 = ``--aligned`` (issue 20): a HOG-found face whose checked fit is far from the template makes
+#:     the crop ``not_aligned`` only when the detector confirms it (box over the crop's centre; a
+#:     tilted fit needs HOG's turned sub-detector: ``maskkit.face.crop_check.CROP_LEVEL_ANGLE``),
+#:     else it is kept ``unverified`` (re-saved occluded crops were ``not_aligned``).
+ALGORITHM_VERSION = 16
 
 #: The five mask styles (same as ``maskkit.render.STYLES``; repeated so importing this module
 #: stays light).
