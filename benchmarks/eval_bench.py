@@ -72,7 +72,7 @@ def main() -> None:
     from maskkit.training.api import InferenceModel
     from maskkit.training.config import TrainConfig
     from maskkit.training.model import build_model
-    from maskkit.training.eval.verification import extract_embeddings
+    from maskkit.training.eval.embeddings import extract_embeddings
 
     cfg = TrainConfig(method="maskdul", backbone="r18", width=0.25, dropout=0.0)
     model = InferenceModel(build_model(cfg), cfg.to_dict())

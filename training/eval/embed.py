@@ -8,7 +8,7 @@ import numpy as np
 from maskkit.training.eval.evalsets.aligner import FaceAligner
 from maskkit.training.eval.evalsets.folders import load_image_folder
 from maskkit.training.eval.evalsets.sets import note_counts
-from maskkit.training.eval.verification import extract_embeddings
+from maskkit.training.eval.embeddings import extract_embeddings
 
 
 def run_embed(model_path: str, src: str, out: str, masked: bool = False, flip: bool = True, batch_size: int = 64,

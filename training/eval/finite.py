@@ -110,7 +110,7 @@ class NotScorable(ValueError):
 
 def take_embeddings(emb, keep):
     """The rows of an :class:`~maskkit.training.eval.verification.Embeddings` where ``keep`` (bool) is True."""
-    from maskkit.training.eval.verification import Embeddings
+    from maskkit.training.eval.embeddings import Embeddings
 
     k = np.asarray(keep, dtype=bool)
     return Embeddings(emb.mu[k], emb.magnitude[k], None if emb.sigma is None else emb.sigma[k],

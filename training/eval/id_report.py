@@ -8,14 +8,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from maskkit.training.eval.embeddings import Embeddings, extract_embeddings
 from maskkit.training.eval.evalsets.masking import apply_masks
 from maskkit.training.eval.evalsets.sets import ImageSet
 from maskkit.training.eval.finite import NotScorable, finite_rows, joint_note, left_out_images, take_embeddings
 from maskkit.training.eval.identification import IdentificationResult, build_templates, identify
 from maskkit.training.eval.plots import _branch_hists, contact_sheet, plot_cmc, probe_caption
-from maskkit.training.eval.uncertainty import mls_flags
-from maskkit.training.eval.verification import Embeddings, NonFiniteScores, extract_embeddings
-
 from maskkit.training.eval.record import (
     IDENTIFICATION_FILES,
     EvalConfig,
@@ -25,6 +24,9 @@ from maskkit.training.eval.record import (
     _model_info,
     write_json,
 )
+from maskkit.training.eval.uncertainty import mls_flags
+from maskkit.training.eval.verification import NonFiniteScores
+
 log = logging.getLogger(__name__)
 
 

@@ -8,21 +8,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from maskkit.training.eval.embeddings import Embeddings, extract_embeddings
 from maskkit.training.eval.evalsets.masking import apply_masks, mask_side_flags
 from maskkit.training.eval.evalsets.sets import PairSet
 from maskkit.training.eval.finite import MIN_PAIRS, NotScorable, finite_rows, left_out_pairs, take_embeddings
 from maskkit.training.eval.plots import _branch_hists, contact_sheet, pair_caption, plot_roc
-from maskkit.training.eval.uncertainty import mls_flags, mutual_likelihood_score
-from maskkit.training.eval.verification import (
-    Embeddings,
-    NonFiniteScores,
-    evaluate,
-    evaluate_scores,
-    extract_embeddings,
-    pair_distances,
-    val_far_note,
-)
-
 from maskkit.training.eval.record import (
     VERIFICATION_FILES,
     EvalConfig,
@@ -34,6 +25,9 @@ from maskkit.training.eval.record import (
     _model_info,
     write_json,
 )
+from maskkit.training.eval.uncertainty import mls_flags, mutual_likelihood_score
+from maskkit.training.eval.verification import NonFiniteScores, evaluate, evaluate_scores, pair_distances, val_far_note
+
 log = logging.getLogger(__name__)
 
 

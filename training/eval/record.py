@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from maskkit.training.checkpoints.read import eval_home
 from maskkit.training.eval.compare import trusts_crops
 from maskkit.training.eval.evalsets.sets import note_counts, templates_of
