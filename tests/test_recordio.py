@@ -125,7 +125,7 @@ def test_split_record_with_magic_in_payload(tmp_path):
 
 def test_synth_from_rec(small_shards, tmp_path):
     """`maskkit synth --src train.rec --aligned`: identities are the labels, ratio exact per label."""
-    from maskkit.io.recordio import export_rec
+    from maskkit.io.rec_export import export_rec
 
     # a plain (unmasked) .rec, as MS1M/Glint360K ship it
     plain = tmp_path / "plain"
@@ -154,7 +154,7 @@ def test_synth_from_a_full_export_never_masks_a_face_twice(small_shards, tmp_pat
     keeps only the plain ones and logs each masked record as ``already_masked``."""
     import json
 
-    from maskkit.io.recordio import export_rec
+    from maskkit.io.rec_export import export_rec
 
     info = export_rec(small_shards, tmp_path / "rec")
     n_masked = sum(1 for s in read_samples(small_shards) if s["json"]["masked"])

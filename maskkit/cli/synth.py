@@ -215,7 +215,8 @@ def export_rec_cmd(shards, out, prefix, only, quiet, overwrite, verify):
     one-line error naming it (exit 1), nothing written, unless --no-verify.
     OUT as a second argument is deprecated: use -o/--out.
     """
-    from maskkit.io.recordio import export_rec, sidecar_path
+    from maskkit.io.rec_export import export_rec
+    from maskkit.io.recordio import sidecar_path
     from maskkit.io.shards import ShardMismatchError
     from maskkit.cli._exit import _claim
 

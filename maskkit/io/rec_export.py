@@ -1,0 +1,93 @@
+"""``maskkit export-rec``: a shard folder (``docs/FORMAT.md``) written as an insightface
+``train.rec`` / ``train.idx`` / ``property`` set, with maskkit's sidecar (the format:
+:mod:`maskkit.io.recordio`)."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from maskkit.io.recordio import IRHeader, RecordWriter, pack_header, sidecar_path
+
+__all__ = ["export_rec"]
+
+
+def export_rec(shards_dir: str | os.PathLike, out_dir: str | os.PathLike, prefix: str = "train",
+               only: str = "all", verify: bool = True) -> dict:
+    """Write a shard dataset as insightface ``train.rec``, ``train.idx`` and ``property``.
+
+    Images are records ``1..N`` in class order (``maskkit synth`` writes shards in class order,
+    so this is one streaming pass; other orders take one pass per class), then one identity
+    record per class with its image range, and record 0 the header record. The JPEG bytes are
+    copied unchanged; ``id2`` is 1 for a synthetically masked face.
+
+    Args:
+        shards_dir: a finished shard folder (with ``manifest.json``).
+        out_dir: output folder (created).
+        prefix: file name prefix (``train`` gives ``train.rec`` / ``train.idx``).
+        only: ``"all"`` samples, only the ``"plain"`` ones (e.g. to mask the set again with
+            ``maskkit synth --src train.rec --aligned`` without drawing a second mask on a masked
+            face), or only the ``"masked"`` ones.
+        verify: first check every shard's size and sha256 against the manifest
+            (:func:`maskkit.io.shards.check_shard_files`, the check ``maskkit stats`` makes; one
+            extra sequential read of the shards); nothing is written when one differs.
+
+    Returns:
+        ``{"images", "classes", "rec", "idx", "property", "bytes"}``.
+
+    Raises:
+        FileNotFoundError: no ``manifest.json``.
+        maskkit.io.shards.ShardMismatchError: ``verify`` and a shard is missing, or its size or
+            sha256 differs from the manifest's.
+    """
+    from maskkit.io.shards import ShardMismatchError, check_shard_files, read_manifest, read_samples
+
+    if only not in ("all", "plain", "masked"):
+        raise ValueError(f"only must be 'all', 'plain' or 'masked', not {only!r}")
+    if verify and (problems := check_shard_files(shards_dir)):
+        raise ShardMismatchError(shards_dir, problems)
+
+    def keep(sample: dict) -> bool:
+        return only == "all" or bool(sample["json"].get("masked")) == (only == "masked")
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    man = read_manifest(shards_dir)
+    classes = man["classes"]
+    h, w = man.get("image_size", [112, 112])
+    # first pass: labels only (the JPEG members are skipped unread)
+    labels = [s["json"]["label"] for s in read_samples(shards_dir, members=("json",)) if keep(s)]
+    n = len(labels)
+    counts = [0] * len(classes)
+    for lab in labels:
+        counts[lab] += 1
+    rec_p, idx_p = out / f"{prefix}.rec", out / f"{prefix}.idx"
+    tmp_rec, tmp_idx = rec_p.with_name(rec_p.name + ".tmp"), idx_p.with_name(idx_p.name + ".tmp")
+    sorted_stream = all(a <= b for a, b in zip(labels, labels[1:]))
+    passes = [None] if sorted_stream else list(range(len(classes)))
+    with RecordWriter(tmp_rec, tmp_idx) as wr:
+        wr.write(0, pack_header(IRHeader(2, (n + 1, n + 1 + len(classes)), 0, 0), b""))
+        key, n_masked = 1, 0
+        for cls in passes:
+            for s in read_samples(shards_dir):
+                lab = s["json"]["label"]
+                if (cls is not None and lab != cls) or not keep(s):
+                    continue
+                masked = int(bool(s["json"].get("masked")))
+                n_masked += masked
+                wr.write(key, pack_header(IRHeader(0, float(lab), key, masked), s["jpg"]))
+                key += 1
+        start = 1
+        for lab, c in enumerate(counts):
+            wr.write(n + 1 + lab, pack_header(IRHeader(2, (start, start + c), n + 1 + lab, 0), b""))
+            start += c
+    os.replace(tmp_rec, rec_p)
+    os.replace(tmp_idx, idx_p)
+    prop = out / "property"
+    prop.write_text(f"{len(classes)},{h},{w}\n", encoding="ascii")
+    side = sidecar_path(rec_p)
+    side.write_text(json.dumps({"tool": "maskkit", "id2": "1 = face synthetically masked by maskkit",
+                                "only": only, "images": n, "masked": n_masked,
+                                "classes": classes}, indent=1) + "\n", encoding="utf-8")
+    return {"images": n, "classes": len(classes), "rec": str(rec_p), "idx": str(idx_p),
+            "property": str(prop), "sidecar": str(side), "bytes": rec_p.stat().st_size}
