@@ -169,6 +169,9 @@ def test_cnn_finds_grace_hopper(grace_hopper):
     eyes = faces[0].landmarks68[[36, 45]]
     assert 150 < eyes[:, 0].min() < eyes[:, 0].max() < 400  # eyes across the middle of the face
     assert 150 < eyes[:, 1].mean() < 300
+    # dlib's CNN reports only detections scoring above 0: a negative threshold is refused, not a no-op
+    with pytest.raises(ValueError, match="above 0"):
+        make_detector("cnn", threshold=-0.5)
 
 
 def test_blazeface_real_faces(blazeface_packages, photos_dir, lfw_johns):

@@ -146,6 +146,11 @@ class CnnDetector(_DlibDetector):
     name = "cnn"
 
     def __init__(self, upsample: int = 1, max_side: int = 800, threshold: float = 0.0) -> None:
+        """Raises ``ValueError`` for ``threshold < 0``: dlib's CNN reports only detections scoring
+        above 0, so a lower threshold would promise candidates it never returns."""
+        if threshold < 0:
+            raise ValueError(f"cnn threshold {threshold}: dlib's CNN reports only detections scoring above 0 "
+                             "(use a threshold >= 0)")
         super().__init__(upsample, max_side, threshold)
 
     def _load(self):
