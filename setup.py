@@ -26,6 +26,9 @@ setup(
         "pillow>=10",
         "click>=8.1",
         "joblib>=1.3",
+        # joblib's worker pool stops its processes with psutil; without it a Ctrl-C during
+        # synth/align/mask with workers fell back to pgrep and could hang with a traceback
+        "psutil>=5.9",
         "dlib-bin>=19.24",
         "face-recognition-models>=0.3.0",
         "tqdm>=4.66",

