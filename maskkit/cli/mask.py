@@ -6,7 +6,18 @@ from pathlib import Path
 
 import click
 
-from maskkit.cli.options import _aligned, _detector, _jobs, _out, _overwrite, _quiet
+from maskkit.cli.options import (
+    _aligned,
+    _detector,
+    _jobs,
+    _max_pixels,
+    _max_side,
+    _out,
+    _overwrite,
+    _quiet,
+    _upsample,
+    detector_opts,
+)
 from maskkit.pipeline.mask import FACE_POLICIES, MaskConfig, MaskError, run_mask
 from maskkit.render import COLOURS, TEXTURES
 
@@ -25,15 +36,19 @@ from maskkit.render import COLOURS, TEXTURES
               help="Fabric texture: cloth masks come in every one, the other styles are plain.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Base seed (per file and face).")
 @_detector()
+@_upsample()
+@_max_side()
 @click.option("--faces", default="all", show_default=True, type=click.Choice(FACE_POLICIES),
               help="Which faces to mask per image.")
 @_aligned()
 @_jobs()
+@_max_pixels()
 @click.option("--quality", default=95, show_default=True, type=click.IntRange(1, 100), help="JPEG quality.")
 @click.option("--coverage", is_flag=True, help="Also write <stem>.mask.png (mask coverage, 255 = mask).")
 @_overwrite()
 @_quiet()
-def mask(src, out, style, colour, texture, seed, detector, faces, aligned, jobs, quality, coverage, overwrite, quiet):
+def mask(src, out, style, colour, texture, seed, detector, upsample, max_side, faces, aligned, jobs, max_pixels, quality,
+         coverage, overwrite, quiet):
     """Draw a mask on every face of every image under SRC, writing the result to OUT.
 
     Style, colour and texture are drawn per face (seeded by --seed, the file and the face) from
@@ -48,8 +63,10 @@ def mask(src, out, style, colour, texture, seed, detector, faces, aligned, jobs,
     the run completes (also "already complete" when OUT holds this finished run), 1 when every
     input failed, 2 when SRC holds no input file.
     """
-    cfg = MaskConfig(src=src, out=out, style=style, colour=colour, texture=texture, seed=seed, detector=detector, faces=faces, aligned=aligned,
-                     jobs=jobs, quality=quality, coverage=coverage, progress=not quiet, overwrite=overwrite)
+    cfg = MaskConfig(src=src, out=out, style=style, colour=colour, texture=texture, seed=seed, detector=detector,
+                     detector_opts=detector_opts(detector, upsample, max_side), faces=faces, aligned=aligned,
+                     jobs=jobs, max_pixels=max_pixels, quality=quality, coverage=coverage, progress=not quiet,
+                     overwrite=overwrite)
     from maskkit.cli._exit import _finish, _quiet_json, _run_stage
 
     summary = _run_stage(run_mask, cfg, MaskError)

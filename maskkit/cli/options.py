@@ -85,6 +85,43 @@ def _detector_default(name: str, detectors: tuple[str, ...] = ("hog", "cnn")) ->
     return ", ".join(f"{d} {v}" for d, v in vals.items())
 
 
+def _upsample() -> Callable:
+    return click.option("--upsample", type=click.IntRange(0, 4), default=None,
+                        show_default=_detector_default("upsample"), help="Detector upsampling (hog/cnn).")
+
+
+def _max_side(default: int | None = None) -> Callable:
+    """``--max-side``; ``default`` None: the detector's own (shown per detector)."""
+    return click.option("--max-side", type=click.IntRange(0, None), default=None,
+                        show_default=f"{default} for hog/cnn" if default is not None else _detector_default("max_side"),
+                        help="Detect on a copy downscaled to this longest side (hog/cnn; 0 = full size); "
+                             "landmarks, masks and alignment stay at full resolution.")
+
+
+def _max_pixels() -> Callable:
+    from maskkit.io.image_io import DEFAULT_MAX_PIXELS
+
+    return click.option("--max-pixels", default=DEFAULT_MAX_PIXELS, show_default=True, type=click.IntRange(1, None),
+                        help="Refuse images with more pixels than this (checked before decoding; too_large).")
+
+
+def detector_opts(detector: str, upsample: int | None, max_side: int | None, default_max_side: int | None = None) -> dict:
+    """The detector options ``--upsample`` / ``--max-side`` give (``default_max_side``: the
+    command's own default for hog/cnn, e.g. synth's 640); either given to a detector that has
+    no such option is a usage error, not ignored."""
+    opts = {}
+    for name, value in (("upsample", upsample), ("max_side", max_side)):
+        if value is None:
+            continue
+        if detector not in ("hog", "cnn"):
+            flag = "--" + name.replace("_", "-")
+            raise click.BadParameter(f"{flag} applies to hog and cnn only", param_hint=flag)
+        opts[name] = value
+    if default_max_side is not None and detector in ("hog", "cnn"):
+        opts.setdefault("max_side", default_max_side)
+    return opts
+
+
 def _deprecated(*decls: str, dest: str, new: str, old: str | None = None, convert: Callable | None = None,
                 argument: bool = False, **kwargs: Any) -> Callable:
     """Accept a retired spelling for one release (a decorator; place it below ``@click.command``).

@@ -11,7 +11,24 @@ from pathlib import Path
 
 import click
 
-from maskkit.cli.options import _aligned, _deprecated, _detector, _detector_default, _jobs, _out, _overwrite, _quiet, _verify
+from maskkit.cli.options import (
+    _aligned,
+    _deprecated,
+    _detector,
+    _jobs,
+    _max_pixels,
+    _max_side,
+    _out,
+    _overwrite,
+    _quiet,
+    _upsample,
+    _verify,
+    detector_opts,
+)
+
+#: synth's --max-side for hog/cnn (align keeps the detector's own: hog 1024, cnn 800): a large
+#: photo is searched for faces on a copy this long; landmarks and masks stay at full resolution.
+SYNTH_MAX_SIDE = 640
 
 __all__ = ["COMMANDS", "synth", "stats", "export_rec_cmd"]
 
@@ -71,16 +88,12 @@ def _print_summary(title: str, rows: list[tuple[str, str]]) -> None:
 @click.option("--address", default=None, show_default="a local cluster of --jobs workers",
               help="Scheduler address for --backend dask (tcp://host:8786) or ray.")
 @_detector()
-@click.option("--upsample", default=None, type=click.IntRange(0, 4), show_default=_detector_default("upsample"),
-              help="Detector upsampling (hog/cnn).")
-@click.option("--max-side", default=640, show_default=True, type=click.IntRange(0),
-              help="Detect on a copy downscaled to this longest side (0: full size); landmarks, mask and "
-                   "alignment stay at full resolution.")
+@_upsample()
+@_max_side(SYNTH_MAX_SIDE)
 @click.option("--faces", default="largest", show_default=True, type=click.Choice(["largest", "central", "all"]),
               help="Which face(s) of each image.")
 @click.option("--quality", default=95, show_default=True, type=click.IntRange(1, 100), help="JPEG quality.")
-@click.option("--max-pixels", default=100_000_000, show_default=True, type=click.IntRange(1),
-              help="Refuse larger input images (logged as too_large).")
+@_max_pixels()
 @click.option("--no-mask-png", is_flag=True, help="Do not write KEY.mask.png coverage maps.")
 @_overwrite("Replace a different, earlier run found in --out.")
 @click.option("--preview", default=None, type=click.Path(path_type=Path), show_default="none",
@@ -104,9 +117,7 @@ def synth(src, out, ratio, paired, styles, seed, jobs, aligned, size, shard_samp
     """
     from maskkit.pipeline.synth import SynthConfig, SynthError, run_synth, summary_rows
 
-    det_opts = {"max_side": max_side} if detector in ("hog", "cnn") else {}
-    if upsample is not None:
-        det_opts["upsample"] = upsample
+    det_opts = detector_opts(detector, upsample, max_side, SYNTH_MAX_SIDE)
 
     cfg = SynthConfig(src=src, out=out, ratio=ratio, paired=paired, styles=_parse_styles(styles), seed=seed,
                       jobs=jobs, aligned=aligned, size=_parse_size(size), shard_samples=shard_samples,

@@ -31,6 +31,8 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from maskkit.io.image_io import DEFAULT_MAX_PIXELS
+
 FACE_POLICIES = ("all", "largest", "central")
 
 
@@ -56,6 +58,7 @@ class MaskConfig:
         faces: ``all`` (default) | ``largest`` | ``central``.
         aligned: inputs are ArcFace crops: landmarks in the whole image, no detection.
         jobs: worker processes (0 = all cores).
+        max_pixels: refuse images above this many pixels (checked before decoding: ``too_large``).
         quality: JPEG quality for JPEG outputs.
         coverage: also write ``<stem>.mask.png`` (8-bit coverage, 255 = mask).
         progress: show the progress bar and summary table.
@@ -74,6 +77,7 @@ class MaskConfig:
     faces: str = "all"
     aligned: bool = False
     jobs: int = 1
+    max_pixels: int = DEFAULT_MAX_PIXELS
     quality: int = 95
     coverage: bool = False
     progress: bool = True
@@ -164,7 +168,7 @@ def mask_file(item, detector, renderer, cfg: MaskConfig, out_rel: str | None = N
         return fail(item.error, item.detail)
     try:
         try:
-            rgb = load_image(item.path)
+            rgb = load_image(item.path, max_pixels=cfg.max_pixels)
         except ImageError as exc:
             return fail(exc.reason, exc.detail)
         h, w = rgb.shape[:2]
@@ -315,6 +319,7 @@ def run_mask(cfg: MaskConfig) -> dict:
         "aligned": cfg.aligned, "quality": cfg.quality, "coverage": cfg.coverage,
         # chosen ones only: the run record of a run with neither matches the one of before they existed
         **{k: v for k, v in (("colour", cfg.colour), ("texture", cfg.texture)) if v != "random"},
+        **({"max_pixels": cfg.max_pixels} if cfg.max_pixels != DEFAULT_MAX_PIXELS else {}),
         # faces cut by the image edge are masked (were refused): a run of before is another run
         "edge_faces": "drawn",
     }
