@@ -60,7 +60,14 @@ from maskkit import __version__
 #: 14 = ``--faces largest``: a weak largest face whose landmarks fail is passed over only for a
 #:     candidate at least half its area (``maskkit.face.selection.PASS_OVER_MIN_AREA``), else it is
 #:     recorded (``bad_landmarks``) rather than a smaller bystander masked in its place.
-ALGORITHM_VERSION = 14
+#: 17 = ``--aligned`` (issue 18, speed; 15 and 16 are other branches'): when BlazeFace saw an
+#:     upright face in a crop its own look could not settle, dlib's CNN looks at the crop unpadded
+#:     (``maskkit.face.crop_check.CNN_UPRIGHT_PAD``; 2.4x cheaper). On ``benchmarks/crop_check.py``
+#:     no crop changes between kept / ``no_face`` / ``not_aligned``; 8 celeb crops change between
+#:     ``detected`` and ``unverified`` (4 each way, all kept by synth: tilt 7.5 degrees at most)
+#:     and 10 kept crops change landmarks (the fit is made in the CNN's new box). Runs without
+#:     ``--aligned`` give the same shard bytes as 14.
+ALGORITHM_VERSION = 17
 
 #: The five mask styles (same as ``maskkit.render.STYLES``; repeated so importing this module
 #: stays light).
