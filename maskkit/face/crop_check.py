@@ -94,13 +94,16 @@ BLAZE_CROP_MESH_PRESENCE = 0.5
 #: other crops keep :data:`CROP_PAD`. The CNN's cost grows with the canvas (0.16 s a look at
 #: 180x180, 0.07 s at the crop's own 112x112 on this machine; 0.8 s and 0.3 s when it must
 #: upsample). Measured (``benchmarks/crop_check.py``, the 102 crops whose template fit is
-#: unstable, no HOG face and an upright BlazeFace face: 78 celeb-aligned, 2 dog crops, 13 celeb
-#: crops turned 180 degrees, 9 shifted, scaled or turned 30 degrees): the CNN finds a face on the
-#: unpadded crop exactly where it finds one on the padded canvas (78 celeb, 0 of the others), and
-#: ``crop_check.py --compare`` shows no outcome change. Not a margin: a 0.15 padding loses one
-#: celeb profile, so the padding is 0 or :data:`CROP_PAD`, nothing between. Turned crops
-#: (BlazeFace's keypoints not level) keep the padded canvas: unpadded, the CNN finds 5 faces the
-#: padded look does not in 45 and 90 degree turned celeb crops and loses one.
+#: unstable, no HOG face and an upright BlazeFace face): the CNN finds a face on the unpadded crop
+#: exactly where it finds one on the padded canvas (the 78 celeb-aligned crops and 9 shifted,
+#: scaled or 30-degree turned ones: found; 2 dog crops and 13 celeb crops turned 180 degrees:
+#: none), and ``crop_check.py --compare`` shows no change between kept, ``no_face`` and
+#: ``not_aligned``. The weakest celeb profile scores 0.062 unpadded (Leonardo_DiCaprio/6001.jpg,
+#: 0.315 padded at upsample 1); the weakest padded one, Hugh_Laurie/3496.jpg (0.021 at upsample
+#: 1), scores 0.68 unpadded. A 0.15 padding loses one celeb profile (6101.jpg), so the padding is
+#: 0 or :data:`CROP_PAD`, nothing between. Turned crops (BlazeFace's keypoints not level) keep the
+#: padded canvas: unpadded, the CNN finds 5 faces the padded look does not in 45 and 90 degree
+#: turned celeb crops and loses one.
 CNN_UPRIGHT_PAD = 0.0
 
 
