@@ -93,8 +93,8 @@ BLAZE_CROP_MESH_PRESENCE = 0.5
 #: eye keypoints level within :data:`BLAZE_CROP_MAX_ANGLE`) that its own look could not settle;
 #: other crops keep :data:`CROP_PAD`. The CNN's cost grows with the canvas (0.16 s a look at
 #: 180x180, 0.07 s at the crop's own 112x112 on this machine; 0.8 s and 0.3 s when it must
-#: upsample). Measured (``benchmarks/crop_check.py``, the 102 crops whose template fit is
-#: unstable, no HOG face and an upright BlazeFace face): the CNN finds a face on the unpadded crop
+#: upsample; one core). Measured on the crops of ``benchmarks/crop_check.py`` (the 102 whose
+#: template fit is unstable, no HOG face and an upright BlazeFace face): the CNN finds a face on the unpadded crop
 #: exactly where it finds one on the padded canvas (the 78 celeb-aligned crops and 9 shifted,
 #: scaled or 30-degree turned ones: found; 2 dog crops and 13 celeb crops turned 180 degrees:
 #: none), and ``crop_check.py --compare`` shows no change between kept, ``no_face`` and
