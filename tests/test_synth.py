@@ -123,11 +123,11 @@ def test_style_counts_over_many_small_identities_differ_by_at_most_one(celeb_ali
     assert shard_hashes(tmp_path / "two") == shard_hashes(tmp_path / "one")
     real, calls = synth_mod.backends.process_chunk, {"n": 0}
 
-    def crash_at_identity_20(chunk, c):
+    def crash_at_identity_20(chunk, c, *offset):  # -j 1 passes the known style offset
         calls["n"] += 1
         if calls["n"] == 21:
             raise KeyboardInterrupt("simulated kill")
-        return real(chunk, c)
+        return real(chunk, c, *offset)
 
     monkeypatch.setattr(synth_mod.backends, "process_chunk", crash_at_identity_20)
     with pytest.raises(KeyboardInterrupt):
@@ -362,11 +362,11 @@ def test_resume_in_process_keeps_complete_shards(celeb_aligned, tmp_path, monkey
     real = synth_mod.backends.process_chunk
     calls = {"n": 0}
 
-    def flaky(chunk, c):
+    def flaky(chunk, c, *offset):  # -j 1 passes the known style offset
         calls["n"] += 1
         if calls["n"] == 3:
             raise KeyboardInterrupt("simulated crash in the middle of identity 2")
-        return real(chunk, c)
+        return real(chunk, c, *offset)
 
     monkeypatch.setattr(synth_mod.backends, "process_chunk", flaky)
     with pytest.raises(KeyboardInterrupt):

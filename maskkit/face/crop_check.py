@@ -23,7 +23,8 @@ from .models import DetectorUnavailable
 __all__ = ["CropCheck", "check_aligned_crop", "find_face_in_crop", "crop_to_size", "crop_sized", "aligned_hint",
            "CROP_DELTA", "CROP_TOL", "CROP_SURE_TOL", "CROP_MAX_RMS", "CROP_FAR_RMS", "CROP_LEVEL_ANGLE", "CROP_SIDE_RANGE",
            "CROP_ASPECT_TOL", "CROP_MIN_STD", "CROP_PAD", "CROP_SIZED_MAX", "BLAZE_CROP_MIN_SCORE",
-           "BLAZE_CROP_MAX_ANGLE", "BLAZE_CROP_UPRIGHT_GAP", "BLAZE_CROP_MESH_SIDE", "BLAZE_CROP_MESH_PRESENCE"]
+           "BLAZE_CROP_MAX_ANGLE", "BLAZE_CROP_UPRIGHT_GAP", "BLAZE_CROP_MESH_SIDE", "BLAZE_CROP_MESH_PRESENCE",
+           "CNN_UPRIGHT_PAD"]
 
 #: Rotation (degrees) of the refits of an aligned crop: crops are upright by construction, so a
 #: wider test than :data:`~maskkit.face.fit_check.FIT_DELTA` (a blank image's constant shape moves by 0.2 IOD at 20).
@@ -105,6 +106,24 @@ BLAZE_CROP_MAX_ANGLE = 25.0
 BLAZE_CROP_UPRIGHT_GAP = 0.0
 BLAZE_CROP_MESH_SIDE = 1.4
 BLAZE_CROP_MESH_PRESENCE = 0.5
+
+#: Padding (fraction of the crop side) of the canvas dlib's CNN looks at when BlazeFace saw an
+#: upright face in the crop (its largest detection scoring :data:`BLAZE_CROP_MIN_SCORE` or more,
+#: eye keypoints level within :data:`BLAZE_CROP_MAX_ANGLE`) that its own look could not settle;
+#: other crops keep :data:`CROP_PAD`. The CNN's cost grows with the canvas (0.16 s a look at
+#: 180x180, 0.07 s at the crop's own 112x112 on this machine; 0.8 s and 0.3 s when it must
+#: upsample; one core). Measured on the crops of ``benchmarks/crop_check.py`` (the 102 whose
+#: template fit is unstable, no HOG face and an upright BlazeFace face): the CNN finds a face on the unpadded crop
+#: exactly where it finds one on the padded canvas (the 78 celeb-aligned crops and 9 shifted,
+#: scaled or 30-degree turned ones: found; 2 dog crops and 13 celeb crops turned 180 degrees:
+#: none), and ``crop_check.py --compare`` shows no change between kept, ``no_face`` and
+#: ``not_aligned``. The weakest celeb profile scores 0.062 unpadded (Leonardo_DiCaprio/6001.jpg,
+#: 0.315 padded at upsample 1); the weakest padded one, Hugh_Laurie/3496.jpg (0.021 at upsample
+#: 1), scores 0.68 unpadded. A 0.15 padding loses one celeb profile (6101.jpg), so the padding is
+#: 0 or :data:`CROP_PAD`, nothing between. Turned crops (BlazeFace's keypoints not level) keep the
+#: padded canvas: unpadded, the CNN finds 5 faces the padded look does not in 45 and 90 degree
+#: turned celeb crops and loses one.
+CNN_UPRIGHT_PAD = 0.0
 
 
 # --------------------------------------------------------------------------------------------
@@ -196,41 +215,45 @@ def _five_point_spread(crop: np.ndarray, box, lm: np.ndarray, delta: float, sure
     return spread
 
 
-def _blaze_face(padded: np.ndarray) -> tuple[float, float, float, float] | None:
+def _blaze_face(padded: np.ndarray) -> tuple[tuple[float, float, float, float] | None, bool]:
     """BlazeFace's upright face in a padded crop, seen by the face mesh too (see
-    :data:`BLAZE_CROP_UPRIGHT_GAP`): its predictor box in the padded crop's pixels, or ``None``
-    (no such face, or the ``blazeface`` extra is not installed)."""
+    :data:`BLAZE_CROP_UPRIGHT_GAP`): ``(box, upright)``, ``box`` its predictor box in the padded
+    crop's pixels or ``None`` (no such face, or the ``blazeface`` extra is not installed);
+    ``upright``: BlazeFace's largest face is upright (score and level keypoints, before the
+    turned-over and mesh tests; :data:`CNN_UPRIGHT_PAD`)."""
     from .blazeface import keypoint_angle
     from .mesh import face_mesh
 
     try:
         det, mesh = get_detector("blazeface"), face_mesh()
     except DetectorUnavailable:
-        return None
+        return None, False
     dets = det.scan(padded, 0.3)
     faces = [d for d in dets if d[1] >= BLAZE_CROP_MIN_SCORE]
     if not faces:
-        return None
+        return None, False
     box, _, kp = max(faces, key=lambda d: (d[0][2] - d[0][0]) * (d[0][3] - d[0][1]))
     angle = keypoint_angle(kp)
     if angle is None or abs(angle) > BLAZE_CROP_MAX_ANGLE:
-        return None
+        return None, False
     over = max((d[1] for d in det.scan(np.ascontiguousarray(padded[::-1, ::-1]), 0.3)), default=0.0)
     if max(d[1] for d in dets) - over < BLAZE_CROP_UPRIGHT_GAP:
-        return None
+        return None, True
     centre = ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2)
     _, presence = mesh.look(padded, centre, BLAZE_CROP_MESH_SIDE * (box[2] - box[0]), angle)
-    return box if presence >= BLAZE_CROP_MESH_PRESENCE else None
+    return (box if presence >= BLAZE_CROP_MESH_PRESENCE else None), True
 
 
-def find_face_in_crop(crop: np.ndarray, cnn: bool = True, blaze: bool = True, hog: bool = True
-                      ) -> tuple[tuple[float, float, float, float], str] | None:
+def find_face_in_crop(crop: np.ndarray, cnn: bool = True, blaze: bool = True, hog: bool = True,
+                      upright: bool = False) -> tuple[tuple[float, float, float, float], str] | None:
     """Detect the largest face in a small crop: HOG (upsample 1, with its second look) on the
     crop padded by :data:`CROP_PAD` of its side (edge replicated, so a face filling the crop
     still fits the detector's window); when HOG finds nothing, BlazeFace's upright face
     (``blaze``, when installed; :data:`BLAZE_CROP_UPRIGHT_GAP`), then dlib's CNN (upsample 0,
     then 1) when ``cnn``; ``hog=False`` skips HOG (the CNN's look after BlazeFace's). Returns
-    ``(box, "hog"|"blazeface"|"cnn")`` in crop pixels, or ``None``."""
+    ``(box, "hog"|"blazeface"|"cnn")`` in crop pixels, or ``None``. The CNN looks at the crop
+    padded by :data:`CNN_UPRIGHT_PAD` instead when BlazeFace saw an upright face in it (its look
+    here, or ``upright``: the caller's)."""
     padded, pad = _padded(crop)
 
     def unpad(b):
@@ -245,26 +268,30 @@ def find_face_in_crop(crop: np.ndarray, cnn: bool = True, blaze: bool = True, ho
     if box is not None:
         return box, "hog"
     if blaze:
-        box = _blaze_face(padded)
+        box, seen_upright = _blaze_face(padded)
         if box is not None:
             return unpad(box), "blazeface"
+        upright = upright or seen_upright
     if cnn:
         try:
             det = get_detector("cnn", upsample=0, max_side=0)
         except DetectorUnavailable:
             return None
+        canvas, cpad = _padded(crop, CNN_UPRIGHT_PAD) if upright else (padded, pad)
         for up in (0, 1):
             det.upsample = up
-            box = largest([b for b, _, _ in det.detect_boxes(padded)])
-            if box is not None:
-                return box, "cnn"
+            boxes = det.detect_boxes(canvas)
+            if boxes:
+                b = max((b for b, _, _ in boxes), key=lambda x: (x[2] - x[0]) * (x[3] - x[1]))
+                return (b[0] - cpad, b[1] - cpad, b[2] - cpad, b[3] - cpad), "cnn"
     return None
 
 
-def _padded(crop: np.ndarray) -> tuple[np.ndarray, int]:
+def _padded(crop: np.ndarray, frac: float = CROP_PAD) -> tuple[np.ndarray, int]:
+    """``(crop with its edges replicated outwards by frac of its longer side, that pad in pixels)``."""
     import cv2
 
-    pad = int(round(CROP_PAD * max(crop.shape[:2])))
+    pad = int(round(frac * max(crop.shape[:2])))
     return cv2.copyMakeBorder(np.ascontiguousarray(crop), pad, pad, pad, pad, cv2.BORDER_REPLICATE), pad
 
 
@@ -370,7 +397,7 @@ def check_aligned_crop(rgb: np.ndarray, size: tuple[int, int] = (112, 112), *, c
         # crop seen by BlazeFace at 0.73 and by the face mesh at 1.0, measured, is no face for it)
         fit = check_landmarks(crop, found[0], search=())
         if not (fit.ok and _template_rms(fit.landmarks68, size) <= max_rms):
-            found, fit = find_face_in_crop(crop, cnn=cnn, blaze=False, hog=False), None
+            found, fit = find_face_in_crop(crop, cnn=cnn, blaze=False, hog=False, upright=True), None
     if found is None:
         return CropCheck(False, "no_face", f"no face found in the crop (its landmarks are unstable: a refit "
                          f"{delta:g} deg off moves them by {spread:.2f} of the eye distance)", lm, rms, spread, crop)

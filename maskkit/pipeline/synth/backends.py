@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
 
 from maskkit.pipeline.runner import auto_workers
 from maskkit.pipeline.synth.config import SynthConfig, SynthError
@@ -63,13 +63,19 @@ def _backend(cfg: SynthConfig, files: int | None = None, chunks: int | None = No
     raise SynthError(f"unknown backend {cfg.backend!r}")
 
 
-def _results(chunks: list[Chunk], cfg: SynthConfig, n_jobs: int) -> Iterator[ChunkResult]:
-    """Chunk results in chunk order, computed in parallel with bounded look-ahead."""
+def _results(chunks: list[Chunk], cfg: SynthConfig, n_jobs: int,
+             style_offset: Callable[[], int] | None = None) -> Iterator[ChunkResult]:
+    """Chunk results in chunk order, computed in parallel with bounded look-ahead.
+
+    ``style_offset``: the driver's running leftover-style offset, read when the next chunk is
+    due. In one process (``n_jobs == 1``, local) a chunk starts only after the driver took the
+    one before, so the offset is known and only its variant is rendered (the same bytes as the
+    variant :meth:`ChunkResult.pick` keeps; the other ``K - 1`` leftover renders are saved)."""
     from joblib import Parallel, delayed
 
     if n_jobs == 1 and cfg.backend == "local":
         for c in chunks:
-            yield process_chunk(c, cfg)
+            yield process_chunk(c, cfg, None if style_offset is None else style_offset())
         return
     local = {}
     if cfg.backend == "local":  # Ctrl-C: the driver stops the pool and says what is kept; workers stay silent

@@ -67,7 +67,14 @@ from maskkit import __version__
 #:     the crop ``not_aligned`` only when the detector confirms it (box over the crop's centre; a
 #:     tilted fit needs HOG's turned sub-detector: ``maskkit.face.crop_check.CROP_LEVEL_ANGLE``),
 #:     else it is kept ``unverified`` (re-saved occluded crops were ``not_aligned``).
-ALGORITHM_VERSION = 16
+#: 17 = ``--aligned`` (issue 18, speed): when BlazeFace saw an
+#:     upright face in a crop its own look could not settle, dlib's CNN looks at the crop unpadded
+#:     (``maskkit.face.crop_check.CNN_UPRIGHT_PAD``; 2.4x cheaper). On ``benchmarks/crop_check.py``
+#:     no crop changes between kept / ``no_face`` / ``not_aligned``; 8 celeb crops change between
+#:     ``detected`` and ``unverified`` (4 each way, all kept by synth: tilt 7.5 degrees at most)
+#:     and 10 kept crops change landmarks (the fit is made in the CNN's new box). Runs without
+#:     ``--aligned`` give the same shard bytes as 16.
+ALGORITHM_VERSION = 17
 
 #: The five mask styles (same as ``maskkit.render.STYLES``; repeated so importing this module
 #: stays light).

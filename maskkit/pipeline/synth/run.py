@@ -230,7 +230,7 @@ def _run_locked(cfg: SynthConfig, t_start: float, listing: tuple, kept: _Kept) -
     results = None
     try:
         with _backend(cfg, sum(len(c.items) for c in todo), len(todo)) as n_jobs, _progress(len(items), done_files, cfg.progress, cfg.progress_desc) as bar:
-            results = _results(todo, wcfg, n_jobs)
+            results = _results(todo, wcfg, n_jobs, lambda: style_offset)  # read when each chunk is due
             for res in results:
                 res = res.pick(style_offset)
                 style_offset = next_style_offset(style_offset, res.stats.get("extra_styles", 0), len(cfg.styles))
