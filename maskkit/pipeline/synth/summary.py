@@ -7,8 +7,9 @@ import json
 #: The overall masked share of faces may depart from ``--ratio`` by this much (one percentage
 #: point) before the summary says so and why. The rule is exact per identity
 #: (``round_half_up(ratio * n)``), so a set of large identities stays within ``1 / (2 n)`` of the
-#: ratio (n >= 50: within a point); a departure beyond a point comes from identities too small to
-#: split (or from faces that cannot take a mask, ``mask_shortfall``).
+#: ratio (n >= 50: within a point); a departure beyond a point comes from identities whose count
+#: does not split exactly (25 faces at 0.5: 13 masked, 52 %; one face: 100 %) or from faces that
+#: cannot take a mask (``mask_shortfall``).
 RATIO_TOLERANCE = 0.01
 
 
@@ -52,11 +53,11 @@ def ratio_hint(dep: dict, paired: bool = False) -> str:
     r = dep["ratio"]
     why = []
     if dep["too_small"]:
-        eg = ", ".join(f"{n} face{'s' if n > 1 else ''} -> {expected_masked(r, n)} masked"
-                       for n in range(1, min(dep["too_small_faces"], 3) + 1)
-                       if abs(expected_masked(r, n) / n - r) > RATIO_TOLERANCE)
-        why.append(f"{dep['too_small']:,} of {dep['identities']:,} identities have too few faces to split at "
-                   f"{r:g} (the rule is exact per identity, rounded half up: {eg})")
+        n = dep["too_small_faces"]  # the largest such identity: an example of the rounding
+        k = expected_masked(r, n)
+        why.append(f"{dep['too_small']:,} of {dep['identities']:,} identities cannot be split exactly at {r:g} "
+                   f"(each masks round-half-up of ratio x its faces: {n} face{'s' if n > 1 else ''} -> {k} masked, "
+                   f"{100 * k / n:.0f}%)")
     if dep["shortfall"]:
         why.append(f"{dep['shortfall']:,} chosen faces could not take a mask (mask_shortfall)")
     seen = []
@@ -112,8 +113,8 @@ def summary_rows(man: dict, stage_seconds: dict | None = None, seconds: float | 
     dep = man.get("ratio_departure")
     if dep:  # the overall share is off --ratio by more than a point (why: printed as a hint below)
         rows.append(("masked share vs --ratio", f"{100 * dep['share']:.1f}% of faces vs {dep['ratio']:g}: "
-                                                f"{dep['too_small']:,} of {dep['identities']:,} identities too "
-                                                f"small to split"))
+                                                f"{dep['too_small']:,} of {dep['identities']:,} identities not "
+                                                f"split exactly (rounding)"))
     rows.append(("classes", f"{len(man['classes']):,}"))
     rows.append(("shards", f"{len(man['shards']):,}"))
     rows.append(("bytes", f"{sum(s['bytes'] for s in man['shards']):,}"))
