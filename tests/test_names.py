@@ -324,7 +324,7 @@ def test_file_link_loops_are_symlink_loop_not_broken_link(tmp_path, faces):
         k: v for k, v in want.items() if v}
 
 
-def test_loose_files_never_join_a_folder_named_root(tmp_path, faces):
+def test_loose_files_never_join_a_folder_named_root(tmp_path, faces, caplog):
     """Was: files directly in --src became class ``_root`` and merged with a real ``_root/``
     folder (weird2: 4 samples under one label). Now they take ``_root~2``; without such a folder
     they stay ``_root``."""
@@ -355,6 +355,15 @@ def test_loose_files_never_join_a_folder_named_root(tmp_path, faces):
     res = _run(["synth", "--src", src, "--out", tmp_path / "plain", "--ratio", "0", "-j", "1", "-q"])
     assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "plain" / "manifest.json").read_text())["classes"] == ["_root", "p"]
+    # said at run time (a warning), not only in the docs: loose files form one identity
+    said = " ".join(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    assert "1 file(s) directly in" in said and "form one more identity, class '_root', beside the 1 identity" in said
+    (src / "p" / "c.jpg").unlink()
+    (src / "p").rmdir()
+    caplog.clear()
+    res = _run(["synth", "--src", src, "--out", tmp_path / "flat", "--ratio", "0", "-j", "1", "-q"])
+    assert res.exit_code == 0, res.output
+    assert "all 1 input(s) lie directly in" in " ".join(r.getMessage() for r in caplog.records)
 
 
 # ------------------------------------------------------------------ §3 output names

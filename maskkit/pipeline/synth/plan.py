@@ -134,9 +134,16 @@ def _dir_inputs(src: Path, out: Path) -> tuple[list[InputItem], list]:
     listing = list_sources(src, exclude=[out])
     loose = [it for it in listing.items if it.identity in ("", ".")]
     root_class = loose_class_name({it.identity for it in listing.items} - {"", "."}) if loose else LOOSE_CLASS
-    if loose and root_class != LOOSE_CLASS:
-        log.warning("%d file(s) directly in %s form class %r: a folder is already named %r", len(loose),
-                    display_name(str(src)), root_class, LOOSE_CLASS)
+    if loose:  # said at run time (it was only in the docs): one identity per sub-folder of --src
+        folders = len({it.identity for it in listing.items} - {"", "."})
+        where = display_name(str(src))
+        if not folders:
+            log.warning("all %d input(s) lie directly in %s: they form one identity, class %r (synth reads one "
+                        "identity per sub-folder of --src)", len(loose), where, root_class)
+        else:
+            log.warning("%d file(s) directly in %s form one more identity, class %r, beside the %d identity "
+                        "folder(s)%s", len(loose), where, root_class, folders,
+                        f" (a folder is already named {LOOSE_CLASS!r})" if root_class != LOOSE_CLASS else "")
     items = []
     for it in listing.items:
         ident = it.identity if it.identity not in ("", ".") else root_class
