@@ -390,3 +390,14 @@ def test_ctrl_c_in_train_names_the_checkpoint_kept(tmp_path, monkeypatch, step):
         assert line == (f"interrupted: the last checkpoint (step 1,200) is kept in {out / 'checkpoints' / 'last.pt'}; "
                         f"the steps after it are lost; rerun with --resume to continue from it: maskkit train "
                         f"--out {out} --resume"), line
+
+
+def test_a_stop_before_any_record_does_not_claim_nothing_is_on_disk():
+    """Stopped before the first chunk was recorded, workers may have written images already (a new
+    user found 22 crops beside "nothing was kept yet"): the line says none is recorded and that
+    the rerun writes them again."""
+    from maskkit.pipeline.accounting import Tally
+
+    line = Tally(465).kept()
+    assert "0 of 465" in line and "nothing" not in line and "written again by the rerun" in line
+    assert Tally(465, 22).kept() == "22 of 465 inputs done and kept"

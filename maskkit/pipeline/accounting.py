@@ -51,7 +51,10 @@ class Tally:
 
     def kept(self) -> str:
         if self.done == 0:
-            return f"nothing was kept yet (0 of {self.total:,} inputs done)"
+            # workers write images before the driver records them: some may be on disk already,
+            # and the rerun writes them again (it said "nothing was kept" beside those files)
+            return (f"no input was recorded yet (0 of {self.total:,} done; images already written are "
+                    "written again by the rerun)")
         if self.done >= self.total:
             return f"all {self.total:,} inputs done and kept"
         return f"{self.done:,} of {self.total:,} inputs done and kept"
