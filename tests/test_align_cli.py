@@ -110,7 +110,8 @@ def test_faces_all_records_the_rejected_face(tmp_path, astronaut, fmt):
         assert json.loads(again.output.strip().splitlines()[-1])["faces_rejected"] == 1
         assert _jsonl(out / "rejected.jsonl") == [rej]
     else:
-        from maskkit.io.shards import read_samples, verify
+        from maskkit.io.shard_verify import verify
+        from maskkit.io.shards import read_samples
 
         rep = verify(out)
         assert rep.ok, rep.problems

@@ -6,7 +6,8 @@ import numpy as np
 from click.testing import CliRunner
 
 from maskkit.cli import main
-from maskkit.io.shards import read_samples, verify
+from maskkit.io.shard_verify import verify
+from maskkit.io.shards import read_samples
 
 
 def _stamp(out):

@@ -107,7 +107,8 @@ def test_names_that_are_not_utf8_are_processed_by_align_and_mask(latin1_tree, tm
 def test_names_that_are_not_utf8_in_synth_shards(latin1_tree, tmp_path):
     """Shard JSON and the manifest stay valid UTF-8; keys and seeds hash the name's bytes, so a
     valid name keeps the key it always had."""
-    from maskkit.io.shards import read_samples, verify
+    from maskkit.io.shard_verify import verify
+    from maskkit.io.shards import read_samples
     from maskkit.pipeline.synth import sample_key
 
     out = tmp_path / "shards"
@@ -250,7 +251,7 @@ def test_links_and_an_output_inside_src_are_skipped_with_reasons(tmp_path, faces
     assert man["inputs"]["skipped_by_reason"] == {"duplicate_via_link": 1, "inside_out": 1}
     assert {(r["src"], r["reason"]) for r in _lines(shards / "skipped.jsonl")} == {
         ("alink/x.jpg", "duplicate_via_link"), ("shards/old.txt", "inside_out")}
-    from maskkit.io.shards import verify
+    from maskkit.io.shard_verify import verify
 
     assert verify(shards).ok  # `maskkit stats` checks seen = files + skipped against skipped.jsonl
     (shards / "skipped.jsonl").write_text("")
@@ -328,7 +329,8 @@ def test_loose_files_never_join_a_folder_named_root(tmp_path, faces, caplog):
     """Was: files directly in --src became class ``_root`` and merged with a real ``_root/``
     folder (weird2: 4 samples under one label). Now they take ``_root~2``; without such a folder
     they stay ``_root``."""
-    from maskkit.io.shards import read_samples, verify
+    from maskkit.io.shard_verify import verify
+    from maskkit.io.shards import read_samples
     from maskkit.pipeline.synth.plan import loose_class_name
 
     assert loose_class_name(["p", "q"]) == "_root"

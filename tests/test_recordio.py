@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from maskkit.io.recordio import MAGIC, IRHeader, RecordWriter, RecReader, pack_header
-from maskkit.io.shards import expected_masked, read_samples, verify
+from maskkit.io.shard_verify import verify
+from maskkit.io.shards import expected_masked, read_samples
 from maskkit.pipeline.synth import SynthConfig, run_synth
 
 
@@ -304,7 +305,7 @@ def test_synth_rerun_checks_the_shard_sizes_before_already_complete(two_shards):
     from click.testing import CliRunner
 
     from maskkit.cli import main
-    from maskkit.io.shards import verify
+    from maskkit.io.shard_verify import verify
 
     _, shards, args = two_shards
     again = CliRunner().invoke(main, args)

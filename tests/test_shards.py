@@ -8,8 +8,9 @@ import tarfile
 import numpy as np
 import pytest
 
+from maskkit.io.shard_verify import verify
 from maskkit.io.shards import (Sample, ShardSink, expected_masked, iter_shard, read_samples, round_half_up,
-                               sha256_file, verify)
+                               sha256_file)
 from maskkit.util.files import write_json_atomic
 
 

@@ -16,7 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from maskkit.io.shards import expected_masked, read_samples, verify
+from maskkit.io.shard_verify import verify
+
+from maskkit.io.shards import expected_masked, read_samples
 from maskkit.pipeline.synth import (SynthConfig, SynthError, balanced_styles, leftover_styles, next_style_offset,
                                     run_synth, summary_rows)
 

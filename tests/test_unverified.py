@@ -86,7 +86,8 @@ def test_synth_aligned_records_counts_and_lists_unverified(src, expected, tmp_pa
     (masked), the summary has a ``kept unverified`` row and one hint names the list; the turned
     unverified crop is ``not_aligned``. Before: no record anywhere, and the turned one was a
     masked sample. ``maskkit stats`` catches a list that disagrees with the manifest."""
-    from maskkit.io.shards import read_samples, verify
+    from maskkit.io.shard_verify import verify
+    from maskkit.io.shards import read_samples
     from maskkit.pipeline.synth import SynthConfig, run_synth, summary_rows
 
     out = tmp_path / "sh"

@@ -7,7 +7,7 @@ that failed to load after that check (a disk error mid-run) and the planned mask
 could not fit. :class:`SyntheticSource` makes random batches on the device (benchmarks).
 
 **The check before step 0** is the one ``maskkit export-rec`` and ``maskkit stats`` make
-(:func:`maskkit.io.shards.check_shard_files`): every shard the manifest lists exists with its
+(:func:`maskkit.io.shard_verify.check_shard_files`): every shard the manifest lists exists with its
 listed byte size and, unless ``verify_data`` is off (``--no-verify``), its sha256 (one sequential
 read of the set; under DDP rank 0 hashes, the other ranks compare sizes). A damaged set is a
 one-line :class:`~maskkit.training.errors.TrainError` naming the first shard.
@@ -48,7 +48,7 @@ def resolve_num_workers(requested: int | None, ckpt: dict | None = None) -> int:
 
 
 def _refuse(root: Any, problems: list[str], hashed: bool) -> None:
-    from maskkit.io.shards import ShardMismatchError
+    from maskkit.io.shard_verify import ShardMismatchError
 
     if problems:
         why = "" if hashed else " (sizes checked; sha256 skipped: --no-verify)"
@@ -63,7 +63,7 @@ def verify_shards(root: str | Any, manifest: dict | None = None, hash: bool = Tr
         TrainError: a listed shard is missing, or its size or (``hash``) sha256 differs (one line
             naming the first shard).
     """
-    from maskkit.io.shards import check_shard_files
+    from maskkit.io.shard_verify import check_shard_files
 
     _refuse(root, check_shard_files(root, manifest, hash=hash), hash)
 
@@ -74,7 +74,7 @@ def check_set(shards: Any, info: DistInfo, hash: bool) -> None:
     Raises:
         TrainError: as :func:`verify_shards`.
     """
-    from maskkit.io.shards import check_shard_files
+    from maskkit.io.shard_verify import check_shard_files
 
     problems = check_shard_files(shards.root, shards.manifest, hash=hash and info.is_main)
     _refuse(shards.root, [p for rank in all_gather_object(problems, info) for p in rank], hash)

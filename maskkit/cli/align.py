@@ -15,7 +15,7 @@ from maskkit.cli.options import (
     _overwrite,
     _quiet,
     _upsample,
-    detector_opts,
+    _detector_opts,
 )
 from maskkit.pipeline.align import FACE_POLICIES, AlignConfig, AlignError, run_align
 
@@ -63,7 +63,7 @@ def align(src, out, size, detector, upsample, max_side, faces, jobs, fmt, aligne
     run), 1 when every input failed, 2 when SRC holds no input file.
     """
     cfg = AlignConfig(src=src, out=out, size=size, detector=detector,
-                      detector_opts=detector_opts(detector, upsample, max_side), faces=faces, jobs=jobs,
+                      detector_opts=_detector_opts(detector, upsample, max_side), faces=faces, jobs=jobs,
                       format=fmt, aligned=aligned, max_pixels=max_pixels, quality=quality, progress=not quiet,
                       overwrite=overwrite)
     from maskkit.cli._exit import _finish, _quiet_json, _run_stage

@@ -16,7 +16,7 @@ from maskkit.cli.options import (
     _overwrite,
     _quiet,
     _upsample,
-    detector_opts,
+    _detector_opts,
 )
 from maskkit.pipeline.mask import FACE_POLICIES, MaskConfig, MaskError, run_mask
 from maskkit.render import COLOURS, TEXTURES
@@ -64,7 +64,7 @@ def mask(src, out, style, colour, texture, seed, detector, upsample, max_side, f
     input failed, 2 when SRC holds no input file.
     """
     cfg = MaskConfig(src=src, out=out, style=style, colour=colour, texture=texture, seed=seed, detector=detector,
-                     detector_opts=detector_opts(detector, upsample, max_side), faces=faces, aligned=aligned,
+                     detector_opts=_detector_opts(detector, upsample, max_side), faces=faces, aligned=aligned,
                      jobs=jobs, max_pixels=max_pixels, quality=quality, coverage=coverage, progress=not quiet,
                      overwrite=overwrite)
     from maskkit.cli._exit import _finish, _quiet_json, _run_stage

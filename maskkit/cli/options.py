@@ -105,7 +105,7 @@ def _max_pixels() -> Callable:
                         help="Refuse images with more pixels than this (checked before decoding; too_large).")
 
 
-def detector_opts(detector: str, upsample: int | None, max_side: int | None, default_max_side: int | None = None) -> dict:
+def _detector_opts(detector: str, upsample: int | None, max_side: int | None, default_max_side: int | None = None) -> dict:
     """The detector options ``--upsample`` / ``--max-side`` give (``default_max_side``: the
     command's own default for hog/cnn, e.g. synth's 640); either given to a detector that has
     no such option is a usage error, not ignored."""

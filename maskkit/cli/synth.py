@@ -23,7 +23,7 @@ from maskkit.cli.options import (
     _quiet,
     _upsample,
     _verify,
-    detector_opts,
+    _detector_opts,
 )
 
 #: synth's --max-side for hog/cnn (align keeps the detector's own: hog 1024, cnn 800): a large
@@ -117,7 +117,7 @@ def synth(src, out, ratio, paired, styles, seed, jobs, aligned, size, shard_samp
     """
     from maskkit.pipeline.synth import SynthConfig, SynthError, run_synth, summary_rows
 
-    det_opts = detector_opts(detector, upsample, max_side, SYNTH_MAX_SIDE)
+    det_opts = _detector_opts(detector, upsample, max_side, SYNTH_MAX_SIDE)
 
     cfg = SynthConfig(src=src, out=out, ratio=ratio, paired=paired, styles=_parse_styles(styles), seed=seed,
                       jobs=jobs, aligned=aligned, size=_parse_size(size), shard_samples=shard_samples,
@@ -163,7 +163,8 @@ def stats(shards, deep, as_json, quiet):
 
     Exit status 0 when everything matches, 1 on any mismatch (each one is printed).
     """
-    from maskkit.io.shards import class_expected_masked, style_share_deviation, verify
+    from maskkit.io.shard_verify import style_share_deviation, verify
+    from maskkit.io.shards import class_expected_masked
 
     rep = verify(shards, decode=deep)
     man = rep.manifest
@@ -228,7 +229,7 @@ def export_rec_cmd(shards, out, prefix, only, quiet, overwrite, verify):
     """
     from maskkit.io.rec_export import export_rec
     from maskkit.io.recordio import sidecar_path
-    from maskkit.io.shards import ShardMismatchError
+    from maskkit.io.shard_verify import ShardMismatchError
     from maskkit.cli._exit import _claim
 
     if out is None:

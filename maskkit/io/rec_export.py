@@ -29,7 +29,7 @@ def export_rec(shards_dir: str | os.PathLike, out_dir: str | os.PathLike, prefix
             ``maskkit synth --src train.rec --aligned`` without drawing a second mask on a masked
             face), or only the ``"masked"`` ones.
         verify: first check every shard's size and sha256 against the manifest
-            (:func:`maskkit.io.shards.check_shard_files`, the check ``maskkit stats`` makes; one
+            (:func:`maskkit.io.shard_verify.check_shard_files`, the check ``maskkit stats`` makes; one
             extra sequential read of the shards); nothing is written when one differs.
 
     Returns:
@@ -37,10 +37,11 @@ def export_rec(shards_dir: str | os.PathLike, out_dir: str | os.PathLike, prefix
 
     Raises:
         FileNotFoundError: no ``manifest.json``.
-        maskkit.io.shards.ShardMismatchError: ``verify`` and a shard is missing, or its size or
+        maskkit.io.shard_verify.ShardMismatchError: ``verify`` and a shard is missing, or its size or
             sha256 differs from the manifest's.
     """
-    from maskkit.io.shards import ShardMismatchError, check_shard_files, read_manifest, read_samples
+    from maskkit.io.shard_verify import ShardMismatchError, check_shard_files
+    from maskkit.io.shards import read_manifest, read_samples
 
     if only not in ("all", "plain", "masked"):
         raise ValueError(f"only must be 'all', 'plain' or 'masked', not {only!r}")

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from maskkit.io.shards import check_shard_files, encode_json, sha256_file, shard_name
+from maskkit.io.shard_verify import check_shard_files
+from maskkit.io.shards import encode_json, sha256_file, shard_name
 from maskkit.pipeline.synth.config import ALGORITHM_VERSION, JOURNAL, SynthConfig, SynthError
 from maskkit.pipeline.runner import REJECTED
 from maskkit.pipeline.synth.plan import InputItem

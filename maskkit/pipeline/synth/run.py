@@ -9,12 +9,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from maskkit import __version__
-from maskkit.io.shards import (
-    FORMAT_NAME,
-    FORMAT_VERSION,
-    ShardSink,
-    style_share_deviation,
-)
+from maskkit.io.shard_verify import style_share_deviation
+from maskkit.io.shards import FORMAT_NAME, FORMAT_VERSION, ShardSink
 from maskkit.pipeline.synth.backends import _backend, _results
 from maskkit.pipeline.synth.config import ALGORITHM_VERSION, ALL_STYLES, JOURNAL, SynthConfig, SynthError
 from maskkit.pipeline.synth.journal import (
