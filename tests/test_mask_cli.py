@@ -146,6 +146,15 @@ def test_preview_from_a_folder_of_photos(src_tree, tmp_path):
         assert np.abs(row[:, x:x + CELL].astype(int) - face).mean() > 5
 
 
+def test_preview_says_which_files_it_read_gave_no_face(src_tree, tmp_path):
+    """A sheet is a sample of the faces, but the files it read and could not use are counted by
+    reason in its summary (a new user's bad inputs were left out without a word)."""
+    res = _run(["preview", str(src_tree), "-o", str(tmp_path / "sheet.png"), "--n", "40"])
+    info = json.loads(res.output.strip().splitlines()[-1])
+    assert info["left_out"] == {"decode_error": 1, "no_face": 1}  # broken.jpg, dogs.jpg
+    assert info["faces"] >= 8  # friends 6, obama, biden, einstein
+
+
 def test_preview_from_mask_output(mask_out, tmp_path):
     out, _ = mask_out
     res = _run(["preview", str(out), "-o", str(tmp_path / "m.png"), "--n", "3"])

@@ -155,8 +155,11 @@ def write_demo(path: Path, seeds: Sequence[int] = (0, 1, 2), size: int = CELL) -
 # sources
 # --------------------------------------------------------------------------------------------
 def load_source_faces(src: Path, n: int = 6, aligned: bool = False, detector: str = "hog",
-                      styles: Sequence[str] = STYLES):
+                      styles: Sequence[str] = STYLES, left_out: Optional[Dict[str, int]] = None):
     """Classify ``src`` and collect what to show (for a shard set: see :func:`_shard_faces`).
+
+    A folder of images is read in order until ``n`` faces are found; every file read that gives
+    no face is counted in ``left_out`` (``{reason: files}``, when given) and said in one warning.
 
     Returns:
         ``("faces", [(rgb, lm68), ...])`` for images to mask in every style, or
@@ -194,22 +197,34 @@ def load_source_faces(src: Path, n: int = 6, aligned: bool = False, detector: st
 
     det = None if aligned else make_detector(detector)
     faces = []
+    skipped = left_out if left_out is not None else {}
+    read = 0
     for item in iter_sources(src):
+        read += 1
         if item.error:
+            skipped[item.error] = skipped.get(item.error, 0) + 1
             continue
         try:
             rgb = load_image(item.path)
-        except ImageError:
+        except ImageError as exc:
+            skipped[exc.reason] = skipped.get(exc.reason, 0) + 1
             continue
         if aligned:
             faces.append((rgb, landmarks_in_box(rgb).astype(np.float64)))
         else:
-            for f in sorted(det.detect(rgb), key=lambda f: -f.area):
+            found = sorted(det.detect(rgb), key=lambda f: -f.area)
+            if not found:
+                skipped["no_face"] = skipped.get("no_face", 0) + 1
+            for f in found:
                 faces.append((rgb, np.asarray(f.landmarks68, np.float64)))
                 if len(faces) >= n:
                     break
         if len(faces) >= n:
             break
+    if skipped:  # a sheet is a sample, but no file it read is dropped without a word
+        logging.getLogger(__name__).warning(
+            "preview: %d of the %d files read gave no face: %s", sum(skipped.values()), read,
+            ", ".join(f"{k} {v}" for k, v in sorted(skipped.items())))
     return "faces", faces
 
 
@@ -326,7 +341,9 @@ def preview(src: Path, out: Path, styles: Sequence[str] = STYLES, n: int = 6, se
 
     out = Path(out)
     check_out_file(out)
-    kind, data = load_source_faces(Path(src), n=n, aligned=aligned, detector=detector, styles=styles)
+    left_out: Dict[str, int] = {}
+    kind, data = load_source_faces(Path(src), n=n, aligned=aligned, detector=detector, styles=styles,
+                                   left_out=left_out)
     if kind == "faces":
         if not data:
             raise ValueError(f"no faces found in {src}")
@@ -347,7 +364,8 @@ def preview(src: Path, out: Path, styles: Sequence[str] = STYLES, n: int = 6, se
         Image.fromarray(sheet).save(out, format="PNG")
     except OSError as exc:
         raise ValueError(f"cannot write {out}: {exc.strerror or exc}") from exc
-    return {"kind": kind, "faces": n_faces, "rows": len(rows), "columns": len(header), "out": str(out)}
+    return {"kind": kind, "faces": n_faces, "rows": len(rows), "columns": len(header), "out": str(out),
+            **({"left_out": dict(sorted(left_out.items()))} if left_out else {})}
 
 
 def main(argv=None) -> None:
