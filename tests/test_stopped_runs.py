@@ -311,12 +311,12 @@ def test_the_atomic_writers_leave_no_temporary_file(tmp_path, monkeypatch):
 def test_an_os_error_no_command_handles_is_one_line(tmp_path, monkeypatch):
     """The group's last resort: an OSError escaping any command (here `stats` reading its manifest)
     is one line with the path and the cause, exit 1."""
-    import maskkit.io.shards as shards
+    import maskkit.io.shard_verify as shard_verify
 
     def broken(*a, **k):
         raise OSError(errno.EIO, "Input/output error", str(tmp_path / "manifest.json"))
 
-    monkeypatch.setattr(shards, "verify", broken)
+    monkeypatch.setattr(shard_verify, "verify", broken)
     res = CliRunner().invoke(main, ["stats", str(tmp_path)])
     assert res.exit_code == 1 and "Traceback" not in res.output
     assert res.stderr.strip() == f"Error: {tmp_path / 'manifest.json'}: Input/output error (EIO)"
@@ -394,8 +394,8 @@ def test_ctrl_c_in_train_names_the_checkpoint_kept(tmp_path, monkeypatch, step):
 
 def test_a_stop_before_any_record_does_not_claim_nothing_is_on_disk():
     """Stopped before the first chunk was recorded, workers may have written images already (a new
-    user found 22 crops beside "nothing was kept yet"): the line says none is recorded and that
-    the rerun writes them again."""
+    user found 22 crops beside "nothing was kept yet"): the line says 0 are done and that the
+    rerun writes those images again."""
     from maskkit.pipeline.accounting import Tally
 
     line = Tally(465).kept()

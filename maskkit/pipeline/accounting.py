@@ -53,8 +53,8 @@ class Tally:
         if self.done == 0:
             # workers write images before the driver records them: some may be on disk already,
             # and the rerun writes them again (it said "nothing was kept" beside those files)
-            return (f"no input was recorded yet (0 of {self.total:,} done; images already written are "
-                    "written again by the rerun)")
+            return (f"0 of {self.total:,} inputs done and kept (images already written for inputs not yet "
+                    "recorded are written again by the rerun)")
         if self.done >= self.total:
             return f"all {self.total:,} inputs done and kept"
         return f"{self.done:,} of {self.total:,} inputs done and kept"
