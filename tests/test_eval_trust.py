@@ -817,6 +817,17 @@ class _MeanColourModel:
         return mu, np.ones_like(mu)  # σ: the table gets its MLS column (the widest table)
 
 
+def _table_rows(text: str) -> dict[str, str]:
+    """``{label: cosine cell}`` of a printed metrics table; each row must be one line (a wrapped
+    label leaves its value cell empty)."""
+    rows = {}
+    for ln in text.split("┡")[1].split("└")[0].splitlines()[1:]:
+        cells = [x.strip() for x in ln.strip("│").split("│")]
+        assert cells[1], f"a row broke over two lines: {ln!r}"
+        rows[cells[0]] = cells[1]
+    return rows
+
+
 def test_table_names_crops_used_as_given_and_keeps_every_row_on_one_line(coded_root, grace_hopper, tmp_path):
     """Crops whose face cannot be checked are counted as "crops used as given" (they were called
     "align fallbacks", which they are not), re-aligned crops apart; at 80 columns every row of
@@ -854,12 +865,7 @@ def test_table_names_crops_used_as_given_and_keeps_every_row_on_one_line(coded_r
     m = run_eval(cfg, model=_MeanColourModel(), console=console)
     c = m["counts"]
     assert (c["input_failures"], c["realigned"], c["used_as_given"], c["pairs_skipped"]) == (1, 1, 1, 2)
-    rows = {}
-    body = console.export_text().split("┡")[1].split("└")[0].splitlines()[1:]
-    for ln in body:
-        cells = [x.strip() for x in ln.strip("│").split("│")]
-        assert cells[1], f"a row broke over two lines: {ln!r}"  # a wrapped label leaves its value cell empty
-        rows[cells[0]] = cells[1]
+    rows = _table_rows(console.export_text())
     assert (rows["input failures"], rows["crops re-aligned"], rows["crops used as given"],
             rows["pairs left out (image failed)"]) == ("1", "1", "1", "2")
 
@@ -883,8 +889,7 @@ def test_table_of_a_bin_counts_its_crops_as_read_aligned(coded_root, tmp_path):
     m = run_eval(EvalConfig(model=str(tmp_path), bin=str(bp), mask_side="none", out=str(tmp_path / "report"),
                             save_to_run=False, progress=False), model=_MeanColourModel(), console=console)
     text = console.export_text()
-    rows = {cells[0]: cells[1] for ln in text.split("┡")[1].split("└")[0].splitlines()[1:]
-            for cells in [[x.strip() for x in ln.strip("│").split("│")]]}
+    rows = _table_rows(text)
     assert m["counts"]["images"] == 40 and rows["crops read as aligned (.bin)"] == "40", text
     assert "crops re-aligned" not in rows and "crops used as given" not in rows
 
