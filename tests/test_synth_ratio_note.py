@@ -111,3 +111,16 @@ def test_ratio_departure_on_planned_sets():
     dep = ratio_departure(_man([100, 100], 0.5, shortfall={"c0": 30}))
     assert dep["too_small"] == 0 and dep["shortfall"] == 30 and "could not take a mask" in ratio_hint(dep)
     assert ratio_departure({"ratio": 0.5, "per_class": {}}) is None  # no face: nothing to say
+
+
+def test_stages_row_is_in_pipeline_order():
+    """A resumed run's stage totals come back from the journal sorted by name; the summary shows them
+    as a sample goes through them."""
+    from maskkit.pipeline.synth.summary import summary_rows
+
+    man = {"inputs": {"files": 1, "ok": 1, "failed": 0}, "num_samples": 1, "num_masked": 0, "styles": {},
+           "classes": ["a"], "shards": []}
+    stages = {"align": 1.0, "decode": 1.0, "encode": 1.0, "landmarks": 5.0, "render": 2.0, "write": 0.5}
+    row = dict(summary_rows(man, stages))["stages (worker s)"]
+    assert [part.split()[0] for part in row.split(", ")] == ["decode", "landmarks", "align", "render", "encode",
+                                                            "write"]

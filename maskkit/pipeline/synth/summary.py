@@ -12,6 +12,9 @@ import json
 #: cannot take a mask (``mask_shortfall``).
 RATIO_TOLERANCE = 0.01
 
+#: The worker stages in the order a sample goes through them (the summary's "stages" row).
+STAGE_ORDER = ("decode", "detect", "landmarks", "align", "render", "encode", "write")
+
 
 def ratio_departure(man: dict) -> dict | None:
     """Why the set's masked share of faces departs from ``--ratio`` by more than
@@ -125,6 +128,8 @@ def summary_rows(man: dict, stage_seconds: dict | None = None, seconds: float | 
                                                          f" (over the {done:,} files this run processed)")))
     if stage_seconds:
         tot = sum(stage_seconds.values()) or 1.0
-        rows.append(("stages (worker s)", ", ".join(f"{k} {v:.1f} ({100 * v / tot:.0f}%)"
-                                                    for k, v in stage_seconds.items())))
+        # in pipeline order (a resumed run's totals come back from the journal sorted by name)
+        order = sorted(stage_seconds, key=lambda k: (STAGE_ORDER.index(k) if k in STAGE_ORDER else len(STAGE_ORDER), k))
+        rows.append(("stages (worker s)", ", ".join(f"{k} {stage_seconds[k]:.1f} ({100 * stage_seconds[k] / tot:.0f}%)"
+                                                    for k in order)))
     return rows
