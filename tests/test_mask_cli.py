@@ -249,6 +249,9 @@ def test_mask_rerun_into_another_runs_out(src_tree, tmp_path):
     r = CliRunner().invoke(main, base + ["--style", "cloth"])
     assert r.exit_code != 0 and "another run" in r.output and "--overwrite" in r.output
     assert _mask_names(out) == first
+    # an option left at its default is named so (it read "colour: None -> 'white'")
+    r = CliRunner().invoke(main, base + ["--coverage", "--colour", "white"])
+    assert r.exit_code != 0 and "colour: default -> 'white'" in " ".join(r.output.split()), r.output
     _run(base + ["--style", "cloth", "--overwrite"])
     man = _jsonl(out / "manifest.jsonl")
     assert _mask_names(out) == {r["out"] for r in man}  # the stale coverage PNGs are gone

@@ -137,7 +137,10 @@ def json_line(obj) -> str:
 def _describe_change(old: dict | None, new: dict) -> str:
     if old is None:
         return f"a manifest.jsonl without {RUN_INFO}"
-    diffs = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    def show(d: dict, k: str) -> str:  # a key a run record leaves out is the option's default
+        return repr(d[k]) if k in d else "default"
+
+    diffs = [f"{k}: {show(old, k)} -> {show(new, k)}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
     return "other options: " + "; ".join(diffs[:4]) + ("; ..." if len(diffs) > 4 else "")
 
 
