@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
-import pytest
 
 from maskkit.face.crop_check import check_aligned_crop
 from maskkit.io.image_io import decode_image, encode_jpeg, load_image
