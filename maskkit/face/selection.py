@@ -54,9 +54,9 @@ def select_faces(faces: Sequence[Face], policy: str = "largest", shape: tuple[in
     faces = list(faces)
     if not faces:
         return []
-    boxes = {id(f): final_box(f, shape) for f in faces}
     if policy == "all":
         return sorted(faces, key=lambda f: ((f.box[0] + f.box[2]) / 2, (f.box[1] + f.box[3]) / 2))
+    boxes = {id(f): final_box(f, shape) for f in faces}
     if policy == "largest":
         # near-ties (within 20% of the largest area) go to the more confident detection: dlib
         # boxes come in a few fixed sizes, so a false positive can match the true face's size

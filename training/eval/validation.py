@@ -42,6 +42,11 @@ class ValidationError(ValueError):
     """A ``--val`` set or rule that cannot be used (one line)."""
 
 
+def _set_error(spec, exc: Exception) -> ValidationError:
+    """A set that cannot be read, as one line naming it (a ``.bin``'s error without its path again)."""
+    return ValidationError(f"--val {spec.text}: {getattr(exc, 'detail', exc)}")
+
+
 @dataclass
 class ValSpec:
     """One ``--val`` set: a ``.bin``, or a pairs file with its image folder."""
@@ -182,7 +187,7 @@ class Validator:
             try:
                 read_bin_lists(spec.bin) if spec.bin else parse_pairs_txt(spec.pairs)
             except (BinFormatError, PairsFormatError, OSError) as exc:
-                raise ValidationError(f"--val {spec.text}: {getattr(exc, 'detail', exc)}") from exc
+                raise _set_error(spec, exc) from exc
 
     # -- the callback protocol -------------------------------------------------------------------
     def load(self) -> list[_Loaded]:
@@ -200,7 +205,7 @@ class Validator:
                              load_pairs(spec.pairs, spec.root, FaceAligner(cfg.detector, trust_aligned=cfg.aligned),
                                         progress=False))
                 except (BinFormatError, PairsFormatError) as exc:
-                    raise ValidationError(f"--val {spec.text}: {getattr(exc, 'detail', exc)}") from exc
+                    raise _set_error(spec, exc) from exc
                 if pairs.n_pairs < MIN_PAIRS:
                     raise ValidationError(f"--val {spec.text}: {pairs.n_pairs} usable pair(s); the 10-fold protocol "
                                           f"needs at least {MIN_PAIRS}")
