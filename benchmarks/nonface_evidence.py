@@ -16,7 +16,20 @@ accepted crops):
   is 1/3 (1/4) of the side (more context), its best score for a face there, and its eye keypoints'
   distance from dlib's eyes (IOD);
 - ``symmetry``: normalised correlation of the levelled eye-to-nose region with its mirror image;
-- ``shape``: Procrustes distance of the 68 points from the mean shape of keypoint-vouched fits.
+- ``shape``: Procrustes distance of the 68 points from the mean shape of keypoint-vouched fits;
+- ``kp_iod_box``: BlazeFace's eye-keypoint distance over its box side (a profile's eyes close up);
+- ``hog_upright``, ``cnn_upright``: dlib's HOG and CNN detectors looking again at the copy the fit
+  makes upright (``HogDetector.second_look_score``, ``CnnDetector.upright_score``; 0 or -1 when
+  they see no face there, the value a face that scores nothing gets);
+- ``descriptor_knn``: dlib's face-recognition ResNet (``dlib_face_recognition_resnet_model_v1``,
+  shipped by face-recognition-models) on the fit's face chip: mean distance of its 128-D
+  descriptor to its 5 nearest keypoint-vouched faces (a non-face lands far from every face?).
+
+Then, per feature, the rule "reject on the issue's ear's side of it" with its limit halfway
+between the ear and the nearest real face beyond, and what it costs: real faces rejected and
+images ``detect_rate.py`` would no longer count (440 accepted today; the floor is 435); and the
+combined rule "a fit only the fixed-point test accepted needs the mesh, HOG or the CNN to see a
+face there".
 
 Usage:
     OMP_NUM_THREADS=1 nice python benchmarks/nonface_evidence.py [--data ../shared/data]
@@ -29,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from maskkit.face.blazeface import keypoint_angle
-from maskkit.face.detect import make_detector
+from maskkit.face.detect import get_detector, make_detector
 from maskkit.face.fit_check import _eyes, eye_angle
 from maskkit.face.landmarks import turned_patch
 from maskkit.face.mesh import face_mesh
@@ -124,6 +137,54 @@ def _procrustes(x, ref):
     return x @ (u @ vt).T * s.sum()
 
 
+def dlib_features(hog, cnn, rec, rgb, lm) -> dict:
+    """HOG / CNN looks at the upright copy, and the face descriptor (kept for the kNN distance)."""
+    import dlib
+
+    ang = eye_angle(lm)
+    (x0, y0), (x1, y1) = lm.min(0), lm.max(0)
+    box = (float(x0), float(y0), float(x1), float(y1))
+    hs, cs = hog.second_look_score(rgb, box, ang), cnn.upright_score(rgb, box, ang)
+    rect = dlib.rectangle(int(x0), int(y0), int(x1), int(y1))
+    shape = dlib.full_object_detection(rect, [dlib.point(int(round(x)), int(round(y))) for x, y in lm])
+    desc = np.array(rec.compute_face_descriptor(np.ascontiguousarray(rgb), shape, 0, 0.25))
+    return {"hog_upright": -1.0 if hs is None else float(hs), "cnn_upright": 0.0 if cs is None else float(cs),
+            "desc": desc}
+
+
+def rules(rows, feats) -> None:
+    """Per feature, the single-limit rule that rejects the issue's ear, and its cost."""
+    real = [r for r in rows if r["label"] is None]
+    ear = next(r for r in rows if r["label"] and "the issue's" in r["label"])
+    n_img = len({r["rel"] for r in real})
+    print(f"\nrules that reject the issue's ear (limit halfway to the nearest real face beyond it); "
+          f"images with an accepted real face: {n_img} (floor 435)")
+    print(f"{'feature':<15}{'ear':>8}{'limit':>8}{'real rejected':>15}{'images lost':>13}{'non-faces rejected':>20}")
+
+    def cost(reject):
+        gone = {id(r) for r in real if reject(r)}
+        lost = {r["rel"] for r in real} - {r["rel"] for r in real if id(r) not in gone}
+        return len(gone), len(lost)
+
+    for k in feats:
+        v = np.array([r[k] for r in real], float)
+        low = ear[k] < np.median(v)
+        beyond = v[v > ear[k]] if low else v[v < ear[k]]
+        lim = (ear[k] + (beyond.min() if low else beyond.max())) / 2 if beyond.size else ear[k]
+
+        def rejected(r, k=k, low=low, lim=lim):
+            return r[k] <= lim if low else r[k] >= lim
+        n, lost = cost(rejected)
+        nf = sum(rejected(r) for r in rows if r["label"])
+        print(f"{k:<15}{ear[k]:>8.3f}{lim:>8.3f}{n:>15}{lost:>13}{nf:>14} of {sum(1 for r in rows if r['label'])}")
+
+    def unconfirmed(r):
+        return r["method"] == "fixed_point" and r["mesh_presence"] < 0.5 and r["hog_upright"] < 0 and r["cnn_upright"] <= 0
+    n, lost = cost(unconfirmed)
+    print(f"{'fixed-point fit, no mesh / HOG / CNN face':<42} real rejected {n}, images lost {lost}, non-faces "
+          f"rejected {sum(unconfirmed(r) for r in rows if r['label'])} of {sum(1 for r in rows if r['label'])}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
@@ -131,7 +192,13 @@ def main() -> None:
     root = args.data / "real-masked"
     if not root.is_dir():
         raise SystemExit(f"{root} not found (pass --data)")
+    import dlib
+
+    from maskkit.face.models import model_file
+
     det, mesh = make_detector("blazeface"), face_mesh()
+    hog, cnn = get_detector("hog", upsample=0, max_side=0), get_detector("cnn", upsample=0, max_side=0)
+    rec = dlib.face_recognition_model_v1(str(model_file("dlib_face_recognition_resnet_model_v1.dat")))
     rows = []
     for it in iter_sources(root):
         if it.error:
@@ -153,6 +220,8 @@ def main() -> None:
             r["ctx3_score"], r["ctx3_eye"] = context_look(det, rgb, lm, f.box, 1 / 3)
             r["ctx4_score"], _ = context_look(det, rgb, lm, f.box, 1 / 4)
             r["symmetry"] = symmetry(rgb, lm)
+            r["kp_iod_box"] = float(np.linalg.norm(np.subtract(f.keypoints[1], f.keypoints[0])) / r["side"])
+            r.update(dlib_features(hog, cnn, rec, rgb, lm))
             rows.append(r)
     vouched = [_unit(r["lm"]) for r in rows if r["method"] == "keypoints"]
     mean = vouched[0]
@@ -160,12 +229,17 @@ def main() -> None:
         mean = _unit(np.mean([_procrustes(x, mean) for x in vouched], axis=0))
     for r in rows:
         r["shape"] = float(np.linalg.norm(_procrustes(_unit(r["lm"]), mean) - mean))
+    vouched_desc = np.array([r["desc"] for r in rows if r["method"] == "keypoints"])
+    for r in rows:
+        d = np.linalg.norm(vouched_desc - r["desc"], axis=1)
+        r["descriptor_knn"] = float(np.sort(d[d > 1e-9])[:5].mean())
     real = [r for r in rows if r["label"] is None]
     bad = [r for r in rows if r["label"] is not None]
     print(f"real-masked, BlazeFace --faces all: {len(rows)} accepted faces in {len({r['rel'] for r in rows})} images; "
           f"{len(bad)} hand-labelled non-faces")
     feats = ["side", "kp_eye", "nose_y", "ear_l_x", "ear_r_x", "mesh_presence", "mesh_eye", "mesh_nose",
-             "ctx3_score", "ctx4_score", "ctx3_eye", "symmetry", "shape"]
+             "ctx3_score", "ctx4_score", "ctx3_eye", "symmetry", "shape", "kp_iod_box", "hog_upright",
+             "cnn_upright", "descriptor_knn"]
     print(f"\n{'feature':<14}" + "".join(f"{h:>8}" for h in ("min", "p1", "p5", "p50", "p95", "p99", "max"))
           + "   non-faces (real faces on the non-face side of each, of " + f"{len(real)})")
     for k in feats:
@@ -177,6 +251,7 @@ def main() -> None:
             cells.append(f"{r[k]:.2f}({int(side.sum())})")
         print(f"{k:<14}" + "".join(f"{x:>8.2f}" for x in np.percentile(v, [0, 1, 5, 50, 95, 99, 100])) + "   " + " ".join(cells))
     print("\nnon-faces: " + "; ".join(f"{r['rel']} {r['label']} ({r['side']:.0f} px, {r['method']})" for r in bad))
+    rules(rows, feats)
 
 
 if __name__ == "__main__":
