@@ -16,7 +16,8 @@ from .dlib_detectors import HogDetector
 from .fit_check import check_landmarks, check_with_keypoints
 from .landmarks import fit_at_angle, landmarks_in_box
 
-__all__ = ["select_faces", "final_box", "find_faces", "aligned_face", "WEAK_DETECTION", "PASS_OVER_MIN_AREA", "KEYPOINT_DEROTATE"]
+__all__ = ["select_faces", "final_box", "find_faces", "aligned_face", "WEAK_DETECTION", "PASS_OVER_MIN_AREA", "KEYPOINT_DEROTATE",
+           "HOLDS_FACE", "HOLDS_FACE_AREA"]
 
 
 def final_box(face: Face, shape: tuple[int, ...] | None = None) -> tuple[float, float, float, float]:
@@ -113,13 +114,75 @@ HOG_FINAL_OVER_RAW = 2.0
 NEAR_TIE = 0.8
 
 
+#: A face whose detection box holds at least this share of another accepted face's checked box
+#: (:func:`final_box`), a face at most 1 / :data:`HOLDS_FACE_AREA` of its own checked box, is not a
+#: face: no real face has a much smaller one inside it, so it is a detection at the wrong scale (its
+#: check fails, ``bad_landmarks``) and the face it holds stays. Measured 2026-12-06
+#: (``benchmarks/nested_faces.py``) over every pair of faces ``--faces all`` accepts in real-masked
+#: (BlazeFace), photos/ and lfw-johns (BlazeFace and HOG), 982 pairs: 3 nested pairs hold 0.66, 1.0
+#: and 1.0 at 4.8x, 9.8x and 12.9x the held face's area, and each larger face was wrong when viewed
+#: (real-masked 0001/0177.jpg: a woman's neck and chest, which ``--faces largest`` kept over her
+#: face; 0002/0081.jpg: a man's head with a building, around a woman's face; 0002/0084.jpg: a man's
+#: mask at twice its scale). Faces side by side share at most 0.33 (photos/2008_002079.jpg, a couple
+#: cheek by cheek, 1.9x), every other pair at most 0.15. Margins: 0.17 and 0.16 on the share; the
+#: area rule keeps two faces of one size (cheek to cheek) apart whatever their overlap.
+HOLDS_FACE = 0.5
+
+#: See :data:`HOLDS_FACE`: how many times larger (checked-box area) a face must be than the face
+#: it holds. Measured: nested 4.8x at least; every pair sharing over 0.1, 1.9x at most (margins
+#: 2.3 and 0.6).
+HOLDS_FACE_AREA = 2.5
+
+
+def _holding(faces: list[Face], shape) -> dict[int, Face]:
+    """The accepted faces that hold another (:data:`HOLDS_FACE`): ``{id(larger): held face}``."""
+    ok = [f for f in faces if f.fit is not None and f.fit.ok]
+    out = {}
+    for f in ok:
+        fb = final_box(f, shape)
+        for g in ok:
+            gb = final_box(g, shape)
+            if g is f or _area(gb) <= 0 or _area(fb) < HOLDS_FACE_AREA * _area(gb):
+                continue
+            x0, y0, x1, y1 = max(f.box[0], gb[0]), max(f.box[1], gb[1]), min(f.box[2], gb[2]), min(f.box[3], gb[3])
+            if _area((x0, y0, x1, y1)) >= HOLDS_FACE * _area(gb):
+                out[id(f)] = g
+                break
+    return out
+
+
+def _reject_holding(faces: list[Face], shape) -> set[int]:
+    """Fail the check of every accepted face that holds another (:func:`_holding`); their ids."""
+    from dataclasses import replace
+
+    held = _holding(faces, shape)
+    for f in faces:
+        g = held.get(id(f))
+        if g is not None:
+            gb = final_box(g, shape)
+            x0, y0, x1, y1 = (round(v) for v in gb)
+            ratio = _area(final_box(f, shape)) / _area(gb)
+            f.fit = replace(f.fit, ok=False, reason="bad_landmarks",
+                            detail=f"holds another face: its box holds most of the face at {x0},{y0}-{x1},{y1}, "
+                                   f"{ratio:.1f}x smaller (a detection at the wrong scale, not a face)")
+    return set(held)
+
+
 def _cannot_win(f: Face, faces: list[Face], shape, growth: float) -> bool:
     """True when candidate ``f`` (not yet fitted) cannot be ``largest``'s choice whatever its fit:
     even ``growth`` times its detection box is under the near-tie band of a checked face that
     :func:`_choose` would not pass over (its fit passed, or a strong detection)."""
-    settled = [_area(final_box(g, shape)) for g in faces
-               if g.fit is None or g.fit.ok or (g.score is not None and g.score >= WEAK_DETECTION)]
-    return bool(settled) and growth * f.area < NEAR_TIE * max(settled)
+    settled = [g for g in faces if g.fit is None or g.fit.ok or (g.score is not None and g.score >= WEAK_DETECTION)]
+    if not settled:
+        return False
+    # a candidate inside a checked face could show that face holds another (:data:`HOLDS_FACE`)
+    inside = any(g.fit is not None and g.fit.ok and _area(_clip_to(f.box, g.box)) >= HOLDS_FACE * f.area
+                 for g in settled)
+    return not inside and growth * f.area < NEAR_TIE * max(_area(final_box(g, shape)) for g in settled)
+
+
+def _clip_to(box, frame) -> tuple[float, float, float, float]:
+    return (max(box[0], frame[0]), max(box[1], frame[1]), min(box[2], frame[2]), min(box[3], frame[3]))
 
 
 def _area(box) -> float:
@@ -206,16 +269,19 @@ def _fit_and_check(detector: Detector, rgb: np.ndarray, f: Face, kept: list[Face
     return True
 
 
-def _choose(faces: list[Face], policy: str, shape) -> list[Face]:
+def _choose(faces: list[Face], policy: str, shape, holding: set[int] = frozenset()) -> list[Face]:
     """The one face of ``largest``/``central`` among checked candidates, by their final boxes
     (:func:`final_box`: the checked landmarks' box inside the image). A weak detection
     (:data:`WEAK_DETECTION`) whose landmarks are not on a face is a false positive and the next
     face is taken instead (measured: an emblem on the astronaut's suit, score 0.06, larger than
     her face at half size); with ``largest`` only a face at least :data:`PASS_OVER_MIN_AREA` of
     its area replaces it, else the failed face is returned (recorded ``bad_landmarks``), never a
-    small bystander. A strong detection whose fit failed is the subject, returned as failed."""
+    small bystander. A strong detection whose fit failed is the subject, returned as failed. A face
+    that holds another (ids in ``holding``, :data:`HOLDS_FACE`) is never chosen: the face it holds is
+    a candidate of its own."""
     passed_over = None
-    for f in _policy_order(faces, policy, shape):
+    chosen = [f for f in faces if id(f) not in holding] or faces
+    for f in _policy_order(chosen, policy, shape):
         if (passed_over is not None and policy == "largest"
                 and _area(final_box(f, shape)) < PASS_OVER_MIN_AREA * _area(final_box(passed_over, shape))):
             return [passed_over]
@@ -238,7 +304,8 @@ def find_faces(detector: Detector, rgb: np.ndarray, policy: str = "largest",
     dlib fit goes through :func:`maskkit.face.fit_check.check_landmarks`: ``face.fit`` holds the
     outcome and, when it passed, ``face.landmarks68`` the checked (or recovered) landmarks.
     Faces whose fit failed are returned too (``face.fit.ok`` False): the caller records them
-    as ``bad_landmarks``, never as samples. For BlazeFace the fit is first compared with its
+    as ``bad_landmarks``, never as samples. So is a checked face whose detection box holds most of
+    a much smaller checked face (:data:`HOLDS_FACE`): a detection at the wrong scale. For BlazeFace the fit is first compared with its
     eye keypoints (:func:`maskkit.face.fit_check.check_with_keypoints`), and keypoints tilted by
     more than :data:`KEYPOINT_DEROTATE` degrees put the first fit in the de-rotated frame.
 
@@ -269,8 +336,9 @@ def find_faces(detector: Detector, rgb: np.ndarray, policy: str = "largest",
                 continue  # too small to be chosen, whatever its fit: not fitted
             if _fit_and_check(detector, rgb, f, faces, check):
                 faces.append(f)
+        holding = _reject_holding(faces, rgb.shape) if check else set()
         if policy != "all":
-            faces = _choose(faces, policy, rgb.shape)
+            faces = _choose(faces, policy, rgb.shape, holding)
         tm["landmarks"] = time.perf_counter() - t0
         return faces
     # backends that produce landmarks together with boxes (fan)

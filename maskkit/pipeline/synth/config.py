@@ -74,7 +74,11 @@ from maskkit import __version__
 #:     ``detected`` and ``unverified`` (4 each way, all kept by synth: tilt 7.5 degrees at most)
 #:     and 10 kept crops change landmarks (the fit is made in the CNN's new box). Runs without
 #:     ``--aligned`` give the same shard bytes as 16.
-ALGORITHM_VERSION = 17
+#: 18 = a checked face whose detection box holds most of a much smaller checked face is rejected
+#:     (``maskkit.face.selection.HOLDS_FACE``): with BlazeFace, ``--faces largest`` kept a woman's
+#:     neck and chest over her face (real-masked 0001/0177.jpg). Runs whose images hold no such
+#:     pair (every HOG run measured) give the same shard bytes as 17.
+ALGORITHM_VERSION = 18
 
 #: The five mask styles (same as ``maskkit.render.STYLES``; repeated so importing this module
 #: stays light).
