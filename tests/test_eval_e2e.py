@@ -112,7 +112,7 @@ def bin_report(johns):
 
     out = johns["tmp"] / "report_one"
     res = CliRunner().invoke(main, ["eval", "--model", str(johns["run"]), "--bin", str(johns["bin"]),
-                                    "--mask-side", "one", "--seed", str(SEED), "--out", str(out), "-q"])
+                                    "--mask-side", "one", "--seed", str(SEED), "--out", str(out)])
     assert res.exit_code == 0, res.output + repr(res.exception)
     return out, res.output
 
@@ -207,6 +207,11 @@ def test_mask_sides_and_compare(johns):
                                "--out", str(out), "-q", "--no-flip"])
     assert res.exit_code == 0, res.output + repr(res.exception)
     m_both = json.loads((out / "metrics.json").read_text())
+    # -q: no table, one JSON line of the headline figures (those of metrics.json) and the report
+    assert "MLS" not in res.output
+    line = json.loads(res.output.strip().splitlines()[-1])
+    assert line["accuracy"] == m_both["cosine"]["accuracy"] and line["val"] == m_both["cosine"]["val"]
+    assert line["task"] == "verification" and line["mask_side"] == "both" and line["report"] == str(out)
     assert m_both["counts"]["mask_requested"] == 200
     assert m_both["counts"]["masked"] + m_both["counts"]["mask_failures"] == 200
     assert m_both["protocol"]["flip"] is False

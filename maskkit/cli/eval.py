@@ -118,7 +118,7 @@ def _load(model, device: str = "cpu"):
 @click.option("--worst-k", type=int, default=8, show_default=True, help="Entries per contact-sheet panel.")
 @click.option("--compare", "compare", is_flag=True,
               help="Compare the runs given as arguments (from their saved metrics, or on the given set).")
-@_quiet("No progress bars.")
+@_quiet("No progress bars or summary table: one JSON line (set, task, headline figures, report folder).")
 @_overwrite("Replace an earlier report in --out and its saved record RUN/eval/<set>-<task>-mask<side>[-aligned].json "
             "(their files are removed first; otherwise refused).")
 @click.argument("runs", nargs=-1, type=click.Path(exists=True))
@@ -209,11 +209,26 @@ def eval_cmd(model, bin_path, pairs, root, gallery, probes, mask_side, mask_styl
                   batch_size, device, detector, probes_masked, gallery_per_id, worst_k, progress, aligned)
     _claim_report(cfg, overwrite)
     try:
-        run_eval(cfg, model=_load(model, device), console=console)
+        m = run_eval(cfg, model=_load(model, device), console=None if quiet else console)
     except EvalInputError as exc:
         raise click.ClickException(str(exc)) from exc
     except KeyboardInterrupt:
         raise _eval_interrupted([cfg]) from None
+    if quiet:
+        click.echo(_headline_json(m))
+
+
+def _headline_json(m: dict) -> str:
+    """``eval -q``'s one line: the set, the task and the cosine headline figures (fractions, as in
+    ``metrics.json``), the counts and the report folder."""
+    import json
+
+    cos, c = m.get("cosine") or {}, m.get("counts") or {}
+    keys = (("accuracy", "accuracy_std", "val", "far_target", "auc") if m.get("task") == "verification"
+            else ("rank1", "rank5"))
+    return json.dumps({"set": m.get("set"), "task": m.get("task"), "mask_side": (m.get("protocol") or {}).get("mask_side"),
+                       **{k: cos.get(k) for k in keys}, "input_failures": c.get("input_failures"),
+                       "report": m.get("report_dir")})
 
 
 def _eval_interrupted(cfgs) -> SystemExit:
