@@ -766,3 +766,28 @@ def test_faces_all_records_the_rejected_face_and_resumes_old_journals(tmp_path, 
     assert man["rejected_unrecorded"] == ["p"] and man["faces_rejected"] == 0
     assert (out / "rejected.jsonl").read_text() == ""
     assert "did not record rejected faces" in capfd.readouterr().err
+
+
+def test_resumed_line_says_which_inputs_are_read_again(celeb_aligned, tmp_path):
+    """A run stopped after a complete shard but inside an identity keeps the shard; the rerun
+    says so and that the identity's inputs are read again (work is kept per whole identity),
+    instead of suggesting every kept sample spared its input."""
+    from click.testing import CliRunner
+
+    from maskkit.cli.synth import synth
+
+    sub = subset_tree(celeb_aligned, tmp_path / "sub", per_identity=6, identities=1)
+    out = tmp_path / "o"
+    cfg = dict(src=sub, out=out, aligned=True, ratio=0.5, shard_samples=2, progress=False)
+
+    def stop(ev, i):
+        if ev == "before_rename" and i == 1:
+            raise KeyboardInterrupt  # the first shard is in place and journaled, its identity not finished
+
+    with pytest.raises(KeyboardInterrupt):
+        run_synth(SynthConfig(**cfg, on_boundary=stop))
+    res = CliRunner().invoke(synth, ["--src", str(sub), "--out", str(out), "--aligned", "--ratio", "0.5",
+                                     "--shard-samples", "2", "-j", "1"])
+    assert res.exit_code == 0, res.output
+    line = next((x for x in res.output.splitlines() if x.startswith("resumed:")), res.output)
+    assert "2 samples were already in complete shards" in line and "6 of 6 inputs read again" in line, line

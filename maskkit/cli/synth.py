@@ -134,7 +134,11 @@ def synth(src, out, ratio, paired, styles, seed, jobs, aligned, size, shard_samp
 
     res = _run_stage(run_synth, cfg, SynthError)
     if res.resumed and not res.already_complete:
-        click.echo(f"resumed: {res.resumed:,} samples were already in complete shards", err=True)
+        total = (res.manifest.get("inputs") or {}).get("files")
+        redo = "" if res.files_done is None or total is None else (
+            f"; {res.files_done:,} of {total:,} inputs read again (work is kept per whole identity, and the "
+            "samples already written are not written again)")
+        click.echo(f"resumed: {res.resumed:,} samples were already in complete shards{redo}", err=True)
     if not quiet:
         _print_summary("maskkit synth", summary_rows(res.manifest, res.stage_seconds or None,
                                                      None if res.already_complete else res.seconds,
@@ -183,7 +187,8 @@ def stats(shards, deep, as_json, quiet):
             rows.append((f"  {s}", f"{v:,} = {100.0 * v / max(1, m):.2f}%"))
         rows.append(("style share max |dev|", f"{100 * style_share_deviation(c.get('styles', {})):.2f} points"))
         exact = sum(pc["masked"] == class_expected_masked(man, cls, pc)[1] for cls, pc in c.get("per_class", {}).items())
-        rows.append(("classes with exact ratio", f"{exact} / {len(c.get('per_class', {}))}"))
+        rows.append(("classes masked by the rule", f"{exact} / {len(c.get('per_class', {}))} (ratio x faces, "
+                                                   "rounded half up)"))
         inp = man.get("inputs", {})
         rows.append(("inputs (files = ok + failed)", f"{inp.get('files')} = {inp.get('ok')} + {inp.get('failed')}"))
         rows.append(("failures.jsonl lines", f"{c.get('failures', 0)}"))

@@ -65,7 +65,8 @@ def ratio_hint(dep: dict, paired: bool = False) -> str:
         why.append(f"{dep['shortfall']:,} chosen faces could not take a mask (mask_shortfall)")
     seen = []
     if dep["never_plain"] and not paired:
-        seen.append(f"{dep['never_plain']:,} identities are never seen unmasked")
+        n = dep["never_plain"]
+        seen.append(f"{n:,} identit{'y is' if n == 1 else 'ies are'} never seen unmasked")
     if dep["never_masked"]:
         seen.append(f"{dep['never_masked']:,} never masked")
     return (f"masked share {100 * dep['share']:.1f}% of {dep['faces']:,} faces departs from --ratio {r:g} by "
@@ -116,8 +117,8 @@ def summary_rows(man: dict, stage_seconds: dict | None = None, seconds: float | 
     dep = man.get("ratio_departure")
     if dep:  # the overall share is off --ratio by more than a point (why: printed as a hint below)
         rows.append(("masked share vs --ratio", f"{100 * dep['share']:.1f}% of faces vs {dep['ratio']:g}: "
-                                                f"{dep['too_small']:,} of {dep['identities']:,} identities not "
-                                                f"split exactly (rounding)"))
+                                                f"{dep['too_small']:,} of {dep['identities']:,} identities cannot "
+                                                f"be split exactly (ratio x faces rounded half up)"))
     rows.append(("classes", f"{len(man['classes']):,}"))
     rows.append(("shards", f"{len(man['shards']):,}"))
     rows.append(("bytes", f"{sum(s['bytes'] for s in man['shards']):,}"))
