@@ -791,3 +791,19 @@ def test_resumed_line_says_which_inputs_are_read_again(celeb_aligned, tmp_path):
     assert res.exit_code == 0, res.output
     line = next((x for x in res.output.splitlines() if x.startswith("resumed:")), res.output)
     assert "2 samples were already in complete shards" in line and "6 of 6 inputs read again" in line, line
+
+
+def test_bad_styles_are_usage_errors(tmp_path):
+    """Every wrong ``--styles`` is one usage error (exit 2) before anything is read: an unknown
+    style, a style listed twice (it was exit 1 from deep inside the run), an empty list."""
+    from click.testing import CliRunner
+
+    from maskkit.cli.synth import synth
+
+    (tmp_path / "src").mkdir()
+    for styles, said in (("foo", "unknown style"), ("surgical,n95,surgical", "surgical listed twice"),
+                         (",", "no style listed")):
+        res = CliRunner().invoke(synth, ["--src", str(tmp_path / "src"), "--out", str(tmp_path / "o"),
+                                         "--styles", styles])
+        assert res.exit_code == 2 and said in res.output and "Traceback" not in res.output, (styles, res.output)
+    assert not (tmp_path / "o").exists()
