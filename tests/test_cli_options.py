@@ -161,3 +161,21 @@ def test_detector_defaults_shown_are_the_detectors_own(cmd):
         assert f"[default: (hog {hog.max_side}, cnn {cnn.max_side});" in text.split("--max-side", 1)[1]
     else:
         assert "[default: (640 for hog/cnn);" in text.split("--max-side", 1)[1]
+
+
+def test_an_output_named_for_another_format_is_a_usage_error(tmp_path):
+    """A file output is written in one format; a name ending otherwise (preview -o x.jpg wrote
+    PNG bytes under .jpg) is a usage error naming the ending, and nothing is written."""
+    from click.testing import CliRunner
+
+    (tmp_path / "src").mkdir()
+    cases = (
+        (["preview", str(tmp_path / "src"), "-o", str(tmp_path / "sheet.jpg")], ".png"),
+        (["synth", "--src", str(tmp_path / "src"), "--out", str(tmp_path / "s"), "--preview",
+          str(tmp_path / "p.jpeg")], ".png"),
+        (["embed", "--model", str(tmp_path), "--src", str(tmp_path / "src"), "-o", str(tmp_path / "e.txt")], ".npz"),
+    )
+    for args, ending in cases:
+        res = CliRunner().invoke(main, args)
+        assert res.exit_code == 2 and f"does not end in {ending}" in res.output, (args, res.output)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]

@@ -271,7 +271,7 @@ def _config(model, bin_path, pairs, root, gallery, probes, mask_side, mask_style
                    "model.pt / checkpoint_gpu_N.pt, MagFace checkpoint: single-stream, mu only).")
 @click.option("--src", required=True, type=click.Path(exists=True, file_okay=False), help="Image folder.")
 @_out("Output .npz (mu, sigma, magnitude, masked, paths, identities, failures).", file=True,
-      type=click.Path(dir_okay=False))
+      type=click.Path(dir_okay=False), suffixes=(".npz",))
 @click.option("--masked", is_flag=True, help="Send every face through the masked-face branch.")
 @click.option("--flip/--no-flip", default=True, show_default=True)
 @click.option("--batch-size", type=int, default=64, show_default=True)

@@ -78,7 +78,7 @@ def mask(src, out, style, colour, texture, seed, detector, upsample, max_side, f
 
 @click.command("preview")
 @click.argument("src", type=click.Path(exists=True, path_type=Path))
-@_out("Output PNG.", file=True)
+@_out("Output PNG.", file=True, suffixes=(".png",))
 @click.option("--styles", default=",".join(("surgical", "n95", "kn95", "cloth", "gas")), show_default=True,
               help="Comma-separated styles (columns).")
 @click.option("--n", "n", default=6, show_default=True, type=click.IntRange(1, 64), help="Faces (rows).")

@@ -45,9 +45,22 @@ def _jobs(default: int = 0) -> Callable:
                              "CPU cores; a small job runs in one process).")
 
 
-def _out(help: str, required: bool = True, file: bool = False, **kwargs: Any) -> Callable:
+def _out(help: str, required: bool = True, file: bool = False, suffixes: tuple[str, ...] = (), **kwargs: Any) -> Callable:
+    """``-o/--out``; ``suffixes``: the file endings the output's format is written under (a file
+    named otherwise is a usage error, never bytes of one format under another's name)."""
     kind = click.Path(dir_okay=False, path_type=Path) if file else click.Path(file_okay=False, path_type=Path)
+    if suffixes:
+        kwargs["callback"] = lambda ctx, param, value: _suffix(value, suffixes, "-o/--out")
     return click.option("-o", "--out", required=required, type=kwargs.pop("type", kind), help=help, **kwargs)
+
+
+def _suffix(path: Path | None, suffixes: tuple[str, ...], hint: str) -> Path | None:
+    """``path`` when it ends in one of ``suffixes`` (case-insensitive) or is None, else a usage
+    error naming the endings the format is written under."""
+    if path is not None and Path(path).suffix.lower() not in suffixes:
+        raise click.BadParameter(f"{path} does not end in {' or '.join(suffixes)}, the format written there",
+                                 param_hint=hint)
+    return path
 
 
 def _overwrite(help: str = "Replace the outputs of a different, earlier run found in --out (otherwise refused).") \

@@ -20,6 +20,7 @@ from maskkit.cli.options import (
     _max_side,
     _out,
     _overwrite,
+    _suffix,
     _quiet,
     _upsample,
     _verify,
@@ -100,7 +101,8 @@ def _print_summary(title: str, rows: list[tuple[str, str]]) -> None:
 @_max_pixels()
 @click.option("--no-mask-png", is_flag=True, help="Do not write KEY.mask.png coverage maps.")
 @_overwrite("Replace a different, earlier run found in --out.")
-@click.option("--preview", default=None, type=click.Path(path_type=Path), show_default="none",
+@click.option("--preview", default=None, type=click.Path(dir_okay=False, path_type=Path), show_default="none",
+              callback=lambda ctx, param, value: _suffix(value, (".png",), "--preview"),
               help="Also write a contact sheet PNG (an existing file is refused unless --overwrite).")
 @_quiet()
 def synth(src, out, ratio, paired, styles, seed, jobs, aligned, size, shard_samples, backend, address, detector,
