@@ -404,3 +404,25 @@ def test_each_face_draws_from_its_own_generator(mask_out):
     # limit 0.10, then 3 of 10 search fits, 3 needed), the other 5 clear it (refits within 0.023)
     assert len(group) >= 5
     assert len({json.dumps(r["params"]["offsets"], sort_keys=True) for r in group}) == len(group)
+
+
+def test_transparency_of_a_png_input_stays_in_its_output(astronaut, tmp_path):
+    """An RGBA input is searched composited on white, and its masked PNG keeps the input's
+    alpha channel (it came out opaque: transparent parts turned white); a JPEG output has none."""
+    h, w = astronaut.shape[:2]
+    alpha = np.full((h, w), 255, np.uint8)
+    alpha[:, :60] = 0       # a transparent band at the left
+    alpha[:40, 60:] = 128   # half transparent at the top
+    (tmp_path / "src").mkdir()
+    Image.fromarray(np.dstack([astronaut, alpha])).save(tmp_path / "src" / "rgba.png")
+    Image.fromarray(astronaut).save(tmp_path / "src" / "opaque.png")
+    _run(["mask", "--src", str(tmp_path / "src"), "--out", str(tmp_path / "out"), "-q", "--style", "surgical"])
+    out = Image.open(tmp_path / "out" / "rgba.png")
+    assert out.mode == "RGBA"
+    got = np.asarray(out)
+    assert np.array_equal(got[..., 3], alpha)
+    # the mask is drawn: the face region changed against the input composited on white
+    white = (astronaut.astype(float) * (alpha[..., None] / 255.0) + 255.0 * (1 - alpha[..., None] / 255.0))
+    changed = np.abs(got[..., :3].astype(float) - np.round(white)).max(-1) > 40
+    assert changed.mean() > 0.01
+    assert Image.open(tmp_path / "out" / "opaque.png").mode == "RGB"

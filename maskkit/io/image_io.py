@@ -10,7 +10,7 @@ What is handled:
 * content, not file name, decides the decoder (a PNG named ``.jpg`` decodes; text named
   ``.jpg`` is a ``decode_error``);
 * EXIF orientation is applied (``ImageOps.exif_transpose``);
-* CMYK, grayscale, 1-bit, palette, RGBA/LA (composited on white), 16-bit and float images are
+* CMYK, grayscale, 1-bit, palette, RGBA/LA (composited on white; :func:`alpha_of` gives the alpha back), 16-bit and float images are
   converted to RGB uint8 (16-bit is *scaled* to 8 bits, not clipped);
 * an image of at most :data:`FEW_COLOURS` distinct colours (a 1-bit scan, a 2-4 colour palette,
   grey posterized to 2-4 levels) is read through a light low-pass (:func:`descreen`): a
@@ -318,3 +318,33 @@ def encode_jpeg(rgb: np.ndarray, quality: int = 95) -> bytes:
     if not ok:  # pragma: no cover - OpenCV only fails on invalid input
         raise ValueError("JPEG encoding failed")
     return buf.tobytes()
+
+
+def alpha_of(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray | None:
+    """The transparency of an image file, oriented as :func:`load_image` returns its pixels.
+
+    :func:`load_image` composites an image with an alpha channel on white; a command that writes
+    the image back (``maskkit mask``) puts this channel back so transparent parts stay transparent.
+
+    Args:
+        path: file path.
+        max_pixels: as for :func:`load_image`.
+
+    Returns:
+        ``(H, W)`` uint8 alpha (0 = transparent), or ``None`` when the image has no alpha channel
+        or is opaque everywhere.
+
+    Raises:
+        ImageError: as :func:`load_image`.
+    """
+    with open(Path(path), "rb") as fh:
+        im = _open_checked(fh, max_pixels, Path(path).name)
+        if im.mode not in ("RGBA", "LA", "La", "RGBa", "PA") and not (im.mode == "P" and "transparency" in im.info):
+            return None
+        im.load()
+        try:
+            im = ImageOps.exif_transpose(im)
+        except Exception:  # noqa: BLE001 - as load_image: a broken EXIF block keeps the image as stored
+            pass
+        a = np.asarray(im.convert("RGBA"), dtype=np.uint8)[..., 3]
+    return np.ascontiguousarray(a) if int(a.min()) < 255 else None

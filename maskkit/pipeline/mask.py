@@ -115,8 +115,9 @@ def output_names(rels: list[str], coverage: bool) -> dict[str, str]:
     return {rel: bases[rel] + out_ext(rel) for rel in rels}
 
 
-def _write(path: Path, rgb_or_gray: np.ndarray, quality: int) -> None:
-    """Encode as JPEG (``.jpg`` and its aliases) or PNG with PIL and write atomically."""
+def _write(path: Path, rgb_or_gray: np.ndarray, quality: int, alpha: np.ndarray | None = None) -> None:
+    """Encode as JPEG (``.jpg`` and its aliases) or PNG with PIL and write atomically; a PNG gets
+    ``alpha`` (``(H, W)`` uint8) as its transparency when given."""
     import io
 
     from PIL import Image
@@ -126,6 +127,8 @@ def _write(path: Path, rgb_or_gray: np.ndarray, quality: int) -> None:
 
     buf = io.BytesIO()
     im = Image.fromarray(rgb_or_gray)
+    if alpha is not None and path.suffix.lower() not in JPEG_EXTENSIONS:
+        im = Image.fromarray(np.dstack([rgb_or_gray, alpha]))
     if path.suffix.lower() in JPEG_EXTENSIONS:
         im.save(buf, format="JPEG", quality=quality)
     else:
@@ -145,7 +148,8 @@ def mask_file(item, detector, renderer, cfg: MaskConfig, out_rel: str | None = N
     """
     from maskkit.face.selection import aligned_face, find_faces
     from maskkit.face.crop_check import check_aligned_crop
-    from maskkit.io.image_io import ImageError, load_image
+    from maskkit.io.image_io import ImageError, alpha_of, load_image
+    from maskkit.io.sources import JPEG_EXTENSIONS
     from maskkit.pipeline.hints import crop_evidence
     from maskkit.pipeline.runner import coverage_rel, safe_target
     from maskkit.pipeline.runner import rounded as _r
@@ -229,7 +233,10 @@ def mask_file(item, detector, renderer, cfg: MaskConfig, out_rel: str | None = N
             return rec
         target = Path(cfg.out) / out_rel
         try:
-            _write(target := safe_target(Path(cfg.out), out_rel), img, cfg.quality)
+            # an input's transparency stays in a PNG output (the faces were found on it composited on white)
+            alpha = alpha_of(item.path, max_pixels=cfg.max_pixels) if not out_rel.lower().endswith(
+                tuple(JPEG_EXTENSIONS)) else None
+            _write(target := safe_target(Path(cfg.out), out_rel), img, cfg.quality, alpha)
             if cfg.coverage:
                 _write(target := safe_target(Path(cfg.out), coverage_rel(out_rel)),
                        np.clip(cov * 255 + 0.5, 0, 255).astype(np.uint8), cfg.quality)
