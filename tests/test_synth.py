@@ -807,3 +807,24 @@ def test_bad_styles_are_usage_errors(tmp_path):
                                          "--styles", styles])
         assert res.exit_code == 2 and said in res.output and "Traceback" not in res.output, (styles, res.output)
     assert not (tmp_path / "o").exists()
+
+
+def test_cluster_options_say_what_they_do(celeb_aligned, tmp_path):
+    """``--address`` without a cluster backend is a usage error (it was ignored without a word);
+    ``--backend dask -q`` prints the manifest's path and nothing of the cluster's start and stop
+    (it printed INFO distributed.scheduler lines)."""
+    from click.testing import CliRunner
+
+    from maskkit.cli.synth import synth
+
+    sub = subset_tree(celeb_aligned, tmp_path / "sub", per_identity=2, identities=1)
+    res = CliRunner().invoke(synth, ["--src", str(sub), "--out", str(tmp_path / "a"), "--aligned",
+                                     "--address", "tcp://127.0.0.1:1"])
+    assert res.exit_code == 2 and "--backend dask or ray" in res.output
+    assert not (tmp_path / "a").exists()
+    pytest.importorskip("distributed")
+    run = subprocess.run([sys.executable, "-m", "maskkit.cli", "synth", "--src", str(sub), "--out", str(tmp_path / "d"),
+                          "--aligned", "--backend", "dask", "-j", "1", "-q"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == str(tmp_path / "d" / "manifest.json")
+    assert "INFO" not in run.stderr and "distributed" not in run.stderr, run.stderr

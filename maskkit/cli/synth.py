@@ -124,6 +124,9 @@ def synth(src, out, ratio, paired, styles, seed, jobs, aligned, size, shard_samp
     from maskkit.pipeline.synth import SynthConfig, SynthError, run_synth, summary_rows
 
     det_opts = _detector_opts(detector, upsample, max_side, SYNTH_MAX_SIDE)
+    if address and backend == "local":
+        raise click.UsageError(f"--address {address} is a cluster's address: give it with --backend dask or ray "
+                               "(the local backend runs joblib processes on this machine)")
 
     cfg = SynthConfig(src=src, out=out, ratio=ratio, paired=paired, styles=_parse_styles(styles), seed=seed,
                       jobs=jobs, aligned=aligned, size=_parse_size(size), shard_samples=shard_samples,

@@ -30,23 +30,33 @@ def _backend(cfg: SynthConfig, files: int | None = None, chunks: int | None = No
             from distributed import Client
         except ImportError as exc:
             raise SynthError("--backend dask needs the 'distributed' package: pip install 'maskkit[scale]'") from exc
-        if cfg.address:
-            client = Client(cfg.address)
-            own_cluster = None
-        else:
-            from distributed import LocalCluster
+        import logging
 
-            own_cluster = LocalCluster(n_workers=max(1, cfg.jobs if cfg.jobs > 0 else os.cpu_count() or 1),
-                                       threads_per_worker=1, processes=True, host="127.0.0.1",
-                                       dashboard_address=None)
-            client = Client(own_cluster)
+        # distributed logs its cluster's start and stop at INFO (its own logger levels); they are no
+        # progress: warnings and errors only while the run uses the cluster, as before after it
+        dlog = logging.getLogger("distributed")
+        level = dlog.level
+        dlog.setLevel(logging.WARNING)
         try:
-            with joblib.parallel_config(backend="dask"):
-                yield -1
+            if cfg.address:
+                client = Client(cfg.address)
+                own_cluster = None
+            else:
+                from distributed import LocalCluster
+
+                own_cluster = LocalCluster(n_workers=max(1, cfg.jobs if cfg.jobs > 0 else os.cpu_count() or 1),
+                                           threads_per_worker=1, processes=True, host="127.0.0.1",
+                                           dashboard_address=None, silence_logs=logging.WARNING)
+                client = Client(own_cluster)
+            try:
+                with joblib.parallel_config(backend="dask"):
+                    yield -1
+            finally:
+                client.close()
+                if own_cluster is not None:
+                    own_cluster.close()
         finally:
-            client.close()
-            if own_cluster is not None:
-                own_cluster.close()
+            dlog.setLevel(level)
         return
     if cfg.backend == "ray":
         try:
