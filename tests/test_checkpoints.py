@@ -219,6 +219,14 @@ def test_bad_files_are_one_line_errors(tmp_path):
     (tmp_path / "junk.pth").write_bytes(b"not a torch file")
     with pytest.raises(WeightsError, match="cannot be read"):
         load_model(tmp_path / "junk.pth")
+    # one damaged head tensor (fc.weight cut to 100 rows) is the one named, not the intact rest
+    cut = dict(sd)
+    cut["fc.weight"] = cut["fc.weight"][:100]
+    torch.save(cut, tmp_path / "cut.pth")
+    with pytest.raises(WeightsError) as e:
+        read_weights(tmp_path / "cut.pth")
+    msg = str(e.value)
+    assert "fc.weight (100, " in msg and "fc.bias" not in msg and "features." not in msg, msg
     # a depth the file does not have
     torch.save(sd, tmp_path / "ok.pth")
     src = read_weights(tmp_path / "ok.pth")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -246,7 +247,13 @@ def infer_arch(sd: dict[str, torch.Tensor]) -> Arch:
     if found != stage_channels(width)[: len(found)]:
         raise WeightsError(f"stage channels {found} do not follow one width multiplier "
                            f"(stem {c0} -> width {width:g} -> {stage_channels(width)})")
-    emb, fc_in = (int(x) for x in sd["fc.weight"].shape)
+    fc_in = int(sd["fc.weight"].shape[1]) if sd["fc.weight"].dim() == 2 else 0
+    # the embedding size most head tensors agree on, so one damaged tensor is the one named as
+    # wrong (fc.weight cut to 100 rows blamed the intact fc.bias and features.*); a tie: fc.weight
+    heads = [int(sd[k].shape[0]) for k in ("fc.weight", "fc.bias", "features.weight", "features.bias",
+                                            "features.running_mean", "features.running_var")
+             if k in sd and sd[k].dim() >= 1]
+    emb = Counter(heads).most_common(1)[0][0]
     c4 = stage_channels(width)[3]
     side = math.isqrt(fc_in // c4) if fc_in % c4 == 0 else 0
     if side == 0 or side * side * c4 != fc_in:
