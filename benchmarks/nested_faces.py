@@ -22,8 +22,7 @@ import numpy as np
 
 from maskkit.face.detect import make_detector
 from maskkit.face.selection import HOLDS_FACE, HOLDS_FACE_AREA, final_box, find_faces
-from maskkit.io.image_io import ImageError, load_image
-from maskkit.io.sources import iter_sources
+from _images import readable_images
 
 REPO = Path(__file__).resolve().parents[1]
 SETS = (("real-masked", ("blazeface",)), ("photos", ("blazeface", "hog")), ("lfw-johns", ("blazeface", "hog")))
@@ -64,20 +63,14 @@ def main() -> None:
         for backend in backends:
             det = make_detector(backend)
             n_img = n_faces = 0
-            for it in iter_sources(root):
-                if it.error:
-                    continue
-                try:
-                    rgb = load_image(it.path)
-                except ImageError:
-                    continue
+            for rel, rgb in readable_images(root):
                 n_img += 1
                 faces = [f for f in find_faces(det, rgb, "all")
                          if f.fit.ok or f.fit.detail.startswith("holds another face")]
                 n_faces += len(faces)
                 for share, big, small in pairs_of(faces, rgb.shape):
                     ratio = _area(final_box(big, rgb.shape)) / max(_area(final_box(small, rgb.shape)), 1e-9)
-                    row = (share, f"{name}/{it.rel}", backend, big, small, ratio)
+                    row = (share, f"{name}/{rel}", backend, big, small, ratio)
                     rows.append(row)
                     if share >= HOLDS_FACE and ratio >= HOLDS_FACE_AREA:
                         nested.append((rgb, row))

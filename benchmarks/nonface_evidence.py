@@ -47,8 +47,7 @@ from maskkit.face.fit_check import _eyes, eye_angle
 from maskkit.face.landmarks import turned_patch
 from maskkit.face.mesh import face_mesh
 from maskkit.face.selection import find_faces
-from maskkit.io.image_io import ImageError, load_image
-from maskkit.io.sources import iter_sources
+from _images import readable_images
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -200,21 +199,15 @@ def main() -> None:
     hog, cnn = get_detector("hog", upsample=0, max_side=0), get_detector("cnn", upsample=0, max_side=0)
     rec = dlib.face_recognition_model_v1(str(model_file("dlib_face_recognition_resnet_model_v1.dat")))
     rows = []
-    for it in iter_sources(root):
-        if it.error:
-            continue
-        try:
-            rgb = load_image(it.path)
-        except ImageError:
-            continue
+    for rel, rgb in readable_images(root):
         for f in find_faces(det, rgb, "all"):
             if not f.fit.ok:
                 continue
             lm = np.asarray(f.landmarks68, np.float64)
             c = ((f.box[0] + f.box[2]) / 2, (f.box[1] + f.box[3]) / 2)
-            label = next((why for rel, b, why in NON_FACES
-                          if rel == it.rel and b[0] <= c[0] <= b[2] and b[1] <= c[1] <= b[3]), None)
-            r = {"rel": it.rel, "label": label, "method": f.fit.method, "lm": lm, "side": f.box[2] - f.box[0]}
+            label = next((why for name, b, why in NON_FACES
+                          if name == rel and b[0] <= c[0] <= b[2] and b[1] <= c[1] <= b[3]), None)
+            r = {"rel": rel, "label": label, "method": f.fit.method, "lm": lm, "side": f.box[2] - f.box[0]}
             r.update(keypoint_features(lm, f.keypoints))
             r.update(mesh_features(mesh, rgb, lm, f.box))
             r["ctx3_score"], r["ctx3_eye"] = context_look(det, rgb, lm, f.box, 1 / 3)
