@@ -695,6 +695,28 @@ def test_a_failed_image_is_one_input_failure_and_its_pairs_are_counted_apart(cod
     assert ps.mask_keys == [k for k in range(24) if k not in (2, 3)]  # .bin indices: unmoved by the drop
 
 
+@pytest.mark.parametrize("bad", [b"", np.zeros(0, np.uint8)], ids=["empty-bytes", "empty-array"])
+def test_bin_with_an_empty_image_is_a_decode_error_not_a_traceback(tmp_path, bad):
+    """A 0-byte entry of a .bin (bytes or an empty np.uint8 array, as insightface's own sets hold
+    them): one ``decode_error`` failure and its pair left out, as for undecodable bytes. Before the
+    fix: cv2.error ``!buf.empty()`` out of ``eval --bin`` and ``train --val``."""
+    import pickle
+
+    from maskkit.io.image_io import decode_crop
+    from maskkit.training.eval.evalsets import load_bin, write_bin
+
+    with pytest.raises(ValueError, match="decode_error"):
+        decode_crop(bad, (112, 112))
+    img = np.zeros((112, 112, 3), np.uint8)
+    bp = write_bin(tmp_path / "x.bin", [img] * 24, [k % 2 == 0 for k in range(12)], ext=".png")
+    bins, issame = pickle.loads(bp.read_bytes())
+    bins[7] = bad
+    bp.write_bytes(pickle.dumps((bins, issame)))
+    ps = load_bin(bp)
+    assert [(f["src"], f["reason"]) for f in ps.failures] == [("x.bin:7", "decode_error")]
+    assert [r["pair"] for r in ps.skipped_pairs] == [3] and ps.n_pairs == 11
+
+
 # ---- MLS that is no σ-aware result; no empty legend -----------------------------------------
 def test_mls_flags_closed_forms():
     """σ = 0: PFE's MLS is undefined (−∞ for different μ): ``sigma_zero``. One σ for all:
