@@ -996,3 +996,37 @@ def test_eval_and_train_refuse_a_hostile_bin_in_one_line(tmp_path):
     res = CliRunner().invoke(main, ["train", "--data", str(tmp_path), "--out", str(tmp_path / "run"), "--val", str(bp)])
     assert res.exit_code == 2 and not marker.exists() and not (tmp_path / "run").exists(), res.output
     assert f"--val {bp}: not an insightface .bin" in res.output
+
+
+# ---- a set of one kind of pair: no verification figure ---------------------------------------
+@pytest.mark.parametrize("kind", ["all-same", "all-different"])
+def test_eval_and_train_refuse_a_set_of_one_kind_of_pair(astronaut, grace_hopper, tmp_path, kind):
+    """12 pairs of real faces (astronaut, Grace Hopper, aligned) all flagged same (or all
+    different): ``eval --bin`` and ``train --val`` refuse in one line -- before the fix eval
+    reported ``accuracy 90.00 ± 30.00`` and AUC 0.0000 with exit 0. The same images with both
+    kinds of pair are scored (the control)."""
+    from click.testing import CliRunner
+
+    from maskkit.cli import main
+    from maskkit.training.eval.evalsets import FaceAligner, write_bin
+    from maskkit.training.eval.report import EvalConfig, EvalInputError, run_eval
+
+    al = FaceAligner()
+    crops = [al(p)[0] for p in (astronaut, grace_hopper)]
+    imgs = [np.clip(crops[k % 2].astype(int) + 3 * k, 0, 255).astype(np.uint8) for k in range(24)]
+    flags = [kind == "all-same"] * 12
+    bp = write_bin(tmp_path / "one.bin", imgs, flags)
+    cfg = EvalConfig(model=str(tmp_path), bin=str(bp), mask_side="none", out=str(tmp_path / "r"),
+                     save_to_run=False, progress=False)
+    with pytest.raises(EvalInputError, match="no verification figure") as ei:
+        run_eval(cfg, model=_MeanColourModel())
+    assert "\n" not in str(ei.value) and "12 usable pairs" in str(ei.value)
+    res = CliRunner().invoke(main, ["train", "--data", str(tmp_path), "--out", str(tmp_path / "run"), "--val", str(bp)])
+    assert res.exit_code not in (0, None) and isinstance(res.exception, SystemExit), res.output
+    assert "no verification figure" in res.output and str(bp) in res.output, res.output
+    assert not (tmp_path / "run").exists()
+    # control: the same images with same and different pairs give figures
+    both = write_bin(tmp_path / "both.bin", imgs, [k % 2 == 0 for k in range(12)])
+    m = run_eval(EvalConfig(model=str(tmp_path), bin=str(both), mask_side="none", out=str(tmp_path / "r2"),
+                            save_to_run=False, progress=False), model=_MeanColourModel())
+    assert m["counts"]["pairs"] == 12
