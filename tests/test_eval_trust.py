@@ -1030,3 +1030,40 @@ def test_eval_and_train_refuse_a_set_of_one_kind_of_pair(astronaut, grace_hopper
     m = run_eval(EvalConfig(model=str(tmp_path), bin=str(both), mask_side="none", out=str(tmp_path / "r2"),
                             save_to_run=False, progress=False), model=_MeanColourModel())
     assert m["counts"]["pairs"] == 12
+
+
+def test_embed_accounts_for_every_file_under_src(astronaut, grace_hopper, tmp_path, monkeypatch):
+    """Two aligned real faces, an undecodable .png and a readme.txt: the table's files row is
+    embedded + failed + skipped (4 = 2 + 1 + 1), readme.txt is in the archive's ``skipped`` with
+    its reason (before: only in a stderr warning), and the legacy ``alignment_fallbacks`` row
+    (realigned + unverified counted again) is not printed."""
+    import cv2
+    from click.testing import CliRunner
+
+    import maskkit.cli.eval as cli_eval
+    from maskkit.cli import main
+    from maskkit.training.eval.evalsets import FaceAligner
+
+    monkeypatch.setattr(cli_eval, "_check_model", lambda m: None)
+    monkeypatch.setattr(cli_eval, "_load", lambda m, device="cpu": _MeanColourModel())
+    al = FaceAligner()
+    for name, photo in (("astronaut", astronaut), ("grace", grace_hopper)):
+        (tmp_path / "src" / name).mkdir(parents=True)
+        cv2.imwrite(str(tmp_path / "src" / name / "0.png"), np.ascontiguousarray(al(photo)[0][:, :, ::-1]))
+    (tmp_path / "src" / "grace" / "broken.png").write_bytes(b"not an image")
+    (tmp_path / "src" / "readme.txt").write_text("notes\n")
+    out = tmp_path / "e.npz"
+    res = CliRunner().invoke(main, ["embed", "--model", str(tmp_path), "--src", str(tmp_path / "src"), "--aligned",
+                                    "--device", "cpu", "--out", str(out)])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    rows = {}
+    for ln in res.stdout.splitlines():
+        cells = [c.strip() for c in ln.strip("│ ").split("│")]
+        if len(cells) == 2:
+            rows[cells[0]] = cells[1]
+    assert (rows["files"], rows["embedded"], rows["failed"], rows["skipped"]) == ("4", "2", "1", "1"), rows
+    assert rows["not_an_image"] == "1" and "alignment_fallbacks" not in res.stdout, res.stdout
+    z = np.load(out)
+    skipped = [json.loads(s) for s in z["skipped"]]
+    assert [(s["src"], s["reason"]) for s in skipped] == [("readme.txt", "not_an_image")]
+    assert len(z["paths"]) + len(z["failures"]) + len(z["skipped"]) == 4
