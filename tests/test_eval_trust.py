@@ -695,6 +695,28 @@ def test_a_failed_image_is_one_input_failure_and_its_pairs_are_counted_apart(cod
     assert ps.mask_keys == [k for k in range(24) if k not in (2, 3)]  # .bin indices: unmoved by the drop
 
 
+@pytest.mark.parametrize("bad", [b"", np.zeros(0, np.uint8)], ids=["empty-bytes", "empty-array"])
+def test_bin_with_an_empty_image_is_a_decode_error_not_a_traceback(tmp_path, bad):
+    """A 0-byte entry of a .bin (bytes or an empty np.uint8 array, as insightface's own sets hold
+    them): one ``decode_error`` failure and its pair left out, as for undecodable bytes. Before the
+    fix: cv2.error ``!buf.empty()`` out of ``eval --bin`` and ``train --val``."""
+    import pickle
+
+    from maskkit.io.image_io import decode_crop
+    from maskkit.training.eval.evalsets import load_bin, write_bin
+
+    with pytest.raises(ValueError, match="decode_error"):
+        decode_crop(bad, (112, 112))
+    img = np.zeros((112, 112, 3), np.uint8)
+    bp = write_bin(tmp_path / "x.bin", [img] * 24, [k % 2 == 0 for k in range(12)], ext=".png")
+    bins, issame = pickle.loads(bp.read_bytes())
+    bins[7] = bad
+    bp.write_bytes(pickle.dumps((bins, issame)))
+    ps = load_bin(bp)
+    assert [(f["src"], f["reason"]) for f in ps.failures] == [("x.bin:7", "decode_error")]
+    assert [r["pair"] for r in ps.skipped_pairs] == [3] and ps.n_pairs == 11
+
+
 # ---- MLS that is no σ-aware result; no empty legend -----------------------------------------
 def test_mls_flags_closed_forms():
     """σ = 0: PFE's MLS is undefined (−∞ for different μ): ``sigma_zero``. One σ for all:
@@ -974,3 +996,74 @@ def test_eval_and_train_refuse_a_hostile_bin_in_one_line(tmp_path):
     res = CliRunner().invoke(main, ["train", "--data", str(tmp_path), "--out", str(tmp_path / "run"), "--val", str(bp)])
     assert res.exit_code == 2 and not marker.exists() and not (tmp_path / "run").exists(), res.output
     assert f"--val {bp}: not an insightface .bin" in res.output
+
+
+# ---- a set of one kind of pair: no verification figure ---------------------------------------
+@pytest.mark.parametrize("kind", ["all-same", "all-different"])
+def test_eval_and_train_refuse_a_set_of_one_kind_of_pair(astronaut, grace_hopper, tmp_path, kind):
+    """12 pairs of real faces (astronaut, Grace Hopper, aligned) all flagged same (or all
+    different): ``eval --bin`` and ``train --val`` refuse in one line -- before the fix eval
+    reported ``accuracy 90.00 ± 30.00`` and AUC 0.0000 with exit 0. The same images with both
+    kinds of pair are scored (the control)."""
+    from click.testing import CliRunner
+
+    from maskkit.cli import main
+    from maskkit.training.eval.evalsets import FaceAligner, write_bin
+    from maskkit.training.eval.report import EvalConfig, EvalInputError, run_eval
+
+    al = FaceAligner()
+    crops = [al(p)[0] for p in (astronaut, grace_hopper)]
+    imgs = [np.clip(crops[k % 2].astype(int) + 3 * k, 0, 255).astype(np.uint8) for k in range(24)]
+    flags = [kind == "all-same"] * 12
+    bp = write_bin(tmp_path / "one.bin", imgs, flags)
+    cfg = EvalConfig(model=str(tmp_path), bin=str(bp), mask_side="none", out=str(tmp_path / "r"),
+                     save_to_run=False, progress=False)
+    with pytest.raises(EvalInputError, match="no verification figure") as ei:
+        run_eval(cfg, model=_MeanColourModel())
+    assert "\n" not in str(ei.value) and "12 usable pairs" in str(ei.value)
+    res = CliRunner().invoke(main, ["train", "--data", str(tmp_path), "--out", str(tmp_path / "run"), "--val", str(bp)])
+    assert res.exit_code not in (0, None) and isinstance(res.exception, SystemExit), res.output
+    assert "no verification figure" in res.output and str(bp) in res.output, res.output
+    assert not (tmp_path / "run").exists()
+    # control: the same images with same and different pairs give figures
+    both = write_bin(tmp_path / "both.bin", imgs, [k % 2 == 0 for k in range(12)])
+    m = run_eval(EvalConfig(model=str(tmp_path), bin=str(both), mask_side="none", out=str(tmp_path / "r2"),
+                            save_to_run=False, progress=False), model=_MeanColourModel())
+    assert m["counts"]["pairs"] == 12
+
+
+def test_embed_accounts_for_every_file_under_src(astronaut, grace_hopper, tmp_path, monkeypatch):
+    """Two aligned real faces, an undecodable .png and a readme.txt: the table's files row is
+    embedded + failed + skipped (4 = 2 + 1 + 1), readme.txt is in the archive's ``skipped`` with
+    its reason (before: only in a stderr warning), and the legacy ``alignment_fallbacks`` row
+    (realigned + unverified counted again) is not printed."""
+    import cv2
+    from click.testing import CliRunner
+
+    import maskkit.cli.eval as cli_eval
+    from maskkit.cli import main
+    from maskkit.training.eval.evalsets import FaceAligner
+
+    monkeypatch.setattr(cli_eval, "_check_model", lambda m: None)
+    monkeypatch.setattr(cli_eval, "_load", lambda m, device="cpu": _MeanColourModel())
+    al = FaceAligner()
+    for name, photo in (("astronaut", astronaut), ("grace", grace_hopper)):
+        (tmp_path / "src" / name).mkdir(parents=True)
+        cv2.imwrite(str(tmp_path / "src" / name / "0.png"), np.ascontiguousarray(al(photo)[0][:, :, ::-1]))
+    (tmp_path / "src" / "grace" / "broken.png").write_bytes(b"not an image")
+    (tmp_path / "src" / "readme.txt").write_text("notes\n")
+    out = tmp_path / "e.npz"
+    res = CliRunner().invoke(main, ["embed", "--model", str(tmp_path), "--src", str(tmp_path / "src"), "--aligned",
+                                    "--device", "cpu", "--out", str(out)])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    rows = {}
+    for ln in res.stdout.splitlines():
+        cells = [c.strip() for c in ln.strip("│ ").split("│")]
+        if len(cells) == 2:
+            rows[cells[0]] = cells[1]
+    assert (rows["files"], rows["embedded"], rows["failed"], rows["skipped"]) == ("4", "2", "1", "1"), rows
+    assert rows["not_an_image"] == "1" and "alignment_fallbacks" not in res.stdout, res.stdout
+    z = np.load(out)
+    skipped = [json.loads(s) for s in z["skipped"]]
+    assert [(s["src"], s["reason"]) for s in skipped] == [("readme.txt", "not_an_image")]
+    assert len(z["paths"]) + len(z["failures"]) + len(z["skipped"]) == 4

@@ -235,3 +235,98 @@ def test_synth_cli_on_a_mismatched_idx(faces, tmp_path):
     man = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert man["inputs"]["files"] == 12 and man["classes"] == ["0", "1"]
     assert man["num_samples"] + man["inputs"]["failed"] == 12
+
+
+# ---- a .rec cut short (a truncated download) -----------------------------------------------
+def _cut(rec: Path, keep: int) -> None:
+    with open(rec, "r+b") as f:
+        f.truncate(keep)
+
+
+def _record_offsets(rec: Path) -> list[int]:
+    return [int(line.split("\t")[1]) for line in rec.with_suffix(".idx").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("where", ["inside-a-record", "at-a-record-boundary"])
+def test_rec_cut_short_with_its_idx_is_refused(faces, tmp_path, where):
+    """The .idx (intact) lists 15 records; the .rec is cut after image 6. Before the fix the
+    reader fell back to a scan and read the 7 records before the cut as the whole set (a warning,
+    record 0 not taken as a header, 6 of 12 faces): the lost records were in no log."""
+    from maskkit.io.recordio import RecTruncatedError
+
+    rec = _write_insightface(tmp_path / "train.rec", faces, CLASSES)
+    offs = _record_offsets(rec)
+    _cut(rec, offs[7] + (100 if where == "inside-a-record" else 0))  # keys 0..6 whole
+    with pytest.raises(RecTruncatedError) as ei:
+        RecReader(rec)
+    msg = str(ei.value)
+    assert "\n" not in msg and "truncated" in msg
+    assert "lists 15 records (12 images by its header record), 7 are readable" in msg, msg
+
+
+def test_rec_cut_short_without_idx_is_refused(faces, tmp_path):
+    """No .idx: the sequential scan ends inside record 7. Before the fix: a warning and the 7
+    records before the cut read as the whole set."""
+    from maskkit.io.recordio import RecTruncatedError
+
+    rec = _write_insightface(tmp_path / "train.rec", faces, CLASSES)
+    offs = _record_offsets(rec)
+    rec.with_suffix(".idx").unlink()
+    _cut(rec, offs[7] + 100)
+    with pytest.raises(RecTruncatedError, match=r"inside record 7 .*7 whole records are readable \(12 images by"):
+        RecReader(rec)
+
+
+def test_rec_cut_at_a_boundary_without_idx_warns_that_it_may_be_truncated(faces, tmp_path, caplog):
+    """Without a .idx, a cut at a record boundary cannot be told from a set whose record 0 is not a
+    header: the records are read, and the one warning says the other reading too."""
+    rec = _write_insightface(tmp_path / "train.rec", faces, CLASSES)
+    offs = _record_offsets(rec)
+    rec.with_suffix(".idx").unlink()
+    _cut(rec, offs[7])
+    with caplog.at_level(logging.WARNING), RecReader(rec) as r:
+        assert r.header0 is None and r.image_keys == list(range(1, 7))
+    msgs = [m.getMessage() for m in caplog.records]
+    assert len(msgs) == 1 and "not taken as a header" in msgs[0] and "truncated download" in msgs[0], msgs
+    assert "about 6 images are lost" in msgs[0], msgs
+
+
+def test_synth_cli_refuses_a_truncated_rec_in_one_line(faces, tmp_path):
+    """`maskkit synth --src train.rec --aligned` on a cut .rec: one line naming the file, how many
+    records the .idx lists and how many are readable; nonzero exit, no output set."""
+    import subprocess
+    import sys
+
+    rec = _write_insightface(tmp_path / "train.rec", faces, CLASSES)
+    _cut(rec, _record_offsets(rec)[7] + 100)
+    p = subprocess.run([sys.executable, "-m", "maskkit.cli", "synth", "--src", str(rec), "--aligned", "--ratio", "0",
+                        "--styles", "", "--out", str(tmp_path / "out"), "-q"], capture_output=True, text=True,
+                       env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert p.returncode != 0 and "Traceback" not in p.stderr, p.stderr
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and str(rec) in lines[0] and "truncated" in lines[0], p.stderr
+    assert "15 records" in lines[0] and "7 are readable" in lines[0], p.stderr
+    assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_export_rec_then_synth_keeps_the_class_names(faces, tmp_path):
+    """A shard set of two named identities -> export-rec -> synth --src train.rec: the classes are
+    the names again (its sidecar lists them); before: '0', '1'."""
+    import cv2
+
+    from maskkit.io.rec_export import export_rec
+    from maskkit.pipeline.synth import SynthConfig, run_synth
+
+    src = tmp_path / "src"
+    for name, part in (("astronaut", faces[:6]), ("grace_hopper", faces[6:])):
+        (src / name).mkdir(parents=True)
+        for k, img in enumerate(part):
+            cv2.imwrite(str(src / name / f"{k}.png"), np.ascontiguousarray(img[:, :, ::-1]))
+    common = dict(aligned=True, ratio=0.0, styles=(), shard_samples=100, progress=False)
+    first = run_synth(SynthConfig(src=src, out=tmp_path / "sh", **common)).manifest
+    assert first["classes"] == ["astronaut", "grace_hopper"] and first["num_samples"] == 12
+    export_rec(tmp_path / "sh", tmp_path / "rec")
+    again = run_synth(SynthConfig(src=tmp_path / "rec" / "train.rec", out=tmp_path / "sh2", **common)).manifest
+    assert again["classes"] == ["astronaut", "grace_hopper"]
+    assert {c: again["per_class"][c]["samples"] for c in again["classes"]} == \
+        {c: first["per_class"][c]["samples"] for c in first["classes"]}

@@ -95,7 +95,9 @@ def open_shards(root: str | Path, split: str = "train") -> ShardSet:
                     "--aligned for 112x112 aligned crops) and train on shards/")
         raise FileNotFoundError(f"{root} has no manifest.json: not a maskkit shard folder, or an "
                                 f"unfinished one (the manifest is written last){hint}")
-    manifest = json.loads(mf.read_text())
+    from maskkit.io.shards import read_manifest
+
+    manifest = read_manifest(root)  # ManifestError (a ValueError): damaged, one line naming the file
     if manifest.get("format") != "maskkit-shards":
         raise ValueError(f"{mf}: format is {manifest.get('format')!r}, expected 'maskkit-shards'")
     if int(manifest.get("version", 0)) != 1:

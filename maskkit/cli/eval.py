@@ -293,7 +293,9 @@ def embed(model, src, out, masked, flip, batch_size, device, detector, quiet, ov
     magnitude   (N,) the norm of mu before normalisation, stored apart
                 (MagFace's quality signal: multiply it back to get the raw mu)
     sigma       (N, D) float32 uncertainty (shape (0,) for models without sigma)
-    masked, paths, identities (N,); failures (one JSON string per input left out)
+    masked, paths, identities (N,); failures (one JSON string per input left out);
+    skipped     one JSON string per file under SRC that is not an image input
+                (reason not_an_image, ...): files = embedded + failed + skipped
 
     Identity = first sub-folder. Images not already 112x112 are aligned first; 112x112 images
     are checked against the ArcFace template and re-aligned when off (--aligned trusts them);
@@ -321,7 +323,9 @@ def embed(model, src, out, masked, flip, batch_size, device, detector, quiet, ov
         raise _interrupted(f"embed keeps nothing part-way ({out} is written when every image is embedded)",
                            "rerun the same command to start again") from None
     if not quiet:
-        print_summary("maskkit embed", s, file=sys.stdout)
+        # files = embedded + failed + skipped; alignment_fallbacks (= realigned + unverified, the
+        # legacy name run_embed still returns) would count those two rows twice: not printed
+        print_summary("maskkit embed", {k: v for k, v in s.items() if k != "alignment_fallbacks"}, file=sys.stdout)
     # the failure records are inside the archive, not in a failures.jsonl beside it
     _finish(out, s["embedded"], s["failed"], failures_at=f"the 'failures' array in {out} (one JSON record per input)")
 

@@ -244,6 +244,7 @@ def export_rec_cmd(shards, out, prefix, only, quiet, overwrite, verify):
     from maskkit.io.rec_export import export_rec
     from maskkit.io.recordio import sidecar_path
     from maskkit.io.shard_verify import ShardMismatchError
+    from maskkit.io.shards import ManifestError
     from maskkit.cli._exit import _claim
 
     if out is None:
@@ -253,7 +254,7 @@ def export_rec_cmd(shards, out, prefix, only, quiet, overwrite, verify):
            "an insightface export", where=out)
     try:
         info = export_rec(shards, out, prefix=prefix, only=only, verify=verify)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, ManifestError) as exc:
         raise click.ClickException(str(exc)) from exc
     except ShardMismatchError as exc:
         raise click.ClickException(f"{exc}; nothing exported (`maskkit stats {shards}` lists every mismatch; "

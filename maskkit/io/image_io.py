@@ -238,11 +238,31 @@ def decode_crop(data: bytes, size: tuple[int, int] | None = None) -> np.ndarray:
             (:func:`read_crop`). ``None`` keeps the decoded size.
 
     Raises:
-        ValueError: ``decode_error: ...`` when the bytes are not a decodable image;
+        ValueError: ``decode_error: ...`` when the bytes are not a decodable image (0 bytes
+            included);
             :class:`~maskkit.io.crop_template.TemplateRefused` (a ``ValueError``) when the crop's
             size is no template's, or its template's crop does not cover ``size``'s.
     """
     return read_crop(data, size)[0]
+
+
+def _imdecode(cv2, data) -> np.ndarray | None:
+    """``cv2.imdecode`` (BGR) of encoded bytes; None for bytes OpenCV cannot decode.
+
+    Raises:
+        ValueError: ``decode_error: ...`` for 0 bytes (OpenCV asserts ``!buf.empty()``), an entry
+            that is no bytes at all, and any other ``cv2.error`` the decoder raises.
+    """
+    if not isinstance(data, (bytes, bytearray, memoryview, np.ndarray)):
+        raise ValueError(f"decode_error: a {type(data).__name__}, not image bytes")
+    buf = np.frombuffer(bytes(data), np.uint8)  # an ndarray (a .bin's np.uint8 entries): its raw bytes
+    if not buf.size:
+        raise ValueError("decode_error: 0 bytes (an empty image)")
+    try:
+        return cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    except cv2.error as exc:
+        msg = " ".join(str(exc).split())
+        raise ValueError(f"decode_error: OpenCV cannot decode these {buf.size} bytes ({msg[-160:]})") from None
 
 
 def read_crop(data: bytes, size: tuple[int, int] | None = None):
@@ -254,12 +274,17 @@ def read_crop(data: bytes, size: tuple[int, int] | None = None):
     of insightface's 128 template loses its 8-px side borders and bottom 16 rows (no
     resampling) and a 224x224 crop of the 112 template is halved -- never a plain resize, which
     would leave a 128 crop's face 9-11 px off the 112 template. The caller records the change.
+
+    Raises:
+        ValueError: ``decode_error: ...`` when ``data`` is empty (0 bytes), not bytes, or bytes
+            OpenCV cannot decode (it returns nothing or raises ``cv2.error``);
+            :class:`~maskkit.io.crop_template.TemplateRefused` as :func:`decode_crop`.
     """
     import cv2
 
     from maskkit.io.crop_template import to_template
 
-    bgr = cv2.imdecode(np.frombuffer(bytes(data), np.uint8), cv2.IMREAD_COLOR)
+    bgr = _imdecode(cv2, data)
     if bgr is None:
         raise ValueError("decode_error: cannot decode image bytes")
     rgb = np.ascontiguousarray(bgr[:, :, ::-1])

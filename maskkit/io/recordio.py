@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Iterator
 
 __all__ = ["MAGIC", "IRHeader", "pack_header", "unpack_header", "RecordWriter", "read_record_at",
-           "iter_records", "RecReader", "RecError", "sidecar_path"]
+           "iter_records", "RecReader", "RecError", "RecTruncatedError", "sidecar_path"]
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,12 @@ _LEN_MASK = (1 << 29) - 1
 
 class RecError(ValueError):
     """A malformed ``.rec`` / ``.idx`` file."""
+
+
+class RecTruncatedError(RecError):
+    """A ``.rec`` cut short (a truncated download or copy): it ends inside a record, or its
+    ``.idx`` lists records past its end. The set is refused: the records past the cut would be
+    lost without a trace (whole identities shrunk or gone)."""
 
 
 @dataclass
@@ -242,6 +248,11 @@ class RecReader:
         FileNotFoundError: no ``.rec`` file.
         RecError: a ``.rec`` that cannot be read even by a sequential scan (bad magic inside it).
             An unparsable ``.idx`` is a ``.idx`` that does not match: warning, sequential scan.
+        RecTruncatedError: a ``.rec`` cut short (it ends inside a record, or the offsets of its
+            ``.idx`` that lie inside it hold records and others lie past its end); the message
+            says how many records the ``.idx`` lists and how many are readable. A cut at a record
+            boundary with no ``.idx`` cannot be told from a set without a header record: the
+            warning about record 0 then says so.
     """
 
     #: offsets checked when the reader opens (evenly spread); :meth:`scan_labels` checks all
@@ -266,9 +277,7 @@ class RecReader:
             except RecError as exc:
                 bad: str | None = str(exc)
             else:
-                keys = sorted(self.offsets)
-                step = max(1, len(keys) // self.OPEN_CHECKS)
-                bad = self._first_bad_offset(sorted(set(keys[::step] + keys[-1:]))) if keys else "it lists no record"
+                bad = self._check_idx()
             self.index_source = "idx"
             if bad is not None:
                 self._fall_back_to_scan(bad)
@@ -289,14 +298,67 @@ class RecReader:
                     r = read_record_at(f)
                 except RecError as exc:
                     if "truncated" in str(exc) or "ends inside" in str(exc):
-                        self._warn(f"{self.rec_path} ends inside a record at byte {off} ({exc}): "
-                                   f"{i} whole records read, the truncated tail is not used")
-                        return out
+                        raise RecTruncatedError(
+                            f"{self.rec_path} is truncated: it ends at byte {self._size:,}, inside record {i} "
+                            f"(which starts at byte {off:,}); {i:,} whole records are readable"
+                            f"{self._header_images_note()}, the records past the cut are lost; "
+                            "re-download or re-copy it") from None
                     raise RecError(f"{self.rec_path}: {exc} (record {i}); the file is corrupt") from None
                 if r is None:
                     return out
                 out[i] = off
                 i += 1
+
+    def _check_idx(self) -> str | None:
+        """Why the ``.idx`` does not match the ``.rec`` (None: it matches, on a spread sample of
+        its offsets).
+
+        Raises:
+            RecTruncatedError: the ``.idx``'s offsets inside the file hold record starts, but
+                some lie past its end or its last record is cut short: the ``.rec`` was cut
+                (a truncated download or copy), and the records past the cut are lost.
+        """
+        keys = sorted(self.offsets)
+        if not keys:
+            return "it lists no record"
+        inside = [k for k in keys if 0 <= self.offsets[k] and self.offsets[k] + 8 <= self._size]
+        past = len(keys) - len(inside)
+        last = max(inside, key=self.offsets.__getitem__) if inside else None
+        cut = last is not None and not self._whole_at(self.offsets[last])
+        if not past and not cut:
+            step = max(1, len(keys) // self.OPEN_CHECKS)
+            return self._first_bad_offset(sorted(set(keys[::step] + keys[-1:])))
+        step = max(1, len(inside) // self.OPEN_CHECKS)
+        bad = self._first_bad_offset(sorted(set(inside[::step] + inside[-1:]))) if inside else None
+        if bad is not None or not inside:
+            # offsets inside the file that hold no record (or none inside it): another set's .idx
+            return bad or f"every key points past the end of the {self._size}-byte .rec"
+        whole = len(inside) - int(cut)
+        where = (f"it ends at byte {self._size:,}, inside the record of key {last}" if cut
+                 else f"it ends at byte {self._size:,}, before the offsets of {past:,} key(s)")
+        raise RecTruncatedError(f"{self.rec_path} is truncated: {self.idx_path.name} lists {len(keys):,} records"
+                                f"{self._header_images_note()}, {whole:,} are readable ({where}); "
+                                "re-download or re-copy it")
+
+    def _whole_at(self, off: int) -> bool:
+        """Whether a whole record (all of its parts) lies at ``off``."""
+        try:
+            return read_record_at(self._f, off) is not None
+        except RecError:
+            return False
+
+    def _header_images_note(self) -> str:
+        """``" (1,066 images by its header record)"`` when record 0 at byte 0 is a header-like
+        record (a label vector, no image), else ``""``: said in the truncation message."""
+        try:
+            r = read_record_at(self._f, 0)
+            h, payload = unpack_header(r) if r is not None else (None, b"")
+        except RecError:
+            return ""
+        if h is None or h.flag < 2 or payload:
+            return ""
+        a = h.label[0]
+        return f" ({int(a) - 1:,} images by its header record)" if float(a).is_integer() and a >= 1 else ""
 
     def _first_bad_offset(self, keys) -> str | None:
         """Why the first of ``keys`` whose offset holds no record start fails, or None."""
@@ -344,8 +406,12 @@ class RecReader:
         # the image range 1..a-1 must fit in the n - 1 records after record 0
         fits = float(a).is_integer() and float(b).is_integer() and 1 <= a <= b and a - 1 <= n - 1
         if not fits:
+            cut = (f"; if {self.rec_path.name} was cut short at a record boundary (a truncated download), "
+                   f"it is its header and about {a - n:,.0f} images are lost: re-download it"
+                   if float(a).is_integer() and a > n and self.index_source == "scan" else "")
             self._warn(f"{self.rec_path.name}: record 0 has no image and the label range ({a:g}, {b:g}), which "
-                       f"does not fit the {n} records: not taken as a header; every other record is read as an image")
+                       f"does not fit the {n} records: not taken as a header; every other record is read as an "
+                       f"image{cut}")
             self.image_keys = [k for k in keys if k != 0]
             return
         a, b = int(a), int(b)

@@ -19,6 +19,7 @@ from maskkit.io.shards import (
     FORMAT_NAME,
     FORMAT_VERSION,
     KEY_RE,
+    ManifestError,
     _tar_samples,
     class_expected_masked,
     read_manifest,
@@ -116,6 +117,7 @@ def check_shard_files(data_dir: str | os.PathLike, manifest: dict | None = None,
 
     Raises:
         FileNotFoundError: no ``manifest.json`` (:func:`read_manifest`).
+        ManifestError: a damaged ``manifest.json`` (:func:`read_manifest`).
     """
     d = Path(data_dir)
     man = read_manifest(d) if manifest is None else manifest
@@ -180,7 +182,7 @@ def verify(data_dir: str | os.PathLike, decode: bool = False, max_problems: int 
 
     try:
         man = read_manifest(d)
-    except (FileNotFoundError, json.JSONDecodeError) as exc:
+    except (FileNotFoundError, ManifestError) as exc:  # one line naming the file
         return VerifyReport(False, [str(exc)], {}, {})
     if man.get("format") != FORMAT_NAME or man.get("version") != FORMAT_VERSION:
         bad(f"manifest format {man.get('format')!r} v{man.get('version')!r}, expected {FORMAT_NAME!r} v{FORMAT_VERSION}")

@@ -36,7 +36,7 @@ from maskkit.util.files import _fsync_dir
 
 __all__ = [
     "FORMAT_NAME", "FORMAT_VERSION", "KEY_RE", "Sample", "ShardSink", "shard_name",
-    "read_manifest", "iter_shard", "read_samples", "sha256_file", "round_half_up", "expected_masked",
+    "read_manifest", "ManifestError", "iter_shard", "read_samples", "sha256_file", "round_half_up", "expected_masked",
     "class_expected_masked", "encode_json",
 ]
 
@@ -285,14 +285,92 @@ class ShardSink:
 # ---------------------------------------------------------------------------------------------
 # reading
 # ---------------------------------------------------------------------------------------------
-def read_manifest(data_dir: str | os.PathLike) -> dict:
-    """Load ``manifest.json``; raises ``FileNotFoundError`` with a clear message when absent."""
+class ManifestError(ValueError):
+    """A ``manifest.json`` that cannot be a shard set's: unreadable, not JSON, not a JSON object,
+    or a key readers rely on missing or of the wrong type. The message is one line that starts
+    with the file's path and says what is wrong."""
+
+
+#: Keys every reader relies on, and the JSON type each must have.
+_REQUIRED = {"classes": list, "shards": list}
+#: Keys that may be absent (older sets, other writers) but, when present, must have this type.
+_TYPED = {"styles": dict, "per_class": dict, "inputs": dict, "image_size": list, "num_samples": int,
+          "num_masked": int, "num_faces": int}
+_JSON_TYPE = {dict: "an object", list: "an array", str: "a string", int: "a whole number", float: "a number",
+              bool: "true/false", type(None): "null"}
+
+
+def _json_type(v) -> str:
+    return _JSON_TYPE.get(type(v), type(v).__name__)
+
+
+def _manifest_problem(man, require: Collection[str]) -> str | None:
+    """What makes ``man`` (parsed JSON) no shard-set manifest, or None."""
+    if not isinstance(man, dict):
+        return f"holds {_json_type(man)}, not a manifest (a JSON object)"
+    for key in require:
+        if key not in man:
+            return f"has no {key!r} (every shard-set manifest lists its {key})"
+    for key, typ in {**_REQUIRED, **_TYPED}.items():
+        v = man.get(key)
+        if key in man and not (isinstance(v, typ) and not (typ is int and isinstance(v, bool))):
+            return f"{key!r} is {_json_type(v)}, not {_JSON_TYPE[typ]}"
+    if not all(isinstance(c, str) for c in man.get("classes", [])):
+        return "'classes' holds an entry that is not a string"
+    for i, rec in enumerate(man.get("shards", [])):
+        if not isinstance(rec, dict) or not isinstance(rec.get("name"), str):
+            return f"'shards' entry {i} is not an object with a 'name' string"
+        for k in ("samples", "bytes"):
+            if k in rec and (not isinstance(rec[k], int) or isinstance(rec[k], bool)):
+                return f"'shards' entry {i} ({rec['name']}): {k!r} is {_json_type(rec[k])}, not a whole number"
+        if "sha256" in rec and not isinstance(rec["sha256"], str):
+            return f"'shards' entry {i} ({rec['name']}): 'sha256' is {_json_type(rec['sha256'])}, not a string"
+    if "image_size" in man and not (len(man["image_size"]) == 2 and all(
+            isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in man["image_size"])):
+        return f"'image_size' is {man['image_size']!r}, not [height, width] in pixels"
+    return None
+
+
+def read_manifest(data_dir: str | os.PathLike, require: Collection[str] = tuple(_REQUIRED)) -> dict:
+    """Load and check a shard set's ``manifest.json`` (``docs/FORMAT.md``).
+
+    The one reader of the file for every command (``stats``, ``export-rec``, ``train``,
+    ``preview``): the keys readers rely on are checked here, so a damaged file is one error.
+
+    Args:
+        data_dir: the shard folder.
+        require: keys that must be there (default ``classes`` and ``shards``; ``()`` for a reader
+            that copes without them, e.g. ``preview``, which then takes every ``*.tar``). Keys
+            that are there are type-checked either way.
+
+    Returns:
+        The manifest (a dict; ``classes`` and ``shards`` lists when present; the other keys as written).
+
+    Raises:
+        FileNotFoundError: no ``manifest.json`` (a clear message: an unfinished run, or no shard folder).
+        ManifestError: the file is unreadable, not JSON (e.g. a torn write), not a JSON object,
+            or lacks ``classes`` / ``shards`` or holds a key of the wrong type; one line naming it.
+    """
     p = Path(data_dir) / "manifest.json"
     if not p.exists():
         raise FileNotFoundError(f"{p} is missing: the dataset is incomplete (a run that did not finish?) "
                                 "or this is not a maskkit shard folder")
-    with open(p, encoding="utf-8") as f:
-        return json.load(f)
+    try:
+        text = p.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise ManifestError(f"{p}: cannot be read ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        raise ManifestError(f"{p}: is not UTF-8 text (byte {exc.start}); the file is damaged") from None
+    try:
+        man = json.loads(text)
+    except json.JSONDecodeError as exc:
+        what = "is empty" if not text.strip() else f"is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
+        raise ManifestError(f"{p}: {what}; the file is damaged (a torn write?): rebuild the set with the "
+                            "command that made it") from None
+    bad = _manifest_problem(man, require)
+    if bad:
+        raise ManifestError(f"{p}: {bad}; the file is damaged or is not a maskkit shard-set manifest") from None
+    return man
 
 
 def iter_shard(path: str | os.PathLike, members: Collection[str] | None = None) -> Iterator[dict]:
@@ -327,7 +405,7 @@ def _tar_samples(tar: tarfile.TarFile, shard: str, members: Collection[str] | No
 
 
 def _shard_paths(data_dir: Path) -> list[Path]:
-    listed = read_manifest(data_dir).get("shards") if (data_dir / "manifest.json").exists() else None
+    listed = read_manifest(data_dir, require=()).get("shards") if (data_dir / "manifest.json").exists() else None
     if listed is not None:
         return [data_dir / s["name"] for s in listed]
     return sorted(data_dir.glob("*.tar"))

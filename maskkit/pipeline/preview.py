@@ -250,11 +250,10 @@ def _shard_faces(src: Path, n: int, styles: Sequence[str] = STYLES):
     without masked samples gives up to ``n`` plain faces (with ``landmarks68``) the same way.
     """
     from maskkit.io.image_io import decode_image
+    from maskkit.io.shards import read_manifest
 
-    try:
-        man = json.loads((src / "manifest.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        man = {}
+    # a damaged manifest is ManifestError (one line naming it); a bare one (no shard list) is fine
+    man = read_manifest(src, require=())
     names = [str(r.get("name")) for r in man.get("shards", []) if isinstance(r, dict)]
     paths = [src / nm for nm in names if (src / nm).is_file()] or sorted(src.glob("*.tar"))
     if man.get("num_masked", 1) != 0:

@@ -25,19 +25,26 @@ def run_embed(model_path: str, src: str, out: str, masked: bool = False, flip: b
     whose alignment was not the default: a 112x112 crop ``realigned`` because it was off the
     template, or kept ``unverified``: a face whose points cannot be checked, with its fit's RMS;
     a crop of another template size (128x128...) brought onto the 112 template, ``template:``
-    what was done and whether the face was found on it, :mod:`maskkit.io.crop_template`).
+    what was done and whether the face was found on it, :mod:`maskkit.io.crop_template`), and
+    ``skipped`` (JSON strings ``{"src", "reason", "detail"}``, one per file under ``src`` that is
+    not an input: ``not_an_image`` and the other :data:`maskkit.io.sources.SKIP_REASONS`), so
+    every file under ``src`` is in ``paths``, ``failures`` or ``skipped``.
     ``aligned`` trusts 112x112 images (and crops of another template size, brought onto the 112
     template) as aligned crops (unchecked).
 
     Returns:
-        A summary dict (counts, output path).
+        A summary dict: ``out``; ``files`` (every file under ``src``) ``= embedded + failed +
+        skipped`` (``skipped``: ``{reason: files}``); ``realigned``, ``unverified``,
+        ``template_converted`` (the notes' kinds); ``alignment_fallbacks`` (legacy name of
+        ``realigned + unverified``, kept for callers that read it; not printed); ``has_sigma``, ``dim``.
 
     Raises:
         maskkit.util.outcome.NoInputError: ``src`` holds no image file (exit status 2).
     """
-    from maskkit.io.sources import list_sources, require_inputs
+    from maskkit.io.sources import list_sources, require_inputs, skipped_records
 
-    require_inputs(list_sources(src), src)  # before the model loads
+    listing = list_sources(src)
+    require_inputs(listing, src)  # before the model loads
     if model is None:
         from maskkit.training.api import load_model
 
@@ -61,11 +68,16 @@ def run_embed(model_path: str, src: str, out: str, masked: bool = False, flip: b
         failures=np.array([json.dumps(f, ensure_ascii=False) for f in images.failures], dtype=str),
         notes=np.array([json.dumps({"path": images.paths[i], "note": n}, ensure_ascii=False)
                         for i, n in sorted(images.notes.items())], dtype=str),
+        skipped=np.array([json.dumps(r, ensure_ascii=False) for r in skipped_records(listing.skipped)], dtype=str),
         flip=np.array(flip),
     )
     tmp.replace(outp)
     kinds = note_counts(images.notes)
-    return {"out": str(outp), "embedded": len(images), "failed": len(images.failures),
+    by_reason: dict[str, int] = {}
+    for sk in listing.skipped:
+        by_reason[sk.reason] = by_reason.get(sk.reason, 0) + 1
+    return {"out": str(outp), "files": listing.seen, "embedded": len(images), "failed": len(images.failures),
+            "skipped": dict(sorted(by_reason.items())),
             "realigned": kinds["realigned"], "unverified": kinds["unverified"], "template_converted": kinds["template"],
             "alignment_fallbacks": kinds["realigned"] + kinds["unverified"],  # the name older callers read
             "has_sigma": emb.sigma is not None, "dim": int(dim)}

@@ -31,6 +31,24 @@ MIN_PAIRS = 10
 NAMED_IN_NOTE = 5
 
 
+def one_sided(issame) -> str | None:
+    """Why a pair set holds no verification figure, or None: every pair is a same-identity pair,
+    or every pair a different-identity pair. Accuracy at a threshold, AUC, TAR@FAR and EER all
+    weigh genuine pairs against impostor pairs; with one kind alone a threshold "classifies"
+    everything right (accuracy 100 or a fold-chosen value) and the ROC does not exist.
+
+    Args:
+        issame: (N,) bool, one per pair (True: same identity).
+    """
+    s = np.asarray(issame, bool)
+    n_same = int(s.sum())
+    if n_same and n_same < len(s):
+        return None
+    kind, other = ("same-identity", "different-identity") if n_same else ("different-identity", "same-identity")
+    return (f"all {len(s):,} usable pairs are {kind} pairs and none is a {other} pair: no verification figure "
+            "(accuracy, AUC, TAR@FAR) exists without both kinds; use a set that holds both")
+
+
 def finite_rows(x: np.ndarray) -> np.ndarray:
     """(N,) bool: rows of ``x`` (N, ...) that hold no NaN or infinity."""
     x = np.asarray(x, np.float64)

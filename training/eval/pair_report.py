@@ -12,7 +12,7 @@ import numpy as np
 from maskkit.training.eval.embeddings import Embeddings, extract_embeddings
 from maskkit.training.eval.evalsets.masking import apply_masks, mask_side_flags
 from maskkit.training.eval.evalsets.sets import PairSet
-from maskkit.training.eval.finite import MIN_PAIRS, NotScorable, finite_rows, left_out_pairs, take_embeddings
+from maskkit.training.eval.finite import MIN_PAIRS, NotScorable, finite_rows, left_out_pairs, one_sided, take_embeddings
 from maskkit.training.eval.plots import _branch_hists, contact_sheet, pair_caption, plot_roc
 from maskkit.training.eval.record import (
     VERIFICATION_FILES,
@@ -64,12 +64,16 @@ def evaluate_pairset(model, pairs: PairSet, cfg: EvalConfig, renderer=None, mask
     (:mod:`maskkit.training.eval.finite`).
 
     Raises:
-        EvalInputError: fewer than :data:`~maskkit.training.eval.finite.MIN_PAIRS` pairs loaded.
+        EvalInputError: fewer than :data:`~maskkit.training.eval.finite.MIN_PAIRS` pairs loaded,
+            or the pairs loaded are all same-identity or all different-identity pairs
+            (:func:`~maskkit.training.eval.finite.one_sided`).
         NotScorable: fewer than that many pairs with finite scores; it carries the partial metrics.
     """
     if pairs.n_pairs < MIN_PAIRS:
         raise EvalInputError(f"{pairs.n_pairs} usable pair(s): the 10-fold protocol needs at least {MIN_PAIRS}"
                              f"{_failure_summary(pairs.failures, len(pairs.skipped_pairs))}")
+    if why := one_sided(pairs.issame):
+        raise EvalInputError(f"{pairs.source}: {why}{_failure_summary(pairs.failures, len(pairs.skipped_pairs))}")
     mo = masks if masks is not None else pairset_masks(pairs, cfg, renderer)
     emb_all = extract_embeddings(model, mo.images, mo.masked, cfg.batch_size, cfg.flip, cfg.progress)
     fin = finite_rows(emb_all.mu)

@@ -179,22 +179,26 @@ class Validator:
         file's lines; no image decoded), so a set that is none is refused before anything is written.
 
         Raises:
-            ValidationError: one line naming the set and what is wrong.
+            ValidationError: one line naming the set and what is wrong (also a set whose pairs are
+                all same-identity or all different-identity pairs: no figure exists for it).
         """
         from maskkit.training.eval.evalsets import BinFormatError, PairsFormatError, parse_pairs_txt, read_bin_lists
+        from maskkit.training.eval.finite import one_sided
 
         for spec in self.specs:
             try:
-                read_bin_lists(spec.bin) if spec.bin else parse_pairs_txt(spec.pairs)
+                issame = read_bin_lists(spec.bin)[1] if spec.bin else [p[2] for p in parse_pairs_txt(spec.pairs)]
             except (BinFormatError, PairsFormatError, OSError) as exc:
                 raise _set_error(spec, exc) from exc
+            if len(issame) and (why := one_sided(issame)):
+                raise ValidationError(f"--val {spec.text}: {why.replace('usable ', 'listed ')}")
 
     # -- the callback protocol -------------------------------------------------------------------
     def load(self) -> list[_Loaded]:
         """Read every set and draw its masks, once (``maskkit eval``'s readers)."""
         if self._sets is None:
             from maskkit.training.eval.evalsets import BinFormatError, FaceAligner, PairsFormatError, load_bin, load_pairs
-            from maskkit.training.eval.finite import MIN_PAIRS
+            from maskkit.training.eval.finite import MIN_PAIRS, one_sided
             from maskkit.training.eval.report import pairset_masks
 
             loaded = []
@@ -209,6 +213,8 @@ class Validator:
                 if pairs.n_pairs < MIN_PAIRS:
                     raise ValidationError(f"--val {spec.text}: {pairs.n_pairs} usable pair(s); the 10-fold protocol "
                                           f"needs at least {MIN_PAIRS}")
+                if why := one_sided(pairs.issame):
+                    raise ValidationError(f"--val {spec.text}: {why}")
                 item = _Loaded(spec, pairs)
                 for side in self.sides:
                     item.masks[side] = pairset_masks(pairs, spec.eval_config(side, seed=self.seed))

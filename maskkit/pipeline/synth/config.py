@@ -78,7 +78,11 @@ from maskkit import __version__
 #:     (``maskkit.face.selection.HOLDS_FACE``): with BlazeFace, ``--faces largest`` kept a woman's
 #:     neck and chest over her face (real-masked 0001/0177.jpg). Runs whose images hold no such
 #:     pair (every HOG run measured) give the same shard bytes as 17.
-ALGORITHM_VERSION = 18
+#: 19 = a ``.rec`` of ``maskkit export-rec`` takes its class names from its sidecar
+#:     (``<prefix>.maskkit.json`` ``classes``; were numbered ``0..C-1``), and a ``.rec`` cut short
+#:     (ends inside a record, or its ``.idx`` lists records past its end) is refused (was read up
+#:     to the cut). Other inputs give the same shard bytes as 18.
+ALGORITHM_VERSION = 19
 
 #: The five mask styles (same as ``maskkit.render.STYLES``; repeated so importing this module
 #: stays light).

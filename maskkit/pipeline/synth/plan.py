@@ -85,7 +85,7 @@ class ChunkResult:
 
 
 def _rec_inputs(rec_path: Path) -> list[InputItem]:
-    from maskkit.io.recordio import RecError, RecReader
+    from maskkit.io.recordio import RecError, RecReader, RecTruncatedError
     from maskkit.pipeline.synth.config import SynthError
 
     try:
@@ -93,15 +93,46 @@ def _rec_inputs(rec_path: Path) -> list[InputItem]:
             labels = r.scan_labels()
             offsets = dict(r.offsets)
             masked = r.masked_keys
+    except RecTruncatedError as exc:  # refused: the records past the cut would vanish unrecorded
+        raise SynthError(str(exc)) from exc
     except RecError as exc:
         raise SynthError(f"cannot read {rec_path}: {exc}") from exc
-    width = max(len(str(max(labels.values(), default=0))), 1)
+    names = _sidecar_class_names(r.sidecar, labels.values())
+    if names is None:
+        width = max(len(str(max(labels.values(), default=0))), 1)
+        names = {lab: f"{lab:0{width}d}" for lab in set(labels.values())}
     # a maskkit export (export-rec) marks its masked faces: never mask a face twice
     why = (f"record already holds a maskkit-masked face (id2 = 1, see {r.sidecar.name}); "
            "export with `maskkit export-rec --only plain` to mask a set again")
-    return [InputItem(f"{rec_path.name}#{k}", f"{labels[k]:0{width}d}", str(rec_path), k, offsets[k],
+    return [InputItem(f"{rec_path.name}#{k}", names[labels[k]], str(rec_path), k, offsets[k],
                       error="already_masked" if k in masked else None, detail=why if k in masked else "")
             for k in sorted(labels)]
+
+
+def _sidecar_class_names(sidecar: Path, labels: Iterable[int]) -> dict[int, str] | None:
+    """``{class index: name}`` from a maskkit export's sidecar (``classes``: the shard set's
+    class names, by index), so ``export-rec`` -> ``synth`` keeps the names; None (numbered
+    classes) without a sidecar, or when its list does not fit (a warning says why)."""
+    import json
+
+    if not sidecar.is_file():
+        return None
+    try:
+        classes = json.loads(sidecar.read_text(encoding="utf-8")).get("classes")
+    except (OSError, ValueError, AttributeError) as exc:
+        log.warning("%s is not readable (%s): classes are numbered", sidecar, exc)
+        return None
+    if classes is None:
+        return None
+    used = set(labels)
+    ok = (isinstance(classes, list) and all(isinstance(c, str) and c and "/" not in c and "\0" not in c
+                                            for c in classes)
+          and len(set(classes)) == len(classes) and all(0 <= lab < len(classes) for lab in used))
+    if not ok:
+        log.warning("%s: its class list does not fit the labels of the records (or holds names that are not "
+                    "folder names): classes are numbered", sidecar)
+        return None
+    return {lab: classes[lab] for lab in used}
 
 
 #: The class of the files directly in ``--src`` (beside the identity folders).
