@@ -45,9 +45,8 @@ def _parse_styles(text: str | None) -> tuple[str, ...]:
         raise click.BadParameter(f"unknown style(s) {', '.join(bad)}; choose from {', '.join(_STYLES)}",
                                  param_hint="--styles")
     twice = sorted({s for s in styles if styles.count(s) > 1})
-    if twice or not styles:
-        raise click.BadParameter(f"{', '.join(twice)} listed twice" if twice else "no style listed",
-                                 param_hint="--styles")
+    if twice:
+        raise click.BadParameter(f"{', '.join(twice)} listed twice", param_hint="--styles")
     return styles
 
 
