@@ -10,7 +10,7 @@ import sys
 
 import click
 
-from maskkit.cli.options import POSITIVE as _POSITIVE, EpochList, _deprecated, _device, _out, _quiet, _verify
+from maskkit.cli.options import _POSITIVE, _deprecated, _epoch_list, _device, _out, _quiet, _verify
 from maskkit.training.config import AMP_MODES, BACKBONES, METHODS
 
 
@@ -89,7 +89,7 @@ _SHAPE_KEYS = ("method", "backbone", "width", "embedding_size", "two_stream", "s
 @click.option("--batch-size", type=click.IntRange(1, None), default=128, show_default=True, help="Per-process batch.")
 @click.option("--lr", type=_POSITIVE, default=0.05, show_default=True, help="lr at global batch 128 (scaled linearly).")
 @click.option("--epochs", type=click.IntRange(1, None), default=30, show_default=True)
-@click.option("--milestones", type=EpochList(), default="10,18,25", show_default=True,
+@click.option("--milestones", callback=_epoch_list, default="10,18,25", show_default=True,
               help="Epochs (whole numbers >= 1, comma-separated; empty: none) where lr is divided by 10.")
 @click.option("--num-workers", type=click.IntRange(0, None), default=None, show_default="min(4, usable CPU cores)",
               help="DataLoader workers per process (--resume reuses the checkpoint's count).")
