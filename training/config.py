@@ -24,6 +24,8 @@ from typing import Any
 
 METHODS = ("arcface", "magface", "dul", "dul-mag", "maskdul")
 BACKBONES = ("r18", "r34", "r50", "r100")
+#: Residual blocks in each of the four stages of every backbone (insightface arcface_torch iresnet).
+BACKBONE_BLOCKS = {"r18": (2, 2, 2, 2), "r34": (3, 4, 6, 3), "r50": (3, 4, 14, 3), "r100": (3, 13, 30, 3)}
 AMP_MODES = ("auto", "bf16", "fp16", "none")
 #: Mask sides a validation set can be read at (``maskkit eval --mask-side``).
 VAL_SIDES = ("none", "one", "both")
@@ -244,7 +246,8 @@ class TrainConfig:
     deterministic: bool = False
     """Deterministic cuDNN/algorithms (slower); CPU runs are deterministic anyway."""
     ckpt_every: int = 1000
-    """Checkpoint every N optimiser steps (and at each epoch end)."""
+    """Checkpoint every N optimiser steps (and at each epoch end, each validation and the run's
+    end); 0: only at those."""
     log_every: int = 50
     max_steps: int | None = None
     """Stop after this many optimiser steps in total (tests, smoke runs)."""
@@ -261,6 +264,7 @@ class TrainConfig:
 
     # ------------------------------------------------------------------------------------------
     def __post_init__(self) -> None:
+        _check_numbers(self)
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
         if self.backbone not in BACKBONES:
@@ -279,7 +283,10 @@ class TrainConfig:
             raise ValueError("input_std, input_scale and bn_eps must be > 0")
         if self.finetune_lr_mult < 0 or self.freeze_steps < 0:
             raise ValueError("finetune_lr_mult and freeze_steps must be >= 0")
-        self.milestones = tuple(int(m) for m in self.milestones)
+        try:
+            self.milestones = tuple(int(m) for m in (self.milestones or ()))
+        except (TypeError, ValueError):
+            raise ValueError(f"milestones must be whole epochs, e.g. [10, 18, 25], got {self.milestones!r}") from None
         self.image_size = tuple(int(s) for s in self.image_size)  # type: ignore[assignment]
         if self.batch_size < 1:
             raise ValueError("batch_size must be >= 1")
@@ -302,6 +309,57 @@ class TrainConfig:
             raise ValueError(f"mask_ratio must be in 0..1, got {self.mask_ratio!r}")
         if not 0.0 <= float(self.max_data_loss) <= 1.0:
             raise ValueError(f"max_data_loss must be in 0..1, got {self.max_data_loss!r}")
+
+    def check(self) -> "TrainConfig":
+        """Refuse settings a run cannot train with (``maskkit train`` calls it before anything is
+        written; :func:`~maskkit.training.loop.train` again). Kept apart from construction so that
+        every old ``config.json`` and checkpoint still loads for eval, embed and export.
+
+        Returns:
+            ``self``.
+
+        Raises:
+            ValueError: one line naming the first bad key, its value and the allowed range.
+        """
+        positive = ("width", "lr", "gamma")
+        at_least_1 = ("embedding_size", "lr_base_batch", "epochs", "log_every", "shuffle_buffer",
+                      "max_steps", "steps_per_epoch")
+        at_least_0 = ("ckpt_every", "momentum", "weight_decay", "warmup_epochs", "crop_pad", "num_workers", "freeze_steps",
+                      "finetune_lr_mult")
+        for key in positive + at_least_1 + at_least_0:
+            v = getattr(self, key)
+            if v is None and key in ("max_steps", "steps_per_epoch", "num_workers"):
+                continue
+            if key in positive and not v > 0:
+                raise ValueError(f"{key} must be > 0, got {v!r}")
+            if key in at_least_1 and not v >= 1:
+                raise ValueError(f"{key} must be >= 1" + (" or unset" if key in ("max_steps", "steps_per_epoch")
+                                                         else "") + f", got {v!r}")
+            if key in at_least_0 and not v >= 0:
+                raise ValueError(f"{key} must be >= 0, got {v!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ValueError(f"grad_clip must be > 0 or None (off), got {self.grad_clip!r}")
+        if any(m < 1 for m in self.milestones):
+            raise ValueError(f"milestones must be epochs >= 1, got {list(self.milestones)}")
+        from maskkit.io.crop_template import MAX_SIDE, MIN_SIDE
+
+        h, w = self.image_size if len(self.image_size) == 2 else (0, -1)
+        if h != w or not MIN_SIDE <= h <= MAX_SIDE:
+            raise ValueError(f"image_size must be a square of side {MIN_SIDE}..{MAX_SIDE} (the network's input), "
+                             f"got {list(self.image_size)}")
+        if self.uses_two_stream:
+            names = ["stem"] + [f"layer{i + 1}.{j}" for i, n in enumerate(BACKBONE_BLOCKS[self.backbone])
+                                for j in range(n)]
+            stages = {n.split(".")[0] for n in names[1:]}
+            if self.split_point not in names and self.split_point not in stages:
+                last = names[-1]
+                raise ValueError(f"split_point {self.split_point!r} is not a unit of {self.backbone}: use stem, "
+                                 f"layer1..layer4 or layerK.J (layer1.0 .. {last})")
+        if self.val_best is not None and not self.val:
+            raise ValueError(f"val_best {self.val_best!r} needs a validation set (--val)")
+        return self
 
     # -- derived -------------------------------------------------------------------------------
     @property
@@ -339,6 +397,8 @@ class TrainConfig:
                 keys, from an older or newer maskkit, are ignored with a logged warning); an old
                 key beside a new one that says otherwise.
         """
+        if not isinstance(d, dict):
+            raise ValueError(f"a config is a JSON object of TrainConfig keys, not a {type(d).__name__}")
         d = dict(d)
         for old, new in LEGACY_KEYS.items():
             if old in d:
@@ -413,6 +473,22 @@ def claim_run_dir(out: str | Path, resume: bool, overwrite: bool, remove: bool =
     run = Path(out)
     return claim_outputs([run / n for n in RUN_FILES], overwrite, "a training run", remove=remove,
                          alternatives="--resume to continue it", where=run)
+
+
+def _check_numbers(cfg: TrainConfig) -> None:
+    """Every numeric field holds a number (``--set max_data_loss=abc`` names the key, not only
+    ``could not convert``); an int field a whole number. Raises ``ValueError``."""
+    for f in dataclasses.fields(cfg):
+        kind = str(f.type).replace(" ", "")
+        if kind not in ("int", "float", "int|None", "float|None"):
+            continue
+        v = getattr(cfg, f.name)
+        if v is None and kind.endswith("|None"):
+            continue
+        whole = kind.startswith("int")
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or (whole and not float(v).is_integer()):
+            raise ValueError(f"{f.name} must be {'a whole number' if whole else 'a number'}"
+                             + (" or None" if kind.endswith("|None") else "") + f", got {v!r}")
 
 
 def _three(v: Any, name: str) -> tuple[float, float, float]:

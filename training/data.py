@@ -60,7 +60,8 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from maskkit.io.crop_template import change_note
+from maskkit.io.crop_template import MIN_SIDE, change_note
+from maskkit.training.errors import TrainError
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +119,30 @@ def open_shards(root: str | Path, split: str = "train") -> ShardSet:
                     classes=classes, manifest=manifest)
 
 
+def check_crop_size(shards: ShardSet, image_size: tuple[int, int] = (112, 112)) -> str | None:
+    """Refuse a set whose crops cannot train at ``image_size``; else what is done to them.
+
+    The manifest's ``image_size`` (112x112 when an old manifest lacks it) says the crops' size and
+    template. A side under :data:`~maskkit.io.crop_template.MIN_SIDE` (16 px, the floor of
+    ``align``/``synth --size``; sets written before synth checked it can hold 7x7 crops) is
+    refused: upsampling it x16 would train on blur.
+
+    Returns:
+        :func:`~maskkit.io.crop_template.change_note`: None when the crops are used as they are.
+
+    Raises:
+        TrainError: crops under the floor (one line naming the set and the floor).
+        maskkit.io.crop_template.TemplateRefused: crops on a template that does not cover
+            ``image_size``'s (e.g. 112x96 crops for the 112x112 input).
+    """
+    size = shards.manifest.get("image_size") or image_size
+    h, w = int(size[0]), int(size[1])
+    if min(h, w) < MIN_SIDE:
+        raise TrainError(f"{shards.root}: its {w}x{h} crops are under the {MIN_SIDE} px floor of maskkit's crops "
+                         f"(align/synth --size {MIN_SIDE}..4096); make the set again, e.g. `maskkit synth --size 112`")
+    return change_note((h, w), tuple(image_size))
+
+
 def augment(img: np.ndarray, rng: np.random.Generator, pad: int, hflip: bool) -> np.ndarray:
     """RandomCrop (zero padding ``pad``) + horizontal flip of one HxWx3 uint8 image."""
     h, w = img.shape[:2]
@@ -163,7 +188,7 @@ class ShardStream(torch.utils.data.IterableDataset):
         self.epoch, self.skip_batches, self.positions = 0, 0, None
         # the manifest's image_size says the crops' template; decode_crop brings each onto image_size's
         # (maskkit.io.crop_template), or the set is refused here; the note goes to the run's log
-        self.template_note = change_note(shards.manifest.get("image_size") or self.image_size, self.image_size)
+        self.template_note = check_crop_size(shards, self.image_size)
         self.masker = masker
         self._failed: list[dict] = []  # this worker's failures since its last batch
         self._mask_failed: list[dict] = []

@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-LAYERS = {"r18": (2, 2, 2, 2), "r34": (3, 4, 6, 3), "r50": (3, 4, 14, 3), "r100": (3, 13, 30, 3)}
+from maskkit.training.config import BACKBONE_BLOCKS as LAYERS  # residual blocks per stage
 
 
 BASE_CHANNELS = (64, 128, 256, 512)

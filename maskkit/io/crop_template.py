@@ -34,7 +34,8 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = ["ARCFACE_DST", "arcface_template", "template_name", "says_template", "TemplateChange",
-           "TemplateRefused", "template_change", "change_note", "to_template", "COVER_TOL"]
+           "TemplateRefused", "template_change", "change_note", "to_template", "COVER_TOL",
+           "MIN_SIDE", "MAX_SIDE"]
 
 #: insightface ``arcface_dst`` for 112x112 crops (x, y).
 ARCFACE_DST = np.array(
@@ -45,6 +46,11 @@ ARCFACE_DST = np.array(
 #: How far (target pixels) a converted crop may reach past the source crop's edge pixels (filled
 #: by replicating the edge): half a pixel, the resampling grid's own slack.
 COVER_TOL = 0.5
+
+#: The smallest and largest crop side (pixels) maskkit writes (``align``/``synth --size``) or
+#: trains on: below 16 px the five landmarks lie within a few pixels of each other; 4096 keeps
+#: one crop's buffers under ~200 MB.
+MIN_SIDE, MAX_SIDE = 16, 4096
 
 
 def _hw(size: tuple[int, int] | int) -> tuple[int, int]:

@@ -29,6 +29,7 @@ Uses the TorchScript-based exporter (``dynamo=False``): the dynamo exporter need
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import warnings
@@ -36,6 +37,34 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+#: The lowest ONNX opset maskkit's graphs export at: the two-stream start block's ``Where``
+#: routing needs opset 9 (measured with torch 2.13: opsets 5-8 fail on ``where``).
+MIN_OPSET = 9
+
+
+def opset_range() -> tuple[int, int]:
+    """``(lowest, highest)`` ONNX opset :func:`export_onnx` accepts: :data:`MIN_OPSET` to the
+    installed torch exporter's highest (``torch.onnx._constants.ONNX_MAX_OPSET``, 23 in torch
+    2.13; 20 where that private constant is missing)."""
+    try:
+        from torch.onnx._constants import ONNX_MAX_OPSET as hi
+    except ImportError:  # a torch that moved the constant: the TorchScript exporter's long-time top
+        hi = 20
+    return MIN_OPSET, int(hi)
+
+
+def check_opset(opset: int) -> int:
+    """``opset`` when :func:`export_onnx` can write it.
+
+    Raises:
+        ValueError: outside :func:`opset_range` (one line naming the range).
+    """
+    lo, hi = opset_range()
+    if not lo <= int(opset) <= hi:
+        raise ValueError(f"opset {opset} is not supported: use {lo}..{hi} (the installed torch exporter's "
+                         f"range; maskkit's graphs need {MIN_OPSET} or more)")
+    return int(opset)
 
 
 @dataclass
@@ -78,6 +107,21 @@ def _wrapper(module):
     return _Export(module)
 
 
+@contextlib.contextmanager
+def _exporter_errors(opset: int, path: Path):
+    """An exporter failure at ``opset`` as one ``ValueError`` line (the exporter's first line and
+    the supported range), and no partial file left at ``path``."""
+    import torch
+
+    try:
+        yield
+    except (torch.onnx.errors.OnnxExporterError, RuntimeError) as exc:
+        path.unlink(missing_ok=True)
+        lo, hi = opset_range()
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ValueError(f"ONNX export at opset {opset} failed: {first} (supported: {lo}..{hi})") from exc
+
+
 def export_onnx(model, path: str | Path, opset: int = 17, image_size: tuple[int, int] | None = None) -> Path:
     """Export an ``InferenceModel`` (or its ``torch_module``) to ONNX.
 
@@ -85,12 +129,17 @@ def export_onnx(model, path: str | Path, opset: int = 17, image_size: tuple[int,
         model: ``maskkit.training.api.InferenceModel`` or an ``nn.Module`` with
             ``forward(x, masked) -> (mu, sigma | None)``.
         path: output ``.onnx`` file (weights embedded, no external data file).
-        opset: ONNX opset.
+        opset: ONNX opset, within :func:`opset_range` (default 17).
         image_size: (H, W) of the input (default: the config's ``image_size``, else 112x112).
 
     Returns:
         The written path.
+
+    Raises:
+        ValueError: ``opset`` outside :func:`opset_range`, or the exporter refused the graph at
+            that opset (one line); nothing is left at ``path`` then.
     """
+    check_opset(opset)
     import onnx
     import torch
 
@@ -110,7 +159,7 @@ def export_onnx(model, path: str | Path, opset: int = 17, image_size: tuple[int,
     dyn.update({o: {0: "batch"} for o in outputs})
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings(), torch.no_grad():
+    with warnings.catch_warnings(), torch.no_grad(), _exporter_errors(opset, path):
         warnings.simplefilter("ignore")  # the legacy-exporter deprecation notice
         torch.onnx.export(
             wrapped,

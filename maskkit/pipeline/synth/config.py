@@ -120,7 +120,8 @@ class SynthConfig:
             (a small job runs in this process).
         aligned: input faces are already aligned crops (no detection, no re-alignment; crops of
             another size are resized to ``size``).
-        size: output ``(H, W)``.
+        size: output ``(H, W)``: 16..4096 a side, a square or 112x96
+            (:func:`maskkit.face.align.parse_size`; ``ValueError`` otherwise).
         shard_samples: samples per shard.
         backend: ``local`` (joblib processes), ``dask`` or ``ray``.
         address: scheduler address for ``dask`` (``tcp://host:8786``) or ``ray``.
@@ -182,6 +183,9 @@ class SynthConfig:
         if isinstance(self.size, int):
             self.size = (self.size, self.size)
         self.size = (int(self.size[0]), int(self.size[1]))
+        from maskkit.face.align import parse_size
+
+        parse_size(f"{self.size[0]}x{self.size[1]}")  # ValueError: out of 16..4096, or no template's size
         if self.styles is None:
             self.styles = ALL_STYLES
         self.styles = tuple(self.styles)
