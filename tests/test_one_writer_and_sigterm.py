@@ -148,22 +148,24 @@ def test_sigterm_stops_like_ctrl_c_and_leaves_no_process(src, tmp_path, command,
     out = tmp_path / "out"
     args = [sys.executable, "-m", "maskkit.cli", *_args(command, big, out)]
     args[args.index("-j") + 1] = "2"
-    p = subprocess.Popen(args + ["-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         start_new_session=True)
+    errf = open(tmp_path / "stderr.txt", "w+")  # a file, not a pipe: a worker left running holds no wait up
+    p = subprocess.Popen(args + ["-q"], stdout=subprocess.DEVNULL, stderr=errf, text=True, start_new_session=True)
     probe, deadline = out / journal, time.monotonic() + 300
     while time.monotonic() < deadline and p.poll() is None:  # until the first chunk is on record
         if probe.is_file() and len(probe.read_bytes().splitlines()) >= 3:
             break
         time.sleep(0.02)
     if p.poll() is not None:
-        pytest.fail(f"the run ended before it could be stopped: {p.stderr.read()[-2000:]}")
+        pytest.fail(f"the run ended before it could be stopped: {(tmp_path / 'stderr.txt').read_text()[-2000:]}")
     children = psutil.Process(p.pid).children(recursive=True)
     assert len(children) >= 2, children  # the 2 workers (and loky's resource tracker)
     if target == "group":
         os.killpg(p.pid, signal.SIGTERM)
     else:
         p.send_signal(signal.SIGTERM)
-    _, err = p.communicate(timeout=300)
+    p.wait(timeout=300)
+    errf.close()
+    err = (tmp_path / "stderr.txt").read_text()
     _, alive = psutil.wait_procs(children, timeout=60)
     left = [c for c in alive if c.status() != psutil.STATUS_ZOMBIE]
     for c in left:  # not ours to leave running, whatever the outcome
