@@ -569,7 +569,7 @@ def test_ratio_zero_no_styles_and_ratio_one(celeb_aligned, tmp_path):
         run_synth(SynthConfig(src=sub, out=tmp_path / "bad", aligned=True, styles=("bandana",), progress=False))
     with pytest.raises(SynthError, match="other inputs or options"):
         run_synth(SynthConfig(src=sub, out=tmp_path / "one", aligned=True, ratio=0.5, progress=False))
-    assert not (tmp_path / "one" / ".synth.lock").exists()  # a refusal leaves no trace
+    assert not (tmp_path / "one" / ".maskkit.lock").exists()  # a refusal leaves no trace
     assert not (tmp_path / "bad").exists()
 
 
@@ -673,14 +673,13 @@ def test_mask_redraws_from_recorded_params(celeb_aligned, tmp_path):
 
 
 def test_second_concurrent_writer_is_refused(celeb_aligned, tmp_path):
-    import fcntl
+    from maskkit.util.files import OutputLock
 
     sub = subset_tree(celeb_aligned, tmp_path / "sub", per_identity=2, identities=1)
     out = tmp_path / "o"
     out.mkdir()
-    with open(out / ".synth.lock", "a+b") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running synth holds it
-        with pytest.raises(SynthError, match="another maskkit synth"):
+    with OutputLock(out, "maskkit synth"):  # as a running synth holds it
+        with pytest.raises(SynthError, match="another maskkit synth .pid [0-9]+. is writing to"):
             run_synth(SynthConfig(src=sub, out=out, aligned=True, progress=False))
     run_synth(SynthConfig(src=sub, out=out, aligned=True, progress=False))
     assert sorted(p.name for p in out.iterdir()) == ["failures.jsonl", "manifest.json", "rejected.jsonl", "skipped.jsonl",

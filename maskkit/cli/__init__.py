@@ -25,7 +25,7 @@ def _one_line_os_errors(callback):
     @functools.wraps(callback)
     def run(*args, **kwargs):
         try:
-            return callback(*args, **kwargs)
+            return _sigterm_like_ctrl_c(callback, *args, **kwargs)
         except OSError as exc:
             from maskkit.util.names import safe_text
             from maskkit.util.outcome import os_cause
@@ -35,6 +35,23 @@ def _one_line_os_errors(callback):
                 from None
 
     return run
+
+
+def _sigterm_like_ctrl_c(callback, *args, **kwargs):
+    """Run a command with SIGTERM handled as Ctrl-C (:func:`maskkit.util.outcome.sigterm_as_interrupt`):
+    the same one ``interrupted:`` line and cleanup; the exit status is 143 instead of 130."""
+    from maskkit.util.outcome import EXIT_INTERRUPTED, EXIT_TERMINATED, Terminated, sigterm_as_interrupt
+
+    with sigterm_as_interrupt() as term:
+        try:
+            return callback(*args, **kwargs)
+        except SystemExit as exc:
+            if term["received"] and exc.code == EXIT_INTERRUPTED:
+                raise SystemExit(EXIT_TERMINATED) from None
+            raise
+        except Terminated:  # a command without its own Ctrl-C handling (click would say "Aborted!", 1)
+            click.echo("interrupted (SIGTERM)", err=True)
+            raise SystemExit(EXIT_TERMINATED) from None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -229,24 +229,45 @@ def export_rec_cmd(shards, out, prefix, only, quiet, overwrite, verify):
     one-line error naming it (exit 1), nothing written, unless --no-verify.
     OUT as a second argument is deprecated: use -o/--out.
     """
+    from maskkit.cli._exit import _claim, _stopped
     from maskkit.io.rec_export import export_rec
     from maskkit.io.recordio import sidecar_path
     from maskkit.io.shard_verify import ShardMismatchError
     from maskkit.io.shards import ManifestError
-    from maskkit.cli._exit import _claim
+    from maskkit.util.files import OutputBusyError, OutputLock
+    from maskkit.util.outcome import STOPPED, os_cause, stop_guard
 
     if out is None:
         raise click.UsageError("Missing option '-o' / '--out'.")
     rec = out / f"{prefix}.rec"
-    _claim([rec, rec.with_suffix(".idx"), out / "property", sidecar_path(rec)], overwrite,
-           "an insightface export", where=out)
+    created = not out.exists()
+    lock = OutputLock(out, "maskkit export-rec")
     try:
-        info = export_rec(shards, out, prefix=prefix, only=only, verify=verify)
-    except (FileNotFoundError, ManifestError) as exc:
-        raise click.ClickException(str(exc)) from exc
+        out.mkdir(parents=True, exist_ok=True)
+        lock.acquire()  # one writer at a time: a second export into OUT is refused
+    except OutputBusyError as exc:
+        raise click.ClickException(str(exc)) from None
+    try:
+        # a full disk or Ctrl-C: one line naming the file; the partial files are removed (nothing to resume)
+        with lock, stop_guard(lambda: "nothing was exported (the partial files are removed)", lambda: rec,
+                              "rerun the same command"):
+            _claim([rec, rec.with_suffix(".idx"), out / "property", sidecar_path(rec)], overwrite,
+                   "an insightface export", where=out)  # under the lock: no export in progress replaces it
+            try:
+                info = export_rec(shards, out, prefix=prefix, only=only, verify=verify)
+            except (FileNotFoundError, ManifestError) as exc:
+                raise click.ClickException(str(exc)) from exc
+            except OSError as exc:  # reading the shards (writes arrive as OutputFull)
+                raise click.ClickException(f"{exc.filename or shards}: {os_cause(exc.errno, exc.strerror or str(exc))}") \
+                    from None
     except ShardMismatchError as exc:
         raise click.ClickException(f"{exc}; nothing exported (`maskkit stats {shards}` lists every mismatch; "
                                    "--no-verify exports it anyway)") from exc
+    except STOPPED as exc:
+        raise _stopped(exc) from None
+    finally:
+        if created and out.is_dir() and not any(out.iterdir()):  # refused or stopped: no empty folder left either
+            out.rmdir()
     if quiet:
         return
     _print_summary("maskkit export-rec", [("images", f"{info['images']:,}"), ("classes", f"{info['classes']:,}"),

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 from maskkit.io.recordio import IRHeader, RecordWriter, pack_header, sidecar_path
+from maskkit.util.outcome import OutputFull
 
 __all__ = ["export_rec"]
 
@@ -39,6 +40,10 @@ def export_rec(shards_dir: str | os.PathLike, out_dir: str | os.PathLike, prefix
         FileNotFoundError: no ``manifest.json``.
         maskkit.io.shard_verify.ShardMismatchError: ``verify`` and a shard is missing, or its size or
             sha256 differs from the manifest's.
+        maskkit.util.outcome.OutputFull: an output file could not be written (no space, quota,
+            read-only...); it names the file (``PREFIX.rec``, ...). Nothing is written then: the
+            partial ``*.tmp`` files are removed (on any other error or Ctrl-C too), and an
+            earlier export at the same names is left as it was.
     """
     from maskkit.io.shard_verify import ShardMismatchError, check_shard_files
     from maskkit.io.shards import read_manifest, read_samples
@@ -63,32 +68,59 @@ def export_rec(shards_dir: str | os.PathLike, out_dir: str | os.PathLike, prefix
     for lab in labels:
         counts[lab] += 1
     rec_p, idx_p = out / f"{prefix}.rec", out / f"{prefix}.idx"
-    tmp_rec, tmp_idx = rec_p.with_name(rec_p.name + ".tmp"), idx_p.with_name(idx_p.name + ".tmp")
+    prop, side = out / "property", sidecar_path(rec_p)
+    finals = (rec_p, idx_p, prop, side)
+    tmps = tuple(q.with_name(q.name + ".tmp") for q in finals)  # renamed into place once all are written
     sorted_stream = all(a <= b for a, b in zip(labels, labels[1:]))
     passes = [None] if sorted_stream else list(range(len(classes)))
-    with RecordWriter(tmp_rec, tmp_idx) as wr:
-        wr.write(0, pack_header(IRHeader(2, (n + 1, n + 1 + len(classes)), 0, 0), b""))
-        key, n_masked = 1, 0
-        for cls in passes:
-            for s in read_samples(shards_dir):
-                lab = s["json"]["label"]
-                if (cls is not None and lab != cls) or not keep(s):
-                    continue
-                masked = int(bool(s["json"].get("masked")))
-                n_masked += masked
-                wr.write(key, pack_header(IRHeader(0, float(lab), key, masked), s["jpg"]))
-                key += 1
-        start = 1
-        for lab, c in enumerate(counts):
-            wr.write(n + 1 + lab, pack_header(IRHeader(2, (start, start + c), n + 1 + lab, 0), b""))
-            start += c
-    os.replace(tmp_rec, rec_p)
-    os.replace(tmp_idx, idx_p)
-    prop = out / "property"
-    prop.write_text(f"{len(classes)},{h},{w}\n", encoding="ascii")
-    side = sidecar_path(rec_p)
-    side.write_text(json.dumps({"tool": "maskkit", "id2": "1 = face synthetically masked by maskkit",
-                                "only": only, "images": n, "masked": n_masked,
-                                "classes": classes}, indent=1) + "\n", encoding="utf-8")
+    n_masked = 0
+
+    def writing(step, *args):
+        """A write of the export: an ``OSError`` (a full disk, ...) becomes ``OutputFull`` naming the
+        output file it was for (an ``OSError`` of reading the shards stays one)."""
+        try:
+            return step(*args)
+        except OSError as exc:
+            tmp = Path(exc.filename) if exc.filename else tmps[0]
+            raise OutputFull.of(exc, finals[tmps.index(tmp)] if tmp in tmps else tmp) from None
+
+    try:
+        wr = writing(RecordWriter, tmps[0], tmps[1])
+        try:
+            writing(wr.write, 0, pack_header(IRHeader(2, (n + 1, n + 1 + len(classes)), 0, 0), b""))
+            key = 1
+            for cls in passes:
+                for s in read_samples(shards_dir):
+                    lab = s["json"]["label"]
+                    if (cls is not None and lab != cls) or not keep(s):
+                        continue
+                    masked = int(bool(s["json"].get("masked")))
+                    n_masked += masked
+                    writing(wr.write, key, pack_header(IRHeader(0, float(lab), key, masked), s["jpg"]))
+                    key += 1
+            start = 1
+            for lab, c in enumerate(counts):
+                writing(wr.write, n + 1 + lab, pack_header(IRHeader(2, (start, start + c), n + 1 + lab, 0), b""))
+                start += c
+        except BaseException:
+            try:
+                wr.close()
+            except OSError:  # the disk is full: the first error is the one to report
+                pass
+            raise
+        writing(wr.close)
+        writing(tmps[2].write_text, f"{len(classes)},{h},{w}\n", "ascii")
+        writing(tmps[3].write_text, json.dumps({"tool": "maskkit", "id2": "1 = face synthetically masked by maskkit",
+                                                "only": only, "images": n, "masked": n_masked,
+                                                "classes": classes}, indent=1) + "\n", "utf-8")
+    except BaseException:  # a full disk, Ctrl-C, a bad shard: no partial file is left behind
+        for t in tmps:
+            try:
+                t.unlink(missing_ok=True)
+            except OSError:  # pragma: no cover - the error being raised is the one to report
+                pass
+        raise
+    for t, final in zip(tmps, finals):
+        os.replace(t, final)
     return {"images": n, "classes": len(classes), "rec": str(rec_p), "idx": str(idx_p),
             "property": str(prop), "sidecar": str(side), "bytes": rec_p.stat().st_size}

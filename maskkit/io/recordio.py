@@ -153,9 +153,12 @@ class RecordWriter:
         self._f.write(b"\0" * _pad(n))
 
     def close(self) -> None:
-        self._f.close()
-        if self._idx is not None:
-            self._idx.close()
+        """Close both files (both are closed even when the first close fails: a full disk)."""
+        try:
+            self._f.close()
+        finally:
+            if self._idx is not None:
+                self._idx.close()
 
     def __enter__(self) -> "RecordWriter":
         return self

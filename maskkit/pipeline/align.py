@@ -336,6 +336,7 @@ def run_align(cfg: AlignConfig) -> dict:
         check_previous_run,
         finish_run,
         listing_fingerprint,
+        lock_out,
         prepare_run,
         run_chunks,
     )
@@ -370,7 +371,9 @@ def run_align(cfg: AlignConfig) -> dict:
     fp = listing_fingerprint(listing)
     items = listing.items
     tally = Tally(len(items))
-    with stop_guard(tally.kept, lambda: out):  # Ctrl-C or a full disk: one line, what is kept, how to resume
+    # one run at a time into --out (a second, started meanwhile, is refused); then Ctrl-C, SIGTERM or
+    # a full disk: one line, what is kept, how to resume
+    with lock_out(out, "maskkit align", AlignError), stop_guard(tally.kept, lambda: out):
         names = output_names(items, multi=cfg.faces == "all")
         done = check_previous_run(out, info, cfg.overwrite, AlignError, listing=fp,
                                   taken=lambda: existing_names(out, [b + ".jpg" for b in names.values()],

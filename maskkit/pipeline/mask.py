@@ -290,6 +290,7 @@ def run_mask(cfg: MaskConfig) -> dict:
         check_previous_run,
         finish_run,
         listing_fingerprint,
+        lock_out,
         prepare_run,
         run_chunks,
     )
@@ -333,7 +334,9 @@ def run_mask(cfg: MaskConfig) -> dict:
     fp = listing_fingerprint(listing)
     items = listing.items
     tally = Tally(len(items))
-    with stop_guard(tally.kept, lambda: out):  # Ctrl-C or a full disk: one line, what is kept, how to resume
+    # one run at a time into --out (a second, started meanwhile, is refused); then Ctrl-C, SIGTERM or
+    # a full disk: one line, what is kept, how to resume
+    with lock_out(out, "maskkit mask", MaskError), stop_guard(tally.kept, lambda: out):
         names = output_names([it.rel for it in items], cfg.coverage)
         planned = list(names.values()) + ([coverage_rel(n) for n in names.values()] if cfg.coverage else [])
         done = check_previous_run(out, info, cfg.overwrite, MaskError, listing=fp,

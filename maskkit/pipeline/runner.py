@@ -9,6 +9,7 @@ holds the rest:
 
 * :func:`prepare_run` / :func:`check_writable` -- fail fast on an output folder that cannot be
   written or a detector that cannot load.
+* :func:`lock_out` -- one run at a time writes into an output folder (a second is refused).
 * :func:`safe_target` -- output paths that never leave ``--out`` (files are written with
   :func:`maskkit.util.files.write_atomic`).
 * :func:`rounded` -- compact JSON numbers for manifest lines.
@@ -40,7 +41,7 @@ from maskkit.util.files import write_atomic
 from maskkit.util.names import name_from_fields, text_safe
 
 __all__ = ["RUN_INFO", "REJECTED", "RESERVED", "PROGRESS", "check_out_kind", "check_previous_run", "record_complete", "listing_fingerprint",
-           "prepare_run", "check_writable", "safe_target", "coverage_rel", "rounded", "run_chunks",
+           "prepare_run", "check_writable", "lock_out", "safe_target", "coverage_rel", "rounded", "run_chunks",
            "json_line", "rejected_line", "finish_run", "auto_workers", "FILES_PER_WORKER"]
 
 
@@ -81,6 +82,23 @@ def prepare_run(src: Path, out: Path, detector: str, detector_opts: dict, aligne
         return make_detector(detector, **detector_opts)
     except (DetectorUnavailable, ValueError) as exc:
         raise error(str(exc)) from exc
+
+
+def lock_out(out: Path, command: str, error: type[Exception] = RuntimeError):
+    """Take ``out``'s writer lock (:class:`maskkit.util.files.OutputLock`) for ``command``; use the
+    result as a ``with`` block around the run (released, its file removed, when the block ends).
+
+    Raises:
+        error: another maskkit run is writing to ``out`` right now, or ``out`` is not writable.
+    """
+    from maskkit.util.files import OutputBusyError, OutputLock
+
+    try:
+        return OutputLock(out, command).acquire()
+    except OutputBusyError as exc:
+        raise error(str(exc)) from None
+    except OSError as exc:
+        raise error(f"output folder {out} is not writable: {exc.strerror or exc}") from exc
 
 
 #: The run-info file ``align``/``mask`` write into ``--out``: the command, source and the options

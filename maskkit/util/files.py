@@ -8,6 +8,10 @@ file and its folder, and use ``NAME.tmp`` (which ``maskkit synth`` cleans up on 
 :func:`claim_folder` refuses an output folder that holds other files than maskkit's own output
 (a folder of the user's) unless ``--overwrite`` -- which lets the run write *beside* those files
 and never replaces or removes any of them (a run whose output would land on one is refused).
+
+:class:`OutputLock` lets one maskkit run at a time write into an output folder (``align``,
+``mask``, ``synth``, ``export-rec``): a second run started while the first writes is refused
+with one line (:class:`OutputBusyError`) instead of mixing its records into the first one's.
 """
 from __future__ import annotations
 
@@ -16,7 +20,8 @@ import os
 from pathlib import Path
 
 __all__ = ["write_atomic", "write_bytes_atomic", "write_json_atomic", "OutputExistsError", "claim_outputs",
-           "SYSTEM_FILES", "foreign_files", "existing_names", "claim_folder"]
+           "SYSTEM_FILES", "foreign_files", "existing_names", "claim_folder", "LOCK_FILE", "OutputLock",
+           "OutputBusyError"]
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -149,7 +154,7 @@ def foreign_files(out: Path, ours, limit: int = 5) -> list[str]:
         dns[:] = sorted(d for d in dns if d not in SYSTEM_FILES and d not in links)
         for name in sorted(fns) + sorted(links):
             rel = name if rel_dir == "." else f"{rel_dir}/{name}".replace(os.sep, "/")
-            if name in SYSTEM_FILES or ours(rel):
+            if name in SYSTEM_FILES or rel in _LOCK_FILES or ours(rel):
                 continue
             found.append(display_name(rel))
             if len(found) >= limit:
@@ -227,3 +232,100 @@ def claim_folder(out: Path, ours, overwrite: bool, taken=lambda: [], what: str =
             f"--out {out} holds files that are not {what} where this run would write "
             f"({', '.join(hit[:4])}{more}); --overwrite never replaces a file maskkit did not write: "
             "move them, or choose another --out"))
+
+
+#: The lock file a running command holds in its output folder (:class:`OutputLock`); removed
+#: when the run ends. ``.synth.lock`` is the name maskkit synth used before, left by a killed run.
+LOCK_FILE = ".maskkit.lock"
+_LOCK_FILES = frozenset({LOCK_FILE, ".synth.lock"})
+
+
+class OutputBusyError(RuntimeError):
+    """Another maskkit run is writing to the output folder right now (it holds :data:`LOCK_FILE`)."""
+
+
+class OutputLock:
+    """One writer per output folder: a second maskkit run into the same folder fails fast.
+
+    The lock is an advisory ``flock`` on ``OUT/.maskkit.lock``, which the operating system
+    releases when its holder ends in any way (even ``kill -9`` or a power loss on a local disk):
+    a lock file left by a killed run never blocks the rerun. The file holds the holder's command
+    and process id, for the message. Released and removed by :meth:`release` (or the ``with``
+    block's end). On a system without ``fcntl`` (Windows) nothing is locked.
+
+    Args:
+        out: the output folder (it must exist when :meth:`acquire` is called).
+        command: the holder, for another run's message (``"maskkit align"``).
+
+    Example:
+        >>> with OutputLock(out, "maskkit align"):  # doctest: +SKIP
+        ...     write_the_outputs()
+    """
+
+    def __init__(self, out: str | os.PathLike, command: str) -> None:
+        self.out, self.command = Path(out), command
+        self.path = self.out / LOCK_FILE
+        self._fh = None
+
+    def acquire(self) -> "OutputLock":
+        """Take the lock.
+
+        Raises:
+            OutputBusyError: another run holds it; the message names the folder and that run.
+            OSError: the lock file cannot be created (the folder is not writable).
+        """
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - non-POSIX: no locking
+            return self
+        while True:
+            fh = open(self.path, "a+b")
+            try:
+                try:
+                    fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    raise OutputBusyError(self._busy_message()) from None
+                try:  # the holder before us removed the file while we waited on it: lock the new one
+                    same = os.stat(self.path).st_ino == os.fstat(fh.fileno()).st_ino
+                except FileNotFoundError:
+                    same = False
+                if same:
+                    fh.seek(0)
+                    fh.truncate()
+                    fh.write(f"{self.command} pid {os.getpid()}\n".encode("utf-8", "replace"))
+                    fh.flush()
+                    self._fh = fh
+                    return self
+            except BaseException:
+                fh.close()
+                raise
+            fh.close()
+
+    def _busy_message(self) -> str:
+        from maskkit.util.names import safe_text
+
+        try:
+            holder = self.path.read_text(encoding="utf-8", errors="replace").strip()
+        except OSError:
+            holder = ""
+        who, _, pid = holder.partition(" pid ")
+        who = who if who.startswith("maskkit") else "maskkit run"
+        return safe_text(f"another {who}{f' (pid {pid})' if pid.isdigit() else ''} is writing to {self.out} "
+                         "right now; wait for it to end, or choose another output")
+
+    def release(self) -> None:
+        """Remove the lock file and release the lock (finished, refused or stopped: no trace is left)."""
+        if self._fh is None:
+            return
+        try:
+            self.path.unlink(missing_ok=True)
+        except OSError:  # pragma: no cover - the folder turned read-only: the OS still releases the lock
+            pass
+        self._fh.close()
+        self._fh = None
+
+    def __enter__(self) -> "OutputLock":
+        return self if self._fh is not None else self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()

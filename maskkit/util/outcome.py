@@ -10,6 +10,9 @@
   command resumes.
 * ``130`` -- interrupted (Ctrl-C, :class:`Interrupted`): one line saying how much is kept and that
   rerunning the same command resumes.
+* ``143`` -- stopped by SIGTERM (``kill``, ``timeout``, a cluster's pre-emption): handled like
+  Ctrl-C (:func:`sigterm_as_interrupt`: the same ``interrupted:`` line, worker processes
+  stopped), only the exit status differs (128 + SIGTERM).
 
 A long run turns both into one line with :func:`stop_guard` (what is kept comes from the run);
 the command line prints it (``maskkit.cli._exit``), never a traceback.
@@ -21,14 +24,15 @@ from collections import Counter
 from contextlib import contextmanager
 from typing import Callable, Iterable, Iterator
 
-__all__ = ["EXIT_OK", "EXIT_ALL_FAILED", "EXIT_NO_INPUT", "EXIT_INTERRUPTED", "NoInputError", "no_input_message",
+__all__ = ["EXIT_OK", "EXIT_ALL_FAILED", "EXIT_NO_INPUT", "EXIT_INTERRUPTED", "EXIT_TERMINATED", "NoInputError", "no_input_message",
            "exit_code", "already_complete_message", "RunStopped", "OutputError", "Interrupted", "OutputFull",
-           "OUTPUT_ERRNOS", "STOPPED", "worker_ignores_interrupts", "close_quietly", "stops_run", "os_cause", "stop_guard", "RESUME"]
+           "OUTPUT_ERRNOS", "STOPPED", "worker_ignores_interrupts", "close_quietly", "stops_run", "Terminated", "sigterm_as_interrupt", "os_cause", "stop_guard", "RESUME"]
 
 EXIT_OK = 0
 EXIT_ALL_FAILED = 1
 EXIT_NO_INPUT = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
+EXIT_TERMINATED = 143  # 128 + SIGTERM: what a run stopped by SIGTERM exits with (after its interrupted: line)
 
 #: ``OSError`` numbers that stop a whole run when writing an output: the output folder cannot take
 #: more files (no space, quota), is read-only, or refuses us, or the device fails. Any other
@@ -92,11 +96,52 @@ class OutputFull(Exception):
 
 def worker_ignores_interrupts() -> None:
     """Initializer of pool worker processes: Ctrl-C (SIGINT, sent by a terminal to the whole
-    process group) is left to the parent, which stops the pool and prints one line; the workers
-    print no traceback of their own."""
+    process group) and SIGTERM (``timeout`` and cluster schedulers send it to the whole group
+    too) are left to the parent, which stops the pool (its workers are killed) and prints one
+    line; the workers print no traceback of their own."""
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+class Terminated(KeyboardInterrupt):
+    """Raised in the main thread when the process receives SIGTERM inside
+    :func:`sigterm_as_interrupt`: every ``except KeyboardInterrupt`` (:func:`stop_guard`, the
+    commands' own) handles it as Ctrl-C."""
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[dict]:
+    """Within the block, SIGTERM stops the run as Ctrl-C does (:class:`Terminated`, a
+    ``KeyboardInterrupt``): the run says what it keeps, its worker pool is stopped and its lock
+    released, instead of the process dying on the spot with its workers left running. A second
+    SIGTERM while the run stops is ignored (``kill -9`` still ends it). The previous handler is
+    restored at the end. Outside the main thread (where no handler can be set) nothing changes.
+
+    Yields:
+        ``{"received": bool}``: whether a SIGTERM arrived (the caller then exits with
+        :data:`EXIT_TERMINATED`).
+    """
+    import signal
+    import threading
+
+    seen = {"received": False}
+    if threading.current_thread() is not threading.main_thread():
+        yield seen
+        return
+
+    def on_term(signum, frame):
+        if seen["received"]:
+            return  # already stopping
+        seen["received"] = True
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield seen
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def close_quietly(results) -> None:

@@ -1,10 +1,9 @@
-"""Synth resume: the run fingerprint, the journal of finished shards and identities, the output lock."""
+"""Synth resume: the run fingerprint, the journal of finished shards and identities."""
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -148,12 +147,12 @@ def _is_synth_manifest(man: dict) -> bool:
 
 
 def _ours_untracked(cfg: SynthConfig):
-    """What synth may leave in a folder before its journal exists: the lock, the journal's first
-    write, and the preview sheet."""
+    """What synth may leave in a folder before its journal exists: the journal's first write and
+    the preview sheet (the lock file is every command's own: :func:`maskkit.util.files.foreign_files`)."""
     preview = cfg.preview.resolve() if cfg.preview is not None else None
 
     def ours(rel: str) -> bool:
-        return rel in (".synth.lock", JOURNAL + ".tmp") or (preview is not None and (cfg.out / rel).resolve() == preview)
+        return rel == JOURNAL + ".tmp" or (preview is not None and (cfg.out / rel).resolve() == preview)
 
     return ours
 
@@ -269,28 +268,3 @@ def _prepare_out(cfg: SynthConfig, fp: str, n_chunks: int, n_files: int = 0) -> 
     jr.rewrite([{"journal": 1, "fingerprint": fp, "config": cfg.fingerprint_fields(), "files": n_files}]
                + [{"shard": r} for r in valid] + keep)
     return _ResumeState(valid, keep, start, skip, written, int(keep[-1].get("style_offset", 0)) if keep else 0)
-
-
-@contextmanager
-def _out_lock(out: Path):
-    """One writer per output folder: a second concurrent run fails fast (released by the OS
-    even when the holder is SIGKILLed)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - non-POSIX: no locking
-        yield
-        return
-    fh = open(out / ".synth.lock", "a+b")
-    try:
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise SynthError(f"another maskkit synth is writing to {out} right now") from None
-    except BaseException:
-        fh.close()
-        raise
-    try:
-        yield
-    finally:  # finished, refused or stopped: leave no trace (the OS releases the lock anyway)
-        (out / ".synth.lock").unlink(missing_ok=True)
-        fh.close()

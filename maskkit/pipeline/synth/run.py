@@ -18,7 +18,6 @@ from maskkit.pipeline.synth.journal import (
     _fingerprint,
     _Journal,
     _jsonl,
-    _out_lock,
     _prepare_out,
 )
 from maskkit.io.sources import skipped_records
@@ -29,7 +28,7 @@ from maskkit.util.names import display_name, name_b64
 from maskkit.pipeline.synth.seeding import next_style_offset
 from maskkit.pipeline.synth.summary import ratio_departure, ratio_hint
 from maskkit.pipeline.unverified import UNVERIFIED_FILE, unverified_hint
-from maskkit.util.files import write_bytes_atomic, write_json_atomic
+from maskkit.util.files import OutputBusyError, OutputLock, write_bytes_atomic, write_json_atomic
 from maskkit.util.outcome import close_quietly, stop_guard
 
 
@@ -123,12 +122,16 @@ def run_synth(cfg: SynthConfig) -> SynthResult:
 
     log_skipped(SourceListing([], listing[2]), cfg.src)  # one warning per reason; all in skipped.jsonl
     claim_out_folder(cfg)  # a folder of the user's: refused (or, --overwrite, written beside, never over)
+    # one writer per folder: a second run while this one writes is refused (released even on kill -9)
+    lock = OutputLock(cfg.out, " ".join((cfg.command or "maskkit synth").split()[:2]))
     try:
         cfg.out.mkdir(parents=True, exist_ok=True)
-        (cfg.out / ".synth.lock").touch()
+        lock.acquire()
+    except OutputBusyError as exc:
+        raise SynthError(str(exc)) from None
     except OSError as exc:
         raise SynthError(f"--out {cfg.out} is not writable: {exc.strerror or exc}") from exc
-    with _out_lock(cfg.out):
+    with lock:
         kept = _Kept(len(listing[0]), cfg.out)
         # Ctrl-C or a full disk: one line saying what is kept (complete shards) and that rerunning resumes
         with stop_guard(kept.line, kept.where):
