@@ -22,11 +22,9 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import psutil
@@ -34,7 +32,7 @@ import pytest
 from click.testing import CliRunner
 
 from maskkit.cli import main
-from test_stopped_runs import _args, _no_debris, _one_line, tree_hashes
+from test_stopped_runs import _args, _no_debris, _one_line, signal_a_real_run, tree_hashes
 from zoo import faces_tree
 
 LOCK = ".maskkit.lock"
@@ -134,38 +132,26 @@ def test_sigterm_stops_like_ctrl_c_and_leaves_no_process(src, tmp_path, command,
     """SIGTERM while 2 worker processes run: exit 143 and the `interrupted:` line (what is kept,
     rerun to resume), no traceback; every process the run started is gone (no worker left running
     re-parented to PID 1), the lock is released; the rerun resumes to the uninterrupted bytes.
-    Each face is copied 8 times (104 inputs) so that the run lasts well past its first records."""
-    big = tmp_path / "src"
-    for f in sorted(p for p in src.rglob("*") if p.is_file()):
-        rel = f.relative_to(src)
-        for k in range(8):
-            (big / rel.parent).mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(f, big / rel.parent / f"{rel.stem}_{k}{rel.suffix}")
-    whole = tmp_path / "whole"
-    res = CliRunner().invoke(main, _args(command, big, whole) + ["-q"])
-    assert res.exit_code == 0, res.output
-    clean = tree_hashes(whole)
-    out = tmp_path / "out"
-    args = [sys.executable, "-m", "maskkit.cli", *_args(command, big, out)]
-    args[args.index("-j") + 1] = "2"
-    errf = open(tmp_path / "stderr.txt", "w+")  # a file, not a pipe: a worker left running holds no wait up
-    p = subprocess.Popen(args + ["-q"], stdout=subprocess.DEVNULL, stderr=errf, text=True, start_new_session=True)
-    probe, deadline = out / journal, time.monotonic() + 300
-    while time.monotonic() < deadline and p.poll() is None:  # until the first chunk is on record
-        if probe.is_file() and len(probe.read_bytes().splitlines()) >= 3:
-            break
-        time.sleep(0.02)
-    if p.poll() is not None:
-        pytest.fail(f"the run ended before it could be stopped: {(tmp_path / 'stderr.txt').read_text()[-2000:]}")
-    children = psutil.Process(p.pid).children(recursive=True)
-    assert len(children) >= 2, children  # the 2 workers (and loky's resource tracker)
-    if target == "group":
-        os.killpg(p.pid, signal.SIGTERM)
-    else:
-        p.send_signal(signal.SIGTERM)
+    Each face is copied 8 times (104 inputs), more when the run ended before it could be stopped
+    (``test_stopped_runs.signal_a_real_run``)."""
+    children = []
+
+    def args_for(big, out):
+        args = [sys.executable, "-m", "maskkit.cli", *_args(command, big, out)]
+        args[args.index("-j") + 1] = "2"
+        return args + ["-q"]
+
+    def send(p):
+        children.extend(psutil.Process(p.pid).children(recursive=True))
+        assert len(children) >= 2, children  # the 2 workers (and loky's resource tracker)
+        if target == "group":
+            os.killpg(p.pid, signal.SIGTERM)
+        else:
+            p.send_signal(signal.SIGTERM)
+
+    big, out, p, errp = signal_a_real_run(src, tmp_path, args_for, journal, send)
     p.wait(timeout=300)
-    errf.close()
-    err = (tmp_path / "stderr.txt").read_text()
+    err = errp.read_text()
     _, alive = psutil.wait_procs(children, timeout=60)
     left = [c for c in alive if c.status() != psutil.STATUS_ZOMBIE]
     for c in left:  # not ours to leave running, whatever the outcome
@@ -178,7 +164,10 @@ def test_sigterm_stops_like_ctrl_c_and_leaves_no_process(src, tmp_path, command,
     assert not (out / LOCK).exists()
     res = CliRunner().invoke(main, _args(command, big, out))
     assert res.exit_code == 0, res.output
-    assert tree_hashes(out) == clean
+    whole = tmp_path / "whole"
+    res = CliRunner().invoke(main, _args(command, big, whole) + ["-q"])
+    assert res.exit_code == 0, res.output
+    assert tree_hashes(out) == tree_hashes(whole)
 
 
 def test_sigterm_in_process_is_ctrl_c_with_status_143(src, tmp_path, monkeypatch):

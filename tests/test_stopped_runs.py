@@ -209,38 +209,23 @@ def test_ctrl_c_says_what_is_kept_and_the_rerun_resumes(src, clean, tmp_path, mo
 def test_a_real_ctrl_c_with_worker_processes(src, tmp_path, command, journal):
     """SIGINT to the whole process group (what a terminal sends) while 2 worker processes run:
     exit status 130 and the `interrupted:` line, and no worker prints a traceback of its own; the
-    rerun resumes to the uninterrupted bytes. Each face is copied 8 times (104 inputs) so that the
-    run lasts well past its first records: with the 13 faces alone a fast synth sometimes finished
-    between two looks at its journal, before it could be interrupted."""
-    import shutil
+    rerun resumes to the uninterrupted bytes. Each face is copied 8 times (104 inputs), more when
+    the run ended before it could be interrupted (:func:`signal_a_real_run`)."""
+    def args_for(big, out):
+        return [sys.executable, "-m", "maskkit.cli", *_args(command, big, out)[:-2 if command != "synth" else -4],
+                "-j", "2", "-q"] + (["--shard-samples", "3"] if command == "synth" else [])
 
-    big = tmp_path / "src"
-    for f in sorted(p for p in src.rglob("*") if p.is_file()):
-        rel = f.relative_to(src)
-        for k in range(8):
-            (big / rel.parent).mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(f, big / rel.parent / f"{rel.stem}_{k}{rel.suffix}")
-    whole = tmp_path / "whole"
-    res = CliRunner().invoke(main, _args(command, big, whole) + ["-q"])
-    assert res.exit_code == 0, res.output
-    clean = tree_hashes(whole)
-    out = tmp_path / "out"
-    args = [sys.executable, "-m", "maskkit.cli", *_args(command, big, out)[:-2 if command != "synth" else -4],
-            "-j", "2", "-q"] + (["--shard-samples", "3"] if command == "synth" else [])
-    p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    probe, deadline = out / journal, time.monotonic() + 300
-    while time.monotonic() < deadline and p.poll() is None:  # until the first chunk is on record
-        if probe.is_file() and len(probe.read_bytes().splitlines()) >= 3:
-            break
-        time.sleep(0.02)
-    if p.poll() is not None:
-        pytest.fail(f"the run ended before it could be interrupted: {p.stderr.read()[-2000:]}")
-    os.killpg(p.pid, signal.SIGINT)
-    _, err = p.communicate(timeout=300)
+    big, out, p, errp = signal_a_real_run(src, tmp_path, args_for, journal, lambda p: os.killpg(p.pid, signal.SIGINT))
+    p.wait(timeout=300)
+    err = errp.read_text()
     assert p.returncode == 130, err[-3000:]
     assert "Traceback" not in err and "Aborted!" not in err, err[-3000:]
     lines = [x for x in err.splitlines() if x.strip()]
     assert lines[-1].startswith("interrupted: ") and lines[-1].endswith("rerun the same command to resume"), err
+    whole = tmp_path / "whole"
+    res = CliRunner().invoke(main, _args(command, big, whole) + ["-q"])
+    assert res.exit_code == 0, res.output
+    clean = tree_hashes(whole)
     _resume_and_compare(command, big, out, lambda _: clean)
 
 
@@ -415,3 +400,41 @@ def test_a_stop_before_any_record_does_not_claim_nothing_is_on_disk():
     line = Tally(465).kept()
     assert "0 of 465" in line and "nothing" not in line and "written again by the rerun" in line
     assert Tally(465, 22).kept() == "22 of 465 inputs done and kept"
+
+
+def signal_a_real_run(src: Path, tmp_path: Path, args_for, journal: str, send, copies=(8, 32)):
+    """Start a real run over ``src``'s files copied ``copies[0]`` times, wait until its first chunk
+    is on record in ``journal`` (3 lines), then ``send(process)``. When the run has already ended
+    by then (on a loaded machine a late-starting worker can hold the first chunk back while the
+    other finishes the rest), start again with the next count: the run is signalled mid-way or the
+    test fails.
+
+    Args:
+        args_for: ``(src, out) -> argv`` of the command (a list for ``subprocess``).
+        send: ``(Popen) -> None``, the signal (it may look at the process first).
+
+    Returns:
+        ``(input folder, output folder, Popen, stderr file path)``; the caller waits for the process.
+    """
+    import shutil
+
+    for n in copies:
+        big, out, errp = tmp_path / f"src{n}", tmp_path / f"out{n}", tmp_path / f"stderr{n}.txt"
+        for f in sorted(p for p in src.rglob("*") if p.is_file()):
+            rel = f.relative_to(src)
+            for k in range(n):
+                (big / rel.parent).mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(f, big / rel.parent / f"{rel.stem}_{k}{rel.suffix}")
+        with open(errp, "w") as errf:  # a file, not a pipe: a worker left running holds no wait up
+            p = subprocess.Popen(args_for(big, out), stdout=subprocess.DEVNULL, stderr=errf, text=True,
+                                 start_new_session=True)
+        probe, deadline = out / journal, time.monotonic() + 300
+        while time.monotonic() < deadline and p.poll() is None:  # until the first chunk is on record
+            if probe.is_file() and len(probe.read_bytes().splitlines()) >= 3:
+                break
+            time.sleep(0.02)
+        if p.poll() is None:
+            send(p)
+            return big, out, p, errp
+    pytest.fail(f"every run ended before it could be signalled (up to {copies[-1]} copies of each input): "
+                f"{errp.read_text()[-2000:]}")
