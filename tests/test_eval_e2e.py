@@ -571,3 +571,22 @@ def test_val_at_far_note_in_report_and_table(bin_report):
     assert "not resolvable" in m["val_note"] and "50 negative pairs" in m["val_note"]
     flat = " ".join(output.split())
     assert "VAL@FAR=0.001 % (*)" in flat and "not resolvable" in flat, output
+
+
+def test_eval_refuses_a_report_folder_of_other_files(johns, tmp_path):
+    """``eval --out`` into a folder of other files (another command's output, the user's) is
+    refused, naming them, and writes nothing; with ``--overwrite`` the report is written beside
+    them and they are kept."""
+    from maskkit.cli import main
+
+    out = tmp_path / "aligned"
+    out.mkdir()
+    (out / "manifest.jsonl").write_text('{"an": "align run"}\n')
+    args = ["eval", "--model", str(johns["run"]), "--bin", str(johns["bin"]), "--mask-side", "none", "--out", str(out),
+            "-q"]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 1 and "is not empty" in res.output and "manifest.jsonl" in res.output, res.output
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.jsonl"]
+    res = CliRunner().invoke(main, args + ["--overwrite"])
+    assert res.exit_code == 0, res.output
+    assert (out / "metrics.json").is_file() and (out / "manifest.jsonl").read_text() == '{"an": "align run"}\n'

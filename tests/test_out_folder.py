@@ -189,3 +189,28 @@ def test_synth_refusal_names_options_of_an_older_set_and_of_an_unfinished_run(sr
     (unfinished / ".synth-journal.jsonl").write_text(json.dumps(journal) + "\n")
     msg = " ".join(_run("synth", src, unfinished, "--ratio", "0.5").stderr.split())
     assert "holds an unfinished run with other inputs or options (--seed 3 -> 0)" in msg, msg
+
+
+def test_demo_and_export_rec_refuse_a_folder_of_other_files_too(src, tmp_path):
+    """The folder rule holds for the commands that write a folder of their own next to align, mask
+    and synth: ``demo --out`` and ``export-rec -o`` into a folder of the user's (or another command's
+    output: a shard set) are refused, naming the files, and write nothing; with ``--overwrite``
+    they write beside them and keep every one."""
+    shards = tmp_path / "shards"
+    assert _run("synth", src, shards, "--ratio", "0").exit_code == 0
+    for args in (["demo", "--out", "{out}", "-j", "1", "-q"], ["export-rec", str(shards), "-o", "{out}", "-q"]):
+        out = _users_folder(tmp_path / args[0])
+        before = _snapshot(out)
+        run = [a.replace("{out}", str(out)) for a in args]
+        res = CliRunner().invoke(main, run)
+        msg = " ".join(res.output.split())
+        assert res.exit_code == 1 and "is not empty" in msg and "notes.txt" in msg, (args[0], msg)
+        assert _snapshot(out) == before
+        res = CliRunner().invoke(main, run + ["--overwrite"])
+        assert res.exit_code == 0, (args[0], res.output)
+        after = _snapshot(out)
+        assert {k: after.get(k) for k in before} == before and len(after) > len(before)
+    # export-rec into the shard set itself: another command's output, refused
+    before = _snapshot(shards)
+    res = CliRunner().invoke(main, ["export-rec", str(shards), "-o", str(shards), "-q"])
+    assert res.exit_code == 1 and "is not empty" in res.output and _snapshot(shards) == before

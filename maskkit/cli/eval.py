@@ -248,8 +248,15 @@ def _eval_interrupted(cfgs) -> SystemExit:
 def _claim_report(cfg, overwrite: bool) -> None:
     """Refuse to replace an earlier eval's report or saved record (``--overwrite`` removes them first)."""
     from maskkit.training.eval.report import report_paths
+    from maskkit.util.files import OutputExistsError, claim_folder
 
-    _claim(report_paths(cfg), overwrite, "an eval report", remove=True)
+    paths = report_paths(cfg)
+    names = {p.name for p in paths if p.parent == cfg.out_dir}
+    try:  # a folder of other files (another command's output, the user's): refused unless --overwrite
+        claim_folder(cfg.out_dir, lambda rel: rel in names, overwrite, what="an eval report")
+    except OutputExistsError as exc:
+        raise click.ClickException(str(exc)) from None
+    _claim(paths, overwrite, "an eval report", remove=True)
 
 
 def _config(model, bin_path, pairs, root, gallery, probes, mask_side, mask_style, seed, flip, out, name, batch_size,

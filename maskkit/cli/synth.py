@@ -234,7 +234,7 @@ def export_rec_cmd(shards, out, prefix, only, quiet, overwrite, verify):
     from maskkit.io.recordio import sidecar_path
     from maskkit.io.shard_verify import ShardMismatchError
     from maskkit.io.shards import ManifestError
-    from maskkit.util.files import OutputBusyError, OutputLock
+    from maskkit.util.files import OutputBusyError, OutputExistsError, OutputLock, claim_folder
     from maskkit.util.outcome import STOPPED, os_cause, stop_guard
 
     if out is None:
@@ -251,8 +251,12 @@ def export_rec_cmd(shards, out, prefix, only, quiet, overwrite, verify):
         # a full disk or Ctrl-C: one line naming the file; the partial files are removed (nothing to resume)
         with lock, stop_guard(lambda: "nothing was exported (the partial files are removed)", lambda: rec,
                               "rerun the same command"):
-            _claim([rec, rec.with_suffix(".idx"), out / "property", sidecar_path(rec)], overwrite,
-                   "an insightface export", where=out)  # under the lock: no export in progress replaces it
+            outputs = [rec, rec.with_suffix(".idx"), out / "property", sidecar_path(rec)]
+            try:  # a folder of other files (the shard set itself, the user's): refused unless --overwrite
+                claim_folder(out, lambda rel: rel in {p.name for p in outputs}, overwrite, what="an insightface export")
+            except OutputExistsError as exc:
+                raise click.ClickException(str(exc)) from None
+            _claim(outputs, overwrite, "an insightface export", where=out)  # under the lock: no export in progress replaces it
             try:
                 info = export_rec(shards, out, prefix=prefix, only=only, verify=verify)
             except (FileNotFoundError, ManifestError) as exc:

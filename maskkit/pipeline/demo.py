@@ -104,7 +104,7 @@ def claim_demo(out: Path, info: dict, overwrite: bool) -> bool:
     """
     import json
 
-    from maskkit.util.files import OutputExistsError, claim_outputs, write_atomic
+    from maskkit.util.files import OutputExistsError, claim_folder, claim_outputs, write_atomic
 
     rec = out / DEMO_RECORD
     previous = None
@@ -127,6 +127,12 @@ def claim_demo(out: Path, info: dict, overwrite: bool) -> bool:
         if damage:
             raise DemoError(damage)
         return True
+    if previous is None:  # a folder of somebody's files: refused, or with --overwrite written beside them
+        try:
+            claim_folder(out, lambda rel: rel.split("/", 1)[0] in (*DEMO_OUTPUTS, DEMO_RECORD), overwrite,
+                         what="maskkit demo's output")
+        except OutputExistsError as exc:
+            raise DemoError(str(exc)) from exc
     if not ours or overwrite:
         present = [out / n for n in (*DEMO_OUTPUTS, DEMO_RECORD) if (out / n).exists() or (out / n).is_symlink()]
         what = "the output of a maskkit demo with other options" if previous is not None \
