@@ -128,7 +128,7 @@ def _eval(run, bin_path, out):
     from maskkit.cli import main
 
     res = CliRunner().invoke(main, ["eval", "--model", str(run), "--bin", str(bin_path), "--mask-side", "none",
-                                    "--out", str(out), "-q"], env={"COLUMNS": "80"})
+                                    "--out", str(out)], env={"COLUMNS": "80"})  # the table (not -q): its notes
     assert res.exit_code == 0, res.output + repr(res.exception)
     return json.loads((out / "metrics.json").read_text()), np.load(out / "embeddings.npz"), res.output
 
