@@ -255,3 +255,31 @@ def test_ctrl_c_in_export_rec_leaves_no_partial_file(shards, tmp_path, monkeypat
     assert res.exit_code == 130, res.output
     assert _one_line(res) == "interrupted: nothing was exported (the partial files are removed); rerun the same command"
     assert os.listdir(out) == []
+
+
+@pytest.mark.parametrize("command,journal", [("synth", ".synth-journal.jsonl")])
+def test_workers_end_when_their_parent_is_killed_without_a_word(src, tmp_path, command, journal):
+    """``kill -9`` (or the OOM killer) gives the parent no chance to stop its pool: the workers,
+    which ignore SIGINT/SIGTERM (the parent handles those), end themselves within seconds of being
+    left instead of running on re-parented to PID 1 (~260 MB each); the rerun resumes."""
+    children = []
+
+    def args_for(big, out):
+        args = [sys.executable, "-m", "maskkit.cli", *_args(command, big, out)]
+        args[args.index("-j") + 1] = "2"
+        return args + ["-q"]
+
+    def send(p):
+        children.extend(c for c in psutil.Process(p.pid).children(recursive=True) if "LokyProcess" in " ".join(c.cmdline()))
+        assert len(children) >= 2, children  # the 2 workers
+        p.kill()
+
+    big, out, p, errp = signal_a_real_run(src, tmp_path, args_for, journal, send)
+    p.wait(timeout=60)
+    _, alive = psutil.wait_procs(children, timeout=20)
+    left = [c for c in alive if c.status() != psutil.STATUS_ZOMBIE]
+    for c in left:  # not ours to leave running, whatever the outcome
+        c.kill()
+    assert not left, [(c.pid, c.cmdline()[:3]) for c in left]
+    res = CliRunner().invoke(main, _args(command, big, out))
+    assert res.exit_code == 0, res.output

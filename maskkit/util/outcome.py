@@ -20,6 +20,8 @@ the command line prints it (``maskkit.cli._exit``), never a traceback.
 from __future__ import annotations
 
 import errno
+import os
+import time
 from collections import Counter
 from contextlib import contextmanager
 from typing import Callable, Iterable, Iterator
@@ -98,11 +100,34 @@ def worker_ignores_interrupts() -> None:
     """Initializer of pool worker processes: Ctrl-C (SIGINT, sent by a terminal to the whole
     process group) and SIGTERM (``timeout`` and cluster schedulers send it to the whole group
     too) are left to the parent, which stops the pool (its workers are killed) and prints one
-    line; the workers print no traceback of their own."""
+    line; the workers print no traceback of their own.
+
+    A parent killed without a word (``kill -9``, the OOM killer) cannot stop its pool: each
+    worker then ends itself within about a second of being left (:func:`_exit_with_parent`),
+    instead of running on, re-parented, ignoring ``kill``."""
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _exit_with_parent(os.getppid())
+
+
+#: How often (seconds) a pool worker looks whether its parent is still there.
+PARENT_CHECK_S = 1.0
+
+
+def _exit_with_parent(ppid: int) -> None:
+    """Start a daemon thread that ends this process (``os._exit(1)``) once its parent ``ppid`` is
+    gone (the process was re-parented)."""
+    import threading
+
+    def watch() -> None:
+        while True:
+            time.sleep(PARENT_CHECK_S)
+            if os.getppid() != ppid:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="maskkit-parent-watch", daemon=True).start()
 
 
 class Terminated(KeyboardInterrupt):
