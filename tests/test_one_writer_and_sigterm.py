@@ -283,3 +283,22 @@ def test_workers_end_when_their_parent_is_killed_without_a_word(src, tmp_path, c
     assert not left, [(c.pid, c.cmdline()[:3]) for c in left]
     res = CliRunner().invoke(main, _args(command, big, out))
     assert res.exit_code == 0, res.output
+
+
+def test_a_lock_name_taken_by_a_link_or_folder_is_refused_and_nothing_is_written_through_it(src, tmp_path):
+    """``OUT/.maskkit.lock`` is never opened through a link (a link to a file elsewhere had that
+    file truncated and overwritten) and a folder at that name is named as such (it said the output
+    folder was not writable): one line each, exit 1, the link's target untouched."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious data\n")
+    for kind in ("link", "folder"):
+        out = tmp_path / f"out-{kind}"
+        out.mkdir()
+        if kind == "link":
+            os.symlink(victim, out / LOCK)
+        else:
+            (out / LOCK).mkdir()
+        res = CliRunner().invoke(main, _args("align", src, out) + ["-q"])
+        assert res.exit_code == 1 and f"is a {kind}, not maskkit's lock file" in res.output, res.output
+        assert sorted(p.name for p in out.iterdir()) == [LOCK]
+    assert victim.read_text() == "precious data\n"

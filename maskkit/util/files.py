@@ -279,7 +279,16 @@ class OutputLock:
         except ImportError:  # pragma: no cover - non-POSIX: no locking
             return self
         while True:
-            fh = open(self.path, "a+b")
+            # never through a link: a .maskkit.lock planted as a link to another file must not be
+            # truncated and written (ELOOP); a folder at the name is not the folder's fault
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+            except OSError as exc:
+                if os.path.islink(self.path) or os.path.isdir(self.path):
+                    raise OutputBusyError(f"{self.path} is a {'link' if os.path.islink(self.path) else 'folder'}, "
+                                          "not maskkit's lock file: remove it, then rerun") from None
+                raise exc
+            fh = os.fdopen(fd, "r+b")
             try:
                 try:
                     fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
