@@ -218,16 +218,21 @@ def eval_cmd(model, bin_path, pairs, root, gallery, probes, mask_side, mask_styl
         click.echo(_headline_json(m))
 
 
+def _round(v):
+    """A figure for ``eval -q``'s line: 6 decimals (0.5000000000000001 is 0.5); anything else as is."""
+    return round(v, 6) if isinstance(v, float) else v
+
+
 def _headline_json(m: dict) -> str:
     """``eval -q``'s one line: the set, the task and the cosine headline figures (fractions, as in
-    ``metrics.json``), the counts and the report folder."""
+    ``metrics.json``, to 6 decimals), the counts and the report folder."""
     import json
 
     cos, c = m.get("cosine") or {}, m.get("counts") or {}
     keys = (("accuracy", "accuracy_std", "val", "far_target", "auc") if m.get("task") == "verification"
             else ("rank1", "rank5"))
     return json.dumps({"set": m.get("set"), "task": m.get("task"), "mask_side": (m.get("protocol") or {}).get("mask_side"),
-                       **{k: cos.get(k) for k in keys}, "input_failures": c.get("input_failures"),
+                       **{k: _round(cos.get(k)) for k in keys}, "input_failures": c.get("input_failures"),
                        "report": m.get("report_dir")})
 
 
