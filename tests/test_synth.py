@@ -794,14 +794,15 @@ def test_resumed_line_says_which_inputs_are_read_again(celeb_aligned, tmp_path):
 
 def test_bad_styles_are_usage_errors(tmp_path):
     """Every wrong ``--styles`` is one usage error (exit 2) before anything is read: an unknown
-    style, a style listed twice (it was exit 1 from deep inside the run). (An empty list is
-    ``--ratio 0``'s: no masks.)"""
+    style, a style listed twice (it was exit 1 from deep inside the run), no style with a ratio
+    above 0 (an empty list is ``--ratio 0``'s: no masks)."""
     from click.testing import CliRunner
 
     from maskkit.cli.synth import synth
 
     (tmp_path / "src").mkdir()
-    for styles, said in (("foo", "unknown style"), ("surgical,n95,surgical", "surgical listed twice")):
+    for styles, said in (("foo", "unknown style"), ("surgical,n95,surgical", "surgical listed twice"),
+                         ("", "no style listed; --ratio 0.5 masks faces")):
         res = CliRunner().invoke(synth, ["--src", str(tmp_path / "src"), "--out", str(tmp_path / "o"),
                                          "--styles", styles])
         assert res.exit_code == 2 and said in res.output and "Traceback" not in res.output, (styles, res.output)

@@ -116,7 +116,11 @@ def synth(src, out, ratio, paired, styles, seed, jobs, aligned, size, shard_samp
         raise click.UsageError(f"--address {address} is a cluster's address: give it with --backend dask or ray "
                                "(the local backend runs joblib processes on this machine)")
 
-    cfg = SynthConfig(src=src, out=out, ratio=ratio, paired=paired, styles=_parse_styles(styles), seed=seed,
+    chosen = _parse_styles(styles)
+    if not chosen and ratio > 0:
+        raise click.BadParameter(f"no style listed; --ratio {ratio:g} masks faces, so it needs at least one "
+                                 "(an empty list is for --ratio 0)", param_hint="--styles")
+    cfg = SynthConfig(src=src, out=out, ratio=ratio, paired=paired, styles=chosen, seed=seed,
                       jobs=jobs, aligned=aligned, size=size, shard_samples=shard_samples,
                       backend=backend, address=address, detector=detector, detector_opts=det_opts, faces=faces, quality=quality,
                       mask_png=not no_mask_png, max_pixels=max_pixels, overwrite=overwrite, progress=not quiet,
