@@ -32,31 +32,10 @@ import pytest
 from click.testing import CliRunner
 
 from maskkit.cli import main
-from test_stopped_runs import _args, _no_debris, _one_line, signal_a_real_run, tree_hashes
-from zoo import faces_tree
+from test_stopped_runs import (  # noqa: F401 - src and clean are fixtures, shared
+    _args, _no_debris, _one_line, clean, signal_a_real_run, src, tree_hashes)
 
 LOCK = ".maskkit.lock"
-
-
-@pytest.fixture(scope="module")
-def src(tmp_path_factory) -> Path:
-    return faces_tree(tmp_path_factory.mktemp("faces") / "src")
-
-
-@pytest.fixture(scope="module")
-def clean(src, tmp_path_factory):
-    """The uninterrupted, unhindered run of each command."""
-    runs = {}
-
-    def get(command: str) -> dict[str, str]:
-        if command not in runs:
-            out = tmp_path_factory.mktemp(f"clean-{command}") / "out"
-            res = CliRunner().invoke(main, _args(command, src, out) + ["-q"])
-            assert res.exit_code == 0, res.output
-            runs[command] = tree_hashes(out)
-        return runs[command]
-
-    return get
 
 
 class _Holder:
@@ -203,15 +182,7 @@ def test_export_rec_on_a_full_disk_names_the_file_and_leaves_nothing(shards, tmp
 
     full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     if where == "record":
-        real, seen = RecordWriter.write, {"n": 0}
-
-        def write(self, key, record):
-            seen["n"] += 1
-            if seen["n"] > 5:
-                raise full
-            return real(self, key, record)
-
-        monkeypatch.setattr(RecordWriter, "write", write)
+        _writes_fail_after(monkeypatch, 5, full)
     else:
         real_close = RecordWriter.close
 
@@ -238,17 +209,7 @@ def test_export_rec_on_a_full_disk_names_the_file_and_leaves_nothing(shards, tmp
 
 
 def test_ctrl_c_in_export_rec_leaves_no_partial_file(shards, tmp_path, monkeypatch):
-    from maskkit.io.recordio import RecordWriter
-
-    real, seen = RecordWriter.write, {"n": 0}
-
-    def write(self, key, record):
-        seen["n"] += 1
-        if seen["n"] > 3:
-            raise KeyboardInterrupt
-        return real(self, key, record)
-
-    monkeypatch.setattr(RecordWriter, "write", write)
+    _writes_fail_after(monkeypatch, 3, KeyboardInterrupt())
     out = tmp_path / "rec"
     out.mkdir()
     res = CliRunner().invoke(main, ["export-rec", str(shards), "-o", str(out), "-q"])
@@ -302,3 +263,18 @@ def test_a_lock_name_taken_by_a_link_or_folder_is_refused_and_nothing_is_written
         assert res.exit_code == 1 and f"is a {kind}, not maskkit's lock file" in res.output, res.output
         assert sorted(p.name for p in out.iterdir()) == [LOCK]
     assert victim.read_text() == "precious data\n"
+
+
+def _writes_fail_after(monkeypatch, n: int, exc: BaseException) -> None:
+    """``RecordWriter.write`` raises ``exc`` from its ``n + 1``-th record on."""
+    from maskkit.io.recordio import RecordWriter
+
+    real, seen = RecordWriter.write, {"n": 0}
+
+    def write(self, key, record):
+        seen["n"] += 1
+        if seen["n"] > n:
+            raise exc
+        return real(self, key, record)
+
+    monkeypatch.setattr(RecordWriter, "write", write)
