@@ -198,3 +198,23 @@ def test_read_manifest_refuses_structurally_wrong_fields(shard_set, tmp_path, ed
     with pytest.raises(ManifestError) as ei:
         read_manifest(d)
     assert str(ei.value).startswith(str(d / "manifest.json")) and "\n" not in str(ei.value)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage"])
+def test_preview_of_a_damaged_shard_is_one_line_naming_it(shard_set, tmp_path, damage):
+    """A shard cut short, or one replaced by random bytes: before, a tarfile.ReadError traceback."""
+    from click.testing import CliRunner
+
+    from maskkit.cli import main
+
+    d = tmp_path / "set"
+    shutil.copytree(shard_set, d)
+    shard = d / json.loads((d / "manifest.json").read_text())["shards"][0]["name"]
+    data = shard.read_bytes()
+    shard.write_bytes(data[: len(data) // 3] if damage == "truncated"
+                      else np.random.default_rng(0).bytes(1000))
+    res = CliRunner().invoke(main, _commands(d, tmp_path)["preview"])
+    assert res.exit_code not in (0, None) and isinstance(res.exception, SystemExit), (res.output, res.exc_info)
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and str(shard) in lines[0] and "unreadable" in lines[0], res.output
+    assert not (tmp_path / "p.png").exists()
