@@ -442,25 +442,17 @@ class RecReader:
                        f"{b - a} identity records (keys {a}..{b - 1}), but in {src} " + " and ".join(parts))
 
     def _refuse_short(self, a: int, b: int, keys: list[int]) -> None:
-        """Raise :class:`RecTruncatedError`: the header record's range ``(a, b)`` (images
-        ``1..a-1``, identity records ``a..b-1``) points past the last record the ``.rec`` /
-        ``.idx`` holds."""
-        held = sum(1 for k in keys if k < b)
-        if self.index_source == "idx":
-            last = self.offsets[keys[-1]]
-            self._f.seek(last)
-            read_record_at(self._f)
+        """Raise :class:`RecTruncatedError`: the header's range ``(a, b)`` reaches past the last record held."""
+        more = False
+        if self.index_source == "idx":  # does the .rec go on past the last record its .idx lists?
+            read_record_at(self._f, self.offsets[keys[-1]])
             more = self._f.tell() < self._size
-            where = (f"{self.idx_path.name} lists {len(keys):,}" + (
-                f", but {self.rec_path.name} continues past its last record: the .idx was cut "
-                f"(delete it to read the .rec by a sequential scan, or re-download both)" if more else
-                f" and {self.rec_path.name} ends after them: re-download or re-copy it"))
-        else:
-            where = (f"{self.rec_path.name} ends at byte {self._size:,}, after {len(keys):,} whole records "
-                     "(cut at a record boundary): re-download or re-copy it")
-        raise RecTruncatedError(
-            f"{self.rec_path} is truncated: its header record lists {b:,} records ({a - 1:,} images, "
-            f"{b - a:,} identity records), {held:,} are readable; {where}")
+        where = (f"{self.idx_path.name} lists {len(keys):,}, but {self.rec_path.name} continues past its last "
+                 "record: the .idx was cut (delete it to read the .rec by a sequential scan, or re-download both)"
+                 if more else f"{self.rec_path.name} ends at byte {self._size:,}, after {len(keys):,} whole "
+                 "records: re-download or re-copy it")
+        raise RecTruncatedError(f"{self.rec_path} is truncated: its header record lists {b:,} records ({a - 1:,} "
+                                f"images, {b - a:,} identity records), {sum(k < b for k in keys):,} are readable; {where}")
 
     # ---- reading ------------------------------------------------------------------------------
     def read(self, key: int) -> bytes:
