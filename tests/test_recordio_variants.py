@@ -128,12 +128,16 @@ def test_header_range_disagreeing_with_idx_is_reported(faces, tmp_path, caplog):
     assert "identity keys" not in msgs[0]
 
 
-def test_header_without_identity_records_in_the_idx_is_reported(faces, tmp_path, caplog):
+def test_header_whose_identity_records_the_idx_does_not_list_is_refused(faces, tmp_path):
+    """The .idx lists keys 0..12 of 15 (cut after the images): the header's range (13, 15) reaches
+    past it. Refused like any cut .idx (before: a warning, and the set was read)."""
+    from maskkit.io.recordio import RecTruncatedError
+
     rec = _write_insightface(tmp_path / "train.rec", faces, CLASSES, idx_keys=list(range(13)))
-    with caplog.at_level(logging.WARNING), RecReader(rec) as r:
-        assert r.header0 == (13, 15) and r.image_keys == list(range(1, 13))
-    msgs = [m.getMessage() for m in caplog.records]
-    assert len(msgs) == 1 and "2 of its identity keys 13..14 are absent" in msgs[0], msgs
+    with pytest.raises(RecTruncatedError) as ei:
+        RecReader(rec)
+    msg = str(ei.value)
+    assert "\n" not in msg and "header record lists 15 records" in msg and "13 are readable" in msg, msg
 
 
 def test_header_with_records_beyond_its_range_is_reported(faces, tmp_path, caplog):
@@ -151,12 +155,27 @@ def test_header_with_records_beyond_its_range_is_reported(faces, tmp_path, caplo
     assert len(msgs) == 1 and "2 record(s) lie beyond its range (keys 11..12" in msgs[0], msgs
 
 
-def test_headerlike_record_whose_range_does_not_fit_is_not_a_header(faces, tmp_path, caplog):
-    """Record 0 without an image but with a range (100, 102) that 13 records cannot hold: not a
-    header; the 12 image records are all read, with a warning."""
+def test_header_whose_range_reaches_past_the_records_is_refused(faces, tmp_path):
+    """Record 0 without an image, range (100, 102), in a set of 13 records: an insightface header
+    of a set cut short (99 images by it, 12 here). Refused in one line (before: 'not taken as a
+    header', 12 of 99 images read with a warning)."""
+    from maskkit.io.recordio import RecTruncatedError
+
     rec = tmp_path / "train.rec"
     with RecordWriter(rec, rec.with_suffix(".idx")) as w:
         w.write(0, pack_header(IRHeader(2, (100.0, 102.0), 0, 0), b""))
+        for k in range(1, 13):
+            w.write(k, pack_header(IRHeader(0, float(CLASSES[k - 1]), k, 0), _jpeg(faces[k - 1])))
+    with pytest.raises(RecTruncatedError, match=r"lists 102 records \(99 images, 2 identity records\), 13 are readable"):
+        RecReader(rec)
+
+
+def test_record0_with_a_fractional_range_is_not_a_header(faces, tmp_path, caplog):
+    """Record 0 without an image whose 'range' (2.5, 7.25) is no pair of record keys: not a header
+    (no insightface set has one); the 12 image records are all read, with one warning."""
+    rec = tmp_path / "train.rec"
+    with RecordWriter(rec, rec.with_suffix(".idx")) as w:
+        w.write(0, pack_header(IRHeader(2, (2.5, 7.25), 0, 0), b""))
         for k in range(1, 13):
             w.write(k, pack_header(IRHeader(0, float(CLASSES[k - 1]), k, 0), _jpeg(faces[k - 1])))
     with caplog.at_level(logging.WARNING), RecReader(rec) as r:
@@ -277,28 +296,48 @@ def test_rec_cut_short_without_idx_is_refused(faces, tmp_path):
         RecReader(rec)
 
 
-def test_rec_cut_at_a_boundary_without_idx_warns_that_it_may_be_truncated(faces, tmp_path, caplog):
-    """Without a .idx, a cut at a record boundary cannot be told from a set whose record 0 is not a
-    header: the records are read, and the one warning says the other reading too."""
+def test_rec_cut_at_a_boundary_without_idx_is_refused(faces, tmp_path):
+    """No .idx, the .rec cut exactly after image 6: every record left is whole, but the header
+    record lists 15 (12 images). Refused in one line (before: a warning, 6 of 12 images read)."""
+    from maskkit.io.recordio import RecTruncatedError
+
     rec = _write_insightface(tmp_path / "train.rec", faces, CLASSES)
     offs = _record_offsets(rec)
     rec.with_suffix(".idx").unlink()
     _cut(rec, offs[7])
-    with caplog.at_level(logging.WARNING), RecReader(rec) as r:
-        assert r.header0 is None and r.image_keys == list(range(1, 7))
-    msgs = [m.getMessage() for m in caplog.records]
-    assert len(msgs) == 1 and "not taken as a header" in msgs[0] and "truncated download" in msgs[0], msgs
-    assert "about 6 images are lost" in msgs[0], msgs
+    with pytest.raises(RecTruncatedError) as ei:
+        RecReader(rec)
+    msg = str(ei.value)
+    assert "\n" not in msg and "truncated" in msg and "re-download" in msg, msg
+    assert "header record lists 15 records (12 images, 2 identity records), 7 are readable" in msg, msg
 
 
-def test_synth_cli_refuses_a_truncated_rec_in_one_line(faces, tmp_path):
+@pytest.mark.parametrize("keep", [7, 13])
+def test_intact_rec_with_a_cut_idx_is_refused(faces, tmp_path, keep):
+    """The .rec is whole (15 records) but its .idx lists only the first ``keep``: refused, and the
+    message says the .rec continues past the .idx (before: a warning and keep - 1 of 12 images)."""
+    from maskkit.io.recordio import RecTruncatedError
+
+    rec = _write_insightface(tmp_path / "train.rec", faces, CLASSES, idx_keys=list(range(keep)))
+    with pytest.raises(RecTruncatedError) as ei:
+        RecReader(rec)
+    msg = str(ei.value)
+    assert "\n" not in msg and f"lists 15 records (12 images, 2 identity records), {keep} are readable" in msg, msg
+    assert "continues past its last record" in msg, msg
+
+
+@pytest.mark.parametrize("where", ["inside-a-record", "at-a-boundary-no-idx"])
+def test_synth_cli_refuses_a_truncated_rec_in_one_line(faces, tmp_path, where):
     """`maskkit synth --src train.rec --aligned` on a cut .rec: one line naming the file, how many
-    records the .idx lists and how many are readable; nonzero exit, no output set."""
+    records are listed (.idx or header record) and how many are readable; nonzero exit, no output set."""
     import subprocess
     import sys
 
     rec = _write_insightface(tmp_path / "train.rec", faces, CLASSES)
-    _cut(rec, _record_offsets(rec)[7] + 100)
+    offs = _record_offsets(rec)
+    if where == "at-a-boundary-no-idx":
+        rec.with_suffix(".idx").unlink()
+    _cut(rec, offs[7] + (100 if where == "inside-a-record" else 0))
     p = subprocess.run([sys.executable, "-m", "maskkit.cli", "synth", "--src", str(rec), "--aligned", "--ratio", "0",
                         "--styles", "", "--out", str(tmp_path / "out"), "-q"], capture_output=True, text=True,
                        env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})

@@ -222,14 +222,14 @@ def stats(shards, deep, as_json, quiet):
 @_deprecated("OUT", dest="out", new="-o/--out OUT", old="the positional OUT", argument=True, metavar="[OUT]",
              type=click.Path(file_okay=False, path_type=Path))
 @_overwrite("Replace an export with this prefix in --out (otherwise refused).")
-@_verify("Check every shard's size and sha256 against the manifest first (as `maskkit stats` does) "
+@_verify("Check the set against its manifest first, as `maskkit stats` does (sizes, sha256, counts, labels), "
          "and refuse a damaged set.")
 def export_rec_cmd(shards, out, prefix, only, quiet, overwrite, verify):
     """Write a shard folder as insightface train.rec / train.idx / property (no mxnet needed).
 
     The result loads in arcface_torch's MXFaceDataset; record id2 is 1 for masked faces, and
     PREFIX.maskkit.json says so (synth on this .rec then never masks a masked face again).
-    Each shard is first checked against the manifest's size and sha256: a damaged shard is a
+    The set is first checked against its manifest as `maskkit stats` checks it: a mismatch is a
     one-line error naming it (exit 1), nothing written, unless --no-verify.
     OUT as a second argument is deprecated: use -o/--out.
     """

@@ -29,40 +29,52 @@ def export_rec(shards_dir: str | os.PathLike, out_dir: str | os.PathLike, prefix
         only: ``"all"`` samples, only the ``"plain"`` ones (e.g. to mask the set again with
             ``maskkit synth --src train.rec --aligned`` without drawing a second mask on a masked
             face), or only the ``"masked"`` ones.
-        verify: first check every shard's size and sha256 against the manifest
-            (:func:`maskkit.io.shard_verify.check_shard_files`, the check ``maskkit stats`` makes; one
-            extra sequential read of the shards); nothing is written when one differs.
+        verify: first check the set against its manifest as ``maskkit stats`` does
+            (:func:`maskkit.io.shard_verify.verify`: shard sizes, sha256, counts, labels against
+            ``classes``, unlisted shards...; one extra sequential read of the shards); nothing is
+            written when anything differs.
 
     Returns:
         ``{"images", "classes", "rec", "idx", "property", "bytes"}``.
 
     Raises:
         FileNotFoundError: no ``manifest.json``.
-        maskkit.io.shard_verify.ShardMismatchError: ``verify`` and a shard is missing, or its size or
-            sha256 differs from the manifest's.
+        ManifestError: a damaged manifest (:func:`maskkit.io.shards.read_manifest`), or a sample
+            whose label lies outside its ``classes``.
+        maskkit.io.shard_verify.ShardMismatchError: ``verify`` and the set differs from its manifest
+            (anything ``maskkit stats`` reports as a MISMATCH).
         maskkit.util.outcome.OutputFull: an output file could not be written (no space, quota,
             read-only...); it names the file (``PREFIX.rec``, ...). Nothing is written then: the
             partial ``*.tmp`` files are removed (on any other error or Ctrl-C too), and an
             earlier export at the same names is left as it was.
     """
-    from maskkit.io.shard_verify import ShardMismatchError, check_shard_files
-    from maskkit.io.shards import read_manifest, read_samples
+    from maskkit.io.shard_verify import ShardMismatchError
+    from maskkit.io.shard_verify import verify as verify_set
+    from maskkit.io.shards import ManifestError, read_manifest, read_samples
 
     if only not in ("all", "plain", "masked"):
         raise ValueError(f"only must be 'all', 'plain' or 'masked', not {only!r}")
-    if verify and (problems := check_shard_files(shards_dir)):
-        raise ShardMismatchError(shards_dir, problems)
+    man = read_manifest(shards_dir)  # FileNotFoundError / ManifestError: one line naming the file
+    if verify and not (rep := verify_set(shards_dir)).ok:
+        raise ShardMismatchError(shards_dir, rep.problems)
 
     def keep(sample: dict) -> bool:
         return only == "all" or bool(sample["json"].get("masked")) == (only == "masked")
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    man = read_manifest(shards_dir)
     classes = man["classes"]
     h, w = man.get("image_size", [112, 112])
     # first pass: labels only (the JPEG members are skipped unread)
-    labels = [s["json"]["label"] for s in read_samples(shards_dir, members=("json",)) if keep(s)]
+    samples = [s for s in read_samples(shards_dir, members=("json",)) if keep(s)]
+    for s in samples:  # (verify checks this too; --no-verify must still not index past the classes)
+        lab = s["json"].get("label")
+        if not isinstance(lab, int) or isinstance(lab, bool) or not 0 <= lab < len(classes):
+            raise ManifestError(f"{Path(shards_dir) / 'manifest.json'}: sample {s['key']} ({s['shard']}) has "
+                                f"label {lab!r}, but 'classes' lists {len(classes)} classes: the manifest does "
+                                "not belong to these shards")
+    labels = [s["json"]["label"] for s in samples]
+    del samples
     n = len(labels)
     counts = [0] * len(classes)
     for lab in labels:
@@ -94,6 +106,8 @@ def export_rec(shards_dir: str | os.PathLike, out_dir: str | os.PathLike, prefix
                     lab = s["json"]["label"]
                     if (cls is not None and lab != cls) or not keep(s):
                         continue
+                    if key == 1:  # the first face: property's H,W must be the images' size
+                        _check_size(s, (h, w), shards_dir)
                     masked = int(bool(s["json"].get("masked")))
                     n_masked += masked
                     writing(wr.write, key, pack_header(IRHeader(0, float(lab), key, masked), s["jpg"]))
@@ -124,3 +138,19 @@ def export_rec(shards_dir: str | os.PathLike, out_dir: str | os.PathLike, prefix
         os.replace(t, final)
     return {"images": n, "classes": len(classes), "rec": str(rec_p), "idx": str(idx_p),
             "property": str(prop), "sidecar": str(side), "bytes": rec_p.stat().st_size}
+
+
+def _check_size(sample: dict, size: tuple[int, int], shards_dir) -> None:
+    """Raise ``ManifestError`` when ``sample``'s JPEG does not decode to the manifest's
+    ``image_size`` (``property`` would state a size the images do not have)."""
+    import cv2
+    import numpy as np
+
+    from maskkit.io.shards import ManifestError
+
+    img = cv2.imdecode(np.frombuffer(sample["jpg"] or b"", np.uint8), cv2.IMREAD_COLOR)
+    got = None if img is None else tuple(img.shape[:2])
+    if got != tuple(size):
+        what = "does not decode" if got is None else f"is {got[0]}x{got[1]}"
+        raise ManifestError(f"{Path(shards_dir) / 'manifest.json'}: 'image_size' says {size[0]}x{size[1]}, but the "
+                            f"image of sample {sample['key']} ({sample['shard']}) {what}")

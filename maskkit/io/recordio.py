@@ -229,7 +229,9 @@ class RecReader:
 
     Record 0 is taken as insightface's header record only when it is one: a label vector
     ``(a, b)`` of whole numbers with no image payload and a range that fits the records
-    (``1 <= a <= b``, and the ``a - 1`` images fit in the records after record 0). Images are then keys ``1 .. a-1``, as
+    (``1 <= a <= b``, and the ``a - 1`` images fit in the records after record 0). Such a
+    record whose range reaches past the last record held (a ``.rec`` cut at a record boundary,
+    or a cut ``.idx``) refuses the set (:class:`RecTruncatedError`). Images are then keys ``1 .. a-1``, as
     insightface's ``MXFaceDataset`` reads them; when the keys present disagree with that range
     a warning says how. Anything else -- e.g. a set packed by ``im2rec --pack-label``, where
     record 0 is the first image with a label vector -- has no header and every record is an
@@ -253,9 +255,11 @@ class RecReader:
             An unparsable ``.idx`` is a ``.idx`` that does not match: warning, sequential scan.
         RecTruncatedError: a ``.rec`` cut short (it ends inside a record, or the offsets of its
             ``.idx`` that lie inside it hold records and others lie past its end); the message
-            says how many records the ``.idx`` lists and how many are readable. A cut at a record
-            boundary with no ``.idx`` cannot be told from a set without a header record: the
-            warning about record 0 then says so.
+            says how many records the ``.idx`` lists and how many are readable; or its header
+            record's range ``(a, b)`` reaches past the last record the ``.rec`` / ``.idx`` holds
+            (a cut at a record boundary, a cut ``.idx``): the message says how many records the
+            header lists and how many are readable. A set without a header record (every record
+            an image) has nothing to compare with and is read as it is.
     """
 
     #: offsets checked when the reader opens (evenly spread); :meth:`scan_labels` checks all
@@ -406,15 +410,17 @@ class RecReader:
             return
         a, b = lab[0], lab[1]
         n = len(keys)
+        header_like = h.flag >= 2 and float(a).is_integer() and float(b).is_integer() and 1 <= a <= b
+        if header_like and b - 1 > keys[-1]:
+            # insightface's header (no image, a whole-number range) pointing past the last record held:
+            # a .rec cut at a record boundary, or a cut .idx -- the records past the cut would be lost
+            self._refuse_short(int(a), int(b), keys)
         # the image range 1..a-1 must fit in the n - 1 records after record 0
-        fits = float(a).is_integer() and float(b).is_integer() and 1 <= a <= b and a - 1 <= n - 1
+        fits = header_like and a - 1 <= n - 1
         if not fits:
-            cut = (f"; if {self.rec_path.name} was cut short at a record boundary (a truncated download), "
-                   f"it is its header and about {a - n:,.0f} images are lost: re-download it"
-                   if float(a).is_integer() and a > n and self.index_source == "scan" else "")
             self._warn(f"{self.rec_path.name}: record 0 has no image and the label range ({a:g}, {b:g}), which "
                        f"does not fit the {n} records: not taken as a header; every other record is read as an "
-                       f"image{cut}")
+                       f"image")
             self.image_keys = [k for k in keys if k != 0]
             return
         a, b = int(a), int(b)
@@ -434,6 +440,19 @@ class RecReader:
                 parts.append(f"{len(beyond)} record(s) lie beyond its range (keys {beyond[0]}..{beyond[-1]}, not read)")
             self._warn(f"{self.rec_path.name}: the header record says {a - 1} images (keys 1..{a - 1}) and "
                        f"{b - a} identity records (keys {a}..{b - 1}), but in {src} " + " and ".join(parts))
+
+    def _refuse_short(self, a: int, b: int, keys: list[int]) -> None:
+        """Raise :class:`RecTruncatedError`: the header's range ``(a, b)`` reaches past the last record held."""
+        more = False
+        if self.index_source == "idx":  # does the .rec go on past the last record its .idx lists?
+            read_record_at(self._f, self.offsets[keys[-1]])
+            more = self._f.tell() < self._size
+        where = (f"{self.idx_path.name} lists {len(keys):,}, but {self.rec_path.name} continues past its last "
+                 "record: the .idx was cut (delete it to read the .rec by a sequential scan, or re-download both)"
+                 if more else f"{self.rec_path.name} ends at byte {self._size:,}, after {len(keys):,} whole "
+                 "records: re-download or re-copy it")
+        raise RecTruncatedError(f"{self.rec_path} is truncated: its header record lists {b:,} records ({a - 1:,} "
+                                f"images, {b - a:,} identity records), {sum(k < b for k in keys):,} are readable; {where}")
 
     # ---- reading ------------------------------------------------------------------------------
     def read(self, key: int) -> bytes:

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Collection, Iterator
 
+from maskkit.io.crop_template import MAX_SIDE, MIN_SIDE
 from maskkit.util.files import _fsync_dir
 
 __all__ = [
@@ -315,19 +316,42 @@ def _manifest_problem(man, require: Collection[str]) -> str | None:
         v = man.get(key)
         if key in man and not (isinstance(v, typ) and not (typ is int and isinstance(v, bool))):
             return f"{key!r} is {_json_type(v)}, not {_JSON_TYPE[typ]}"
-    if not all(isinstance(c, str) for c in man.get("classes", [])):
+    if "format" in man and man["format"] != FORMAT_NAME:
+        return f"'format' is {man['format']!r}, not {FORMAT_NAME!r}"
+    if "version" in man and not (isinstance(man["version"], int) and not isinstance(man["version"], bool)
+                                 and 1 <= man["version"] <= FORMAT_VERSION):
+        return (f"'version' is {man['version']!r}: this maskkit reads shard format versions 1..{FORMAT_VERSION} "
+                "(a newer maskkit wrote it, or the file was edited)")
+    classes = man.get("classes", [])
+    if not all(isinstance(c, str) for c in classes):
         return "'classes' holds an entry that is not a string"
+    if len(set(classes)) != len(classes):
+        dup = next(c for i, c in enumerate(classes) if c in classes[:i])
+        return f"'classes' lists {dup!r} twice (each identity is one class)"
+    names: set[str] = set()
     for i, rec in enumerate(man.get("shards", [])):
         if not isinstance(rec, dict) or not isinstance(rec.get("name"), str):
             return f"'shards' entry {i} is not an object with a 'name' string"
+        name = rec["name"]
+        if name in ("", ".", "..") or "/" in name or "\\" in name or name.startswith("."):
+            return f"'shards' entry {i} is named {name!r}, not a file name inside the set folder"
+        if name in names:
+            return f"'shards' lists {name!r} twice"
+        names.add(name)
         for k in ("samples", "bytes"):
-            if k in rec and (not isinstance(rec[k], int) or isinstance(rec[k], bool)):
-                return f"'shards' entry {i} ({rec['name']}): {k!r} is {_json_type(rec[k])}, not a whole number"
+            if k in rec and (not isinstance(rec[k], int) or isinstance(rec[k], bool) or rec[k] < 0):
+                return f"'shards' entry {i} ({name}): {k!r} is {rec[k]!r}, not a whole number >= 0"
         if "sha256" in rec and not isinstance(rec["sha256"], str):
             return f"'shards' entry {i} ({rec['name']}): 'sha256' is {_json_type(rec['sha256'])}, not a string"
     if "image_size" in man and not (len(man["image_size"]) == 2 and all(
             isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in man["image_size"])):
         return f"'image_size' is {man['image_size']!r}, not [height, width] in pixels"
+    if "image_size" in man and not all(MIN_SIDE <= x <= MAX_SIDE for x in man["image_size"]):
+        return (f"'image_size' is {man['image_size']!r}, outside the {MIN_SIDE}..{MAX_SIDE} pixels "
+                "a face crop side can have")
+    if "shards" in man and not man["shards"] and man.get("num_samples", 0) > 0:
+        # the counts themselves are verify()'s to compare; a set of samples listing no shard is no set
+        return f"'shards' lists no shard, but 'num_samples' is {man['num_samples']:,}"
     return None
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import tarfile
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -278,19 +279,25 @@ def _pick_across_identities(paths: List[Path], n: int, wanted: List[Optional[str
     spare: Dict = {st: [] for st in wanted}  # more faces of identities already picked
     seen: Dict = {st: set() for st in wanted}
     for k in _spread(len(paths)):
-        for sample in iter_shard(paths[k]):
-            meta = sample.get("json")
-            if sample.get("jpg") is None or not isinstance(meta, dict):
-                continue
-            st, lm = (meta.get("style") if meta.get("masked") else None), meta.get("landmarks68")
-            if st not in picked or (st is None and not lm):
-                continue
-            ident = meta.get("label", meta.get("identity"))
-            if ident not in seen[st] and len(picked[st]) < n:
-                seen[st].add(ident)
-                picked[st].append((sample["jpg"], lm))
-            elif len(spare[st]) < n:
-                spare[st].append((sample["jpg"], lm))
+        try:
+            for sample in iter_shard(paths[k]):
+                meta = sample.get("json")
+                if sample.get("jpg") is None or not isinstance(meta, dict):
+                    continue
+                st, lm = (meta.get("style") if meta.get("masked") else None), meta.get("landmarks68")
+                if st not in picked or (st is None and not lm):
+                    continue
+                ident = meta.get("label", meta.get("identity"))
+                if ident not in seen[st] and len(picked[st]) < n:
+                    seen[st].add(ident)
+                    picked[st].append((sample["jpg"], lm))
+                elif len(spare[st]) < n:
+                    spare[st].append((sample["jpg"], lm))
+        except (tarfile.TarError, OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+            # a truncated or garbage shard: one line naming it, as `maskkit stats` words it
+            why = " ".join(str(exc).split())  # tarfile lists each method it tried on a line of its own
+            raise ValueError(f"{paths[k]}: unreadable ({why}): the shard is damaged; `maskkit stats "
+                             f"{paths[k].parent}` checks the whole set") from None
         if all(len(v) >= n for v in picked.values()):
             break
     return {st: picked[st] + spare[st][: n - len(picked[st])] for st in wanted}
