@@ -177,6 +177,30 @@ def test_config_file_errors_name_the_file_and_the_key(shards, tmp_path, content,
     assert not (tmp_path / "run").exists()
 
 
+def test_check_refuses_non_finite_numbers_given_to_the_library():
+    from maskkit.training.config import TrainConfig
+
+    TrainConfig(lr=0.1, gamma=0.5, dropout=0.0).check()  # control
+    for key in ("lr", "gamma", "kl_lambda", "warmup_epochs", "mag_lambda_g"):
+        for bad in (float("inf"), float("nan")):
+            with pytest.raises(ValueError, match=f"^{key} must be a finite number"):
+                TrainConfig(**{key: bad}).check()
+
+
+def test_width_keeps_at_least_8_stem_channels_and_seed_is_numpys_range():
+    from maskkit.training.config import TrainConfig
+
+    for good in (0.125, 0.25, 1.0):
+        TrainConfig(width=good).check()
+    for bad in (1e-9, 0.1, 0.0, -1.0):  # 64 x 0.1 = 6.4 channels: under the 8-channel floor
+        with pytest.raises(ValueError, match="^width must be >= 0.125"):
+            TrainConfig(width=bad).check()
+    TrainConfig(seed=0).check(), TrainConfig(seed=2**32 - 1).check()
+    for bad in (-1, 2**32):
+        with pytest.raises(ValueError, match="^seed must be in 0..4294967295"):
+            TrainConfig(seed=bad).check()
+
+
 def test_a_saved_run_with_bool_text_loads_as_it_was_trained(tmp_path):
     """Before coercion, ``"two_stream": "no"`` in a run's config.json built a two-stream model:
     reading the run (eval, embed, export, --init) must keep building that model."""
