@@ -138,7 +138,8 @@ def test_bool_keys_take_every_spelling_alike(words):
 
 def test_two_stream_no_builds_one_stream_through_set_and_config(shards, tmp_path):
     """try-out 5 #1: ``two_stream=no`` built and trained a second (masked) branch."""
-    for i, how in enumerate((["--set", "two_stream=no"], ["--set", "two_stream=Off"], "config", ["--set", "xi_detach=no"])):
+    hows = (["--set", "two_stream=no"], ["--set", "two_stream=Off"], "config", ["--set", "xi_detach=no"])
+    for i, how in enumerate(hows):
         run = tmp_path / f"run{i}"
         if how == "config":
             conf = tmp_path / "c.json"
@@ -164,7 +165,8 @@ def test_set_takes_one_milestone_or_comma_text_as_the_option_does(shards, tmp_pa
 
 @pytest.mark.parametrize("content,key", [
     ({"milestones": [0]}, "milestones"), ({"seed": -1}, "seed"), ({"two_stream": "maybe"}, "two_stream"),
-    ({"lr": "inf"}, "lr"), ({"gamma": float("inf")}, "gamma"), ({"dropout": 1.5}, "dropout"), ({"milestones": 0}, "milestones"),
+    ({"lr": "inf"}, "lr"), ({"gamma": float("inf")}, "gamma"), ({"dropout": 1.5}, "dropout"),
+    ({"milestones": 0}, "milestones"),
     ({"lr_bse_batch": 64}, "lr_base_batch"),  # a typo: refused, the nearest key suggested
 ])
 def test_config_file_errors_name_the_file_and_the_key(shards, tmp_path, content, key):

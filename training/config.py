@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from maskkit.training.config_values import ConfigValueError, check_numbers as _check_numbers, coerce_fields, three as _three
+from maskkit.training.config_values import ConfigValueError, coerce_fields
+from maskkit.training.config_values import check_numbers as _check_numbers, three as _three
 
 METHODS = ("arcface", "magface", "dul", "dul-mag", "maskdul")
 BACKBONES = ("r18", "r34", "r50", "r100")
@@ -409,7 +410,8 @@ class TrainConfig:
         """A config from a dict; missing keys take their defaults and ``resolved`` (the run
         record :meth:`save` adds) is dropped. Every value is coerced by its field's type
         (:mod:`~maskkit.training.config_values`: ``"no"`` -> False, ``"5"`` -> 5, ``5`` -> ``(5,)``
-        for a list; ``strict=False``, a saved run, reads values as the run was trained with them). An old key of :data:`LEGACY_KEYS` sets its new keys
+        for a list; ``strict=False``, a saved run, reads values as the run was trained with them).
+        An old key of :data:`LEGACY_KEYS` sets its new keys
         (``easy_margin`` -> ``mag_easy_margin`` and ``arc_easy_margin``).
 
         Raises:

@@ -146,7 +146,8 @@ def coerce(key: str, kind: str, v: Any) -> Any:
     try:
         return _scalar(base, v)
     except ValueError as exc:
-        raise ConfigValueError(key, f"{key} must be {exc}" + (" or null" if optional else "") + f", got {v!r}") from None
+        raise ConfigValueError(key, f"{key} must be {exc}" + (" or null" if optional else "")
+                               + f", got {v!r}") from None
 
 
 def _plural(what: str) -> str:
