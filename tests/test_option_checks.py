@@ -189,6 +189,15 @@ def test_check_refuses_non_finite_numbers_given_to_the_library():
                 TrainConfig(**{key: bad}).check()
 
 
+def test_check_refuses_a_text_in_a_bool_field_given_to_the_library():
+    from maskkit.training.config import TrainConfig
+
+    TrainConfig(two_stream=False, xi_detach=False).check()  # control
+    for key in ("two_stream", "xi_detach", "hflip"):
+        with pytest.raises(ValueError, match=f"^{key} must be true or false"):
+            TrainConfig(**{key: "no"}).check()
+
+
 def test_width_keeps_at_least_8_stem_channels_and_seed_is_numpys_range():
     from maskkit.training.config import TrainConfig
 

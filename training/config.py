@@ -335,6 +335,8 @@ class TrainConfig:
             v = getattr(self, f.name)
             if isinstance(v, float) and not math.isfinite(v):
                 raise ValueError(f"{f.name} must be a finite number, got {v!r}")
+            if str(f.type).startswith("bool") and not (v is None or isinstance(v, bool)):  # "no" is truthy
+                raise ValueError(f"{f.name} must be true or false, got {v!r}")
         if not 0 <= self.seed <= SEED_MAX:
             raise ValueError(f"seed must be in 0..{SEED_MAX} (numpy's seed range), got {self.seed!r}")
         if not self.width * 64 >= MIN_STEM_CHANNELS:  # also refuses 0, negatives and nan
