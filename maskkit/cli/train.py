@@ -10,7 +10,7 @@ import sys
 
 import click
 
-from maskkit.cli.options import _FINITE_AT_LEAST_0, _POSITIVE, _deprecated, _epoch_list, _device, _out, _quiet, _verify
+from maskkit.cli.options import _POSITIVE, _finite, _deprecated, _epoch_list, _device, _out, _quiet, _verify
 from maskkit.training.config import AMP_MODES, BACKBONES, METHODS
 
 
@@ -105,13 +105,15 @@ _SHAPE_KEYS = ("method", "backbone", "width", "embedding_size", "two_stream", "s
 @click.option("--method", type=click.Choice(METHODS), default="maskdul",
               show_default=True, help="Paper baselines (arcface, magface, dul, dul-mag) or the full model.")
 @click.option("--backbone", type=click.Choice(BACKBONES), default="r50", show_default=True)
-@click.option("--width", type=_POSITIVE, default=1.0, show_default=True, help="Channel multiplier (narrow nets for CPU).")
+@click.option("--width", type=_POSITIVE, callback=_finite, default=1.0, show_default=True,
+              help="Channel multiplier (narrow nets for CPU; >= 0.125, a stem of 8 channels).")
 @click.option("--two-stream/--single-stream", "two_stream", default=None,
               help="Separate start blocks for faces / masked faces (default: only for maskdul).")
 @click.option("--split-point", default="layer1.0", show_default=True,
               help="Last branch-specific unit: stem, layer1.0, layer1, layerK.J.")
 @click.option("--batch-size", type=click.IntRange(1, None), default=128, show_default=True, help="Per-process batch.")
-@click.option("--lr", type=_POSITIVE, default=0.05, show_default=True, help="lr at global batch 128 (scaled linearly).")
+@click.option("--lr", type=_POSITIVE, callback=_finite, default=0.05, show_default=True,
+              help="lr at global batch 128 (scaled linearly).")
 @click.option("--epochs", type=click.IntRange(1, None), default=30, show_default=True)
 @click.option("--milestones", callback=_epoch_list, default="10,18,25", show_default=True,
               help="Epochs (whole numbers >= 1, comma-separated; empty: none) where lr is divided by 10.")
@@ -150,7 +152,7 @@ _SHAPE_KEYS = ("method", "backbone", "width", "embedding_size", "two_stream", "s
 @click.option("--init", "init", type=click.Path(exists=True),
               help="Start from weights: arcface_torch backbone.pth / model.pt / checkpoint_gpu_N.pt, a MagFace "
                    "checkpoint, or a maskkit run. Architecture and input preprocessing come from the file.")
-@click.option("--finetune-lr-mult", type=_FINITE_AT_LEAST_0, default=0.1, show_default=True,
+@click.option("--finetune-lr-mult", type=click.FloatRange(0, None), callback=_finite, default=0.1, show_default=True,
               help="With --init: lr multiplier of the loaded parameters (new ones: 1.0).")
 @click.option("--freeze-steps", type=click.IntRange(0, None), default=0, show_default=True,
               help="With --init: the loaded parameters get lr 0, weight decay 0 and eval-mode BatchNorm "
