@@ -397,5 +397,5 @@ def test_legacy_key_conflict_and_unknown_keys_are_errors():
         TrainConfig.from_dict(d)
     d["mag_easy_margin"] = False
     assert TrainConfig.from_dict(d).mag_easy_margin is False
-    with pytest.raises(ValueError, match="unknown TrainConfig keys: \\['mag_easy_marign'\\]"):
+    with pytest.raises(ValueError, match="unknown TrainConfig key 'mag_easy_marign' \\(did you mean 'mag_easy_margin'\\?\\)"):
         TrainConfig.from_dict({"mag_easy_marign": True})

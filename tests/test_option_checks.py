@@ -97,6 +97,16 @@ def test_train_control_runs(shards, tmp_path):
     (["--set", "max_data_loss=abc"], "max_data_loss"), (["--set", "dropout=1"], "dropout"),
     (["--set", "embedding_size=0"], "embedding_size"), (["--set", "milestones=[\"a\"]"], "milestones"),
     (["--set", "image_size=[7,7]"], "image_size"), (["--set", "grad_clip=0"], "grad_clip"),
+    # try-out 5: negative seeds, non-finite numbers, a 1-channel net, text a bool does not take
+    (["--seed", "-1"], "--seed"), (["--set", "seed=-1"], "seed"), (["--set", f"seed={2**32}"], "seed"),
+    (["--width", "inf"], "--width"), (["--width", "1e-9"], "width"), (["--set", "width=0.1"], "width"),
+    (["--lr", "inf"], "--lr"), (["--lr", "1e400"], "--lr"), (["--set", "lr=inf"], "lr"),
+    (["--set", "lr=1e400"], "lr"), (["--set", "kl_lambda=NaN"], "kl_lambda"),
+    (["--finetune-lr-mult", "inf"], "--finetune-lr-mult"),
+    (["--set", "two_stream=maybe"], "two_stream"), (["--set", "xi_detach=2"], "xi_detach"),
+    (["--set", "epochs=2.5"], "epochs"), (["--set", "milestones=0"], "milestones"),
+    (["--set", "milestones=[1,x]"], "milestones"), (["--set", "image_size=112"], "image_size"),
+    (["--set", "nokey=1"], "nokey"),
 ])
 def test_train_refuses_impossible_values_in_one_line(shards, tmp_path, extra, named):
     run = tmp_path / "run"
@@ -104,6 +114,124 @@ def test_train_refuses_impossible_values_in_one_line(shards, tmp_path, extra, na
     assert res.exit_code == 2, res.output
     assert named in _one_error_line(res)
     assert not run.exists()  # refused before the run folder is made
+
+
+def _branch_keys(run: Path) -> int:
+    import torch
+
+    ck = torch.load(run / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
+    return sum("branch_masked" in k for k in ck["model"])
+
+
+@pytest.mark.parametrize("words", [("no", "off", "False", "FALSE", "0"), ("yes", "on", "True", "TRUE", "1")])
+def test_bool_keys_take_every_spelling_alike(words):
+    from maskkit.cli.train import _parse_set
+    from maskkit.training.config import TrainConfig
+
+    want = words[0] == "yes"
+    for w in words + tuple(w.lower() for w in words) + tuple(f" {w.upper()} " for w in words):
+        sets = _parse_set((f"two_stream={w}", f"xi_detach={w}", f"hflip={w}"))
+        assert sets == {"two_stream": want, "xi_detach": want, "hflip": want}, w
+        cfg = TrainConfig.from_dict({"two_stream": w, "xi_detach": w, "hflip": w})  # --config's path
+        assert (cfg.uses_two_stream, cfg.xi_detach, cfg.hflip) == (want, want, want), w
+
+
+def test_two_stream_no_builds_one_stream_through_set_and_config(shards, tmp_path):
+    """try-out 5 #1: ``two_stream=no`` built and trained a second (masked) branch."""
+    hows = (["--set", "two_stream=no"], ["--set", "two_stream=Off"], "config", ["--set", "xi_detach=no"])
+    for i, how in enumerate(hows):
+        run = tmp_path / f"run{i}"
+        if how == "config":
+            conf = tmp_path / "c.json"
+            conf.write_text(json.dumps({"two_stream": "no", "xi_detach": "False"}))
+            how = ["--config", str(conf)]
+        res = _train(shards, run, *how)
+        assert res.exit_code == 0, res.output
+        assert _branch_keys(run) == 0, how
+        stored = json.loads((run / "config.json").read_text())
+        assert stored["two_stream"] in (False, None) and stored["xi_detach"] is (i < 2), (how, stored)
+    res = _train(shards, tmp_path / "yes", "--set", "two_stream=yes")  # control: the branch is built
+    assert res.exit_code == 0, res.output
+    assert _branch_keys(tmp_path / "yes") > 0
+
+
+def test_set_takes_one_milestone_or_comma_text_as_the_option_does(shards, tmp_path):
+    for i, (how, want) in enumerate(((["--set", "milestones=5"], [5]), (["--set", "milestones=3,7"], [3, 7]),
+                                     (["--milestones", "5"], [5]), (["--set", "milestones=[]"], []))):
+        res = _train(shards, tmp_path / f"r{i}", *how)
+        assert res.exit_code == 0, res.output
+        assert json.loads((tmp_path / f"r{i}" / "config.json").read_text())["milestones"] == want, how
+
+
+@pytest.mark.parametrize("content,key", [
+    ({"milestones": [0]}, "milestones"), ({"seed": -1}, "seed"), ({"two_stream": "maybe"}, "two_stream"),
+    ({"lr": "inf"}, "lr"), ({"gamma": float("inf")}, "gamma"), ({"dropout": 1.5}, "dropout"),
+    ({"milestones": 0}, "milestones"),
+    ({"lr_bse_batch": 64}, "lr_base_batch"),  # a typo: refused, the nearest key suggested
+])
+def test_config_file_errors_name_the_file_and_the_key(shards, tmp_path, content, key):
+    conf = tmp_path / "mine.json"
+    conf.write_text(json.dumps(content))
+    res = _train(shards, tmp_path / "run", "--config", str(conf))
+    assert res.exit_code == 2, res.output
+    line = _one_error_line(res)
+    assert str(conf) in line and key in line, line
+    assert not (tmp_path / "run").exists()
+
+
+def test_check_refuses_non_finite_numbers_given_to_the_library():
+    from maskkit.training.config import TrainConfig
+
+    TrainConfig(lr=0.1, gamma=0.5, dropout=0.0).check()  # control
+    for key in ("lr", "gamma", "kl_lambda", "warmup_epochs", "mag_lambda_g"):
+        for bad in (float("inf"), float("nan")):
+            with pytest.raises(ValueError, match=f"^{key} must be a finite number"):
+                TrainConfig(**{key: bad}).check()
+
+
+def test_check_refuses_a_text_in_a_bool_field_given_to_the_library():
+    from maskkit.training.config import TrainConfig
+
+    TrainConfig(two_stream=False, xi_detach=False).check()  # control
+    for key in ("two_stream", "xi_detach", "hflip"):
+        with pytest.raises(ValueError, match=f"^{key} must be true or false"):
+            TrainConfig(**{key: "no"}).check()
+
+
+def test_width_keeps_at_least_8_stem_channels_and_seed_is_numpys_range():
+    from maskkit.training.config import TrainConfig
+
+    for good in (0.125, 0.25, 1.0):
+        TrainConfig(width=good).check()
+    for bad in (1e-9, 0.1, 0.0, -1.0):  # 64 x 0.1 = 6.4 channels: under the 8-channel floor
+        with pytest.raises(ValueError, match="^width must be >= 0.125"):
+            TrainConfig(width=bad).check()
+    TrainConfig(seed=0).check(), TrainConfig(seed=2**32 - 1).check()
+    for bad in (-1, 2**32):
+        with pytest.raises(ValueError, match="^seed must be in 0..4294967295"):
+            TrainConfig(seed=bad).check()
+
+
+def test_a_saved_run_with_bool_text_loads_as_it_was_trained(tmp_path):
+    """Before coercion, ``"two_stream": "no"`` in a run's config.json built a two-stream model:
+    reading the run (eval, embed, export, --init) must keep building that model."""
+    import torch
+
+    from maskkit.training.api import load_model
+    from maskkit.training.config import TrainConfig
+    from maskkit.training.model import build_model
+
+    cfg = TrainConfig(method="arcface", backbone="r18", width=0.25, embedding_size=64, two_stream=True)
+    old = dict(cfg.to_dict(), two_stream="no", xi_detach="False", nokey=1)  # what an older maskkit stored
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    torch.save({"config": old, "model": build_model(cfg).state_dict(), "step": 2},
+               tmp_path / "run" / "checkpoints" / "last.pt")
+    (tmp_path / "run" / "config.json").write_text(json.dumps(old))
+    assert TrainConfig.load(tmp_path / "run" / "config.json").uses_two_stream is True
+    m = load_model(tmp_path / "run")
+    assert m.meta["step"] == 2
+    mu = m.embed(np.full((2, 112, 112, 3), 128, np.uint8))[0]
+    assert np.isfinite(mu).all() and mu.shape == (2, 64)
 
 
 def test_train_config_file_that_is_not_json_is_named(shards, tmp_path):

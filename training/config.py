@@ -17,10 +17,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from maskkit.training.config_values import ConfigValueError, coerce_fields
+from maskkit.training.config_values import check_numbers as _check_numbers, three as _three
 
 METHODS = ("arcface", "magface", "dul", "dul-mag", "maskdul")
 BACKBONES = ("r18", "r34", "r50", "r100")
@@ -32,6 +36,12 @@ VAL_SIDES = ("none", "one", "both")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 #: keys of older ``config.json`` files -> the keys that replaced them (each gets the old value,
 #: so an old run keeps the loss it was trained with).
+#: ``seed`` range: numpy's ``default_rng``/``RandomState`` take 0..2**32 - 1.
+SEED_MAX = 2**32 - 1
+#: ``width``'s floor: the stem (64 channels at width 1) keeps at least this many channels, so
+#: width >= 0.125 (``--width 1e-9`` built a net of 1 channel per stage; 0.25, 16 channels, is the
+#: narrow net of the tests).
+MIN_STEM_CHANNELS = 8
 LEGACY_KEYS = {"easy_margin": ("mag_easy_margin", "arc_easy_margin")}
 
 
@@ -321,7 +331,18 @@ class TrainConfig:
         Raises:
             ValueError: one line naming the first bad key, its value and the allowed range.
         """
-        positive = ("width", "lr", "gamma")
+        for f in dataclasses.fields(self):  # inf / 1e400 pass every "> 0" below
+            v = getattr(self, f.name)
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ValueError(f"{f.name} must be a finite number, got {v!r}")
+            if str(f.type).startswith("bool") and not (v is None or isinstance(v, bool)):  # "no" is truthy
+                raise ValueError(f"{f.name} must be true or false, got {v!r}")
+        if not 0 <= self.seed <= SEED_MAX:
+            raise ValueError(f"seed must be in 0..{SEED_MAX} (numpy's seed range), got {self.seed!r}")
+        if not self.width * 64 >= MIN_STEM_CHANNELS:  # also refuses 0, negatives and nan
+            raise ValueError(f"width must be >= {MIN_STEM_CHANNELS / 64} (the stem's 64 x width channels >= "
+                             f"{MIN_STEM_CHANNELS}), got {self.width!r}")
+        positive = ("lr", "gamma")
         at_least_1 = ("embedding_size", "lr_base_batch", "epochs", "log_every", "shuffle_buffer",
                       "max_steps", "steps_per_epoch")
         at_least_0 = ("ckpt_every", "momentum", "weight_decay", "warmup_epochs", "crop_pad", "num_workers", "freeze_steps",
@@ -389,13 +410,18 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any], strict: bool = True) -> "TrainConfig":
         """A config from a dict; missing keys take their defaults and ``resolved`` (the run
-        record :meth:`save` adds) is dropped. An old key of :data:`LEGACY_KEYS` sets its new keys
+        record :meth:`save` adds) is dropped. Every value is coerced by its field's type
+        (:mod:`~maskkit.training.config_values`: ``"no"`` -> False, ``"5"`` -> 5, ``5`` -> ``(5,)``
+        for a list; ``strict=False``, a saved run, reads values as the run was trained with them).
+        An old key of :data:`LEGACY_KEYS` sets its new keys
         (``easy_margin`` -> ``mag_easy_margin`` and ``arc_easy_margin``).
 
         Raises:
             ValueError: ``strict`` and a key that is not a field (with ``strict=False`` such
-                keys, from an older or newer maskkit, are ignored with a logged warning); an old
-                key beside a new one that says otherwise.
+                keys, from an older or newer maskkit, are ignored with a logged warning), naming
+                the nearest known key; ``strict`` and a value its field does not take
+                (:class:`~maskkit.training.config_values.ConfigValueError`); an old key beside a
+                new one that says otherwise.
         """
         if not isinstance(d, dict):
             raise ValueError(f"a config is a JSON object of TrainConfig keys, not a {type(d).__name__}")
@@ -408,15 +434,20 @@ class TrainConfig:
                     raise ValueError(f"{old}={value!r} (the old name of {', '.join(new)}) conflicts with "
                                      + ", ".join(f"{k}={d[k]!r}" for k in clash))
                 d.update({k: value for k in new})
-        names = {f.name for f in dataclasses.fields(cls)}
+        types = {f.name: str(f.type) for f in dataclasses.fields(cls)}
         d = {k: v for k, v in d.items() if k != "resolved"}
-        unknown = set(d) - names
+        unknown = sorted(set(d) - set(types))
         if unknown and strict:
-            raise ValueError(f"unknown TrainConfig keys: {sorted(unknown)}")
+            import difflib
+
+            near = difflib.get_close_matches(unknown[0], list(types), n=1)
+            raise ConfigValueError(unknown[0], f"unknown TrainConfig key {unknown[0]!r}"
+                                   + (f" (did you mean {near[0]!r}?)" if near else "")
+                                   + (f" (and {', '.join(unknown[1:])})" if unknown[1:] else ""))
         if unknown:
             logging.getLogger(__name__).warning("ignoring config keys this maskkit does not know: %s",
-                                                ", ".join(sorted(unknown)))
-        return cls(**{k: v for k, v in d.items() if k in names})
+                                                ", ".join(unknown))
+        return cls(**coerce_fields({k: v for k, v in d.items() if k in types}, types, strict))
 
     @classmethod
     def from_json(cls, text: str, strict: bool = True) -> "TrainConfig":
@@ -438,6 +469,11 @@ class TrainConfig:
 
     def replace(self, **changes: Any) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
+
+
+def field_types() -> dict[str, str]:
+    """TrainConfig field name -> its declared type's text (``"float | None"``)."""
+    return {f.name: str(f.type) for f in dataclasses.fields(TrainConfig)}
 
 
 #: What ``maskkit train`` writes into its run folder (``--out``), and ``maskkit eval`` adds
@@ -473,27 +509,3 @@ def claim_run_dir(out: str | Path, resume: bool, overwrite: bool, remove: bool =
     run = Path(out)
     return claim_outputs([run / n for n in RUN_FILES], overwrite, "a training run", remove=remove,
                          alternatives="--resume to continue it", where=run)
-
-
-def _check_numbers(cfg: TrainConfig) -> None:
-    """Every numeric field holds a number (``--set max_data_loss=abc`` names the key, not only
-    ``could not convert``); an int field a whole number. Raises ``ValueError``."""
-    for f in dataclasses.fields(cfg):
-        kind = str(f.type).replace(" ", "")
-        if kind not in ("int", "float", "int|None", "float|None"):
-            continue
-        v = getattr(cfg, f.name)
-        if v is None and kind.endswith("|None"):
-            continue
-        whole = kind.startswith("int")
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or (whole and not float(v).is_integer()):
-            raise ValueError(f"{f.name} must be {'a whole number' if whole else 'a number'}"
-                             + (" or None" if kind.endswith("|None") else "") + f", got {v!r}")
-
-
-def _three(v: Any, name: str) -> tuple[float, float, float]:
-    """A per-channel value: one number (all channels) or three."""
-    vals = [float(v)] * 3 if isinstance(v, (int, float)) else [float(x) for x in v]
-    if len(vals) != 3:
-        raise ValueError(f"{name} needs 1 or 3 values, got {len(vals)}")
-    return tuple(vals)  # type: ignore[return-value]

@@ -86,8 +86,18 @@ def _detector(help: str = "Face detector backend.", default: str = "hog") -> Cal
     return click.option("--detector", default=default, show_default=True, type=click.Choice(DETECTORS), help=help)
 
 
-#: A number > 0 (``--width``, ``--lr``): click's one-line "not in the range x>0" otherwise.
+#: A number > 0 (``--width``, ``--lr``): click's one-line "not in the range x>0" otherwise; with
+#: ``callback=_finite`` also finite (``inf`` and ``1e400`` pass ``x>0``; ``nan`` fails every range).
 _POSITIVE = click.FloatRange(0, None, min_open=True)
+
+
+def _finite(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """Click callback: refuse ``inf`` (``1e400``) in one usage line naming the option."""
+    import math
+
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"{value!r} is not a finite number.", ctx=ctx, param=param)
+    return value
 
 
 def _epoch_list(ctx: click.Context, param: click.Parameter, value: Any) -> tuple[int, ...]:

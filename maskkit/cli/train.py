@@ -10,40 +10,64 @@ import sys
 
 import click
 
-from maskkit.cli.options import _POSITIVE, _deprecated, _epoch_list, _device, _out, _quiet, _verify
+from maskkit.cli.options import _POSITIVE, _finite, _deprecated, _epoch_list, _device, _out, _quiet, _verify
 from maskkit.training.config import AMP_MODES, BACKBONES, METHODS
 
 
 def _parse_set(values: tuple[str, ...]) -> dict:
+    """``KEY=VALUE`` items -> values coerced by each field's type (a JSON value, else the text:
+    ``two_stream=no`` -> False, ``milestones=5`` -> (5,)); a value its field does not take is one
+    usage error naming ``--set`` (an unknown key is refused later, by ``TrainConfig.from_dict``)."""
     import json
 
+    from maskkit.training.config import field_types
+    from maskkit.training.config_values import ConfigValueError, coerce
+
+    types = field_types()
     out = {}
     for item in values:
         if "=" not in item:
             raise click.BadParameter(f"--set expects KEY=VALUE, got {item!r}")
         k, v = item.split("=", 1)
+        k = k.strip().replace("-", "_")
         try:
-            out[k.strip().replace("-", "_")] = json.loads(v)
+            value = json.loads(v)
         except json.JSONDecodeError:
-            out[k.strip().replace("-", "_")] = v
+            value = v
+        try:
+            out[k] = coerce(k, types[k], value) if k in types else value
+        except ConfigValueError as exc:
+            raise click.UsageError(f"--set {item}: {exc}") from None
     return out
 
 
-def _load_config(path, option: str):
-    """``TrainConfig.load(path)``, or one usage error naming the option and the file (a file
+def _load_config(path, option: str, strict: bool = False):
+    """The config in ``path`` (``strict``: user input, ``--config``: an unknown key or a value its
+    field does not take is refused; else a saved run's ``config.json``, read as
+    :meth:`TrainConfig.load` does), or one usage error naming the option and the file (a file
     that is not UTF-8 JSON, or whose values no TrainConfig takes)."""
     import json
+    from pathlib import Path
 
     from maskkit.training.config import TrainConfig
 
     try:
-        return TrainConfig.load(path)
+        return TrainConfig.from_json(Path(path).read_text(), strict=True) if strict else TrainConfig.load(path)
     except UnicodeDecodeError:
         raise click.UsageError(f"{option} {path}: not a config JSON file (not UTF-8 text)") from None
     except json.JSONDecodeError as exc:
         raise click.UsageError(f"{option} {path}: not a config JSON file ({exc})") from None
     except (ValueError, TypeError) as exc:
         raise click.UsageError(f"{option} {path}: {exc}") from None
+
+
+def _file_keys(path) -> set:
+    """The keys a ``--config`` file sets (its errors name the file)."""
+    import json
+    from pathlib import Path
+
+    d = json.loads(Path(path).read_text())
+    return set(d) | ({"mag_easy_margin", "arc_easy_margin"} if "easy_margin" in d else set())
 
 
 def _interrupted(out) -> SystemExit:
@@ -81,13 +105,15 @@ _SHAPE_KEYS = ("method", "backbone", "width", "embedding_size", "two_stream", "s
 @click.option("--method", type=click.Choice(METHODS), default="maskdul",
               show_default=True, help="Paper baselines (arcface, magface, dul, dul-mag) or the full model.")
 @click.option("--backbone", type=click.Choice(BACKBONES), default="r50", show_default=True)
-@click.option("--width", type=_POSITIVE, default=1.0, show_default=True, help="Channel multiplier (narrow nets for CPU).")
+@click.option("--width", type=_POSITIVE, callback=_finite, default=1.0, show_default=True,
+              help="Channel multiplier (narrow nets for CPU; >= 0.125, a stem of 8 channels).")
 @click.option("--two-stream/--single-stream", "two_stream", default=None,
               help="Separate start blocks for faces / masked faces (default: only for maskdul).")
 @click.option("--split-point", default="layer1.0", show_default=True,
               help="Last branch-specific unit: stem, layer1.0, layer1, layerK.J.")
 @click.option("--batch-size", type=click.IntRange(1, None), default=128, show_default=True, help="Per-process batch.")
-@click.option("--lr", type=_POSITIVE, default=0.05, show_default=True, help="lr at global batch 128 (scaled linearly).")
+@click.option("--lr", type=_POSITIVE, callback=_finite, default=0.05, show_default=True,
+              help="lr at global batch 128 (scaled linearly).")
 @click.option("--epochs", type=click.IntRange(1, None), default=30, show_default=True)
 @click.option("--milestones", callback=_epoch_list, default="10,18,25", show_default=True,
               help="Epochs (whole numbers >= 1, comma-separated; empty: none) where lr is divided by 10.")
@@ -99,7 +125,7 @@ _SHAPE_KEYS = ("method", "backbone", "width", "embedding_size", "two_stream", "s
               help="TensorBoard scalars in RUN/tb (default: when the package, in the train extra, is installed).")
 @click.option("--compile/--no-compile", "compile_", default=False, show_default=True, help="torch.compile the model.")
 @_device()
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True)
 @click.option("--max-steps", type=click.IntRange(1, None), default=None, show_default="none: --epochs x steps per epoch",
               help="Stop after this many optimiser steps.")
 @click.option("--steps-per-epoch", type=click.IntRange(1, None), default=None, show_default="samples // global batch (one pass)",
@@ -126,7 +152,7 @@ _SHAPE_KEYS = ("method", "backbone", "width", "embedding_size", "two_stream", "s
 @click.option("--init", "init", type=click.Path(exists=True),
               help="Start from weights: arcface_torch backbone.pth / model.pt / checkpoint_gpu_N.pt, a MagFace "
                    "checkpoint, or a maskkit run. Architecture and input preprocessing come from the file.")
-@click.option("--finetune-lr-mult", type=click.FloatRange(0, None), default=0.1, show_default=True,
+@click.option("--finetune-lr-mult", type=click.FloatRange(0, None), callback=_finite, default=0.1, show_default=True,
               help="With --init: lr multiplier of the loaded parameters (new ones: 1.0).")
 @click.option("--freeze-steps", type=click.IntRange(0, None), default=0, show_default=True,
               help="With --init: the loaded parameters get lr 0, weight decay 0 and eval-mode BatchNorm "
@@ -194,6 +220,7 @@ def train_cmd(ctx: click.Context, data, out, method, backbone, width, two_stream
     if quiet:
         explicit["progress"] = False
 
+    from_file: set = set()
     try:
         if resume:
             stored = Path(out) / "config.json"
@@ -204,7 +231,8 @@ def train_cmd(ctx: click.Context, data, out, method, backbone, width, two_stream
                 if k in explicit and explicit[k] != base.get(k):
                     raise click.UsageError(f"--resume: {k} cannot change ({base.get(k)!r} -> {explicit[k]!r})")
         elif config_path:
-            base = _load_config(config_path, "--config").to_dict()
+            base = _load_config(config_path, "--config", strict=True).to_dict()
+            from_file = _file_keys(config_path)
         else:
             base = dict(values)
         if resume and "init" in explicit:
@@ -227,7 +255,9 @@ def train_cmd(ctx: click.Context, data, out, method, backbone, width, two_stream
     except FileNotFoundError as exc:
         raise click.ClickException(f"--init: {exc}") from exc
     except (ValueError, TypeError) as exc:
-        raise click.UsageError(str(exc)) from exc
+        key = getattr(exc, "key", None) or str(exc).split(" ", 1)[0]  # check()'s lines start with the key
+        where = f"--config {config_path}: " if key in from_file and key not in explicit else ""
+        raise click.UsageError(where + str(exc)) from exc
     if not cfg.data:
         raise click.UsageError("--data is required")
     validator = _validator(cfg)

@@ -214,7 +214,7 @@ def split_index_of(config: Any) -> int:
     from maskkit.training.config import TrainConfig
     from maskkit.training.model import resolve_split
 
-    cfg = TrainConfig.from_dict(config) if isinstance(config, dict) else config
+    cfg = TrainConfig.from_dict(config, strict=False) if isinstance(config, dict) else config  # a saved run
     return resolve_split(unit_names(cfg.backbone), cfg.split_point) if cfg.uses_two_stream else 0
 
 

@@ -304,7 +304,7 @@ def _from_maskkit(ck: dict, path: Path) -> SourceWeights:
     from maskkit.training.config import TrainConfig
 
     try:
-        cfg = TrainConfig.from_dict(dict(ck["config"]))
+        cfg = TrainConfig.from_dict(dict(ck["config"]), strict=False)  # a saved run: as it was trained
     except (TypeError, ValueError) as exc:
         raise WeightsError(f"{path}: its maskkit config does not load ({exc})") from exc
     k = split_index_of(cfg)
