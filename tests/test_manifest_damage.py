@@ -106,14 +106,13 @@ def _edit_version(m): m["version"] = 99
 def _edit_format(m): m["format"] = "other"
 def _edit_no_shards(m): m["shards"] = []
 def _edit_negative_samples(m): m["shards"][0]["samples"] = -5
-def _edit_tiny_size(m): m["image_size"] = [7, 7]
 def _edit_class_twice(m): m["classes"] = m["classes"] + m["classes"][:1]
 def _edit_fewer_classes(m): m["classes"] = m["classes"][:1]
 def _edit_shard_outside(m): m["shards"][0]["name"] = "../other/" + m["shards"][0]["name"]
 
 
 EDITS = {"version-99": _edit_version, "format-other": _edit_format, "shards-empty": _edit_no_shards,
-         "samples-negative": _edit_negative_samples, "image-size-7": _edit_tiny_size,
+         "samples-negative": _edit_negative_samples,
          "class-twice": _edit_class_twice, "fewer-classes-than-labels": _edit_fewer_classes,
          "shard-outside-the-set": _edit_shard_outside}
 
@@ -187,7 +186,7 @@ def test_read_manifest_refuses_a_shard_outside_the_set_folder(shard_set, tmp_pat
         read_manifest(d)
 
 
-@pytest.mark.parametrize("edit", ["version-99", "format-other", "shards-empty", "samples-negative", "image-size-7",
+@pytest.mark.parametrize("edit", ["version-99", "format-other", "shards-empty", "samples-negative",
                                   "class-twice"])
 def test_read_manifest_refuses_structurally_wrong_fields(shard_set, tmp_path, edit):
     """The shared reader (train, stats, export-rec, preview) refuses these in one line naming the

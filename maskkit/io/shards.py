@@ -32,7 +32,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Collection, Iterator
 
-from maskkit.io.crop_template import MAX_SIDE, MIN_SIDE
 from maskkit.util.files import _fsync_dir
 
 __all__ = [
@@ -346,9 +345,8 @@ def _manifest_problem(man, require: Collection[str]) -> str | None:
     if "image_size" in man and not (len(man["image_size"]) == 2 and all(
             isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in man["image_size"])):
         return f"'image_size' is {man['image_size']!r}, not [height, width] in pixels"
-    if "image_size" in man and not all(MIN_SIDE <= x <= MAX_SIDE for x in man["image_size"]):
-        return (f"'image_size' is {man['image_size']!r}, outside the {MIN_SIDE}..{MAX_SIDE} pixels "
-                "a face crop side can have")
+    # a size the manifest states is its consumers' to judge: train refuses crops under 16 px, export-rec
+    # compares it with the faces (a set an older synth made at --size 7 is a set, not damage)
     if "shards" in man and not man["shards"] and man.get("num_samples", 0) > 0:
         # the counts themselves are verify()'s to compare; a set of samples listing no shard is no set
         return f"'shards' lists no shard, but 'num_samples' is {man['num_samples']:,}"
