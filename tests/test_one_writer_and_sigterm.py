@@ -115,11 +115,6 @@ def test_sigterm_stops_like_ctrl_c_and_leaves_no_process(src, tmp_path, command,
     (``test_stopped_runs.signal_a_real_run``)."""
     children = []
 
-    def args_for(big, out):
-        args = [sys.executable, "-m", "maskkit.cli", *_args(command, big, out)]
-        args[args.index("-j") + 1] = "2"
-        return args + ["-q"]
-
     def send(p):
         children.extend(psutil.Process(p.pid).children(recursive=True))
         assert len(children) >= 2, children  # the 2 workers (and loky's resource tracker)
@@ -128,7 +123,7 @@ def test_sigterm_stops_like_ctrl_c_and_leaves_no_process(src, tmp_path, command,
         else:
             p.send_signal(signal.SIGTERM)
 
-    big, out, p, errp = signal_a_real_run(src, tmp_path, args_for, journal, send)
+    big, out, p, errp = signal_a_real_run(src, tmp_path, _two_workers(command), journal, send)
     p.wait(timeout=300)
     err = errp.read_text()
     _, alive = psutil.wait_procs(children, timeout=60)
@@ -225,17 +220,12 @@ def test_workers_end_when_their_parent_is_killed_without_a_word(src, tmp_path, c
     left instead of running on re-parented to PID 1 (~260 MB each); the rerun resumes."""
     children = []
 
-    def args_for(big, out):
-        args = [sys.executable, "-m", "maskkit.cli", *_args(command, big, out)]
-        args[args.index("-j") + 1] = "2"
-        return args + ["-q"]
-
     def send(p):
         children.extend(c for c in psutil.Process(p.pid).children(recursive=True) if "LokyProcess" in " ".join(c.cmdline()))
         assert len(children) >= 2, children  # the 2 workers
         p.kill()
 
-    big, out, p, errp = signal_a_real_run(src, tmp_path, args_for, journal, send)
+    big, out, p, errp = signal_a_real_run(src, tmp_path, _two_workers(command), journal, send)
     p.wait(timeout=60)
     _, alive = psutil.wait_procs(children, timeout=20)
     left = [c for c in alive if c.status() != psutil.STATUS_ZOMBIE]
@@ -278,3 +268,13 @@ def _writes_fail_after(monkeypatch, n: int, exc: BaseException) -> None:
         return real(self, key, record)
 
     monkeypatch.setattr(RecordWriter, "write", write)
+
+
+def _two_workers(command: str):
+    """``(src, out) -> argv`` of ``command`` as a real process with 2 workers, quiet."""
+    def args_for(big, out):
+        args = [sys.executable, "-m", "maskkit.cli", *_args(command, big, out)]
+        args[args.index("-j") + 1] = "2"
+        return args + ["-q"]
+
+    return args_for
