@@ -136,16 +136,13 @@ HOLDS_FACE_AREA = 2.5
 
 def _holding(faces: list[Face], shape) -> dict[int, Face]:
     """The accepted faces that hold another (:data:`HOLDS_FACE`): ``{id(larger): held face}``."""
-    ok = [f for f in faces if f.fit is not None and f.fit.ok]
+    ok = [(f, final_box(f, shape)) for f in faces if f.fit is not None and f.fit.ok]
     out = {}
-    for f in ok:
-        fb = final_box(f, shape)
-        for g in ok:
-            gb = final_box(g, shape)
+    for f, fb in ok:
+        for g, gb in ok:
             if g is f or _area(gb) <= 0 or _area(fb) < HOLDS_FACE_AREA * _area(gb):
                 continue
-            x0, y0, x1, y1 = max(f.box[0], gb[0]), max(f.box[1], gb[1]), min(f.box[2], gb[2]), min(f.box[3], gb[3])
-            if _area((x0, y0, x1, y1)) >= HOLDS_FACE * _area(gb):
+            if _area(_clip_to(f.box, gb)) >= HOLDS_FACE * _area(gb):
                 out[id(f)] = g
                 break
     return out
