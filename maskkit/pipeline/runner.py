@@ -465,8 +465,10 @@ def run_chunks(work: Callable[..., list], items: Sequence, jobs: int, max_chunk:
         return (work(c, *args, *local) for c in chunks), jobs
     from joblib import Parallel, delayed
 
-    from maskkit.util.outcome import worker_ignores_interrupts
+    from maskkit.util.outcome import quiet_pool_tracker, worker_ignores_interrupts
 
-    # Ctrl-C: the parent stops the pool and says what is kept; the workers stay silent
+    # Ctrl-C: the parent stops the pool and says what is kept; the workers stay silent, and so
+    # does the pool's resource tracker cleaning up after a stopped run
+    quiet_pool_tracker()
     return Parallel(n_jobs=jobs, backend="loky", return_as="generator", initializer=worker_ignores_interrupts)(
         delayed(work)(c, *args) for c in chunks), jobs

@@ -28,7 +28,7 @@ from typing import Callable, Iterable, Iterator
 
 __all__ = ["EXIT_OK", "EXIT_ALL_FAILED", "EXIT_NO_INPUT", "EXIT_INTERRUPTED", "EXIT_TERMINATED", "NoInputError", "no_input_message",
            "exit_code", "already_complete_message", "RunStopped", "OutputError", "Interrupted", "OutputFull",
-           "OUTPUT_ERRNOS", "STOPPED", "worker_ignores_interrupts", "close_quietly", "stops_run", "Terminated", "sigterm_as_interrupt", "os_cause", "stop_guard", "RESUME"]
+           "OUTPUT_ERRNOS", "STOPPED", "worker_ignores_interrupts", "quiet_pool_tracker", "close_quietly", "stops_run", "Terminated", "sigterm_as_interrupt", "os_cause", "stop_guard", "RESUME"]
 
 EXIT_OK = 0
 EXIT_ALL_FAILED = 1
@@ -110,6 +110,21 @@ def worker_ignores_interrupts() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _exit_with_parent(os.getppid())
+
+
+#: The filter :func:`quiet_pool_tracker` gives loky's resource tracker (a ``PYTHONWARNINGS`` entry).
+TRACKER_WARNINGS = "ignore::UserWarning:joblib.externals.loky.backend.resource_tracker"
+
+
+def quiet_pool_tracker() -> None:
+    """Keep loky's resource tracker from printing its clean-up warnings ("leaked semlock objects
+    to clean up at shutdown") to the user's terminal after a run a full disk or a signal stopped:
+    the tracker removes what the stopped pool left, which is its job, and the run has said its one
+    line. Call before the pool starts: the tracker is a child process and reads the filter from
+    the ``PYTHONWARNINGS`` it inherits (added to, never replaced)."""
+    have = os.environ.get("PYTHONWARNINGS", "")
+    if TRACKER_WARNINGS not in have.split(","):
+        os.environ["PYTHONWARNINGS"] = ",".join(x for x in (have, TRACKER_WARNINGS) if x)
 
 
 #: How often (seconds) a pool worker looks whether its parent is still there.

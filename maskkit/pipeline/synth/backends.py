@@ -89,8 +89,9 @@ def _results(chunks: list[Chunk], cfg: SynthConfig, n_jobs: int,
         return
     local = {}
     if cfg.backend == "local":  # Ctrl-C: the driver stops the pool and says what is kept; workers stay silent
-        from maskkit.util.outcome import worker_ignores_interrupts
+        from maskkit.util.outcome import quiet_pool_tracker, worker_ignores_interrupts
 
+        quiet_pool_tracker()  # and the pool's resource tracker cleaning up after a stopped run
         local = {"backend": "loky", "initializer": worker_ignores_interrupts}
     par = Parallel(n_jobs=n_jobs, return_as="generator", pre_dispatch="2*n_jobs", batch_size=1, **local)
     yield from par(delayed(process_chunk)(c, cfg) for c in chunks)
