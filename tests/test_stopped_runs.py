@@ -176,6 +176,7 @@ def test_synth_disk_full_inside_a_shard_file(src, clean, tmp_path, monkeypatch):
 def test_a_full_disk_in_align_keeps_the_finished_inputs(src, clean, tmp_path, monkeypatch):
     """The count the line gives is what the rerun keeps: the rerun's table says so and redoes only
     the rest (the writer is called for those only)."""
+    clean("align")  # the uninterrupted run, made now: made while the writer is counted, it counted too
     out = tmp_path / "out"
     _fail_at(monkeypatch, "align", 8, OSError(errno.ENOSPC, "No space left on device"))
     res = CliRunner().invoke(main, _args("align", src, out) + ["-q"])
